@@ -51,7 +51,11 @@ ak_status_t ak_err_set_fn(ak_err_t *err, ak_status_t st, const char *fn, const c
   vsnprintf(body, sizeof body, fmt, ap);
   va_end(ap);
   err->status = st;
-  snprintf(err->msg, sizeof err->msg, "%s: %s", fn, body);
+  /* Truncation is intended: the message is bounded. */
+  int n = snprintf(err->msg, sizeof err->msg, "%s: ", fn);
+  if (n < 0 || (size_t)n >= sizeof err->msg) n = 0;
+  memcpy(err->msg + n, body, sizeof err->msg - (size_t)n - 1);
+  err->msg[sizeof err->msg - 1] = '\0';
   return st;
 }
 

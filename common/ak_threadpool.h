@@ -10,6 +10,8 @@
 #ifndef AK_THREADPOOL_H
 #define AK_THREADPOOL_H
 
+#include <stdint.h>
+
 #include "ak_status.h"
 
 #ifdef __cplusplus
