@@ -1,0 +1,108 @@
+/* wk_engine: wiring of model, backend, KV pool and forward pass. */
+#include "wk_engine.h"
+
+#include <string.h>
+
+#include "ak_alloc.h"
+
+struct wk_engine {
+  wk_model_t *model;
+  kn_cpu_t *cpu;
+  kv_pool_t *pool;
+  wk_forward_t *fw;
+  int32_t max_batch_tokens;
+  ak_err_t err;
+};
+
+wk_engine_params_t wk_engine_params_default(void) {
+  wk_engine_params_t p;
+  memset(&p, 0, sizeof p);
+  p.page_tokens = 32;
+  p.max_seqs = 16;
+  p.max_batch_tokens = 512;
+  p.kv_dtype = KN_F16;
+  return p;
+}
+
+ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engine_t **eng_p) {
+  if (!p || !p->model_path) return AK_ERR(err, AK_ERR_INVALID_ARG, "model_path is not set");
+  if (p->max_seqs < 1) return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seqs=%d must be >= 1", p->max_seqs);
+  if (p->max_seq_tokens < 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seq_tokens=%d must be >= 0", p->max_seq_tokens);
+  wk_engine_t *e = ak_host_alloc(sizeof *e, 1);
+  if (!e) return AK_ERR(err, AK_ERR_NO_MEMORY, "engine struct");
+  ak_status_t st = wk_model_load(p->model_path, err, &e->model);
+  if (st < 0) goto err_destroy;
+  st = kn_cpu_create(p->n_threads, err, &e->cpu);
+  if (st < 0) goto err_destroy;
+
+  const wk_hparams_t *hp = wk_model_hparams(e->model);
+  kv_pool_params_t kp = kv_pool_params_default();
+  kp.n_layers = hp->n_layers;
+  kp.n_kv_heads = hp->n_kv_heads;
+  kp.head_dim = hp->head_dim;
+  kp.page_tokens = p->page_tokens;
+  kp.max_seqs = p->max_seqs;
+  kp.max_seq_tokens = p->max_seq_tokens ? p->max_seq_tokens : hp->n_ctx_train;
+  kp.dtype = p->kv_dtype;
+  kp.n_pages = p->kv_pages;
+  if (kp.n_pages == 0 && kp.page_tokens > 0)
+    kp.n_pages = kv_pages_for_tokens(kp.max_seq_tokens, kp.page_tokens) * kp.n_layers * kp.max_seqs;
+  st = kv_pool_create(&kp, err, &e->pool);
+  if (st < 0) goto err_destroy;
+  e->max_batch_tokens = p->max_batch_tokens;
+  st = wk_forward_create(e->model, e->cpu, p->max_batch_tokens, err, &e->fw);
+  if (st < 0) goto err_destroy;
+  *eng_p = e;
+  return AK_OK;
+
+err_destroy:
+  wk_engine_destroy(e);
+  return st;
+}
+
+void wk_engine_destroy(wk_engine_t *e) {
+  if (!e) return;
+  wk_forward_destroy(e->fw);
+  kv_pool_destroy(e->pool);
+  kn_cpu_destroy(e->cpu);
+  wk_model_free(e->model);
+  ak_host_free(e, sizeof *e);
+}
+
+const wk_model_t *wk_engine_model(const wk_engine_t *e) { return e->model; }
+kv_pool_t *wk_engine_kvpool(wk_engine_t *e) { return e->pool; }
+kn_cpu_t *wk_engine_cpu(wk_engine_t *e) { return e->cpu; }
+int32_t wk_engine_max_batch_tokens(const wk_engine_t *e) { return e->max_batch_tokens; }
+const char *wk_engine_errmsg(const wk_engine_t *e) { return e->err.msg; }
+
+ak_status_t wk_engine_seq_create(wk_engine_t *e, kv_seq_id_t *seq_p) {
+  ak_status_t st = kv_seq_create(e->pool, seq_p);
+  if (st < 0) return AK_ERR(&e->err, st, "%s", kv_pool_errmsg(e->pool));
+  return AK_OK;
+}
+
+ak_status_t wk_engine_seq_release(wk_engine_t *e, kv_seq_id_t seq) {
+  ak_status_t st = kv_seq_release(e->pool, seq);
+  if (st < 0) return AK_ERR(&e->err, st, "%s", kv_pool_errmsg(e->pool));
+  return AK_OK;
+}
+
+ak_status_t wk_engine_step(wk_engine_t *e, const wk_forward_batch_t *batch) {
+  return wk_forward_run(e->fw, e->pool, batch, &e->err);
+}
+
+ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
+                              float *logits) {
+  if (!tokens || n_tokens < 1 || !logits)
+    return AK_ERR(&e->err, AK_ERR_INVALID_ARG, "prefill needs tokens (%lld given) and a logits buffer",
+                  (long long)n_tokens);
+  for (int64_t off = 0; off < n_tokens; off += e->max_batch_tokens) {
+    int64_t n = n_tokens - off < e->max_batch_tokens ? n_tokens - off : e->max_batch_tokens;
+    int32_t n32 = (int32_t)n;
+    wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &n32},
+                            .tokens = tokens + off, .logits_all = 0, .logits = logits};
+    AK_TRY(wk_forward_run(e->fw, e->pool, &b, &e->err));
+  }
+  return AK_OK;
+}

@@ -1,0 +1,58 @@
+/* wk_engine: the in-process engine — a model, a CPU backend, a KV pool and a forward
+ * pass behind one handle. The CLI uses it directly; the worker process (serving
+ * issue) wraps it behind the internal gRPC service.
+ *
+ * Sequences are created, stepped and released by the caller (the scheduler):
+ * wk_engine_step runs one batch of any mix of prompt chunks and decode tokens.
+ * Not thread-safe: one owning thread. */
+#ifndef WK_ENGINE_H
+#define WK_ENGINE_H
+
+#include <stdint.h>
+
+#include "kvpool.h"
+#include "wk_forward.h"
+#include "wk_model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  const char *model_path;
+  int32_t n_threads;        /* 0 = one per online CPU */
+  int32_t page_tokens;      /* KV page size (default 32) */
+  int32_t max_seq_tokens;   /* 0 = the model's training context */
+  int32_t max_seqs;         /* live sequences (default 16) */
+  int64_t kv_pages;         /* 0 = enough for max_seqs sequences of max_seq_tokens */
+  int32_t max_batch_tokens; /* rows of one step; longer prompts are chunked (default 512) */
+  kn_dtype_t kv_dtype;      /* default KN_F16 */
+} wk_engine_params_t;
+
+typedef struct wk_engine wk_engine_t;
+
+wk_engine_params_t wk_engine_params_default(void);
+ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engine_t **eng_p);
+void wk_engine_destroy(wk_engine_t *eng);
+
+const wk_model_t *wk_engine_model(const wk_engine_t *eng);
+kv_pool_t *wk_engine_kvpool(wk_engine_t *eng);
+kn_cpu_t *wk_engine_cpu(wk_engine_t *eng);
+int32_t wk_engine_max_batch_tokens(const wk_engine_t *eng);
+const char *wk_engine_errmsg(const wk_engine_t *eng);
+
+ak_status_t wk_engine_seq_create(wk_engine_t *eng, kv_seq_id_t *seq_p);
+ak_status_t wk_engine_seq_release(wk_engine_t *eng, kv_seq_id_t seq);
+
+/* One step over a batch (see wk_forward_batch_t); at most max_batch_tokens rows. */
+ak_status_t wk_engine_step(wk_engine_t *eng, const wk_forward_batch_t *batch);
+
+/* Feeds a whole prompt (or any run of tokens) to one sequence in chunks of
+ * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`. */
+ak_status_t wk_engine_prefill(wk_engine_t *eng, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
+                              float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
