@@ -26,7 +26,7 @@ typedef struct co_stop co_stop_t;
 ak_status_t co_stop_create(const char *const *stops, int n_stops, ak_err_t *err, co_stop_t **stop_p);
 void co_stop_destroy(co_stop_t *s);
 
-/* Adds a delta. *emit_p/*emit_bytes_p: text now safe to show (valid until the next
+/* Adds a delta. *emit_p and *emit_bytes_p: text now safe to show (valid until the next
  * call); *stopped_p: 1 once a stop string matched (later pushes emit nothing). */
 ak_status_t co_stop_push(co_stop_t *s, const char *text, size_t n_bytes, const char **emit_p,
                          size_t *emit_bytes_p, int *stopped_p);
