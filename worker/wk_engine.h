@@ -48,7 +48,9 @@ ak_status_t wk_engine_seq_release(wk_engine_t *eng, kv_seq_id_t seq);
 ak_status_t wk_engine_step(wk_engine_t *eng, const wk_forward_batch_t *batch);
 
 /* Feeds a whole prompt (or any run of tokens) to one sequence in chunks of
- * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`. */
+ * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`.
+ * A prompt longer than the context left is refused before any work (AK_ERR_RANGE);
+ * if a later chunk fails, the chunks before it stay in the sequence. */
 ak_status_t wk_engine_prefill(wk_engine_t *eng, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
                               float *logits);
 
