@@ -53,7 +53,8 @@ typedef struct {
 } kn_weight_t;
 
 /* Workspace for kn_matmul with n_tok rows of x (activations quantized to Q8 blocks
- * for integer dot products with quantized weights, as ggml does). */
+ * for integer dot products with quantized weights, as ggml does); 0 for float
+ * weights (workspace may then be NULL). Any alignment is accepted. */
 size_t kn_matmul_workspace_bytes(const kn_weight_t *w, int64_t n_tok);
 /* x: [n_tok, n_cols] f32; y: [n_tok, n_rows] f32 (overwritten). */
 ak_status_t kn_matmul(kn_cpu_t *cpu, const kn_weight_t *w, const float *x, int64_t n_tok, float *y,
@@ -65,7 +66,9 @@ ak_status_t kn_embed(kn_cpu_t *cpu, const kn_weight_t *table, const int32_t *ids
                      float *out, ak_err_t *err);
 
 /* ---- RMSNorm: out = x / sqrt(mean(x²) + eps) * w ---- */
-/* x, out: [n_tok, dim] f32 (may alias); w: [dim] f32. */
+/* x, out: [n_tok, dim] f32 (may alias); w: [dim] f32. As ggml: squares summed in
+ * double, scale = 1/sqrtf(mean + eps) in float. AK_ERR_INVALID_ARG on NULLs,
+ * non-positive sizes or eps < 0 (no message: there is no err argument). */
 ak_status_t kn_rmsnorm(kn_cpu_t *cpu, const float *x, const float *w, int64_t n_tok, int64_t dim,
                        float eps, float *out);
 
@@ -131,6 +134,10 @@ typedef struct {
   kn_paged_kv_t kv;
 } kn_attn_args_t;
 
+/* A token with tok_kv_len 0 gets zeros. Checks the page table it reads (indptr
+ * monotone, last_page_len in [1, page_tokens], page ids >= 0, tok_kv_len within its
+ * sequence): AK_ERR_INVALID_ARG / AK_ERR_RANGE with a message. n_threads: the
+ * context's kn_cpu_n_threads(). */
 size_t kn_attention_workspace_bytes(const kn_attn_args_t *args, int n_threads);
 ak_status_t kn_attention(kn_cpu_t *cpu, const kn_attn_args_t *args, void *workspace,
                          size_t workspace_bytes, ak_err_t *err);
@@ -142,7 +149,7 @@ ak_status_t kn_kv_store(kn_cpu_t *cpu, const kn_paged_kv_t *kv, void *base, int3
                         const int32_t *dst_slot, int64_t n_tok, ak_err_t *err);
 
 /* ---- logits helpers ---- */
-/* Index of the largest of n values (the first on ties). */
+/* Index of the largest of n values (the first on ties); -1 when x is NULL or n <= 0. */
 int64_t kn_argmax(const float *x, int64_t n);
 
 #ifdef __cplusplus

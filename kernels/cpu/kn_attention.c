@@ -1,0 +1,222 @@
+/* kn_attention: causal GQA attention over the CSR paged KV view, flash style (online
+ * softmax in f32, one pass over the keys). Work units are (query token, KV head):
+ * the n_heads / n_kv_heads query heads that share a KV head read each key and value
+ * row once. Units are handed out from an atomic counter, since causal units differ
+ * in length. This file: checks, workspace, scheduling, and the portable unit. */
+#include <math.h>
+
+#include "kn_cpu_internal.h"
+
+/* Keys scored at once: bounds the per-thread score buffer for large pages. */
+enum { KN_ATTN_KEY_CHUNK = 64 };
+
+int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim, int32_t page_tokens) {
+  (void)page_tokens;
+  /* acc [n_group][head_dim] | scores [n_group][KEY_CHUNK] | m, l [n_group] |
+   * k/v row [KEY_CHUNK][head_dim] converted to f32; rounded to 16 floats each. */
+  int64_t acc = ((int64_t)n_group * head_dim + 15) / 16 * 16;
+  int64_t sc = ((int64_t)n_group * KN_ATTN_KEY_CHUNK + 15) / 16 * 16;
+  int64_t ml = ((int64_t)2 * n_group + 15) / 16 * 16;
+  int64_t kv = ((int64_t)KN_ATTN_KEY_CHUNK * head_dim + 15) / 16 * 16;
+  return acc + sc + ml + kv;
+}
+
+size_t kn_attention_workspace_bytes(const kn_attn_args_t *a, int n_threads) {
+  if (!a || a->n_kv_heads <= 0 || a->head_dim <= 0 || n_threads <= 0) return 0;
+  int32_t n_group = a->n_heads / a->n_kv_heads;
+  if (n_group <= 0) return 0;
+  return (size_t)n_threads *
+             (size_t)kn_attn_scratch_floats(n_group, a->head_dim, a->kv.page_tokens) *
+             sizeof(float) +
+         64;
+}
+
+/* Address of view token j's row for one KV head (K or V base). */
+static inline const void *kn_kv_row(const kn_paged_kv_t *kv, const void *base, int32_t seq,
+                                    int64_t j, int32_t kv_head, int32_t head_dim) {
+  int32_t page = kv->indices[kv->indptr[seq] + j / kv->page_tokens];
+  int64_t off = (int64_t)page * kv->page_stride_elems + kv_head * kv->head_stride_elems +
+                (j % kv->page_tokens) * head_dim;
+  return kv->dtype == KN_F16 ? (const void *)((const uint16_t *)base + off)
+                             : (const void *)((const float *)base + off);
+}
+
+static void kn_row_to_f32(kn_dtype_t dtype, const void *src, float *dst, int32_t n) {
+  if (dtype == KN_F16) {
+    const uint16_t *h = src;
+    for (int32_t i = 0; i < n; i++) dst[i] = kn_f16_to_f32(h[i]);
+  } else {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+  }
+}
+
+void kn_attn_unit_c(const kn_attn_unit_t *u) {
+  const kn_attn_args_t *a = u->a;
+  const kn_paged_kv_t *kv = &a->kv;
+  const int32_t hd = a->head_dim, n_group = a->n_heads / a->n_kv_heads;
+  const int32_t seq = a->tok_seq_idx[u->tok_idx];
+  const int32_t h0 = u->kv_head_idx * n_group; /* first query head of the group */
+  float *acc = u->scratch;                                               /* [n_group][hd] */
+  float *sc = acc + ((int64_t)n_group * hd + 15) / 16 * 16;              /* [n_group][CHUNK] */
+  float *ml = sc + ((int64_t)n_group * KN_ATTN_KEY_CHUNK + 15) / 16 * 16; /* m[g], l[g] */
+  float *row = ml + ((int64_t)2 * n_group + 15) / 16 * 16;               /* [CHUNK][hd] */
+  const float *q = a->q + (u->tok_idx * a->n_heads + h0) * hd;          /* [n_group][hd] */
+  float *out = a->out + (u->tok_idx * a->n_heads + h0) * hd;            /* [n_group][hd] */
+  for (int32_t g = 0; g < n_group; g++) {
+    ml[2 * g] = -INFINITY;
+    ml[2 * g + 1] = 0.0f;
+  }
+  memset(acc, 0, (size_t)n_group * hd * sizeof(float));
+  for (int64_t j0 = 0; j0 < u->kv_len; j0 += KN_ATTN_KEY_CHUNK) {
+    int32_t nj = (int32_t)(u->kv_len - j0 < KN_ATTN_KEY_CHUNK ? u->kv_len - j0 : KN_ATTN_KEY_CHUNK);
+    for (int32_t j = 0; j < nj; j++)
+      kn_row_to_f32(kv->dtype, kn_kv_row(kv, kv->k_base, seq, j0 + j, u->kv_head_idx, hd),
+                    row + (int64_t)j * hd, hd);
+    for (int32_t g = 0; g < n_group; g++) {
+      float m_new = ml[2 * g];
+      for (int32_t j = 0; j < nj; j++) {
+        float s = 0.0f;
+        for (int32_t i = 0; i < hd; i++) s += q[g * hd + i] * row[(int64_t)j * hd + i];
+        s *= a->scale;
+        sc[g * KN_ATTN_KEY_CHUNK + j] = s;
+        m_new = fmaxf(m_new, s);
+      }
+      /* Rescale what was accumulated under the old max. */
+      float corr = expf(ml[2 * g] - m_new), l = ml[2 * g + 1] * corr;
+      for (int32_t i = 0; i < hd; i++) acc[g * hd + i] *= corr;
+      for (int32_t j = 0; j < nj; j++) {
+        float pj = expf(sc[g * KN_ATTN_KEY_CHUNK + j] - m_new);
+        sc[g * KN_ATTN_KEY_CHUNK + j] = pj;
+        l += pj;
+      }
+      ml[2 * g] = m_new;
+      ml[2 * g + 1] = l;
+    }
+    for (int32_t j = 0; j < nj; j++)
+      kn_row_to_f32(kv->dtype, kn_kv_row(kv, kv->v_base, seq, j0 + j, u->kv_head_idx, hd),
+                    row + (int64_t)j * hd, hd);
+    for (int32_t g = 0; g < n_group; g++)
+      for (int32_t j = 0; j < nj; j++) {
+        float pj = sc[g * KN_ATTN_KEY_CHUNK + j];
+        for (int32_t i = 0; i < hd; i++) acc[g * hd + i] += pj * row[(int64_t)j * hd + i];
+      }
+  }
+  for (int32_t g = 0; g < n_group; g++) {
+    float inv = ml[2 * g + 1] > 0.0f ? 1.0f / ml[2 * g + 1] : 0.0f; /* kv_len 0: zeros */
+    for (int32_t i = 0; i < hd; i++) out[g * hd + i] = acc[g * hd + i] * inv;
+  }
+}
+
+typedef struct {
+  const kn_attn_args_t *a;
+  kn_isa_t isa;
+  float *ws;
+  int64_t scratch_floats;
+  int64_t n_units;
+  atomic_llong next; /* next unit to hand out */
+} kn_attn_job_t;
+
+/* Units per grab: enough to amortize the atomic, few enough to balance. */
+enum { KN_ATTN_GRAB = 4 };
+
+static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
+  kn_attn_job_t *job = ctx;
+  const kn_attn_args_t *a = job->a;
+  kn_attn_unit_t u;
+  u.a = a;
+  u.scratch = job->ws + thread_idx * job->scratch_floats;
+  for (;;) {
+    int64_t b = atomic_fetch_add_explicit(&job->next, KN_ATTN_GRAB, memory_order_relaxed);
+    if (b >= job->n_units) return;
+    int64_t e = b + KN_ATTN_GRAB < job->n_units ? b + KN_ATTN_GRAB : job->n_units;
+    for (int64_t i = b; i < e; i++) {
+      /* Last tokens first: they are the longest, so the tail of the schedule is short. */
+      int64_t unit = job->n_units - 1 - i;
+      u.tok_idx = unit / a->n_kv_heads;
+      u.kv_head_idx = (int32_t)(unit % a->n_kv_heads);
+      u.kv_len = a->tok_kv_len[u.tok_idx];
+      switch (job->isa) {
+        case KN_ISA_AVX512: kn_attn_unit_avx512(&u); break;
+        case KN_ISA_AVX2: kn_attn_unit_avx2(&u); break;
+        default: kn_attn_unit_c(&u); break;
+      }
+    }
+  }
+  (void)n_threads;
+}
+
+static ak_status_t kn_attn_check(const kn_attn_args_t *a, ak_err_t *err) {
+  const kn_paged_kv_t *kv = &a->kv;
+  if (!a->q || !a->out || !a->tok_seq_idx || !a->tok_kv_len || !kv->k_base || !kv->v_base ||
+      !kv->indptr || !kv->indices || !kv->last_page_len)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "NULL pointer in attention args");
+  if (a->n_tok <= 0 || a->n_heads <= 0 || a->n_kv_heads <= 0 || a->head_dim <= 0 ||
+      kv->page_tokens <= 0 || kv->n_seqs <= 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG,
+                  "n_tok=%lld n_heads=%d n_kv_heads=%d head_dim=%d page_tokens=%d n_seqs=%d "
+                  "must be > 0",
+                  (long long)a->n_tok, a->n_heads, a->n_kv_heads, a->head_dim, kv->page_tokens,
+                  kv->n_seqs);
+  if (a->n_heads % a->n_kv_heads)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d is not a multiple of n_kv_heads=%d",
+                  a->n_heads, a->n_kv_heads);
+  if (kv->dtype != KN_F32 && kv->dtype != KN_F16)
+    return AK_ERR(err, AK_ERR_UNSUPPORTED, "KV dtype %d is not supported", (int)kv->dtype);
+  if (kv->head_stride_elems < (int64_t)kv->page_tokens * a->head_dim ||
+      kv->page_stride_elems < (int64_t)a->n_kv_heads * kv->head_stride_elems)
+    return AK_ERR(err, AK_ERR_INVALID_ARG,
+                  "strides too small: head_stride_elems=%lld page_stride_elems=%lld for "
+                  "page_tokens=%d head_dim=%d n_kv_heads=%d",
+                  (long long)kv->head_stride_elems, (long long)kv->page_stride_elems,
+                  kv->page_tokens, a->head_dim, a->n_kv_heads);
+  if (kv->indptr[0] < 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "indptr[0]=%d < 0", kv->indptr[0]);
+  for (int32_t s = 0; s < kv->n_seqs; s++) {
+    int32_t n_pages = kv->indptr[s + 1] - kv->indptr[s];
+    if (n_pages < 0)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "indptr decreases at sequence %d (%d -> %d)", s,
+                    kv->indptr[s], kv->indptr[s + 1]);
+    if (n_pages > 0 && (kv->last_page_len[s] < 1 || kv->last_page_len[s] > kv->page_tokens))
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "last_page_len[%d]=%d outside [1, page_tokens=%d]",
+                    s, kv->last_page_len[s], kv->page_tokens);
+    for (int32_t i = kv->indptr[s]; i < kv->indptr[s + 1]; i++)
+      if (kv->indices[i] < 0)
+        return AK_ERR(err, AK_ERR_INVALID_ARG, "indices[%d]=%d < 0", i, kv->indices[i]);
+  }
+  for (int64_t t = 0; t < a->n_tok; t++) {
+    int32_t s = a->tok_seq_idx[t];
+    if (s < 0 || s >= kv->n_seqs)
+      return AK_ERR(err, AK_ERR_RANGE, "tok_seq_idx[%lld]=%d outside [0, n_seqs=%d)",
+                    (long long)t, s, kv->n_seqs);
+    int32_t n_pages = kv->indptr[s + 1] - kv->indptr[s];
+    int64_t seq_len = n_pages ? (int64_t)(n_pages - 1) * kv->page_tokens + kv->last_page_len[s] : 0;
+    if (a->tok_kv_len[t] < 0 || a->tok_kv_len[t] > seq_len)
+      return AK_ERR(err, AK_ERR_RANGE,
+                    "tok_kv_len[%lld]=%d outside [0, %lld] (sequence %d's view length)",
+                    (long long)t, a->tok_kv_len[t], (long long)seq_len, s);
+  }
+  return AK_OK;
+}
+
+ak_status_t kn_attention(kn_cpu_t *cpu, const kn_attn_args_t *a, void *workspace,
+                         size_t workspace_bytes, ak_err_t *err) {
+  if (!cpu || !a) return AK_ERR(err, AK_ERR_INVALID_ARG, "NULL argument");
+  AK_TRY(kn_attn_check(a, err));
+  size_t need = kn_attention_workspace_bytes(a, cpu->n_threads);
+  if (!workspace || workspace_bytes < need)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "workspace %p of %zu bytes < %zu needed for %d threads",
+                  workspace, workspace_bytes, need, cpu->n_threads);
+  kn_attn_job_t job;
+  job.a = a;
+  job.isa = cpu->isa;
+  job.ws = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+  job.scratch_floats = kn_attn_scratch_floats(a->n_heads / a->n_kv_heads, a->head_dim,
+                                              a->kv.page_tokens);
+  job.n_units = a->n_tok * a->n_kv_heads;
+  atomic_init(&job.next, 0);
+  if (job.n_units == 1 || cpu->n_threads == 1)
+    kn_attn_job(&job, 0, 1);
+  else
+    ak_pool_run(cpu->pool, kn_attn_job, &job);
+  return AK_OK;
+}

@@ -1,0 +1,172 @@
+/* kn_cpu_internal: what the CPU backend's files share — the context struct, the
+ * half-precision helpers, the quantized-activation layout and the per-ISA entry
+ * points. Private to kernels/cpu/; not part of the kernels.h contract.
+ *
+ * ISA files (kn_*_avx2.c, kn_*_avx512.c) are compiled with their own -m flags, so
+ * nothing here may be an inline function that uses intrinsics: only plain C. */
+#ifndef KN_CPU_INTERNAL_H
+#define KN_CPU_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ak_threadpool.h"
+#include "kernels.h"
+
+struct kn_cpu {
+  ak_pool_t *pool;
+  int n_threads;
+  kn_isa_t isa;     /* the paths ops take now */
+  kn_isa_t isa_max; /* what cpuid reported */
+};
+
+/* ---- half precision (portable; ISA files use F16C for bulk conversion) ---- */
+
+static inline float kn_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t man = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (man << 13); /* inf / NaN */
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else { /* subnormal: normalise */
+    int e = -1;
+    do {
+      man <<= 1;
+      e++;
+    } while (!(man & 0x400u));
+    bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FFu) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* Round to nearest even, NaN stays NaN, overflow goes to inf. */
+static inline uint16_t kn_f32_to_f16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, sizeof x);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7FFFFFFFu;
+  if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);
+  if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* rounds past 65504 */
+  if (ax < 0x38800000u) {                                   /* f16 subnormal or zero */
+    if (ax < 0x33000000u) return (uint16_t)sign;
+    uint32_t e = ax >> 23, man = (ax & 0x7FFFFFu) | 0x800000u;
+    uint32_t shift = 126u - e; /* 14..24 */
+    uint32_t q = man >> shift, rem = man & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+  }
+  uint32_t r = ax + 0xFFFu + ((ax >> 13) & 1u); /* round to nearest even at bit 13 */
+  return (uint16_t)(sign | (((r >> 13) - (112u << 10)) & 0x7FFFu));
+}
+
+static inline float kn_bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* ---- weight types ---- */
+
+/* Bytes per row of `n_cols` elements; 0 for an unknown type or a partial block. */
+size_t kn_row_bytes(ak_ggml_type_t type, int64_t n_cols);
+/* Dequantizes one row to f32 (portable). */
+void kn_dequant_row(ak_ggml_type_t type, const void *row, float *out, int64_t n_cols);
+
+/* ---- quantized activations for integer dot products ----
+ *
+ * Each token row of x is quantized per 32-block as ggml's Q8 quantizers do, but kept
+ * in f32 and laid out for the kernels: d = amax / 127, id = 1/d (0 when d = 0),
+ * q = round-to-nearest-even(x * id). Blocks are taken four at a time (a group of
+ * 128 elements) so one 512-bit register holds the same half of four blocks, which
+ * is how the weights unpack (Q4 nibbles: low = elements 0..15, high = 16..31):
+ *
+ *   token row (kn_act_row_bytes):
+ *   +--------------------------------+----------------------------+-------------+
+ *   | qs  [n_groups][2][4][16] int8  | d16 [n_groups][4][4] f32   | s [nb16] f32|
+ *   |     [g][half][block][i] =      |     d of block b repeated  |  d_b*sum(q_b)|
+ *   |     q of elem 32b+16half+i     |     in 4 lanes (one per    |  compact,    |
+ *   |                                |     int32 dot lane)        |  zero padded |
+ *   +--------------------------------+----------------------------+-------------+
+ *
+ * Blocks past n_cols/32 (padding to a whole group) have q = 0, d = 0, s = 0. The
+ * s term carries the weight offset: dot(w, x) = sum_b dw_b*dx_b*dot(u_b, q_b) +
+ * m_b*s_b, where weights are u*dw + m with u unsigned (Q4_1: m; Q4_0: m = -8 dw;
+ * Q8_0 with u = w + 128: m = -128 dw). */
+enum { KN_GROUP_BLOCKS = 4, KN_GROUP_ELEMS = 128, KN_S_ALIGN_BLOCKS = 16 };
+
+typedef struct {
+  int64_t n_blocks;   /* n_cols / 32 */
+  int64_t n_groups;   /* ceil(n_blocks / 4) */
+  int64_t n_s;        /* n_blocks rounded up to 16 */
+  size_t qs_bytes;    /* offset of d16 */
+  size_t s_offset;    /* offset of s */
+  size_t row_bytes;   /* per token, a multiple of 64 */
+} kn_act_layout_t;
+
+kn_act_layout_t kn_act_layout(int64_t n_cols);
+
+/* ---- per-ISA matmul entry points ----
+ * A plan is what one kn_matmul call computes; each thread runs its rows. */
+typedef struct {
+  ak_ggml_type_t type;
+  int64_t n_rows, n_cols, n_tok;
+  const uint8_t *w;         /* [n_rows] rows of w_row_bytes */
+  size_t w_row_bytes;
+  const float *x;           /* [n_tok, n_cols] f32 */
+  float *y;                 /* [n_tok, n_rows] f32 */
+  uint8_t *act;             /* [n_tok] rows of act.row_bytes (quantized types) */
+  kn_act_layout_t act_l;
+} kn_mm_plan_t;
+
+/* Quantizes tokens [t_begin, t_end) of x into plan->act. */
+void kn_act_quantize_c(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end);
+void kn_act_quantize_avx2(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end);
+void kn_act_quantize_avx512(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end);
+
+/* y rows [r_begin, r_end) for all tokens; quantized types read plan->act. */
+void kn_mm_rows_c(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
+void kn_mm_rows_avx2(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
+void kn_mm_rows_avx512(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
+
+/* ---- per-ISA element-wise helpers ---- */
+void kn_silu_mul_c(const float *gate, const float *up, float *out, int64_t n);
+void kn_silu_mul_avx2(const float *gate, const float *up, float *out, int64_t n);
+void kn_silu_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
+
+/* ---- attention inner loop per ISA ----
+ * One work unit: `n_q` query rows (the heads of one KV group for one token) against
+ * view tokens [0, kv_len) of one sequence. */
+typedef struct {
+  const kn_attn_args_t *a;
+  int64_t tok_idx;
+  int32_t kv_head_idx;
+  int64_t kv_len;
+  float *scratch; /* kn_attn_scratch_floats() floats */
+} kn_attn_unit_t;
+
+int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim, int32_t page_tokens);
+void kn_attn_unit_c(const kn_attn_unit_t *u);
+void kn_attn_unit_avx512(const kn_attn_unit_t *u);
+void kn_attn_unit_avx2(const kn_attn_unit_t *u);
+
+/* A one-shot spin barrier for the threads of one pool run (the counter lives in the
+ * op's context on the caller's stack, zeroed before ak_pool_run). */
+static inline void kn_barrier_wait(atomic_int *arrived, int n_threads) {
+  atomic_fetch_add_explicit(arrived, 1, memory_order_acq_rel);
+  while (atomic_load_explicit(arrived, memory_order_acquire) < n_threads) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
+#endif

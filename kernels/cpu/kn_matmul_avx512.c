@@ -1,0 +1,391 @@
+/* kn_matmul_avx512: AVX-512 VNNI matmul (compiled with -mavx512{f,bw,vl,dq,vnni,vbmi}).
+ *
+ * Quantized weights: a group of four 32-blocks of one row unpacks into two 512-bit
+ * registers of unsigned bytes — `lo` holds elements 0..15 of each block, `hi`
+ * elements 16..31 — so one vpdpbusd per half against the activations (quantized in
+ * the same order, kn_cpu_internal.h) leaves int32 lanes 4b..4b+3 holding block b's
+ * partial sums. Both halves accumulate into the same lanes; one cvt and one FMA with
+ * dw*dx per lane then fold the group into a float accumulator. The weight offset
+ * (Q4_1's m, Q4_0's -8, Q8_0's +128 shift) is the m·s term, a short dot product
+ * over blocks added before the final horizontal sum.
+ *
+ * Register blocking: 4 rows x up to 4 tokens. For many tokens a row tile is first
+ * unpacked into an L1-resident scratch (per K chunk) and reused by every token
+ * tile; for n_tok <= 4 (decode) rows are unpacked straight into registers. */
+#include <immintrin.h>
+
+#include "kn_cpu_internal.h"
+
+#define KN_INLINE static inline __attribute__((always_inline))
+
+enum {
+  KN_NR = 4,           /* rows per tile */
+  KN_NT = 4,           /* tokens per tile */
+  KN_KC_GROUPS = 16,   /* groups per K chunk (2048 elements): bounds the scratch */
+  KN_TOK_CHUNK = 256,  /* tokens per pass over a row tile: their activations stay in L2 */
+};
+
+/* Permutation indices for unpacking, built once per call. */
+typedef struct {
+  __m512i qs; /* bytes of the 4 blocks' nibbles/values from two loads */
+  __m512i dw; /* words: 0..15 d of block w/4 (expanded), 16..19 d or m of block w-16 */
+} kn_idx_t;
+
+typedef struct {
+  __m512i lo, hi; /* u8 [4 blocks][16] */
+  __m512 d16;     /* d of block l/4 in lane l */
+} kn_wpk_t;
+
+static kn_idx_t kn_idx_build(ak_ggml_type_t type) {
+  _Alignas(64) uint8_t qs[64];
+  _Alignas(64) uint16_t dw[32];
+  memset(dw, 0, sizeof dw);
+  for (int j = 0; j < 64; j++) {
+    int b = j / 16, i = j % 16;
+    if (type == AK_TYPE_Q4_1) { /* 20 B blocks; second load at +16 */
+      int off = 20 * b + 4 + i;
+      qs[j] = (uint8_t)(b < 3 ? off : 64 + off - 16);
+    } else { /* Q4_0: 18 B blocks; second load at +8. Q8_0 does not use it. */
+      int off = 18 * b + 2 + i;
+      qs[j] = (uint8_t)(b < 3 ? off : 64 + off - 8);
+    }
+  }
+  int words_per_block = type == AK_TYPE_Q4_1 ? 10 : type == AK_TYPE_Q4_0 ? 9 : 17;
+  int m_word = type == AK_TYPE_Q4_1 ? 1 : 0; /* Q4_1: m follows d */
+  for (int w = 0; w < 16; w++) dw[w] = (uint16_t)(words_per_block * (w / 4));
+  for (int w = 16; w < 20; w++) dw[w] = (uint16_t)(words_per_block * (w - 16) + m_word);
+  kn_idx_t ix;
+  ix.qs = _mm512_load_si512(qs);
+  ix.dw = _mm512_load_si512(dw);
+  return ix;
+}
+
+KN_INLINE __mmask64 kn_bytes_mask(int64_t n) {
+  return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
+}
+
+/* Unpacks group g (nvb valid blocks, 1..4) starting at gp; m4 gets the four blocks'
+ * offsets m (Q4_1) or the equivalent of the unsigned shift (-8 d, -128 d). */
+KN_INLINE kn_wpk_t kn_unpack(ak_ggml_type_t type, const uint8_t *gp, int nvb,
+                             const kn_idx_t *ix, __m128 *m4) {
+  kn_wpk_t w;
+  if (type == AK_TYPE_Q8_0) {
+    __m256i b[4];
+    for (int k = 0; k < 4; k++)
+      b[k] = nvb == 4 || k < nvb ? _mm256_loadu_si256((const __m256i *)(gp + 34 * k + 2))
+                                 : _mm256_setzero_si256();
+    __m512i za = _mm512_inserti64x4(_mm512_castsi256_si512(b[0]), b[1], 1);
+    __m512i zb = _mm512_inserti64x4(_mm512_castsi256_si512(b[2]), b[3], 1);
+    const __m512i flip = _mm512_set1_epi8((char)0x80); /* s8 -> u8 = w + 128 */
+    w.lo = _mm512_xor_si512(_mm512_shuffle_i64x2(za, zb, 0x88), flip);
+    w.hi = _mm512_xor_si512(_mm512_shuffle_i64x2(za, zb, 0xDD), flip);
+    __m512i l0, l1;
+    if (nvb == 4) {
+      l0 = _mm512_loadu_si512(gp);
+      l1 = _mm512_loadu_si512(gp + 64);
+    } else {
+      l0 = _mm512_maskz_loadu_epi8(kn_bytes_mask(34 * nvb), gp);
+      l1 = _mm512_maskz_loadu_epi8(kn_bytes_mask(34 * nvb - 64), gp + 64);
+    }
+    __m512i dd = _mm512_permutex2var_epi16(l0, ix->dw, l1);
+    w.d16 = _mm512_cvtph_ps(_mm512_castsi512_si256(dd));
+    *m4 = _mm_mul_ps(_mm_cvtph_ps(_mm512_extracti32x4_epi32(dd, 2)), _mm_set1_ps(-128.0f));
+    return w;
+  }
+  const int q41 = type == AK_TYPE_Q4_1;
+  const int bb = q41 ? 20 : 18, off1 = q41 ? 16 : 8;
+  __m512i l0, l1;
+  if (nvb == 4) {
+    l0 = _mm512_loadu_si512(gp);
+    l1 = _mm512_loadu_si512(gp + off1);
+  } else {
+    l0 = _mm512_maskz_loadu_epi8(kn_bytes_mask(bb * nvb), gp);
+    l1 = _mm512_maskz_loadu_epi8(kn_bytes_mask(bb * nvb - off1), gp + off1);
+  }
+  __m512i v = _mm512_permutex2var_epi8(l0, ix->qs, l1);
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  w.lo = _mm512_and_si512(v, nib);
+  w.hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+  __m512i dm = _mm512_permutexvar_epi16(ix->dw, l0);
+  w.d16 = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
+  __m128 x4 = _mm_cvtph_ps(_mm512_extracti32x4_epi32(dm, 2));
+  *m4 = q41 ? x4 : _mm_mul_ps(x4, _mm_set1_ps(-8.0f));
+  return w;
+}
+
+/* acc[r][t] += dot over group g of row r and token t. */
+KN_INLINE void kn_q_group(__m512 acc[KN_NR][KN_NT], const kn_wpk_t w[KN_NR],
+                          const uint8_t *const arow[KN_NT], const float *const ad[KN_NT],
+                          int64_t g, const int nt) {
+  for (int t = 0; t < nt; t++) {
+    const uint8_t *xa = arow[t] + g * KN_GROUP_ELEMS;
+    const __m512i xlo = _mm512_load_si512(xa), xhi = _mm512_load_si512(xa + 64);
+    const __m512 xd = _mm512_load_ps(ad[t] + g * 16);
+    for (int r = 0; r < KN_NR; r++) {
+      __m512i i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r].lo, xlo);
+      i = _mm512_dpbusd_epi32(i, w[r].hi, xhi);
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w[r].d16, xd), acc[r][t]);
+    }
+  }
+}
+
+/* The m·s term over blocks [4 g0, 4 g0 + n_m16) and the store of the tile. */
+KN_INLINE void kn_q_finish(const kn_mm_plan_t *p, __m512 acc[KN_NR][KN_NT],
+                           const float m[KN_NR][KN_KC_GROUPS * 4], int64_t n_m16,
+                           const uint8_t *const arow[KN_NT], int64_t g0, int64_t r0, int nr,
+                           int64_t t0, const int nt, int accumulate) {
+  for (int t = 0; t < nt; t++) {
+    const float *s = (const float *)(arow[t] + p->act_l.s_offset) + 4 * g0;
+    for (int64_t c = 0; c < n_m16; c += 16) {
+      __m512 sv = _mm512_load_ps(s + c);
+      for (int r = 0; r < KN_NR; r++)
+        acc[r][t] = _mm512_fmadd_ps(_mm512_load_ps(m[r] + c), sv, acc[r][t]);
+    }
+    float *y = p->y + (t0 + t) * p->n_rows + r0;
+    for (int r = 0; r < nr; r++) {
+      float v = _mm512_reduce_add_ps(acc[r][t]);
+      y[r] = accumulate ? y[r] + v : v;
+    }
+  }
+}
+
+KN_INLINE void kn_act_rows(const kn_mm_plan_t *p, int64_t t0, const int nt,
+                           const uint8_t *arow[KN_NT], const float *ad[KN_NT]) {
+  for (int t = 0; t < KN_NT; t++) {
+    arow[t] = p->act + (size_t)(t0 + (t < nt ? t : 0)) * p->act_l.row_bytes;
+    ad[t] = (const float *)(arow[t] + p->act_l.qs_bytes);
+  }
+}
+
+/* Decode: n_tok <= 4, every row tile unpacked straight into registers. */
+KN_INLINE void kn_q_direct(const kn_mm_plan_t *p, const kn_idx_t *ix, ak_ggml_type_t type,
+                           int64_t r_begin, int64_t r_end, const int nt) {
+  const kn_act_layout_t *l = &p->act_l;
+  const size_t gb = 4 * (p->w_row_bytes / (size_t)l->n_blocks); /* bytes per group */
+  const uint8_t *arow[KN_NT];
+  const float *ad[KN_NT];
+  kn_act_rows(p, 0, nt, arow, ad);
+  _Alignas(64) float m[KN_NR][KN_KC_GROUPS * 4];
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += KN_NR) {
+    int nr = r_end - r0 < KN_NR ? (int)(r_end - r0) : KN_NR;
+    const uint8_t *wrow[KN_NR];
+    for (int r = 0; r < KN_NR; r++) wrow[r] = p->w + (size_t)(r0 + (r < nr ? r : 0)) * p->w_row_bytes;
+    for (int64_t g0 = 0; g0 < l->n_groups; g0 += KN_KC_GROUPS) {
+      int64_t g1 = g0 + KN_KC_GROUPS < l->n_groups ? g0 + KN_KC_GROUPS : l->n_groups;
+      __m512 acc[KN_NR][KN_NT];
+      for (int r = 0; r < KN_NR; r++)
+        for (int t = 0; t < KN_NT; t++) acc[r][t] = _mm512_setzero_ps();
+      for (int64_t g = g0; g < g1; g++) {
+        int64_t nvb64 = l->n_blocks - 4 * g;
+        int nvb = nvb64 < 4 ? (int)nvb64 : 4;
+        kn_wpk_t w[KN_NR];
+        for (int r = 0; r < KN_NR; r++) {
+          __m128 m4;
+          w[r] = kn_unpack(type, wrow[r] + (size_t)g * gb, nvb, ix, &m4);
+          _mm_store_ps(&m[r][4 * (g - g0)], m4);
+        }
+        kn_q_group(acc, w, arow, ad, g, nt);
+      }
+      int64_t n_m = 4 * (g1 - g0), n_m16 = (n_m + 15) / 16 * 16;
+      for (int r = 0; r < KN_NR; r++)
+        for (int64_t c = n_m; c < n_m16; c++) m[r][c] = 0.0f;
+      kn_q_finish(p, acc, m, n_m16, arow, g0, r0, nr, 0, nt, g0 > 0);
+    }
+  }
+}
+
+typedef struct {
+  kn_wpk_t w[KN_NR][KN_KC_GROUPS];
+  float m[KN_NR][KN_KC_GROUPS * 4];
+} kn_q_pack_t;
+
+static void kn_q_pack(const kn_mm_plan_t *p, const kn_idx_t *ix, int64_t r0, int nr, int64_t g0,
+                      int64_t g1, kn_q_pack_t *pk) {
+  const kn_act_layout_t *l = &p->act_l;
+  const size_t gb = 4 * (p->w_row_bytes / (size_t)l->n_blocks);
+  for (int r = 0; r < KN_NR; r++) {
+    if (r >= nr) { /* rows past the end: zero weights contribute nothing */
+      memset(pk->w[r], 0, sizeof pk->w[r]);
+      memset(pk->m[r], 0, sizeof pk->m[r]);
+      continue;
+    }
+    const uint8_t *wrow = p->w + (size_t)(r0 + r) * p->w_row_bytes;
+    for (int64_t g = g0; g < g1; g++) {
+      int64_t nvb64 = l->n_blocks - 4 * g;
+      int nvb = nvb64 < 4 ? (int)nvb64 : 4;
+      __m128 m4;
+      switch (p->type) {
+        case AK_TYPE_Q4_1: pk->w[r][g - g0] = kn_unpack(AK_TYPE_Q4_1, wrow + g * gb, nvb, ix, &m4); break;
+        case AK_TYPE_Q4_0: pk->w[r][g - g0] = kn_unpack(AK_TYPE_Q4_0, wrow + g * gb, nvb, ix, &m4); break;
+        default: pk->w[r][g - g0] = kn_unpack(AK_TYPE_Q8_0, wrow + g * gb, nvb, ix, &m4); break;
+      }
+      _mm_store_ps(&pk->m[r][4 * (g - g0)], m4);
+    }
+    int64_t n_m = 4 * (g1 - g0), n_m16 = (n_m + 15) / 16 * 16;
+    for (int64_t c = n_m; c < n_m16; c++) pk->m[r][c] = 0.0f;
+  }
+}
+
+KN_INLINE void kn_q_packed_tile(const kn_mm_plan_t *p, const kn_q_pack_t *pk, int64_t r0, int nr,
+                                int64_t t0, const int nt, int64_t g0, int64_t g1) {
+  const uint8_t *arow[KN_NT];
+  const float *ad[KN_NT];
+  kn_act_rows(p, t0, nt, arow, ad);
+  __m512 acc[KN_NR][KN_NT];
+  for (int r = 0; r < KN_NR; r++)
+    for (int t = 0; t < KN_NT; t++) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = g0; g < g1; g++) {
+    kn_wpk_t w[KN_NR];
+    for (int r = 0; r < KN_NR; r++) w[r] = pk->w[r][g - g0];
+    kn_q_group(acc, w, arow, ad, g, nt);
+  }
+  int64_t n_m16 = (4 * (g1 - g0) + 15) / 16 * 16;
+  kn_q_finish(p, acc, pk->m, n_m16, arow, g0, r0, nr, t0, nt, g0 > 0);
+}
+
+static void kn_q_packed(const kn_mm_plan_t *p, const kn_idx_t *ix, int64_t r_begin,
+                        int64_t r_end) {
+  const kn_act_layout_t *l = &p->act_l;
+  kn_q_pack_t pk;
+  for (int64_t tc = 0; tc < p->n_tok; tc += KN_TOK_CHUNK) {
+    int64_t tc_end = tc + KN_TOK_CHUNK < p->n_tok ? tc + KN_TOK_CHUNK : p->n_tok;
+    for (int64_t r0 = r_begin; r0 < r_end; r0 += KN_NR) {
+      int nr = r_end - r0 < KN_NR ? (int)(r_end - r0) : KN_NR;
+      for (int64_t g0 = 0; g0 < l->n_groups; g0 += KN_KC_GROUPS) {
+        int64_t g1 = g0 + KN_KC_GROUPS < l->n_groups ? g0 + KN_KC_GROUPS : l->n_groups;
+        kn_q_pack(p, ix, r0, nr, g0, g1, &pk);
+        int64_t t0 = tc;
+        for (; t0 + KN_NT <= tc_end; t0 += KN_NT) kn_q_packed_tile(p, &pk, r0, nr, t0, 4, g0, g1);
+        switch (tc_end - t0) {
+          case 3: kn_q_packed_tile(p, &pk, r0, nr, t0, 3, g0, g1); break;
+          case 2: kn_q_packed_tile(p, &pk, r0, nr, t0, 2, g0, g1); break;
+          case 1: kn_q_packed_tile(p, &pk, r0, nr, t0, 1, g0, g1); break;
+          default: break;
+        }
+      }
+    }
+  }
+}
+
+#define KN_DIRECT_CASES(TYPE)                                             \
+  switch (p->n_tok) {                                                     \
+    case 1: kn_q_direct(p, &ix, TYPE, r_begin, r_end, 1); return;         \
+    case 2: kn_q_direct(p, &ix, TYPE, r_begin, r_end, 2); return;         \
+    case 3: kn_q_direct(p, &ix, TYPE, r_begin, r_end, 3); return;         \
+    default: kn_q_direct(p, &ix, TYPE, r_begin, r_end, 4); return;        \
+  }
+
+static void kn_mm_rows_quant(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end) {
+  kn_idx_t ix = kn_idx_build(p->type);
+  if (p->n_tok > KN_NT) {
+    kn_q_packed(p, &ix, r_begin, r_end);
+    return;
+  }
+  switch (p->type) {
+    case AK_TYPE_Q4_1: KN_DIRECT_CASES(AK_TYPE_Q4_1)
+    case AK_TYPE_Q4_0: KN_DIRECT_CASES(AK_TYPE_Q4_0)
+    default: KN_DIRECT_CASES(AK_TYPE_Q8_0)
+  }
+}
+
+/* ---- float weights (F32 / F16 / BF16): convert 16 elements at a time ---- */
+
+KN_INLINE __m512 kn_load_w16(ak_ggml_type_t type, const uint8_t *row, int64_t k, __mmask16 mk) {
+  switch (type) {
+    case AK_TYPE_F16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)row + k));
+    case AK_TYPE_BF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)row + k)), 16));
+    default: return _mm512_maskz_loadu_ps(mk, (const float *)row + k);
+  }
+}
+
+KN_INLINE void kn_f_tile(const kn_mm_plan_t *p, ak_ggml_type_t type, int64_t r0, int nr,
+                         int64_t t0, const int nt) {
+  const uint8_t *wrow[KN_NR];
+  const float *x[KN_NT];
+  for (int r = 0; r < KN_NR; r++) wrow[r] = p->w + (size_t)(r0 + (r < nr ? r : 0)) * p->w_row_bytes;
+  for (int t = 0; t < KN_NT; t++) x[t] = p->x + (t0 + (t < nt ? t : 0)) * p->n_cols;
+  __m512 acc[KN_NR][KN_NT];
+  for (int r = 0; r < KN_NR; r++)
+    for (int t = 0; t < KN_NT; t++) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < p->n_cols; k += 16) {
+    __mmask16 mk = p->n_cols - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (p->n_cols - k)) - 1);
+    __m512 w[KN_NR];
+    for (int r = 0; r < KN_NR; r++) w[r] = kn_load_w16(type, wrow[r], k, mk);
+    for (int t = 0; t < nt; t++) {
+      __m512 xv = _mm512_maskz_loadu_ps(mk, x[t] + k);
+      for (int r = 0; r < KN_NR; r++) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
+    }
+  }
+  for (int t = 0; t < nt; t++)
+    for (int r = 0; r < nr; r++) p->y[(t0 + t) * p->n_rows + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+KN_INLINE void kn_f_rows(const kn_mm_plan_t *p, ak_ggml_type_t type, int64_t r_begin,
+                         int64_t r_end) {
+  for (int64_t tc = 0; tc < p->n_tok; tc += KN_TOK_CHUNK) {
+    int64_t tc_end = tc + KN_TOK_CHUNK < p->n_tok ? tc + KN_TOK_CHUNK : p->n_tok;
+    for (int64_t r0 = r_begin; r0 < r_end; r0 += KN_NR) {
+      int nr = r_end - r0 < KN_NR ? (int)(r_end - r0) : KN_NR;
+      int64_t t0 = tc;
+      for (; t0 + KN_NT <= tc_end; t0 += KN_NT) kn_f_tile(p, type, r0, nr, t0, 4);
+      switch (tc_end - t0) {
+        case 3: kn_f_tile(p, type, r0, nr, t0, 3); break;
+        case 2: kn_f_tile(p, type, r0, nr, t0, 2); break;
+        case 1: kn_f_tile(p, type, r0, nr, t0, 1); break;
+        default: break;
+      }
+    }
+  }
+}
+
+void kn_mm_rows_avx512(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end) {
+  switch (p->type) {
+    case AK_TYPE_Q4_0:
+    case AK_TYPE_Q4_1:
+    case AK_TYPE_Q8_0: kn_mm_rows_quant(p, r_begin, r_end); return;
+    case AK_TYPE_F16: kn_f_rows(p, AK_TYPE_F16, r_begin, r_end); return;
+    case AK_TYPE_BF16: kn_f_rows(p, AK_TYPE_BF16, r_begin, r_end); return;
+    default: kn_f_rows(p, AK_TYPE_F32, r_begin, r_end); return;
+  }
+}
+
+/* ---- activation quantization: the float operations of kn_act_quantize_c ---- */
+
+void kn_act_quantize_avx512(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end) {
+  const kn_act_layout_t *l = &p->act_l;
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t t = t_begin; t < t_end; t++) {
+    const float *x = p->x + t * p->n_cols; /* [n_cols] f32 */
+    uint8_t *row = p->act + (size_t)t * l->row_bytes;
+    int8_t *qs = (int8_t *)row;
+    float *d16 = (float *)(row + l->qs_bytes);
+    float *s = (float *)(row + l->s_offset);
+    for (int64_t blk = 0; blk < 4 * l->n_groups; blk++) {
+      int64_t g = blk / KN_GROUP_BLOCKS, b = blk % KN_GROUP_BLOCKS;
+      int8_t *lo = qs + g * KN_GROUP_ELEMS + b * 16;
+      if (blk >= l->n_blocks) { /* padding to a whole group */
+        memset(lo, 0, 16);
+        memset(lo + 64, 0, 16);
+        _mm_storeu_ps(d16 + g * 16 + b * 4, _mm_setzero_ps());
+        continue;
+      }
+      __m512 x0 = _mm512_loadu_ps(x + blk * AK_QK), x1 = _mm512_loadu_ps(x + blk * AK_QK + 16);
+      __m512 ax = _mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1));
+      float amax = _mm512_reduce_max_ps(ax);
+      float d = amax / 127.0f;
+      float id = d != 0.0f ? 1.0f / d : 0.0f;
+      __m512 vid = _mm512_set1_ps(id);
+      __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid)); /* round to nearest even */
+      __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+      _mm_storeu_si128((__m128i *)lo, _mm512_cvtepi32_epi8(q0));
+      _mm_storeu_si128((__m128i *)(lo + 64), _mm512_cvtepi32_epi8(q1));
+      int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      _mm_storeu_ps(d16 + g * 16 + b * 4, _mm_set1_ps(d));
+      s[blk] = d * (float)sum;
+    }
+    for (int64_t blk = l->n_blocks; blk < l->n_s; blk++) s[blk] = 0.0f;
+  }
+}
