@@ -2,28 +2,12 @@
  * n_group query heads) with AVX-512: K and V rows of a chunk are converted to f32
  * once (vcvtph2ps) and shared by the group's heads; exp is vectorized over keys.
  * Head dims that are not a multiple of 16 take the portable unit. */
-#include <immintrin.h>
 #include <math.h>
 
-#include "kn_cpu_internal.h"
+#include "kn_avx512_internal.h"
 
 enum { KN_CHUNK = 64 }; /* must match kn_attention.c's KN_ATTN_KEY_CHUNK */
 
-static inline __m512 kn_exp512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
 
 /* Converts nj rows of hd elements of one KV head, view tokens [j0, j0+nj), to f32. */
 static void kn_load_rows(const kn_paged_kv_t *kv, const void *base, int32_t seq, int64_t j0,

@@ -136,6 +136,8 @@ void kn_act_quantize_avx512(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_en
 void kn_mm_rows_c(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
 void kn_mm_rows_avx2(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
 void kn_mm_rows_avx512(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
+/* Quantized weights, many tokens (kn_gemm_avx512.c). */
+void kn_gemm_q_avx512(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
 
 /* ---- per-ISA element-wise helpers ---- */
 void kn_silu_mul_c(const float *gate, const float *up, float *out, int64_t n);

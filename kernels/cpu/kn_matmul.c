@@ -65,9 +65,9 @@ typedef struct {
   atomic_int arrived; /* threads done quantizing */
 } kn_mm_job_t;
 
-/* Row tiles of the SIMD kernels: splitting on a multiple keeps every thread's
- * rows in whole tiles but the last. */
-enum { KN_MM_ROW_ALIGN = 4 };
+/* Row tiles of the SIMD kernels (16 for the AVX-512 GEMM): splitting on a multiple
+ * keeps every thread's rows in whole tiles but the last. */
+enum { KN_MM_ROW_ALIGN = 16 };
 
 static void kn_mm_job(void *ctx, int thread_idx, int n_threads) {
   kn_mm_job_t *job = ctx;

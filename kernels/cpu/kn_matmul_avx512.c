@@ -9,109 +9,18 @@
  * (Q4_1's m, Q4_0's -8, Q8_0's +128 shift) is the m·s term, a short dot product
  * over blocks added before the final horizontal sum.
  *
- * Register blocking: 4 rows x up to 4 tokens. For many tokens a row tile is first
- * unpacked into an L1-resident scratch (per K chunk) and reused by every token
- * tile; for n_tok <= 4 (decode) rows are unpacked straight into registers. */
-#include <immintrin.h>
-
-#include "kn_cpu_internal.h"
-
-#define KN_INLINE static inline __attribute__((always_inline))
+ * This file is the decode path (n_tok <= 4): 4 rows x n_tok tokens per register
+ * tile, rows unpacked straight into registers. More tokens go to kn_gemm_avx512.c,
+ * which repacks 16 rows so one int32 lane is one row. Also here: float weights and
+ * the activation quantizer. */
+#include "kn_avx512_internal.h"
 
 enum {
   KN_NR = 4,           /* rows per tile */
   KN_NT = 4,           /* tokens per tile */
-  KN_KC_GROUPS = 16,   /* groups per K chunk (2048 elements): bounds the scratch */
+  KN_KC_GROUPS = 16,   /* groups per K chunk (2048 elements): bounds the m scratch */
   KN_TOK_CHUNK = 256,  /* tokens per pass over a row tile: their activations stay in L2 */
 };
-
-/* Permutation indices for unpacking, built once per call. */
-typedef struct {
-  __m512i qs; /* bytes of the 4 blocks' nibbles/values from two loads */
-  __m512i dw; /* words: 0..15 d of block w/4 (expanded), 16..19 d or m of block w-16 */
-} kn_idx_t;
-
-typedef struct {
-  __m512i lo, hi; /* u8 [4 blocks][16] */
-  __m512 d16;     /* d of block l/4 in lane l */
-} kn_wpk_t;
-
-static kn_idx_t kn_idx_build(ak_ggml_type_t type) {
-  _Alignas(64) uint8_t qs[64];
-  _Alignas(64) uint16_t dw[32];
-  memset(dw, 0, sizeof dw);
-  for (int j = 0; j < 64; j++) {
-    int b = j / 16, i = j % 16;
-    if (type == AK_TYPE_Q4_1) { /* 20 B blocks; second load at +16 */
-      int off = 20 * b + 4 + i;
-      qs[j] = (uint8_t)(b < 3 ? off : 64 + off - 16);
-    } else { /* Q4_0: 18 B blocks; second load at +8. Q8_0 does not use it. */
-      int off = 18 * b + 2 + i;
-      qs[j] = (uint8_t)(b < 3 ? off : 64 + off - 8);
-    }
-  }
-  int words_per_block = type == AK_TYPE_Q4_1 ? 10 : type == AK_TYPE_Q4_0 ? 9 : 17;
-  int m_word = type == AK_TYPE_Q4_1 ? 1 : 0; /* Q4_1: m follows d */
-  for (int w = 0; w < 16; w++) dw[w] = (uint16_t)(words_per_block * (w / 4));
-  for (int w = 16; w < 20; w++) dw[w] = (uint16_t)(words_per_block * (w - 16) + m_word);
-  kn_idx_t ix;
-  ix.qs = _mm512_load_si512(qs);
-  ix.dw = _mm512_load_si512(dw);
-  return ix;
-}
-
-KN_INLINE __mmask64 kn_bytes_mask(int64_t n) {
-  return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
-}
-
-/* Unpacks group g (nvb valid blocks, 1..4) starting at gp; m4 gets the four blocks'
- * offsets m (Q4_1) or the equivalent of the unsigned shift (-8 d, -128 d). */
-KN_INLINE kn_wpk_t kn_unpack(ak_ggml_type_t type, const uint8_t *gp, int nvb,
-                             const kn_idx_t *ix, __m128 *m4) {
-  kn_wpk_t w;
-  if (type == AK_TYPE_Q8_0) {
-    __m256i b[4];
-    for (int k = 0; k < 4; k++)
-      b[k] = nvb == 4 || k < nvb ? _mm256_loadu_si256((const __m256i *)(gp + 34 * k + 2))
-                                 : _mm256_setzero_si256();
-    __m512i za = _mm512_inserti64x4(_mm512_castsi256_si512(b[0]), b[1], 1);
-    __m512i zb = _mm512_inserti64x4(_mm512_castsi256_si512(b[2]), b[3], 1);
-    const __m512i flip = _mm512_set1_epi8((char)0x80); /* s8 -> u8 = w + 128 */
-    w.lo = _mm512_xor_si512(_mm512_shuffle_i64x2(za, zb, 0x88), flip);
-    w.hi = _mm512_xor_si512(_mm512_shuffle_i64x2(za, zb, 0xDD), flip);
-    __m512i l0, l1;
-    if (nvb == 4) {
-      l0 = _mm512_loadu_si512(gp);
-      l1 = _mm512_loadu_si512(gp + 64);
-    } else {
-      l0 = _mm512_maskz_loadu_epi8(kn_bytes_mask(34 * nvb), gp);
-      l1 = _mm512_maskz_loadu_epi8(kn_bytes_mask(34 * nvb - 64), gp + 64);
-    }
-    __m512i dd = _mm512_permutex2var_epi16(l0, ix->dw, l1);
-    w.d16 = _mm512_cvtph_ps(_mm512_castsi512_si256(dd));
-    *m4 = _mm_mul_ps(_mm_cvtph_ps(_mm512_extracti32x4_epi32(dd, 2)), _mm_set1_ps(-128.0f));
-    return w;
-  }
-  const int q41 = type == AK_TYPE_Q4_1;
-  const int bb = q41 ? 20 : 18, off1 = q41 ? 16 : 8;
-  __m512i l0, l1;
-  if (nvb == 4) {
-    l0 = _mm512_loadu_si512(gp);
-    l1 = _mm512_loadu_si512(gp + off1);
-  } else {
-    l0 = _mm512_maskz_loadu_epi8(kn_bytes_mask(bb * nvb), gp);
-    l1 = _mm512_maskz_loadu_epi8(kn_bytes_mask(bb * nvb - off1), gp + off1);
-  }
-  __m512i v = _mm512_permutex2var_epi8(l0, ix->qs, l1);
-  const __m512i nib = _mm512_set1_epi8(0x0F);
-  w.lo = _mm512_and_si512(v, nib);
-  w.hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-  __m512i dm = _mm512_permutexvar_epi16(ix->dw, l0);
-  w.d16 = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
-  __m128 x4 = _mm_cvtph_ps(_mm512_extracti32x4_epi32(dm, 2));
-  *m4 = q41 ? x4 : _mm_mul_ps(x4, _mm_set1_ps(-8.0f));
-  return w;
-}
 
 /* acc[r][t] += dot over group g of row r and token t. */
 KN_INLINE void kn_q_group(__m512 acc[KN_NR][KN_NT], const kn_wpk_t w[KN_NR],
@@ -194,79 +103,6 @@ KN_INLINE void kn_q_direct(const kn_mm_plan_t *p, const kn_idx_t *ix, ak_ggml_ty
   }
 }
 
-typedef struct {
-  kn_wpk_t w[KN_NR][KN_KC_GROUPS];
-  float m[KN_NR][KN_KC_GROUPS * 4];
-} kn_q_pack_t;
-
-static void kn_q_pack(const kn_mm_plan_t *p, const kn_idx_t *ix, int64_t r0, int nr, int64_t g0,
-                      int64_t g1, kn_q_pack_t *pk) {
-  const kn_act_layout_t *l = &p->act_l;
-  const size_t gb = 4 * (p->w_row_bytes / (size_t)l->n_blocks);
-  for (int r = 0; r < KN_NR; r++) {
-    if (r >= nr) { /* rows past the end: zero weights contribute nothing */
-      memset(pk->w[r], 0, sizeof pk->w[r]);
-      memset(pk->m[r], 0, sizeof pk->m[r]);
-      continue;
-    }
-    const uint8_t *wrow = p->w + (size_t)(r0 + r) * p->w_row_bytes;
-    for (int64_t g = g0; g < g1; g++) {
-      int64_t nvb64 = l->n_blocks - 4 * g;
-      int nvb = nvb64 < 4 ? (int)nvb64 : 4;
-      __m128 m4;
-      switch (p->type) {
-        case AK_TYPE_Q4_1: pk->w[r][g - g0] = kn_unpack(AK_TYPE_Q4_1, wrow + g * gb, nvb, ix, &m4); break;
-        case AK_TYPE_Q4_0: pk->w[r][g - g0] = kn_unpack(AK_TYPE_Q4_0, wrow + g * gb, nvb, ix, &m4); break;
-        default: pk->w[r][g - g0] = kn_unpack(AK_TYPE_Q8_0, wrow + g * gb, nvb, ix, &m4); break;
-      }
-      _mm_store_ps(&pk->m[r][4 * (g - g0)], m4);
-    }
-    int64_t n_m = 4 * (g1 - g0), n_m16 = (n_m + 15) / 16 * 16;
-    for (int64_t c = n_m; c < n_m16; c++) pk->m[r][c] = 0.0f;
-  }
-}
-
-KN_INLINE void kn_q_packed_tile(const kn_mm_plan_t *p, const kn_q_pack_t *pk, int64_t r0, int nr,
-                                int64_t t0, const int nt, int64_t g0, int64_t g1) {
-  const uint8_t *arow[KN_NT];
-  const float *ad[KN_NT];
-  kn_act_rows(p, t0, nt, arow, ad);
-  __m512 acc[KN_NR][KN_NT];
-  for (int r = 0; r < KN_NR; r++)
-    for (int t = 0; t < KN_NT; t++) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t g = g0; g < g1; g++) {
-    kn_wpk_t w[KN_NR];
-    for (int r = 0; r < KN_NR; r++) w[r] = pk->w[r][g - g0];
-    kn_q_group(acc, w, arow, ad, g, nt);
-  }
-  int64_t n_m16 = (4 * (g1 - g0) + 15) / 16 * 16;
-  kn_q_finish(p, acc, pk->m, n_m16, arow, g0, r0, nr, t0, nt, g0 > 0);
-}
-
-static void kn_q_packed(const kn_mm_plan_t *p, const kn_idx_t *ix, int64_t r_begin,
-                        int64_t r_end) {
-  const kn_act_layout_t *l = &p->act_l;
-  kn_q_pack_t pk;
-  for (int64_t tc = 0; tc < p->n_tok; tc += KN_TOK_CHUNK) {
-    int64_t tc_end = tc + KN_TOK_CHUNK < p->n_tok ? tc + KN_TOK_CHUNK : p->n_tok;
-    for (int64_t r0 = r_begin; r0 < r_end; r0 += KN_NR) {
-      int nr = r_end - r0 < KN_NR ? (int)(r_end - r0) : KN_NR;
-      for (int64_t g0 = 0; g0 < l->n_groups; g0 += KN_KC_GROUPS) {
-        int64_t g1 = g0 + KN_KC_GROUPS < l->n_groups ? g0 + KN_KC_GROUPS : l->n_groups;
-        kn_q_pack(p, ix, r0, nr, g0, g1, &pk);
-        int64_t t0 = tc;
-        for (; t0 + KN_NT <= tc_end; t0 += KN_NT) kn_q_packed_tile(p, &pk, r0, nr, t0, 4, g0, g1);
-        switch (tc_end - t0) {
-          case 3: kn_q_packed_tile(p, &pk, r0, nr, t0, 3, g0, g1); break;
-          case 2: kn_q_packed_tile(p, &pk, r0, nr, t0, 2, g0, g1); break;
-          case 1: kn_q_packed_tile(p, &pk, r0, nr, t0, 1, g0, g1); break;
-          default: break;
-        }
-      }
-    }
-  }
-}
-
 #define KN_DIRECT_CASES(TYPE)                                             \
   switch (p->n_tok) {                                                     \
     case 1: kn_q_direct(p, &ix, TYPE, r_begin, r_end, 1); return;         \
@@ -276,11 +112,11 @@ static void kn_q_packed(const kn_mm_plan_t *p, const kn_idx_t *ix, int64_t r_beg
   }
 
 static void kn_mm_rows_quant(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end) {
-  kn_idx_t ix = kn_idx_build(p->type);
   if (p->n_tok > KN_NT) {
-    kn_q_packed(p, &ix, r_begin, r_end);
+    kn_gemm_q_avx512(p, r_begin, r_end);
     return;
   }
+  kn_idx_t ix = kn_idx_build(p->type);
   switch (p->type) {
     case AK_TYPE_Q4_1: KN_DIRECT_CASES(AK_TYPE_Q4_1)
     case AK_TYPE_Q4_0: KN_DIRECT_CASES(AK_TYPE_Q4_0)
