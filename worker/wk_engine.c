@@ -97,6 +97,13 @@ ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *to
   if (!tokens || n_tokens < 1 || !logits)
     return AK_ERR(&e->err, AK_ERR_INVALID_ARG, "prefill needs tokens (%lld given) and a logits buffer",
                   (long long)n_tokens);
+  /* Refuse up front what cannot fit, rather than after running the chunks that do. */
+  int64_t have = kv_seq_n_tokens(e->pool, seq);
+  if (have < 0) return AK_ERR(&e->err, AK_ERR_NOT_FOUND, "sequence %d is not live", seq);
+  int32_t limit = kv_pool_params(e->pool)->max_seq_tokens;
+  if (have + n_tokens > limit)
+    return AK_ERR(&e->err, AK_ERR_RANGE, "sequence %d: %lld + %lld tokens exceed the context of %d", seq,
+                  (long long)have, (long long)n_tokens, limit);
   for (int64_t off = 0; off < n_tokens; off += e->max_batch_tokens) {
     int64_t n = n_tokens - off < e->max_batch_tokens ? n_tokens - off : e->max_batch_tokens;
     int32_t n32 = (int32_t)n;
