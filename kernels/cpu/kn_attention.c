@@ -1,8 +1,10 @@
 /* kn_attention: causal GQA attention over the CSR paged KV view, flash style (online
- * softmax in f32, one pass over the keys). Work units are (query token, KV head):
- * the n_heads / n_kv_heads query heads that share a KV head read each key and value
- * row once. Units are handed out from an atomic counter, since causal units differ
- * in length. This file: checks, workspace, scheduling, and the portable unit. */
+ * softmax in f32, one pass over the keys). Work units are (block of up to
+ * KN_ATTN_QB consecutive batch tokens, KV head); inside a block each run of tokens
+ * of one sequence is one unit call, so the query heads of a KV group and the tokens
+ * of a prefill chunk share each key and value row read. Units are handed out from
+ * an atomic counter, longest (last) first, since causal units differ in length.
+ * This file: checks, workspace, scheduling, and the portable unit. */
 #include <math.h>
 
 #include "kn_cpu_internal.h"
@@ -10,8 +12,7 @@
 /* Keys scored at once: bounds the per-thread score buffer for large pages. */
 enum { KN_ATTN_KEY_CHUNK = 64 };
 
-int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim, int32_t page_tokens) {
-  (void)page_tokens;
+static int64_t kn_attn_scratch_floats_c(int32_t n_group, int32_t head_dim) {
   /* acc [n_group][head_dim] | scores [n_group][KEY_CHUNK] | m, l [n_group] |
    * k/v row [KEY_CHUNK][head_dim] converted to f32; rounded to 16 floats each. */
   int64_t acc = ((int64_t)n_group * head_dim + 15) / 16 * 16;
@@ -21,12 +22,18 @@ int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim, int32_t page_t
   return acc + sc + ml + kv;
 }
 
+int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim) {
+  int64_t c = kn_attn_scratch_floats_c(n_group, head_dim);
+  int64_t v = kn_attn_scratch_floats_avx512(n_group, head_dim);
+  return ((c > v ? c : v) + 15) / 16 * 16;
+}
+
 size_t kn_attention_workspace_bytes(const kn_attn_args_t *a, int n_threads) {
   if (!a || a->n_kv_heads <= 0 || a->head_dim <= 0 || n_threads <= 0) return 0;
   int32_t n_group = a->n_heads / a->n_kv_heads;
   if (n_group <= 0) return 0;
   return (size_t)n_threads *
-             (size_t)kn_attn_scratch_floats(n_group, a->head_dim, a->kv.page_tokens) *
+             (size_t)kn_attn_scratch_floats(n_group, a->head_dim) *
              sizeof(float) +
          64;
 }
@@ -50,7 +57,15 @@ static void kn_row_to_f32(kn_dtype_t dtype, const void *src, float *dst, int32_t
   }
 }
 
-void kn_attn_unit_c(const kn_attn_unit_t *u) {
+typedef struct {
+  const kn_attn_args_t *a;
+  int64_t tok_idx;
+  int32_t kv_head_idx;
+  int64_t kv_len;
+  float *scratch;
+} kn_attn_tok_t;
+
+static void kn_attn_tok_c(const kn_attn_tok_t *u) {
   const kn_attn_args_t *a = u->a;
   const kn_paged_kv_t *kv = &a->kv;
   const int32_t hd = a->head_dim, n_group = a->n_heads / a->n_kv_heads;
@@ -107,6 +122,14 @@ void kn_attn_unit_c(const kn_attn_unit_t *u) {
   }
 }
 
+void kn_attn_unit_c(const kn_attn_unit_t *u) {
+  kn_attn_tok_t t = {u->a, 0, u->kv_head_idx, 0, u->scratch};
+  for (t.tok_idx = u->tok_begin; t.tok_idx < u->tok_end; t.tok_idx++) {
+    t.kv_len = u->a->tok_kv_len[t.tok_idx];
+    kn_attn_tok_c(&t);
+  }
+}
+
 typedef struct {
   const kn_attn_args_t *a;
   kn_isa_t isa;
@@ -116,8 +139,16 @@ typedef struct {
   atomic_llong next; /* next unit to hand out */
 } kn_attn_job_t;
 
-/* Units per grab: enough to amortize the atomic, few enough to balance. */
-enum { KN_ATTN_GRAB = 4 };
+/* Units per grab: one — a unit is at least a few microseconds of work. */
+enum { KN_ATTN_GRAB = 1 };
+
+static void kn_attn_run_unit(kn_isa_t isa, const kn_attn_unit_t *u) {
+  switch (isa) {
+    case KN_ISA_AVX512: kn_attn_unit_avx512(u); break;
+    case KN_ISA_AVX2: kn_attn_unit_avx2(u); break;
+    default: kn_attn_unit_c(u); break;
+  }
+}
 
 static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
   kn_attn_job_t *job = ctx;
@@ -130,15 +161,17 @@ static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
     if (b >= job->n_units) return;
     int64_t e = b + KN_ATTN_GRAB < job->n_units ? b + KN_ATTN_GRAB : job->n_units;
     for (int64_t i = b; i < e; i++) {
-      /* Last tokens first: they are the longest, so the tail of the schedule is short. */
+      /* Last blocks first: in a prefill they are the longest, so the tail of the
+       * schedule is short. */
       int64_t unit = job->n_units - 1 - i;
-      u.tok_idx = unit / a->n_kv_heads;
+      int64_t blk = unit / a->n_kv_heads;
       u.kv_head_idx = (int32_t)(unit % a->n_kv_heads);
-      u.kv_len = a->tok_kv_len[u.tok_idx];
-      switch (job->isa) {
-        case KN_ISA_AVX512: kn_attn_unit_avx512(&u); break;
-        case KN_ISA_AVX2: kn_attn_unit_avx2(&u); break;
-        default: kn_attn_unit_c(&u); break;
+      int64_t t_end = (blk + 1) * KN_ATTN_QB < a->n_tok ? (blk + 1) * KN_ATTN_QB : a->n_tok;
+      for (u.tok_begin = blk * KN_ATTN_QB; u.tok_begin < t_end; u.tok_begin = u.tok_end) {
+        u.tok_end = u.tok_begin + 1;
+        while (u.tok_end < t_end && a->tok_seq_idx[u.tok_end] == a->tok_seq_idx[u.tok_begin])
+          u.tok_end++;
+        kn_attn_run_unit(job->isa, &u);
       }
     }
   }
@@ -210,9 +243,8 @@ ak_status_t kn_attention(kn_cpu_t *cpu, const kn_attn_args_t *a, void *workspace
   job.a = a;
   job.isa = cpu->isa;
   job.ws = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
-  job.scratch_floats = kn_attn_scratch_floats(a->n_heads / a->n_kv_heads, a->head_dim,
-                                              a->kv.page_tokens);
-  job.n_units = a->n_tok * a->n_kv_heads;
+  job.scratch_floats = kn_attn_scratch_floats(a->n_heads / a->n_kv_heads, a->head_dim);
+  job.n_units = (a->n_tok + KN_ATTN_QB - 1) / KN_ATTN_QB * a->n_kv_heads;
   atomic_init(&job.next, 0);
   if (job.n_units == 1 || cpu->n_threads == 1)
     kn_attn_job(&job, 0, 1);

@@ -144,18 +144,20 @@ void kn_silu_mul_c(const float *gate, const float *up, float *out, int64_t n);
 void kn_silu_mul_avx2(const float *gate, const float *up, float *out, int64_t n);
 void kn_silu_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
 
-/* ---- attention inner loop per ISA ----
- * One work unit: `n_q` query rows (the heads of one KV group for one token) against
- * view tokens [0, kv_len) of one sequence. */
+/* ---- attention work units per ISA ----
+ * One unit: query tokens [tok_begin, tok_end) — consecutive in the batch, of one
+ * sequence, at most KN_ATTN_QB — and one KV head with its n_group query heads. */
+enum { KN_ATTN_QB = 8 };
+
 typedef struct {
   const kn_attn_args_t *a;
-  int64_t tok_idx;
+  int64_t tok_begin, tok_end;
   int32_t kv_head_idx;
-  int64_t kv_len;
-  float *scratch; /* kn_attn_scratch_floats() floats */
+  float *scratch; /* this thread's kn_attn_scratch_floats() floats, 64-byte aligned */
 } kn_attn_unit_t;
 
-int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim, int32_t page_tokens);
+int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim);
+int64_t kn_attn_scratch_floats_avx512(int32_t n_group, int32_t head_dim);
 void kn_attn_unit_c(const kn_attn_unit_t *u);
 void kn_attn_unit_avx512(const kn_attn_unit_t *u);
 void kn_attn_unit_avx2(const kn_attn_unit_t *u);

@@ -38,6 +38,18 @@ KN_INLINE void kn_q_group(__m512 acc[KN_NR][KN_NT], const kn_wpk_t w[KN_NR],
   }
 }
 
+/* The horizontal sums of four vectors, in one register: 14 shuffles and adds
+ * instead of four separate reductions. */
+KN_INLINE __m128 kn_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+  return _mm512_castps512_ps128(
+      _mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), v));
+}
+
 /* The m·s term over blocks [4 g0, 4 g0 + n_m16) and the store of the tile. */
 KN_INLINE void kn_q_finish(const kn_mm_plan_t *p, __m512 acc[KN_NR][KN_NT],
                            const float m[KN_NR][KN_KC_GROUPS * 4], int64_t n_m16,
@@ -51,10 +63,10 @@ KN_INLINE void kn_q_finish(const kn_mm_plan_t *p, __m512 acc[KN_NR][KN_NT],
         acc[r][t] = _mm512_fmadd_ps(_mm512_load_ps(m[r] + c), sv, acc[r][t]);
     }
     float *y = p->y + (t0 + t) * p->n_rows + r0;
-    for (int r = 0; r < nr; r++) {
-      float v = _mm512_reduce_add_ps(acc[r][t]);
-      y[r] = accumulate ? y[r] + v : v;
-    }
+    __m128 v = kn_reduce4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+    const __mmask8 mk = (__mmask8)((1u << nr) - 1);
+    if (accumulate) v = _mm_add_ps(v, _mm_maskz_loadu_ps(mk, y));
+    _mm_mask_storeu_ps(y, mk, v);
   }
 }
 

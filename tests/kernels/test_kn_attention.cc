@@ -94,7 +94,7 @@ struct PagedFixture {
   }
 };
 
-void check_attention(const PagedCase &pc, uint64_t seed) {
+void check_attention(const PagedCase &pc, uint64_t seed, int32_t max_q = 5) {
   KnRng rng(seed);
   PagedFixture f(pc, rng);
   {
@@ -115,7 +115,7 @@ void check_attention(const PagedCase &pc, uint64_t seed) {
   // lengths, and one query with kv_len 0 on the first sequence.
   std::vector<int32_t> tok_seq, tok_len;
   for (size_t s = 0; s < pc.seq_lens.size(); s++) {
-    int32_t len = pc.seq_lens[s], n_q = std::min(len, 5);
+    int32_t len = pc.seq_lens[s], n_q = std::min(len, max_q);
     for (int32_t i = 0; i < n_q; i++) {
       tok_seq.push_back((int32_t)s);
       tok_len.push_back(len - n_q + 1 + i);
@@ -178,6 +178,20 @@ TEST(KnAttention, PagedGqaMatchesDouble) {
                                           << " head_dim=" << hd);
           check_attention(pc, seed++);
         }
+}
+
+// Whole prompts as queries (a prefill): every causal length from 1 up, blocks of
+// consecutive tokens of one sequence crossing page boundaries.
+TEST(KnAttention, PrefillAllTokens) {
+  uint64_t seed = 100;
+  for (kn_dtype_t dtype : {KN_F32, KN_F16})
+    for (int32_t pt : {1, 16})
+      for (int32_t hd : {64, 128}) {
+        PagedCase pc{pt, 9, 3, hd, dtype, {97, 3, 130}};
+        SCOPED_TRACE(testing::Message() << "dtype=" << dtype << " page_tokens=" << pt
+                                        << " head_dim=" << hd);
+        check_attention(pc, seed++, 1000);
+      }
 }
 
 // ---- bad arguments ----
