@@ -163,9 +163,10 @@ static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
     for (int64_t i = b; i < e; i++) {
       /* Last blocks first: in a prefill they are the longest, so the tail of the
        * schedule is short. */
-      int64_t unit = job->n_units - 1 - i;
-      int64_t blk = unit / a->n_kv_heads;
-      u.kv_head_idx = (int32_t)(unit % a->n_kv_heads);
+      /* KV head major: consecutive units read the same head's pages (L2 reuse). */
+      int64_t unit = job->n_units - 1 - i, n_blocks = job->n_units / a->n_kv_heads;
+      int64_t blk = unit % n_blocks;
+      u.kv_head_idx = (int32_t)(unit / n_blocks);
       int64_t t_end = (blk + 1) * KN_ATTN_QB < a->n_tok ? (blk + 1) * KN_ATTN_QB : a->n_tok;
       for (u.tok_begin = blk * KN_ATTN_QB; u.tok_begin < t_end; u.tok_begin = u.tok_end) {
         u.tok_end = u.tok_begin + 1;

@@ -2,9 +2,9 @@
  *
  * A unit is up to KN_ATTN_QB consecutive query tokens of one sequence and one KV
  * head: nq = n_tok_in_unit * n_group query rows that share every key and value row.
- * Keys go 16 at a time: the chunk of K is converted to f32 and transposed to
- * Kt[head_dim][16], so one query row's 16 scores are head_dim FMAs with a broadcast
- * query element (no horizontal sums); the online softmax works on those 16-lane
+ * Keys go 64 at a time: the chunk of K is converted to f32 and transposed to
+ * Kt[head_dim][64], so one query row's 64 scores are 4 x head_dim FMAs with a
+ * broadcast query element (no horizontal sums); the online softmax works on those
  * score vectors; P·V runs 4 query rows x 64 dims of accumulators in registers over
  * the chunk's V rows. K/V are read once per unit instead of once per query token.
  * Head dims that are not a multiple of 16 take the portable unit. */
@@ -12,7 +12,9 @@
 
 #include "kn_avx512_internal.h"
 
-enum { KN_KC = 16 }; /* keys per chunk: one vector of scores */
+/* Keys per chunk: four vectors of scores per query row, so the softmax bookkeeping
+ * (max, scalar exp of the correction, sums, rescaling acc) is paid per 64 keys. */
+enum { KN_KC = 64, KN_KV = KN_KC / 16 };
 
 /* Floats this unit needs (kn_attention.c sizes the workspace with the larger of
  * this and the portable unit's need). */
@@ -50,15 +52,19 @@ static inline void kn_transpose16_ps(__m512 r[16]) {
   }
 }
 
-/* 16 dims of view token jj's row (one KV head), as f32. */
-static inline __m512 kn_kv_load16(const kn_paged_kv_t *kv, const void *base, int32_t seq,
-                                  int64_t jj, int32_t kv_head, int32_t hd, int32_t i) {
+/* Address of view token jj's row for one KV head. */
+static inline const uint8_t *kn_kv_row(const kn_paged_kv_t *kv, const void *base, int32_t seq,
+                                       int64_t jj, int32_t kv_head, int32_t hd) {
   int32_t page = kv->indices[kv->indptr[seq] + jj / kv->page_tokens];
   int64_t off = (int64_t)page * kv->page_stride_elems + kv_head * kv->head_stride_elems +
-                (jj % kv->page_tokens) * hd + i;
-  if (kv->dtype == KN_F16)
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + off)));
-  return _mm512_loadu_ps((const float *)base + off);
+                (jj % kv->page_tokens) * hd;
+  return (const uint8_t *)base + off * (kv->dtype == KN_F16 ? 2 : 4);
+}
+
+/* 16 dims (from dim i) of a row, as f32. */
+static inline __m512 kn_row_load16(kn_dtype_t dtype, const uint8_t *row, int32_t i) {
+  if (dtype == KN_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 2 * (int64_t)i)));
+  return _mm512_loadu_ps((const float *)row + i);
 }
 
 static inline float *kn_carve(float **p, int64_t n_floats) {
@@ -82,10 +88,10 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
   float *sp = u->scratch;
   float *qs = kn_carve(&sp, (int64_t)nq4 * hd);   /* [nq4][hd] scaled queries */
   float *acc = kn_carve(&sp, (int64_t)nq4 * hd);  /* [nq4][hd] */
-  float *pm = kn_carve(&sp, (int64_t)nq4 * KN_KC); /* [nq4][16] probabilities */
+  float *pm = kn_carve(&sp, (int64_t)nq4 * KN_KC); /* [nq4][64] probabilities */
   float *mx = kn_carve(&sp, nq4), *sum = kn_carve(&sp, nq4), *corr = kn_carve(&sp, nq4);
-  float *kt = kn_carve(&sp, (int64_t)hd * KN_KC);  /* [hd][16] */
-  float *vc = kn_carve(&sp, (int64_t)hd * KN_KC);  /* [16][hd] */
+  float *kt = kn_carve(&sp, (int64_t)hd * KN_KC);  /* [hd][64] */
+  float *vc = kn_carve(&sp, (int64_t)hd * KN_KC);  /* [64][hd] */
 
   int64_t lmax = 0;
   const __m512 vscale = _mm512_set1_ps(a->scale);
@@ -97,56 +103,86 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
       for (int32_t i = 0; i < hd; i += 16)
         _mm512_store_ps(qr + i, _mm512_mul_ps(_mm512_loadu_ps(q + i), vscale));
       if (a->tok_kv_len[t] > lmax) lmax = a->tok_kv_len[t];
+    } else {
+      memset(qr, 0, (size_t)hd * sizeof(float));
     }
     memset(acc + (int64_t)r * hd, 0, (size_t)hd * sizeof(float));
     mx[r] = -INFINITY;
     sum[r] = 0.0f;
-    _mm512_store_ps(pm + r * KN_KC, _mm512_setzero_ps()); /* padding rows stay 0 */
+    for (int v = 0; v < KN_KV; v++) /* padding rows stay 0 */
+      _mm512_store_ps(pm + r * KN_KC + 16 * v, _mm512_setzero_ps());
   }
 
   for (int64_t j0 = 0; j0 < lmax; j0 += KN_KC) {
     const int32_t nj = (int32_t)(lmax - j0 < KN_KC ? lmax - j0 : KN_KC);
-    /* K chunk -> Kt, 16 dims at a time through a 16x16 transpose. */
-    for (int32_t i = 0; i < hd; i += 16) {
-      __m512 r16[16];
-      for (int32_t j = 0; j < KN_KC; j++)
-        r16[j] = j < nj ? kn_kv_load16(kv, kv->k_base, seq, j0 + j, u->kv_head_idx, hd, i)
-                        : _mm512_setzero_ps();
-      kn_transpose16_ps(r16);
-      for (int32_t c = 0; c < 16; c++) _mm512_store_ps(kt + (int64_t)(i + c) * KN_KC, r16[c]);
+    /* K chunk -> Kt[hd][64], 16 keys x 16 dims at a time through a 16x16 transpose. */
+    const uint8_t *krow[KN_KC], *vrow[KN_KC];
+    for (int32_t j = 0; j < nj; j++) {
+      krow[j] = kn_kv_row(kv, kv->k_base, seq, j0 + j, u->kv_head_idx, hd);
+      vrow[j] = kn_kv_row(kv, kv->v_base, seq, j0 + j, u->kv_head_idx, hd);
     }
-    for (int32_t r = 0; r < nq; r++) {
-      const int64_t len = a->tok_kv_len[u->tok_begin + r / n_group];
-      float *pr = pm + r * KN_KC;
-      if (len <= j0) { /* this row's keys ended before the chunk */
-        corr[r] = 1.0f;
-        _mm512_store_ps(pr, _mm512_setzero_ps());
-        continue;
+    for (int32_t jb = 0; jb < nj; jb += 16) /* lanes past nj are masked below */
+      for (int32_t i = 0; i < hd; i += 16) {
+        __m512 r16[16];
+        for (int32_t j = 0; j < 16; j++)
+          r16[j] = jb + j < nj ? kn_row_load16(kv->dtype, krow[jb + j], i) : _mm512_setzero_ps();
+        kn_transpose16_ps(r16);
+        for (int32_t c = 0; c < 16; c++) _mm512_store_ps(kt + (int64_t)(i + c) * KN_KC + jb, r16[c]);
       }
-      const float *qr = qs + (int64_t)r * hd;
-      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-      for (int32_t i = 0; i < hd; i += 4) {
-        s0 = _mm512_fmadd_ps(_mm512_set1_ps(qr[i]), _mm512_load_ps(kt + (int64_t)i * KN_KC), s0);
-        s1 = _mm512_fmadd_ps(_mm512_set1_ps(qr[i + 1]), _mm512_load_ps(kt + (int64_t)(i + 1) * KN_KC), s1);
-        s2 = _mm512_fmadd_ps(_mm512_set1_ps(qr[i + 2]), _mm512_load_ps(kt + (int64_t)(i + 2) * KN_KC), s2);
-        s3 = _mm512_fmadd_ps(_mm512_set1_ps(qr[i + 3]), _mm512_load_ps(kt + (int64_t)(i + 3) * KN_KC), s3);
+    /* Scores of 4 query rows at a time: 16 independent FMA chains share each Kt load. */
+    for (int32_t r0 = 0; r0 < nq4; r0 += 4) {
+      int64_t len[4];
+      int any = 0;
+      for (int k = 0; k < 4; k++) {
+        len[k] = r0 + k < nq ? a->tok_kv_len[u->tok_begin + (r0 + k) / n_group] : 0;
+        any |= len[k] > j0;
       }
-      __m512 s = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
-      int64_t n_valid = len - j0 < nj ? len - j0 : nj;
-      const __mmask16 valid = (__mmask16)((1u << n_valid) - 1);
-      s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), s);
-      float m_new = fmaxf(mx[r], _mm512_reduce_max_ps(s));
-      float c = expf(mx[r] - m_new);
-      __m512 p = _mm512_maskz_mov_ps(valid, kn_exp512(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-      _mm512_store_ps(pr, p);
-      sum[r] = sum[r] * c + _mm512_reduce_add_ps(p);
-      mx[r] = m_new;
-      corr[r] = c;
+      __m512 sv[4][KN_KV];
+      for (int k = 0; k < 4; k++)
+        for (int v = 0; v < KN_KV; v++) sv[k][v] = _mm512_setzero_ps();
+      if (any)
+        for (int32_t i = 0; i < hd; i++) {
+          __m512 kv4[KN_KV];
+          for (int v = 0; v < KN_KV; v++) kv4[v] = _mm512_load_ps(kt + (int64_t)i * KN_KC + 16 * v);
+          for (int k = 0; k < 4; k++) {
+            const __m512 qi = _mm512_set1_ps(qs[(int64_t)(r0 + k) * hd + i]);
+            for (int v = 0; v < KN_KV; v++) sv[k][v] = _mm512_fmadd_ps(qi, kv4[v], sv[k][v]);
+          }
+        }
+      for (int k = 0; k < 4; k++) {
+        const int32_t r = r0 + k;
+        float *pr = pm + r * KN_KC;
+        if (len[k] <= j0) { /* a padding row, or this row's keys ended before the chunk */
+          corr[r] = 1.0f;
+          for (int v = 0; v < KN_KV; v++) _mm512_store_ps(pr + 16 * v, _mm512_setzero_ps());
+          continue;
+        }
+        int64_t n_valid = len[k] - j0 < nj ? len[k] - j0 : nj;
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        __mmask16 valid[KN_KV];
+        for (int v = 0; v < KN_KV; v++) {
+          int64_t nv = n_valid - 16 * v;
+          valid[v] = nv >= 16 ? (__mmask16)0xFFFF : nv <= 0 ? 0 : (__mmask16)((1u << nv) - 1);
+          vmax = _mm512_mask_max_ps(vmax, valid[v], vmax, sv[k][v]);
+        }
+        float m_new = fmaxf(mx[r], _mm512_reduce_max_ps(vmax));
+        float c = expf(mx[r] - m_new);
+        const __m512 vm = _mm512_set1_ps(m_new);
+        __m512 vsum = _mm512_setzero_ps();
+        for (int v = 0; v < KN_KV; v++) {
+          __m512 p = valid[v] ? _mm512_maskz_mov_ps(valid[v], kn_exp512(_mm512_sub_ps(sv[k][v], vm)))
+                              : _mm512_setzero_ps();
+          _mm512_store_ps(pr + 16 * v, p);
+          vsum = _mm512_add_ps(vsum, p);
+        }
+        sum[r] = sum[r] * c + _mm512_reduce_add_ps(vsum);
+        mx[r] = m_new;
+        corr[r] = c;
+      }
     }
-    for (int32_t r = nq; r < nq4; r++) corr[r] = 1.0f;
     for (int32_t j = 0; j < nj; j++)
       for (int32_t i = 0; i < hd; i += 16)
-        _mm512_store_ps(vc + (int64_t)j * hd + i, kn_kv_load16(kv, kv->v_base, seq, j0 + j, u->kv_head_idx, hd, i));
+        _mm512_store_ps(vc + (int64_t)j * hd + i, kn_row_load16(kv->dtype, vrow[j], i));
     /* acc = acc * corr + P·V: 4 rows x 4 vectors of accumulators in registers. */
     for (int32_t r0 = 0; r0 < nq4; r0 += 4) {
       int32_t i = 0;

@@ -7,6 +7,7 @@
 #ifndef KN_CPU_INTERNAL_H
 #define KN_CPU_INTERNAL_H
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -147,7 +148,7 @@ void kn_silu_mul_avx512(const float *gate, const float *up, float *out, int64_t 
 /* ---- attention work units per ISA ----
  * One unit: query tokens [tok_begin, tok_end) — consecutive in the batch, of one
  * sequence, at most KN_ATTN_QB — and one KV head with its n_group query heads. */
-enum { KN_ATTN_QB = 8 };
+enum { KN_ATTN_QB = 16 };
 
 typedef struct {
   const kn_attn_args_t *a;
@@ -162,11 +163,13 @@ void kn_attn_unit_c(const kn_attn_unit_t *u);
 void kn_attn_unit_avx512(const kn_attn_unit_t *u);
 void kn_attn_unit_avx2(const kn_attn_unit_t *u);
 
-/* A one-shot spin barrier for the threads of one pool run (the counter lives in the
- * op's context on the caller's stack, zeroed before ak_pool_run). */
-static inline void kn_barrier_wait(atomic_int *arrived, int n_threads) {
-  atomic_fetch_add_explicit(arrived, 1, memory_order_acq_rel);
-  while (atomic_load_explicit(arrived, memory_order_acquire) < n_threads) {
+/* One step of a spin-wait on another thread of the pool: a pause, and every 64th
+ * step a yield, since on a shared machine the thread we wait for may be descheduled
+ * (as ak_threadpool.c does). */
+static inline void kn_spin_relax(int spins) {
+  if (spins % 64 == 0) {
+    sched_yield();
+  } else {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif

@@ -58,40 +58,63 @@ size_t kn_matmul_workspace_bytes(const kn_weight_t *w, int64_t n_tok) {
   return (size_t)n_tok * l.row_bytes + KN_WS_ALIGN;
 }
 
+/* Work is claimed from atomic counters in chunks rather than split statically: on a
+ * machine shared with other processes one of our threads may be descheduled for a
+ * whole time slice, and the others then do its share instead of waiting for it.
+ * Rows wait only for the quantized activations (a count of finished tokens), never
+ * for a thread to arrive. */
 typedef struct {
   kn_mm_plan_t plan;
   kn_isa_t isa;
   int quantized;
-  atomic_int arrived; /* threads done quantizing */
+  int64_t tok_chunk, row_chunk;
+  atomic_llong tok_next;  /* next token to quantize */
+  atomic_llong tok_done;  /* tokens quantized */
+  atomic_llong row_next;  /* next output row */
 } kn_mm_job_t;
 
-/* Row tiles of the SIMD kernels (16 for the AVX-512 GEMM): splitting on a multiple
- * keeps every thread's rows in whole tiles but the last. */
-enum { KN_MM_ROW_ALIGN = 16 };
+/* Row tiles of the SIMD kernels (16 for the AVX-512 GEMM): chunks are a multiple, so
+ * every chunk but the last is whole tiles. */
+enum { KN_MM_ROW_ALIGN = 16, KN_MM_CHUNKS_PER_THREAD = 4, KN_MM_TOK_CHUNK = 16 };
+
+/* Below this many multiply-adds (~2 us of work) a matmul runs on the calling thread:
+ * waking the pool would cost as much as it saves. */
+#define KN_MM_SERIAL_MACS ((int64_t)131072)
+
+static void kn_mm_quantize(const kn_mm_job_t *job, int64_t tb, int64_t te) {
+  switch (job->isa) {
+    case KN_ISA_AVX512: kn_act_quantize_avx512(&job->plan, tb, te); break;
+    case KN_ISA_AVX2: kn_act_quantize_avx2(&job->plan, tb, te); break;
+    default: kn_act_quantize_c(&job->plan, tb, te); break;
+  }
+}
 
 static void kn_mm_job(void *ctx, int thread_idx, int n_threads) {
   kn_mm_job_t *job = ctx;
   const kn_mm_plan_t *p = &job->plan;
+  (void)thread_idx;
+  (void)n_threads;
   if (job->quantized) {
-    int64_t tb, te;
-    ak_pool_split(p->n_tok, thread_idx, n_threads, 1, &tb, &te);
-    if (tb < te) {
-      switch (job->isa) {
-        case KN_ISA_AVX512: kn_act_quantize_avx512(p, tb, te); break;
-        case KN_ISA_AVX2: kn_act_quantize_avx2(p, tb, te); break;
-        default: kn_act_quantize_c(p, tb, te); break;
-      }
+    for (;;) {
+      int64_t tb = atomic_fetch_add(&job->tok_next, job->tok_chunk);
+      if (tb >= p->n_tok) break;
+      int64_t te = tb + job->tok_chunk < p->n_tok ? tb + job->tok_chunk : p->n_tok;
+      kn_mm_quantize(job, tb, te);
+      atomic_fetch_add_explicit(&job->tok_done, te - tb, memory_order_release);
     }
-    /* Every thread's rows read every token's quantized row. */
-    if (n_threads > 1) kn_barrier_wait(&job->arrived, n_threads);
+    /* Every row reads every token's quantized row. */
+    for (int spins = 1; atomic_load_explicit(&job->tok_done, memory_order_acquire) < p->n_tok; spins++)
+      kn_spin_relax(spins);
   }
-  int64_t rb, re;
-  ak_pool_split(p->n_rows, thread_idx, n_threads, KN_MM_ROW_ALIGN, &rb, &re);
-  if (rb >= re) return;
-  switch (job->isa) {
-    case KN_ISA_AVX512: kn_mm_rows_avx512(p, rb, re); break;
-    case KN_ISA_AVX2: kn_mm_rows_avx2(p, rb, re); break;
-    default: kn_mm_rows_c(p, rb, re); break;
+  for (;;) {
+    int64_t rb = atomic_fetch_add(&job->row_next, job->row_chunk);
+    if (rb >= p->n_rows) return;
+    int64_t re = rb + job->row_chunk < p->n_rows ? rb + job->row_chunk : p->n_rows;
+    switch (job->isa) {
+      case KN_ISA_AVX512: kn_mm_rows_avx512(p, rb, re); break;
+      case KN_ISA_AVX2: kn_mm_rows_avx2(p, rb, re); break;
+      default: kn_mm_rows_c(p, rb, re); break;
+    }
   }
 }
 
@@ -135,7 +158,18 @@ ak_status_t kn_matmul(kn_cpu_t *cpu, const kn_weight_t *w, const float *x, int64
     p->act = (uint8_t *)a;
     p->act_l = kn_act_layout(w->n_cols);
   }
-  atomic_init(&job.arrived, 0);
-  ak_pool_run(cpu->pool, kn_mm_job, &job);
+  int n_threads = cpu->n_threads;
+  int64_t n_chunks = (int64_t)n_threads * KN_MM_CHUNKS_PER_THREAD;
+  job.row_chunk = (w->n_rows + n_chunks - 1) / n_chunks;
+  job.row_chunk = (job.row_chunk + KN_MM_ROW_ALIGN - 1) / KN_MM_ROW_ALIGN * KN_MM_ROW_ALIGN;
+  job.tok_chunk = n_tok < KN_MM_TOK_CHUNK * n_threads ? (n_tok + n_threads - 1) / n_threads
+                                                       : KN_MM_TOK_CHUNK;
+  atomic_init(&job.tok_next, 0);
+  atomic_init(&job.tok_done, 0);
+  atomic_init(&job.row_next, 0);
+  if (n_threads == 1 || (n_tok * w->n_rows * w->n_cols < KN_MM_SERIAL_MACS))
+    kn_mm_job(&job, 0, 1);
+  else
+    ak_pool_run(cpu->pool, kn_mm_job, &job);
   return AK_OK;
 }

@@ -13,20 +13,26 @@ static int kn_par_threads(const kn_cpu_t *cpu, int64_t n_elems) {
   return n_elems >= KN_PAR_MIN_ELEMS ? cpu->n_threads : 1;
 }
 
-/* Runs fn over [0, n) split in contiguous chunks on the pool (or inline). */
+/* Runs fn over [0, n) in chunks claimed from an atomic counter (on the pool, or
+ * inline): a descheduled thread's share is taken by the others. */
 typedef void (*kn_range_fn)(void *ctx, int64_t begin, int64_t end);
 typedef struct {
   kn_range_fn fn;
   void *ctx;
   int64_t n;
-  int64_t align;
+  int64_t chunk;
+  atomic_llong next;
 } kn_range_job_t;
 
 static void kn_range_job(void *ctx, int thread_idx, int n_threads) {
   kn_range_job_t *j = ctx;
-  int64_t b, e;
-  ak_pool_split(j->n, thread_idx, n_threads, j->align, &b, &e);
-  if (b < e) j->fn(j->ctx, b, e);
+  (void)thread_idx;
+  (void)n_threads;
+  for (;;) {
+    int64_t b = atomic_fetch_add(&j->next, j->chunk);
+    if (b >= j->n) return;
+    j->fn(j->ctx, b, b + j->chunk < j->n ? b + j->chunk : j->n);
+  }
 }
 
 static void kn_parallel_for(kn_cpu_t *cpu, int64_t n, int64_t align, int64_t work_elems,
@@ -35,7 +41,13 @@ static void kn_parallel_for(kn_cpu_t *cpu, int64_t n, int64_t align, int64_t wor
     fn(ctx, 0, n);
     return;
   }
-  kn_range_job_t j = {fn, ctx, n, align};
+  kn_range_job_t j;
+  j.fn = fn;
+  j.ctx = ctx;
+  j.n = n;
+  int64_t n_chunks = (int64_t)cpu->n_threads * 4;
+  j.chunk = ((n + n_chunks - 1) / n_chunks + align - 1) / align * align;
+  atomic_init(&j.next, 0);
   ak_pool_run(cpu->pool, kn_range_job, &j);
 }
 
