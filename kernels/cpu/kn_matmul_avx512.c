@@ -20,6 +20,7 @@ enum {
   KN_NT = 4,           /* tokens per tile */
   KN_KC_GROUPS = 16,   /* groups per K chunk (2048 elements): bounds the m scratch */
   KN_TOK_CHUNK = 256,  /* tokens per pass over a row tile: their activations stay in L2 */
+  KN_PF_BYTES = 4096,  /* software prefetch distance of the decode path */
 };
 
 /* acc[r][t] += dot over group g of row r and token t. */
@@ -87,8 +88,14 @@ KN_INLINE void kn_q_direct(const kn_mm_plan_t *p, const kn_idx_t *ix, ak_ggml_ty
   const float *ad[KN_NT];
   kn_act_rows(p, 0, nt, arow, ad);
   _Alignas(64) float m[KN_NR][KN_KC_GROUPS * 4];
+  /* Decode streams the weights from DRAM once: the hardware prefetcher alone leaves
+   * the loads waiting, so fetch KN_PF_BYTES ahead of the tile being computed. */
+  const uint8_t *w_end = p->w + (size_t)r_end * p->w_row_bytes;
+  const uint8_t *pf = p->w + (size_t)r_begin * p->w_row_bytes;
   for (int64_t r0 = r_begin; r0 < r_end; r0 += KN_NR) {
     int nr = r_end - r0 < KN_NR ? (int)(r_end - r0) : KN_NR;
+    const uint8_t *pf_end = p->w + (size_t)(r0 + nr) * p->w_row_bytes + KN_PF_BYTES;
+    for (; pf < pf_end && pf < w_end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
     const uint8_t *wrow[KN_NR];
     for (int r = 0; r < KN_NR; r++) wrow[r] = p->w + (size_t)(r0 + (r < nr ? r : 0)) * p->w_row_bytes;
     for (int64_t g0 = 0; g0 < l->n_groups; g0 += KN_KC_GROUPS) {
