@@ -137,7 +137,12 @@ typedef struct {
 /* A token with tok_kv_len 0 gets zeros. Checks the page table it reads (indptr
  * monotone, last_page_len in [1, page_tokens], page ids >= 0, tok_kv_len within its
  * sequence): AK_ERR_INVALID_ARG / AK_ERR_RANGE with a message. n_threads: the
- * context's kn_cpu_n_threads(). */
+ * context's kn_cpu_n_threads().
+ *
+ * The workspace depends on the call's shapes and, for decode steps (<= 8 query
+ * tokens) on more than one thread, on the longest tok_kv_len: such steps split each
+ * token's keys over the threads and merge the parts, which needs room for the
+ * partial results. Size it for each call (or for the largest call you will make). */
 size_t kn_attention_workspace_bytes(const kn_attn_args_t *args, int n_threads);
 ak_status_t kn_attention(kn_cpu_t *cpu, const kn_attn_args_t *args, void *workspace,
                          size_t workspace_bytes, ak_err_t *err);

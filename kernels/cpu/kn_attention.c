@@ -28,14 +28,20 @@ int64_t kn_attn_scratch_floats(int32_t n_group, int32_t head_dim) {
   return ((c > v ? c : v) + 15) / 16 * 16;
 }
 
+static int64_t kn_attn_n_split(const kn_attn_args_t *a, int n_threads);
+
 size_t kn_attention_workspace_bytes(const kn_attn_args_t *a, int n_threads) {
-  if (!a || a->n_kv_heads <= 0 || a->head_dim <= 0 || n_threads <= 0) return 0;
+  if (!a || a->n_kv_heads <= 0 || a->head_dim <= 0 || n_threads <= 0 || a->n_tok <= 0 ||
+      !a->tok_kv_len)
+    return 0;
   int32_t n_group = a->n_heads / a->n_kv_heads;
   if (n_group <= 0) return 0;
-  return (size_t)n_threads *
-             (size_t)kn_attn_scratch_floats(n_group, a->head_dim) *
-             sizeof(float) +
-         64;
+  size_t scratch = (size_t)n_threads * (size_t)kn_attn_scratch_floats(n_group, a->head_dim);
+  int64_t n_split = kn_attn_n_split(a, n_threads);
+  size_t partials = n_split > 1 ? (size_t)(a->n_tok * a->n_kv_heads * n_split * n_group) *
+                                      (size_t)(a->head_dim + 2)
+                                : 0;
+  return (scratch + partials) * sizeof(float) + 64;
 }
 
 /* Address of view token j's row for one KV head (K or V base). */
@@ -61,7 +67,8 @@ typedef struct {
   const kn_attn_args_t *a;
   int64_t tok_idx;
   int32_t kv_head_idx;
-  int64_t kv_len;
+  int64_t key_begin, key_end; /* key_end already clipped to the token's kv length */
+  float *partial;             /* NULL, or [n_group][head_dim + 2] (kn_attn_unit_t) */
   float *scratch;
 } kn_attn_tok_t;
 
@@ -82,8 +89,8 @@ static void kn_attn_tok_c(const kn_attn_tok_t *u) {
     ml[2 * g + 1] = 0.0f;
   }
   memset(acc, 0, (size_t)n_group * hd * sizeof(float));
-  for (int64_t j0 = 0; j0 < u->kv_len; j0 += KN_ATTN_KEY_CHUNK) {
-    int32_t nj = (int32_t)(u->kv_len - j0 < KN_ATTN_KEY_CHUNK ? u->kv_len - j0 : KN_ATTN_KEY_CHUNK);
+  for (int64_t j0 = u->key_begin; j0 < u->key_end; j0 += KN_ATTN_KEY_CHUNK) {
+    int32_t nj = (int32_t)(u->key_end - j0 < KN_ATTN_KEY_CHUNK ? u->key_end - j0 : KN_ATTN_KEY_CHUNK);
     for (int32_t j = 0; j < nj; j++)
       kn_row_to_f32(kv->dtype, kn_kv_row(kv, kv->k_base, seq, j0 + j, u->kv_head_idx, hd),
                     row + (int64_t)j * hd, hd);
@@ -117,17 +124,53 @@ static void kn_attn_tok_c(const kn_attn_tok_t *u) {
       }
   }
   for (int32_t g = 0; g < n_group; g++) {
+    if (u->partial) {
+      float *pg = u->partial + (int64_t)g * (hd + 2);
+      memcpy(pg, acc + (int64_t)g * hd, (size_t)hd * sizeof(float));
+      pg[hd] = ml[2 * g];
+      pg[hd + 1] = ml[2 * g + 1];
+      continue;
+    }
     float inv = ml[2 * g + 1] > 0.0f ? 1.0f / ml[2 * g + 1] : 0.0f; /* kv_len 0: zeros */
     for (int32_t i = 0; i < hd; i++) out[g * hd + i] = acc[g * hd + i] * inv;
   }
 }
 
 void kn_attn_unit_c(const kn_attn_unit_t *u) {
-  kn_attn_tok_t t = {u->a, 0, u->kv_head_idx, 0, u->scratch};
+  const int32_t n_group = u->a->n_heads / u->a->n_kv_heads;
+  kn_attn_tok_t t = {u->a, 0, u->kv_head_idx, u->key_begin, 0, NULL, u->scratch};
   for (t.tok_idx = u->tok_begin; t.tok_idx < u->tok_end; t.tok_idx++) {
-    t.kv_len = u->a->tok_kv_len[t.tok_idx];
+    int64_t len = u->a->tok_kv_len[t.tok_idx];
+    t.key_end = len < u->key_end ? len : u->key_end;
+    t.partial = u->partial ? u->partial + (t.tok_idx - u->tok_begin) * n_group * (u->a->head_dim + 2)
+                           : NULL;
     kn_attn_tok_c(&t);
   }
+}
+
+/* Decode split-K: a step with few query tokens has fewer (token, KV head) units than
+ * threads want, so each token's keys are cut into parts of at least
+ * KN_ATTN_SPLIT_MIN_KEYS, computed as separate units, and merged (flash-decoding). */
+enum { KN_ATTN_SPLIT_MAX_TOK = 8, KN_ATTN_SPLIT_MIN_KEYS = 256, KN_ATTN_UNITS_PER_THREAD = 4 };
+
+static int64_t kn_attn_n_split(const kn_attn_args_t *a, int n_threads) {
+  if (n_threads <= 1 || a->n_tok > KN_ATTN_SPLIT_MAX_TOK) return 1;
+  int64_t max_len = 0;
+  for (int64_t t = 0; t < a->n_tok; t++)
+    if (a->tok_kv_len[t] > max_len) max_len = a->tok_kv_len[t];
+  int64_t units = a->n_tok * a->n_kv_heads;
+  int64_t want = ((int64_t)KN_ATTN_UNITS_PER_THREAD * n_threads + units - 1) / units;
+  int64_t cap = max_len / KN_ATTN_SPLIT_MIN_KEYS;
+  int64_t n = want < cap ? want : cap;
+  return n < 1 ? 1 : n;
+}
+
+/* Keys of part p of n_split for a token with len keys: 64-key aligned ranges. */
+static void kn_attn_part(int64_t len, int64_t n_split, int64_t p, int64_t *b_p, int64_t *e_p) {
+  int64_t per = ((len + n_split - 1) / n_split + 63) / 64 * 64;
+  int64_t b = p * per, e = b + per;
+  *b_p = b < len ? b : len;
+  *e_p = e < len ? e : len;
 }
 
 typedef struct {
@@ -136,6 +179,8 @@ typedef struct {
   float *ws;
   int64_t scratch_floats;
   int64_t n_units;
+  int64_t n_split;  /* 1: no split */
+  float *partials;  /* [n_tok][n_kv_heads][n_split][n_group][head_dim + 2] when split */
   atomic_llong next; /* next unit to hand out */
 } kn_attn_job_t;
 
@@ -153,6 +198,7 @@ static void kn_attn_run_unit(kn_isa_t isa, const kn_attn_unit_t *u) {
 static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
   kn_attn_job_t *job = ctx;
   const kn_attn_args_t *a = job->a;
+  const int32_t n_group = a->n_heads / a->n_kv_heads;
   kn_attn_unit_t u;
   u.a = a;
   u.scratch = job->ws + thread_idx * job->scratch_floats;
@@ -161,12 +207,24 @@ static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
     if (b >= job->n_units) return;
     int64_t e = b + KN_ATTN_GRAB < job->n_units ? b + KN_ATTN_GRAB : job->n_units;
     for (int64_t i = b; i < e; i++) {
-      /* Last blocks first: in a prefill they are the longest, so the tail of the
-       * schedule is short. */
-      /* KV head major: consecutive units read the same head's pages (L2 reuse). */
+      if (job->n_split > 1) { /* unit = (token, KV head, part) */
+        int64_t p = i % job->n_split, th = i / job->n_split;
+        u.tok_begin = th / a->n_kv_heads;
+        u.tok_end = u.tok_begin + 1;
+        u.kv_head_idx = (int32_t)(th % a->n_kv_heads);
+        kn_attn_part(a->tok_kv_len[u.tok_begin], job->n_split, p, &u.key_begin, &u.key_end);
+        u.partial = job->partials + i * n_group * (a->head_dim + 2);
+        kn_attn_run_unit(job->isa, &u);
+        continue;
+      }
+      /* KV head major: consecutive units read the same head's pages (L2 reuse). Last
+       * blocks first: in a prefill they are the longest, so the tail is short. */
       int64_t unit = job->n_units - 1 - i, n_blocks = job->n_units / a->n_kv_heads;
       int64_t blk = unit % n_blocks;
       u.kv_head_idx = (int32_t)(unit / n_blocks);
+      u.key_begin = 0;
+      u.key_end = INT64_MAX;
+      u.partial = NULL;
       int64_t t_end = (blk + 1) * KN_ATTN_QB < a->n_tok ? (blk + 1) * KN_ATTN_QB : a->n_tok;
       for (u.tok_begin = blk * KN_ATTN_QB; u.tok_begin < t_end; u.tok_begin = u.tok_end) {
         u.tok_end = u.tok_begin + 1;
@@ -177,6 +235,37 @@ static void kn_attn_job(void *ctx, int thread_idx, int n_threads) {
     }
   }
   (void)n_threads;
+}
+
+/* Combines the parts of (token, KV head) units: rescale each part to the common max. */
+static void kn_attn_merge_range(void *ctx, int thread_idx, int n_threads) {
+  kn_attn_job_t *job = ctx;
+  const kn_attn_args_t *a = job->a;
+  const int32_t hd = a->head_dim, n_group = a->n_heads / a->n_kv_heads;
+  const int64_t row = hd + 2, n_th = a->n_tok * a->n_kv_heads;
+  int64_t b, e;
+  ak_pool_split(n_th, thread_idx, n_threads, 1, &b, &e);
+  for (int64_t th = b; th < e; th++) {
+    int64_t t = th / a->n_kv_heads;
+    int32_t kh = (int32_t)(th % a->n_kv_heads);
+    const float *parts = job->partials + th * job->n_split * n_group * row;
+    for (int32_t g = 0; g < n_group; g++) {
+      float *out = a->out + (t * a->n_heads + kh * n_group + g) * hd; /* [hd] */
+      float m = -INFINITY;
+      for (int64_t p = 0; p < job->n_split; p++) m = fmaxf(m, parts[(p * n_group + g) * row + hd]);
+      float l = 0.0f;
+      for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
+      for (int64_t p = 0; p < job->n_split; p++) {
+        const float *pg = parts + (p * n_group + g) * row;
+        if (pg[hd + 1] == 0.0f) continue; /* an empty part */
+        float w = expf(pg[hd] - m);
+        l += pg[hd + 1] * w;
+        for (int32_t i = 0; i < hd; i++) out[i] += pg[i] * w;
+      }
+      float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      for (int32_t i = 0; i < hd; i++) out[i] *= inv;
+    }
+  }
 }
 
 static ak_status_t kn_attn_check(const kn_attn_args_t *a, ak_err_t *err) {
@@ -245,11 +334,15 @@ ak_status_t kn_attention(kn_cpu_t *cpu, const kn_attn_args_t *a, void *workspace
   job.isa = cpu->isa;
   job.ws = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
   job.scratch_floats = kn_attn_scratch_floats(a->n_heads / a->n_kv_heads, a->head_dim);
-  job.n_units = (a->n_tok + KN_ATTN_QB - 1) / KN_ATTN_QB * a->n_kv_heads;
+  job.n_split = kn_attn_n_split(a, cpu->n_threads);
+  job.partials = job.ws + (int64_t)cpu->n_threads * job.scratch_floats;
+  job.n_units = job.n_split > 1 ? a->n_tok * a->n_kv_heads * job.n_split
+                                : (a->n_tok + KN_ATTN_QB - 1) / KN_ATTN_QB * a->n_kv_heads;
   atomic_init(&job.next, 0);
   if (job.n_units == 1 || cpu->n_threads == 1)
     kn_attn_job(&job, 0, 1);
   else
     ak_pool_run(cpu->pool, kn_attn_job, &job);
+  if (job.n_split > 1) kn_attn_merge_range(&job, 0, 1); /* n_tok * n_group * head_dim: tiny */
   return AK_OK;
 }

@@ -120,7 +120,8 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
       const float *q = a->q + (t * a->n_heads + h0 + r % n_group) * hd; /* [hd] */
       for (int32_t i = 0; i < hd; i += 16)
         _mm512_store_ps(qr + i, _mm512_mul_ps(_mm512_loadu_ps(q + i), vscale));
-      if (a->tok_kv_len[t] > lmax) lmax = a->tok_kv_len[t];
+      int64_t len = a->tok_kv_len[t] < u->key_end ? a->tok_kv_len[t] : u->key_end;
+      if (len > lmax) lmax = len;
     } else {
       memset(qr, 0, (size_t)hd * sizeof(float));
     }
@@ -131,12 +132,12 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
       _mm512_store_ps(pm + r * KN_KC + 16 * v, _mm512_setzero_ps());
   }
 
-  for (int64_t j = 0; j < KN_PF_KEYS && j < lmax; j += KN_KC) {
+  for (int64_t j = u->key_begin; j < u->key_begin + KN_PF_KEYS && j < lmax; j += KN_KC) {
     int64_t j_end = j + KN_KC < lmax ? j + KN_KC : lmax;
     kn_kv_prefetch(kv, kv->k_base, seq, j, j_end, u->kv_head_idx, hd);
     kn_kv_prefetch(kv, kv->v_base, seq, j, j_end, u->kv_head_idx, hd);
   }
-  for (int64_t j0 = 0; j0 < lmax; j0 += KN_KC) {
+  for (int64_t j0 = u->key_begin; j0 < lmax; j0 += KN_KC) {
     const int32_t nj = (int32_t)(lmax - j0 < KN_KC ? lmax - j0 : KN_KC);
     /* The next chunk's K and V arrive while this one is computed. */
     if (j0 + KN_PF_KEYS < lmax) {
@@ -164,6 +165,7 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
       int any = 0;
       for (int k = 0; k < 4; k++) {
         len[k] = r0 + k < nq ? a->tok_kv_len[u->tok_begin + (r0 + k) / n_group] : 0;
+        if (len[k] > u->key_end) len[k] = u->key_end;
         any |= len[k] > j0;
       }
       __m512 sv[4][KN_KV];
@@ -246,6 +248,13 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
     }
   }
   for (int32_t r = 0; r < nq; r++) {
+    if (u->partial) { /* a part of a split decode: the merge normalizes */
+      float *pr = u->partial + (int64_t)r * (hd + 2);
+      memcpy(pr, acc + (int64_t)r * hd, (size_t)hd * sizeof(float));
+      pr[hd] = mx[r];
+      pr[hd + 1] = sum[r];
+      continue;
+    }
     int64_t t = u->tok_begin + r / n_group;
     float *out = a->out + (t * a->n_heads + h0 + r % n_group) * hd; /* [hd] */
     float inv = sum[r] > 0.0f ? 1.0f / sum[r] : 0.0f; /* kv_len 0: zeros */

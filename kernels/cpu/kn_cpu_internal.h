@@ -147,13 +147,23 @@ void kn_silu_mul_avx512(const float *gate, const float *up, float *out, int64_t 
 
 /* ---- attention work units per ISA ----
  * One unit: query tokens [tok_begin, tok_end) — consecutive in the batch, of one
- * sequence, at most KN_ATTN_QB — and one KV head with its n_group query heads. */
+ * sequence, at most KN_ATTN_QB — and one KV head with its n_group query heads,
+ * over keys [key_begin, min(key_end, tok_kv_len)) of each token.
+ *
+ * With `partial` NULL the unit writes normalized outputs to args->out. Otherwise
+ * (a decode step split over the keys so every thread has work) it writes, per query
+ * row r = (token - tok_begin) * n_group + g, the unnormalized state of its key range:
+ *   partial[r * (head_dim + 2) + i] = sum_j p_j v_j[i]   (i < head_dim)
+ *   partial[r * (head_dim + 2) + head_dim]     = running max m (-inf if no keys)
+ *   partial[r * (head_dim + 2) + head_dim + 1] = sum_j p_j, p_j = exp(s_j - m) */
 enum { KN_ATTN_QB = 16 };
 
 typedef struct {
   const kn_attn_args_t *a;
   int64_t tok_begin, tok_end;
   int32_t kv_head_idx;
+  int64_t key_begin, key_end;
+  float *partial;
   float *scratch; /* this thread's kn_attn_scratch_floats() floats, 64-byte aligned */
 } kn_attn_unit_t;
 

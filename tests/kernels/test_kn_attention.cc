@@ -194,6 +194,22 @@ TEST(KnAttention, PrefillAllTokens) {
       }
 }
 
+// Decode steps (one query per sequence, long contexts): with 2 threads each token's
+// keys are split into parts computed separately and merged (split-K).
+TEST(KnAttention, DecodeSplitKeys) {
+  uint64_t seed = 200;
+  for (kn_dtype_t dtype : {KN_F32, KN_F16})
+    for (int32_t pt : {16, 32})
+      for (int32_t hd : {64, 40}) {
+        for (auto lens : {std::vector<int32_t>{2050}, std::vector<int32_t>{1000}}) {
+          PagedCase pc{pt, 9, 3, hd, dtype, lens};
+          SCOPED_TRACE(testing::Message() << "dtype=" << dtype << " page_tokens=" << pt
+                                          << " head_dim=" << hd << " len=" << lens[0]);
+          check_attention(pc, seed++, 1);
+        }
+      }
+}
+
 // ---- bad arguments ----
 
 class KnAttentionArgs : public ::testing::Test {
