@@ -60,6 +60,16 @@ size_t kn_matmul_workspace_bytes(const kn_weight_t *w, int64_t n_tok);
 ak_status_t kn_matmul(kn_cpu_t *cpu, const kn_weight_t *w, const float *x, int64_t n_tok, float *y,
                       void *workspace, size_t workspace_bytes, ak_err_t *err);
 
+/* Several matmuls of one x in one call — Q, K and V; gate and up: x is quantized
+ * once and the rows of all weights share the threads, one fork-join instead of n_w.
+ * All weights have the same n_cols (types may differ); y[i]: [n_tok, w[i]->n_rows]
+ * f32. Workspace: kn_matmul_multi_workspace_bytes (the largest single need). */
+enum { KN_MATMUL_MULTI_MAX = 8 };
+size_t kn_matmul_multi_workspace_bytes(int n_w, const kn_weight_t *const *w, int64_t n_tok);
+ak_status_t kn_matmul_multi(kn_cpu_t *cpu, int n_w, const kn_weight_t *const *w, const float *x,
+                            int64_t n_tok, float *const *y, void *workspace, size_t workspace_bytes,
+                            ak_err_t *err);
+
 /* ---- embedding rows: out[i, :] = dequant(table row ids[i]) ---- */
 /* table: kn_weight_t with n_rows = vocab, n_cols = dim. out: [n_tok, dim] f32. */
 ak_status_t kn_embed(kn_cpu_t *cpu, const kn_weight_t *table, const int32_t *ids, int64_t n_tok,

@@ -192,6 +192,73 @@ TEST(KnMatmulFloat, OddColumnCounts) {
     }
 }
 
+// kn_matmul_multi computes exactly what separate kn_matmul calls do (same kernels,
+// same quantized activations, row tiles on the same boundaries).
+TEST(KnMatmulMulti, MatchesSeparateCalls) {
+  KnRng rng(77);
+  const int64_t cols = 576;
+  const ak_ggml_type_t types[] = {AK_TYPE_Q4_1, AK_TYPE_Q8_0, AK_TYPE_Q4_1, AK_TYPE_F16};
+  const int64_t rows[] = {576, 192, 37, 20};
+  std::vector<std::vector<uint8_t>> wb;
+  std::vector<kn_weight_t> w;
+  for (int i = 0; i < 4; i++) wb.push_back(random_weights(types[i], rows[i], cols, rng));
+  for (int i = 0; i < 4; i++) w.push_back(kn_weight_t{types[i], rows[i], cols, wb[i].data()});
+  const kn_weight_t *wp[4] = {&w[0], &w[1], &w[2], &w[3]};
+  for (int64_t n_tok : {1, 3, 17, 97}) {
+    std::vector<float> x = random_x(n_tok, cols, rng);
+    size_t ws_bytes = kn_matmul_multi_workspace_bytes(4, wp, n_tok);
+    EXPECT_EQ(ws_bytes, kn_matmul_workspace_bytes(&w[0], n_tok));
+    std::vector<uint8_t> ws(ws_bytes);
+    for (const KnConfig &cfg : kn_test_configs()) {
+      KnCpuPtr cpu = kn_test_cpu(cfg);
+      std::vector<std::vector<float>> y(4), y1(4);
+      float *yp[4];
+      for (int i = 0; i < 4; i++) {
+        y[i].assign(n_tok * rows[i], NAN);
+        y1[i].assign(n_tok * rows[i], NAN);
+        yp[i] = y[i].data();
+      }
+      ak_err_t err{};
+      ASSERT_EQ(kn_matmul_multi(cpu.get(), 4, wp, x.data(), n_tok, yp, ws.data(), ws.size(), &err), AK_OK)
+          << err.msg;
+      for (int i = 0; i < 4; i++) {
+        ASSERT_EQ(kn_matmul(cpu.get(), &w[i], x.data(), n_tok, y1[i].data(), ws.data(), ws.size(), &err),
+                  AK_OK) << err.msg;
+        for (size_t k = 0; k < y[i].size(); k++)
+          ASSERT_EQ(y[i][k], y1[i][k]) << cfg.name() << " weight " << i << " n_tok " << n_tok << " at " << k;
+      }
+    }
+  }
+}
+
+TEST(KnMatmulMulti, BadArguments) {
+  KnCpuPtr cpu = kn_test_cpu(2);
+  std::vector<uint8_t> a(20 * 2 * 8), b(20 * 3 * 8);
+  kn_weight_t w0{AK_TYPE_Q4_1, 8, 64, a.data()}, w1{AK_TYPE_Q4_1, 8, 96, b.data()};
+  const kn_weight_t *wp[2] = {&w0, &w1};
+  std::vector<float> x(96, 0.5f), y0(8), y1(8);
+  float *yp[2] = {y0.data(), y1.data()};
+  std::vector<uint8_t> ws(1 << 16);
+  ak_err_t err{};
+  EXPECT_EQ(kn_matmul_multi(cpu.get(), 2, wp, x.data(), 1, yp, ws.data(), ws.size(), &err),
+            AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("x is shared"), std::string::npos) << err.msg;
+  EXPECT_EQ(kn_matmul_multi(cpu.get(), 0, wp, x.data(), 1, yp, ws.data(), ws.size(), &err),
+            AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("n_w=0"), std::string::npos) << err.msg;
+  EXPECT_EQ(kn_matmul_multi(cpu.get(), KN_MATMUL_MULTI_MAX + 1, wp, x.data(), 1, yp, ws.data(),
+                            ws.size(), &err),
+            AK_ERR_INVALID_ARG);
+  w1.n_cols = 64;
+  yp[1] = nullptr;
+  EXPECT_EQ(kn_matmul_multi(cpu.get(), 2, wp, x.data(), 1, yp, ws.data(), ws.size(), &err),
+            AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("y[1]=NULL"), std::string::npos) << err.msg;
+  yp[1] = y1.data();
+  EXPECT_EQ(kn_matmul_multi(cpu.get(), 2, wp, x.data(), 1, yp, ws.data(), ws.size(), &err), AK_OK)
+      << err.msg;
+}
+
 // ---- bad arguments: each class gets its own case, status and message ----
 
 class KnMatmulArgs : public ::testing::Test {
