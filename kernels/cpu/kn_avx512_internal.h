@@ -15,12 +15,15 @@
 /* Permutation indices for unpacking, built once per call. */
 typedef struct {
   __m512i qs; /* bytes of the 4 blocks' nibbles/values from two loads */
-  __m512i dw; /* words: 0..15 d of block w/4 (expanded), 16..19 d or m of block w-16 */
+  __m512i dw; /* words: 0..15 d of block w/4, 16..31 m of block (w-16)/4 (Q4_1) */
+  __m512i dw4; /* words 0..3: m (Q4_1) or d of blocks 0..3, compact */
 } kn_idx_t;
 
 typedef struct {
   __m512i lo, hi; /* u8 [4 blocks][16] */
   __m512 d16;     /* d of block l/4 in lane l */
+  __m512 m16;     /* offset m of block l/4 in lane l */
+  __m128 m4;      /* offset m of block l (compact) */
 } kn_wpk_t;
 
 static inline kn_idx_t kn_idx_build(ak_ggml_type_t type) {
@@ -40,10 +43,14 @@ static inline kn_idx_t kn_idx_build(ak_ggml_type_t type) {
   int words_per_block = type == AK_TYPE_Q4_1 ? 10 : type == AK_TYPE_Q4_0 ? 9 : 17;
   int m_word = type == AK_TYPE_Q4_1 ? 1 : 0; /* Q4_1: m follows d */
   for (int w = 0; w < 16; w++) dw[w] = (uint16_t)(words_per_block * (w / 4));
-  for (int w = 16; w < 20; w++) dw[w] = (uint16_t)(words_per_block * (w - 16) + m_word);
+  for (int w = 16; w < 32; w++) dw[w] = (uint16_t)(words_per_block * ((w - 16) / 4) + m_word);
+  _Alignas(64) uint16_t dw4[32];
+  memset(dw4, 0, sizeof dw4);
+  for (int w = 0; w < 4; w++) dw4[w] = (uint16_t)(words_per_block * w + m_word);
   kn_idx_t ix;
   ix.qs = _mm512_load_si512(qs);
   ix.dw = _mm512_load_si512(dw);
+  ix.dw4 = _mm512_load_si512(dw4);
   return ix;
 }
 
@@ -51,10 +58,10 @@ KN_INLINE __mmask64 kn_bytes_mask(int64_t n) {
   return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
 }
 
-/* Unpacks group g (nvb valid blocks, 1..4) starting at gp; m4 gets the four blocks'
+/* Unpacks group g (nvb valid blocks, 1..4) starting at gp; m16 gets the blocks'
  * offsets m (Q4_1) or the equivalent of the unsigned shift (-8 d, -128 d). */
 KN_INLINE kn_wpk_t kn_unpack(ak_ggml_type_t type, const uint8_t *gp, int nvb,
-                             const kn_idx_t *ix, __m128 *m4) {
+                             const kn_idx_t *ix) {
   kn_wpk_t w;
   if (type == AK_TYPE_Q8_0) {
     __m256i b[4];
@@ -76,7 +83,9 @@ KN_INLINE kn_wpk_t kn_unpack(ak_ggml_type_t type, const uint8_t *gp, int nvb,
     }
     __m512i dd = _mm512_permutex2var_epi16(l0, ix->dw, l1);
     w.d16 = _mm512_cvtph_ps(_mm512_castsi512_si256(dd));
-    *m4 = _mm_mul_ps(_mm_cvtph_ps(_mm512_extracti32x4_epi32(dd, 2)), _mm_set1_ps(-128.0f));
+    w.m16 = _mm512_mul_ps(w.d16, _mm512_set1_ps(-128.0f));
+    w.m4 = _mm_mul_ps(_mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(l0, ix->dw4, l1))),
+                      _mm_set1_ps(-128.0f));
     return w;
   }
   const int q41 = type == AK_TYPE_Q4_1;
@@ -95,8 +104,10 @@ KN_INLINE kn_wpk_t kn_unpack(ak_ggml_type_t type, const uint8_t *gp, int nvb,
   w.hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
   __m512i dm = _mm512_permutexvar_epi16(ix->dw, l0);
   w.d16 = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
-  __m128 x4 = _mm_cvtph_ps(_mm512_extracti32x4_epi32(dm, 2));
-  *m4 = q41 ? x4 : _mm_mul_ps(x4, _mm_set1_ps(-8.0f));
+  w.m16 = q41 ? _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1))
+              : _mm512_mul_ps(w.d16, _mm512_set1_ps(-8.0f));
+  __m128 x4 = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(ix->dw4, l0)));
+  w.m4 = q41 ? x4 : _mm_mul_ps(x4, _mm_set1_ps(-8.0f));
   return w;
 }
 

@@ -90,18 +90,20 @@ void kn_dequant_row(ak_ggml_type_t type, const void *row, float *out, int64_t n_
  * 128 elements) so one 512-bit register holds the same half of four blocks, which
  * is how the weights unpack (Q4 nibbles: low = elements 0..15, high = 16..31):
  *
- *   token row (kn_act_row_bytes):
- *   +--------------------------------+----------------------------+-------------+
- *   | qs  [n_groups][2][4][16] int8  | d16 [n_groups][4][4] f32   | s [nb16] f32|
- *   |     [g][half][block][i] =      |     d of block b repeated  |  d_b*sum(q_b)|
- *   |     q of elem 32b+16half+i     |     in 4 lanes (one per    |  compact,    |
- *   |                                |     int32 dot lane)        |  zero padded |
- *   +--------------------------------+----------------------------+-------------+
+ *   token row (kn_act_layout_t.row_bytes):
+ *   +--------------------------------+--------------------------+-------------------+--------------+
+ *   | qs  [n_groups][2][4][16] int8  | d16 [n_groups][4][4] f32 | sq16 [n_groups][4][4]| s [n_s] f32 |
+ *   |     [g][half][block][i] =      |   d of block b repeated  |   int32: sum(q_b) in | d_b*sum(q_b) |
+ *   |     q of elem 32b+16half+i     |   in 4 lanes (one per    |   lane 4b, 0 in the  | compact,     |
+ *   |                                |   int32 dot lane)        |   other three        | zero padded  |
+ *   +--------------------------------+--------------------------+-------------------+--------------+
  *
  * Blocks past n_cols/32 (padding to a whole group) have q = 0, d = 0, s = 0. The
  * s term carries the weight offset: dot(w, x) = sum_b dw_b*dx_b*dot(u_b, q_b) +
  * m_b*s_b, where weights are u*dw + m with u unsigned (Q4_1: m; Q4_0: m = -8 dw;
- * Q8_0 with u = w + 128: m = -128 dw). */
+ * Q8_0 with u = w + 128: m = -128 dw). For Q4_0 and Q8_0 the offset is an integer
+ * multiple of dw, so kernels may instead start the block's int32 sum at -8 or -128
+ * times sq16. */
 enum { KN_GROUP_BLOCKS = 4, KN_GROUP_ELEMS = 128, KN_S_ALIGN_BLOCKS = 16 };
 
 typedef struct {
@@ -109,6 +111,7 @@ typedef struct {
   int64_t n_groups;   /* ceil(n_blocks / 4) */
   int64_t n_s;        /* n_blocks rounded up to 16 */
   size_t qs_bytes;    /* offset of d16 */
+  size_t sq16_offset; /* offset of sq16 */
   size_t s_offset;    /* offset of s */
   size_t row_bytes;   /* per token, a multiple of 64 */
 } kn_act_layout_t;

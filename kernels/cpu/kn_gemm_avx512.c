@@ -60,11 +60,9 @@ KN_INLINE void kn_ilv_pack(const kn_mm_plan_t *p, ak_ggml_type_t type, const kn_
                            int64_t r0, int nr, int64_t g0, int64_t g1, kn_ilv_group_t *out) {
   const kn_act_layout_t *l = &p->act_l;
   const size_t gb = 4 * (p->w_row_bytes / (size_t)l->n_blocks);
-  _Alignas(64) float dtmp[KN_GR][16], mtmp[KN_GR][4];
+  _Alignas(64) float dtmp[KN_GR][16], mtmp[KN_GR][16];
   const __m512i didx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32(16));
-  const __m512i midx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                          _mm512_set1_epi32(4));
   for (int64_t g = g0; g < g1; g++) {
     kn_ilv_group_t *o = &out[g - g0];
     int64_t nvb64 = l->n_blocks - 4 * g;
@@ -72,17 +70,15 @@ KN_INLINE void kn_ilv_pack(const kn_mm_plan_t *p, ak_ggml_type_t type, const kn_
     __m512i lo[KN_GR], hi[KN_GR];
     for (int r = 0; r < KN_GR; r++) {
       if (r < nr) {
-        __m128 m4;
-        kn_wpk_t w = kn_unpack(type, p->w + (size_t)(r0 + r) * p->w_row_bytes + (size_t)g * gb, nvb,
-                               ix, &m4);
+        kn_wpk_t w = kn_unpack(type, p->w + (size_t)(r0 + r) * p->w_row_bytes + (size_t)g * gb, nvb, ix);
         lo[r] = w.lo;
         hi[r] = w.hi;
         _mm512_store_ps(dtmp[r], w.d16);
-        _mm_store_ps(mtmp[r], m4);
+        _mm512_store_ps(mtmp[r], w.m16);
       } else {
         lo[r] = hi[r] = _mm512_setzero_si512();
         _mm512_store_ps(dtmp[r], _mm512_setzero_ps());
-        _mm_store_ps(mtmp[r], _mm_setzero_ps());
+        _mm512_store_ps(mtmp[r], _mm512_setzero_ps());
       }
     }
     /* lo dword 4b + q is quad q (< 4) of block b; hi dword 4b + q is quad 4 + q. */
@@ -95,7 +91,7 @@ KN_INLINE void kn_ilv_pack(const kn_mm_plan_t *p, ak_ggml_type_t type, const kn_
       }
     for (int b = 0; b < 4; b++) {
       o->d[b] = _mm512_i32gather_ps(_mm512_add_epi32(didx, _mm512_set1_epi32(4 * b)), &dtmp[0][0], 4);
-      o->m[b] = _mm512_i32gather_ps(_mm512_add_epi32(midx, _mm512_set1_epi32(b)), &mtmp[0][0], 4);
+      o->m[b] = _mm512_i32gather_ps(_mm512_add_epi32(didx, _mm512_set1_epi32(4 * b)), &mtmp[0][0], 4);
     }
   }
 }

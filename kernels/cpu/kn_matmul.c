@@ -34,7 +34,8 @@ kn_act_layout_t kn_act_layout(int64_t n_cols) {
   l.n_groups = (l.n_blocks + KN_GROUP_BLOCKS - 1) / KN_GROUP_BLOCKS;
   l.n_s = (l.n_blocks + KN_S_ALIGN_BLOCKS - 1) / KN_S_ALIGN_BLOCKS * KN_S_ALIGN_BLOCKS;
   l.qs_bytes = (size_t)l.n_groups * KN_GROUP_ELEMS;
-  l.s_offset = l.qs_bytes + (size_t)l.n_groups * 16 * sizeof(float);
+  l.sq16_offset = l.qs_bytes + (size_t)l.n_groups * 16 * sizeof(float);
+  l.s_offset = l.sq16_offset + (size_t)l.n_groups * 16 * sizeof(int32_t);
   size_t bytes = l.s_offset + (size_t)l.n_s * sizeof(float);
   l.row_bytes = (bytes + 63) / 64 * 64;
   return l;

@@ -248,6 +248,7 @@ void kn_act_quantize_avx2(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end)
     uint8_t *row = p->act + (size_t)t * l->row_bytes;
     int8_t *qs = (int8_t *)row;
     float *d16 = (float *)(row + l->qs_bytes);
+    int32_t *sq16 = (int32_t *)(row + l->sq16_offset);
     float *s = (float *)(row + l->s_offset);
     for (int64_t blk = 0; blk < 4 * l->n_groups; blk++) {
       int64_t g = blk / KN_GROUP_BLOCKS, b = blk % KN_GROUP_BLOCKS;
@@ -256,6 +257,7 @@ void kn_act_quantize_avx2(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end)
         memset(lo, 0, 16);
         memset(lo + 64, 0, 16);
         _mm_storeu_ps(d16 + g * 16 + b * 4, _mm_setzero_ps());
+        _mm_storeu_si128((__m128i *)(sq16 + g * 16 + b * 4), _mm_setzero_si128());
         continue;
       }
       const float *xb = x + blk * AK_QK;
@@ -280,6 +282,7 @@ void kn_act_quantize_avx2(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end)
       q4 = _mm_add_epi32(q4, _mm_shuffle_epi32(q4, 0xB1));
       _mm_storeu_ps(d16 + g * 16 + b * 4, _mm_set1_ps(d));
       s[blk] = d * (float)_mm_cvtsi128_si32(q4);
+      _mm_storeu_si128((__m128i *)(sq16 + g * 16 + b * 4), _mm_setr_epi32(_mm_cvtsi128_si32(q4), 0, 0, 0));
     }
     for (int64_t blk = l->n_blocks; blk < l->n_s; blk++) s[blk] = 0.0f;
   }

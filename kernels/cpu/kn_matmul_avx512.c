@@ -18,21 +18,26 @@
 enum {
   KN_NR = 4,           /* rows per tile */
   KN_NT = 4,           /* tokens per tile */
-  KN_KC_GROUPS = 16,   /* groups per K chunk (2048 elements): bounds the m scratch */
   KN_TOK_CHUNK = 256,  /* tokens per pass over a row tile: their activations stay in L2 */
   KN_PF_BYTES = 4096,  /* software prefetch distance of the decode path */
 };
 
-/* acc[r][t] += dot over group g of row r and token t. */
-KN_INLINE void kn_q_group(__m512 acc[KN_NR][KN_NT], const kn_wpk_t w[KN_NR],
+/* acc[r][t] += dot over group g of row r and token t. Q4_1's m·s term is left to
+ * the caller; Q4_0 and Q8_0 start each block's int32 sum at -8 / -128 sum(q). */
+KN_INLINE void kn_q_group(ak_ggml_type_t type, __m512 acc[KN_NR][KN_NT], const kn_wpk_t w[KN_NR],
                           const uint8_t *const arow[KN_NT], const float *const ad[KN_NT],
-                          int64_t g, const int nt) {
+                          const int32_t *const asq[KN_NT], int64_t g, const int nt) {
   for (int t = 0; t < nt; t++) {
     const uint8_t *xa = arow[t] + g * KN_GROUP_ELEMS;
     const __m512i xlo = _mm512_load_si512(xa), xhi = _mm512_load_si512(xa + 64);
     const __m512 xd = _mm512_load_ps(ad[t] + g * 16);
+    __m512i i0 = _mm512_setzero_si512();
+    if (type != AK_TYPE_Q4_1) {
+      __m512i sq = _mm512_load_si512(asq[t] + g * 16);
+      i0 = _mm512_sub_epi32(i0, _mm512_slli_epi32(sq, type == AK_TYPE_Q8_0 ? 7 : 3));
+    }
     for (int r = 0; r < KN_NR; r++) {
-      __m512i i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r].lo, xlo);
+      __m512i i = _mm512_dpbusd_epi32(i0, w[r].lo, xlo);
       i = _mm512_dpbusd_epi32(i, w[r].hi, xhi);
       acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w[r].d16, xd), acc[r][t]);
     }
@@ -51,18 +56,10 @@ KN_INLINE __m128 kn_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
       _mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), v));
 }
 
-/* The m·s term over blocks [4 g0, 4 g0 + n_m16) and the store of the tile. */
-KN_INLINE void kn_q_finish(const kn_mm_plan_t *p, __m512 acc[KN_NR][KN_NT],
-                           const float m[KN_NR][KN_KC_GROUPS * 4], int64_t n_m16,
-                           const uint8_t *const arow[KN_NT], int64_t g0, int64_t r0, int nr,
+/* Sums the tile's accumulators and stores (or adds to) y. */
+KN_INLINE void kn_q_finish(const kn_mm_plan_t *p, __m512 acc[KN_NR][KN_NT], int64_t r0, int nr,
                            int64_t t0, const int nt, int accumulate) {
   for (int t = 0; t < nt; t++) {
-    const float *s = (const float *)(arow[t] + p->act_l.s_offset) + 4 * g0;
-    for (int64_t c = 0; c < n_m16; c += 16) {
-      __m512 sv = _mm512_load_ps(s + c);
-      for (int r = 0; r < KN_NR; r++)
-        acc[r][t] = _mm512_fmadd_ps(_mm512_load_ps(m[r] + c), sv, acc[r][t]);
-    }
     float *y = p->y + (t0 + t) * p->n_rows + r0;
     __m128 v = kn_reduce4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
     const __mmask8 mk = (__mmask8)((1u << nr) - 1);
@@ -71,11 +68,13 @@ KN_INLINE void kn_q_finish(const kn_mm_plan_t *p, __m512 acc[KN_NR][KN_NT],
   }
 }
 
-KN_INLINE void kn_act_rows(const kn_mm_plan_t *p, int64_t t0, const int nt,
-                           const uint8_t *arow[KN_NT], const float *ad[KN_NT]) {
+KN_INLINE void kn_act_rows(const kn_mm_plan_t *p, int64_t t0, const int nt, const uint8_t *arow[KN_NT],
+                           const float *ad[KN_NT], const float *as[KN_NT], const int32_t *asq[KN_NT]) {
   for (int t = 0; t < KN_NT; t++) {
     arow[t] = p->act + (size_t)(t0 + (t < nt ? t : 0)) * p->act_l.row_bytes;
     ad[t] = (const float *)(arow[t] + p->act_l.qs_bytes);
+    as[t] = (const float *)(arow[t] + p->act_l.s_offset);
+    asq[t] = (const int32_t *)(arow[t] + p->act_l.sq16_offset);
   }
 }
 
@@ -85,9 +84,9 @@ KN_INLINE void kn_q_direct(const kn_mm_plan_t *p, const kn_idx_t *ix, ak_ggml_ty
   const kn_act_layout_t *l = &p->act_l;
   const size_t gb = 4 * (p->w_row_bytes / (size_t)l->n_blocks); /* bytes per group */
   const uint8_t *arow[KN_NT];
-  const float *ad[KN_NT];
-  kn_act_rows(p, 0, nt, arow, ad);
-  _Alignas(64) float m[KN_NR][KN_KC_GROUPS * 4];
+  const float *ad[KN_NT], *as[KN_NT];
+  const int32_t *asq[KN_NT];
+  kn_act_rows(p, 0, nt, arow, ad, as, asq);
   /* Decode streams the weights from DRAM once: the hardware prefetcher alone leaves
    * the loads waiting, so fetch KN_PF_BYTES ahead of the tile being computed. */
   const uint8_t *w_end = p->w + (size_t)r_end * p->w_row_bytes;
@@ -98,27 +97,32 @@ KN_INLINE void kn_q_direct(const kn_mm_plan_t *p, const kn_idx_t *ix, ak_ggml_ty
     for (; pf < pf_end && pf < w_end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
     const uint8_t *wrow[KN_NR];
     for (int r = 0; r < KN_NR; r++) wrow[r] = p->w + (size_t)(r0 + (r < nr ? r : 0)) * p->w_row_bytes;
-    for (int64_t g0 = 0; g0 < l->n_groups; g0 += KN_KC_GROUPS) {
-      int64_t g1 = g0 + KN_KC_GROUPS < l->n_groups ? g0 + KN_KC_GROUPS : l->n_groups;
-      __m512 acc[KN_NR][KN_NT];
-      for (int r = 0; r < KN_NR; r++)
-        for (int t = 0; t < KN_NT; t++) acc[r][t] = _mm512_setzero_ps();
-      for (int64_t g = g0; g < g1; g++) {
-        int64_t nvb64 = l->n_blocks - 4 * g;
-        int nvb = nvb64 < 4 ? (int)nvb64 : 4;
-        kn_wpk_t w[KN_NR];
-        for (int r = 0; r < KN_NR; r++) {
-          __m128 m4;
-          w[r] = kn_unpack(type, wrow[r] + (size_t)g * gb, nvb, ix, &m4);
-          _mm_store_ps(&m[r][4 * (g - g0)], m4);
-        }
-        kn_q_group(acc, w, arow, ad, g, nt);
+    __m512 acc[KN_NR][KN_NT];
+    for (int r = 0; r < KN_NR; r++)
+      for (int t = 0; t < KN_NT; t++) acc[r][t] = _mm512_setzero_ps();
+    /* The m·s term: four groups' m (16 blocks) gather in one register, then one FMA
+     * per token with the compact s — no round trip through memory. */
+    __m512 mc[KN_NR];
+    for (int r = 0; r < KN_NR; r++) mc[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < l->n_groups; g++) {
+      int64_t nvb64 = l->n_blocks - 4 * g;
+      int nvb = nvb64 < 4 ? (int)nvb64 : 4;
+      kn_wpk_t w[KN_NR];
+      const __mmask16 lane4 = (__mmask16)(0xFu << (4 * (g & 3)));
+      for (int r = 0; r < KN_NR; r++) {
+        w[r] = kn_unpack(type, wrow[r] + (size_t)g * gb, nvb, ix);
+        if (type == AK_TYPE_Q4_1) mc[r] = _mm512_mask_broadcast_f32x4(mc[r], lane4, w[r].m4);
       }
-      int64_t n_m = 4 * (g1 - g0), n_m16 = (n_m + 15) / 16 * 16;
-      for (int r = 0; r < KN_NR; r++)
-        for (int64_t c = n_m; c < n_m16; c++) m[r][c] = 0.0f;
-      kn_q_finish(p, acc, m, n_m16, arow, g0, r0, nr, 0, nt, g0 > 0);
+      kn_q_group(type, acc, w, arow, ad, asq, g, nt);
+      if (type == AK_TYPE_Q4_1 && ((g & 3) == 3 || g == l->n_groups - 1)) {
+        for (int t = 0; t < nt; t++) {
+          const __m512 sv = _mm512_load_ps(as[t] + 4 * (g & ~(int64_t)3));
+          for (int r = 0; r < KN_NR; r++) acc[r][t] = _mm512_fmadd_ps(mc[r], sv, acc[r][t]);
+        }
+        for (int r = 0; r < KN_NR; r++) mc[r] = _mm512_setzero_ps();
+      }
     }
+    kn_q_finish(p, acc, r0, nr, 0, nt, 0);
   }
 }
 
@@ -217,6 +221,7 @@ void kn_act_quantize_avx512(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_en
     uint8_t *row = p->act + (size_t)t * l->row_bytes;
     int8_t *qs = (int8_t *)row;
     float *d16 = (float *)(row + l->qs_bytes);
+    int32_t *sq16 = (int32_t *)(row + l->sq16_offset);
     float *s = (float *)(row + l->s_offset);
     for (int64_t blk = 0; blk < 4 * l->n_groups; blk++) {
       int64_t g = blk / KN_GROUP_BLOCKS, b = blk % KN_GROUP_BLOCKS;
@@ -225,6 +230,7 @@ void kn_act_quantize_avx512(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_en
         memset(lo, 0, 16);
         memset(lo + 64, 0, 16);
         _mm_storeu_ps(d16 + g * 16 + b * 4, _mm_setzero_ps());
+        _mm_storeu_si128((__m128i *)(sq16 + g * 16 + b * 4), _mm_setzero_si128());
         continue;
       }
       __m512 x0 = _mm512_loadu_ps(x + blk * AK_QK), x1 = _mm512_loadu_ps(x + blk * AK_QK + 16);
@@ -240,6 +246,7 @@ void kn_act_quantize_avx512(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_en
       int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
       _mm_storeu_ps(d16 + g * 16 + b * 4, _mm_set1_ps(d));
       s[blk] = d * (float)sum;
+      _mm_storeu_si128((__m128i *)(sq16 + g * 16 + b * 4), _mm_setr_epi32(sum, 0, 0, 0));
     }
     for (int64_t blk = l->n_blocks; blk < l->n_s; blk++) s[blk] = 0.0f;
   }

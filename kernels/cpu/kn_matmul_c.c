@@ -66,6 +66,7 @@ void kn_act_quantize_c(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end) {
     uint8_t *row = p->act + (size_t)t * l->row_bytes;
     int8_t *qs = (int8_t *)row;                      /* [n_groups][2][4][16] */
     float *d16 = (float *)(row + l->qs_bytes);        /* [n_groups][16] */
+    int32_t *sq16 = (int32_t *)(row + l->sq16_offset); /* [n_groups][16] */
     float *s = (float *)(row + l->s_offset);          /* [n_s] */
     memset(row, 0, l->row_bytes);
     for (int64_t blk = 0; blk < l->n_blocks; blk++) {
@@ -85,8 +86,11 @@ void kn_act_quantize_c(const kn_mm_plan_t *p, int64_t t_begin, int64_t t_end) {
         hi[i] = (int8_t)q1;
         sum += q0 + q1;
       }
-      for (int i = 0; i < 4; i++) d16[g * 16 + b * 4 + i] = d;
       s[blk] = d * (float)sum;
+      for (int i = 0; i < 4; i++) {
+        d16[g * 16 + b * 4 + i] = d;
+        sq16[g * 16 + b * 4 + i] = i == 0 ? sum : 0;
+      }
     }
   }
 }
