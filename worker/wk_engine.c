@@ -31,7 +31,9 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
     return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seq_tokens=%d must be >= 0", p->max_seq_tokens);
   wk_engine_t *e = ak_host_alloc(sizeof *e, 1);
   if (!e) return AK_ERR(err, AK_ERR_NO_MEMORY, "engine struct");
-  ak_status_t st = wk_model_load(p->model_path, err, &e->model);
+  wk_model_params_t mp = wk_model_params_default();
+  mp.weights_f32 = p->weights_f32;
+  ak_status_t st = wk_model_load(p->model_path, &mp, err, &e->model);
   if (st < 0) goto err_destroy;
   st = kn_cpu_create(p->n_threads, err, &e->cpu);
   if (st < 0) goto err_destroy;

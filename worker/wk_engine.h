@@ -27,6 +27,7 @@ typedef struct {
   int64_t kv_pages;         /* 0 = enough for max_seqs sequences of max_seq_tokens */
   int32_t max_batch_tokens; /* rows of one step; longer prompts are chunked (default 512) */
   kn_dtype_t kv_dtype;      /* default KN_F16 */
+  int weights_f32;          /* dequantize weights at load (see wk_model_params_t) */
 } wk_engine_params_t;
 
 typedef struct wk_engine wk_engine_t;

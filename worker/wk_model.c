@@ -16,7 +16,17 @@ struct wk_model {
   kn_weight_t output;
   const float *output_norm;
   size_t weight_bytes;
+  wk_model_params_t params;
+  float *f32_weights;      /* all dequantized matrices when params.weights_f32 */
+  size_t f32_weights_bytes;
+  size_t f32_used_elems;
 };
+
+wk_model_params_t wk_model_params_default(void) {
+  wk_model_params_t p;
+  memset(&p, 0, sizeof p);
+  return p;
+}
 
 /* `<arch>.<suffix>` as a key. */
 static const char *wk_key(char *buf, size_t n, const char *arch, const char *suffix) {
@@ -82,8 +92,29 @@ static ak_status_t wk_weight(wk_model_t *m, const char *name, int64_t n_rows, in
   w->n_rows = n_rows;
   w->n_cols = n_cols;
   w->data = t->data;
+  if (m->params.weights_f32) {
+    size_t n = (size_t)n_rows * (size_t)n_cols;
+    if (m->f32_used_elems + n > m->f32_weights_bytes / sizeof(float))
+      return AK_ERR(err, AK_ERR_INTERNAL, "f32 weight arena too small at %s", name);
+    float *dst = m->f32_weights + m->f32_used_elems;
+    size_t row_bytes = ak_type_row_bytes(t->type, n_cols);
+    for (int64_t r = 0; r < n_rows; r++)
+      AK_TRY(ak_dequant_row(t->type, (const char *)t->data + (size_t)r * row_bytes, dst + (size_t)r * n_cols, n_cols));
+    m->f32_used_elems += n;
+    w->type = AK_TYPE_F32;
+    w->data = dst;
+    m->weight_bytes += n * sizeof(float);
+    return AK_OK;
+  }
   m->weight_bytes += t->n_bytes;
   return AK_OK;
+}
+
+/* Elements of every matrix the model will dequantize (for the f32 arena). */
+static size_t wk_matrix_elems(const wk_hparams_t *hp) {
+  size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
+  size_t per_layer = 2 * q_dim * hp->dim + 2 * kv_dim * hp->dim + 3 * (size_t)hp->ffn_dim * hp->dim;
+  return (size_t)hp->n_vocab * hp->dim * 2 + per_layer * (size_t)hp->n_layers;
 }
 
 /* Copies a norm vector into `dst` as f32 whatever its stored type. */
@@ -159,6 +190,12 @@ static ak_status_t wk_load_weights(wk_model_t *m, ak_err_t *err) {
   if (emb->ne[1] < 1 || emb->ne[1] > (1 << 24))
     return AK_ERR(err, AK_ERR_FORMAT, "token_embd.weight vocab %lld out of range", (long long)emb->ne[1]);
   m->hp.n_vocab = (int32_t)emb->ne[1];
+  if (m->params.weights_f32) {
+    m->f32_weights_bytes = wk_matrix_elems(hp) * sizeof(float);
+    m->f32_weights = ak_host_alloc(m->f32_weights_bytes, 0);
+    if (!m->f32_weights)
+      return AK_ERR(err, AK_ERR_NO_MEMORY, "%zu bytes for f32 weights", m->f32_weights_bytes);
+  }
   AK_TRY(wk_weight(m, "token_embd.weight", hp->n_vocab, hp->dim, err, &m->token_embd));
   m->hp.tied_embeddings = ak_gguf_find_tensor(m->gguf, "output.weight") == NULL;
   if (hp->tied_embeddings)
@@ -198,10 +235,12 @@ static ak_status_t wk_load_weights(wk_model_t *m, ak_err_t *err) {
   return AK_OK;
 }
 
-ak_status_t wk_model_load(const char *path, ak_err_t *err, wk_model_t **model_p) {
+ak_status_t wk_model_load(const char *path, const wk_model_params_t *params, ak_err_t *err,
+                          wk_model_t **model_p) {
   if (!path) return AK_ERR(err, AK_ERR_INVALID_ARG, "path is NULL");
   wk_model_t *m = ak_host_alloc(sizeof *m, 1);
   if (!m) return AK_ERR(err, AK_ERR_NO_MEMORY, "model struct");
+  m->params = params ? *params : wk_model_params_default();
   ak_status_t st = ak_gguf_open(path, err, &m->gguf);
   if (st < 0) goto err_free_model;
   if ((st = wk_read_hparams(m, err)) < 0) goto err_free_model;
@@ -218,6 +257,7 @@ void wk_model_free(wk_model_t *m) {
   if (!m) return;
   if (m->norms) ak_host_free(m->norms, sizeof(float) * (size_t)(2 * m->hp.n_layers + 1) * (size_t)m->hp.dim);
   if (m->layers) ak_host_free(m->layers, sizeof(wk_layer_t) * (size_t)m->hp.n_layers);
+  ak_host_free(m->f32_weights, m->f32_weights_bytes);
   ak_gguf_close(m->gguf);
   ak_host_free(m, sizeof *m);
 }

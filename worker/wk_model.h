@@ -53,9 +53,20 @@ typedef struct {
 
 typedef struct wk_model wk_model_t;
 
+typedef struct {
+  /* Dequantize every matrix to f32 at load (4 bytes a weight). The file's quantized
+   * weights are what the engine normally computes on; f32 weights route matmuls
+   * through the float path with f32 activations, which is exact arithmetic up to
+   * float rounding: the mode tests compare against a float64 reference. */
+  int weights_f32;
+} wk_model_params_t;
+
+wk_model_params_t wk_model_params_default(void);
+
 /* Opens `path` and builds the model. The error names the missing key or tensor, or the
- * shape that does not match. */
-ak_status_t wk_model_load(const char *path, ak_err_t *err, wk_model_t **model_p);
+ * shape that does not match. `params` may be NULL (defaults). */
+ak_status_t wk_model_load(const char *path, const wk_model_params_t *params, ak_err_t *err,
+                          wk_model_t **model_p);
 void wk_model_free(wk_model_t *model);
 
 const wk_hparams_t *wk_model_hparams(const wk_model_t *model);

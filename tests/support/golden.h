@@ -72,9 +72,9 @@ inline std::vector<Greedy> read_greedy() {
 
 // name -> pos -> top-5 (id, logit)
 using Top = std::vector<std::pair<int, double>>;
-inline std::map<std::string, std::map<int, Top>> read_logits() {
+inline std::map<std::string, std::map<int, Top>> read_logits_file(const char *file) {
   std::map<std::string, std::map<int, Top>> out;
-  std::ifstream f(path("logits.tsv"));
+  std::ifstream f(path(file));
   std::string line;
   while (std::getline(f, line)) {
     if (line.empty() || line[0] == '#') continue;
@@ -88,6 +88,20 @@ inline std::map<std::string, std::map<int, Top>> read_logits() {
       top.push_back({std::stoi(item.substr(0, c)), std::stod(item.substr(c + 1))});
     }
     out[cols[0]][std::stoi(cols[1])] = top;
+  }
+  return out;
+}
+
+inline std::map<std::string, std::map<int, Top>> read_logits() { return read_logits_file("logits.tsv"); }
+
+// name <TAB> space-separated ids
+inline std::map<std::string, std::vector<int>> read_prompts(const char *file) {
+  std::map<std::string, std::vector<int>> out;
+  std::ifstream f(path(file));
+  std::string line;
+  while (std::getline(f, line)) {
+    auto cols = split(line, '\t');
+    if (cols.size() >= 2) out[cols[0]] = ints(cols[1]);
   }
   return out;
 }

@@ -21,7 +21,7 @@ TEST(WkModel, DefaultModelHyperParameters) {
   int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
   wk_model_t *m = nullptr;
   ak_err_t err;
-  ASSERT_EQ(wk_model_load(AK_MODEL_PATH, &err, &m), AK_OK) << err.msg;
+  ASSERT_EQ(wk_model_load(AK_MODEL_PATH, nullptr, &err, &m), AK_OK) << err.msg;
   const wk_hparams_t *hp = wk_model_hparams(m);
   EXPECT_STREQ(hp->arch, "llama");
   EXPECT_EQ(hp->n_layers, 30);
@@ -61,7 +61,7 @@ TEST(WkModel, MissingAndForeignFilesFailCleanly) {
   wk_model_t *m = nullptr;
   ak_err_t err;
   ak_err_clear(&err);
-  EXPECT_LT(wk_model_load("/nonexistent/model.gguf", &err, &m), 0);
+  EXPECT_LT(wk_model_load("/nonexistent/model.gguf", nullptr, &err, &m), 0);
   EXPECT_NE(std::string(err.msg).find("/nonexistent/model.gguf"), std::string::npos) << err.msg;
   EXPECT_EQ(m, nullptr);
   std::string path = ::testing::TempDir() + "not_a_model.gguf";
@@ -69,9 +69,9 @@ TEST(WkModel, MissingAndForeignFilesFailCleanly) {
   ASSERT_NE(f, nullptr);
   fputs("this is not a gguf file at all", f);
   fclose(f);
-  EXPECT_EQ(wk_model_load(path.c_str(), &err, &m), AK_ERR_FORMAT);
+  EXPECT_EQ(wk_model_load(path.c_str(), nullptr, &err, &m), AK_ERR_FORMAT);
   EXPECT_EQ(m, nullptr);
-  EXPECT_EQ(wk_model_load(nullptr, &err, &m), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(wk_model_load(nullptr, nullptr, &err, &m), AK_ERR_INVALID_ARG);
   remove(path.c_str());
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }
