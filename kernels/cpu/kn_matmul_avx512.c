@@ -5,9 +5,10 @@
  * elements 16..31 — so one vpdpbusd per half against the activations (quantized in
  * the same order, kn_cpu_internal.h) leaves int32 lanes 4b..4b+3 holding block b's
  * partial sums. Both halves accumulate into the same lanes; one cvt and one FMA with
- * dw*dx per lane then fold the group into a float accumulator. The weight offset
- * (Q4_1's m, Q4_0's -8, Q8_0's +128 shift) is the m·s term, a short dot product
- * over blocks added before the final horizontal sum.
+ * dw*dx per lane then fold the group into a float accumulator. The weight offset:
+ * Q4_0's -8 and Q8_0's +128 shift are integer multiples of dw, so the block's int32
+ * sum starts at -8 / -128 sum(q); Q4_1's m gathers 16 blocks in a register and
+ * meets the compact s in one FMA per 4 groups.
  *
  * This file is the decode path (n_tok <= 4): 4 rows x n_tok tokens per register
  * tile, rows unpacked straight into registers. More tokens go to kn_gemm_avx512.c,
