@@ -7,9 +7,12 @@
 #include "ak_status.h"
 #include "ak_threadpool.h"
 #include "co_chat.h"
+#include "co_stop.h"
 #include "co_tokenizer.h"
 #include "kernels.h"
 #include "kvpool.h"
+#include "wk_engine.h"
+#include "wk_forward.h"
 #include "wk_model.h"
 #include "wk_sampler.h"
 
