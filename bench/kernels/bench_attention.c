@@ -4,9 +4,10 @@
  * layers, each with its own KV (as a decode step streams them from DRAM). Prints
  * time per layer call and GFLOP/s (4 * head_dim flops per query head and key).
  *
- * usage: bench_attention [min_seconds_per_case=0.3] */
+ * usage: bench_attention [min_seconds_per_case=0.3] [isa: portable|avx2|avx512] */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "ak_alloc.h"
@@ -42,6 +43,9 @@ int main(int argc, char **argv) {
     kn_cpu_t *cpu = NULL;
     ak_err_t err;
     if (kn_cpu_create(n_threads, &err, &cpu) != AK_OK) return 1;
+    for (int isa = KN_ISA_PORTABLE; argc > 2 && isa <= KN_ISA_AVX512; isa++)
+      if (!strcmp(argv[2], kn_isa_name((kn_isa_t)isa)) && kn_cpu_set_isa(cpu, (kn_isa_t)isa) != AK_OK)
+        return 1;
     struct { int prefill; int n_seqs; int ctx; } cases[] = {
         {1, 1, 512}, {1, 1, 2048}, {0, 1, 512}, {0, 1, 4096}, {0, 4, 512}, {0, 4, 4096}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
