@@ -147,6 +147,9 @@ void kn_gemm_q_avx512(const kn_mm_plan_t *p, int64_t r_begin, int64_t r_end);
 void kn_silu_mul_c(const float *gate, const float *up, float *out, int64_t n);
 void kn_silu_mul_avx2(const float *gate, const float *up, float *out, int64_t n);
 void kn_silu_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
+/* f32 -> f16, round to nearest even (F16C; same results as kn_f32_to_f16 but NaN payloads). */
+void kn_f32_to_f16_row_avx2(const float *src, uint16_t *dst, int64_t n);
+void kn_f32_to_f16_row_avx512(const float *src, uint16_t *dst, int64_t n);
 
 /* ---- attention work units per ISA ----
  * One unit: query tokens [tok_begin, tok_end) — consecutive in the batch, of one

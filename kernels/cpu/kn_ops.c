@@ -196,7 +196,7 @@ static void kn_rope_range(void *ctx, int64_t b, int64_t e) {
     double pos = (double)a->pos[t] * (double)a->freq_scale;
     for (int i = 0; i < n_pairs; i++) {
       double th = pos * c->inv_freq[i];
-      th = remainder(th, 2.0 * M_PI);
+      th -= 2.0 * M_PI * nearbyint(th * (0.5 / M_PI)); /* to [-pi, pi]: |th| <= 1e9 */
       cs[i] = cosf((float)th);
       sn[i] = sinf((float)th);
     }
@@ -243,6 +243,39 @@ ak_status_t kn_rope(kn_cpu_t *cpu, const kn_rope_args_t *a, ak_err_t *err) {
 
 /* ---- KV store ---- */
 
+typedef struct {
+  const kn_paged_kv_t *kv;
+  void *base;
+  int32_t n_kv_heads, head_dim;
+  const float *src;
+  const int32_t *dst_page, *dst_slot;
+  kn_isa_t isa;
+} kn_kv_store_ctx_t;
+
+static void kn_kv_store_range(void *ctx, int64_t b, int64_t e) {
+  kn_kv_store_ctx_t *c = ctx;
+  const kn_paged_kv_t *kv = c->kv;
+  for (int64_t i = b; i < e; i++) {
+    for (int32_t h = 0; h < c->n_kv_heads; h++) {
+      int64_t off = (int64_t)c->dst_page[i] * kv->page_stride_elems + h * kv->head_stride_elems +
+                    (int64_t)c->dst_slot[i] * c->head_dim;
+      const float *s = c->src + (i * c->n_kv_heads + h) * c->head_dim; /* [head_dim] f32 */
+      if (kv->dtype == KN_F32) {
+        memcpy((float *)c->base + off, s, (size_t)c->head_dim * sizeof(float));
+        continue;
+      }
+      uint16_t *d = (uint16_t *)c->base + off; /* [head_dim] f16 */
+      switch (c->isa) {
+        case KN_ISA_AVX512: kn_f32_to_f16_row_avx512(s, d, c->head_dim); break;
+        case KN_ISA_AVX2: kn_f32_to_f16_row_avx2(s, d, c->head_dim); break;
+        default:
+          for (int32_t k = 0; k < c->head_dim; k++) d[k] = kn_f32_to_f16(s[k]);
+          break;
+      }
+    }
+  }
+}
+
 ak_status_t kn_kv_store(kn_cpu_t *cpu, const kn_paged_kv_t *kv, void *base, int32_t n_kv_heads,
                         int32_t head_dim, const float *src, const int32_t *dst_page,
                         const int32_t *dst_slot, int64_t n_tok, ak_err_t *err) {
@@ -265,19 +298,8 @@ ak_status_t kn_kv_store(kn_cpu_t *cpu, const kn_paged_kv_t *kv, void *base, int3
     if (dst_page[i] < 0 || dst_slot[i] < 0 || dst_slot[i] >= kv->page_tokens)
       return AK_ERR(err, AK_ERR_RANGE, "token %lld: page %d slot %d (page_tokens=%d)",
                     (long long)i, dst_page[i], dst_slot[i], kv->page_tokens);
-  for (int64_t i = 0; i < n_tok; i++) {
-    for (int32_t h = 0; h < n_kv_heads; h++) {
-      int64_t off = (int64_t)dst_page[i] * kv->page_stride_elems + h * kv->head_stride_elems +
-                    (int64_t)dst_slot[i] * head_dim;
-      const float *s = src + (i * n_kv_heads + h) * head_dim; /* [head_dim] f32 */
-      if (kv->dtype == KN_F32) {
-        memcpy((float *)base + off, s, (size_t)head_dim * sizeof(float));
-      } else {
-        uint16_t *d = (uint16_t *)base + off;
-        for (int32_t k = 0; k < head_dim; k++) d[k] = kn_f32_to_f16(s[k]);
-      }
-    }
-  }
+  kn_kv_store_ctx_t c = {kv, base, n_kv_heads, head_dim, src, dst_page, dst_slot, cpu->isa};
+  kn_parallel_for(cpu, n_tok, 1, n_tok * n_kv_heads * head_dim, kn_kv_store_range, &c);
   return AK_OK;
 }
 

@@ -1,4 +1,5 @@
-/* kn_ops_avx2: element-wise ops that need a vector exp (SwiGLU), AVX2 + FMA.
+/* kn_ops_avx2: element-wise ops with AVX2 + FMA + F16C: SwiGLU (vector exp) and
+ * f32 -> f16 rows for the KV store.
  * Same Cephes expf as kn_ops_avx512.c; 2^n is built in the exponent bits, which is
  * why x is clamped to [-87, 88] (n stays in [-126, 127]). */
 #include <immintrin.h>
@@ -31,4 +32,12 @@ void kn_silu_mul_avx2(const float *gate, const float *up, float *out, int64_t n)
     _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u));
   }
   if (i < n) kn_silu_mul_c(gate + i, up + i, out + i, n - i);
+}
+
+void kn_f32_to_f16_row_avx2(const float *src, uint16_t *dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; i++) dst[i] = kn_f32_to_f16(src[i]);
 }

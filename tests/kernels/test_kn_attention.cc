@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <set>
 
 #include "kn_test_util.h"
 
@@ -295,6 +296,41 @@ TEST_F(KnAttentionArgs, WorkspaceTooSmall) {
   EXPECT_EQ(kn_attention(cpu.get(), &a, ws.data(), need - 1, &err), AK_ERR_INVALID_ARG);
   EXPECT_TRUE(has(err, "workspace")) << err.msg;
   EXPECT_EQ(kn_attention(cpu.get(), &a, nullptr, need, &err), AK_ERR_INVALID_ARG);
+}
+
+// Every ISA stores exactly ak_f32_to_f16's rounding (nearest even), subnormals and
+// overflow included, into the right page, head and slot.
+TEST(KnKvStore, F16BitsMatchReferenceOnEveryIsa) {
+  KnRng rng(9);
+  const int32_t n_kv = 3, hd = 40, pt = 16;
+  const int64_t n_tok = 37;
+  std::vector<float> src = rng.floats(n_tok * n_kv * hd, -2, 2);
+  src[0] = 1e-6f;    // f16 subnormal
+  src[1] = 70000.0f; // overflows to inf
+  src[2] = -3e-8f;   // rounds to -0
+  std::vector<int32_t> page(n_tok), slot(n_tok);
+  for (int64_t i = 0; i < n_tok; i++) {
+    page[i] = (int32_t)(i * 7 % 5);
+    slot[i] = (int32_t)(i * 3 % pt);
+  }
+  // (page, slot) pairs must not repeat, or a later token overwrites an earlier one.
+  std::set<std::pair<int32_t, int32_t>> seen;
+  for (int64_t i = 0; i < n_tok; i++) ASSERT_TRUE(seen.insert({page[i], slot[i]}).second);
+  const int64_t head_stride = pt * hd + 8, page_stride = n_kv * head_stride;
+  for (const KnConfig &cfg : kn_test_configs()) {
+    KnCpuPtr cpu = kn_test_cpu(cfg);
+    std::vector<uint16_t> pool(5 * page_stride, 0xFFFF);
+    kn_paged_kv_t kv{pool.data(), pool.data(), KN_F16, page_stride, head_stride, pt, 1, nullptr, nullptr, nullptr};
+    ak_err_t err{};
+    ASSERT_EQ(kn_kv_store(cpu.get(), &kv, pool.data(), n_kv, hd, src.data(), page.data(), slot.data(), n_tok, &err),
+              AK_OK) << err.msg;
+    for (int64_t i = 0; i < n_tok; i++)
+      for (int32_t h = 0; h < n_kv; h++)
+        for (int32_t k = 0; k < hd; k++)
+          ASSERT_EQ(pool[page[i] * page_stride + h * head_stride + slot[i] * hd + k],
+                    ak_f32_to_f16(src[(i * n_kv + h) * hd + k]))
+              << cfg.name() << " token " << i << " head " << h << " dim " << k;
+  }
 }
 
 TEST(KnKvStore, BadArguments) {
