@@ -146,10 +146,22 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
       kn_kv_prefetch(kv, kv->v_base, seq, j0 + KN_PF_KEYS, j_end, u->kv_head_idx, hd);
     }
     /* K chunk -> Kt[hd][64], 16 keys x 16 dims at a time through a 16x16 transpose. */
+    /* Row addresses walking the page list: one division per chunk, not per key. */
     const uint8_t *krow[KN_KC], *vrow[KN_KC];
-    for (int32_t j = 0; j < nj; j++) {
-      krow[j] = kn_kv_row(kv, kv->k_base, seq, j0 + j, u->kv_head_idx, hd);
-      vrow[j] = kn_kv_row(kv, kv->v_base, seq, j0 + j, u->kv_head_idx, hd);
+    {
+      const int64_t elem = kv->dtype == KN_F16 ? 2 : 4;
+      const int32_t *pages = kv->indices + kv->indptr[seq];
+      int64_t pidx = j0 / kv->page_tokens, slot = j0 % kv->page_tokens;
+      for (int32_t j = 0; j < nj; j++) {
+        int64_t off = ((int64_t)pages[pidx] * kv->page_stride_elems +
+                       u->kv_head_idx * kv->head_stride_elems + slot * hd) * elem;
+        krow[j] = (const uint8_t *)kv->k_base + off;
+        vrow[j] = (const uint8_t *)kv->v_base + off;
+        if (++slot == kv->page_tokens) {
+          slot = 0;
+          pidx++;
+        }
+      }
     }
     for (int32_t jb = 0; jb < nj; jb += 16) /* lanes past nj are masked below */
       for (int32_t i = 0; i < hd; i += 16) {
