@@ -85,6 +85,23 @@ static inline __m512 kn_row_load16(kn_dtype_t dtype, const uint8_t *row, int32_t
   return _mm512_loadu_ps((const float *)row + i);
 }
 
+/* Lane j of the result = the sum of row j of v[16][16]: 45 shuffles and adds for 16
+ * horizontal sums. */
+static inline __m512 kn_reduce16(const float v[16][16]) {
+  __m512 t[8], u[4];
+  for (int k = 0; k < 8; k++) {
+    __m512 a = _mm512_load_ps(v[2 * k]), b = _mm512_load_ps(v[2 * k + 1]);
+    t[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  for (int k = 0; k < 4; k++)
+    u[k] = _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[2 * k]), _mm512_castps_pd(t[2 * k + 1]))),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[2 * k]), _mm512_castps_pd(t[2 * k + 1]))));
+  __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+  __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44), _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
+}
+
 static inline float *kn_carve(float **p, int64_t n_floats) {
   float *r = *p;
   *p += (n_floats + 15) / 16 * 16;
@@ -163,7 +180,10 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
         }
       }
     }
-    for (int32_t jb = 0; jb < nj; jb += 16) /* lanes past nj are masked below */
+    /* One row tile (decode: n_group <= 4 rows) takes dot products instead: the
+     * transpose would cost more than the scores it feeds. */
+    const int k_dot = nq4 <= 4;
+    for (int32_t jb = 0; jb < (k_dot ? 0 : nj); jb += 16) /* lanes past nj are masked below */
       for (int32_t i = 0; i < hd; i += 16) {
         __m512 r16[16];
         for (int32_t j = 0; j < 16; j++)
@@ -183,7 +203,23 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
       __m512 sv[4][KN_KV];
       for (int k = 0; k < 4; k++)
         for (int v = 0; v < KN_KV; v++) sv[k][v] = _mm512_setzero_ps();
-      if (any)
+      if (any && k_dot) {
+        _Alignas(64) float dbuf[4][16][16]; /* [row][key][lane]: partial dot products */
+        for (int32_t jb = 0; jb < nj; jb += 16) {
+          for (int32_t j = 0; j < 16; j++) {
+            __m512 d[4];
+            for (int k = 0; k < 4; k++) d[k] = _mm512_setzero_ps();
+            if (jb + j < nj)
+              for (int32_t i = 0; i < hd; i += 16) {
+                const __m512 kk = kn_row_load16(kv->dtype, krow[jb + j], i);
+                for (int k = 0; k < 4; k++)
+                  d[k] = _mm512_fmadd_ps(_mm512_load_ps(qs + (int64_t)(r0 + k) * hd + i), kk, d[k]);
+              }
+            for (int k = 0; k < 4; k++) _mm512_store_ps(dbuf[k][j], d[k]);
+          }
+          for (int k = 0; k < 4; k++) sv[k][jb / 16] = kn_reduce16(dbuf[k]);
+        }
+      } else if (any) {
         for (int32_t i = 0; i < hd; i++) {
           __m512 kv4[KN_KV];
           for (int v = 0; v < KN_KV; v++) kv4[v] = _mm512_load_ps(kt + (int64_t)i * KN_KC + 16 * v);
@@ -192,6 +228,7 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
             for (int v = 0; v < KN_KV; v++) sv[k][v] = _mm512_fmadd_ps(qi, kv4[v], sv[k][v]);
           }
         }
+      }
       for (int k = 0; k < 4; k++) {
         const int32_t r = r0 + k;
         float *pr = pm + r * KN_KC;
@@ -223,9 +260,13 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
         corr[r] = c;
       }
     }
-    for (int32_t j = 0; j < nj; j++)
-      for (int32_t i = 0; i < hd; i += 16)
-        _mm512_store_ps(vc + (int64_t)j * hd + i, kn_row_load16(kv->dtype, vrow[j], i));
+    /* V rows: converted once into vc when several row tiles reuse them; a single row
+     * tile (decode) reads them straight from the pages instead of a store and reload. */
+    const int v_direct = nq4 <= 4;
+    if (!v_direct)
+      for (int32_t j = 0; j < nj; j++)
+        for (int32_t i = 0; i < hd; i += 16)
+          _mm512_store_ps(vc + (int64_t)j * hd + i, kn_row_load16(kv->dtype, vrow[j], i));
     /* acc = acc * corr + P·V: 4 rows x 4 vectors of accumulators in registers. */
     for (int32_t r0 = 0; r0 < nq4; r0 += 4) {
       int32_t i = 0;
@@ -238,7 +279,9 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
         }
         for (int32_t j = 0; j < nj; j++) {
           __m512 vv[4];
-          for (int v = 0; v < 4; v++) vv[v] = _mm512_load_ps(vc + (int64_t)j * hd + i + 16 * v);
+          for (int v = 0; v < 4; v++)
+            vv[v] = v_direct ? kn_row_load16(kv->dtype, vrow[j], i + 16 * v)
+                             : _mm512_load_ps(vc + (int64_t)j * hd + i + 16 * v);
           for (int k = 0; k < 4; k++) {
             __m512 pk = _mm512_set1_ps(pm[(r0 + k) * KN_KC + j]);
             for (int v = 0; v < 4; v++) o[k][v] = _mm512_fmadd_ps(pk, vv[v], o[k][v]);
@@ -253,7 +296,9 @@ void kn_attn_unit_avx512(const kn_attn_unit_t *u) {
           __m512 o = _mm512_mul_ps(_mm512_load_ps(ak), _mm512_set1_ps(corr[r0 + k]));
           for (int32_t j = 0; j < nj; j++)
             o = _mm512_fmadd_ps(_mm512_set1_ps(pm[(r0 + k) * KN_KC + j]),
-                                _mm512_load_ps(vc + (int64_t)j * hd + i), o);
+                                v_direct ? kn_row_load16(kv->dtype, vrow[j], i)
+                                         : _mm512_load_ps(vc + (int64_t)j * hd + i),
+                                o);
           _mm512_store_ps(ak, o);
         }
       }
