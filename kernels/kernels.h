@@ -56,7 +56,10 @@ typedef struct {
  * for integer dot products with quantized weights, as ggml does); 0 for float
  * weights (workspace may then be NULL). Any alignment is accepted. */
 size_t kn_matmul_workspace_bytes(const kn_weight_t *w, int64_t n_tok);
-/* x: [n_tok, n_cols] f32; y: [n_tok, n_rows] f32 (overwritten). */
+/* x: [n_tok, n_cols] f32; y: [n_tok, n_rows] f32 (overwritten). With quantized
+ * weights each 32-block of x is rounded to int8 with an f32 scale amax/127 (ggml
+ * keeps that scale in f16), so an element moves by at most amax_block/254; the
+ * integer products are exact. */
 ak_status_t kn_matmul(kn_cpu_t *cpu, const kn_weight_t *w, const float *x, int64_t n_tok, float *y,
                       void *workspace, size_t workspace_bytes, ak_err_t *err);
 
