@@ -71,6 +71,10 @@ ak_status_t wk_forward_create(const wk_model_t *model, kn_cpu_t *cpu, int32_t ma
       size_t b = kn_matmul_workspace_bytes(ws_w[i], (int64_t)T);
       if (b > ws) ws = b;
     }
+    size_t b = kn_matmul_multi_workspace_bytes(3, ws_w, (int64_t)T);
+    if (b > ws) ws = b;
+    b = kn_matmul_multi_workspace_bytes(2, ws_w + 4, (int64_t)T);
+    if (b > ws) ws = b;
   }
   fw->mm_ws_bytes = ws;
   fw->mm_ws = ak_host_alloc(ws, 0);
@@ -99,6 +103,16 @@ static ak_status_t wk_mm(wk_forward_t *fw, const kn_weight_t *w, const float *x,
                          ak_err_t *err) {
   double t0 = wk_now_us();
   ak_status_t st = kn_matmul(fw->cpu, w, x, n_tok, y, fw->mm_ws, fw->mm_ws_bytes, err);
+  fw->timing.matmul_us += wk_now_us() - t0;
+  return st;
+}
+
+/* Several weights over one input (Q/K/V, gate/up): one activation quantization and
+ * one fork-join instead of one per weight. */
+static ak_status_t wk_mm_multi(wk_forward_t *fw, int n_w, const kn_weight_t *const *w, const float *x,
+                               int64_t n_tok, float *const *y, ak_err_t *err) {
+  double t0 = wk_now_us();
+  ak_status_t st = kn_matmul_multi(fw->cpu, n_w, w, x, n_tok, y, fw->mm_ws, fw->mm_ws_bytes, err);
   fw->timing.matmul_us += wk_now_us() - t0;
   return st;
 }
@@ -135,9 +149,9 @@ static ak_status_t wk_layer(wk_forward_t *fw, kv_pool_t *pool, int32_t l, const 
   const wk_layer_t *L = wk_model_layer(fw->model, l);
 
   AK_TRY(kn_rmsnorm(fw->cpu, fw->x, L->attn_norm, n_tok, hp->dim, hp->norm_eps, fw->xn));
-  AK_TRY(wk_mm(fw, &L->wq, fw->xn, n_tok, fw->q, err));
-  AK_TRY(wk_mm(fw, &L->wk, fw->xn, n_tok, fw->k, err));
-  AK_TRY(wk_mm(fw, &L->wv, fw->xn, n_tok, fw->v, err));
+  const kn_weight_t *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+  float *qkv_y[3] = {fw->q, fw->k, fw->v};
+  AK_TRY(wk_mm_multi(fw, 3, qkv_w, fw->xn, n_tok, qkv_y, err));
 
   kn_rope_args_t r = {.x = fw->q, .pos = pos, .n_tok = n_tok, .n_heads = hp->n_heads, .head_dim = hp->head_dim,
                       .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
@@ -155,8 +169,9 @@ static ak_status_t wk_layer(wk_forward_t *fw, kv_pool_t *pool, int32_t l, const 
   kn_add(fw->cpu, fw->x, fw->tmp, n_tok * hp->dim);
 
   AK_TRY(kn_rmsnorm(fw->cpu, fw->x, L->ffn_norm, n_tok, hp->dim, hp->norm_eps, fw->xn));
-  AK_TRY(wk_mm(fw, &L->w_gate, fw->xn, n_tok, fw->gate, err));
-  AK_TRY(wk_mm(fw, &L->w_up, fw->xn, n_tok, fw->up, err));
+  const kn_weight_t *gu_w[2] = {&L->w_gate, &L->w_up};
+  float *gu_y[2] = {fw->gate, fw->up};
+  AK_TRY(wk_mm_multi(fw, 2, gu_w, fw->xn, n_tok, gu_y, err));
   kn_silu_mul(fw->cpu, fw->gate, fw->up, fw->gate, n_tok * hp->ffn_dim);
   AK_TRY(wk_mm(fw, &L->w_down, fw->gate, n_tok, fw->tmp, err));
   kn_add(fw->cpu, fw->x, fw->tmp, n_tok * hp->dim);
