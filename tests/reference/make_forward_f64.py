@@ -9,8 +9,10 @@ arithmetic by up to ~0.5 on this model. This oracle has no such noise, so arkval
 with dequantized f32 weights, f32 activations and an f32 KV cache must match it to
 float32 rounding. Weights are dequantized with the `gguf` package (not our reader).
 
-Writes golden/forward_f64.tsv:  name <TAB> pos <TAB> id:logit ... (top 10, %.6f)
-and golden/forward_f64_prompts.tsv: name <TAB> prompt ids.
+Writes golden/forward_f64.tsv:  name <TAB> pos <TAB> id:logit ... (top 10, %.6f),
+golden/forward_f64_prompts.tsv: name <TAB> prompt ids, and golden/greedy_f64.tsv:
+the exact-arithmetic greedy continuations of golden/greedy.tsv's prompts, in
+greedy.tsv's format (name, prompt ids, continuation ids, top-1 minus top-2 margins).
 
     VENV=$(tests/reference/setup_venv.sh)
     "$VENV/bin/python" tests/reference/make_forward_f64.py
@@ -83,32 +85,69 @@ def main():
         out[..., 1::2] = a * s + b * c
         return out
 
-    lines, prompt_lines = [], []
-    for name, ids in PROMPTS.items():
+    def forward(ids, cache):
+        """Runs new tokens `ids` after the cached ones; returns their logits [n, vocab].
+        cache: per layer [k, v] arrays [t, n_kv, hd] of everything before (RoPE'd K)."""
         n = len(ids)
-        pos = np.arange(n, dtype=np.float64)
+        start = cache[0][0].shape[0] if cache else 0
+        pos = np.arange(start, start + n, dtype=np.float64)
         x = emb[ids].copy()
-        mask = np.triu(np.full((n, n), -np.inf), 1)
-        for L in layers:
+        total = start + n
+        # query i (absolute start+i) sees keys 0..start+i
+        mask = np.where(np.arange(total)[None, :] > (start + np.arange(n))[:, None], -np.inf, 0.0)
+        for li, L in enumerate(layers):
             h = rms(x, L["attn_norm"])
             q = rope((h @ L["attn_q"].T).reshape(n, n_heads, hd), pos)
             k = rope((h @ L["attn_k"].T).reshape(n, n_kv, hd), pos)
             v = (h @ L["attn_v"].T).reshape(n, n_kv, hd)
+            if len(cache) <= li:
+                cache.append([k, v])
+            else:
+                cache[li] = [np.concatenate([cache[li][0], k]), np.concatenate([cache[li][1], v])]
+            K, V = cache[li]
             o = np.zeros((n, n_heads, hd))
             for hh in range(n_heads):
                 kh = hh // (n_heads // n_kv)
-                s = q[:, hh, :] @ k[:, kh, :].T / np.sqrt(hd) + mask
-                s = np.exp(s - s.max(-1, keepdims=True))
-                o[:, hh, :] = (s / s.sum(-1, keepdims=True)) @ v[:, kh, :]
+                sc = q[:, hh, :] @ K[:, kh, :].T / np.sqrt(hd) + mask
+                sc = np.exp(sc - sc.max(-1, keepdims=True))
+                o[:, hh, :] = (sc / sc.sum(-1, keepdims=True)) @ V[:, kh, :]
             x = x + o.reshape(n, dim) @ L["attn_output"].T
             h = rms(x, L["ffn_norm"])
             g = h @ L["ffn_gate"].T
             x = x + (g / (1 + np.exp(-g)) * (h @ L["ffn_up"].T)) @ L["ffn_down"].T
-        logits = rms(x, out_norm) @ emb.T
+        return rms(x, out_norm) @ emb.T
+
+    lines, prompt_lines = [], []
+    for name, ids in PROMPTS.items():
+        logits = forward(ids, [])
+        n = len(ids)
         for t in range(n):
             top = np.argsort(-logits[t])[:10]
             lines.append(f"{name}\t{t}\t" + " ".join(f"{i}:{logits[t, i]:.6f}" for i in top))
         prompt_lines.append(f"{name}\t" + " ".join(str(i) for i in ids))
+
+    # Greedy continuations in exact arithmetic for the llama.cpp golden prompts: what
+    # an engine without activation rounding must produce (margins tell near-ties).
+    greedy_lines = []
+    for line in open(os.path.join(args.out, "greedy.tsv")):
+        cols = line.rstrip("\n").split("\t")
+        if len(cols) < 3 or line.startswith("#"):
+            continue
+        name, prompt = cols[0], [int(t) for t in cols[1].split()]
+        n_gen = len(cols[2].split())
+        cache = []
+        last = forward(prompt, cache)[-1]
+        toks, margins = [], []
+        for _ in range(n_gen):
+            top2 = np.argsort(-last)[:2]
+            toks.append(int(top2[0]))
+            margins.append(last[top2[0]] - last[top2[1]])
+            last = forward([toks[-1]], cache)[-1]
+        greedy_lines.append(f"{name}\t{cols[1]}\t" + " ".join(map(str, toks)) + "\t" +
+                            " ".join(f"{m:.6g}" for m in margins))
+        print(f"{name}: {len(prompt)} prompt tokens, {n_gen} generated")
+    with open(os.path.join(args.out, "greedy_f64.tsv"), "w") as f:
+        f.write("\n".join(greedy_lines) + "\n")
 
     with open(os.path.join(args.out, "forward_f64.tsv"), "w") as f:
         f.write("\n".join(lines) + "\n")

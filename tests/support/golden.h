@@ -57,9 +57,9 @@ struct Greedy {
   std::vector<double> margins;  // reference top-1 minus top-2 logit at each generated token
 };
 
-inline std::vector<Greedy> read_greedy() {
+inline std::vector<Greedy> read_greedy(const char *file = "greedy.tsv") {
   std::vector<Greedy> out;
-  std::ifstream f(path("greedy.tsv"));
+  std::ifstream f(path(file));
   std::string line;
   while (std::getline(f, line)) {
     if (line.empty() || line[0] == '#') continue;
