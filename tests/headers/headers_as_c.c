@@ -10,6 +10,7 @@
 #include "co_stop.h"
 #include "co_tokenizer.h"
 #include "kernels.h"
+#include "kv_digest.h"
 #include "kvpool.h"
 #include "wk_engine.h"
 #include "wk_forward.h"
