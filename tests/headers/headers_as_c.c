@@ -11,6 +11,7 @@
 #include "co_tokenizer.h"
 #include "kernels.h"
 #include "kv_digest.h"
+#include "kv_tier.h"
 #include "kvpool.h"
 #include "wk_engine.h"
 #include "wk_forward.h"
