@@ -109,8 +109,9 @@ ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *to
   for (int64_t off = 0; off < n_tokens; off += e->max_batch_tokens) {
     int64_t n = n_tokens - off < e->max_batch_tokens ? n_tokens - off : e->max_batch_tokens;
     int32_t n32 = (int32_t)n;
+    int last = off + n == n_tokens;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &n32},
-                            .tokens = tokens + off, .logits_all = 0, .logits = logits};
+                            .tokens = tokens + off, .logits_all = 0, .logits = last ? logits : NULL};
     AK_TRY(wk_forward_run(e->fw, e->pool, &b, &e->err));
   }
   return AK_OK;

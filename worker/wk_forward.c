@@ -107,6 +107,15 @@ static ak_status_t wk_mm(wk_forward_t *fw, const kn_weight_t *w, const float *x,
   return st;
 }
 
+/* kn_rmsnorm keeps no message (it has no err argument): name the failure here. */
+static ak_status_t wk_rmsnorm(wk_forward_t *fw, const float *x, const float *w, int64_t n_tok, float *out,
+                              ak_err_t *err) {
+  const wk_hparams_t *hp = wk_model_hparams(fw->model);
+  ak_status_t st = kn_rmsnorm(fw->cpu, x, w, n_tok, hp->dim, hp->norm_eps, out);
+  if (st < 0) return AK_ERR(err, st, "rmsnorm of %lld rows of %d failed", (long long)n_tok, hp->dim);
+  return AK_OK;
+}
+
 /* Several weights over one input (Q/K/V, gate/up): one activation quantization and
  * one fork-join instead of one per weight. */
 static ak_status_t wk_mm_multi(wk_forward_t *fw, int n_w, const kn_weight_t *const *w, const float *x,
@@ -148,7 +157,7 @@ static ak_status_t wk_layer(wk_forward_t *fw, kv_pool_t *pool, int32_t l, const 
   const wk_hparams_t *hp = wk_model_hparams(fw->model);
   const wk_layer_t *L = wk_model_layer(fw->model, l);
 
-  AK_TRY(kn_rmsnorm(fw->cpu, fw->x, L->attn_norm, n_tok, hp->dim, hp->norm_eps, fw->xn));
+  AK_TRY(wk_rmsnorm(fw, fw->x, L->attn_norm, n_tok, fw->xn, err));
   const kn_weight_t *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
   float *qkv_y[3] = {fw->q, fw->k, fw->v};
   AK_TRY(wk_mm_multi(fw, 3, qkv_w, fw->xn, n_tok, qkv_y, err));
@@ -168,7 +177,7 @@ static ak_status_t wk_layer(wk_forward_t *fw, kv_pool_t *pool, int32_t l, const 
   AK_TRY(wk_mm(fw, &L->wo, fw->attn, n_tok, fw->tmp, err));
   kn_add(fw->cpu, fw->x, fw->tmp, n_tok * hp->dim);
 
-  AK_TRY(kn_rmsnorm(fw->cpu, fw->x, L->ffn_norm, n_tok, hp->dim, hp->norm_eps, fw->xn));
+  AK_TRY(wk_rmsnorm(fw, fw->x, L->ffn_norm, n_tok, fw->xn, err));
   const kn_weight_t *gu_w[2] = {&L->w_gate, &L->w_up};
   float *gu_y[2] = {fw->gate, fw->up};
   AK_TRY(wk_mm_multi(fw, 2, gu_w, fw->xn, n_tok, gu_y, err));
@@ -181,8 +190,8 @@ static ak_status_t wk_layer(wk_forward_t *fw, kv_pool_t *pool, int32_t l, const 
 static ak_status_t wk_check_batch(const wk_forward_t *fw, const wk_forward_batch_t *b, int64_t *n_tok_p,
                                   ak_err_t *err) {
   const wk_hparams_t *hp = wk_model_hparams(fw->model);
-  if (!b || !b->tokens || !b->logits || !b->seqs.seqs || !b->seqs.n_new_tokens || b->seqs.n_seqs < 1)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "batch needs sequences, tokens and a logits buffer");
+  if (!b || !b->tokens || !b->seqs.seqs || !b->seqs.n_new_tokens || b->seqs.n_seqs < 1)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "batch needs sequences and tokens");
   int64_t n_tok = 0;
   for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
     if (b->seqs.n_new_tokens[i] < 1)
@@ -209,7 +218,7 @@ ak_status_t wk_forward_run(wk_forward_t *fw, kv_pool_t *pool, const wk_forward_b
 
   ak_status_t st = kv_step_begin(pool, &b->seqs);
   if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
-  int64_t n_pos = 0;
+  int64_t n_pos = 0; /* == n_tok */
   const int32_t *pos = kv_step_positions(pool, &n_pos);
 
   st = kn_embed(fw->cpu, wk_model_token_embd(fw->model), b->tokens, n_tok, fw->x, err);
@@ -219,21 +228,24 @@ ak_status_t wk_forward_run(wk_forward_t *fw, kv_pool_t *pool, const wk_forward_b
   double t_logits = wk_now_us();
   /* Only the rows whose logits are wanted go through the final norm and the vocab
    * projection: at vocab 49152 that projection costs as much as several layers. */
-  int64_t n_out = n_tok;
-  if (!b->logits_all) {
-    int64_t row = 0;
-    for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
-      row += b->seqs.n_new_tokens[i];
-      memmove(fw->tmp + (size_t)i * hp->dim, fw->x + (size_t)(row - 1) * hp->dim, sizeof(float) * hp->dim);
+  if (b->logits) {
+    const float *rows = fw->x;
+    int64_t n_out = n_tok;
+    if (!b->logits_all) {
+      int64_t row = 0;
+      for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
+        row += b->seqs.n_new_tokens[i];
+        memcpy(fw->tmp + (size_t)i * hp->dim, fw->x + (size_t)(row - 1) * hp->dim, sizeof(float) * hp->dim);
+      }
+      rows = fw->tmp;
+      n_out = b->seqs.n_seqs;
     }
-    n_out = b->seqs.n_seqs;
-  } else {
-    memcpy(fw->tmp, fw->x, sizeof(float) * (size_t)n_tok * hp->dim);
+    st = wk_rmsnorm(fw, rows, wk_model_output_norm(fw->model), n_out, fw->xn, err);
+    if (st >= 0)
+      st = kn_matmul(fw->cpu, wk_model_output(fw->model), fw->xn, n_out, b->logits, fw->mm_ws, fw->mm_ws_bytes,
+                     err);
+    if (st < 0) goto err_abort;
   }
-  st = kn_rmsnorm(fw->cpu, fw->tmp, wk_model_output_norm(fw->model), n_out, hp->dim, hp->norm_eps, fw->xn);
-  if (st >= 0) st = kn_matmul(fw->cpu, wk_model_output(fw->model), fw->xn, n_out, b->logits, fw->mm_ws,
-                              fw->mm_ws_bytes, err);
-  if (st < 0) goto err_abort;
   fw->timing.logits_us = wk_now_us() - t_logits;
   st = kv_step_end(pool);
   if (st < 0) goto err_abort;

@@ -30,7 +30,8 @@ typedef struct {
   kv_batch_t seqs;        /* sequences and their new-token counts */
   const int32_t *tokens;  /* [n_tok] token ids, sequence by sequence */
   int logits_all;         /* 0: logits of each sequence's last new token; 1: of every token */
-  float *logits;          /* [n_seqs or n_tok, n_vocab] f32 out */
+  float *logits;          /* [n_seqs or n_tok, n_vocab] f32 out; NULL: none wanted (a
+                           * prompt chunk that is not the last skips the vocab projection) */
 } wk_forward_batch_t;
 
 /* Runs the batch and appends its tokens to each sequence in `pool`. On failure the
