@@ -435,8 +435,8 @@ void kv_pool_get_stats(const kv_pool_t *pool, kv_pool_stats_t *stats_p) {
   *stats_p = st;
 }
 
-ak_status_t kv_pool_check(const kv_pool_t *pool) {
-  ak_err_t *err = (ak_err_t *)&pool->err;
+ak_status_t kv_pool_check(kv_pool_t *pool) {
+  ak_err_t *err = &pool->err; /* the check records why it failed */
   int64_t n_pages = pool->p.n_pages;
   uint8_t *seen = ak_host_alloc((size_t)n_pages, 1);
   if (!seen) return AK_ERR(err, AK_ERR_NO_MEMORY, "check bitmap");

@@ -131,7 +131,7 @@ void kv_pool_get_stats(const kv_pool_t *pool, kv_pool_stats_t *stats_p);
 
 /* Debug check of every invariant (each used page owned by exactly one (seq, layer)
  * slot, free list consistent, counts match); AK_ERR_INTERNAL with a message if not. */
-ak_status_t kv_pool_check(const kv_pool_t *pool);
+ak_status_t kv_pool_check(kv_pool_t *pool);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,8 @@
 // Token ids and their bytes come from llama-cpp-python 0.3.36 (tokenize/detokenize).
 #include <gtest/gtest.h>
 
+#include "tokenizer_fixture.h"
+
 #include <memory>
 #include <random>
 #include <string>
@@ -20,26 +22,8 @@ struct DetokDestroyer {
 };
 using DetokPtr = std::unique_ptr<co_detok_t, DetokDestroyer>;
 
-class CoDetok : public ::testing::Test {
+class CoDetok : public ModelTokenizerTest {
  protected:
-  static void SetUpTestSuite() {
-    ak_err_t err;
-    ak_gguf_t *g = nullptr;
-    if (ak_gguf_open(AK_MODEL_PATH, &err, &g) != AK_OK) return;
-    co_tokenizer_t *t = nullptr;
-    ak_status_t st = co_tokenizer_create_from_gguf(g, &err, &t);
-    ak_gguf_close(g);
-    ASSERT_EQ(st, AK_OK) << err.msg;
-    tok_ = t;
-  }
-  static void TearDownTestSuite() {
-    co_tokenizer_destroy(tok_);
-    tok_ = nullptr;
-  }
-  void SetUp() override {
-    if (!tok_) GTEST_SKIP() << "model not found: " << AK_MODEL_PATH;
-  }
-
   static DetokPtr Make(int render_special) {
     ak_err_t err;
     co_detok_t *d = nullptr;
@@ -82,9 +66,7 @@ class CoDetok : public ::testing::Test {
     return true;
   }
 
-  static co_tokenizer_t *tok_;
 };
-co_tokenizer_t *CoDetok::tok_ = nullptr;
 
 const std::string kFffd = "\xef\xbf\xbd";
 

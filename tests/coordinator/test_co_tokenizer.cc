@@ -3,6 +3,8 @@
 // bad GGUF metadata, allocation failures, and the golden file when present.
 #include <gtest/gtest.h>
 
+#include "tokenizer_fixture.h"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -34,26 +36,8 @@ struct TokDestroyer {
 using GgufPtr = std::unique_ptr<ak_gguf_t, GgufCloser>;
 using TokPtr = std::unique_ptr<co_tokenizer_t, TokDestroyer>;
 
-class CoTokenizer : public ::testing::Test {
+class CoTokenizer : public ModelTokenizerTest {
  protected:
-  static void SetUpTestSuite() {
-    ak_err_t err;
-    ak_gguf_t *g = nullptr;
-    if (ak_gguf_open(AK_MODEL_PATH, &err, &g) != AK_OK) return;
-    co_tokenizer_t *t = nullptr;
-    ak_status_t st = co_tokenizer_create_from_gguf(g, &err, &t);
-    ak_gguf_close(g);
-    ASSERT_EQ(st, AK_OK) << err.msg;
-    tok_ = t;
-  }
-  static void TearDownTestSuite() {
-    co_tokenizer_destroy(tok_);
-    tok_ = nullptr;
-  }
-  void SetUp() override {
-    if (!tok_) GTEST_SKIP() << "model not found: " << AK_MODEL_PATH;
-  }
-
   static std::vector<int32_t> Encode(const std::string &s, bool parse_special) {
     ak_err_t err;
     int64_t n = 0;
@@ -77,9 +61,7 @@ class CoTokenizer : public ::testing::Test {
     return s;
   }
 
-  static co_tokenizer_t *tok_;
 };
-co_tokenizer_t *CoTokenizer::tok_ = nullptr;
 
 TEST_F(CoTokenizer, VocabularyAndSpecialIds) {
   EXPECT_EQ(co_tokenizer_n_vocab(tok_), 49152);
