@@ -1,53 +1,26 @@
-/* kv_pool: page pool, per-(sequence, layer) page tables and the `full` policy.
+/* kv_pool: the page pool, sequences, and the step orchestration every policy shares.
  *
  * Pages come from one free stack shared by every layer and sequence, so memory is
- * counted in pages whatever the mix of lengths. A step reserves all the pages its new
- * tokens need up front (kv_step_begin) so a step never fails half-way for lack of
- * pages: the scheduler learns "pool full" before any compute is spent. */
+ * counted in pages whatever the mix of lengths and policies. A step checks everything
+ * it will need up front (device pages after the evictions it causes, backup room for
+ * the pages it will fill) so it never fails half-way for lack of room: the scheduler
+ * learns "pool full" before any compute is spent. What to evict, recall or attend is
+ * decided in kv_select.c (page policies) and kv_token.c (token policies). */
+#include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "ak_alloc.h"
-#include "kvpool.h"
+#include "ak_quant.h"
+#include "kv_pool_internal.h"
 
-typedef struct {
-  int live;
-  int64_t n_tokens;       /* committed tokens */
-  int64_t n_pages;        /* pages per layer currently held (incl. reserved by the step) */
-  int32_t *pages;         /* [n_layers][max_pages_per_seq] page ids, KV_PAGE_NONE past n_pages */
-} kv_seq_t;
-
-struct kv_pool {
-  kv_pool_params_t p;
-  ak_err_t err;
-  size_t page_bytes;
-  size_t elem_bytes;
-  int64_t page_elems;         /* elements of one page (K and V) */
-  int64_t max_pages_per_seq;
-  void *pages;                /* [n_pages][2][n_kv_heads][page_tokens][head_dim] dtype */
-  int32_t *free_stack;        /* [n_pages] */
-  int64_t n_free;
-  kv_seq_t *seqs;             /* [max_seqs] */
-  int32_t n_live;
-
-  /* the current step */
-  int in_step;
-  int32_t step_n_seqs;
-  int64_t step_n_tok;
-  int32_t *step_seqs;         /* [max_seqs] */
-  int32_t *step_n_new;        /* [max_seqs] */
-  int64_t *step_pages_before; /* [max_seqs] pages per layer held before the step */
-  /* per-token scratch, grown on demand */
-  int64_t tok_cap;
-  int32_t *tok_pos;           /* [tok_cap] */
-  int32_t *tok_seq_idx;       /* [tok_cap] */
-  int32_t *tok_kv_len;        /* [tok_cap] */
-  int32_t *tok_page;          /* [tok_cap] */
-  int32_t *tok_slot;          /* [tok_cap] */
-  /* the view of one layer */
-  int32_t *view_indptr;       /* [max_seqs + 1] */
-  int32_t *view_last_len;     /* [max_seqs] */
-  int32_t *view_indices;      /* [max_seqs * max_pages_per_seq] */
+static const char *const kv_policy_names[KV_POLICY_N] = {
+    [KV_POLICY_FULL] = "full",   [KV_POLICY_ARKVALE] = "arkvale", [KV_POLICY_STREAMING] = "streaming",
+    [KV_POLICY_H2O] = "h2o",     [KV_POLICY_TOVA] = "tova",       [KV_POLICY_QUEST] = "quest",
 };
+
+/* The paper's cap on the selected tokens (Sec. 5, "C = 1280"). */
+#define KV_TOPK_CAP_TOKENS 1280
 
 kv_pool_params_t kv_pool_params_default(void) {
   kv_pool_params_t p;
@@ -57,7 +30,33 @@ kv_pool_params_t kv_pool_params_default(void) {
   p.max_seq_tokens = 8192;
   p.dtype = KN_F16;
   p.policy = KV_POLICY_FULL;
+  p.n_full_layers = 2;
+  p.n_sink_pages = 1;
+  p.n_window_pages = 2;
+  p.digest = KV_DIGEST_DEFAULT;
+  p.score_agg = KV_SCORE_MEAN;
+  p.attend = KV_ATTEND_RESIDENT;
+#ifdef NDEBUG
+  p.check_every_step = 0;
+#else
+  p.check_every_step = 1;
+#endif
   return p;
+}
+
+const char *kv_policy_name(kv_policy_t policy) {
+  return (int)policy >= 0 && (int)policy < KV_POLICY_N ? kv_policy_names[policy] : "unknown";
+}
+
+ak_status_t kv_policy_parse(const char *name, ak_err_t *err, kv_policy_t *policy_p) {
+  if (!name) return AK_ERR(err, AK_ERR_INVALID_ARG, "policy name is NULL");
+  for (int i = 0; i < KV_POLICY_N; i++)
+    if (strcmp(name, kv_policy_names[i]) == 0) {
+      if (policy_p) *policy_p = (kv_policy_t)i;
+      return AK_OK;
+    }
+  return AK_ERR(err, AK_ERR_INVALID_ARG,
+                "unknown KV policy \"%s\" (expected full, arkvale, streaming, h2o, tova or quest)", name);
 }
 
 int64_t kv_pages_for_tokens(int64_t n_tokens, int32_t page_tokens) {
@@ -72,12 +71,28 @@ size_t kv_page_bytes(const kv_pool_params_t *p) {
          kv_dtype_bytes(p->dtype);
 }
 
+static int kv_policy_is_token(kv_policy_t p) { return p == KV_POLICY_H2O || p == KV_POLICY_TOVA; }
+
+int64_t kv_seq_pages_needed(const kv_pool_params_t *p, int64_t n_tokens) {
+  int64_t per_layer = kv_pages_for_tokens(n_tokens, p->page_tokens);
+  if (p->policy == KV_POLICY_FULL || p->policy == KV_POLICY_QUEST || p->budget_tokens <= 0)
+    return per_layer * p->n_layers;
+  int64_t n_full = p->n_full_layers < p->n_layers ? p->n_full_layers : p->n_layers;
+  int64_t budget = kv_policy_is_token(p->policy) ? kv_pages_for_tokens(p->budget_tokens, p->page_tokens)
+                                                  : p->budget_tokens / p->page_tokens;
+  int64_t budgeted = per_layer < budget ? per_layer : budget;
+  return per_layer * n_full + budgeted * (p->n_layers - n_full);
+}
+
 static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
   if (!p) return AK_ERR(err, AK_ERR_INVALID_ARG, "params is NULL");
   if (p->n_layers < 1 || p->n_layers > 4096)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_layers=%d outside [1, 4096]", p->n_layers);
   if (p->n_kv_heads < 1 || p->n_kv_heads > 1024)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_kv_heads=%d outside [1, 1024]", p->n_kv_heads);
+  if (p->n_heads != 0 && (p->n_heads < p->n_kv_heads || p->n_heads % p->n_kv_heads != 0 || p->n_heads > 4096))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d is not a multiple of n_kv_heads=%d (or 0)", p->n_heads,
+                  p->n_kv_heads);
   if (p->head_dim < 1 || p->head_dim > 1024)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "head_dim=%d outside [1, 1024]", p->head_dim);
   if (p->page_tokens < 1 || p->page_tokens > 256)
@@ -90,14 +105,210 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seq_tokens=%d must be positive", p->max_seq_tokens);
   if (p->dtype != KN_F32 && p->dtype != KN_F16)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "dtype=%d is neither KN_F32 nor KN_F16", (int)p->dtype);
-  if (p->policy != KV_POLICY_FULL)
-    return AK_ERR(err, AK_ERR_UNSUPPORTED, "policy=%d is not implemented", (int)p->policy);
+  if ((int)p->policy < 0 || (int)p->policy >= KV_POLICY_N)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "policy=%d is not a kv_policy_t", (int)p->policy);
+  if (p->budget_tokens < 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "budget_tokens=%d must be >= 0", p->budget_tokens);
+  if (p->n_full_layers < 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_full_layers=%d must be >= 0", p->n_full_layers);
+  if (p->policy == KV_POLICY_FULL || p->budget_tokens == 0) return AK_OK;
+  if (kv_policy_is_token(p->policy)) {
+    if (p->budget_tokens < 2)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "%s: budget_tokens=%d must be >= 2", kv_policy_name(p->policy),
+                    p->budget_tokens);
+    return AK_OK;
+  }
+  if (p->budget_tokens % p->page_tokens != 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "%s: budget_tokens=%d is not a multiple of page_tokens=%d",
+                  kv_policy_name(p->policy), p->budget_tokens, p->page_tokens);
+  int32_t budget_pages = p->budget_tokens / p->page_tokens;
+  if (p->policy == KV_POLICY_QUEST) {
+    if (budget_pages < 2)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "quest: budget of %d pages must be >= 2", budget_pages);
+    return AK_OK;
+  }
+  if (p->n_sink_pages < 0 || p->n_window_pages < 1)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_sink_pages=%d must be >= 0 and n_window_pages=%d >= 1",
+                  p->n_sink_pages, p->n_window_pages);
+  int32_t nw = p->policy == KV_POLICY_STREAMING ? 1 : p->n_window_pages;
+  if (budget_pages < p->n_sink_pages + nw)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "%s: budget of %d pages is below sinks (%d) + window (%d)",
+                  kv_policy_name(p->policy), budget_pages, p->n_sink_pages, nw);
+  if (p->policy == KV_POLICY_ARKVALE) {
+    if (kv_digest_floats(p->digest, p->head_dim) < 0)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "digest=%d is not a kv_digest_kind_t", (int)p->digest);
+    if (p->score_agg != KV_SCORE_MEAN && p->score_agg != KV_SCORE_MAX)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "score_agg=%d is not a kv_score_agg_t", (int)p->score_agg);
+    if (p->attend != KV_ATTEND_RESIDENT && p->attend != KV_ATTEND_TOPK)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "attend=%d is not a kv_attend_t", (int)p->attend);
+    int32_t middle = budget_pages - p->n_sink_pages - p->n_window_pages;
+    if (p->topk_pages < 0 || p->topk_pages > middle)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "topk_pages=%d outside [0, %d] (the middle of a %d-page budget)",
+                    p->topk_pages, middle, budget_pages);
+  }
   return AK_OK;
 }
 
-static size_t kv_seq_table_bytes(const kv_pool_t *pool) {
-  return sizeof(int32_t) * (size_t)pool->p.n_layers * (size_t)pool->max_pages_per_seq;
+/* Resolves the derived fields of a checked params. */
+static void kv_pool_resolve(kv_pool_t *pool) {
+  const kv_pool_params_t *p = &pool->p;
+  int budgeted = p->policy != KV_POLICY_FULL && p->budget_tokens > 0;
+  pool->is_token_policy = budgeted && kv_policy_is_token(p->policy);
+  pool->budget_pages = budgeted && !pool->is_token_policy ? p->budget_tokens / p->page_tokens : 0;
+  pool->has_backup = budgeted && p->policy == KV_POLICY_ARKVALE;
+  pool->has_digest = budgeted && (p->policy == KV_POLICY_ARKVALE || p->policy == KV_POLICY_QUEST);
+  pool->has_tok_attn = pool->is_token_policy || (p->policy == KV_POLICY_FULL && p->track_token_attn);
+  pool->digest = p->policy == KV_POLICY_QUEST ? KV_DIGEST_CUBOID_MAX : p->digest;
+  pool->digest_floats = pool->has_digest ? kv_digest_floats(pool->digest, p->head_dim) : 0;
+  pool->topk_pages = 0;
+  if (pool->has_backup) {
+    int32_t middle = pool->budget_pages - p->n_sink_pages - p->n_window_pages;
+    int32_t k = p->topk_pages;
+    if (k == 0) {
+      int32_t c = p->budget_tokens / 2 < KV_TOPK_CAP_TOKENS ? p->budget_tokens / 2 : KV_TOPK_CAP_TOKENS;
+      k = c / p->page_tokens;
+      if (k < 1) k = 1;
+    }
+    pool->topk_pages = k < middle ? k : middle;
+  }
 }
+
+/* --- small shared helpers --- */
+
+double kv_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+void kv_stats_add(kv_stats_t *dst, const kv_stats_t *src) {
+  dst->n_steps += src->n_steps;
+  dst->n_selects += src->n_selects;
+  dst->recalls += src->recalls;
+  dst->evictions += src->evictions;
+  dst->drops += src->drops;
+  dst->backups += src->backups;
+  dst->bytes_recalled += src->bytes_recalled;
+  dst->bytes_backed_up += src->bytes_backed_up;
+  dst->estimate_us += src->estimate_us;
+  dst->select_us += src->select_us;
+  dst->recall_us += src->recall_us;
+  dst->topk_selected += src->topk_selected;
+  dst->topk_total += src->topk_total;
+}
+
+int32_t kv_page_alloc(kv_pool_t *pool) {
+  /* begin reserved every page a step takes: an empty stack here is a bug */
+  if (pool->n_free <= 0) return KV_PAGE_NONE;
+  return pool->free_stack[--pool->n_free];
+}
+
+void kv_page_free(kv_pool_t *pool, int32_t pg) { pool->free_stack[pool->n_free++] = pg; }
+
+void kv_buf_read_f32(const kv_pool_t *pool, const void *page, int is_v, int32_t slot0, int32_t n, float *out) {
+  const kv_pool_params_t *p = &pool->p;
+  const char *base = (const char *)page + (is_v ? pool->page_bytes / 2 : 0);
+  for (int32_t h = 0; h < p->n_kv_heads; h++) {
+    for (int32_t t = 0; t < n; t++) {
+      int64_t src_off = ((int64_t)h * p->page_tokens + slot0 + t) * p->head_dim;
+      float *dst = out + ((int64_t)t * p->n_kv_heads + h) * p->head_dim;
+      if (p->dtype == KN_F32) {
+        memcpy(dst, (const float *)base + src_off, sizeof(float) * (size_t)p->head_dim);
+      } else {
+        const uint16_t *src = (const uint16_t *)base + src_off;
+        for (int32_t d = 0; d < p->head_dim; d++) dst[d] = ak_f16_to_f32(src[d]);
+      }
+    }
+  }
+}
+
+void kv_page_read_f32(const kv_pool_t *pool, int32_t pg, int is_v, int32_t slot0, int32_t n, float *out) {
+  kv_buf_read_f32(pool, (const char *)pool->pages + (size_t)pg * pool->page_bytes, is_v, slot0, n, out);
+}
+
+/* --- per-sequence tables --- */
+
+/* One block per sequence slot, carved into its layers' arrays:
+ *   kv_layer_t [n_layers] | phys [n_layers][maxp] i32 | backup [n_layers][maxp] i64 |
+ *   score [n_layers][maxp] f32 | last_q [n_layers][n_heads*head_dim] f32 |
+ *   tok_pos, tok_acc, tok_last [n_layers][max_seq_tokens] (token attention only) */
+static size_t kv_seq_block_bytes(const kv_pool_t *pool) {
+  const kv_pool_params_t *p = &pool->p;
+  size_t nl = (size_t)p->n_layers, maxp = (size_t)pool->max_pages_per_seq;
+  size_t b = sizeof(kv_layer_t) * nl + sizeof(int32_t) * nl * maxp;
+  b = (b + 7) & ~(size_t)7;
+  if (pool->has_backup) b += sizeof(kv_backup_id_t) * nl * maxp;
+  if (pool->has_digest) b += sizeof(float) * nl * maxp;
+  b += sizeof(float) * nl * (size_t)p->n_heads * (size_t)p->head_dim;
+  if (pool->has_tok_attn) b += (sizeof(int32_t) + 2 * sizeof(float)) * nl * (size_t)p->max_seq_tokens;
+  return b;
+}
+
+static ak_status_t kv_seq_block_init(kv_pool_t *pool, kv_seq_t *s) {
+  const kv_pool_params_t *p = &pool->p;
+  size_t nl = (size_t)p->n_layers, maxp = (size_t)pool->max_pages_per_seq;
+  if (!s->block) {
+    s->block_bytes = kv_seq_block_bytes(pool);
+    s->block = ak_host_alloc(s->block_bytes, 0);
+    if (!s->block) return AK_ERR_NO_MEMORY;
+  }
+  char *c = s->block;
+  s->layers = (kv_layer_t *)c;
+  c += sizeof(kv_layer_t) * nl;
+  int32_t *phys = (int32_t *)c;
+  c += sizeof(int32_t) * nl * maxp;
+  c = (char *)(((uintptr_t)c + 7) & ~(uintptr_t)7);
+  kv_backup_id_t *backup = NULL;
+  float *score = NULL;
+  if (pool->has_backup) {
+    backup = (kv_backup_id_t *)c;
+    c += sizeof(kv_backup_id_t) * nl * maxp;
+  }
+  if (pool->has_digest) {
+    score = (float *)c;
+    c += sizeof(float) * nl * maxp;
+  }
+  s->last_q = (float *)c;
+  c += sizeof(float) * nl * (size_t)p->n_heads * (size_t)p->head_dim;
+  int32_t *tok_pos = NULL;
+  float *tok_acc = NULL, *tok_last = NULL;
+  if (pool->has_tok_attn) {
+    size_t mt = (size_t)p->max_seq_tokens;
+    tok_pos = (int32_t *)c;
+    c += sizeof(int32_t) * nl * mt;
+    tok_acc = (float *)c;
+    c += sizeof(float) * nl * mt;
+    tok_last = (float *)c;
+  }
+  for (size_t l = 0; l < nl; l++) {
+    kv_layer_t *L = &s->layers[l];
+    memset(L, 0, sizeof *L);
+    L->phys = phys + l * maxp;
+    for (size_t j = 0; j < maxp; j++) L->phys[j] = KV_PAGE_NONE;
+    if (backup) {
+      L->backup = backup + l * maxp;
+      for (size_t j = 0; j < maxp; j++) L->backup[j] = KV_BACKUP_NONE;
+    }
+    if (score) L->score = score + l * maxp;
+    if (tok_pos) {
+      L->tok_pos = tok_pos + l * (size_t)p->max_seq_tokens;
+      L->tok_acc = tok_acc + l * (size_t)p->max_seq_tokens;
+      L->tok_last = tok_last + l * (size_t)p->max_seq_tokens;
+    }
+  }
+  s->has_last_q = 0;
+  memset(&s->work, 0, sizeof s->work);
+  return AK_OK;
+}
+
+static void kv_seq_block_free(kv_pool_t *pool, kv_seq_t *s) {
+  (void)pool;
+  if (s->block) ak_host_free(s->block, s->block_bytes);
+  s->block = NULL;
+  s->layers = NULL;
+}
+
+/* --- pool --- */
 
 static void kv_tok_scratch_free(kv_pool_t *pool) {
   size_t b = sizeof(int32_t) * (size_t)pool->tok_cap;
@@ -129,81 +340,134 @@ static ak_status_t kv_tok_scratch_reserve(kv_pool_t *pool, int64_t n_tok) {
   return AK_OK;
 }
 
+/* The fixed-size arrays of a pool, with their byte sizes, so that create, destroy and
+ * stats agree. */
+typedef struct {
+  void **ptr;
+  size_t n_bytes;
+} kv_array_t;
+
+#define KV_N_ARRAYS 18
+static int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a) {
+  const kv_pool_params_t *p = &pool->p;
+  size_t ms = (size_t)p->max_seqs, maxp = (size_t)pool->max_pages_per_seq;
+  size_t qf = (size_t)p->n_heads * (size_t)p->head_dim;
+  size_t pt = (size_t)p->page_tokens;
+  int n = 0;
+#define KV_ARR(field, bytes) a[n].ptr = (void **)&pool->field, a[n].n_bytes = (bytes), n++
+  KV_ARR(free_stack, sizeof(int32_t) * (size_t)p->n_pages);
+  KV_ARR(seqs, sizeof(kv_seq_t) * ms);
+  KV_ARR(step_seqs, sizeof(int32_t) * ms);
+  KV_ARR(step_n_new, sizeof(int32_t) * ms);
+  KV_ARR(step_tok0, sizeof(int64_t) * ms);
+  KV_ARR(step_pages_before, sizeof(int64_t) * ms);
+  KV_ARR(view_indptr, sizeof(int32_t) * (ms + 1));
+  KV_ARR(view_last_len, sizeof(int32_t) * ms);
+  KV_ARR(view_indices, sizeof(int32_t) * ms * maxp);
+  KV_ARR(sel_order, sizeof(int32_t) * maxp);
+  KV_ARR(sel_top, sizeof(int32_t) * maxp);
+  KV_ARR(sel_victims, sizeof(int32_t) * maxp);
+  KV_ARR(sel_mark, maxp);
+  KV_ARR(page_f32, sizeof(float) * pt * (size_t)p->n_kv_heads * (size_t)p->head_dim);
+  KV_ARR(q_scratch, sizeof(float) * qf);
+  KV_ARR(page_tmp, pool->page_bytes);
+  KV_ARR(true_imp, sizeof(float) * maxp);
+  KV_ARR(tok_logit, (p->track_accuracy || pool->has_tok_attn)
+                        ? sizeof(float) * (size_t)p->max_seq_tokens * (size_t)p->n_heads
+                        : 0);
+#undef KV_ARR
+  return n;
+}
+
 ak_status_t kv_pool_create(const kv_pool_params_t *p, ak_err_t *err, kv_pool_t **pool_p) {
   AK_TRY(kv_params_check(p, err));
   kv_pool_t *pool = ak_host_alloc(sizeof *pool, 1);
   if (!pool) return AK_ERR(err, AK_ERR_NO_MEMORY, "pool struct");
   pool->p = *p;
+  if (pool->p.n_heads == 0) pool->p.n_heads = p->n_kv_heads;
   pool->elem_bytes = kv_dtype_bytes(p->dtype);
   pool->page_bytes = kv_page_bytes(p);
   pool->page_elems = (int64_t)2 * p->n_kv_heads * p->page_tokens * p->head_dim;
   pool->max_pages_per_seq = kv_pages_for_tokens(p->max_seq_tokens, p->page_tokens);
-  size_t ms = (size_t)p->max_seqs;
+  kv_pool_resolve(pool);
+  ak_status_t st = AK_ERR_NO_MEMORY;
 
-  if ((size_t)p->n_pages > SIZE_MAX / pool->page_bytes) goto err_too_big;
+  if ((size_t)p->n_pages > SIZE_MAX / pool->page_bytes) {
+    ak_host_free(pool, sizeof *pool);
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_pages=%lld of %zu bytes overflows", (long long)p->n_pages,
+                  pool->page_bytes);
+  }
   pool->pages = ak_host_alloc(pool->page_bytes * (size_t)p->n_pages, 0);
-  if (!pool->pages) goto err_free_pool;
-  pool->free_stack = ak_host_alloc(sizeof(int32_t) * (size_t)p->n_pages, 0);
-  if (!pool->free_stack) goto err_free_pages;
+  if (!pool->pages) {
+    AK_ERR(err, st, "%lld pages of %zu bytes", (long long)p->n_pages, pool->page_bytes);
+    goto err_free_pool;
+  }
+  kv_array_t arr[KV_N_ARRAYS];
+  int n_arr = kv_pool_arrays(pool, arr);
+  for (int i = 0; i < n_arr; i++) {
+    if (arr[i].n_bytes == 0) continue;
+    *arr[i].ptr = ak_host_alloc(arr[i].n_bytes, 1);
+    if (!*arr[i].ptr) {
+      AK_ERR(err, st, "pool table %d of %zu bytes", i, arr[i].n_bytes);
+      goto err_free_arrays;
+    }
+  }
   /* Pop order 0, 1, 2, ...: a fresh pool hands out pages in address order. */
   for (int64_t i = 0; i < p->n_pages; i++) pool->free_stack[i] = (int32_t)(p->n_pages - 1 - i);
   pool->n_free = p->n_pages;
-  pool->seqs = ak_host_alloc(sizeof(kv_seq_t) * ms, 1);
-  if (!pool->seqs) goto err_free_stack;
-  pool->step_seqs = ak_host_alloc(sizeof(int32_t) * ms, 0);
-  pool->step_n_new = ak_host_alloc(sizeof(int32_t) * ms, 0);
-  pool->step_pages_before = ak_host_alloc(sizeof(int64_t) * ms, 0);
-  pool->view_indptr = ak_host_alloc(sizeof(int32_t) * (ms + 1), 0);
-  pool->view_last_len = ak_host_alloc(sizeof(int32_t) * ms, 0);
-  pool->view_indices = ak_host_alloc(sizeof(int32_t) * ms * (size_t)pool->max_pages_per_seq, 0);
-  if (!pool->step_seqs || !pool->step_n_new || !pool->step_pages_before || !pool->view_indptr ||
-      !pool->view_last_len || !pool->view_indices)
-    goto err_free_step;
+
+  if (pool->has_backup) {
+    if (p->tier) {
+      pool->tier = p->tier;
+    } else {
+      kv_tier_host_params_t tp = kv_tier_host_params_default();
+      tp.slot_bytes = pool->page_bytes;
+      tp.capacity_bytes = p->host_tier_bytes;
+      if (tp.capacity_bytes == 0) {
+        int64_t budgeted_layers = p->n_layers - (p->n_full_layers < p->n_layers ? p->n_full_layers : p->n_layers);
+        int64_t slots = (int64_t)p->max_seq_tokens / p->page_tokens * budgeted_layers * p->max_seqs;
+        if (slots < 1) slots = 1;
+        tp.capacity_bytes = (size_t)slots * pool->page_bytes;
+      }
+      st = kv_tier_host_create(&tp, err, &pool->tier);
+      if (st < 0) goto err_free_arrays;
+      pool->owns_tier = 1;
+    }
+  }
+  pool->p.tier = pool->tier;
   *pool_p = pool;
   return AK_OK;
 
-err_free_step:
-  ak_host_free(pool->view_indices, sizeof(int32_t) * ms * (size_t)pool->max_pages_per_seq);
-  ak_host_free(pool->view_last_len, sizeof(int32_t) * ms);
-  ak_host_free(pool->view_indptr, sizeof(int32_t) * (ms + 1));
-  ak_host_free(pool->step_pages_before, sizeof(int64_t) * ms);
-  ak_host_free(pool->step_n_new, sizeof(int32_t) * ms);
-  ak_host_free(pool->step_seqs, sizeof(int32_t) * ms);
-  ak_host_free(pool->seqs, sizeof(kv_seq_t) * ms);
-err_free_stack:
-  ak_host_free(pool->free_stack, sizeof(int32_t) * (size_t)p->n_pages);
-err_free_pages:
+err_free_arrays:
+  for (int i = 0; i < n_arr; i++)
+    if (*arr[i].ptr) ak_host_free(*arr[i].ptr, arr[i].n_bytes);
   ak_host_free(pool->pages, pool->page_bytes * (size_t)p->n_pages);
 err_free_pool:
   ak_host_free(pool, sizeof *pool);
-  return AK_ERR(err, AK_ERR_NO_MEMORY, "%lld pages of %zu bytes", (long long)p->n_pages,
-                kv_page_bytes(p));
-err_too_big:
-  ak_host_free(pool, sizeof *pool);
-  return AK_ERR(err, AK_ERR_INVALID_ARG, "n_pages=%lld of %zu bytes overflows", (long long)p->n_pages,
-                kv_page_bytes(p));
+  return st;
 }
 
 void kv_pool_destroy(kv_pool_t *pool) {
   if (!pool) return;
-  size_t ms = (size_t)pool->p.max_seqs;
-  for (size_t i = 0; i < ms; i++)
-    if (pool->seqs[i].pages) ak_host_free(pool->seqs[i].pages, kv_seq_table_bytes(pool));
+  for (int32_t i = 0; i < pool->p.max_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[i];
+    if (s->live)
+      for (int32_t l = 0; l < pool->p.n_layers; l++) kv_select_release_layer(pool, &s->layers[l]);
+    kv_seq_block_free(pool, s);
+  }
+  if (pool->owns_tier) kv_tier_destroy(pool->tier);
   kv_tok_scratch_free(pool);
-  ak_host_free(pool->view_indices, sizeof(int32_t) * ms * (size_t)pool->max_pages_per_seq);
-  ak_host_free(pool->view_last_len, sizeof(int32_t) * ms);
-  ak_host_free(pool->view_indptr, sizeof(int32_t) * (ms + 1));
-  ak_host_free(pool->step_pages_before, sizeof(int64_t) * ms);
-  ak_host_free(pool->step_n_new, sizeof(int32_t) * ms);
-  ak_host_free(pool->step_seqs, sizeof(int32_t) * ms);
-  ak_host_free(pool->seqs, sizeof(kv_seq_t) * ms);
-  ak_host_free(pool->free_stack, sizeof(int32_t) * (size_t)pool->p.n_pages);
+  kv_array_t arr[KV_N_ARRAYS];
+  int n_arr = kv_pool_arrays(pool, arr);
+  for (int i = 0; i < n_arr; i++)
+    if (*arr[i].ptr) ak_host_free(*arr[i].ptr, arr[i].n_bytes);
   ak_host_free(pool->pages, pool->page_bytes * (size_t)pool->p.n_pages);
   ak_host_free(pool, sizeof *pool);
 }
 
 const char *kv_pool_errmsg(const kv_pool_t *pool) { return pool ? pool->err.msg : "pool is NULL"; }
 const kv_pool_params_t *kv_pool_params(const kv_pool_t *pool) { return &pool->p; }
+int32_t kv_pool_topk_pages(const kv_pool_t *pool) { return pool->topk_pages; }
 
 /* --- sequences --- */
 
@@ -216,10 +480,8 @@ ak_status_t kv_seq_create(kv_pool_t *pool, kv_seq_id_t *seq_p) {
   for (int32_t i = 0; i < pool->p.max_seqs; i++) {
     kv_seq_t *s = &pool->seqs[i];
     if (s->live) continue;
-    if (!s->pages) {
-      s->pages = ak_host_alloc(kv_seq_table_bytes(pool), 0);
-      if (!s->pages) return AK_ERR(&pool->err, AK_ERR_NO_MEMORY, "page table of sequence %d", i);
-    }
+    if (kv_seq_block_init(pool, s) < 0)
+      return AK_ERR(&pool->err, AK_ERR_NO_MEMORY, "tables of sequence %d (%zu bytes)", i, kv_seq_block_bytes(pool));
     s->live = 1;
     s->n_tokens = 0;
     s->n_pages = 0;
@@ -230,20 +492,19 @@ ak_status_t kv_seq_create(kv_pool_t *pool, kv_seq_id_t *seq_p) {
   return AK_ERR(&pool->err, AK_ERR_POOL_FULL, "all %d sequence slots are live", pool->p.max_seqs);
 }
 
-static int32_t *kv_seq_layer_pages(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer) {
-  return s->pages + (int64_t)layer * pool->max_pages_per_seq;
+/* Returns the layer's resident pages at logical index >= keep_pages (page policies)
+ * or past the first keep_pages (token policies) to the free stack. */
+static void kv_layer_shrink(kv_pool_t *pool, kv_layer_t *L, int64_t keep_pages, int64_t n_pages) {
+  for (int64_t j = keep_pages; j < n_pages; j++) {
+    if (L->phys[j] == KV_PAGE_NONE) continue;
+    kv_page_free(pool, L->phys[j]);
+    L->phys[j] = KV_PAGE_NONE;
+    L->n_resident--;
+  }
 }
 
-/* Returns the sequence's pages past `keep_pages` (per layer) to the free stack. */
-static void kv_seq_shrink(kv_pool_t *pool, kv_seq_t *s, int64_t keep_pages) {
-  for (int32_t l = 0; l < pool->p.n_layers; l++) {
-    int32_t *pl = kv_seq_layer_pages(pool, s, l);
-    for (int64_t j = keep_pages; j < s->n_pages; j++) {
-      pool->free_stack[pool->n_free++] = pl[j];
-      pl[j] = KV_PAGE_NONE;
-    }
-  }
-  s->n_pages = keep_pages;
+static int64_t kv_layer_n_listed(const kv_pool_t *pool, const kv_seq_t *s, const kv_layer_t *L) {
+  return pool->is_token_policy && kv_layer_budgeted(pool, (int32_t)(L - s->layers)) ? L->n_resident : s->n_pages;
 }
 
 static int kv_seq_in_step(const kv_pool_t *pool, kv_seq_id_t seq) {
@@ -259,9 +520,14 @@ ak_status_t kv_seq_release(kv_pool_t *pool, kv_seq_id_t seq) {
   if (kv_seq_in_step(pool, seq))
     return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "sequence %d is in the current step: end or abort it first",
                   seq);
-  kv_seq_shrink(pool, s, 0);
+  for (int32_t l = 0; l < pool->p.n_layers; l++) {
+    kv_layer_t *L = &s->layers[l];
+    kv_layer_shrink(pool, L, 0, kv_layer_n_listed(pool, s, L));
+    kv_select_release_layer(pool, L);
+  }
   s->live = 0;
   s->n_tokens = 0;
+  s->n_pages = 0;
   pool->n_live--;
   return AK_OK;
 }
@@ -271,14 +537,54 @@ int64_t kv_seq_n_tokens(const kv_pool_t *pool, kv_seq_id_t seq) {
   return s ? s->n_tokens : -1;
 }
 
+ak_status_t kv_seq_compact(kv_pool_t *pool, kv_seq_id_t seq) {
+  kv_seq_t *s = kv_seq_get(pool, seq);
+  if (!s) return AK_ERR(&pool->err, AK_ERR_NOT_FOUND, "sequence %d is not live", seq);
+  if (kv_seq_in_step(pool, seq))
+    return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "sequence %d is in the current step", seq);
+  for (int32_t l = 0; l < pool->p.n_layers; l++) {
+    if (!kv_layer_budgeted(pool, l)) continue;
+    kv_layer_t *L = &s->layers[l];
+    if (pool->is_token_policy)
+      kv_token_drop(pool, s, l, kv_token_keep(pool, s, L, 0, 1));
+    else if (pool->p.policy == KV_POLICY_ARKVALE || pool->p.policy == KV_POLICY_STREAMING)
+      kv_select_evict_for_step(pool, s, l, s->n_pages, 1);
+  }
+  return AK_OK;
+}
+
 /* --- steps --- */
 
+/* Pages a budgeted or full layer of `s` will hold after a step adding n_new tokens
+ * (and the evictions the step causes). Pure. */
+static int64_t kv_layer_pages_after(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer, int32_t n_new) {
+  const kv_layer_t *L = &s->layers[layer];
+  int decode = n_new == 1;
+  if (kv_layer_budgeted(pool, layer) && pool->is_token_policy) {
+    int64_t keep = kv_token_keep(pool, s, L, n_new, decode);
+    return kv_pages_for_tokens(keep + n_new, pool->p.page_tokens);
+  }
+  int64_t n_pages_after = kv_pages_for_tokens(s->n_tokens + n_new, pool->p.page_tokens);
+  if (kv_layer_budgeted(pool, layer)) return kv_select_resident_after(pool, s, L, n_pages_after, decode);
+  return L->n_resident + (n_pages_after - s->n_pages);
+}
+
+/* Filled pages the step will back up (arkvale budgeted layers). */
+static int64_t kv_step_backups_needed(const kv_pool_t *pool, const kv_seq_t *s, int32_t n_new) {
+  if (!pool->has_backup) return 0;
+  int32_t pt = pool->p.page_tokens;
+  int64_t filled = (s->n_tokens + n_new) / pt - s->n_tokens / pt;
+  int64_t n_full = pool->p.n_full_layers < pool->p.n_layers ? pool->p.n_full_layers : pool->p.n_layers;
+  return filled * (pool->p.n_layers - n_full);
+}
+
 ak_status_t kv_step_begin(kv_pool_t *pool, const kv_batch_t *batch) {
+  ak_err_clear(&pool->err);
   if (pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "a step is already open");
   if (!batch || batch->n_seqs < 1 || batch->n_seqs > pool->p.max_seqs || !batch->seqs ||
       !batch->n_new_tokens)
     return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "batch must hold 1..%d sequences", pool->p.max_seqs);
-  int64_t n_tok = 0, need_pages = 0;
+  int64_t n_tok = 0, need_pages = 0, need_backups = 0;
   for (int32_t i = 0; i < batch->n_seqs; i++) {
     kv_seq_id_t id = batch->seqs[i];
     kv_seq_t *s = kv_seq_get(pool, id);
@@ -293,32 +599,75 @@ ak_status_t kv_step_begin(kv_pool_t *pool, const kv_batch_t *batch) {
       return AK_ERR(&pool->err, AK_ERR_RANGE, "sequence %d: %lld + %d tokens exceed max_seq_tokens=%d", id,
                     (long long)s->n_tokens, n_new, pool->p.max_seq_tokens);
     n_tok += n_new;
-    need_pages += kv_pages_for_tokens(s->n_tokens + n_new, pool->p.page_tokens) - s->n_pages;
+    for (int32_t l = 0; l < pool->p.n_layers; l++)
+      need_pages += kv_layer_pages_after(pool, s, l, n_new) - s->layers[l].n_resident;
+    need_backups += kv_step_backups_needed(pool, s, n_new);
   }
-  need_pages *= pool->p.n_layers;
   if (need_pages > pool->n_free)
     return AK_ERR(&pool->err, AK_ERR_POOL_FULL, "step needs %lld pages, %lld free of %lld", (long long)need_pages,
                   (long long)pool->n_free, (long long)pool->p.n_pages);
+  if (need_backups > 0) {
+    kv_tier_stats_t ts;
+    kv_tier_stats(pool->tier, &ts);
+    if (need_backups > ts.n_slots - ts.n_used)
+      return AK_ERR(&pool->err, AK_ERR_POOL_FULL, "step backs up %lld pages, the %s tier has room for %lld of %lld",
+                    (long long)need_backups, kv_tier_name(pool->tier), (long long)(ts.n_slots - ts.n_used),
+                    (long long)ts.n_slots);
+  }
   AK_TRY(kv_tok_scratch_reserve(pool, n_tok));
 
-  /* Nothing can fail from here on. */
+  /* Nothing can fail from here on. Evictions first, so their pages serve the growth. */
+  memset(&pool->step_work, 0, sizeof pool->step_work);
+  for (int32_t i = 0; i < batch->n_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[batch->seqs[i]];
+    int32_t n_new = batch->n_new_tokens[i];
+    int64_t n_pages_after = kv_pages_for_tokens(s->n_tokens + n_new, pool->p.page_tokens);
+    for (int32_t l = 0; l < pool->p.n_layers; l++) {
+      if (!kv_layer_budgeted(pool, l)) continue;
+      if (pool->is_token_policy)
+        kv_token_drop(pool, s, l, kv_token_keep(pool, s, &s->layers[l], n_new, n_new == 1));
+      else if (pool->p.policy == KV_POLICY_ARKVALE || pool->p.policy == KV_POLICY_STREAMING)
+        kv_select_evict_for_step(pool, s, l, n_pages_after, n_new == 1);
+    }
+  }
   int64_t t = 0;
   for (int32_t i = 0; i < batch->n_seqs; i++) {
     kv_seq_t *s = &pool->seqs[batch->seqs[i]];
+    int32_t n_new = batch->n_new_tokens[i];
     pool->step_seqs[i] = batch->seqs[i];
-    pool->step_n_new[i] = batch->n_new_tokens[i];
+    pool->step_n_new[i] = n_new;
     pool->step_pages_before[i] = s->n_pages;
-    int64_t want = kv_pages_for_tokens(s->n_tokens + batch->n_new_tokens[i], pool->p.page_tokens);
+    pool->step_tok0[i] = s->n_tokens;
+    int64_t n_pages_after = kv_pages_for_tokens(s->n_tokens + n_new, pool->p.page_tokens);
     for (int32_t l = 0; l < pool->p.n_layers; l++) {
-      int32_t *pl = kv_seq_layer_pages(pool, s, l);
-      for (int64_t j = s->n_pages; j < want; j++) pl[j] = pool->free_stack[--pool->n_free];
+      kv_layer_t *L = &s->layers[l];
+      if (kv_layer_budgeted(pool, l) && pool->is_token_policy) {
+        int64_t want = kv_pages_for_tokens(L->n_res_tok + n_new, pool->p.page_tokens);
+        for (int64_t j = L->n_resident; j < want; j++) L->phys[j] = kv_page_alloc(pool);
+        L->n_resident = want;
+        for (int32_t j = 0; j < n_new; j++) {
+          L->tok_pos[L->n_res_tok + j] = (int32_t)(s->n_tokens + j);
+          L->tok_acc[L->n_res_tok + j] = 0.f;
+          L->tok_last[L->n_res_tok + j] = 0.f;
+        }
+      } else {
+        for (int64_t j = s->n_pages; j < n_pages_after; j++) {
+          L->phys[j] = kv_page_alloc(pool);
+          L->n_resident++;
+        }
+        if (pool->has_tok_attn)
+          for (int32_t j = 0; j < n_new; j++) {
+            L->tok_pos[s->n_tokens + j] = (int32_t)(s->n_tokens + j);
+            L->tok_acc[s->n_tokens + j] = 0.f;
+            L->tok_last[s->n_tokens + j] = 0.f;
+          }
+      }
     }
-    s->n_pages = want;
-    for (int32_t j = 0; j < batch->n_new_tokens[i]; j++, t++) {
+    s->n_pages = n_pages_after;
+    for (int32_t j = 0; j < n_new; j++, t++) {
       int64_t pos = s->n_tokens + j;
       pool->tok_pos[t] = (int32_t)pos;
       pool->tok_seq_idx[t] = i;
-      pool->tok_kv_len[t] = (int32_t)(pos + 1); /* causal: sees itself and everything before */
     }
   }
   pool->step_n_seqs = batch->n_seqs;
@@ -345,19 +694,33 @@ static kn_paged_kv_t kv_pool_view_base(const kv_pool_t *pool) {
   return kv;
 }
 
-ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, const float *k,
-                            const float *v) {
+/* Index on the layer's page list of the sequence's first new token this step. */
+static int64_t kv_layer_tok0(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer) {
+  if (kv_layer_budgeted(pool, layer) && pool->is_token_policy) return s->layers[layer].n_res_tok;
+  return s->n_tokens;
+}
+
+static ak_status_t kv_layer_check_open(kv_pool_t *pool, int32_t layer_idx) {
   if (!pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "no step is open");
   if (layer_idx < 0 || layer_idx >= pool->p.n_layers)
     return AK_ERR(&pool->err, AK_ERR_RANGE, "layer %d outside [0, %d)", layer_idx, pool->p.n_layers);
+  return AK_OK;
+}
+
+ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, const float *k,
+                            const float *v) {
+  AK_TRY(kv_layer_check_open(pool, layer_idx));
+  if (!k || !v) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "k or v is NULL");
   int64_t t = 0;
+  int32_t pt = pool->p.page_tokens;
   for (int32_t i = 0; i < pool->step_n_seqs; i++) {
     const kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
-    const int32_t *pl = kv_seq_layer_pages(pool, s, layer_idx);
+    const kv_layer_t *L = &s->layers[layer_idx];
+    int64_t idx0 = kv_layer_tok0(pool, s, layer_idx);
     for (int32_t j = 0; j < pool->step_n_new[i]; j++, t++) {
-      int64_t pos = s->n_tokens + j;
-      pool->tok_page[t] = pl[pos / pool->p.page_tokens];
-      pool->tok_slot[t] = (int32_t)(pos % pool->p.page_tokens);
+      int64_t idx = idx0 + j;
+      pool->tok_page[t] = L->phys[idx / pt];
+      pool->tok_slot[t] = (int32_t)(idx % pt);
     }
   }
   kn_paged_kv_t kv = kv_pool_view_base(pool);
@@ -366,28 +729,68 @@ ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, c
   if (st < 0) return st;
   /* V lives half a page after K: the same store with the base shifted. */
   void *v_base = (char *)pool->pages + (size_t)(pool->page_elems / 2) * pool->elem_bytes;
-  return kn_kv_store(cpu, &kv, v_base, pool->p.n_kv_heads, pool->p.head_dim, v, pool->tok_page,
-                     pool->tok_slot, pool->step_n_tok, &pool->err);
+  st = kn_kv_store(cpu, &kv, v_base, pool->p.n_kv_heads, pool->p.head_dim, v, pool->tok_page, pool->tok_slot,
+                   pool->step_n_tok, &pool->err);
+  if (st < 0) return st;
+  if (!pool->has_digest || !kv_layer_budgeted(pool, layer_idx)) return AK_OK;
+  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    int64_t from = s->n_tokens / pt, to = (s->n_tokens + pool->step_n_new[i]) / pt;
+    if (to > from) AK_TRY(kv_select_on_fill(pool, s, layer_idx, from, to));
+  }
+  return AK_OK;
 }
 
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args) {
-  (void)q;
-  (void)n_heads;
-  if (!pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "no step is open");
-  if (layer_idx < 0 || layer_idx >= pool->p.n_layers)
-    return AK_ERR(&pool->err, AK_ERR_RANGE, "layer %d outside [0, %d)", layer_idx, pool->p.n_layers);
+  AK_TRY(kv_layer_check_open(pool, layer_idx));
+  if (!args) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "args is NULL");
+  int need_q = pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn;
+  if (need_q && !q) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "policy %s needs the queries (q is NULL)",
+                                  kv_policy_name(pool->p.policy));
+  if (need_q && n_heads != pool->p.n_heads)
+    return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "n_heads=%d but the pool was created for %d", n_heads,
+                  pool->p.n_heads);
+  int32_t pt = pool->p.page_tokens;
+  int64_t q_row = (int64_t)pool->p.n_heads * pool->p.head_dim;
+  int budgeted = kv_layer_budgeted(pool, layer_idx);
   kn_paged_kv_t kv = kv_pool_view_base(pool);
   int32_t n = 0;
+  int64_t t = 0;
   pool->view_indptr[0] = 0;
   for (int32_t i = 0; i < pool->step_n_seqs; i++) {
-    const kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
-    const int32_t *pl = kv_seq_layer_pages(pool, s, layer_idx);
-    memcpy(pool->view_indices + n, pl, sizeof(int32_t) * (size_t)s->n_pages);
-    n += (int32_t)s->n_pages;
+    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    kv_layer_t *L = &s->layers[layer_idx];
+    int32_t n_new = pool->step_n_new[i];
+    int64_t tok0 = kv_layer_tok0(pool, s, layer_idx);
+    const float *q_seq = q ? q + t * q_row : NULL;
+    if (q_seq) memcpy(s->last_q + (int64_t)layer_idx * q_row, q_seq + (int64_t)(n_new - 1) * q_row,
+                      sizeof(float) * (size_t)q_row);
+    int64_t n_list_tokens;
+    if (budgeted && pool->is_token_policy) {
+      AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
+      memcpy(pool->view_indices + n, L->phys, sizeof(int32_t) * (size_t)L->n_resident);
+      n += (int32_t)L->n_resident;
+      n_list_tokens = tok0 + n_new;
+      pool->view_last_len[i] = (int32_t)(n_list_tokens - (L->n_resident - 1) * pt);
+    } else {
+      if (pool->has_tok_attn) AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
+      int restricted = 0;
+      if (budgeted && pool->has_digest && n_new == 1 && s->n_pages > pool->budget_pages)
+        AK_TRY(kv_select_for_view(pool, s, layer_idx, q_seq, &restricted));
+      int32_t n0 = n;
+      for (int64_t j = 0; j < s->n_pages; j++) {
+        if (L->phys[j] == KV_PAGE_NONE) continue;
+        if (restricted && !pool->sel_mark[j]) continue;
+        pool->view_indices[n++] = L->phys[j];
+      }
+      int64_t total = s->n_tokens + n_new;
+      pool->view_last_len[i] = (int32_t)(total - (s->n_pages - 1) * pt);
+      n_list_tokens = (int64_t)(n - n0 - 1) * pt + pool->view_last_len[i];
+    }
     pool->view_indptr[i + 1] = n;
-    int64_t total = s->n_tokens + pool->step_n_new[i];
-    pool->view_last_len[i] = (int32_t)(total - (s->n_pages - 1) * pool->p.page_tokens);
+    for (int32_t j = 0; j < n_new; j++) pool->tok_kv_len[t + j] = (int32_t)(n_list_tokens - (n_new - 1 - j));
+    t += n_new;
   }
   kv.n_seqs = pool->step_n_seqs;
   kv.indptr = pool->view_indptr;
@@ -404,19 +807,73 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
 
 ak_status_t kv_step_end(kv_pool_t *pool) {
   if (!pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "no step is open");
-  for (int32_t i = 0; i < pool->step_n_seqs; i++) pool->seqs[pool->step_seqs[i]].n_tokens += pool->step_n_new[i];
+  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    if (pool->is_token_policy)
+      for (int32_t l = 0; l < pool->p.n_layers; l++)
+        if (kv_layer_budgeted(pool, l)) s->layers[l].n_res_tok += pool->step_n_new[i];
+    s->n_tokens += pool->step_n_new[i];
+    s->has_last_q = 1;
+    s->work.n_steps++;
+  }
+  pool->step_work.n_steps = 1;
+  pool->work.n_steps++;
   pool->in_step = 0;
+  if (pool->p.check_every_step) return kv_pool_check(pool);
   return AK_OK;
 }
 
 void kv_step_abort(kv_pool_t *pool) {
   if (!pool->in_step) return;
-  for (int32_t i = 0; i < pool->step_n_seqs; i++)
-    kv_seq_shrink(pool, &pool->seqs[pool->step_seqs[i]], pool->step_pages_before[i]);
+  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    int64_t keep = kv_pages_for_tokens(s->n_tokens, pool->p.page_tokens);
+    for (int32_t l = 0; l < pool->p.n_layers; l++) {
+      kv_layer_t *L = &s->layers[l];
+      if (kv_layer_budgeted(pool, l) && pool->is_token_policy)
+        kv_layer_shrink(pool, L, kv_pages_for_tokens(L->n_res_tok, pool->p.page_tokens), L->n_resident);
+      else
+        kv_layer_shrink(pool, L, keep, s->n_pages);
+      /* pages the step filled are partial again: their digests and backups go */
+      if (kv_layer_budgeted(pool, l) && pool->has_digest) kv_select_truncate(pool, L, s->n_tokens / pool->p.page_tokens);
+    }
+    s->n_pages = keep;
+  }
   pool->in_step = 0;
 }
 
 /* --- accounting --- */
+
+static size_t kv_layer_digest_bytes(const kv_pool_t *pool, const kv_layer_t *L) {
+  return sizeof(float) * (size_t)L->digest_cap * (size_t)pool->p.n_kv_heads * (size_t)pool->digest_floats;
+}
+
+ak_status_t kv_seq_get_stats(const kv_pool_t *pool, kv_seq_id_t seq, kv_seq_stats_t *stats_p) {
+  const kv_seq_t *s = kv_seq_get(pool, seq);
+  if (!s || !stats_p) return AK_ERR((ak_err_t *)&pool->err, AK_ERR_NOT_FOUND, "sequence %d is not live", seq);
+  kv_seq_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.n_tokens = s->n_tokens;
+  for (int32_t l = 0; l < pool->p.n_layers; l++) {
+    const kv_layer_t *L = &s->layers[l];
+    st.n_pages_logical += s->n_pages;
+    st.n_pages_resident += L->n_resident;
+    st.n_pages_backed_up += L->n_backups;
+    if (kv_layer_budgeted(pool, l) && pool->is_token_policy) {
+      st.n_tokens_resident += L->n_res_tok;
+    } else {
+      int64_t res_tok = L->n_resident * pool->p.page_tokens;
+      if (s->n_pages > 0 && L->phys[s->n_pages - 1] != KV_PAGE_NONE)
+        res_tok -= (int64_t)s->n_pages * pool->p.page_tokens - s->n_tokens;
+      st.n_tokens_resident += res_tok;
+    }
+    st.digest_bytes += kv_layer_digest_bytes(pool, L);
+  }
+  st.backup_bytes = (size_t)st.n_pages_backed_up * pool->page_bytes;
+  st.work = s->work;
+  *stats_p = st;
+  return AK_OK;
+}
 
 void kv_pool_get_stats(const kv_pool_t *pool, kv_pool_stats_t *stats_p) {
   kv_pool_stats_t st;
@@ -426,45 +883,106 @@ void kv_pool_get_stats(const kv_pool_t *pool, kv_pool_stats_t *stats_p) {
   st.n_pages_used = pool->p.n_pages - pool->n_free;
   st.page_bytes = pool->page_bytes;
   st.pool_bytes = pool->page_bytes * (size_t)pool->p.n_pages;
-  size_t ms = (size_t)pool->p.max_seqs;
-  st.table_bytes = sizeof(int32_t) * (size_t)pool->p.n_pages + sizeof(kv_seq_t) * ms +
-                   sizeof(int32_t) * (size_t)pool->tok_cap * 5 +
-                   sizeof(int32_t) * ms * (size_t)pool->max_pages_per_seq;
-  for (size_t i = 0; i < ms; i++)
-    if (pool->seqs[i].pages) st.table_bytes += kv_seq_table_bytes(pool);
+  kv_array_t arr[KV_N_ARRAYS];
+  int n_arr = kv_pool_arrays((kv_pool_t *)pool, arr);
+  for (int i = 0; i < n_arr; i++) st.table_bytes += arr[i].n_bytes;
+  st.table_bytes += sizeof(int32_t) * (size_t)pool->tok_cap * 5;
+  for (int32_t i = 0; i < pool->p.max_seqs; i++) {
+    const kv_seq_t *s = &pool->seqs[i];
+    if (s->block) st.table_bytes += s->block_bytes;
+    if (!s->live) continue;
+    for (int32_t l = 0; l < pool->p.n_layers; l++) st.digest_bytes += kv_layer_digest_bytes(pool, &s->layers[l]);
+  }
+  kv_tier_stats_t ts;
+  kv_tier_stats(pool->tier, &ts);
+  st.n_backups = ts.n_used;
+  st.backup_bytes = ts.bytes_used;
+  st.backup_capacity_bytes = ts.bytes_capacity;
+  st.work = pool->work;
+  st.last_step = pool->step_work;
   *stats_p = st;
 }
 
 ak_status_t kv_pool_check(kv_pool_t *pool) {
   ak_err_t *err = &pool->err; /* the check records why it failed */
   int64_t n_pages = pool->p.n_pages;
+  int32_t pt = pool->p.page_tokens;
   uint8_t *seen = ak_host_alloc((size_t)n_pages, 1);
   if (!seen) return AK_ERR(err, AK_ERR_NO_MEMORY, "check bitmap");
   ak_status_t st = AK_OK;
-  int64_t used = 0;
+  int64_t used = 0, backups = 0;
   int32_t live = 0;
   for (int32_t i = 0; i < pool->p.max_seqs && st == AK_OK; i++) {
     const kv_seq_t *s = &pool->seqs[i];
-    if (!s->live) {
-      if (s->n_pages != 0) st = AK_ERR(err, AK_ERR_INTERNAL, "dead sequence %d holds %lld pages", i, (long long)s->n_pages);
-      continue;
-    }
+    if (!s->live) continue;
     live++;
-    if (!pool->in_step && s->n_pages != kv_pages_for_tokens(s->n_tokens, pool->p.page_tokens))
+    if (!pool->in_step && s->n_pages != kv_pages_for_tokens(s->n_tokens, pt))
       st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d: %lld pages for %lld tokens", i, (long long)s->n_pages,
                   (long long)s->n_tokens);
     for (int32_t l = 0; l < pool->p.n_layers && st == AK_OK; l++) {
-      const int32_t *pl = kv_seq_layer_pages(pool, s, l);
-      for (int64_t j = 0; j < s->n_pages; j++) {
-        int32_t pg = pl[j];
-        if (pg < 0 || pg >= n_pages || seen[pg]) {
-          st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d slot %lld: page %d invalid or shared", i, l,
-                      (long long)j, pg);
+      const kv_layer_t *L = &s->layers[l];
+      int budgeted = kv_layer_budgeted(pool, l);
+      int token = budgeted && pool->is_token_policy;
+      int64_t n_list = token ? L->n_resident : s->n_pages;
+      int64_t n_res = 0;
+      for (int64_t j = 0; j < pool->max_pages_per_seq && st == AK_OK; j++) {
+        int32_t pg = L->phys[j];
+        if (pg == KV_PAGE_NONE) continue;
+        if (j >= n_list || pg < 0 || pg >= n_pages || seen[pg]) {
+          st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d page %lld: physical page %d out of range, "
+                      "invalid or shared", i, l, (long long)j, pg);
           break;
         }
         seen[pg] = 1;
         used++;
+        n_res++;
       }
+      if (st != AK_OK) break;
+      if (n_res != L->n_resident) {
+        st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: %lld resident pages counted, %lld recorded", i, l,
+                    (long long)n_res, (long long)L->n_resident);
+        break;
+      }
+      if (token) {
+        int64_t n_tok_res = L->n_res_tok + (pool->in_step ? 0 : 0);
+        if (!pool->in_step && L->n_resident != kv_pages_for_tokens(n_tok_res, pt))
+          st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: %lld pages for %lld resident tokens", i, l,
+                      (long long)L->n_resident, (long long)n_tok_res);
+        if (!pool->in_step && n_tok_res > s->n_tokens)
+          st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: %lld resident tokens of %lld", i, l,
+                      (long long)n_tok_res, (long long)s->n_tokens);
+        continue;
+      }
+      if (!budgeted) {
+        if (n_res != s->n_pages)
+          st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: %lld of %lld pages resident in a full layer", i,
+                      l, (long long)n_res, (long long)s->n_pages);
+        continue;
+      }
+      /* page policies with a budget */
+      int64_t n_filled = pool->in_step ? L->n_digests : s->n_tokens / pt;
+      if (pool->has_digest && L->n_digests != n_filled)
+        st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: %lld digests for %lld filled pages", i, l,
+                    (long long)L->n_digests, (long long)n_filled);
+      int32_t ns = pool->p.n_sink_pages;
+      int32_t nw = pool->p.policy == KV_POLICY_ARKVALE ? pool->p.n_window_pages : 1;
+      for (int64_t j = 0; j < s->n_pages && st == AK_OK; j++) {
+        int must = pool->p.policy == KV_POLICY_QUEST || j < ns || j >= s->n_pages - nw;
+        if (must && L->phys[j] == KV_PAGE_NONE)
+          st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: sink/window page %lld is not resident", i, l,
+                      (long long)j);
+        if (pool->has_backup) {
+          int full = (j + 1) * pt <= (pool->in_step ? (int64_t)L->n_digests * pt : s->n_tokens);
+          if (full != (L->backup[j] != KV_BACKUP_NONE))
+            st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d page %lld: %s but %s a backup", i, l,
+                        (long long)j, full ? "filled" : "not filled", full ? "has no" : "has");
+          if (L->backup[j] != KV_BACKUP_NONE) backups++;
+        }
+      }
+      if (st == AK_OK && !pool->in_step && pool->p.policy != KV_POLICY_QUEST && L->compacted &&
+          n_res > pool->budget_pages)
+        st = AK_ERR(err, AK_ERR_INTERNAL, "sequence %d layer %d: %lld resident pages over a budget of %d", i, l,
+                    (long long)n_res, pool->budget_pages);
     }
   }
   for (int64_t f = 0; f < pool->n_free && st == AK_OK; f++) {
@@ -479,6 +997,13 @@ ak_status_t kv_pool_check(kv_pool_t *pool) {
                 (long long)pool->n_free, (long long)n_pages);
   if (st == AK_OK && live != pool->n_live)
     st = AK_ERR(err, AK_ERR_INTERNAL, "%d live sequences counted, %d recorded", live, pool->n_live);
+  if (st == AK_OK && pool->has_backup && pool->owns_tier) {
+    kv_tier_stats_t ts;
+    kv_tier_stats(pool->tier, &ts);
+    if (ts.n_used != backups)
+      st = AK_ERR(err, AK_ERR_INTERNAL, "the tier holds %lld blobs, the tables %lld backups", (long long)ts.n_used,
+                  (long long)backups);
+  }
   ak_host_free(seen, (size_t)n_pages);
   return st;
 }

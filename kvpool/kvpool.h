@@ -1,31 +1,68 @@
-/* kvpool: the KV cache manager. Pages, per-sequence page tables, and the policy that
- * decides which pages a layer attends over.
- *
- * This is the foundation's version: one policy, `full` (every page of a sequence stays
- * resident and is attended). The ArkVale policy (digests, backup tier, recall and
- * eviction) slots in behind the same step API without touching the forward pass:
- * kv_layer_view receives the layer's queries precisely so that a policy can score
- * pages against them before attention.
+/* kvpool: the KV cache manager. Pages, per-sequence page tables, backup tier, digests
+ * and the policy that decides which pages a layer keeps on the device and attends over.
  *
  * A page holds `page_tokens` tokens of one sequence and one layer, for all KV heads of
  * this worker's shard, K and V:
  *
- *   page p:  +-------------------------------+-------------------------------+
+ *   page p:  +---------------------------------------+---------------------------------------+
  *            | K [n_kv_heads][page_tokens][head_dim] | V [n_kv_heads][page_tokens][head_dim] |
- *            +-------------------------------+-------------------------------+
+ *            +---------------------------------------+---------------------------------------+
  *   element type: kv_pool_params_t.dtype (f16 by default, f32 for exactness tests)
  *
- * Sequence s, layer l owns an ordered list of pages; token j of the sequence lives in
- * page list[j / page_tokens], slot j % page_tokens.
+ * Policies (kv_policy_t). The first n_full_layers layers always keep a full cache; the
+ * others are *budgeted*: each holds at most budget_pages = budget_tokens / page_tokens
+ * resident pages per sequence outside prefill (see "Prefill" below).
+ *   full       every page resident and attended (no budget).
+ *   arkvale    ArkVale (../shared/ARKVALE.md). Logical page j of a budgeted layer is
+ *              resident in a physical page or not (KV_PAGE_NONE). Residency:
+ *
+ *                logical pages:  [ sinks | middle ..................... | window ]
+ *                                  0..ns-1                           N-nw .. N-1 (last
+ *                                                                     one partly filled)
+ *                resident:       all sinks + up to budget-ns-nw middle pages + all window
+ *
+ *              Every page of a budgeted layer is digested and copied to the backup tier
+ *              the moment it fills. When a new page opens and the layer is at its
+ *              budget, the lowest-scored resident middle page (the page that just left
+ *              the window included) is evicted. Each decode step, a layer with more
+ *              pages than its budget scores every digest against the step's query,
+ *              takes the top-k middle pages, recalls the missing ones into the slots of
+ *              the lowest-scored resident middle pages, and attends over every resident
+ *              page (attend = KV_ATTEND_RESIDENT) or sinks + top-k + window
+ *              (KV_ATTEND_TOPK).
+ *   streaming  StreamingLLM at page granularity: sinks + the most recent pages; a page
+ *              that leaves the window is dropped for good (no backup, no digest).
+ *              Keys keep their original RoPE positions.
+ *   h2o        H2O at token granularity: the budget_tokens / 2 most recent tokens plus
+ *              the heavy hitters (largest attention accumulated since the token
+ *              arrived, the prompt's attention included); the lowest is dropped for good.
+ *   tova       TOVA at token granularity: when over budget, drops the token with the
+ *              lowest attention from the latest query (mean over heads).
+ *   quest      Quest: every page stays resident; each decode step attends the top
+ *              budget_pages - 1 filled pages by their cuboid-max digest plus the last
+ *              page. Saves bandwidth, not memory.
+ *
+ * Prefill. A step that brings several tokens of a sequence (a prompt chunk) keeps all
+ * of its pages resident and attends over everything resident, so a prompt is
+ * prefilled exactly even past the budget; the pages it needs are reserved like any
+ * other. The sequence comes down to its budget at kv_seq_compact or at its first
+ * single-token (decode) step, whichever comes first: arkvale keeps sinks + the top
+ * middle pages scored with the last prompt token's query + the window; h2o and tova
+ * keep the tokens with the highest prompt attention (plus h2o's recent half).
  *
  * A step (one forward call over a batch) runs:
- *   kv_step_begin(batch)          reserve room for each sequence's new tokens (all
- *                                 layers); AK_ERR_POOL_FULL changes nothing
+ *   kv_step_begin(batch)          evictions due at page boundaries, then room for each
+ *                                 sequence's new tokens in every layer, and room in
+ *                                 the backup tier for the pages the step will fill;
+ *                                 AK_ERR_POOL_FULL changes nothing
  *   for each layer:
- *     kv_layer_append(l, k, v)    store the new tokens' K and V
- *     kv_layer_view(l, q, &args)  fill the attention view for the batch's queries
+ *     kv_layer_append(l, k, v)    store the new tokens' K and V; digest and back up
+ *                                 the pages that filled
+ *     kv_layer_view(l, q, &args)  estimate, select, recall; fill the attention view
  *   kv_step_end()                 the new tokens become part of each sequence
- * or kv_step_abort() after begin, which returns the pages the step reserved.
+ * or kv_step_abort() after begin, which returns the pages the step reserved (evictions
+ * and recalls already done stay done: they change where pages live, never what a
+ * sequence holds).
  *
  * Threading: a pool has one owning thread; no call is thread-safe. */
 #ifndef KV_KVPOOL_H
@@ -36,6 +73,8 @@
 
 #include "ak_status.h"
 #include "kernels.h"
+#include "kv_digest.h"
+#include "kv_tier.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,12 +83,25 @@ extern "C" {
 #define KV_PAGE_NONE (-1)
 
 typedef enum {
-  KV_POLICY_FULL = 0, /* every page resident and attended */
+  KV_POLICY_FULL = 0,
+  KV_POLICY_ARKVALE = 1,
+  KV_POLICY_STREAMING = 2,
+  KV_POLICY_H2O = 3,
+  KV_POLICY_TOVA = 4,
+  KV_POLICY_QUEST = 5,
 } kv_policy_t;
+#define KV_POLICY_N 6
+
+/* What an arkvale layer attends over once it has more pages than its budget. */
+typedef enum {
+  KV_ATTEND_RESIDENT = 0, /* every resident page (the reference prototype) */
+  KV_ATTEND_TOPK = 1,     /* sinks + top-k + window only (the paper's description) */
+} kv_attend_t;
 
 typedef struct {
   int32_t n_layers;
   int32_t n_kv_heads;
+  int32_t n_heads;        /* query heads of the shard: a multiple of n_kv_heads; 0 = n_kv_heads */
   int32_t head_dim;
   int32_t page_tokens;    /* tokens per page, 1..256 (default 32) */
   int64_t n_pages;        /* capacity: pages of one layer each, shared by all sequences */
@@ -57,6 +109,33 @@ typedef struct {
   int32_t max_seq_tokens; /* longest sequence (the model's context; default 8192) */
   kn_dtype_t dtype;       /* element type of K and V (default KN_F16) */
   kv_policy_t policy;
+
+  /* --- budgeted policies (all but full) --- */
+  int32_t budget_tokens;  /* per budgeted layer and sequence; a multiple of page_tokens for the
+                           * page policies; 0 = none (the policy then behaves as full) */
+  int32_t n_full_layers;  /* layers 0..n_full_layers-1 keep a full cache (default 2) */
+  int32_t n_sink_pages;   /* arkvale, streaming: first pages always resident (default 1) */
+  int32_t n_window_pages; /* arkvale: most recent pages always resident, the partly filled one
+                           * included (default 2, at least 1) */
+  int32_t topk_pages;     /* arkvale: middle pages selected per step; 0 = the paper's
+                           * min(1280, budget_tokens / 2) / page_tokens, capped to the middle */
+  kv_digest_kind_t digest;   /* arkvale (default cuboid-mean); quest always uses cuboid-max */
+  kv_score_agg_t score_agg;  /* how query heads combine into a page score (default mean) */
+  kv_attend_t attend;        /* arkvale (default KV_ATTEND_RESIDENT) */
+  size_t host_tier_bytes;    /* arkvale: backup capacity; 0 = every budgeted page of max_seqs
+                              * sequences of max_seq_tokens */
+  kv_tier_t *tier;           /* arkvale: a backup tier owned by the caller (it must outlive the
+                              * pool); NULL = the pool creates a host tier of host_tier_bytes */
+
+  /* --- debugging and measurement --- */
+  int check_every_step;      /* run kv_pool_check at every kv_step_end (default: 1 in builds
+                              * without NDEBUG); a failure returns AK_ERR_INTERNAL */
+  int track_accuracy;        /* arkvale, quest: at each selection also compute every page's true
+                              * importance (max attention over its tokens, mean over heads;
+                              * evicted pages read from the backup) and count how many of the
+                              * true top-k the estimate selected (kv_stats_t.topk_*) */
+  int track_token_attn;      /* full: keep each token's prompt attention (accumulated and
+                              * last query's) so that kv_seq_branch can seed h2o and tova */
 } kv_pool_params_t;
 
 typedef struct kv_pool kv_pool_t;
@@ -66,25 +145,65 @@ typedef int32_t kv_seq_id_t;
  * n_pages) are 0 and must be set. */
 kv_pool_params_t kv_pool_params_default(void);
 
+/* "full", "arkvale", "streaming", "h2o", "tova", "quest"; "unknown" otherwise. */
+const char *kv_policy_name(kv_policy_t policy);
+/* The policy named exactly by one of kv_policy_name's strings; AK_ERR_INVALID_ARG
+ * quoting `name` otherwise. */
+ak_status_t kv_policy_parse(const char *name, ak_err_t *err, kv_policy_t *policy_p);
+
 /* Pages needed to hold n_tokens of one layer. */
 int64_t kv_pages_for_tokens(int64_t n_tokens, int32_t page_tokens);
 /* Bytes of one page (K and V, all heads) for these params. */
 size_t kv_page_bytes(const kv_pool_params_t *p);
+/* Resident pages one sequence of n_tokens holds in every layer together outside
+ * prefill under these params (the full layers' pages plus the budgeted layers'
+ * budgets): what a scheduler counts to admit it. */
+int64_t kv_seq_pages_needed(const kv_pool_params_t *p, int64_t n_tokens);
 
+/* AK_ERR_INVALID_ARG names the first bad field (including a budget that is not a
+ * multiple of page_tokens, or smaller than sinks + window, for the page policies). */
 ak_status_t kv_pool_create(const kv_pool_params_t *p, ak_err_t *err, kv_pool_t **pool_p);
 void kv_pool_destroy(kv_pool_t *pool);
 /* The last error of a call on this pool ("" if none). */
 const char *kv_pool_errmsg(const kv_pool_t *pool);
 const kv_pool_params_t *kv_pool_params(const kv_pool_t *pool);
+/* Middle pages arkvale selects per decode step (topk_pages resolved); 0 for other
+ * policies. */
+int32_t kv_pool_topk_pages(const kv_pool_t *pool);
 
 /* --- sequences --- */
 /* A new empty sequence. AK_ERR_POOL_FULL when max_seqs are live. */
 ak_status_t kv_seq_create(kv_pool_t *pool, kv_seq_id_t *seq_p);
-/* Frees every page of the sequence at once; AK_ERR_NOT_FOUND for an unknown id.
- * Not allowed between kv_step_begin and kv_step_end/abort for a sequence in the step. */
+/* Frees every page and backup of the sequence at once; AK_ERR_NOT_FOUND for an
+ * unknown id. Not allowed between kv_step_begin and kv_step_end/abort for a sequence
+ * in the step. */
 ak_status_t kv_seq_release(kv_pool_t *pool, kv_seq_id_t seq);
 /* Tokens stored for the sequence (its next token's position); -1 when unknown. */
 int64_t kv_seq_n_tokens(const kv_pool_t *pool, kv_seq_id_t seq);
+/* Brings every budgeted layer of the sequence down to its budget now (the end of a
+ * prefill; see "Prefill" above). A no-op for full and quest, or when already within
+ * budget. Never allocates pages. */
+ak_status_t kv_seq_compact(kv_pool_t *pool, kv_seq_id_t seq);
+
+/* Reads K and V of tokens [tok0, tok0 + n_tok) of one layer as f32, [n_tok, n_kv_heads,
+ * head_dim] each (k or v may be NULL), from resident pages or from backups.
+ * AK_ERR_RANGE past the sequence; AK_ERR_NOT_FOUND for a token a permanent-eviction
+ * policy dropped. */
+ak_status_t kv_seq_read_kv(kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, int64_t tok0, int64_t n_tok,
+                           float *k, float *v);
+/* The query ([n_heads, head_dim] f32, after RoPE) of the sequence's last token in its
+ * latest step, for one layer. AK_ERR_NOT_FOUND before its first step. */
+ak_status_t kv_seq_last_query(const kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, float *q);
+
+/* A new sequence in `dst` holding the same tokens as src_seq in `src` (K, V, each
+ * layer's last query, and the prompt attention when src tracks it): the same prefill
+ * continued under another policy, budget or page size, without recomputing it. The
+ * pools must agree on n_layers, n_kv_heads, n_heads and head_dim; src_seq must have
+ * every token readable (a full or arkvale pool) and no step open. dst comes down to
+ * its budget as after its own prefill (kv_seq_compact). cpu stores the pages. h2o and tova targets need
+ * src.track_token_attn (AK_ERR_INVALID_ARG otherwise). On failure dst is unchanged. */
+ak_status_t kv_seq_branch(kv_pool_t *dst, kv_pool_t *src, kn_cpu_t *cpu, kv_seq_id_t src_seq,
+                          kv_seq_id_t *dst_seq_p);
 
 /* --- steps --- */
 typedef struct {
@@ -95,42 +214,87 @@ typedef struct {
 
 /* Reserves pages for the batch's new tokens in every layer. The batch's tokens are
  * ordered sequence by sequence (the order the forward pass uses for its rows). The
- * batch arrays are copied. On failure (AK_ERR_POOL_FULL, AK_ERR_INVALID_ARG,
- * AK_ERR_NOT_FOUND, AK_ERR_RANGE past max_seq_tokens) the pool is unchanged. */
+ * batch arrays are copied. On failure (AK_ERR_POOL_FULL for device pages or backup
+ * room, AK_ERR_INVALID_ARG, AK_ERR_NOT_FOUND, AK_ERR_RANGE past max_seq_tokens) the
+ * sequences hold the same tokens as before (a compaction due may have happened). */
 ak_status_t kv_step_begin(kv_pool_t *pool, const kv_batch_t *batch);
 
 /* Absolute positions of the step's tokens ([n_tok], valid until the next begin). */
 const int32_t *kv_step_positions(const kv_pool_t *pool, int64_t *n_tok_p);
 
 /* Stores the new tokens' K and V for one layer: k, v [n_tok, n_kv_heads, head_dim] f32
- * (K after RoPE). */
+ * (K after RoPE). Digests and backs up the pages that fill. A failure (a backup tier
+ * that refuses a put) leaves the step to be aborted. */
 ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, const float *k,
                             const float *v);
 
 /* Fills args->kv, args->tok_seq_idx and args->tok_kv_len (arrays owned by the pool,
- * valid until the next call on it) for attention of the step's tokens in one layer.
- * q: [n_tok, n_heads, head_dim] f32 queries after RoPE (a policy may score pages with
- * them; `full` does not read them). Every other field of args is the caller's. */
+ * valid until the next call on it) for attention of the step's tokens in one layer,
+ * after the policy's estimate, selection and recalls. q: [n_tok, n_heads, head_dim]
+ * f32 queries after RoPE; n_heads must equal the pool's. Every other field of args is
+ * the caller's. Call it once per layer per step, after kv_layer_append. */
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args);
 
+/* Ends the step; AK_ERR_INTERNAL if check_every_step finds a broken invariant. */
 ak_status_t kv_step_end(kv_pool_t *pool);
 /* Undoes kv_step_begin: the pages it reserved are returned. No-op without a step. */
 void kv_step_abort(kv_pool_t *pool);
 
 /* --- accounting --- */
+/* Counters of work done, for a sequence or the pool (the pool's are since create and
+ * include released sequences). Times are wall-clock microseconds on this thread. */
+typedef struct {
+  uint64_t n_steps;          /* steps the sequence took part in */
+  uint64_t n_selects;        /* (layer, step) pairs that ran estimate + select */
+  uint64_t recalls;          /* pages copied back from the backup tier */
+  uint64_t evictions;        /* resident pages given up (backed up, or dropped for good) */
+  uint64_t drops;            /* of those, dropped for good (streaming, h2o, tova; in tokens
+                              * for h2o and tova) */
+  uint64_t backups;          /* pages put to the backup tier */
+  uint64_t bytes_recalled;   /* tier -> device */
+  uint64_t bytes_backed_up;  /* device -> tier */
+  double estimate_us;        /* scoring digests */
+  double select_us;          /* top-k and choosing victims */
+  double recall_us;          /* copies from the tier */
+  uint64_t topk_selected;    /* track_accuracy: true top-k pages the estimate also chose */
+  uint64_t topk_total;       /* track_accuracy: true top-k pages (k per selection) */
+} kv_stats_t;
+
+/* Where one sequence's pages are now, over all layers. */
+typedef struct {
+  int64_t n_tokens;
+  int64_t n_pages_logical;   /* pages its tokens span (all layers) */
+  int64_t n_pages_resident;  /* device pages held */
+  int64_t n_pages_backed_up; /* pages with a backup */
+  int64_t n_tokens_resident; /* token policies: tokens kept; else resident pages' tokens */
+  size_t digest_bytes;       /* digests stored for it (device memory in the CUDA backend) */
+  size_t backup_bytes;       /* its bytes in the backup tier */
+  kv_stats_t work;
+} kv_seq_stats_t;
+ak_status_t kv_seq_get_stats(const kv_pool_t *pool, kv_seq_id_t seq, kv_seq_stats_t *stats_p);
+
 typedef struct {
   int32_t n_seqs;              /* live sequences */
   int64_t n_pages_total;       /* capacity */
   int64_t n_pages_used;        /* held by sequences (all layers) */
   size_t page_bytes;
   size_t pool_bytes;           /* page memory */
-  size_t table_bytes;          /* page tables and step scratch */
+  size_t table_bytes;          /* page tables, scores, queries and step scratch */
+  size_t digest_bytes;         /* digests of live sequences */
+  int64_t n_backups;           /* blobs in the backup tier */
+  size_t backup_bytes;         /* bytes in the backup tier */
+  size_t backup_capacity_bytes;
+  kv_stats_t work;             /* since create */
+  kv_stats_t last_step;        /* the latest step alone (begin to end) */
 } kv_pool_stats_t;
 void kv_pool_get_stats(const kv_pool_t *pool, kv_pool_stats_t *stats_p);
 
-/* Debug check of every invariant (each used page owned by exactly one (seq, layer)
- * slot, free list consistent, counts match); AK_ERR_INTERNAL with a message if not. */
+/* Debug check of every invariant: each used page owned by exactly one (sequence,
+ * layer, logical page), free list consistent, counts match; for budgeted layers,
+ * sinks and window resident, at most budget_pages resident outside prefill, every
+ * non-resident page backed up (arkvale) and every filled page digested. AK_ERR_INTERNAL
+ * with a message if not. */
 ak_status_t kv_pool_check(kv_pool_t *pool);
 
 #ifdef __cplusplus

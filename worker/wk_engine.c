@@ -39,7 +39,9 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
   if (st < 0) goto err_destroy;
 
   const wk_hparams_t *hp = wk_model_hparams(e->model);
-  kv_pool_params_t kp = kv_pool_params_default();
+  kv_pool_params_t kp = p->kv_policy ? *p->kv_policy : kv_pool_params_default();
+  kp.tier = p->kv_policy ? p->kv_policy->tier : NULL;
+  kp.n_heads = hp->n_heads;
   kp.n_layers = hp->n_layers;
   kp.n_kv_heads = hp->n_kv_heads;
   kp.head_dim = hp->head_dim;
@@ -114,5 +116,9 @@ ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *to
                             .tokens = tokens + off, .logits_all = 0, .logits = last ? logits : NULL};
     AK_TRY(wk_forward_run(e->fw, e->pool, &b, &e->err));
   }
+  /* The prompt is in: a budgeted policy brings the sequence down to its budget now
+   * rather than at its first decode step, so the pages are free for others at once. */
+  ak_status_t st = kv_seq_compact(e->pool, seq);
+  if (st < 0) return AK_ERR(&e->err, st, "%s", kv_pool_errmsg(e->pool));
   return AK_OK;
 }

@@ -28,6 +28,12 @@ typedef struct {
   int32_t max_batch_tokens; /* rows of one step; longer prompts are chunked (default 512) */
   kn_dtype_t kv_dtype;      /* default KN_F16 */
   int weights_f32;          /* dequantize weights at load (see wk_model_params_t) */
+  const kv_pool_params_t *kv_policy; /* NULL = full cache. Otherwise the KV policy and its
+                                      * knobs (policy, budget_tokens, n_full_layers, sinks,
+                                      * window, topk, digest, score_agg, attend, tier, debug
+                                      * flags) come from here; the shape and size fields are
+                                      * the engine's (model shape, page_tokens, max_seqs,
+                                      * max_seq_tokens, kv_pages, kv_dtype above). */
 } wk_engine_params_t;
 
 typedef struct wk_engine wk_engine_t;
@@ -49,7 +55,8 @@ ak_status_t wk_engine_seq_release(wk_engine_t *eng, kv_seq_id_t seq);
 ak_status_t wk_engine_step(wk_engine_t *eng, const wk_forward_batch_t *batch);
 
 /* Feeds a whole prompt (or any run of tokens) to one sequence in chunks of
- * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`.
+ * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`; then
+ * brings the sequence down to its KV budget (kv_seq_compact).
  * A prompt longer than the context left is refused before any work (AK_ERR_RANGE);
  * if a later chunk fails, the chunks before it stay in the sequence. */
 ak_status_t wk_engine_prefill(wk_engine_t *eng, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
