@@ -12,6 +12,9 @@ static kv_seq_t *kv_live_seq(const kv_pool_t *pool, kv_seq_id_t seq) {
   return &pool->seqs[seq];
 }
 
+static ak_status_t kv_token_read(kv_pool_t *pool, const kv_seq_t *s, int32_t layer, int64_t tok0, int64_t n_tok,
+                                 float *k, float *v);
+
 ak_status_t kv_seq_read_kv(kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, int64_t tok0, int64_t n_tok,
                            float *k, float *v) {
   kv_seq_t *s = kv_live_seq(pool, seq);
@@ -24,8 +27,7 @@ ak_status_t kv_seq_read_kv(kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, 
   if (pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "a step is open");
   const kv_layer_t *L = &s->layers[layer_idx];
   if (kv_layer_budgeted(pool, layer_idx) && pool->is_token_policy)
-    return AK_ERR(&pool->err, AK_ERR_UNSUPPORTED, "policy %s keeps tokens out of order: no read by position",
-                  kv_policy_name(pool->p.policy));
+    return kv_token_read(pool, s, layer_idx, tok0, n_tok, k, v);
   int32_t pt = pool->p.page_tokens;
   int64_t row = (int64_t)pool->p.n_kv_heads * pool->p.head_dim;
   int64_t t = tok0, end = tok0 + n_tok;
@@ -47,6 +49,26 @@ ak_status_t kv_seq_read_kv(kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, 
     if (k) kv_buf_read_f32(pool, page, 0, slot, n, k + (t - tok0) * row);
     if (v) kv_buf_read_f32(pool, page, 1, slot, n, v + (t - tok0) * row);
     t += n;
+  }
+  return AK_OK;
+}
+
+/* Token policies keep tokens out of position order: each token is looked up by
+ * position among the resident ones (a scan: this is a debugging and benchmark path). */
+static ak_status_t kv_token_read(kv_pool_t *pool, const kv_seq_t *s, int32_t layer, int64_t tok0, int64_t n_tok,
+                                 float *k, float *v) {
+  const kv_layer_t *L = &s->layers[layer];
+  int32_t pt = pool->p.page_tokens;
+  int64_t row = (int64_t)pool->p.n_kv_heads * pool->p.head_dim;
+  for (int64_t t = tok0; t < tok0 + n_tok; t++) {
+    int64_t i = 0;
+    while (i < L->n_res_tok && L->tok_pos[i] != t) i++;
+    if (i == L->n_res_tok)
+      return AK_ERR(&pool->err, AK_ERR_NOT_FOUND, "layer %d token %lld was dropped by policy %s", layer,
+                    (long long)t, kv_policy_name(pool->p.policy));
+    int32_t pg = L->phys[i / pt], slot = (int32_t)(i % pt);
+    if (k) kv_page_read_f32(pool, pg, 0, slot, 1, k + (t - tok0) * row);
+    if (v) kv_page_read_f32(pool, pg, 1, slot, 1, v + (t - tok0) * row);
   }
   return AK_OK;
 }

@@ -36,10 +36,10 @@ kv_pool_params_t kv_pool_params_default(void) {
   p.digest = KV_DIGEST_DEFAULT;
   p.score_agg = KV_SCORE_MEAN;
   p.attend = KV_ATTEND_RESIDENT;
-#ifdef NDEBUG
-  p.check_every_step = 0;
-#else
+#ifdef KV_DEBUG_CHECKS
   p.check_every_step = 1;
+#else
+  p.check_every_step = 0;
 #endif
   return p;
 }
@@ -774,7 +774,9 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
       n_list_tokens = tok0 + n_new;
       pool->view_last_len[i] = (int32_t)(n_list_tokens - (L->n_resident - 1) * pt);
     } else {
-      if (pool->has_tok_attn) AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
+      /* a full pool tracks prompt attention for branching; the full layers of h2o/tova
+       * pools do not need it */
+      if (pool->has_tok_attn && !pool->is_token_policy) AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
       int restricted = 0;
       if (budgeted && pool->has_digest && n_new == 1 && s->n_pages > pool->budget_pages)
         AK_TRY(kv_select_for_view(pool, s, layer_idx, q_seq, &restricted));

@@ -128,8 +128,8 @@ typedef struct {
                               * pool); NULL = the pool creates a host tier of host_tier_bytes */
 
   /* --- debugging and measurement --- */
-  int check_every_step;      /* run kv_pool_check at every kv_step_end (default: 1 in builds
-                              * without NDEBUG); a failure returns AK_ERR_INTERNAL */
+  int check_every_step;      /* run kv_pool_check at every kv_step_end (default: 1 in Debug
+                              * builds, 0 otherwise); a failure returns AK_ERR_INTERNAL */
   int track_accuracy;        /* arkvale, quest: at each selection also compute every page's true
                               * importance (max attention over its tokens, mean over heads;
                               * evicted pages read from the backup) and count how many of the

@@ -4,6 +4,9 @@
 #define AK_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
+
+#include "kvpool.h"
 
 int ak_cli_generate(int argc, char **argv);
 int ak_cli_bench(int argc, char **argv);
@@ -13,5 +16,13 @@ int ak_cli_bench(int argc, char **argv);
 int ak_cli_parse_i64(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out_p);
 int ak_cli_parse_f32(const char *flag, const char *s, float lo, float hi, float *out_p);
 double ak_cli_now_s(void);
+
+/* --kv-* options (arkvale_kvflags.c). ak_cli_kv_flag returns 1 if `o` was a KV option
+ * and its value `v` was stored in kp (or *page_tokens_p), 0 if `o` is not one, and -1
+ * after printing why the value is bad. */
+void ak_cli_kv_usage(FILE *f);
+int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *page_tokens_p);
+/* One line on where the sequence's KV pages are and what the policy did. */
+void ak_cli_kv_report(FILE *f, kv_pool_t *pool, kv_seq_id_t seq);
 
 #endif

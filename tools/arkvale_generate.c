@@ -25,6 +25,9 @@ typedef struct {
   wk_sampler_params_t sp;
   const char *stops[CO_STOP_MAX_STRINGS];
   int n_stops;
+  kv_pool_params_t kv; /* policy knobs from --kv-* */
+  int32_t page_tokens;
+  int kv_report;       /* --kv-stats */
 } gen_args_t;
 
 static void gen_usage(FILE *f) {
@@ -42,8 +45,10 @@ static void gen_usage(FILE *f) {
           "  --stop STR             stop string (repeatable, up to %d)\n"
           "  --ignore-eos           do not stop at end-of-generation tokens\n"
           "  -t, --threads N        CPU threads (default: all)\n"
-          "  --ctx N                context length (default: the model's)\n",
+          "  --ctx N                context length (default: the model's)\n"
+          "  --kv-stats             print where the KV pages are after the run\n",
           CO_STOP_MAX_STRINGS);
+  ak_cli_kv_usage(f);
 }
 
 static int gen_parse(int argc, char **argv, gen_args_t *a) {
@@ -52,10 +57,18 @@ static int gen_parse(int argc, char **argv, gen_args_t *a) {
   a->sp = wk_sampler_params_default();
   a->sp.temperature = 0.8f;
   a->sp.seed = 42;
+  a->kv = kv_pool_params_default();
+  a->page_tokens = 32;
   for (int i = 1; i < argc; i++) {
     const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int64_t iv = 0;
     int r = 0, takes = 1;
+    int kvr = ak_cli_kv_flag(o, v, &a->kv, &a->page_tokens);
+    if (kvr < 0) return -1;
+    if (kvr > 0) {
+      i++;
+      continue;
+    }
     if (!strcmp(o, "-m") || !strcmp(o, "--model")) a->model = v;
     else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
     else if (!strcmp(o, "--system")) a->system = v;
@@ -81,6 +94,7 @@ static int gen_parse(int argc, char **argv, gen_args_t *a) {
       if (!strcmp(o, "--chat")) a->chat = 1;
       else if (!strcmp(o, "--ignore-eos")) a->ignore_eos = 1;
       else if (!strcmp(o, "--special")) a->special = 1;
+      else if (!strcmp(o, "--kv-stats")) a->kv_report = 1;
       else if (!strcmp(o, "-h") || !strcmp(o, "--help")) return gen_usage(stdout), 1;
       else {
         fprintf(stderr, "arkvale generate: unknown option '%s'\n", o);
@@ -191,6 +205,8 @@ int ak_cli_generate(int argc, char **argv) {
   ep.n_threads = (int32_t)a.n_threads;
   ep.max_seqs = 1;
   ep.max_seq_tokens = (int32_t)a.n_ctx;
+  ep.page_tokens = a.page_tokens;
+  ep.kv_policy = &a.kv;
   wk_engine_t *eng = NULL;
   co_tokenizer_t *tok = NULL;
   co_detok_t *dt = NULL;
@@ -264,6 +280,7 @@ int ak_cli_generate(int argc, char **argv) {
           (long long)n_prompt, t1 - t0, (double)n_prompt / (t1 - t0), (long long)n_gen, t2 - t1,
           n_gen > 1 ? (double)(n_gen - 1) / (t2 - t1) : 0.0, reason, kn_cpu_n_threads(wk_engine_cpu(eng)),
           kn_isa_name(kn_cpu_isa(wk_engine_cpu(eng))));
+  if (a.kv_report) ak_cli_kv_report(stderr, wk_engine_kvpool(eng), seq);
   rc = 0;
   goto done;
 
