@@ -434,7 +434,8 @@ ak_status_t kv_pool_create(const kv_pool_params_t *p, ak_err_t *err, kv_pool_t *
       pool->owns_tier = 1;
     }
   }
-  pool->p.tier = pool->tier;
+  /* p.tier stays what the caller passed: a copy of these params must not share a tier
+   * this pool owns */
   *pool_p = pool;
   return AK_OK;
 
