@@ -35,6 +35,7 @@ kv_pool_params_t kv_pool_params_default(void) {
   p.n_window_pages = 2;
   p.digest = KV_DIGEST_DEFAULT;
   p.score_agg = KV_SCORE_MEAN;
+  p.score_groups = 1;
   p.attend = KV_ATTEND_RESIDENT;
 #ifdef KV_DEBUG_CHECKS
   p.check_every_step = 1;
@@ -141,6 +142,9 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
       return AK_ERR(err, AK_ERR_INVALID_ARG, "score_agg=%d is not a kv_score_agg_t", (int)p->score_agg);
     if (p->attend != KV_ATTEND_RESIDENT && p->attend != KV_ATTEND_TOPK)
       return AK_ERR(err, AK_ERR_INVALID_ARG, "attend=%d is not a kv_attend_t", (int)p->attend);
+    if (p->score_groups < 1 || p->n_kv_heads % p->score_groups != 0)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "score_groups=%d does not divide n_kv_heads=%d", p->score_groups,
+                    p->n_kv_heads);
     int32_t middle = budget_pages - p->n_sink_pages - p->n_window_pages;
     if (p->topk_pages < 0 || p->topk_pages > middle)
       return AK_ERR(err, AK_ERR_INVALID_ARG, "topk_pages=%d outside [0, %d] (the middle of a %d-page budget)",
@@ -347,7 +351,7 @@ typedef struct {
   size_t n_bytes;
 } kv_array_t;
 
-#define KV_N_ARRAYS 18
+#define KV_N_ARRAYS 21
 static int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a) {
   const kv_pool_params_t *p = &pool->p;
   size_t ms = (size_t)p->max_seqs, maxp = (size_t)pool->max_pages_per_seq;
@@ -367,6 +371,10 @@ static int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a) {
   KV_ARR(sel_order, sizeof(int32_t) * maxp);
   KV_ARR(sel_top, sizeof(int32_t) * maxp);
   KV_ARR(sel_victims, sizeof(int32_t) * maxp);
+  size_t G = pool->has_backup && p->score_groups > 1 ? (size_t)p->score_groups : 0;
+  KV_ARR(group_score, sizeof(float) * maxp * G);
+  KV_ARR(group_order, sizeof(int32_t) * maxp * G);
+  KV_ARR(group_next, sizeof(int64_t) * G);
   KV_ARR(sel_mark, maxp);
   KV_ARR(page_f32, sizeof(float) * pt * (size_t)p->n_kv_heads * (size_t)p->head_dim);
   KV_ARR(q_scratch, sizeof(float) * qf);

@@ -106,6 +106,9 @@ struct kv_pool {
   int32_t *sel_order;         /* candidate pages */
   int32_t *sel_top;           /* the selected pages, best first */
   int32_t *sel_victims;       /* pages chosen to give up their slots */
+  float *group_score;         /* [score_groups][max_pages_per_seq] per-group estimates */
+  int32_t *group_order;       /* [score_groups][max_pages_per_seq] each group's best pages */
+  int64_t *group_next;        /* [score_groups] cursor into group_order */
   uint8_t *sel_mark;          /* per logical page: 1 = selected this step */
   float *page_f32;            /* [page_tokens * n_kv_heads * head_dim] one page's keys, token-major */
   float *q_scratch;           /* [max(page_tokens, n_heads) * n_heads * head_dim] */

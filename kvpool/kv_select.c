@@ -161,6 +161,44 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
   return AK_OK;
 }
 
+/* score_groups > 1: each group of KV heads scores the candidates with its own query
+ * heads and ranks its best k; the top-k then takes each group's best page not yet
+ * taken, in turn. Uses pool->sel_mark to know what is taken (cleared by the caller). */
+static void kv_select_grouped(kv_pool_t *pool, kv_layer_t *L, const float *q, const int32_t *cand, int64_t n_cand,
+                              int64_t k, int32_t *top) {
+  const kv_pool_params_t *p = &pool->p;
+  int32_t G = p->score_groups, kv_per_g = p->n_kv_heads / G, q_per_g = p->n_heads / G;
+  int64_t maxp = pool->max_pages_per_seq, dpf = (int64_t)p->n_kv_heads * pool->digest_floats;
+  for (int32_t g = 0; g < G; g++) {
+    float *gs = pool->group_score + g * maxp;
+    for (int64_t c = 0; c < n_cand; c++) {
+      int32_t j = cand[c];
+      float sc = NAN;
+      kv_digest_score(pool->digest, L->digest + j * dpf + (int64_t)g * kv_per_g * pool->digest_floats,
+                      q + (int64_t)g * q_per_g * p->head_dim, q_per_g, kv_per_g, p->head_dim, p->score_agg, NULL,
+                      &sc);
+      gs[j] = sc;
+    }
+    kv_select_best(gs, cand, n_cand, k, pool->group_order + g * maxp);
+    pool->group_next[g] = 0;
+  }
+  int64_t n_top = 0;
+  int progress = 1;
+  while (n_top < k && progress) {
+    progress = 0;
+    for (int32_t g = 0; g < G && n_top < k; g++) {
+      const int32_t *og = pool->group_order + g * maxp;
+      int64_t *nx = &pool->group_next[g];
+      while (*nx < k && pool->sel_mark[og[*nx]]) (*nx)++;
+      if (*nx == k) continue;
+      int32_t j = og[(*nx)++];
+      pool->sel_mark[j] = 1;
+      top[n_top++] = j;
+      progress = 1;
+    }
+  }
+}
+
 /* track_accuracy: each candidate page's true importance (max attention probability
  * over its tokens, mean over query heads; the softmax runs over every token of the
  * sequence) into pool->true_imp. Evicted pages are read from their backups. */
@@ -226,8 +264,12 @@ ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, cons
   for (int64_t j = ns; j < N - nw; j++) cand[n_cand++] = (int32_t)j; /* all filled and digested */
   if (k > n_cand) k = n_cand;
   int32_t *top = pool->sel_top, *victims = pool->sel_victims;
-  kv_select_best(L->score, cand, n_cand, k, top);
   memset(pool->sel_mark, 0, (size_t)N);
+  if (!quest && p->score_groups > 1) {
+    kv_select_grouped(pool, L, q, cand, n_cand, k, top);
+  } else {
+    kv_select_best(L->score, cand, n_cand, k, top);
+  }
   for (int64_t i = 0; i < k; i++) pool->sel_mark[top[i]] = 1;
   KV_COUNT(pool, s, n_selects, 1);
 

@@ -121,6 +121,11 @@ typedef struct {
                            * min(1280, budget_tokens / 2) / page_tokens, capped to the middle */
   kv_digest_kind_t digest;   /* arkvale (default cuboid-mean); quest always uses cuboid-max */
   kv_score_agg_t score_agg;  /* how query heads combine into a page score (default mean) */
+  int32_t score_groups;      /* arkvale: 1 (default) ranks pages once for the whole shard; G > 1
+                              * splits the KV heads into G groups that each rank pages with
+                              * their own query heads, and the top-k takes the groups' best
+                              * pages in turn (round robin), so one group's favourites cannot
+                              * crowd out another's. Must divide n_kv_heads. */
   kv_attend_t attend;        /* arkvale (default KV_ATTEND_RESIDENT) */
   size_t host_tier_bytes;    /* arkvale: backup capacity; 0 = every budgeted page of max_seqs
                               * sequences of max_seq_tokens */

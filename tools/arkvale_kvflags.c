@@ -19,6 +19,7 @@ void ak_cli_kv_usage(FILE *f) {
           "  --kv-digest KIND      centroid, sphere-max|center|mean, cuboid-max|center|mean (default\n"
           "                        cuboid-mean)\n"
           "  --kv-score mean|max   how query heads combine into a page score (default mean)\n"
+          "  --kv-score-groups G   rank pages per group of KV heads, take the groups' best in turn\n"
           "  --kv-attend resident|topk  what arkvale attends over (default resident)\n");
 }
 
@@ -46,6 +47,9 @@ int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *
   } else if (!strcmp(o, "--kv-topk")) {
     if (ak_cli_parse_i64(o, v, 0, 1 << 20, &iv) < 0) return -1;
     kp->topk_pages = (int32_t)iv;
+  } else if (!strcmp(o, "--kv-score-groups")) {
+    if (ak_cli_parse_i64(o, v, 1, 1024, &iv) < 0) return -1;
+    kp->score_groups = (int32_t)iv;
   } else if (!strcmp(o, "--kv-digest")) {
     if (kv_digest_kind_parse(v, &err, &kp->digest) < 0) goto bad_name;
   } else if (!strcmp(o, "--kv-score")) {
