@@ -627,6 +627,7 @@ ak_status_t kv_step_begin(kv_pool_t *pool, const kv_batch_t *batch) {
 
   /* Nothing can fail from here on. Evictions first, so their pages serve the growth. */
   memset(&pool->step_work, 0, sizeof pool->step_work);
+  pool->in_step = 1; /* the step's work counts from here */
   for (int32_t i = 0; i < batch->n_seqs; i++) {
     kv_seq_t *s = &pool->seqs[batch->seqs[i]];
     int32_t n_new = batch->n_new_tokens[i];
@@ -788,7 +789,7 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
       if (pool->has_tok_attn && !pool->is_token_policy) AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
       int restricted = 0;
       if (budgeted && pool->has_digest && n_new == 1 && s->n_pages > pool->budget_pages)
-        AK_TRY(kv_select_for_view(pool, s, layer_idx, q_seq, &restricted));
+        AK_TRY(kv_select_for_view(pool, s, layer_idx, q_seq, pool->step_pages_before[i], &restricted));
       int32_t n0 = n;
       for (int64_t j = 0; j < s->n_pages; j++) {
         if (L->phys[j] == KV_PAGE_NONE) continue;
@@ -826,6 +827,12 @@ ak_status_t kv_step_end(kv_pool_t *pool) {
     s->n_tokens += pool->step_n_new[i];
     s->has_last_q = 1;
     s->work.n_steps++;
+    /* a decode step that opened a page may hold one page over the budget (the one
+     * that left the window, spared at begin); it goes now, ranked with this step's
+     * query */
+    if (pool->step_n_new[i] == 1 && (pool->p.policy == KV_POLICY_ARKVALE || pool->p.policy == KV_POLICY_STREAMING))
+      for (int32_t l = 0; l < pool->p.n_layers; l++)
+        if (kv_layer_budgeted(pool, l)) kv_select_evict_for_step(pool, s, l, s->n_pages, 1);
   }
   pool->step_work.n_steps = 1;
   pool->work.n_steps++;
@@ -849,6 +856,9 @@ void kv_step_abort(kv_pool_t *pool) {
       if (kv_layer_budgeted(pool, l) && pool->has_digest) kv_select_truncate(pool, L, s->n_tokens / pool->p.page_tokens);
     }
     s->n_pages = keep;
+    if (pool->has_backup)
+      for (int32_t l = 0; l < pool->p.n_layers; l++)
+        if (kv_layer_budgeted(pool, l)) kv_select_restore_window(pool, s, l);
   }
   pool->in_step = 0;
 }

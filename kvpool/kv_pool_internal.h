@@ -141,8 +141,9 @@ void kv_page_read_f32(const kv_pool_t *pool, int32_t pg, int is_v, int32_t slot0
 void kv_buf_read_f32(const kv_pool_t *pool, const void *page, int is_v, int32_t slot0, int32_t n, float *out);
 
 /* --- kv_select.c: page policies --- */
-/* Pages of one budgeted layer after kv_select_evict_for_step (what begin must reserve
- * beyond what the layer holds is the returned value minus n_resident). */
+/* Pages of one budgeted layer during the step, after kv_select_evict_for_step (what
+ * begin must reserve beyond what the layer holds is the returned value minus
+ * n_resident). May exceed the budget by the page leaving the window; step end evicts it. */
 int64_t kv_select_resident_after(const kv_pool_t *pool, const kv_seq_t *s, const kv_layer_t *L,
                                  int64_t n_pages_after, int decode);
 /* At step begin (and with n_pages_after = s->n_pages, decode = 1, for compaction):
@@ -156,9 +157,13 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
 /* Estimate, select and recall for one sequence's layer given its last step query
  * q [n_heads * head_dim]; marks pool->sel_mark for the pages to attend when the
  * policy restricts attention (returns 1 then, 0 = attend every resident page). */
-ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, const float *q, int *restricted_p);
+ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, const float *q, int64_t n_pages_before,
+                               int *restricted_p);
 /* Frees a layer's backups and digests (release). */
 void kv_select_release_layer(kv_pool_t *pool, kv_layer_t *L);
+/* After an abort: recalls sink and window pages (of the restored page count) that the
+ * step's evictions or recalls took, into the pages the abort freed. */
+void kv_select_restore_window(kv_pool_t *pool, kv_seq_t *s, int32_t layer);
 /* Forgets digests and backups of pages >= n_filled (a step's fills undone by abort). */
 void kv_select_truncate(kv_pool_t *pool, kv_layer_t *L, int64_t n_filled);
 

@@ -15,11 +15,11 @@
 #include "kv_pool_internal.h"
 
 /* Counts an event on the sequence, the step and the pool. */
-#define KV_COUNT(pool, s, field, n)        \
-  do {                                     \
-    (s)->work.field += (n);                \
-    (pool)->step_work.field += (n);        \
-    (pool)->work.field += (n);             \
+#define KV_COUNT(pool, s, field, n)                       \
+  do {                                                    \
+    (s)->work.field += (n);                               \
+    if ((pool)->in_step) (pool)->step_work.field += (n);  \
+    (pool)->work.field += (n);                            \
   } while (0)
 
 /* 1 if page a (score sa) ranks above page b (score sb). NaN ranks lowest. */
@@ -60,12 +60,33 @@ static void kv_select_estimate(kv_pool_t *pool, kv_seq_t *s, kv_layer_t *L, cons
   KV_COUNT(pool, s, estimate_us, kv_now_us() - t0);
 }
 
+/* End (exclusive) of the pages a step's begin may evict. arkvale: the middle as it is
+ * after the step, so the page leaving the window competes at once (ARKVALE.md); an
+ * abort recalls it (kv_select_restore_window). streaming cannot recall what it drops,
+ * so it spares that page until the step ends. */
+static int64_t kv_evict_hi(const kv_pool_t *pool, const kv_seq_t *s, int64_t n_pages_after) {
+  int64_t n = n_pages_after;
+  if (pool->p.policy != KV_POLICY_ARKVALE && s->n_pages < n) n = s->n_pages;
+  int64_t hi = n - kv_window_pages(pool);
+  return hi < s->n_pages ? hi : s->n_pages; /* the step's new pages are never candidates */
+}
+
+/* Resident middle pages a decode step may evict at its begin. */
+static int64_t kv_evictable(const kv_pool_t *pool, const kv_seq_t *s, const kv_layer_t *L, int64_t n_pages_after) {
+  int32_t ns = pool->p.n_sink_pages;
+  int64_t hi = kv_evict_hi(pool, s, n_pages_after), n = 0;
+  for (int64_t j = ns; j < hi; j++) n += L->phys[j] != KV_PAGE_NONE;
+  return n;
+}
+
 int64_t kv_select_resident_after(const kv_pool_t *pool, const kv_seq_t *s, const kv_layer_t *L,
                                  int64_t n_pages_after, int decode) {
   int64_t after = L->n_resident + (n_pages_after - s->n_pages);
   if (pool->p.policy == KV_POLICY_QUEST || !decode) return after;
   int64_t target = n_pages_after < pool->budget_pages ? n_pages_after : pool->budget_pages;
-  return after > target ? target : after;
+  if (after <= target) return after;
+  int64_t over = after - target, can = kv_evictable(pool, s, L, n_pages_after);
+  return after - (over < can ? over : can);
 }
 
 static void kv_evict_page(kv_pool_t *pool, kv_seq_t *s, kv_layer_t *L, int64_t j) {
@@ -87,14 +108,13 @@ void kv_select_evict_for_step(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
                     kv_select_resident_after(pool, s, L, n_pages_after, decode);
   if (n_evict <= 0) return;
   double t0 = kv_now_us();
-  int32_t ns = pool->p.n_sink_pages, nw = kv_window_pages(pool);
+  int32_t ns = pool->p.n_sink_pages;
   int32_t *cand = pool->sel_order;
   int64_t n_cand = 0;
-  for (int64_t j = ns; j < n_pages_after - nw && j < s->n_pages; j++)
+  int64_t hi = kv_evict_hi(pool, s, n_pages_after);
+  for (int64_t j = ns; j < hi; j++)
     if (L->phys[j] != KV_PAGE_NONE) cand[n_cand++] = (int32_t)j;
-  /* sinks and window are resident and the budget holds them (checked at create), so
-   * the middle always has n_evict resident pages to give */
-  if (n_evict > n_cand) n_evict = n_cand;
+  if (n_evict > n_cand) n_evict = n_cand; /* the rest goes at step end (kv_evictable) */
   float *score = L->score;
   if (pool->p.policy == KV_POLICY_ARKVALE && s->has_last_q) {
     double t1 = kv_now_us();
@@ -250,7 +270,8 @@ static ak_status_t kv_true_importance(kv_pool_t *pool, kv_seq_t *s, kv_layer_t *
   return AK_OK;
 }
 
-ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, const float *q, int *restricted_p) {
+ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, const float *q, int64_t n_pages_before,
+                               int *restricted_p) {
   kv_layer_t *L = &s->layers[layer];
   const kv_pool_params_t *p = &pool->p;
   int64_t N = s->n_pages;
@@ -289,6 +310,7 @@ ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, cons
     for (int64_t i = 0; i < k; i++)
       if (L->phys[top[i]] == KV_PAGE_NONE) n_missing++;
     int32_t *others = pool->sel_order; /* cand is no longer needed */
+    (void)n_pages_before; /* an abort recalls a victim that was in the old window */
     for (int64_t j = ns; j < N - nw; j++)
       if (L->phys[j] != KV_PAGE_NONE && !pool->sel_mark[j]) others[n_res_other++] = (int32_t)j;
     if (n_missing > n_res_other)
@@ -330,6 +352,26 @@ ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, cons
   }
   *restricted_p = restricted;
   return AK_OK;
+}
+
+void kv_select_restore_window(kv_pool_t *pool, kv_seq_t *s, int32_t layer) {
+  kv_layer_t *L = &s->layers[layer];
+  int64_t N = s->n_pages;
+  int32_t ns = pool->p.n_sink_pages, nw = kv_window_pages(pool);
+  for (int64_t j = 0; j < N; j++) {
+    if (j >= ns && j < N - nw) continue;
+    if (L->phys[j] != KV_PAGE_NONE || !L->backup || L->backup[j] == KV_BACKUP_NONE) continue;
+    int32_t pg = kv_page_alloc(pool); /* the abort just freed the step's pages */
+    if (pg == KV_PAGE_NONE) return;
+    if (kv_tier_get(pool->tier, L->backup[j], kv_page_kv(pool, pg, 0), pool->page_bytes) < 0) {
+      kv_page_free(pool, pg);
+      return; /* kv_pool_check reports the window page missing */
+    }
+    L->phys[j] = pg;
+    L->n_resident++;
+    KV_COUNT(pool, s, recalls, 1);
+    KV_COUNT(pool, s, bytes_recalled, pool->page_bytes);
+  }
 }
 
 void kv_select_truncate(kv_pool_t *pool, kv_layer_t *L, int64_t n_filled) {

@@ -60,9 +60,11 @@
  *                                 the pages that filled
  *     kv_layer_view(l, q, &args)  estimate, select, recall; fill the attention view
  *   kv_step_end()                 the new tokens become part of each sequence
- * or kv_step_abort() after begin, which returns the pages the step reserved (evictions
- * and recalls already done stay done: they change where pages live, never what a
- * sequence holds).
+ * or kv_step_abort() after begin, which returns the pages the step reserved. arkvale's
+ * evictions and recalls stay done (they change where pages live, never what a
+ * sequence holds; the window as it was before the step stays resident). The drops of
+ * the permanent-eviction policies (streaming, h2o, tova) made at begin stay made:
+ * the retried step would make them again.
  *
  * Threading: a pool has one owning thread; no call is thread-safe. */
 #ifndef KV_KVPOOL_H
@@ -291,7 +293,8 @@ typedef struct {
   size_t backup_bytes;         /* bytes in the backup tier */
   size_t backup_capacity_bytes;
   kv_stats_t work;             /* since create */
-  kv_stats_t last_step;        /* the latest step alone (begin to end) */
+  kv_stats_t last_step;        /* the latest step alone (begin to end; not kv_seq_compact or
+                                * kv_seq_branch between steps) */
 } kv_pool_stats_t;
 void kv_pool_get_stats(const kv_pool_t *pool, kv_pool_stats_t *stats_p);
 
