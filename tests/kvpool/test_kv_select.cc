@@ -1132,3 +1132,84 @@ TEST_F(KvSelect, ViewRejectsMissingOrMisshapedQueries) {
   h.abort();
   ASSERT_NO_FATAL_FAILURE(h.release_all({s}));
 }
+
+// --- arkvale: per-KV-head-group ranking ---
+
+// Two KV heads, one query head each. Head 0's keys make pages 2 and 3 score very high,
+// head 1's make pages 6 and 7 score modestly: the shard-wide mean ranks 2 and 3 first,
+// while two groups each bring their own best (2 from head 0, 6 from head 1).
+static std::set<int> grouped_topk_view(int32_t score_groups) {
+  kv_pool_params_t p = kv_pool_params_default();
+  p.n_layers = 1;
+  p.n_kv_heads = 2;
+  p.n_heads = 2;
+  p.head_dim = 2;
+  p.page_tokens = 4;
+  p.n_pages = 64;
+  p.max_seqs = 2;
+  p.max_seq_tokens = 256;
+  p.dtype = KN_F32;
+  p.policy = KV_POLICY_ARKVALE;
+  p.budget_tokens = 16;  // sink + 2 middle + window of 1
+  p.n_full_layers = 0;
+  p.n_window_pages = 1;
+  p.topk_pages = 2;
+  p.attend = KV_ATTEND_TOPK;
+  p.score_groups = score_groups;
+  p.check_every_step = 1;
+  kv_pool_t *pool = nullptr;
+  kn_cpu_t *cpu = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(kv_pool_create(&p, &err, &pool), AK_OK) << err.msg;
+  EXPECT_EQ(kn_cpu_create(1, nullptr, &cpu), AK_OK);
+  const float head0[10] = {0, 0, 100, 90, 0, 0, 0, 0, 0, 0};
+  const float head1[10] = {0, 0, 0, 0, 0, 0, 5, 4, 0, 0};
+  kv_seq_id_t s;
+  EXPECT_EQ(kv_seq_create(pool, &s), AK_OK);
+  std::set<int> listed;
+  for (int n_new : {40, 1}) {
+    int32_t n32 = n_new;
+    kv_batch_t b{1, &s, &n32};
+    EXPECT_EQ(kv_step_begin(pool, &b), AK_OK) << kv_pool_errmsg(pool);
+    int64_t n_tok = 0;
+    const int32_t *pos = kv_step_positions(pool, &n_tok);
+    std::vector<float> k(n_tok * 4), v(n_tok * 4, 1.f), q(n_tok * 4);
+    for (int64_t t = 0; t < n_tok; t++) {
+      int j = pos[t] / 4;
+      k[t * 4 + 0] = j < 10 ? head0[j] : 0.f;  // head 0: score dim, position dim
+      k[t * 4 + 1] = (float)pos[t];
+      k[t * 4 + 2] = j < 10 ? head1[j] : 0.f;  // head 1
+      k[t * 4 + 3] = (float)pos[t];
+      q[t * 4 + 0] = 1.f;
+      q[t * 4 + 2] = 1.f;
+    }
+    EXPECT_EQ(kv_layer_append(pool, cpu, 0, k.data(), v.data()), AK_OK) << kv_pool_errmsg(pool);
+    kn_attn_args_t a{};
+    EXPECT_EQ(kv_layer_view(pool, 0, q.data(), 2, &a), AK_OK) << kv_pool_errmsg(pool);
+    if (n_new == 1) {
+      const float *kb = (const float *)a.kv.k_base;
+      for (int i = a.kv.indptr[0]; i < a.kv.indptr[1]; i++)
+        listed.insert((int)kb[(int64_t)a.kv.indices[i] * a.kv.page_stride_elems + 1] / 4);
+    }
+    EXPECT_EQ(kv_step_end(pool), AK_OK) << kv_pool_errmsg(pool);
+  }
+  EXPECT_EQ(kv_seq_release(pool, s), AK_OK);
+  kv_pool_destroy(pool);
+  kn_cpu_destroy(cpu);
+  return listed;
+}
+
+TEST_F(KvSelect, ScoreGroupsGiveEachKvHeadGroupItsOwnTopPages) {
+  EXPECT_EQ(grouped_topk_view(1), pages({0, 2, 3, 10}));  // shard-wide mean: head 0 dominates
+  EXPECT_EQ(grouped_topk_view(2), pages({0, 2, 6, 10}));  // each head's best, in turn
+}
+
+TEST_F(KvSelect, RejectsScoreGroupsThatDoNotDivideKvHeads) {
+  kv_pool_params_t p = sel_params(KV_POLICY_ARKVALE, 4, 24, 64);
+  p.score_groups = 3;
+  kv_pool_t *pool = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(kv_pool_create(&p, &err, &pool), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("score_groups=3 does not divide n_kv_heads=2"), std::string::npos) << err.msg;
+  EXPECT_EQ(pool, nullptr);
+}
