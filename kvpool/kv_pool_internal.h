@@ -1,7 +1,8 @@
 /* kv_pool_internal: the pool's state, shared by the files of kvpool/ (never included
  * outside the folder).
  *
- *   kv_pool.c    create/destroy, sequences, the step orchestration, stats, check
+ *   kv_pool.c    create/destroy, sequences, the step orchestration
+ *   kv_pool_stats.c  stats and the invariant check
  *   kv_select.c  the page policies' decisions: fill (digest + backup), eviction at a
  *                page boundary, compaction, estimate/select/recall, the view
  *   kv_token.c   the token policies (h2o, tova) and prompt-attention tracking
@@ -118,6 +119,14 @@ struct kv_pool {
 };
 
 /* --- kv_pool.c helpers used by the other files --- */
+/* The fixed-size arrays of a pool, with their byte sizes, so that create, destroy and
+ * stats agree: kv_pool_arrays fills a[0..n) and returns n (<= KV_N_ARRAYS). */
+typedef struct {
+  void **ptr;
+  size_t n_bytes;
+} kv_array_t;
+#define KV_N_ARRAYS 21
+int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a);
 static inline kv_layer_t *kv_layer_of(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer) {
   (void)pool;
   return &s->layers[layer];
