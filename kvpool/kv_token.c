@@ -24,11 +24,11 @@
 #include "kv_pool_internal.h"
 
 /* Counts work on the sequence, the step and the pool (as kv_select.c does). */
-#define KV_TOK_COUNT(pool, s, field, n) \
-  do {                                  \
-    (s)->work.field += (n);             \
-    (pool)->step_work.field += (n);     \
-    (pool)->work.field += (n);          \
+#define KV_TOK_COUNT(pool, s, field, n)                   \
+  do {                                                    \
+    (s)->work.field += (n);                               \
+    if ((pool)->in_step) (pool)->step_work.field += (n);  \
+    (pool)->work.field += (n);                            \
   } while (0)
 
 /* ---- how many tokens stay ---- */
