@@ -372,6 +372,9 @@ int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a) {
   KV_ARR(q_scratch, sizeof(float) * qf);
   KV_ARR(page_tmp, pool->page_bytes);
   KV_ARR(true_imp, sizeof(float) * maxp);
+  KV_ARR(tok_keys, pool->has_tok_attn ? sizeof(float) * (size_t)p->max_seq_tokens * (size_t)p->n_kv_heads *
+                                             (size_t)p->head_dim
+                                       : 0);
   KV_ARR(tok_logit, (p->track_accuracy || pool->has_tok_attn)
                         ? sizeof(float) * (size_t)p->max_seq_tokens * (size_t)p->n_heads
                         : 0);

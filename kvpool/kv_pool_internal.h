@@ -116,6 +116,7 @@ struct kv_pool {
   void *page_tmp;             /* [page_bytes] one page's bytes */
   float *true_imp;            /* [max_pages_per_seq] track_accuracy */
   float *tok_logit;           /* [max_seq_tokens * n_heads] track_accuracy / token attention */
+  float *tok_keys;            /* [n_kv_heads][max_seq_tokens][head_dim] token attention: keys as f32 */
 };
 
 /* --- kv_pool.c helpers used by the other files --- */
@@ -125,7 +126,7 @@ typedef struct {
   void **ptr;
   size_t n_bytes;
 } kv_array_t;
-#define KV_N_ARRAYS 21
+#define KV_N_ARRAYS 22
 int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a);
 static inline kv_layer_t *kv_layer_of(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer) {
   (void)pool;

@@ -245,6 +245,29 @@ ak_status_t kv_token_observe(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64_
   /* The new tokens accumulate from this step on (begin resets them; this is cheap). */
   for (int64_t i = tok0; i < n_vis_all; i++) L->tok_acc[i] = 0.f;
 
+  /* Every visible key, converted to f32 once per call: [n_kv_heads][n_vis_all][head_dim]
+   * in pool->tok_keys (converting per block of queries instead cost more than the
+   * dot products on long prompts). */
+  const int64_t key_stride = (int64_t)pool->p.max_seq_tokens * hd;
+  float *keys = pool->tok_keys;
+  for (int64_t pj = 0; pj < kv_pages_for_tokens(n_vis_all, pt); pj++) {
+    const int64_t i0 = pj * pt;
+    const int32_t n_slots = (int32_t)(n_vis_all - i0 < pt ? n_vis_all - i0 : pt);
+    const int32_t pg = L->phys[pj];
+    if (pg == KV_PAGE_NONE)
+      return AK_ERR(&pool->err, AK_ERR_INTERNAL, "layer %d: page %lld of %lld tokens not resident", layer,
+                    (long long)pj, (long long)n_vis_all);
+    const char *kpage = kv_page_kv(pool, pg, 0);
+    for (int32_t kh = 0; kh < n_kv; kh++) {
+      const char *src = kpage + (int64_t)kh * pt * hd * (int64_t)pool->elem_bytes;
+      float *dst = keys + (int64_t)kh * key_stride + i0 * hd;
+      if (pool->p.dtype == KN_F32)
+        memcpy(dst, src, sizeof(float) * (size_t)n_slots * (size_t)hd);
+      else
+        ak_dequant_row(AK_TYPE_F16, src, dst, (int64_t)n_slots * hd);
+    }
+  }
+
   /* Blocks of new tokens share each page's converted keys. Their logits go to
    * tok_logit [n_blk][n_heads][row_stride], row_stride = the block's widest row;
    * n_blk is as many as fit (1 for a chunk near max_seq_tokens). */
@@ -257,33 +280,13 @@ ak_status_t kv_token_observe(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64_
     if (n_blk > n_new - jb0) n_blk = n_new - jb0;
     const int64_t row_stride = tok0 + jb0 + n_blk; /* the block's last token's visible tokens */
 
-    const int64_t n_pages = kv_pages_for_tokens(row_stride, pt);
-    for (int64_t pj = 0; pj < n_pages; pj++) {
-      const int64_t i0 = pj * pt;
-      const int32_t n_slots = (int32_t)(row_stride - i0 < pt ? row_stride - i0 : pt);
-      const int32_t pg = L->phys[pj];
-      if (pg == KV_PAGE_NONE)
-        return AK_ERR(&pool->err, AK_ERR_INTERNAL, "layer %d: page %lld of %lld tokens not resident", layer,
-                      (long long)pj, (long long)row_stride);
-      const char *kpage = kv_page_kv(pool, pg, 0);
-      for (int32_t kh = 0; kh < n_kv; kh++) {
-        const int64_t head_off = (int64_t)kh * pt * hd; /* elements */
-        const float *krows;                             /* [n_slots][head_dim] f32 */
-        if (pool->p.dtype == KN_F32) {
-          krows = (const float *)(const void *)kpage + head_off;
-        } else {
-          ak_dequant_row(AK_TYPE_F16, kpage + head_off * (int64_t)pool->elem_bytes, pool->page_f32,
-                         (int64_t)n_slots * hd);
-          krows = pool->page_f32;
-        }
-        for (int64_t jj = 0; jj < n_blk; jj++) {
-          const int64_t vis = tok0 + jb0 + jj + 1;
-          const int64_t n_t = vis - i0 < n_slots ? vis - i0 : n_slots;
-          if (n_t <= 0) continue;
-          for (int32_t h = kh * group; h < (kh + 1) * group; h++)
-            kv_tok_logits(q + ((int64_t)(jb0 + jj) * n_heads + h) * hd, krows, (int32_t)n_t, hd, scale,
-                          logit + (jj * n_heads + h) * row_stride + i0);
-        }
+    for (int32_t kh = 0; kh < n_kv; kh++) {
+      const float *krows = keys + (int64_t)kh * key_stride; /* [n_vis_all][head_dim] */
+      for (int64_t jj = 0; jj < n_blk; jj++) {
+        const int64_t vis = tok0 + jb0 + jj + 1;
+        for (int32_t h = kh * group; h < (kh + 1) * group; h++)
+          kv_tok_logits(q + ((int64_t)(jb0 + jj) * n_heads + h) * hd, krows, (int32_t)vis, hd, scale,
+                        logit + (jj * n_heads + h) * row_stride);
       }
     }
 
