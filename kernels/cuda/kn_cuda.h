@@ -1,9 +1,26 @@
-/* kn_cuda: the CUDA backend's public header. For now it reports whether a usable
- * GPU is present, so a worker built with CUDA can fall back to (or refuse) the CPU
- * backend cleanly on a machine without one. The ops arrive with the CUDA issue and
- * mirror kernels.h's argument views. */
+/* kn_cuda: the CUDA backend's public header — device discovery, accounted device and
+ * pinned memory, and the ops. Each op lives in its own .cu (../shared/STYLE.md,
+ * "Kernels"): a static __global__ kernel, a typed launcher, and the public function
+ * below, which validates its arguments, dispatches dtype and head_dim through a switch
+ * whose default is an explicit error, launches on `stream` and checks the launch.
+ * Ops never synchronize and never allocate: scratch comes from the caller, sized by a
+ * *_workspace_bytes function. Every op has a CPU reference (kernels/cpu/ or
+ * kvpool/kv_digest.c) that its `gpu`-labelled test compares against.
+ *
+ * Pointers in *_args_t are device pointers unless the comment says host. Element types
+ * on the device:
+ *   residual stream and RoPE'd q/k     f32
+ *   GEMM operands (weights, normed x)  bf16   (KN_CUDA_BF16)
+ *   KV pages                           bf16 or f16 (kn_cuda_dtype_t)
+ *
+ * Errors: every function takes `ak_err_t *err` (may be NULL) and returns a status;
+ * CUDA failures are AK_ERR_CUDA with the CUDA error string and the op's name.
+ * Threading: functions are thread-safe; a stream has one owning thread. */
 #ifndef KN_CUDA_H
 #define KN_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #include "ak_status.h"
 
@@ -11,9 +28,250 @@
 extern "C" {
 #endif
 
+/* cudaStream_t without including the CUDA headers in C code that only passes it on. */
+typedef struct CUstream_st *kn_cuda_stream_t;
+
+typedef enum {
+  KN_CUDA_F32 = 0,
+  KN_CUDA_F16 = 1,
+  KN_CUDA_BF16 = 2,
+} kn_cuda_dtype_t;
+
+/* --- devices and memory --- */
+
 /* Number of CUDA devices; 0 with AK_ERR_NO_DEVICE (and a message) when there are none
  * or the driver is absent. */
 ak_status_t kn_cuda_device_count(ak_err_t *err, int *n_devices_p);
+
+/* Device memory, counted under AK_MEM_DEVICE (ak_alloc_outstanding_bytes). free
+ * accepts NULL and must be given the size that was allocated. */
+ak_status_t kn_cuda_malloc(size_t n_bytes, ak_err_t *err, void **ptr_p);
+void kn_cuda_free(void *ptr, size_t n_bytes);
+/* Pinned host memory, mapped into the device's address space (a kernel may read it
+ * over PCIe), counted under AK_MEM_PINNED. *dev_ptr_p (may be NULL) receives the
+ * device-side address. */
+ak_status_t kn_cuda_host_alloc(size_t n_bytes, ak_err_t *err, void **host_ptr_p, void **dev_ptr_p);
+void kn_cuda_host_free(void *host_ptr, size_t n_bytes);
+
+/* --- model ops --- */
+
+/* out[t] = table[ids[t]] as f32. ids out of [0, n_vocab) -> the row is zeros and the
+ * op's error flag (if given) is set to 1: kernels cannot return messages, so the
+ * caller checks the flag after its next synchronization. */
+typedef struct {
+  const void *table;       /* [n_vocab, dim] table_dtype */
+  kn_cuda_dtype_t table_dtype; /* F32, F16 or BF16 */
+  const int32_t *ids;      /* [n_tok] */
+  float *out;              /* [n_tok, dim] f32 */
+  int64_t n_tok;
+  int64_t dim;
+  int64_t n_vocab;
+  int32_t *bad_id_flag;    /* optional: set to 1 when an id is out of range */
+} kn_cuda_embed_args_t;
+ak_status_t kn_cuda_embed(const kn_cuda_embed_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* The fused residual step of a pre-norm block:
+ *   if delta: x += delta          (f32, in place)
+ *   out = x / rms(x) * weight     (rms over dim, with eps), written as out_dtype.
+ * delta may be NULL (the first layer). */
+typedef struct {
+  float *x;                /* [n_tok, dim] f32, updated in place when delta */
+  const float *delta;      /* [n_tok, dim] f32 or NULL */
+  const float *weight;     /* [dim] f32 */
+  void *out;               /* [n_tok, dim] out_dtype */
+  kn_cuda_dtype_t out_dtype; /* F32 or BF16 */
+  int64_t n_tok;
+  int64_t dim;
+  float eps;
+} kn_cuda_rmsnorm_args_t;
+ak_status_t kn_cuda_rmsnorm(const kn_cuda_rmsnorm_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* RoPE in place, exactly as kernels.h's kn_rope (same fields, device pointers;
+ * mode 0 = NORM, 2 = NEOX). */
+typedef struct {
+  float *x;                /* [n_tok, n_heads, head_dim] f32 */
+  const int32_t *pos;      /* [n_tok] */
+  int64_t n_tok;
+  int32_t n_heads;
+  int32_t head_dim;
+  int32_t rot_dims;
+  float freq_base;
+  float freq_scale;
+  int32_t mode;
+} kn_cuda_rope_args_t;
+ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* out = silu(gate) * up, as out_dtype. */
+typedef struct {
+  const float *gate;       /* [n_tok, n_ff] f32 */
+  const float *up;         /* [n_tok, n_ff] f32 */
+  void *out;               /* [n_tok, n_ff] out_dtype */
+  kn_cuda_dtype_t out_dtype; /* F32 or BF16 */
+  int64_t n_tok;
+  int64_t n_ff;
+} kn_cuda_silu_mul_args_t;
+ak_status_t kn_cuda_silu_mul(const kn_cuda_silu_mul_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* Sampling on the device, one row of logits per sequence: greedy when temperature
+ * <= 0, else softmax(logits / temperature) restricted to the top_k (0 = all) and to
+ * the smallest set whose mass reaches top_p (1 = all), sampled with a counter-based
+ * PRNG from (seed, step). Only token ids leave the device. Ties in greedy pick the
+ * lowest id (as kn_argmax). */
+typedef struct {
+  const float *logits;     /* [n_rows, n_vocab] f32 */
+  int32_t *out_ids;        /* [n_rows] */
+  int64_t n_rows;
+  int64_t n_vocab;
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  uint64_t seed;
+  uint64_t step;           /* advances the PRNG between calls */
+} kn_cuda_sample_args_t;
+size_t kn_cuda_sample_workspace_bytes(const kn_cuda_sample_args_t *args);
+ak_status_t kn_cuda_sample(const kn_cuda_sample_args_t *args, void *workspace, size_t workspace_bytes,
+                           kn_cuda_stream_t stream, ak_err_t *err);
+
+/* --- GEMM (cuBLAS) --- */
+
+typedef struct kn_cuda_blas kn_cuda_blas_t; /* a cuBLAS(Lt) handle bound to one stream */
+ak_status_t kn_cuda_blas_create(kn_cuda_stream_t stream, ak_err_t *err, kn_cuda_blas_t **blas_p);
+void kn_cuda_blas_destroy(kn_cuda_blas_t *blas);
+
+/* y[n_tok, n_out] (f32, or bf16 when y_dtype says so) = x[n_tok, n_in] (bf16) · Wᵀ,
+ * W [n_out, n_in] bf16 row-major (GGUF's layout). Fused projections (QKV, gate+up)
+ * are one call on concatenated weights. */
+typedef struct {
+  const void *x;           /* [n_tok, n_in] bf16 */
+  const void *w;           /* [n_out, n_in] bf16 */
+  void *y;                 /* [n_tok, n_out] y_dtype */
+  kn_cuda_dtype_t y_dtype; /* F32 or BF16 */
+  int64_t n_tok;
+  int64_t n_in;
+  int64_t n_out;
+  int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
+} kn_cuda_gemm_args_t;
+ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
+
+/* --- paged attention --- */
+
+/* The device twin of kernels.h's kn_paged_kv_t / kn_attn_args_t: a CSR page table per
+ * sequence over KV pages [page][K or V][n_kv_heads][page_tokens][head_dim], q f32,
+ * out bf16 or f32. Tokens of one step: tok_seq_idx says whose pages each query reads,
+ * tok_kv_len how many of them (causal). head_dim 64, 128 or 256; page_tokens 1..256.
+ * Decode tokens with long lists are split over blocks (flash-decoding) and merged;
+ * the split needs the workspace. */
+typedef struct {
+  const void *k_base;
+  const void *v_base;
+  kn_cuda_dtype_t kv_dtype;      /* F16 or BF16 */
+  int64_t page_stride_elems;
+  int64_t head_stride_elems;
+  int32_t page_tokens;
+  int32_t n_seqs;
+  const int32_t *indptr;         /* [n_seqs + 1] */
+  const int32_t *indices;        /* [indptr[n_seqs]] */
+  const int32_t *last_page_len;  /* [n_seqs] */
+} kn_cuda_paged_kv_t;
+
+typedef struct {
+  const float *q;                /* [n_tok, n_heads, head_dim] f32 */
+  void *out;                     /* [n_tok, n_heads, head_dim] out_dtype */
+  kn_cuda_dtype_t out_dtype;     /* F32 or BF16 */
+  int64_t n_tok;
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  float scale;
+  const int32_t *tok_seq_idx;    /* [n_tok] */
+  const int32_t *tok_kv_len;     /* [n_tok] */
+  int32_t max_kv_len;            /* host: an upper bound on tok_kv_len (sizes the split) */
+  kn_cuda_paged_kv_t kv;
+} kn_cuda_attn_args_t;
+size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *args);
+ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *workspace, size_t workspace_bytes,
+                              kn_cuda_stream_t stream, ak_err_t *err);
+
+/* Writes n_tok rows of f32 K and V ([n_tok, n_kv_heads, head_dim]) into pages as
+ * kv_dtype: token i goes to page dst_page[i], slot dst_slot[i]. */
+typedef struct {
+  const float *k;
+  const float *v;
+  void *k_base;
+  void *v_base;
+  kn_cuda_dtype_t kv_dtype;
+  int64_t page_stride_elems;
+  int64_t head_stride_elems;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  const int32_t *dst_page;       /* [n_tok] */
+  const int32_t *dst_slot;       /* [n_tok] */
+  int64_t n_tok;
+} kn_cuda_kv_store_args_t;
+ak_status_t kn_cuda_kv_store(const kn_cuda_kv_store_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* --- ArkVale ops (semantics: kvpool/kv_digest.h, the CPU oracle) --- */
+
+/* Digests of n_pages filled pages: page_ids[p]'s K (the pool layout above) -> digest
+ * p, [n_pages][n_kv_heads][kv_digest_floats(kind, head_dim)] f32. kind is a
+ * kv_digest_kind_t value (0..6). */
+typedef struct {
+  int32_t kind;
+  const void *k_base;
+  kn_cuda_dtype_t kv_dtype;
+  int64_t page_stride_elems;
+  int64_t head_stride_elems;
+  int32_t page_tokens;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  const int32_t *page_ids;       /* [n_pages] */
+  float *digests;                /* [n_pages][n_kv_heads][digest floats] */
+  int64_t n_pages;
+} kn_cuda_digest_build_args_t;
+ak_status_t kn_cuda_digest_build(const kn_cuda_digest_build_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* Scores of every page of every sequence of a layer in one launch: page p of the
+ * batch belongs to sequence page_seq[p] and is scored against that sequence's query
+ * q [n_seqs][n_heads][head_dim]; scores[p] aggregates its query heads by mean (agg 0)
+ * or max (agg 1), exactly as kv_digest_score. */
+typedef struct {
+  int32_t kind;
+  int32_t agg;
+  const float *digests;          /* [n_pages][n_kv_heads][digest floats] */
+  const int32_t *page_seq;       /* [n_pages] */
+  const float *q;                /* [n_seqs][n_heads][head_dim] */
+  float *scores;                 /* [n_pages] */
+  int64_t n_pages;
+  int32_t n_seqs;
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+} kn_cuda_digest_score_args_t;
+ak_status_t kn_cuda_digest_score(const kn_cuda_digest_score_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* Top-k per segment in one launch: segment s is scores[seg_ptr[s] .. seg_ptr[s+1]);
+ * out_idx[s*k + i] is the index (relative to the segment) of its i-th best score,
+ * best first, ties to the higher index; -1 past the segment's length. k <= 1024. */
+typedef struct {
+  const float *scores;
+  const int32_t *seg_ptr;        /* [n_segs + 1] */
+  int32_t n_segs;
+  int32_t k;
+  int32_t *out_idx;              /* [n_segs * k] */
+} kn_cuda_topk_args_t;
+ak_status_t kn_cuda_topk(const kn_cuda_topk_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* Recall as one gather: copies n_pages pages of page_bytes from src_ptrs[i] (device
+ * addresses of mapped pinned host memory, or device memory) to dst_base +
+ * dst_page[i] * page_bytes, 16 bytes per thread access. page_bytes % 16 == 0. */
+typedef struct {
+  const void *const *src_ptrs;   /* [n_pages] device-visible addresses */
+  void *dst_base;
+  const int32_t *dst_page;       /* [n_pages] */
+  int64_t n_pages;
+  size_t page_bytes;
+} kn_cuda_gather_args_t;
+ak_status_t kn_cuda_gather_pages(const kn_cuda_gather_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,37 @@
+// kn_cuda_internal: what the CUDA op files share (never included outside
+// kernels/cuda/). One family of check macros from one definition (ggml-cuda's
+// CUDA_CHECK_GEN): they return a status with the op's name and the CUDA error string
+// instead of exiting.
+#ifndef KN_CUDA_INTERNAL_CUH
+#define KN_CUDA_INTERNAL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kn_cuda.h"
+
+// Returns AK_ERR_CUDA from the enclosing function when `call` (a cudaError_t
+// expression) fails; the message names the calling function and the call.
+#define KN_CUDA_TRY_GEN(err, call, get_str)                                                              \
+  do {                                                                                                   \
+    auto kn_e_ = (call);                                                                                 \
+    if (kn_e_ != 0) return ak_err_set_fn((err), AK_ERR_CUDA, __func__, "%s: %s", #call, get_str(kn_e_)); \
+  } while (0)
+#define KN_CUDA_TRY(err, call) KN_CUDA_TRY_GEN(err, call, cudaGetErrorString)
+// After a launch: reports a bad configuration or an earlier asynchronous fault.
+#define KN_CUDA_LAUNCHED(err) KN_CUDA_TRY(err, cudaGetLastError())
+
+static inline cudaStream_t kn_stream(kn_cuda_stream_t s) { return (cudaStream_t)s; }
+
+// Element loads and stores by dtype, in f32.
+__device__ __forceinline__ float kn_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float kn_ld(const __half *p) { return __half2float(*p); }
+__device__ __forceinline__ float kn_ld(const float *p) { return *p; }
+__device__ __forceinline__ void kn_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void kn_st(__half *p, float v) { *p = __float2half(v); }
+__device__ __forceinline__ void kn_st(float *p, float v) { *p = v; }
+
+static inline int64_t kn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#endif
