@@ -134,13 +134,21 @@ ak_status_t kn_cuda_sample(const kn_cuda_sample_args_t *args, void *workspace, s
 
 /* --- GEMM (cuBLAS) --- */
 
-typedef struct kn_cuda_blas kn_cuda_blas_t; /* a cuBLAS(Lt) handle bound to one stream */
+/* A cuBLASLt handle bound to one stream, with its 32 MiB device workspace (allocated
+ * here, counted under AK_MEM_DEVICE) and a cache of per-shape plans. Used by the
+ * stream's owning thread only (not thread-safe). destroy accepts NULL and may be
+ * called with GEMMs still queued (the workspace is freed with cudaFree, which waits). */
+typedef struct kn_cuda_blas kn_cuda_blas_t;
 ak_status_t kn_cuda_blas_create(kn_cuda_stream_t stream, ak_err_t *err, kn_cuda_blas_t **blas_p);
 void kn_cuda_blas_destroy(kn_cuda_blas_t *blas);
 
 /* y[n_tok, n_out] (f32, or bf16 when y_dtype says so) = x[n_tok, n_in] (bf16) · Wᵀ,
  * W [n_out, n_in] bf16 row-major (GGUF's layout). Fused projections (QKV, gate+up)
- * are one call on concatenated weights. */
+ * are one call on concatenated weights. Computed in f32 (CUBLAS_COMPUTE_32F). Without
+ * accumulate y is never read (it may hold NaN). n_tok 0 is a no-op (pointers may then
+ * be NULL). Every argument is checked (AK_ERR_INVALID_ARG, with a message) before the
+ * handle or CUDA is touched; cuBLAS failures are AK_ERR_CUDA with the status's name.
+ * Pointers may have any alignment of their element type (slices of larger buffers). */
 typedef struct {
   const void *x;           /* [n_tok, n_in] bf16 */
   const void *w;           /* [n_out, n_in] bf16 */

@@ -1,0 +1,236 @@
+// kn_cuda_gemm: the projections of a layer (QKV, o, gate+up, down, the LM head) as
+// one cuBLASLt matmul each, bf16 operands with f32 accumulation. Not for: quantized
+// weights (the CUDA backend keeps its weights as bf16) or batched/strided GEMMs.
+//
+// Row-major to cuBLAS's column-major. A row-major [r, c] buffer read as column-major
+// is the [c, r] matrix, its transpose. So, with the buffers as they are:
+//
+//   x  row-major [n_tok, n_in]   = column-major [n_in,  n_tok], ld n_in   (xᵀ)
+//   W  row-major [n_out, n_in]   = column-major [n_in,  n_out], ld n_in   (Wᵀ)
+//   y  row-major [n_tok, n_out]  = column-major [n_out, n_tok], ld n_out  (yᵀ)
+//
+// and y = x · Wᵀ  <=>  yᵀ = W · xᵀ = op_T(Wᵀ) · op_N(xᵀ): cuBLAS's D = α·op(A)·op(B) + β·C
+// with A = the W buffer (layout [n_in, n_out], op T), B = the x buffer (layout
+// [n_in, n_tok], op N), C = D = the y buffer (layout [n_out, n_tok]); m = n_out,
+// n = n_tok, k = n_in. This is the "TN" case, the one every cuBLASLt kernel family
+// supports, with k contiguous in both operands. `accumulate` is β = 1 with C = D
+// (in place, same layout); β = 0 never reads y, so y may hold anything (NaN) before.
+//
+// The descriptors, layouts and the heuristic's algorithm for a shape are built on the
+// first call and kept in a small direct-mapped cache in the handle (initialized in
+// place with the *Init functions: no host or device allocation per call), so a decode
+// step's GEMMs cost one cublasLtMatmul each.
+#include <cublasLt.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "ak_alloc.h"
+#include "kn_cuda_internal.cuh"
+
+// 32 MiB: NVIDIA's recommended cuBLAS workspace on Hopper; split-K and stream-K
+// kernels for small n_tok (decode) draw on it.
+#define KN_GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
+// Distinct (shape, alignment) keys kept: a model has ~5 weight shapes per layer kind
+// times the token counts the scheduler produces; a miss only costs a heuristic query.
+#define KN_GEMM_CACHE_SLOTS 256
+// cuBLASLt's default (and largest useful) alignment assumption, in bytes.
+#define KN_GEMM_MAX_ALIGN 256
+
+// Returns AK_ERR_CUDA from the enclosing function when a cuBLAS(Lt) call fails, with
+// the status's name and description.
+#define KN_CUBLAS_TRY(err, what, call)                                                              \
+  do {                                                                                              \
+    cublasStatus_t kn_s_ = (call);                                                                  \
+    if (kn_s_ != CUBLAS_STATUS_SUCCESS)                                                             \
+      return ak_err_set_fn((err), AK_ERR_CUDA, __func__, "%s: %s (%s)", (what), cublasLtGetStatusName(kn_s_), \
+                           cublasLtGetStatusString(kn_s_));                                         \
+  } while (0)
+
+typedef struct {
+  int64_t n_tok, n_in, n_out;
+  int32_t y_dtype;
+  int32_t align_x, align_w, align_y; // bytes, powers of two <= KN_GEMM_MAX_ALIGN
+} kn_gemm_key_t;
+
+typedef struct {
+  int valid;
+  kn_gemm_key_t key;
+  cublasLtMatmulDescOpaque_t desc;
+  cublasLtMatrixLayoutOpaque_t a_layout; // W buffer: [n_in, n_out] column-major, bf16
+  cublasLtMatrixLayoutOpaque_t b_layout; // x buffer: [n_in, n_tok] column-major, bf16
+  cublasLtMatrixLayoutOpaque_t d_layout; // y buffer: [n_out, n_tok] column-major, y_dtype (also C)
+  cublasLtMatmulAlgo_t algo;
+} kn_gemm_plan_t;
+
+struct kn_cuda_blas {
+  cublasLtHandle_t lt;
+  cudaStream_t stream;
+  void *workspace; // [KN_GEMM_WORKSPACE_BYTES] device
+  size_t workspace_bytes;
+  kn_gemm_plan_t plans[KN_GEMM_CACHE_SLOTS];
+};
+
+extern "C" ak_status_t kn_cuda_blas_create(kn_cuda_stream_t stream, ak_err_t *err, kn_cuda_blas_t **blas_p) {
+  if (!blas_p) return AK_ERR(err, AK_ERR_INVALID_ARG, "blas_p is NULL");
+  ak_status_t st;
+  cublasStatus_t cs;
+  kn_cuda_blas_t *b = (kn_cuda_blas_t *)ak_host_alloc(sizeof(*b), 1);
+  if (!b) return AK_ERR(err, AK_ERR_NO_MEMORY, "%zu host bytes for the handle", sizeof(*b));
+  b->stream = kn_stream(stream);
+  cs = cublasLtCreate(&b->lt);
+  if (cs != CUBLAS_STATUS_SUCCESS) {
+    st = AK_ERR(err, AK_ERR_CUDA, "cublasLtCreate: %s (%s)", cublasLtGetStatusName(cs), cublasLtGetStatusString(cs));
+    goto err_free_handle;
+  }
+  st = kn_cuda_malloc(KN_GEMM_WORKSPACE_BYTES, err, &b->workspace);
+  if (st != AK_OK) goto err_destroy_lt;
+  b->workspace_bytes = KN_GEMM_WORKSPACE_BYTES;
+  *blas_p = b;
+  return AK_OK;
+
+err_destroy_lt:
+  cublasLtDestroy(b->lt);
+err_free_handle:
+  ak_host_free(b, sizeof(*b));
+  return st;
+}
+
+extern "C" void kn_cuda_blas_destroy(kn_cuda_blas_t *blas) {
+  if (!blas) return;
+  // Work queued on the stream may still use the workspace: cudaFree synchronizes the
+  // device before releasing it, so the caller need not drain the stream first.
+  kn_cuda_free(blas->workspace, blas->workspace_bytes);
+  cublasLtDestroy(blas->lt);
+  ak_host_free(blas, sizeof(*blas));
+}
+
+// The largest power of two (<= KN_GEMM_MAX_ALIGN) dividing the address.
+static int32_t kn_gemm_align_bytes(const void *p) {
+  uintptr_t a = (uintptr_t)p;
+  int32_t align = KN_GEMM_MAX_ALIGN;
+  while (align > 1 && a % (uintptr_t)align != 0) align /= 2;
+  return align;
+}
+
+static ak_status_t kn_gemm_validate(const kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a, ak_err_t *err) {
+  const char *fn = "kn_cuda_gemm";
+  if (!blas) return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "blas is NULL");
+  if (!a) return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "args is NULL");
+  if (a->n_tok < 0 || a->n_in < 1 || a->n_out < 1)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "n_tok %lld, n_in %lld, n_out %lld: need n_tok >= 0, n_in and n_out >= 1",
+                         (long long)a->n_tok, (long long)a->n_in, (long long)a->n_out);
+  // cuBLASLt's kernels index with 32-bit dimensions.
+  if (a->n_tok > INT32_MAX || a->n_in > INT32_MAX || a->n_out > INT32_MAX)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "n_tok %lld, n_in %lld, n_out %lld: a dimension exceeds %d",
+                         (long long)a->n_tok, (long long)a->n_in, (long long)a->n_out, INT32_MAX);
+  if (a->y_dtype != KN_CUDA_F32 && a->y_dtype != KN_CUDA_BF16)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "y_dtype %d: must be KN_CUDA_F32 or KN_CUDA_BF16", (int)a->y_dtype);
+  if (a->accumulate != 0 && a->accumulate != 1)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "accumulate %d: must be 0 or 1", a->accumulate);
+  if (a->accumulate && a->y_dtype != KN_CUDA_F32)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "accumulate needs an f32 y (y_dtype %d)", (int)a->y_dtype);
+  if (a->n_tok == 0) return AK_OK; // nothing to read or write: the pointers may be NULL
+  if (!a->x || !a->w || !a->y)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "x %p, w %p, y %p: a pointer is NULL", a->x, a->w, a->y);
+  size_t y_elem_bytes = a->y_dtype == KN_CUDA_F32 ? 4 : 2;
+  if ((uintptr_t)a->x % 2 || (uintptr_t)a->w % 2 || (uintptr_t)a->y % y_elem_bytes)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "x %p, w %p, y %p: not aligned to their elements (2, 2, %zu bytes)",
+                         a->x, a->w, a->y, y_elem_bytes);
+  return AK_OK;
+}
+
+// Fills `plan` for `key`: descriptors in place, then the heuristic's best algorithm
+// under the handle's workspace and the operands' real alignment.
+static ak_status_t kn_gemm_plan(kn_cuda_blas_t *blas, const kn_gemm_key_t *key, kn_gemm_plan_t *plan, ak_err_t *err) {
+  plan->valid = 0;
+  cudaDataType y_type = key->y_dtype == KN_CUDA_F32 ? CUDA_R_32F : CUDA_R_16BF;
+  cublasLtMatmulDesc_t desc = (cublasLtMatmulDesc_t)&plan->desc;
+  cublasLtMatrixLayout_t a_layout = (cublasLtMatrixLayout_t)&plan->a_layout;
+  cublasLtMatrixLayout_t b_layout = (cublasLtMatrixLayout_t)&plan->b_layout;
+  cublasLtMatrixLayout_t d_layout = (cublasLtMatrixLayout_t)&plan->d_layout;
+  KN_CUBLAS_TRY(err, "cublasLtMatmulDescInit", cublasLtMatmulDescInit(desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+  KN_CUBLAS_TRY(err, "set TRANSA",
+                cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof(op_t)));
+  KN_CUBLAS_TRY(err, "set TRANSB",
+                cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof(op_n)));
+  KN_CUBLAS_TRY(err, "layout of w",
+                cublasLtMatrixLayoutInit(a_layout, CUDA_R_16BF, (uint64_t)key->n_in, (uint64_t)key->n_out, key->n_in));
+  KN_CUBLAS_TRY(err, "layout of x",
+                cublasLtMatrixLayoutInit(b_layout, CUDA_R_16BF, (uint64_t)key->n_in, (uint64_t)key->n_tok, key->n_in));
+  KN_CUBLAS_TRY(err, "layout of y",
+                cublasLtMatrixLayoutInit(d_layout, y_type, (uint64_t)key->n_out, (uint64_t)key->n_tok, key->n_out));
+
+  cublasLtMatmulPreferenceOpaque_t pref_mem;
+  cublasLtMatmulPreference_t pref = (cublasLtMatmulPreference_t)&pref_mem;
+  KN_CUBLAS_TRY(err, "cublasLtMatmulPreferenceInit", cublasLtMatmulPreferenceInit(pref));
+  uint64_t ws = blas->workspace_bytes;
+  uint32_t al_a = (uint32_t)key->align_w, al_b = (uint32_t)key->align_x, al_d = (uint32_t)key->align_y;
+  KN_CUBLAS_TRY(err, "set MAX_WORKSPACE_BYTES",
+                cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  KN_CUBLAS_TRY(err, "set MIN_ALIGNMENT_A_BYTES",
+                cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  KN_CUBLAS_TRY(err, "set MIN_ALIGNMENT_B_BYTES",
+                cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  KN_CUBLAS_TRY(err, "set MIN_ALIGNMENT_C_BYTES",
+                cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)));
+  KN_CUBLAS_TRY(err, "set MIN_ALIGNMENT_D_BYTES",
+                cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
+
+  cublasLtMatmulHeuristicResult_t result;
+  int n_results = 0;
+  KN_CUBLAS_TRY(err, "cublasLtMatmulAlgoGetHeuristic",
+                cublasLtMatmulAlgoGetHeuristic(blas->lt, desc, a_layout, b_layout, d_layout, d_layout, pref, 1, &result,
+                                               &n_results));
+  if (n_results < 1)
+    return ak_err_set_fn(err, AK_ERR_CUDA, "kn_cuda_gemm",
+                         "no cuBLASLt algorithm for n_tok %lld, n_in %lld, n_out %lld, y_dtype %d, alignment x %d w %d y %d",
+                         (long long)key->n_tok, (long long)key->n_in, (long long)key->n_out, (int)key->y_dtype,
+                         (int)key->align_x, (int)key->align_w, (int)key->align_y);
+  plan->algo = result.algo;
+  plan->key = *key;
+  plan->valid = 1;
+  return AK_OK;
+}
+
+static uint64_t kn_gemm_key_hash(const kn_gemm_key_t *k) {
+  uint64_t h = 1469598103934665603ull; // FNV-1a over the fields
+  const int64_t v[7] = {k->n_tok, k->n_in, k->n_out, k->y_dtype, k->align_x, k->align_w, k->align_y};
+  for (int i = 0; i < 7; i++) {
+    h ^= (uint64_t)v[i];
+    h *= 1099511628211ull;
+  }
+  return h ^ (h >> 29);
+}
+
+static int kn_gemm_key_eq(const kn_gemm_key_t *a, const kn_gemm_key_t *b) {
+  return a->n_tok == b->n_tok && a->n_in == b->n_in && a->n_out == b->n_out && a->y_dtype == b->y_dtype &&
+         a->align_x == b->align_x && a->align_w == b->align_w && a->align_y == b->align_y;
+}
+
+extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err) {
+  AK_TRY(kn_gemm_validate(blas, args, err));
+  if (args->n_tok == 0) return AK_OK;
+
+  kn_gemm_key_t key;
+  memset(&key, 0, sizeof(key));
+  key.n_tok = args->n_tok;
+  key.n_in = args->n_in;
+  key.n_out = args->n_out;
+  key.y_dtype = (int32_t)args->y_dtype;
+  key.align_x = kn_gemm_align_bytes(args->x);
+  key.align_w = kn_gemm_align_bytes(args->w);
+  key.align_y = kn_gemm_align_bytes(args->y);
+  kn_gemm_plan_t *plan = &blas->plans[kn_gemm_key_hash(&key) % KN_GEMM_CACHE_SLOTS];
+  if (!plan->valid || !kn_gemm_key_eq(&plan->key, &key)) AK_TRY(kn_gemm_plan(blas, &key, plan, err));
+
+  const float alpha = 1.0f, beta = args->accumulate ? 1.0f : 0.0f;
+  cublasLtMatrixLayout_t d_layout = (cublasLtMatrixLayout_t)&plan->d_layout;
+  KN_CUBLAS_TRY(err, "cublasLtMatmul",
+                cublasLtMatmul(blas->lt, (cublasLtMatmulDesc_t)&plan->desc, &alpha, args->w,
+                               (cublasLtMatrixLayout_t)&plan->a_layout, args->x, (cublasLtMatrixLayout_t)&plan->b_layout,
+                               &beta, args->y, d_layout, args->y, d_layout, &plan->algo, blas->workspace,
+                               blas->workspace_bytes, blas->stream));
+  return AK_OK;
+}

@@ -1,0 +1,358 @@
+// Tests for kernels/cuda/kn_cuda_gemm.cu: y = x · Wᵀ with bf16 operands on cuBLASLt.
+//
+// KnCudaGemmGpu (ctest label `gpu`) compares with kn_matmul, the CPU oracle, run with
+// F32 weights on the same bf16-rounded values, so the products are exact on both sides
+// and only the f32 accumulation order differs. Per element that difference is bounded
+// by k·eps·Σ|x_k·w_k|, so each element is checked against
+//   |y - ref| <= tol_abs · Σ_k |x_k·w_k|  (+ tol_rel · |ref| for a bf16 y, its rounding)
+// with Σ|x·w| from a second kn_matmul on |x| and |W|; and the whole tensor against
+//   ||y - ref||₂ / ||ref||₂ <= 1e-3 (f32 y) or 1e-2 (bf16 y).
+// Outputs are poisoned with NaN first (β = 0 must never read y).
+//
+// KnCudaGemmArgs runs everywhere (no label: CI has no GPU): every class of bad
+// argument is refused with AK_ERR_INVALID_ARG and a message before any CUDA call.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "ak_alloc.h"
+#include "ak_quant.h"
+#include "kernels.h"
+#include "kn_cuda.h"
+}
+
+namespace {
+
+struct BlasDeleter {
+  void operator()(kn_cuda_blas_t *b) const { kn_cuda_blas_destroy(b); }
+};
+using BlasPtr = std::unique_ptr<kn_cuda_blas_t, BlasDeleter>;
+struct CpuDeleter {
+  void operator()(kn_cpu_t *c) const { kn_cpu_destroy(c); }
+};
+using CpuPtr = std::unique_ptr<kn_cpu_t, CpuDeleter>;
+
+// Device memory through the accounted wrapper, freed with its size.
+struct DevBuf {
+  void *ptr = nullptr;
+  size_t n_bytes = 0;
+  DevBuf() = default;
+  explicit DevBuf(size_t n) : n_bytes(n) {
+    ak_err_t err{};
+    EXPECT_EQ(kn_cuda_malloc(n, &err, &ptr), AK_OK) << err.msg;
+  }
+  DevBuf(const DevBuf &) = delete;
+  DevBuf &operator=(const DevBuf &) = delete;
+  ~DevBuf() { kn_cuda_free(ptr, n_bytes); }
+  uint8_t *bytes() const { return static_cast<uint8_t *>(ptr); }
+};
+
+// Random values rounded to bf16: `bits` go to the device, `vals` (the same numbers as
+// f32) to the CPU reference.
+struct Bf16Mat {
+  std::vector<uint16_t> bits;
+  std::vector<float> vals;
+  Bf16Mat(int64_t n, float scale, std::mt19937_64 &rng) : bits(n), vals(n) {
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int64_t i = 0; i < n; i++) {
+      bits[i] = ak_f32_to_bf16(u(rng) * scale);
+      vals[i] = ak_bf16_to_f32(bits[i]);
+    }
+  }
+};
+
+// y = x · Wᵀ on the CPU, W as F32 weights [n_out, n_in].
+std::vector<float> cpu_matmul(kn_cpu_t *cpu, const std::vector<float> &x, const std::vector<float> &w, int64_t n_tok,
+                              int64_t n_in, int64_t n_out) {
+  kn_weight_t wt = {AK_TYPE_F32, n_out, n_in, w.data()};
+  std::vector<float> y(n_tok * n_out);
+  std::vector<uint8_t> ws(kn_matmul_workspace_bytes(&wt, n_tok) + 1);
+  ak_err_t err{};
+  EXPECT_EQ(kn_matmul(cpu, &wt, x.data(), n_tok, y.data(), ws.data(), ws.size(), &err), AK_OK) << err.msg;
+  return y;
+}
+
+std::vector<float> abs_of(const std::vector<float> &v) {
+  std::vector<float> a(v.size());
+  for (size_t i = 0; i < v.size(); i++) a[i] = std::fabs(v[i]);
+  return a;
+}
+
+struct Case {
+  int64_t n_tok, n_in, n_out;
+  const char *what;
+};
+
+void PrintTo(const Case &c, std::ostream *os) {
+  *os << c.what << " n_tok " << c.n_tok << " n_in " << c.n_in << " n_out " << c.n_out;
+}
+
+std::string case_name(const testing::TestParamInfo<Case> &info) {
+  const Case &c = info.param;
+  return std::string(c.what) + "_t" + std::to_string(c.n_tok) + "_in" + std::to_string(c.n_in) + "_out" +
+         std::to_string(c.n_out);
+}
+
+std::vector<Case> gpu_cases() {
+  std::vector<Case> out;
+  for (int64_t n_tok : {1, 17, 97, 512}) {
+    out.push_back({n_tok, 576, 576, "q"});            // SmolLM2-135M: q and o
+    out.push_back({n_tok, 576, 3 * 1536, "fused3"});  // three 1536-row projections of one x, fused
+    out.push_back({n_tok, 1536, 576, "down"});
+    out.push_back({n_tok, 97, 33, "odd"});            // odd leading dimensions: 2-byte aligned rows
+  }
+  out.push_back({512, 4096, 4096, "big"});
+  return out;
+}
+
+// A stream, a handle bound to it and a CPU context; TearDown checks that the handle
+// returned all its device memory.
+class KnCudaGemmGpuBase : public testing::Test {
+ protected:
+  void SetUp() override {
+    int n_dev = 0;
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_device_count(&err, &n_dev), AK_OK) << err.msg;
+    device_bytes_before_ = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
+    kn_cuda_blas_t *b = nullptr;
+    ASSERT_EQ(kn_cuda_blas_create(reinterpret_cast<kn_cuda_stream_t>(stream_), &err, &b), AK_OK) << err.msg;
+    blas_.reset(b);
+    kn_cpu_t *c = nullptr;
+    ASSERT_EQ(kn_cpu_create(0, &err, &c), AK_OK) << err.msg;
+    cpu_.reset(c);
+  }
+  void TearDown() override {
+    blas_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+    EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), device_bytes_before_) << "device memory leaked";
+  }
+
+  // Runs one GEMM into y (poisoned with NaN unless y0 is given: then y starts as y0
+  // and accumulate is on) at byte offsets into the buffers, and checks it.
+  void check(const Case &c, kn_cuda_dtype_t y_dtype, bool accumulate, size_t misalign_elems) {
+    SCOPED_TRACE(std::string(y_dtype == KN_CUDA_F32 ? "y f32" : "y bf16") + (accumulate ? ", accumulate" : "") +
+                 ", offset " + std::to_string(misalign_elems) + " elems");
+    std::mt19937_64 rng(1000003 * c.n_tok + 1009 * c.n_in + c.n_out);
+    Bf16Mat x(c.n_tok * c.n_in, 2.0f, rng);
+    Bf16Mat w(c.n_out * c.n_in, 1.0f / std::sqrt((float)c.n_in), rng);
+    std::vector<float> ref = cpu_matmul(cpu_.get(), x.vals, w.vals, c.n_tok, c.n_in, c.n_out);
+    std::vector<float> mag = cpu_matmul(cpu_.get(), abs_of(x.vals), abs_of(w.vals), c.n_tok, c.n_in, c.n_out);
+    const int64_t n_y = c.n_tok * c.n_out;
+    std::vector<float> y0(n_y, 0.0f);
+    if (accumulate) {
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      for (int64_t i = 0; i < n_y; i++) {
+        y0[i] = u(rng);
+        ref[i] += y0[i];
+        mag[i] += std::fabs(y0[i]);
+      }
+    }
+
+    const size_t y_elem = y_dtype == KN_CUDA_F32 ? 4 : 2;
+    const size_t off = misalign_elems;  // same element offset into every buffer
+    DevBuf dx((off + c.n_tok * c.n_in) * 2), dw((off + c.n_out * c.n_in) * 2), dy((off + n_y) * y_elem);
+    ASSERT_TRUE(dx.ptr && dw.ptr && dy.ptr);
+    uint8_t *px = dx.bytes() + off * 2, *pw = dw.bytes() + off * 2, *py = dy.bytes() + off * y_elem;
+    ASSERT_EQ(cudaMemcpy(px, x.bits.data(), x.bits.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(pw, w.bits.data(), w.bits.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    if (accumulate)
+      ASSERT_EQ(cudaMemcpy(py, y0.data(), n_y * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    else
+      ASSERT_EQ(cudaMemset(dy.ptr, 0xff, dy.n_bytes), cudaSuccess);  // NaN in f32 and bf16
+
+    kn_cuda_gemm_args_t a = {};
+    a.x = px;
+    a.w = pw;
+    a.y = py;
+    a.y_dtype = y_dtype;
+    a.n_tok = c.n_tok;
+    a.n_in = c.n_in;
+    a.n_out = c.n_out;
+    a.accumulate = accumulate ? 1 : 0;
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_gemm(blas_.get(), &a, &err), AK_OK) << err.msg;
+    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+
+    std::vector<float> y(n_y);
+    if (y_dtype == KN_CUDA_F32) {
+      ASSERT_EQ(cudaMemcpy(y.data(), py, n_y * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    } else {
+      std::vector<uint16_t> yb(n_y);
+      ASSERT_EQ(cudaMemcpy(yb.data(), py, n_y * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+      for (int64_t i = 0; i < n_y; i++) y[i] = ak_bf16_to_f32(yb[i]);
+    }
+    // The bytes before the output must still be poison (no write out of bounds).
+    if (off > 0 && !accumulate) {
+      std::vector<uint8_t> head(off * y_elem);
+      ASSERT_EQ(cudaMemcpy(head.data(), dy.ptr, head.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      for (uint8_t b : head) ASSERT_EQ(b, 0xff);
+    }
+
+    const double tol_abs = 1e-3, tol_rel = y_dtype == KN_CUDA_F32 ? 0.0 : 1e-2;
+    const double tol_norm = y_dtype == KN_CUDA_F32 ? 1e-3 : 1e-2;
+    double diff2 = 0, ref2 = 0, worst = 0;
+    int64_t n_bad = 0, worst_i = 0;
+    for (int64_t i = 0; i < n_y; i++) {
+      double d = std::fabs((double)y[i] - ref[i]);
+      double bound = tol_abs * mag[i] + tol_rel * std::fabs(ref[i]) + 1e-30;
+      if (!(d <= bound)) n_bad++;  // NaN counts as bad
+      if (!(d / bound <= worst)) {
+        worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d / bound;
+        worst_i = i;
+      }
+      diff2 += d * d;
+      ref2 += (double)ref[i] * ref[i];
+    }
+    EXPECT_EQ(n_bad, 0) << "worst at token " << worst_i / c.n_out << ", out " << worst_i % c.n_out << ": y "
+                        << y[worst_i] << " ref " << ref[worst_i] << " (Σ|x·w| " << mag[worst_i] << ")";
+    double rel = std::sqrt(diff2 / (ref2 > 0 ? ref2 : 1));
+    EXPECT_LE(rel, tol_norm) << "||y - ref|| / ||ref||";
+  }
+
+  cudaStream_t stream_ = nullptr;
+  BlasPtr blas_;
+  CpuPtr cpu_;
+  int64_t device_bytes_before_ = 0;
+};
+
+class KnCudaGemmGpu : public KnCudaGemmGpuBase, public testing::WithParamInterface<Case> {};
+
+TEST_P(KnCudaGemmGpu, F32) { check(GetParam(), KN_CUDA_F32, false, 0); }
+TEST_P(KnCudaGemmGpu, Bf16) { check(GetParam(), KN_CUDA_BF16, false, 0); }
+TEST_P(KnCudaGemmGpu, F32Accumulate) { check(GetParam(), KN_CUDA_F32, true, 0); }
+// Operands one element past an allocation's start: 2- and 4-byte aligned pointers,
+// which cuBLASLt must be told about (its default assumes 256).
+TEST_P(KnCudaGemmGpu, F32Misaligned) { check(GetParam(), KN_CUDA_F32, false, 1); }
+TEST_P(KnCudaGemmGpu, Bf16Misaligned) { check(GetParam(), KN_CUDA_BF16, false, 1); }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, KnCudaGemmGpu, testing::ValuesIn(gpu_cases()), case_name);
+
+// One handle serves shapes and alignments in any order (its plan cache is keyed by
+// both), and n_tok = 0 is a no-op that touches nothing.
+using KnCudaGemmCacheGpu = KnCudaGemmGpuBase;
+TEST_F(KnCudaGemmCacheGpu, InterleavedShapesAndEmpty) {
+  for (int round = 0; round < 2; round++)
+    for (Case c : {Case{17, 576, 576, "q"}, Case{1, 1536, 576, "down"}, Case{17, 97, 33, "odd"}}) {
+      check(c, KN_CUDA_F32, round == 1, 0);
+      check(c, KN_CUDA_BF16, false, (size_t)round);
+    }
+  kn_cuda_gemm_args_t a = {};
+  a.y_dtype = KN_CUDA_F32;
+  a.n_tok = 0;
+  a.n_in = 576;
+  a.n_out = 576;
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_gemm(blas_.get(), &a, &err), AK_OK) << err.msg;
+}
+
+// ---- argument validation: no GPU needed ----
+
+// Validation reads only the arguments, so any non-NULL handle pointer serves; it is
+// never dereferenced on these paths.
+kn_cuda_blas_t *fake_blas() {
+  static uint64_t storage[8];
+  return reinterpret_cast<kn_cuda_blas_t *>(storage);
+}
+
+kn_cuda_gemm_args_t good_args() {
+  static uint16_t x[64], w[64];
+  static float y[64];
+  kn_cuda_gemm_args_t a = {};
+  a.x = x;
+  a.w = w;
+  a.y = y;
+  a.y_dtype = KN_CUDA_F32;
+  a.n_tok = 2;
+  a.n_in = 4;
+  a.n_out = 8;
+  a.accumulate = 0;
+  return a;
+}
+
+void expect_invalid(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a, const char *needle) {
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_gemm(blas, a, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find(needle), std::string::npos) << err.msg;
+  EXPECT_NE(std::string(err.msg).find("kn_cuda_gemm"), std::string::npos) << err.msg;
+}
+
+TEST(KnCudaGemmArgs, NullHandleOrArgs) {
+  kn_cuda_gemm_args_t a = good_args();
+  expect_invalid(nullptr, &a, "blas is NULL");
+  expect_invalid(fake_blas(), nullptr, "args is NULL");
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_blas_create(nullptr, &err, nullptr), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("blas_p is NULL"), std::string::npos) << err.msg;
+  kn_cuda_blas_destroy(nullptr);  // accepted
+}
+
+TEST(KnCudaGemmArgs, BadSizes) {
+  kn_cuda_gemm_args_t a = good_args();
+  a.n_tok = -1;
+  expect_invalid(fake_blas(), &a, "n_tok -1");
+  a = good_args();
+  a.n_in = 0;
+  expect_invalid(fake_blas(), &a, "n_in 0");
+  a = good_args();
+  a.n_out = -3;
+  expect_invalid(fake_blas(), &a, "n_out -3");
+  a = good_args();
+  a.n_in = (int64_t)1 << 31;
+  expect_invalid(fake_blas(), &a, "exceeds");
+}
+
+TEST(KnCudaGemmArgs, BadDtypeOrAccumulate) {
+  kn_cuda_gemm_args_t a = good_args();
+  a.y_dtype = KN_CUDA_F16;
+  expect_invalid(fake_blas(), &a, "y_dtype 1");
+  a.y_dtype = (kn_cuda_dtype_t)7;
+  expect_invalid(fake_blas(), &a, "y_dtype 7");
+  a = good_args();
+  a.accumulate = 2;
+  expect_invalid(fake_blas(), &a, "accumulate 2");
+  a = good_args();
+  a.y_dtype = KN_CUDA_BF16;
+  a.accumulate = 1;
+  expect_invalid(fake_blas(), &a, "accumulate needs an f32 y");
+}
+
+TEST(KnCudaGemmArgs, NullOrMisalignedPointers) {
+  kn_cuda_gemm_args_t a = good_args();
+  a.x = nullptr;
+  expect_invalid(fake_blas(), &a, "a pointer is NULL");
+  a = good_args();
+  a.w = nullptr;
+  expect_invalid(fake_blas(), &a, "a pointer is NULL");
+  a = good_args();
+  a.y = nullptr;
+  expect_invalid(fake_blas(), &a, "a pointer is NULL");
+  a = good_args();
+  a.x = static_cast<const uint8_t *>(a.x) + 1;
+  expect_invalid(fake_blas(), &a, "not aligned");
+  a = good_args();
+  a.y = static_cast<uint8_t *>(a.y) + 2;  // 2-byte aligned: enough for bf16, not f32
+  expect_invalid(fake_blas(), &a, "not aligned");
+}
+
+TEST(KnCudaGemmArgs, EmptyBatchIsANoOp) {
+  kn_cuda_gemm_args_t a = {};
+  a.y_dtype = KN_CUDA_F32;
+  a.n_in = 4;
+  a.n_out = 8;
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_gemm(fake_blas(), &a, &err), AK_OK) << err.msg;  // NULL pointers allowed at n_tok 0
+}
+
+}  // namespace
