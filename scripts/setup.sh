@@ -26,7 +26,7 @@ done
 
 # --- Debian packages: the whole stack named in ../shared/DESIGN.md ---
 packages=(
-  cmake ninja-build pkg-config build-essential git unzip ca-certificates
+  cmake ninja-build pkg-config build-essential git unzip ca-certificates patchelf
   python3 python3-pip python3-venv
   libpcre2-dev
   googletest libgtest-dev libgmock-dev
