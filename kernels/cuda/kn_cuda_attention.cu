@@ -1,0 +1,411 @@
+// kn_cuda_attention: paged GQA attention over the CSR page list, for any mix of decode
+// and prefill tokens in one call (semantics: kernels/cpu/kn_attention.c, the oracle).
+//
+// Flash-decoding. A work item is (query token t, KV head h); its keys [0, kv_len) are
+// cut into chunks of KN_ATTN_CHUNK_TOKENS, one block per (item, chunk):
+//
+//   grid  = n_tok * n_kv_heads * n_chunks blocks (1-D; chunk is the fastest index)
+//   block = KN_ATTN_THREADS (4 warps), split into row teams of head_dim / 8 lanes;
+//           lane l of a team owns dims [8l, 8l + 8) and reads them with one 16-byte
+//           load per K or V row. Each team walks TPT rows per step, all teams of the
+//           block together KN_ATTN_TEAMS * TPT rows per step.
+//
+// A block handles up to GT query heads of the KV head's group at once (GT = 1, 2, 4
+// or 8, the smallest that covers the group, extra heads masked), so each K/V row is
+// read once per group; groups larger than 8 loop over tiles of 8 heads and re-read
+// the chunk (from L2). Each team keeps an online softmax (max in log2 units, sum,
+// acc[8] per lane per head) in registers; at the end the teams are merged through
+// shared memory. A token with one chunk writes its output directly; a token with
+// more writes a partial (acc, max, sum) per (head, chunk) to the workspace and the
+// merge kernel combines them:
+//
+//   merge grid = n_tok * n_heads blocks of head_dim threads (one dim each); blocks
+//                of single-chunk tokens return at once.
+//
+// Workspace (only when a token can have more than one chunk):
+//   n_chunks = max_kv_len <= KN_ATTN_CHUNK_TOKENS ? 1 : ceil(max_kv_len / KN_ATTN_CHUNK_TOKENS)
+//   bytes    = n_chunks > 1 ? n_tok * n_heads * n_chunks * (head_dim + 2) * 4 : 0
+//   layout   = acc [n_tok][n_heads][n_chunks][head_dim] f32,
+//              then ml [n_tok][n_heads][n_chunks][2] f32 (max in log2 units, sum).
+// max_kv_len only sizes the split: a token longer than n_chunks chunks gets its
+// remainder folded into its last chunk (slower, still exact), so an underestimate
+// never reads or writes out of bounds.
+//
+// Not here: prefill tokens are plain work items (one query row each), so a prefill
+// chunk reads every K/V row once per query token. A tiled multi-query kernel (a block
+// of query tokens of one sequence against shared K/V tiles, tensor-core MMA) is the
+// later optimisation for prefill and for large GQA groups. Device page tables are
+// trusted as kvpool filled them; the kernel only clamps tok_kv_len to the sequence's
+// view length and treats a bad tok_seq_idx as kv_len 0, so a bad table cannot make it
+// read past its page list.
+#include <math.h>
+
+#include "kn_cuda_internal.cuh"
+
+enum {
+  KN_ATTN_CHUNK_TOKENS = 256, // keys per block (the split granularity)
+  KN_ATTN_WARPS = 4,
+  KN_ATTN_THREADS = KN_ATTN_WARPS * 32,
+  KN_ATTN_MAX_GT = 8,         // query heads per block pass
+};
+
+#define KN_LOG2E 1.4426950408889634f
+
+// What both kernels read: the call's arguments plus the split.
+typedef struct {
+  kn_cuda_attn_args_t a;
+  int32_t n_chunks; // chunks per token at most (the grid's split)
+  float *ws_acc;    // [n_tok][n_heads][n_chunks][head_dim] f32, NULL when n_chunks == 1
+  float *ws_ml;     // [n_tok][n_heads][n_chunks][2] f32: max (log2 units), sum
+} kn_attn_launch_t;
+
+static int32_t kn_attn_n_chunks(int32_t max_kv_len) {
+  return max_kv_len <= KN_ATTN_CHUNK_TOKENS ? 1 : (int32_t)kn_ceil_div(max_kv_len, KN_ATTN_CHUNK_TOKENS);
+}
+
+// Token t's kv length, clamped to its sequence's view (0 for a bad sequence index).
+__device__ __forceinline__ int32_t kn_attn_tok_len(const kn_cuda_attn_args_t &a, int64_t t) {
+  const int32_t s = a.tok_seq_idx[t];
+  if (s < 0 || s >= a.kv.n_seqs) return 0;
+  const int32_t n_pages = a.kv.indptr[s + 1] - a.kv.indptr[s];
+  if (n_pages <= 0) return 0;
+  int64_t seq_len = (int64_t)(n_pages - 1) * a.kv.page_tokens + a.kv.last_page_len[s];
+  if (seq_len > (int64_t)n_pages * a.kv.page_tokens) seq_len = (int64_t)n_pages * a.kv.page_tokens;
+  int32_t len = a.tok_kv_len[t];
+  if (len < 0) len = 0;
+  if (len > seq_len) len = (int32_t)seq_len;
+  return len;
+}
+
+// Chunks token t uses: 1 for kv_len <= one chunk (kv_len 0 included: chunk 0 writes the
+// zeros), never more than the grid's n_chunks (the last one takes the remainder).
+__device__ __forceinline__ int32_t kn_attn_tok_chunks(int32_t len, int32_t n_chunks) {
+  if (len <= KN_ATTN_CHUNK_TOKENS) return 1;
+  int32_t n = (len + KN_ATTN_CHUNK_TOKENS - 1) / KN_ATTN_CHUNK_TOKENS;
+  return n < n_chunks ? n : n_chunks;
+}
+
+__device__ __forceinline__ void kn_attn_store_out(const kn_cuda_attn_args_t &a, int64_t idx, float v) {
+  if (a.out_dtype == KN_CUDA_F32)
+    ((float *)a.out)[idx] = v;
+  else
+    ((__nv_bfloat16 *)a.out)[idx] = __float2bfloat16(v);
+}
+
+// 8 KV elements (one 16-byte load) to f32.
+__device__ __forceinline__ void kn_attn_cvt8(const uint4 &r, const __half *, float f[8]) {
+  const __half2 *h = (const __half2 *)&r;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 x = __half22float2(h[i]);
+    f[2 * i] = x.x;
+    f[2 * i + 1] = x.y;
+  }
+}
+__device__ __forceinline__ void kn_attn_cvt8(const uint4 &r, const __nv_bfloat16 *, float f[8]) {
+  const __nv_bfloat162 *h = (const __nv_bfloat162 *)&r;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 x = __bfloat1622float2(h[i]);
+    f[2 * i] = x.x;
+    f[2 * i + 1] = x.y;
+  }
+}
+
+// One block: work item (t, kv head) = blockIdx.x / n_chunks, chunk c = blockIdx.x % n_chunks.
+template <int HD, int GT, typename KV>
+static __global__ void __launch_bounds__(KN_ATTN_THREADS) kn_attn_chunk_kernel(const __grid_constant__ kn_attn_launch_t L) {
+  constexpr int LANES = HD / 8;                  // lanes per row team
+  constexpr int TEAMS_PER_WARP = 32 / LANES;
+  constexpr int TEAMS = KN_ATTN_WARPS * TEAMS_PER_WARP;
+  constexpr int TPT = GT >= 8 ? 2 : 4;           // rows per team per step (registers bound it)
+  constexpr int STEP = TEAMS * TPT;              // rows per block step
+  __shared__ float sm_acc[TEAMS][GT][HD];        // each team's acc, for the team merge
+  __shared__ float sm_ml[TEAMS][GT][2];          // each team's (max, sum)
+
+  const kn_cuda_attn_args_t &a = L.a;
+  const int64_t item = (int64_t)blockIdx.x / L.n_chunks;
+  const int32_t c = (int32_t)((int64_t)blockIdx.x % L.n_chunks);
+  const int64_t t = item / a.n_kv_heads;
+  const int32_t kvh = (int32_t)(item % a.n_kv_heads);
+  const int32_t len = kn_attn_tok_len(a, t);
+  const int32_t n_tok_chunks = kn_attn_tok_chunks(len, L.n_chunks);
+  if (c >= n_tok_chunks) return; // block-uniform: before any barrier
+  const int32_t j_begin = c * KN_ATTN_CHUNK_TOKENS;
+  const int32_t j_end = c == n_tok_chunks - 1 ? len : j_begin + KN_ATTN_CHUNK_TOKENS;
+
+  const int lane = threadIdx.x % 32;
+  const int team = (threadIdx.x / 32) * TEAMS_PER_WARP + lane / LANES;
+  const int tl = lane % LANES; // owns dims [8 tl, 8 tl + 8)
+  const int32_t n_group = a.n_heads / a.n_kv_heads;
+  const int32_t page_tokens = a.kv.page_tokens;
+  const int64_t page_stride = a.kv.page_stride_elems;
+  // Only dereferenced for rows j < len, which exist when len > 0.
+  const int32_t *pages = len > 0 ? a.kv.indices + a.kv.indptr[a.tok_seq_idx[t]] : nullptr;
+  const KV *kb = (const KV *)a.kv.k_base + (int64_t)kvh * a.kv.head_stride_elems + tl * 8;
+  const KV *vb = (const KV *)a.kv.v_base + (int64_t)kvh * a.kv.head_stride_elems + tl * 8;
+  const float qscale = a.scale * KN_LOG2E; // scores in log2 units: exp2f below
+
+  for (int32_t g0 = 0; g0 < n_group; g0 += GT) {
+    float q[GT][8], acc[GT][8], m[GT], l[GT];
+#pragma unroll
+    for (int gi = 0; gi < GT; gi++) {
+      const bool on = g0 + gi < n_group;
+      const float *qg = a.q + (t * a.n_heads + (int64_t)kvh * n_group + g0 + gi) * HD + tl * 8;
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        q[gi][i] = on ? qg[i] * qscale : 0.0f;
+        acc[gi][i] = 0.0f;
+      }
+      m[gi] = -INFINITY;
+      l[gi] = 0.0f;
+    }
+
+    // Every team runs the same number of steps (shuffles need the whole warp).
+    for (int32_t js = j_begin; js < j_end; js += STEP) {
+      const int32_t j0 = js + team * TPT;
+      uint4 kr[TPT], vr[TPT];
+#pragma unroll
+      for (int k = 0; k < TPT; k++) {
+        const int32_t j = j0 + k;
+        if (j < j_end) {
+          const int64_t off = (int64_t)pages[j / page_tokens] * page_stride + (int64_t)(j % page_tokens) * HD;
+          kr[k] = __ldg((const uint4 *)(kb + off));
+          vr[k] = __ldg((const uint4 *)(vb + off));
+        } else {
+          kr[k] = make_uint4(0, 0, 0, 0); // masked rows: zeros, never the pool's bytes
+          vr[k] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      float s[TPT][GT];
+#pragma unroll
+      for (int k = 0; k < TPT; k++) {
+        float kf[8];
+        kn_attn_cvt8(kr[k], kb, kf);
+#pragma unroll
+        for (int gi = 0; gi < GT; gi++) {
+          float d = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 8; i++) d = fmaf(q[gi][i], kf[i], d);
+          s[k][gi] = d;
+        }
+      }
+      // Sum each score over the team's lanes (aligned groups of LANES: xor stays inside).
+#pragma unroll
+      for (int o = LANES / 2; o >= 1; o >>= 1)
+#pragma unroll
+        for (int k = 0; k < TPT; k++)
+#pragma unroll
+          for (int gi = 0; gi < GT; gi++) s[k][gi] += __shfl_xor_sync(0xffffffffu, s[k][gi], o);
+#pragma unroll
+      for (int gi = 0; gi < GT; gi++) {
+        float mx = m[gi];
+#pragma unroll
+        for (int k = 0; k < TPT; k++) {
+          if (j0 + k >= j_end) s[k][gi] = -INFINITY;
+          mx = fmaxf(mx, s[k][gi]);
+        }
+        // mx is -inf only while this team has seen no row: then corr and p are 0.
+        const float mx_safe = mx == -INFINITY ? 0.0f : mx;
+        const float corr = exp2f(m[gi] - mx_safe);
+        l[gi] *= corr;
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[gi][i] *= corr;
+#pragma unroll
+        for (int k = 0; k < TPT; k++) {
+          s[k][gi] = exp2f(s[k][gi] - mx_safe);
+          l[gi] += s[k][gi];
+        }
+        m[gi] = mx;
+      }
+#pragma unroll
+      for (int k = 0; k < TPT; k++) {
+        float vf[8];
+        kn_attn_cvt8(vr[k], vb, vf);
+#pragma unroll
+        for (int gi = 0; gi < GT; gi++)
+#pragma unroll
+          for (int i = 0; i < 8; i++) acc[gi][i] = fmaf(s[k][gi], vf[i], acc[gi][i]);
+      }
+    }
+
+    // Merge the teams: rescale each to the block's max.
+#pragma unroll
+    for (int gi = 0; gi < GT; gi++) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) sm_acc[team][gi][tl * 8 + i] = acc[gi][i];
+      if (tl == 0) {
+        sm_ml[team][gi][0] = m[gi];
+        sm_ml[team][gi][1] = l[gi];
+      }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < GT * HD; e += KN_ATTN_THREADS) {
+      const int gi = e / HD, d = e % HD;
+      if (g0 + gi >= n_group) continue;
+      float mb = -INFINITY;
+      for (int tm = 0; tm < TEAMS; tm++) mb = fmaxf(mb, sm_ml[tm][gi][0]);
+      float ab = 0.0f, lb = 0.0f;
+      for (int tm = 0; tm < TEAMS; tm++) {
+        const float mt = sm_ml[tm][gi][0];
+        if (mt == -INFINITY) continue; // a team without rows (or an empty token)
+        const float w = exp2f(mt - mb);
+        ab = fmaf(w, sm_acc[tm][gi][d], ab);
+        lb = fmaf(w, sm_ml[tm][gi][1], lb);
+      }
+      const int64_t th = t * a.n_heads + (int64_t)kvh * n_group + g0 + gi; // (token, query head)
+      if (n_tok_chunks == 1) {
+        kn_attn_store_out(a, th * HD + d, lb > 0.0f ? ab / lb : 0.0f); // kv_len 0: zeros
+      } else {
+        const int64_t p = th * L.n_chunks + c; // this chunk's partial
+        L.ws_acc[p * HD + d] = ab;
+        if (d == 0) {
+          L.ws_ml[2 * p] = mb;
+          L.ws_ml[2 * p + 1] = lb;
+        }
+      }
+    }
+    __syncthreads(); // the next head tile reuses sm_acc / sm_ml
+  }
+}
+
+// One block per (token, query head), one thread per dim: combines the token's chunk
+// partials. Tokens with one chunk were written by the chunk kernel.
+static __global__ void kn_attn_merge_kernel(const __grid_constant__ kn_attn_launch_t L) {
+  const kn_cuda_attn_args_t &a = L.a;
+  const int64_t th = blockIdx.x; // t * n_heads + query head
+  const int64_t t = th / a.n_heads;
+  const int32_t n_tok_chunks = kn_attn_tok_chunks(kn_attn_tok_len(a, t), L.n_chunks);
+  if (n_tok_chunks <= 1) return;
+  const int hd = a.head_dim, d = threadIdx.x;
+  const float *ml = L.ws_ml + th * L.n_chunks * 2;       // [n_chunks][2]
+  const float *acc = L.ws_acc + th * L.n_chunks * hd + d; // [n_chunks][head_dim], column d
+  float mb = -INFINITY;
+  for (int32_t c = 0; c < n_tok_chunks; c++) mb = fmaxf(mb, ml[2 * c]);
+  float ab = 0.0f, lb = 0.0f;
+  for (int32_t c = 0; c < n_tok_chunks; c++) {
+    const float w = exp2f(ml[2 * c] - mb); // every used chunk has rows: finite max
+    ab = fmaf(w, acc[(int64_t)c * hd], ab);
+    lb = fmaf(w, ml[2 * c + 1], lb);
+  }
+  kn_attn_store_out(a, th * hd + d, lb > 0.0f ? ab / lb : 0.0f);
+}
+
+// --- typed launchers ---
+
+template <int HD, int GT>
+static void kn_attn_launch_gt(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
+  if (L.a.kv.kv_dtype == KN_CUDA_F16)
+    kn_attn_chunk_kernel<HD, GT, __half><<<(unsigned)n_blocks, KN_ATTN_THREADS, 0, stream>>>(L);
+  else
+    kn_attn_chunk_kernel<HD, GT, __nv_bfloat16><<<(unsigned)n_blocks, KN_ATTN_THREADS, 0, stream>>>(L);
+}
+
+template <int HD>
+static void kn_attn_launch_hd(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
+  const int32_t n_group = L.a.n_heads / L.a.n_kv_heads;
+  if (n_group == 1)
+    kn_attn_launch_gt<HD, 1>(L, n_blocks, stream);
+  else if (n_group == 2)
+    kn_attn_launch_gt<HD, 2>(L, n_blocks, stream);
+  else if (n_group <= 4)
+    kn_attn_launch_gt<HD, 4>(L, n_blocks, stream);
+  else
+    kn_attn_launch_gt<HD, KN_ATTN_MAX_GT>(L, n_blocks, stream); // > 8: tiles of 8 heads
+}
+
+// --- public ---
+
+static bool kn_attn_head_dim_ok(int32_t hd) { return hd == 64 || hd == 128 || hd == 256; }
+
+extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a) {
+  if (!a || a->n_tok < 1 || a->n_heads < 1 || a->head_dim < 1 || a->max_kv_len < 0) return 0;
+  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len);
+  if (n_chunks <= 1) return 0;
+  return (size_t)a->n_tok * (size_t)a->n_heads * (size_t)n_chunks * (size_t)(a->head_dim + 2) * sizeof(float);
+}
+
+// Messages name the public op, not the helper.
+#define KN_ATTN_ERR(err, st, ...) ak_err_set_fn((err), (st), "kn_cuda_attention", __VA_ARGS__)
+
+// Everything checkable on the host, before any CUDA call (device tables are not read).
+static ak_status_t kn_attn_check(const kn_cuda_attn_args_t *a, const void *workspace, size_t workspace_bytes,
+                                 ak_err_t *err) {
+  if (!a) return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "args is NULL");
+  const kn_cuda_paged_kv_t *kv = &a->kv;
+  if (!a->q || !a->out || !a->tok_seq_idx || !a->tok_kv_len || !kv->k_base || !kv->v_base || !kv->indptr ||
+      !kv->indices || !kv->last_page_len)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG,
+                  "NULL pointer in attention args (q %p out %p tok_seq_idx %p tok_kv_len %p k_base %p "
+                  "v_base %p indptr %p indices %p last_page_len %p)",
+                  (const void *)a->q, a->out, (const void *)a->tok_seq_idx, (const void *)a->tok_kv_len,
+                  kv->k_base, kv->v_base, (const void *)kv->indptr, (const void *)kv->indices,
+                  (const void *)kv->last_page_len);
+  if (a->n_tok < 1 || a->n_heads < 1 || a->n_kv_heads < 1 || kv->n_seqs < 1)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld n_heads=%d n_kv_heads=%d n_seqs=%d must be >= 1",
+                  (long long)a->n_tok, a->n_heads, a->n_kv_heads, kv->n_seqs);
+  if (!kn_attn_head_dim_ok(a->head_dim))
+    return KN_ATTN_ERR(err, AK_ERR_UNSUPPORTED, "head_dim=%d is not supported (64, 128 or 256)", a->head_dim);
+  if (a->n_heads % a->n_kv_heads)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d is not a multiple of n_kv_heads=%d", a->n_heads,
+                  a->n_kv_heads);
+  if (kv->kv_dtype != KN_CUDA_F16 && kv->kv_dtype != KN_CUDA_BF16)
+    return KN_ATTN_ERR(err, AK_ERR_UNSUPPORTED, "kv_dtype %d is not supported (F16 or BF16)", (int)kv->kv_dtype);
+  if (a->out_dtype != KN_CUDA_F32 && a->out_dtype != KN_CUDA_BF16)
+    return KN_ATTN_ERR(err, AK_ERR_UNSUPPORTED, "out_dtype %d is not supported (F32 or BF16)", (int)a->out_dtype);
+  if (kv->page_tokens < 1 || kv->page_tokens > 256)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "page_tokens=%d outside [1, 256]", kv->page_tokens);
+  if (kv->head_stride_elems < (int64_t)kv->page_tokens * a->head_dim ||
+      kv->page_stride_elems < (int64_t)a->n_kv_heads * kv->head_stride_elems)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG,
+                  "strides too small: head_stride_elems=%lld page_stride_elems=%lld for page_tokens=%d "
+                  "head_dim=%d n_kv_heads=%d",
+                  (long long)kv->head_stride_elems, (long long)kv->page_stride_elems, kv->page_tokens,
+                  a->head_dim, a->n_kv_heads);
+  // 16-byte row loads: every row must start on a 16-byte boundary.
+  if (kv->head_stride_elems % 8 || kv->page_stride_elems % 8 || (uintptr_t)kv->k_base % 16 ||
+      (uintptr_t)kv->v_base % 16)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG,
+                  "K/V rows must be 16-byte aligned: k_base %p v_base %p head_stride_elems=%lld "
+                  "page_stride_elems=%lld (multiples of 8)",
+                  kv->k_base, kv->v_base, (long long)kv->head_stride_elems, (long long)kv->page_stride_elems);
+  if (a->max_kv_len < 0)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "max_kv_len=%d < 0", a->max_kv_len);
+  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len);
+  if (a->n_tok * a->n_kv_heads * n_chunks > INT32_MAX || a->n_tok * a->n_heads > INT32_MAX)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld x n_heads=%d x %lld chunks exceeds the grid",
+                  (long long)a->n_tok, a->n_heads, (long long)n_chunks);
+  const size_t need = kn_cuda_attention_workspace_bytes(a);
+  if (need > 0 && (!workspace || workspace_bytes < need))
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "workspace of %zu bytes, needs %zu (n_tok=%lld n_heads=%d max_kv_len=%d)",
+                  workspace ? workspace_bytes : (size_t)0, need, (long long)a->n_tok, a->n_heads, a->max_kv_len);
+  if (need > 0 && (uintptr_t)workspace % 16)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "workspace %p is not 16-byte aligned", workspace);
+  return AK_OK;
+}
+
+extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *workspace, size_t workspace_bytes,
+                                         kn_cuda_stream_t stream, ak_err_t *err) {
+  AK_TRY(kn_attn_check(args, workspace, workspace_bytes, err));
+  kn_attn_launch_t L;
+  L.a = *args;
+  L.n_chunks = kn_attn_n_chunks(args->max_kv_len);
+  const int64_t n_th = args->n_tok * args->n_heads;
+  L.ws_acc = L.n_chunks > 1 ? (float *)workspace : nullptr;
+  L.ws_ml = L.n_chunks > 1 ? (float *)workspace + n_th * L.n_chunks * args->head_dim : nullptr;
+  const int64_t n_blocks = args->n_tok * args->n_kv_heads * L.n_chunks;
+  cudaStream_t s = kn_stream(stream);
+  switch (args->head_dim) {
+    case 64: kn_attn_launch_hd<64>(L, n_blocks, s); break;
+    case 128: kn_attn_launch_hd<128>(L, n_blocks, s); break;
+    case 256: kn_attn_launch_hd<256>(L, n_blocks, s); break;
+    default:
+      return KN_ATTN_ERR(err, AK_ERR_UNSUPPORTED, "head_dim=%d is not supported (64, 128 or 256)", args->head_dim);
+  }
+  KN_CUDA_LAUNCHED(err);
+  if (L.n_chunks > 1) {
+    kn_attn_merge_kernel<<<(unsigned)n_th, args->head_dim, 0, s>>>(L);
+    KN_CUDA_LAUNCHED(err);
+  }
+  return AK_OK;
+}
