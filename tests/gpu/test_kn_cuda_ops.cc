@@ -1,0 +1,811 @@
+// Tests for the model ops of kernels/cuda (kn_cuda_embed, kn_cuda_rmsnorm,
+// kn_cuda_rope, kn_cuda_silu_mul, kn_cuda_kv_store, kn_cuda_sample).
+//
+// KnCudaOpsGpu (ctest label `gpu`) compares every op with its CPU reference in
+// kernels.h, run on host copies of the same random inputs, at odd sizes (n_tok 1, 17,
+// 97; dims 576 = 64*9 and odd ones that force the one-element paths). Outputs are
+// poisoned with 0xFF bytes (NaN) first; a tensor passes when
+//   ||out - ref||_2 / ||ref||_2 <= 1e-5 (f32 out), 1e-3 (f16), 1e-2 (bf16)
+// and every element is finite. Sampling: greedy equals kn_argmax, top_k = 1 equals
+// greedy, and over many (step, row) draws on a small vocabulary the histogram matches
+// the top-k / top-p filtered softmax within 5 sigma per token (and filtered tokens
+// never appear).
+//
+// KnCudaOpsArgs runs everywhere (no label: CI has no GPU): every class of bad
+// argument is refused with AK_ERR_INVALID_ARG and a message naming the value, before
+// any CUDA call.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "ak_alloc.h"
+#include "ak_quant.h"
+#include "kernels.h"
+#include "kn_cuda.h"
+}
+
+namespace {
+
+bool has(const ak_err_t &err, const char *s) { return std::string(err.msg).find(s) != std::string::npos; }
+
+struct CpuDeleter {
+  void operator()(kn_cpu_t *c) const { kn_cpu_destroy(c); }
+};
+using CpuPtr = std::unique_ptr<kn_cpu_t, CpuDeleter>;
+
+// Device memory through the accounted wrapper, freed with its size.
+struct DevBuf {
+  void *ptr = nullptr;
+  size_t n_bytes = 0;
+  explicit DevBuf(size_t n) : n_bytes(n) {
+    ak_err_t err{};
+    EXPECT_EQ(kn_cuda_malloc(n, &err, &ptr), AK_OK) << err.msg;
+  }
+  DevBuf(const DevBuf &) = delete;
+  DevBuf &operator=(const DevBuf &) = delete;
+  ~DevBuf() { kn_cuda_free(ptr, n_bytes); }
+  template <typename T>
+  T *as(size_t elem_offset = 0) const {
+    return static_cast<T *>(ptr) + elem_offset;
+  }
+};
+
+template <typename T>
+void to_dev(void *dst, const std::vector<T> &src) {
+  ASSERT_EQ(cudaMemcpy(dst, src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+}
+template <typename T>
+std::vector<T> from_dev(const void *src, size_t n) {
+  std::vector<T> out(n);
+  EXPECT_EQ(cudaMemcpy(out.data(), src, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return out;
+}
+void poison(void *p, size_t n_bytes) { ASSERT_EQ(cudaMemset(p, 0xFF, n_bytes), cudaSuccess); }
+
+// ||out - ref|| / ||ref||; NaN when any out element is not finite (NaN never passes).
+double rel_err(const std::vector<float> &out, const std::vector<float> &ref) {
+  EXPECT_EQ(out.size(), ref.size());
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < out.size() && i < ref.size(); i++) {
+    if (!std::isfinite(out[i])) return std::numeric_limits<double>::quiet_NaN();
+    const double d = (double)out[i] - (double)ref[i];
+    num += d * d;
+    den += (double)ref[i] * (double)ref[i];
+  }
+  return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+double tol_for(kn_cuda_dtype_t dt) { return dt == KN_CUDA_F32 ? 1e-5 : dt == KN_CUDA_F16 ? 1e-3 : 1e-2; }
+
+std::vector<float> decode(const std::vector<uint16_t> &bits, kn_cuda_dtype_t dt) {
+  std::vector<float> out(bits.size());
+  for (size_t i = 0; i < bits.size(); i++)
+    out[i] = dt == KN_CUDA_F16 ? ak_f16_to_f32(bits[i]) : ak_bf16_to_f32(bits[i]);
+  return out;
+}
+uint16_t encode(float v, kn_cuda_dtype_t dt) { return dt == KN_CUDA_F16 ? ak_f32_to_f16(v) : ak_f32_to_bf16(v); }
+
+// An op's output read back as f32 whatever its dtype.
+std::vector<float> out_from_dev(const void *p, size_t n, kn_cuda_dtype_t dt) {
+  if (dt == KN_CUDA_F32) return from_dev<float>(p, n);
+  return decode(from_dev<uint16_t>(p, n), dt);
+}
+
+std::vector<float> randn(size_t n, float scale, std::mt19937_64 &rng) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto &x : v) x = d(rng);
+  return v;
+}
+
+const char *dt_name(kn_cuda_dtype_t dt) { return dt == KN_CUDA_F32 ? "f32" : dt == KN_CUDA_F16 ? "f16" : "bf16"; }
+
+class KnCudaOpsGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ak_err_t err{};
+    int n_dev = 0;
+    ASSERT_EQ(kn_cuda_device_count(&err, &n_dev), AK_OK) << err.msg;
+    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
+    kn_cpu_t *c = nullptr;
+    ASSERT_EQ(kn_cpu_create(1, &err, &c), AK_OK) << err.msg;
+    cpu_.reset(c);
+    base_device_bytes_ = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+  }
+  void TearDown() override {
+    if (stream_) cudaStreamDestroy(stream_);
+    EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), base_device_bytes_);
+  }
+  kn_cuda_stream_t stream() const { return (kn_cuda_stream_t)stream_; }
+  void sync() { ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess); }
+
+  cudaStream_t stream_ = nullptr;
+  CpuPtr cpu_;
+  int64_t base_device_bytes_ = 0;
+};
+
+// ---- embedding ----
+
+TEST_F(KnCudaOpsGpu, EmbedMatchesCpuForEveryTableType) {
+  std::mt19937_64 rng(11);
+  const int64_t n_vocab = 301;
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F32, KN_CUDA_F16, KN_CUDA_BF16})
+    for (int64_t dim : {576, 577, 100})
+      for (int64_t n_tok : {1, 17, 97})
+        for (int64_t offset : {0, 1}) {  // 1: a table start that is not 16-byte aligned
+          SCOPED_TRACE(testing::Message() << dt_name(dt) << " dim=" << dim << " n_tok=" << n_tok
+                                          << " offset=" << offset);
+          const size_t esz = dt == KN_CUDA_F32 ? 4 : 2;
+          std::vector<float> vals = randn((size_t)(n_vocab * dim), 1.0f, rng);
+          std::vector<uint8_t> table((size_t)(n_vocab * dim) * esz);
+          for (size_t i = 0; i < vals.size(); i++) {
+            if (dt == KN_CUDA_F32) {
+              memcpy(&table[i * 4], &vals[i], 4);
+            } else {
+              uint16_t b = encode(vals[i], dt);
+              memcpy(&table[i * 2], &b, 2);
+            }
+          }
+          std::vector<int32_t> ids(n_tok);
+          for (auto &id : ids) id = (int32_t)(rng() % n_vocab);
+          ids[0] = (int32_t)n_vocab - 1;
+
+          kn_weight_t w = {dt == KN_CUDA_F32 ? AK_TYPE_F32 : dt == KN_CUDA_F16 ? AK_TYPE_F16 : AK_TYPE_BF16,
+                           n_vocab, dim, table.data()};
+          std::vector<float> ref((size_t)(n_tok * dim));
+          ak_err_t err{};
+          ASSERT_EQ(kn_embed(cpu_.get(), &w, ids.data(), n_tok, ref.data(), &err), AK_OK) << err.msg;
+
+          DevBuf d_table(table.size() + 16), d_ids(ids.size() * 4), d_out(ref.size() * 4), d_flag(4);
+          uint8_t *tab = d_table.as<uint8_t>(offset * esz);
+          ASSERT_EQ(cudaMemcpy(tab, table.data(), table.size(), cudaMemcpyHostToDevice), cudaSuccess);
+          to_dev(d_ids.ptr, ids);
+          poison(d_out.ptr, d_out.n_bytes);
+          ASSERT_EQ(cudaMemset(d_flag.ptr, 0, 4), cudaSuccess);
+          kn_cuda_embed_args_t a = {tab, dt, d_ids.as<int32_t>(), d_out.as<float>(), n_tok, dim, n_vocab,
+                                    d_flag.as<int32_t>()};
+          ASSERT_EQ(kn_cuda_embed(&a, stream(), &err), AK_OK) << err.msg;
+          sync();
+          std::vector<float> out = from_dev<float>(d_out.ptr, ref.size());
+          EXPECT_LE(rel_err(out, ref), 1e-5);
+          EXPECT_EQ(memcmp(out.data(), ref.data(), ref.size() * 4), 0) << "conversions to f32 are exact";
+          EXPECT_EQ(from_dev<int32_t>(d_flag.ptr, 1)[0], 0);
+        }
+}
+
+TEST_F(KnCudaOpsGpu, EmbedBadIdGivesZeroRowAndRaisesFlag) {
+  std::mt19937_64 rng(12);
+  const int64_t n_vocab = 50, dim = 64, n_tok = 5;
+  std::vector<float> table = randn((size_t)(n_vocab * dim), 1.0f, rng);
+  std::vector<int32_t> ids = {3, -1, 49, 50, 7};
+  DevBuf d_table(table.size() * 4), d_ids(ids.size() * 4), d_out((size_t)(n_tok * dim) * 4), d_flag(4);
+  to_dev(d_table.ptr, table);
+  to_dev(d_ids.ptr, ids);
+  poison(d_out.ptr, d_out.n_bytes);
+  ASSERT_EQ(cudaMemset(d_flag.ptr, 0, 4), cudaSuccess);
+  kn_cuda_embed_args_t a = {d_table.ptr, KN_CUDA_F32, d_ids.as<int32_t>(), d_out.as<float>(), n_tok, dim, n_vocab,
+                            d_flag.as<int32_t>()};
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_embed(&a, stream(), &err), AK_OK) << err.msg;
+  sync();
+  std::vector<float> out = from_dev<float>(d_out.ptr, (size_t)(n_tok * dim));
+  EXPECT_EQ(from_dev<int32_t>(d_flag.ptr, 1)[0], 1);
+  for (int64_t t = 0; t < n_tok; t++)
+    for (int64_t i = 0; i < dim; i++) {
+      const bool bad = ids[t] < 0 || ids[t] >= n_vocab;
+      const float want = bad ? 0.0f : table[(size_t)(ids[t] * dim + i)];
+      ASSERT_EQ(out[(size_t)(t * dim + i)], want) << "t=" << t << " i=" << i;
+    }
+  // Without a flag pointer the bad rows are still zeros.
+  a.bad_id_flag = nullptr;
+  poison(d_out.ptr, d_out.n_bytes);
+  ASSERT_EQ(kn_cuda_embed(&a, stream(), &err), AK_OK) << err.msg;
+  sync();
+  out = from_dev<float>(d_out.ptr, (size_t)(n_tok * dim));
+  EXPECT_EQ(out[(size_t)(1 * dim)], 0.0f);
+  EXPECT_EQ(out[(size_t)(3 * dim + dim - 1)], 0.0f);
+}
+
+// ---- RMSNorm ----
+
+TEST_F(KnCudaOpsGpu, RmsnormWithResidualMatchesCpu) {
+  std::mt19937_64 rng(21);
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F32, KN_CUDA_BF16})
+    for (bool with_delta : {false, true})
+      for (int64_t dim : {576, 577, 64})
+        for (int64_t n_tok : {1, 17, 97}) {
+          SCOPED_TRACE(testing::Message() << dt_name(dt) << " delta=" << with_delta << " dim=" << dim
+                                          << " n_tok=" << n_tok);
+          const size_t n = (size_t)(n_tok * dim);
+          std::vector<float> x = randn(n, 2.0f, rng), delta = randn(n, 0.5f, rng), w = randn((size_t)dim, 1.0f, rng);
+          std::vector<float> x_ref = x;
+          if (with_delta)
+            for (size_t i = 0; i < n; i++) x_ref[i] = x[i] + delta[i];
+          std::vector<float> ref(n);
+          const float eps = 1e-5f;
+          ASSERT_EQ(kn_rmsnorm(cpu_.get(), x_ref.data(), w.data(), n_tok, dim, eps, ref.data()), AK_OK);
+
+          DevBuf d_x(n * 4), d_delta(n * 4), d_w((size_t)dim * 4), d_out(n * 4);
+          to_dev(d_x.ptr, x);
+          to_dev(d_delta.ptr, delta);
+          to_dev(d_w.ptr, w);
+          poison(d_out.ptr, d_out.n_bytes);
+          kn_cuda_rmsnorm_args_t a = {d_x.as<float>(), with_delta ? d_delta.as<float>() : nullptr,
+                                      d_w.as<float>(), d_out.ptr, dt, n_tok, dim, eps};
+          ak_err_t err{};
+          ASSERT_EQ(kn_cuda_rmsnorm(&a, stream(), &err), AK_OK) << err.msg;
+          sync();
+          std::vector<float> x_out = from_dev<float>(d_x.ptr, n);
+          EXPECT_EQ(memcmp(x_out.data(), x_ref.data(), n * 4), 0) << "x after the residual add";
+          EXPECT_LE(rel_err(out_from_dev(d_out.ptr, n, dt), ref), tol_for(dt));
+        }
+}
+
+// ---- RoPE ----
+
+TEST_F(KnCudaOpsGpu, RopeMatchesCpuUpTo32kPositions) {
+  std::mt19937_64 rng(31);
+  struct Shape {
+    int32_t n_heads, head_dim, rot_dims;
+  };
+  for (int32_t mode : {0, 2})
+    for (Shape s : {Shape{9, 64, 64}, Shape{3, 96, 32}, Shape{5, 65, 64}, Shape{2, 128, 128}})
+      for (float freq_scale : {1.0f, 0.25f})
+        for (int64_t n_tok : {1, 17, 97}) {
+          SCOPED_TRACE(testing::Message() << "mode=" << mode << " heads=" << s.n_heads << " head_dim=" << s.head_dim
+                                          << " rot=" << s.rot_dims << " scale=" << freq_scale << " n_tok=" << n_tok);
+          const size_t n = (size_t)(n_tok * s.n_heads * s.head_dim);
+          std::vector<float> x = randn(n, 1.0f, rng);
+          std::vector<int32_t> pos(n_tok);
+          for (auto &p : pos) p = (int32_t)(rng() % 32768);
+          if (n_tok > 1) pos[1] = 32767;
+          pos[0] = n_tok > 1 ? 0 : 32000;
+          const float base = s.head_dim == 128 ? 500000.0f : 10000.0f;
+          std::vector<float> ref = x;
+          kn_rope_args_t ca = {ref.data(), pos.data(), n_tok, s.n_heads, s.head_dim, s.rot_dims, base, freq_scale,
+                               (kn_rope_mode_t)mode};
+          ak_err_t err{};
+          ASSERT_EQ(kn_rope(cpu_.get(), &ca, &err), AK_OK) << err.msg;
+
+          DevBuf d_x(n * 4), d_pos(pos.size() * 4);
+          to_dev(d_x.ptr, x);
+          to_dev(d_pos.ptr, pos);
+          kn_cuda_rope_args_t a = {d_x.as<float>(), d_pos.as<int32_t>(), n_tok, s.n_heads, s.head_dim, s.rot_dims,
+                                   base, freq_scale, mode};
+          ASSERT_EQ(kn_cuda_rope(&a, stream(), &err), AK_OK) << err.msg;
+          sync();
+          std::vector<float> out = from_dev<float>(d_x.ptr, n);
+          EXPECT_LE(rel_err(out, ref), 1e-5);
+          // The dims past rot_dims are untouched, bit for bit.
+          for (int64_t r = 0; r < n_tok * s.n_heads; r++)
+            for (int32_t d = s.rot_dims; d < s.head_dim; d++) {
+              const size_t i = (size_t)(r * s.head_dim + d);
+              ASSERT_EQ(memcmp(&out[i], &x[i], 4), 0) << "row " << r << " dim " << d;
+            }
+        }
+}
+
+// ---- SwiGLU ----
+
+TEST_F(KnCudaOpsGpu, SiluMulMatchesCpu) {
+  std::mt19937_64 rng(41);
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F32, KN_CUDA_BF16})
+    for (int64_t n_ff : {1536, 1537, 64 * 9})
+      for (int64_t n_tok : {1, 17, 97})
+        for (int64_t offset : {0, 1}) {  // 1: inputs not 16-byte aligned
+          SCOPED_TRACE(testing::Message() << dt_name(dt) << " n_ff=" << n_ff << " n_tok=" << n_tok
+                                          << " offset=" << offset);
+          const size_t n = (size_t)(n_tok * n_ff);
+          std::vector<float> gate = randn(n, 3.0f, rng), up = randn(n, 1.0f, rng), ref(n);
+          kn_silu_mul(cpu_.get(), gate.data(), up.data(), ref.data(), (int64_t)n);
+          DevBuf d_gate((n + 1) * 4), d_up((n + 1) * 4), d_out(n * 4);
+          to_dev(d_gate.as<float>(offset), gate);
+          to_dev(d_up.as<float>(offset), up);
+          poison(d_out.ptr, d_out.n_bytes);
+          kn_cuda_silu_mul_args_t a = {d_gate.as<float>(offset), d_up.as<float>(offset), d_out.ptr, dt, n_tok, n_ff};
+          ak_err_t err{};
+          ASSERT_EQ(kn_cuda_silu_mul(&a, stream(), &err), AK_OK) << err.msg;
+          sync();
+          EXPECT_LE(rel_err(out_from_dev(d_out.ptr, n, dt), ref), tol_for(dt));
+        }
+}
+
+// ---- KV store ----
+
+TEST_F(KnCudaOpsGpu, KvStoreWritesOnlyItsSlots) {
+  std::mt19937_64 rng(51);
+  const int32_t page_tokens = 16, n_pages = 9;
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16})
+    for (int32_t head_dim : {64, 65})
+      for (int32_t n_kv_heads : {3, 1})
+        for (int64_t n_tok : {1, 17, 97}) {
+          SCOPED_TRACE(testing::Message() << dt_name(dt) << " head_dim=" << head_dim << " n_kv_heads=" << n_kv_heads
+                                          << " n_tok=" << n_tok);
+          const int64_t head_stride = (int64_t)page_tokens * head_dim + 8;  // padded
+          const int64_t page_stride = n_kv_heads * head_stride + 4;
+          const size_t pool_elems = (size_t)(n_pages * page_stride);
+          // Distinct (page, slot) for every token.
+          std::vector<int32_t> all(n_pages * page_tokens);
+          std::iota(all.begin(), all.end(), 0);
+          std::shuffle(all.begin(), all.end(), rng);
+          std::vector<int32_t> page(n_tok), slot(n_tok);
+          for (int64_t t = 0; t < n_tok; t++) page[t] = all[t] / page_tokens, slot[t] = all[t] % page_tokens;
+          const size_t n = (size_t)(n_tok * n_kv_heads * head_dim);
+          std::vector<float> k = randn(n, 1.0f, rng), v = randn(n, 1.0f, rng);
+
+          DevBuf d_k(n * 4), d_v(n * 4), d_kb(pool_elems * 2), d_vb(pool_elems * 2), d_page(n_tok * 4),
+              d_slot(n_tok * 4);
+          to_dev(d_k.ptr, k);
+          to_dev(d_v.ptr, v);
+          to_dev(d_page.ptr, page);
+          to_dev(d_slot.ptr, slot);
+          poison(d_kb.ptr, d_kb.n_bytes);
+          poison(d_vb.ptr, d_vb.n_bytes);
+          kn_cuda_kv_store_args_t a = {d_k.as<float>(), d_v.as<float>(), d_kb.ptr, d_vb.ptr, dt, page_stride,
+                                       head_stride, n_kv_heads, head_dim, d_page.as<int32_t>(),
+                                       d_slot.as<int32_t>(), n_tok};
+          ak_err_t err{};
+          ASSERT_EQ(kn_cuda_kv_store(&a, stream(), &err), AK_OK) << err.msg;
+          sync();
+          for (int kv = 0; kv < 2; kv++) {
+            const std::vector<float> &src = kv ? v : k;
+            std::vector<uint16_t> pool = from_dev<uint16_t>(kv ? d_vb.ptr : d_kb.ptr, pool_elems);
+            std::vector<uint8_t> written(pool_elems, 0);
+            std::vector<float> got(n), want(n);
+            for (int64_t t = 0; t < n_tok; t++)
+              for (int32_t h = 0; h < n_kv_heads; h++)
+                for (int32_t e = 0; e < head_dim; e++) {
+                  const size_t off = (size_t)(page[t] * page_stride + h * head_stride + (int64_t)slot[t] * head_dim + e);
+                  const size_t si = (size_t)((t * n_kv_heads + h) * head_dim + e);
+                  written[off] = 1;
+                  got[si] = decode({pool[off]}, dt)[0];
+                  want[si] = src[si];
+                }
+            EXPECT_LE(rel_err(got, want), tol_for(dt)) << (kv ? "V" : "K");
+            size_t n_touched = 0;
+            for (size_t i = 0; i < pool_elems; i++) n_touched += !written[i] && pool[i] != 0xFFFF;
+            EXPECT_EQ(n_touched, 0u) << (kv ? "V" : "K") << ": elements outside the stored slots changed";
+          }
+        }
+}
+
+TEST_F(KnCudaOpsGpu, KvStoreSkipsTokensItCannotPlace) {
+  const int32_t head_dim = 8, n_kv_heads = 2, page_tokens = 4;
+  const int64_t head_stride = page_tokens * head_dim, page_stride = n_kv_heads * head_stride;
+  const size_t pool_elems = (size_t)(3 * page_stride);
+  std::vector<int32_t> page = {-1, 0, 1}, slot = {0, -2, page_tokens};  // slot 4 * 8 + 8 > head_stride
+  std::vector<float> k(3 * n_kv_heads * head_dim, 1.0f);
+  DevBuf d_k(k.size() * 4), d_kb(pool_elems * 2), d_vb(pool_elems * 2), d_page(12), d_slot(12);
+  to_dev(d_k.ptr, k);
+  to_dev(d_page.ptr, page);
+  to_dev(d_slot.ptr, slot);
+  poison(d_kb.ptr, d_kb.n_bytes);
+  poison(d_vb.ptr, d_vb.n_bytes);
+  kn_cuda_kv_store_args_t a = {d_k.as<float>(), d_k.as<float>(), d_kb.ptr, d_vb.ptr, KN_CUDA_BF16, page_stride,
+                               head_stride, n_kv_heads, head_dim, d_page.as<int32_t>(), d_slot.as<int32_t>(), 3};
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_kv_store(&a, stream(), &err), AK_OK) << err.msg;
+  sync();
+  for (uint16_t b : from_dev<uint16_t>(d_kb.ptr, pool_elems)) ASSERT_EQ(b, 0xFFFF);
+  for (uint16_t b : from_dev<uint16_t>(d_vb.ptr, pool_elems)) ASSERT_EQ(b, 0xFFFF);
+}
+
+// ---- sampling ----
+
+// Runs kn_cuda_sample on n_rows copies of `row` (or on `logits` as given).
+std::vector<int32_t> run_sample(kn_cuda_stream_t s, const DevBuf &d_logits, int64_t n_rows, int64_t n_vocab,
+                                float temperature, int32_t top_k, float top_p, uint64_t seed, uint64_t step) {
+  DevBuf d_ids((size_t)n_rows * 4);
+  poison(d_ids.ptr, d_ids.n_bytes);
+  kn_cuda_sample_args_t a = {d_logits.as<float>(), d_ids.as<int32_t>(), n_rows, n_vocab, temperature, top_k,
+                             top_p, seed, step};
+  EXPECT_EQ(kn_cuda_sample_workspace_bytes(&a), 0u);
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, s, &err), AK_OK) << err.msg;
+  EXPECT_EQ(cudaStreamSynchronize((cudaStream_t)s), cudaSuccess);
+  return from_dev<int32_t>(d_ids.ptr, (size_t)n_rows);
+}
+
+TEST_F(KnCudaOpsGpu, GreedyEqualsArgmaxLowestIdOnTies) {
+  std::mt19937_64 rng(61);
+  for (int64_t n_vocab : {1, 17, 97, 50257})
+    for (int64_t n_rows : {1, 17}) {
+      SCOPED_TRACE(testing::Message() << "n_vocab=" << n_vocab << " n_rows=" << n_rows);
+      std::vector<float> logits = randn((size_t)(n_rows * n_vocab), 3.0f, rng);
+      for (int64_t r = 0; r < n_rows && n_vocab > 4; r++) {
+        float *row = &logits[(size_t)(r * n_vocab)];
+        const int64_t a = (int64_t)(rng() % (n_vocab - 1)), b = a + 1 + (int64_t)(rng() % (n_vocab - 1 - a));
+        if (r % 3 == 0) row[a] = row[b] = 100.0f;  // a tie: a wins
+        if (r % 3 == 1) row[b] = NAN;              // NaN is never the max
+        if (r % 3 == 2) row[a] = INFINITY;
+      }
+      DevBuf d((size_t)(n_rows * n_vocab) * 4);
+      to_dev(d.ptr, logits);
+      for (float temperature : {0.0f, -1.0f}) {
+        std::vector<int32_t> ids = run_sample(stream(), d, n_rows, n_vocab, temperature, 0, 0.0f, 1, 2);
+        for (int64_t r = 0; r < n_rows; r++)
+          EXPECT_EQ(ids[r], kn_argmax(&logits[(size_t)(r * n_vocab)], n_vocab)) << "row " << r;
+      }
+      // top_k = 1 and a tiny top_p are greedy too, whatever the seed.
+      for (uint64_t step = 0; step < 3; step++) {
+        std::vector<int32_t> k1 = run_sample(stream(), d, n_rows, n_vocab, 0.8f, 1, 1.0f, 7, step);
+        std::vector<int32_t> p0 = run_sample(stream(), d, n_rows, n_vocab, 1.5f, 0, 1e-6f, 7, step);
+        for (int64_t r = 0; r < n_rows; r++) {
+          const int64_t want = kn_argmax(&logits[(size_t)(r * n_vocab)], n_vocab);
+          EXPECT_EQ(k1[r], want) << "top_k=1 row " << r;
+          EXPECT_EQ(p0[r], want) << "top_p=1e-6 row " << r;
+        }
+      }
+    }
+}
+
+// The filtered distribution in double: order by (logit desc, id asc), keep top_k,
+// renormalize, keep the smallest prefix reaching top_p, renormalize. *margin_p: how
+// far the top_p cut is from flipping (cumulative mass - top_p around the cut).
+std::vector<double> expected_probs(const std::vector<float> &logits, double temperature, int top_k, double top_p,
+                                   double *margin_p) {
+  const int n = (int)logits.size();
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  const double m = logits[order[0]];
+  std::vector<double> e(n);
+  for (int i = 0; i < n; i++) e[i] = std::exp(((double)logits[i] - m) / temperature);
+  const int kept_k = top_k > 0 && top_k < n ? top_k : n;
+  double zk = 0.0;
+  for (int j = 0; j < kept_k; j++) zk += e[order[j]];
+  int kept = kept_k;
+  *margin_p = 1.0;
+  if (top_p < 1.0) {
+    double cum = 0.0;
+    for (int j = 0; j < kept_k; j++) {
+      const double prev = cum;
+      cum += e[order[j]] / zk;
+      if (cum >= top_p) {
+        kept = j + 1;
+        *margin_p = std::min(cum - top_p, top_p - prev);
+        break;
+      }
+    }
+  }
+  double z = 0.0;
+  for (int j = 0; j < kept; j++) z += e[order[j]];
+  std::vector<double> p(n, 0.0);
+  for (int j = 0; j < kept; j++) p[order[j]] = e[order[j]] / z;
+  return p;
+}
+
+TEST_F(KnCudaOpsGpu, SampleDistributionMatchesFilteredSoftmax) {
+  std::mt19937_64 rng(71);
+  const int64_t n_vocab = 37, n_rows = 2048, n_steps = 50;
+  std::vector<float> logits = randn((size_t)n_vocab, 1.5f, rng);
+  logits[5] = logits[9] = logits[20];  // a three-way tie somewhere in the order
+  DevBuf d((size_t)(n_rows * n_vocab) * 4);
+  std::vector<float> rows((size_t)(n_rows * n_vocab));
+  for (int64_t r = 0; r < n_rows; r++) std::copy(logits.begin(), logits.end(), rows.begin() + r * n_vocab);
+  to_dev(d.ptr, rows);
+  // The rank of the tied logit, so that one top_k cuts through the tie.
+  int rank_tie = 0;
+  for (float l : logits) rank_tie += l > logits[20];
+  struct Cfg {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+  };
+  for (Cfg c : {Cfg{1.0f, 0, 1.0f}, Cfg{0.7f, 10, 1.0f}, Cfg{1.3f, 0, 0.8f}, Cfg{0.9f, 12, 0.7f},
+                Cfg{1.0f, 100, 1.0f}, Cfg{2.0f, rank_tie + 2, 1.0f}, Cfg{0.5f, 0, 0.95f}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.temperature << " top_k=" << c.top_k << " top_p=" << c.top_p);
+    double margin = 0.0;
+    std::vector<double> p = expected_probs(logits, c.temperature, c.top_k, c.top_p, &margin);
+    ASSERT_GT(margin, 1e-6) << "the top_p cut is too close to call: change the seed";
+    std::vector<int64_t> count((size_t)n_vocab, 0);
+    for (int64_t step = 0; step < n_steps; step++) {
+      std::vector<int32_t> ids = run_sample(stream(), d, n_rows, n_vocab, c.temperature, c.top_k, c.top_p, 1234,
+                                            (uint64_t)step);
+      for (int32_t id : ids) {
+        ASSERT_GE(id, 0);
+        ASSERT_LT(id, n_vocab);
+        count[(size_t)id]++;
+      }
+    }
+    const double n_draws = (double)(n_rows * n_steps);
+    for (int64_t i = 0; i < n_vocab; i++) {
+      if (p[(size_t)i] == 0.0) {
+        EXPECT_EQ(count[(size_t)i], 0) << "token " << i << " is filtered out";
+        continue;
+      }
+      const double mean = n_draws * p[(size_t)i], sd = std::sqrt(n_draws * p[(size_t)i] * (1.0 - p[(size_t)i]));
+      EXPECT_NEAR((double)count[(size_t)i], mean, 5.0 * sd + 1.0) << "token " << i << " p=" << p[(size_t)i];
+    }
+  }
+}
+
+TEST_F(KnCudaOpsGpu, SampleIsDeterministicAndStaysInTheKeptSet) {
+  std::mt19937_64 rng(81);
+  const int64_t n_vocab = 50257, n_rows = 17;
+  std::vector<float> logits = randn((size_t)(n_rows * n_vocab), 2.0f, rng);
+  DevBuf d((size_t)(n_rows * n_vocab) * 4);
+  to_dev(d.ptr, logits);
+  struct Cfg {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+  };
+  for (Cfg c : {Cfg{1.0f, 50, 1.0f}, Cfg{1.0f, 0, 0.5f}, Cfg{0.8f, 2000, 0.9f}, Cfg{1.0f, 0, 1.0f}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.temperature << " top_k=" << c.top_k << " top_p=" << c.top_p);
+    std::vector<std::vector<double>> p((size_t)n_rows);
+    for (int64_t r = 0; r < n_rows; r++) {
+      std::vector<float> row(logits.begin() + r * n_vocab, logits.begin() + (r + 1) * n_vocab);
+      // With 50k tokens the cut may fall within float rounding of top_p: check
+      // against a slightly larger kept set (a superset of both sides' rounding).
+      double margin = 0.0;
+      p[(size_t)r] = expected_probs(row, c.temperature, c.top_k, std::min(1.0, (double)c.top_p + 1e-5), &margin);
+    }
+    std::vector<int32_t> first;
+    int n_distinct_steps = 0;
+    for (uint64_t step = 0; step < 20; step++) {
+      std::vector<int32_t> ids = run_sample(stream(), d, n_rows, n_vocab, c.temperature, c.top_k, c.top_p, 99, step);
+      std::vector<int32_t> again = run_sample(stream(), d, n_rows, n_vocab, c.temperature, c.top_k, c.top_p, 99, step);
+      EXPECT_EQ(ids, again) << "step " << step;
+      if (step == 0) first = ids;
+      else n_distinct_steps += ids != first;
+      for (int64_t r = 0; r < n_rows; r++) {
+        ASSERT_GE(ids[r], 0);
+        ASSERT_LT(ids[r], n_vocab);
+        EXPECT_GT(p[(size_t)r][(size_t)ids[r]], 0.0) << "row " << r << " drew filtered token " << ids[r];
+      }
+    }
+    EXPECT_GE(n_distinct_steps, 15) << "the step should move the draws";
+  }
+}
+
+// ---- argument validation: no GPU needed, nothing launched ----
+
+float *const kFakeF = reinterpret_cast<float *>(0x1000);
+int32_t *const kFakeI = reinterpret_cast<int32_t *>(0x2000);
+void *const kFakeV = reinterpret_cast<void *>(0x3000);
+
+TEST(KnCudaOpsArgs, EmbedRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_embed_args_t ok = {kFakeV, KN_CUDA_BF16, kFakeI, kFakeF, 17, 576, 49152, nullptr};
+  EXPECT_EQ(kn_cuda_embed(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "args is NULL")) << err.msg;
+  kn_cuda_embed_args_t a = ok;
+  a.table = nullptr;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.ids = nullptr;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.out = nullptr;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.n_tok = 0;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_tok=0")) << err.msg;
+  a = ok;
+  a.dim = -3;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "dim=-3")) << err.msg;
+  a = ok;
+  a.n_vocab = 0;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_vocab=0")) << err.msg;
+  a = ok;
+  a.table_dtype = (kn_cuda_dtype_t)7;
+  EXPECT_EQ(kn_cuda_embed(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "table_dtype=7")) << err.msg;
+  EXPECT_TRUE(has(err, "kn_cuda_embed")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, RmsnormRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_rmsnorm_args_t ok = {kFakeF, nullptr, kFakeF, kFakeV, KN_CUDA_BF16, 17, 576, 1e-5f};
+  EXPECT_EQ(kn_cuda_rmsnorm(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
+  kn_cuda_rmsnorm_args_t a = ok;
+  a.x = nullptr;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.weight = nullptr;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.out = nullptr;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.n_tok = -1;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_tok=-1")) << err.msg;
+  a = ok;
+  a.n_tok = (int64_t)INT32_MAX + 1;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.dim = 0;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "dim=0")) << err.msg;
+  a = ok;
+  a.eps = -1.0f;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "eps=-1")) << err.msg;
+  a = ok;
+  a.eps = NAN;
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.out_dtype = KN_CUDA_F16;  // not an output type of this op
+  EXPECT_EQ(kn_cuda_rmsnorm(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "out_dtype=1")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, RopeRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_rope_args_t ok = {kFakeF, kFakeI, 17, 9, 64, 64, 10000.0f, 1.0f, 0};
+  EXPECT_EQ(kn_cuda_rope(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
+  kn_cuda_rope_args_t a = ok;
+  a.x = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.pos = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.n_tok = 0;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.n_heads = 0;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_heads=0")) << err.msg;
+  a = ok;
+  a.head_dim = -64;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  for (int32_t rot : {0, 63, 66, -2}) {
+    a = ok;
+    a.rot_dims = rot;
+    EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG) << rot;
+    EXPECT_TRUE(has(err, ("rot_dims=" + std::to_string(rot)).c_str())) << err.msg;
+  }
+  a = ok;
+  a.head_dim = 2048;
+  a.rot_dims = 2048;  // more pairs than the kernel keeps in shared memory
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.freq_base = 0.0f;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "freq_base=0")) << err.msg;
+  a = ok;
+  a.freq_scale = NAN;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.mode = 1;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "mode=1")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, SiluMulRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_silu_mul_args_t ok = {kFakeF, kFakeF, kFakeV, KN_CUDA_BF16, 17, 1536};
+  EXPECT_EQ(kn_cuda_silu_mul(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
+  kn_cuda_silu_mul_args_t a = ok;
+  a.gate = nullptr;
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.up = nullptr;
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.out = nullptr;
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.n_tok = 0;
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_tok=0")) << err.msg;
+  a = ok;
+  a.n_ff = -5;
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_ff=-5")) << err.msg;
+  a = ok;
+  a.n_tok = INT64_MAX / 2;
+  a.n_ff = 4;  // the product overflows
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.out_dtype = (kn_cuda_dtype_t)-1;
+  EXPECT_EQ(kn_cuda_silu_mul(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "out_dtype=-1")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, KvStoreRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_kv_store_args_t ok = {kFakeF, kFakeF, kFakeV, kFakeV, KN_CUDA_BF16, 3 * 16 * 64, 16 * 64, 3, 64,
+                                      kFakeI, kFakeI, 17};
+  EXPECT_EQ(kn_cuda_kv_store(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
+  kn_cuda_kv_store_args_t a = ok;
+  a.k = nullptr;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.v_base = nullptr;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.dst_slot = nullptr;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.n_tok = 0;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_tok=0")) << err.msg;
+  a = ok;
+  a.n_kv_heads = 0;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.head_dim = 0;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "head_dim=0")) << err.msg;
+  a = ok;
+  a.head_stride_elems = 63;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "head_stride_elems=63")) << err.msg;
+  a = ok;
+  a.page_stride_elems = 2 * 16 * 64;
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "page_stride_elems=2048")) << err.msg;
+  a = ok;
+  a.kv_dtype = KN_CUDA_F32;  // pages are f16 or bf16
+  EXPECT_EQ(kn_cuda_kv_store(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "kv_dtype=0")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, SampleRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_sample_args_t ok = {kFakeF, kFakeI, 4, 49152, 0.8f, 40, 0.9f, 1, 0};
+  EXPECT_EQ(kn_cuda_sample_workspace_bytes(&ok), 0u);
+  EXPECT_EQ(kn_cuda_sample(nullptr, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  kn_cuda_sample_args_t a = ok;
+  a.logits = nullptr;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.out_ids = nullptr;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.n_rows = 0;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_rows=0")) << err.msg;
+  a = ok;
+  a.n_vocab = 0;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_vocab=0")) << err.msg;
+  a = ok;
+  a.n_vocab = (1 << 24) + 1;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_vocab=16777217")) << err.msg;
+  a = ok;
+  a.temperature = NAN;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "temperature=nan")) << err.msg;
+  a = ok;
+  a.temperature = INFINITY;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.top_k = -1;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "top_k=-1")) << err.msg;
+  for (float p : {0.0f, -0.5f, 1.5f, NAN}) {
+    a = ok;
+    a.top_p = p;
+    EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG) << p;
+    EXPECT_TRUE(has(err, "top_p=")) << err.msg;
+  }
+}
+
+}  // namespace
