@@ -108,6 +108,11 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     return AK_ERR(err, AK_ERR_INVALID_ARG, "dtype=%d is neither KN_F32 nor KN_F16", (int)p->dtype);
   if ((int)p->policy < 0 || (int)p->policy >= KV_POLICY_N)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "policy=%d is not a kv_policy_t", (int)p->policy);
+  if (p->page_memory && p->policy != KV_POLICY_FULL)
+    return AK_ERR(err, AK_ERR_UNSUPPORTED, "policy %s needs the page bytes on the host: page_memory works with full only",
+                  kv_policy_name(p->policy));
+  if (p->page_memory && p->track_token_attn)
+    return AK_ERR(err, AK_ERR_UNSUPPORTED, "track_token_attn reads page bytes on the host: not with page_memory");
   if (p->budget_tokens < 0)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "budget_tokens=%d must be >= 0", p->budget_tokens);
   if (p->n_full_layers < 0)
@@ -400,7 +405,7 @@ ak_status_t kv_pool_create(const kv_pool_params_t *p, ak_err_t *err, kv_pool_t *
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_pages=%lld of %zu bytes overflows", (long long)p->n_pages,
                   pool->page_bytes);
   }
-  pool->pages = ak_host_alloc(pool->page_bytes * (size_t)p->n_pages, 0);
+  pool->pages = p->page_memory ? p->page_memory : ak_host_alloc(pool->page_bytes * (size_t)p->n_pages, 0);
   if (!pool->pages) {
     AK_ERR(err, st, "%lld pages of %zu bytes", (long long)p->n_pages, pool->page_bytes);
     goto err_free_pool;
@@ -445,7 +450,7 @@ ak_status_t kv_pool_create(const kv_pool_params_t *p, ak_err_t *err, kv_pool_t *
 err_free_arrays:
   for (int i = 0; i < n_arr; i++)
     if (*arr[i].ptr) ak_host_free(*arr[i].ptr, arr[i].n_bytes);
-  ak_host_free(pool->pages, pool->page_bytes * (size_t)p->n_pages);
+  if (!p->page_memory) ak_host_free(pool->pages, pool->page_bytes * (size_t)p->n_pages);
 err_free_pool:
   ak_host_free(pool, sizeof *pool);
   return st;
@@ -465,7 +470,7 @@ void kv_pool_destroy(kv_pool_t *pool) {
   int n_arr = kv_pool_arrays(pool, arr);
   for (int i = 0; i < n_arr; i++)
     if (*arr[i].ptr) ak_host_free(*arr[i].ptr, arr[i].n_bytes);
-  ak_host_free(pool->pages, pool->page_bytes * (size_t)pool->p.n_pages);
+  if (!pool->p.page_memory) ak_host_free(pool->pages, pool->page_bytes * (size_t)pool->p.n_pages);
   ak_host_free(pool, sizeof *pool);
 }
 
@@ -712,10 +717,8 @@ static ak_status_t kv_layer_check_open(kv_pool_t *pool, int32_t layer_idx) {
   return AK_OK;
 }
 
-ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, const float *k,
-                            const float *v) {
-  AK_TRY(kv_layer_check_open(pool, layer_idx));
-  if (!k || !v) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "k or v is NULL");
+/* The step's (page, slot) of every token in one layer into tok_page / tok_slot. */
+static void kv_layer_place(kv_pool_t *pool, int32_t layer_idx) {
   int64_t t = 0;
   int32_t pt = pool->p.page_tokens;
   for (int32_t i = 0; i < pool->step_n_seqs; i++) {
@@ -728,6 +731,25 @@ ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, c
       pool->tok_slot[t] = (int32_t)(idx % pt);
     }
   }
+}
+
+ak_status_t kv_layer_slots(kv_pool_t *pool, int32_t layer_idx, const int32_t **page_p, const int32_t **slot_p) {
+  AK_TRY(kv_layer_check_open(pool, layer_idx));
+  if (!page_p || !slot_p) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "page_p or slot_p is NULL");
+  kv_layer_place(pool, layer_idx);
+  *page_p = pool->tok_page;
+  *slot_p = pool->tok_slot;
+  return AK_OK;
+}
+
+ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, const float *k,
+                            const float *v) {
+  AK_TRY(kv_layer_check_open(pool, layer_idx));
+  if (!k || !v) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "k or v is NULL");
+  if (pool->p.page_memory)
+    return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "the pages are the caller's (page_memory): store K/V at kv_layer_slots");
+  kv_layer_place(pool, layer_idx);
+  int32_t pt = pool->p.page_tokens;
   kn_paged_kv_t kv = kv_pool_view_base(pool);
   ak_status_t st = kn_kv_store(cpu, &kv, pool->pages, pool->p.n_kv_heads, pool->p.head_dim, k,
                                pool->tok_page, pool->tok_slot, pool->step_n_tok, &pool->err);

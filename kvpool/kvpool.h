@@ -111,6 +111,12 @@ typedef struct {
   int32_t max_seq_tokens; /* longest sequence (the model's context; default 8192) */
   kn_dtype_t dtype;       /* element type of K and V (default KN_F16) */
   kv_policy_t policy;
+  void *page_memory;      /* NULL: the pool allocates its pages in host memory. Otherwise the
+                           * caller's n_pages * kv_page_bytes bytes (device memory for the
+                           * CUDA backend), which the pool never touches: the caller stores
+                           * K/V at the slots kv_layer_slots names (kv_layer_append is
+                           * refused) and views point into it. Only the full policy for now:
+                           * the others read page bytes on the host. */
 
   /* --- budgeted policies (all but full) --- */
   int32_t budget_tokens;  /* per budgeted layer and sequence; a multiple of page_tokens for the
@@ -236,6 +242,11 @@ const int32_t *kv_step_positions(const kv_pool_t *pool, int64_t *n_tok_p);
  * that refuses a put) leaves the step to be aborted. */
 ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, const float *k,
                             const float *v);
+
+/* Where the step's tokens go in one layer, for a caller that stores K/V itself
+ * (page_memory): token t of the step goes to page (*page_p)[t], slot (*slot_p)[t].
+ * Arrays owned by the pool, valid until the next call on it. */
+ak_status_t kv_layer_slots(kv_pool_t *pool, int32_t layer_idx, const int32_t **page_p, const int32_t **slot_p);
 
 /* Fills args->kv, args->tok_seq_idx and args->tok_kv_len (arrays owned by the pool,
  * valid until the next call on it) for attention of the step's tokens in one layer,

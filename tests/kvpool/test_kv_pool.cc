@@ -258,3 +258,48 @@ TEST(KvPool, F16PoolRoundTrips) {
   }
   kv_step_abort(pool.get());
 }
+
+// A pool over the caller's page memory (the CUDA backend's device pages) only keeps
+// tables: the caller stores K/V at the slots it names, and views point into that memory.
+TEST(KvPool, CallerPageMemoryNamesSlotsAndIsNeverTouched) {
+  int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
+  {
+    kv_pool_params_t p = small_params(4, 32, KN_F16);
+    std::vector<uint8_t> mem(kv_page_bytes(&p) * 32, 0xAB);
+    p.page_memory = mem.data();
+    PoolPtr pool = make_pool(p);
+    kv_seq_id_t a, b;
+    ASSERT_EQ(kv_seq_create(pool.get(), &a), AK_OK);
+    ASSERT_EQ(kv_seq_create(pool.get(), &b), AK_OK);
+    std::vector<int32_t> seqs{a, b}, n_new{6, 3};
+    kv_batch_t batch{2, seqs.data(), n_new.data()};
+    ASSERT_EQ(kv_step_begin(pool.get(), &batch), AK_OK);
+    std::vector<float> kv(9 * 3 * 8, 1.f);
+    EXPECT_EQ(kv_layer_append(pool.get(), nullptr, 0, kv.data(), kv.data()), AK_ERR_INVALID_ARG);
+    EXPECT_NE(std::string(kv_pool_errmsg(pool.get())).find("kv_layer_slots"), std::string::npos);
+    const int32_t *page = nullptr, *slot = nullptr;
+    ASSERT_EQ(kv_layer_slots(pool.get(), 1, &page, &slot), AK_OK);
+    kn_attn_args_t args{};
+    ASSERT_EQ(kv_layer_view(pool.get(), 1, nullptr, 0, &args), AK_OK);
+    EXPECT_EQ(args.kv.k_base, mem.data());
+    // Sequence a's 6 tokens fill its first page and start a second; b's 3 share none.
+    for (int t = 0; t < 9; t++) {
+      int s = t < 6 ? 0 : 1, j = t < 6 ? t : t - 6;
+      EXPECT_EQ(slot[t], j % 4);
+      EXPECT_EQ(page[t], args.kv.indices[args.kv.indptr[s] + j / 4]);
+    }
+    ASSERT_EQ(kv_step_end(pool.get()), AK_OK);
+    for (uint8_t byte : mem) ASSERT_EQ(byte, 0xAB);
+    EXPECT_EQ(kv_seq_release(pool.get(), a), AK_OK);
+    EXPECT_EQ(kv_seq_release(pool.get(), b), AK_OK);
+    // Policies that read page bytes on the host refuse it.
+    kv_pool_params_t q = p;
+    q.policy = KV_POLICY_ARKVALE;
+    q.budget_tokens = 16;
+    kv_pool_t *bad = nullptr;
+    ak_err_t err;
+    EXPECT_EQ(kv_pool_create(&q, &err, &bad), AK_ERR_UNSUPPORTED);
+    EXPECT_NE(std::string(err.msg).find("page_memory works with full only"), std::string::npos) << err.msg;
+  }
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+}
