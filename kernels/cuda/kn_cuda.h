@@ -281,6 +281,18 @@ typedef struct {
 } kn_cuda_gather_args_t;
 ak_status_t kn_cuda_gather_pages(const kn_cuda_gather_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
+/* --- fills (model construction, not the forward pass) --- */
+
+/* dst[i] = a bf16 value uniform in [-scale, scale] (rounded toward zero) drawn from a
+ * counter-based hash of (seed, i): the same seed gives the same array bit for bit,
+ * whatever the device or grid. n 0 is a no-op. Arguments are checked before any CUDA
+ * call (n >= 0, dst non-NULL and 2-byte aligned, scale finite and >= 0). */
+ak_status_t kn_cuda_fill_random_bf16(void *dst, int64_t n, float scale, uint64_t seed, kn_cuda_stream_t stream,
+                                     ak_err_t *err); /* dst: [n] bf16 */
+/* dst[i] = value for i < n (norm weights of 1). */
+ak_status_t kn_cuda_fill_f32(float *dst, int64_t n, float value, kn_cuda_stream_t stream,
+                             ak_err_t *err); /* dst: [n] f32 */
+
 #ifdef __cplusplus
 }
 #endif
