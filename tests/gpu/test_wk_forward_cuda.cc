@@ -1,0 +1,236 @@
+// Tests for worker/wk_forward_cuda.c: the whole default model on the GPU against the
+// CPU backend in exact mode (f32 weights). The GPU computes with bf16 weights and
+// bf16 GEMM inputs, so logits agree to bf16 precision, not bit for bit: the checks
+// are a relative error bound on every position's logits and equal greedy tokens
+// wherever the CPU's top-2 margin is clear of that error.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+extern "C" {
+#include "ak_alloc.h"
+#include "kn_cuda.h"
+#include "wk_engine.h"
+#include "wk_forward_cuda.h"
+#include "wk_model_cuda.h"
+}
+
+namespace {
+const char *model_path() {
+  const char *env = getenv("ARKVALE_MODEL");
+  return env && *env ? env : AK_MODEL_PATH;
+}
+bool have_model() {
+  FILE *f = fopen(model_path(), "rb");
+  if (f) fclose(f);
+  return f != nullptr;
+}
+
+std::vector<int32_t> varied(int n, int salt) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 7919 + salt * 104729 + 13) % 49000) + 100;
+  return ids;
+}
+
+// The GPU side: model, a full pool over device pages, the forward pass.
+struct Gpu {
+  wk_model_t *host_model = nullptr;
+  wk_model_cuda_t *model = nullptr;
+  void *pages = nullptr;
+  size_t pages_bytes = 0;
+  kv_pool_t *pool = nullptr;
+  wk_forward_cuda_t *fw = nullptr;
+  int32_t n_vocab = 0;
+
+  explicit Gpu(int32_t max_tok) {
+    ak_err_t err;
+    ak_err_clear(&err);
+    EXPECT_EQ(wk_model_load(model_path(), nullptr, &err, &host_model), AK_OK) << err.msg;
+    EXPECT_EQ(wk_model_cuda_upload(host_model, &err, &model), AK_OK) << err.msg;
+    const wk_hparams_t *hp = wk_model_hparams(host_model);
+    n_vocab = hp->n_vocab;
+    kv_pool_params_t kp = kv_pool_params_default();
+    kp.n_layers = hp->n_layers;
+    kp.n_kv_heads = hp->n_kv_heads;
+    kp.n_heads = hp->n_heads;
+    kp.head_dim = hp->head_dim;
+    kp.page_tokens = 16;
+    kp.max_seqs = 4;
+    kp.max_seq_tokens = 1024;
+    kp.n_pages = kv_pages_for_tokens(1024, 16) * hp->n_layers * 4;
+    kp.dtype = KN_F16;
+    pages_bytes = kv_page_bytes(&kp) * (size_t)kp.n_pages;
+    EXPECT_EQ(kn_cuda_malloc(pages_bytes, &err, &pages), AK_OK) << err.msg;
+    kp.page_memory = pages;
+    kp.check_every_step = 1;
+    EXPECT_EQ(kv_pool_create(&kp, &err, &pool), AK_OK) << err.msg;
+    EXPECT_EQ(wk_forward_cuda_create(model, &kp, max_tok, &err, &fw), AK_OK) << err.msg;
+  }
+  ~Gpu() {
+    wk_forward_cuda_destroy(fw);
+    kv_pool_destroy(pool);
+    kn_cuda_free(pages, pages_bytes);
+    wk_model_cuda_free(model);
+    wk_model_free(host_model);
+  }
+  ak_status_t step(kv_seq_id_t *seqs, int32_t *n_new, int32_t n_seqs, const int32_t *tokens, int all,
+                   float *logits) {
+    wk_forward_batch_t b{{n_seqs, seqs, n_new}, tokens, all, logits};
+    ak_err_t err;
+    ak_err_clear(&err);
+    ak_status_t st = wk_forward_cuda_run(fw, pool, &b, &err);
+    EXPECT_EQ(st, AK_OK) << err.msg;
+    return st;
+  }
+};
+
+struct EngineDel {
+  void operator()(wk_engine_t *e) const { wk_engine_destroy(e); }
+};
+std::unique_ptr<wk_engine_t, EngineDel> cpu_exact() {
+  wk_engine_params_t p = wk_engine_params_default();
+  p.model_path = model_path();
+  p.max_seq_tokens = 1024;
+  p.max_seqs = 4;
+  p.max_batch_tokens = 512;
+  p.weights_f32 = 1;
+  wk_engine_t *e = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(wk_engine_create(&p, &err, &e), AK_OK) << err.msg;
+  return std::unique_ptr<wk_engine_t, EngineDel>(e);
+}
+
+double rel_err(const float *a, const float *ref, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double)(a[i] - ref[i]) * (a[i] - ref[i]);
+    den += (double)ref[i] * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+int32_t argmax(const float *x, int64_t n) { return (int32_t)(std::max_element(x, x + n) - x); }
+float margin(const float *x, int64_t n) {
+  std::vector<float> v(x, x + n);
+  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
+  return v[0] - v[1];
+}
+}  // namespace
+
+TEST(WkForwardCudaArgs, CreateRejectsMissingArguments) {
+  wk_forward_cuda_t *fw = nullptr;
+  ak_err_t err;
+  kv_pool_params_t kp = kv_pool_params_default();
+  EXPECT_EQ(wk_forward_cuda_create(nullptr, &kp, 16, &err, &fw), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(fw, nullptr);
+}
+
+// Every position of a 100-token prompt in one step (logits of every row).
+TEST(WkForwardCudaGpu, PromptLogitsMatchCpuExactMode) {
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+  {
+    std::vector<int32_t> prompt = varied(100, 1);
+    Gpu g(128);
+    auto cpu = cpu_exact();
+    int64_t V = g.n_vocab;
+    std::vector<float> lg(100 * V, NAN), lc(100 * V);
+    kv_seq_id_t sg, sc;
+    ASSERT_EQ(kv_seq_create(g.pool, &sg), AK_OK);
+    int32_t n = 100;
+    ASSERT_EQ(g.step(&sg, &n, 1, prompt.data(), 1, lg.data()), AK_OK);
+    ASSERT_EQ(wk_engine_seq_create(cpu.get(), &sc), AK_OK);
+    wk_forward_batch_t b{{1, &sc, &n}, prompt.data(), 1, lc.data()};
+    ASSERT_EQ(wk_engine_step(cpu.get(), &b), AK_OK) << wk_engine_errmsg(cpu.get());
+    double worst = 0;
+    int agree = 0, clear = 0;
+    for (int t = 0; t < 100; t++) {
+      double e = rel_err(&lg[t * V], &lc[t * V], V);
+      worst = std::max(worst, e);
+      if (margin(&lc[t * V], V) > 0.5f) {
+        clear++;
+        agree += argmax(&lg[t * V], V) == argmax(&lc[t * V], V);
+      }
+    }
+    printf("prompt logits: worst relative error %.3e; argmax agrees at %d of %d clear positions\n", worst, agree,
+           clear);
+    EXPECT_LT(worst, 3e-2);
+    EXPECT_EQ(agree, clear);
+    ASSERT_EQ(kv_seq_release(g.pool, sg), AK_OK);
+  }
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
+}
+
+// Prefill then 32 greedy decode steps (split-K attention at every step), teacher-forced
+// on the CPU's tokens: logits stay within bf16 error and the GPU's greedy token equals
+// the CPU's at every step where the CPU's margin is clear.
+TEST(WkForwardCudaGpu, DecodeFollowsCpuGreedy) {
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  std::vector<int32_t> prompt = varied(300, 2);
+  Gpu g(512);
+  auto cpu = cpu_exact();
+  int64_t V = g.n_vocab;
+  std::vector<float> lg(V), lc(V);
+  kv_seq_id_t sg, sc;
+  ASSERT_EQ(kv_seq_create(g.pool, &sg), AK_OK);
+  ASSERT_EQ(wk_engine_seq_create(cpu.get(), &sc), AK_OK);
+  int32_t n = (int32_t)prompt.size();
+  ASSERT_EQ(g.step(&sg, &n, 1, prompt.data(), 0, lg.data()), AK_OK);
+  ASSERT_EQ(wk_engine_prefill(cpu.get(), sc, prompt.data(), n, lc.data()), AK_OK);
+  int clear = 0, agree = 0;
+  double worst = 0;
+  for (int s = 0; s < 32; s++) {
+    worst = std::max(worst, rel_err(lg.data(), lc.data(), V));
+    if (margin(lc.data(), V) > 0.5f) {
+      clear++;
+      agree += argmax(lg.data(), V) == argmax(lc.data(), V);
+    }
+    int32_t tok = argmax(lc.data(), V), one = 1;
+    ASSERT_EQ(g.step(&sg, &one, 1, &tok, 0, lg.data()), AK_OK);
+    wk_forward_batch_t b{{1, &sc, &one}, &tok, 0, lc.data()};
+    ASSERT_EQ(wk_engine_step(cpu.get(), &b), AK_OK);
+  }
+  printf("decode: worst relative error %.3e; greedy agrees at %d of %d clear steps\n", worst, agree, clear);
+  EXPECT_LT(worst, 3e-2);
+  EXPECT_EQ(agree, clear);
+  EXPECT_GT(clear, 8);
+}
+
+// Two sequences of different lengths, a prompt chunk and a decode token in one step,
+// give the logits of running each alone.
+TEST(WkForwardCudaGpu, MixedBatchEqualsSeparateRuns) {
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  Gpu g(256);
+  int64_t V = g.n_vocab;
+  std::vector<int32_t> pa = varied(40, 3), pb = varied(90, 4);
+  kv_seq_id_t a, b, a2, b2;
+  ASSERT_EQ(kv_seq_create(g.pool, &a), AK_OK);
+  ASSERT_EQ(kv_seq_create(g.pool, &b), AK_OK);
+  std::vector<float> la(V), lb(V), both(2 * V);
+  int32_t n39 = 39, n90 = 90, one = 1;
+  ASSERT_EQ(g.step(&a, &n39, 1, pa.data(), 0, la.data()), AK_OK);
+  // together: a's 40th token (decode) and b's whole prompt
+  kv_seq_id_t ids[2] = {a, b};
+  int32_t nn[2] = {1, 90};
+  std::vector<int32_t> toks;
+  toks.push_back(pa[39]);
+  toks.insert(toks.end(), pb.begin(), pb.end());
+  ASSERT_EQ(g.step(ids, nn, 2, toks.data(), 0, both.data()), AK_OK);
+  // alone
+  ASSERT_EQ(kv_seq_create(g.pool, &a2), AK_OK);
+  ASSERT_EQ(kv_seq_create(g.pool, &b2), AK_OK);
+  ASSERT_EQ(g.step(&a2, &n39, 1, pa.data(), 0, la.data()), AK_OK);
+  ASSERT_EQ(g.step(&a2, &one, 1, &pa[39], 0, la.data()), AK_OK);
+  ASSERT_EQ(g.step(&b2, &n90, 1, pb.data(), 0, lb.data()), AK_OK);
+  EXPECT_LT(rel_err(both.data(), la.data(), V), 1e-3);
+  EXPECT_LT(rel_err(both.data() + V, lb.data(), V), 1e-3);
+  for (kv_seq_id_t s : {a, b, a2, b2}) ASSERT_EQ(kv_seq_release(g.pool, s), AK_OK);
+  kv_pool_stats_t st;
+  kv_pool_get_stats(g.pool, &st);
+  EXPECT_EQ(st.n_pages_used, 0);
+}

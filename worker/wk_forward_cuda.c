@@ -1,0 +1,381 @@
+/* wk_forward_cuda: the forward pass on the GPU (wk_forward_cuda.h). The layer
+ * structure mirrors wk_forward.c line for line so the two stay comparable; what
+ * differs is where the data lives:
+ *
+ *   device  x [T, dim] f32 (residual), xn [T, dim] bf16, q/k/v f32, attention out
+ *           bf16, gate/up f32, act bf16, logits f32, the attention split workspace,
+ *           and per layer a copy of the step's page table ("region")
+ *   host    the pool's tables; a pinned staging area the regions are written into
+ *
+ * Staging layout (int32), one step:
+ *   [ids T][pos T] then per layer l: [page T][slot T][tok_seq_idx T][tok_kv_len T]
+ *                                    [last_len S][indptr S+1][indices S*maxp]
+ * Every layer has its own region so no copy can read a region a later layer rewrote;
+ * the step ends with a stream synchronization before the next one rewrites them. */
+#include "wk_forward_cuda.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#include "ak_alloc.h"
+#include "kn_cuda.h"
+
+typedef struct {
+  void *ptr;
+  size_t n_bytes;
+} wk_dbuf_t;
+
+struct wk_forward_cuda {
+  const wk_model_cuda_t *model;
+  wk_hparams_t hp;
+  int32_t max_tok;
+  int32_t max_seqs;
+  int64_t max_pages_per_seq;
+  int32_t max_seq_tokens;
+  cudaStream_t stream;
+  kn_cuda_blas_t *blas;
+  /* device buffers */
+  wk_dbuf_t x, xn, q, k, v, attn, gate, up, act, rows, logits, attn_ws, region;
+  /* pinned staging, host view and its size */
+  int32_t *stage;
+  size_t stage_bytes;
+  int64_t region_ints; /* per layer */
+  wk_forward_timing_t timing;
+};
+
+static double wk_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+#define WK_CUDA_TRY(err, call)                                                                        \
+  do {                                                                                                \
+    cudaError_t wk_e_ = (call);                                                                       \
+    if (wk_e_ != cudaSuccess) return AK_ERR(err, AK_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(wk_e_)); \
+  } while (0)
+
+static ak_status_t wk_dbuf_alloc(wk_dbuf_t *b, size_t n_bytes, ak_err_t *err) {
+  b->n_bytes = n_bytes;
+  return kn_cuda_malloc(n_bytes, err, &b->ptr);
+}
+
+static void wk_dbuf_free(wk_dbuf_t *b) {
+  kn_cuda_free(b->ptr, b->n_bytes);
+  b->ptr = NULL;
+  b->n_bytes = 0;
+}
+
+void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
+  if (!fw) return;
+  wk_dbuf_t *bufs[] = {&fw->x,    &fw->xn,   &fw->q,    &fw->k,      &fw->v,       &fw->attn,  &fw->gate,
+                       &fw->up,   &fw->act,  &fw->rows, &fw->logits, &fw->attn_ws, &fw->region};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
+  kn_cuda_host_free(fw->stage, fw->stage_bytes);
+  kn_cuda_blas_destroy(fw->blas);
+  if (fw->stream) cudaStreamDestroy(fw->stream);
+  ak_host_free(fw, sizeof *fw);
+}
+
+static int64_t wk_stage_ints(const wk_forward_cuda_t *fw) {
+  return 2 * (int64_t)fw->max_tok + (int64_t)fw->hp.n_layers * fw->region_ints;
+}
+
+ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_params_t *kv,
+                                   int32_t max_batch_tokens, ak_err_t *err, wk_forward_cuda_t **fw_p) {
+  if (!model || !kv || !fw_p) return AK_ERR(err, AK_ERR_INVALID_ARG, "model, kv and fw_p are required");
+  if (max_batch_tokens < 1)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "max_batch_tokens=%d must be >= 1", max_batch_tokens);
+  if (kv->max_seqs < 1 || kv->page_tokens < 1 || kv->max_seq_tokens < 1)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "kv params need max_seqs, page_tokens and max_seq_tokens");
+  wk_forward_cuda_t *fw = ak_host_alloc(sizeof *fw, 1);
+  if (!fw) return AK_ERR(err, AK_ERR_NO_MEMORY, "forward struct");
+  fw->model = model;
+  fw->hp = *wk_model_cuda_hparams(model);
+  fw->max_tok = max_batch_tokens;
+  fw->max_seqs = kv->max_seqs;
+  fw->max_seq_tokens = kv->max_seq_tokens;
+  fw->max_pages_per_seq = kv_pages_for_tokens(kv->max_seq_tokens, kv->page_tokens);
+  fw->region_ints = 4 * (int64_t)fw->max_tok + 2 * (int64_t)fw->max_seqs + 1 +
+                    (int64_t)fw->max_seqs * fw->max_pages_per_seq;
+  const wk_hparams_t *hp = &fw->hp;
+  size_t T = (size_t)max_batch_tokens, f4 = sizeof(float), b2 = 2;
+  size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
+  size_t n_out_rows = T > (size_t)fw->max_seqs ? T : (size_t)fw->max_seqs;
+  ak_status_t st;
+  cudaError_t ce = cudaStreamCreateWithFlags(&fw->stream, cudaStreamNonBlocking);
+  if (ce != cudaSuccess) {
+    fw->stream = NULL;
+    st = AK_ERR(err, AK_ERR_CUDA, "stream: %s", cudaGetErrorString(ce));
+    goto fail;
+  }
+  st = kn_cuda_blas_create((kn_cuda_stream_t)fw->stream, err, &fw->blas);
+  if (st < 0) goto fail;
+  struct {
+    wk_dbuf_t *b;
+    size_t n_bytes;
+  } plan[] = {
+      {&fw->x, T * hp->dim * f4},        {&fw->xn, T * hp->dim * b2},      {&fw->q, T * q_dim * f4},
+      {&fw->k, T * kv_dim * f4},         {&fw->v, T * kv_dim * f4},        {&fw->attn, T * q_dim * b2},
+      {&fw->gate, T * hp->ffn_dim * f4}, {&fw->up, T * hp->ffn_dim * f4},  {&fw->act, T * hp->ffn_dim * b2},
+      {&fw->rows, n_out_rows * hp->dim * f4}, {&fw->logits, n_out_rows * (size_t)hp->n_vocab * f4},
+      {&fw->region, (size_t)wk_stage_ints(fw) * sizeof(int32_t)},
+  };
+  for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
+    st = wk_dbuf_alloc(plan[i].b, plan[i].n_bytes, err);
+    if (st < 0) goto fail;
+  }
+  /* The split workspace for the largest step: every row may see max_seq_tokens keys. */
+  kn_cuda_attn_args_t a;
+  memset(&a, 0, sizeof a);
+  a.n_tok = max_batch_tokens;
+  a.n_heads = hp->n_heads;
+  a.n_kv_heads = hp->n_kv_heads;
+  a.head_dim = hp->head_dim;
+  a.max_kv_len = kv->max_seq_tokens;
+  st = wk_dbuf_alloc(&fw->attn_ws, kn_cuda_attention_workspace_bytes(&a), err);
+  if (st < 0) goto fail;
+  fw->stage_bytes = (size_t)wk_stage_ints(fw) * sizeof(int32_t);
+  st = kn_cuda_host_alloc(fw->stage_bytes, err, (void **)&fw->stage, NULL);
+  if (st < 0) goto fail;
+  *fw_p = fw;
+  return AK_OK;
+fail:
+  wk_forward_cuda_destroy(fw);
+  return st;
+}
+
+void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p) { *t_p = fw->timing; }
+
+static kn_cuda_stream_t wk_stream(const wk_forward_cuda_t *fw) { return (kn_cuda_stream_t)fw->stream; }
+
+/* y (f32, or added into it) = x (bf16 [n_tok, n_in]) · Wᵀ. */
+static ak_status_t wk_gemm(wk_forward_cuda_t *fw, const void *x, const void *w, int64_t n_tok, int64_t n_in,
+                           int64_t n_out, void *y, kn_cuda_dtype_t y_dtype, int accumulate, ak_err_t *err) {
+  kn_cuda_gemm_args_t g = {.x = x, .w = w, .y = y, .y_dtype = y_dtype, .n_tok = n_tok, .n_in = n_in,
+                           .n_out = n_out, .accumulate = accumulate};
+  return kn_cuda_gemm(fw->blas, &g, err);
+}
+
+static ak_status_t wk_norm(wk_forward_cuda_t *fw, float *x, const float *w, int64_t n_tok, void *out,
+                           ak_err_t *err) {
+  kn_cuda_rmsnorm_args_t r = {.x = x, .delta = NULL, .weight = w, .out = out, .out_dtype = KN_CUDA_BF16,
+                              .n_tok = n_tok, .dim = fw->hp.dim, .eps = fw->hp.norm_eps};
+  return kn_cuda_rmsnorm(&r, wk_stream(fw), err);
+}
+
+/* Offsets (in int32) inside one layer's region. */
+typedef struct {
+  int64_t page, slot, seq_idx, kv_len, last_len, indptr, indices;
+} wk_region_t;
+
+static wk_region_t wk_region(const wk_forward_cuda_t *fw) {
+  int64_t T = fw->max_tok, S = fw->max_seqs;
+  wk_region_t r = {0, T, 2 * T, 3 * T, 4 * T, 4 * T + S, 4 * T + 2 * S + 1};
+  return r;
+}
+
+/* Stages layer l's slots and view, uploads them, and stores K/V into the pages. */
+static ak_status_t wk_layer_table(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, int64_t n_tok,
+                                  kn_cuda_attn_args_t *a, ak_err_t *err) {
+  const int32_t *page, *slot;
+  ak_status_t st = kv_layer_slots(pool, l, &page, &slot);
+  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  kn_attn_args_t v;
+  memset(&v, 0, sizeof v);
+  st = kv_layer_view(pool, l, NULL, fw->hp.n_heads, &v);
+  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  int32_t S = v.kv.n_seqs, n_idx = v.kv.indptr[S];
+  if (S > fw->max_seqs || n_idx > fw->max_seqs * fw->max_pages_per_seq)
+    return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / %d pages exceed the staging area", l, S, n_idx);
+  wk_region_t o = wk_region(fw);
+  int64_t base = 2 * (int64_t)fw->max_tok + (int64_t)l * fw->region_ints;
+  int32_t *h = fw->stage + base;
+  memcpy(h + o.page, page, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.slot, slot, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.seq_idx, v.tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.kv_len, v.tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.last_len, v.kv.last_page_len, sizeof(int32_t) * (size_t)S);
+  memcpy(h + o.indptr, v.kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
+  memcpy(h + o.indices, v.kv.indices, sizeof(int32_t) * (size_t)n_idx);
+  int32_t *d = (int32_t *)fw->region.ptr + base;
+  WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)(o.indices + n_idx), cudaMemcpyHostToDevice,
+                                   fw->stream));
+  int32_t max_kv_len = 0;
+  for (int64_t t = 0; t < n_tok; t++)
+    if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];
+
+  /* K and V of the step into their pages */
+  kn_cuda_kv_store_args_t ks = {.k = fw->k.ptr, .v = fw->v.ptr, .k_base = (void *)v.kv.k_base,
+                                .v_base = (void *)v.kv.v_base, .kv_dtype = KN_CUDA_F16,
+                                .page_stride_elems = v.kv.page_stride_elems,
+                                .head_stride_elems = v.kv.head_stride_elems, .n_kv_heads = fw->hp.n_kv_heads,
+                                .head_dim = fw->hp.head_dim, .dst_page = d + o.page, .dst_slot = d + o.slot,
+                                .n_tok = n_tok};
+  AK_TRY(kn_cuda_kv_store(&ks, wk_stream(fw), err));
+
+  memset(a, 0, sizeof *a);
+  a->q = fw->q.ptr;
+  a->out = fw->attn.ptr;
+  a->out_dtype = KN_CUDA_BF16;
+  a->n_tok = n_tok;
+  a->n_heads = fw->hp.n_heads;
+  a->n_kv_heads = fw->hp.n_kv_heads;
+  a->head_dim = fw->hp.head_dim;
+  a->scale = 1.0f / sqrtf((float)fw->hp.head_dim);
+  a->tok_seq_idx = d + o.seq_idx;
+  a->tok_kv_len = d + o.kv_len;
+  a->max_kv_len = max_kv_len;
+  a->kv.k_base = v.kv.k_base;
+  a->kv.v_base = v.kv.v_base;
+  a->kv.kv_dtype = KN_CUDA_F16;
+  a->kv.page_stride_elems = v.kv.page_stride_elems;
+  a->kv.head_stride_elems = v.kv.head_stride_elems;
+  a->kv.page_tokens = v.kv.page_tokens;
+  a->kv.n_seqs = S;
+  a->kv.indptr = d + o.indptr;
+  a->kv.indices = d + o.indices;
+  a->kv.last_page_len = d + o.last_len;
+  return AK_OK;
+}
+
+/* One transformer block over the batch's rows, updating x in place. */
+static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, const int32_t *d_pos, int64_t n_tok,
+                            ak_err_t *err) {
+  const wk_hparams_t *hp = &fw->hp;
+  const wk_cuda_layer_t *L = wk_model_cuda_layer(fw->model, l);
+  int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim, kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
+  size_t row_bytes = (size_t)hp->dim * 2; /* one bf16 weight row of width dim */
+
+  AK_TRY(wk_norm(fw, fw->x.ptr, L->attn_norm, n_tok, fw->xn.ptr, err));
+  const char *wqkv = L->wqkv;
+  AK_TRY(wk_gemm(fw, fw->xn.ptr, wqkv, n_tok, hp->dim, q_dim, fw->q.ptr, KN_CUDA_F32, 0, err));
+  AK_TRY(wk_gemm(fw, fw->xn.ptr, wqkv + (size_t)q_dim * row_bytes, n_tok, hp->dim, kv_dim, fw->k.ptr, KN_CUDA_F32,
+                 0, err));
+  AK_TRY(wk_gemm(fw, fw->xn.ptr, wqkv + (size_t)(q_dim + kv_dim) * row_bytes, n_tok, hp->dim, kv_dim, fw->v.ptr,
+                 KN_CUDA_F32, 0, err));
+
+  kn_cuda_rope_args_t r = {.x = fw->q.ptr, .pos = d_pos, .n_tok = n_tok, .n_heads = hp->n_heads,
+                           .head_dim = hp->head_dim, .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
+                           .freq_scale = hp->rope_freq_scale, .mode = (int32_t)hp->rope_mode};
+  AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
+  r.x = fw->k.ptr;
+  r.n_heads = hp->n_kv_heads;
+  AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
+
+  kn_cuda_attn_args_t a;
+  AK_TRY(wk_layer_table(fw, pool, l, n_tok, &a, err));
+  size_t need = kn_cuda_attention_workspace_bytes(&a);
+  if (need > fw->attn_ws.n_bytes)
+    return AK_ERR(err, AK_ERR_INTERNAL, "attention workspace of %zu bytes, the step needs %zu", fw->attn_ws.n_bytes,
+                  need);
+  AK_TRY(kn_cuda_attention(&a, fw->attn_ws.ptr, fw->attn_ws.n_bytes, wk_stream(fw), err));
+  AK_TRY(wk_gemm(fw, fw->attn.ptr, L->wo, n_tok, q_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, err));
+
+  AK_TRY(wk_norm(fw, fw->x.ptr, L->ffn_norm, n_tok, fw->xn.ptr, err));
+  const char *wgu = L->wgate_up;
+  AK_TRY(wk_gemm(fw, fw->xn.ptr, wgu, n_tok, hp->dim, hp->ffn_dim, fw->gate.ptr, KN_CUDA_F32, 0, err));
+  AK_TRY(wk_gemm(fw, fw->xn.ptr, wgu + (size_t)hp->ffn_dim * row_bytes, n_tok, hp->dim, hp->ffn_dim, fw->up.ptr,
+                 KN_CUDA_F32, 0, err));
+  kn_cuda_silu_mul_args_t sm = {.gate = fw->gate.ptr, .up = fw->up.ptr, .out = fw->act.ptr,
+                                .out_dtype = KN_CUDA_BF16, .n_tok = n_tok, .n_ff = hp->ffn_dim};
+  AK_TRY(kn_cuda_silu_mul(&sm, wk_stream(fw), err));
+  AK_TRY(wk_gemm(fw, fw->act.ptr, L->wdown, n_tok, hp->ffn_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, err));
+  return AK_OK;
+}
+
+static ak_status_t wk_check_batch(const wk_forward_cuda_t *fw, const wk_forward_batch_t *b, int64_t *n_tok_p,
+                                  ak_err_t *err) {
+  if (!b || !b->tokens || !b->seqs.seqs || !b->seqs.n_new_tokens || b->seqs.n_seqs < 1)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "batch needs sequences and tokens");
+  if (b->seqs.n_seqs > fw->max_seqs)
+    return AK_ERR(err, AK_ERR_OVER_BUDGET, "batch of %d sequences exceeds %d", b->seqs.n_seqs, fw->max_seqs);
+  int64_t n_tok = 0;
+  for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
+    if (b->seqs.n_new_tokens[i] < 1)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "sequence %d brings %d tokens", i, b->seqs.n_new_tokens[i]);
+    n_tok += b->seqs.n_new_tokens[i];
+  }
+  if (n_tok > fw->max_tok)
+    return AK_ERR(err, AK_ERR_OVER_BUDGET, "batch of %lld tokens exceeds max_batch_tokens=%d", (long long)n_tok,
+                  fw->max_tok);
+  for (int64_t t = 0; t < n_tok; t++)
+    if (b->tokens[t] < 0 || b->tokens[t] >= fw->hp.n_vocab)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "token %lld: id %d outside [0, %d)", (long long)t, b->tokens[t],
+                    fw->hp.n_vocab);
+  *n_tok_p = n_tok;
+  return AK_OK;
+}
+
+/* The final norm and the vocab projection of the wanted rows, logits to the host. */
+static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b, int64_t n_tok, ak_err_t *err) {
+  const wk_hparams_t *hp = &fw->hp;
+  size_t row_bytes = sizeof(float) * (size_t)hp->dim;
+  int64_t n_out = n_tok;
+  if (b->logits_all) {
+    WK_CUDA_TRY(err, cudaMemcpyAsync(fw->rows.ptr, fw->x.ptr, row_bytes * (size_t)n_tok, cudaMemcpyDeviceToDevice,
+                                     fw->stream));
+  } else {
+    int64_t row = 0;
+    for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
+      row += b->seqs.n_new_tokens[i];
+      WK_CUDA_TRY(err, cudaMemcpyAsync((char *)fw->rows.ptr + (size_t)i * row_bytes,
+                                       (const char *)fw->x.ptr + (size_t)(row - 1) * row_bytes, row_bytes,
+                                       cudaMemcpyDeviceToDevice, fw->stream));
+    }
+    n_out = b->seqs.n_seqs;
+  }
+  AK_TRY(wk_norm(fw, fw->rows.ptr, wk_model_cuda_output_norm(fw->model), n_out, fw->xn.ptr, err));
+  AK_TRY(wk_gemm(fw, fw->xn.ptr, wk_model_cuda_output(fw->model), n_out, hp->dim, hp->n_vocab, fw->logits.ptr,
+                 KN_CUDA_F32, 0, err));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(b->logits, fw->logits.ptr, sizeof(float) * (size_t)n_out * (size_t)hp->n_vocab,
+                                   cudaMemcpyDeviceToHost, fw->stream));
+  return AK_OK;
+}
+
+ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
+                                ak_err_t *err) {
+  int64_t n_tok = 0;
+  AK_TRY(wk_check_batch(fw, b, &n_tok, err));
+  memset(&fw->timing, 0, sizeof fw->timing);
+  double t_start = wk_now_us();
+  ak_status_t st = kv_step_begin(pool, &b->seqs);
+  if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
+  int64_t n_pos = 0;
+  const int32_t *pos = kv_step_positions(pool, &n_pos);
+
+  memcpy(fw->stage, b->tokens, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(fw->stage + fw->max_tok, pos, sizeof(int32_t) * (size_t)n_tok);
+  int32_t *d_ids = fw->region.ptr, *d_pos = d_ids + fw->max_tok;
+  cudaError_t ce = cudaMemcpyAsync(d_ids, fw->stage, sizeof(int32_t) * 2 * (size_t)fw->max_tok,
+                                   cudaMemcpyHostToDevice, fw->stream);
+  if (ce != cudaSuccess) {
+    st = AK_ERR(err, AK_ERR_CUDA, "ids upload: %s", cudaGetErrorString(ce));
+    goto err_abort;
+  }
+  kn_cuda_embed_args_t e = {.table = wk_model_cuda_token_embd(fw->model), .table_dtype = KN_CUDA_BF16,
+                            .ids = d_ids, .out = fw->x.ptr, .n_tok = n_tok, .dim = fw->hp.dim,
+                            .n_vocab = fw->hp.n_vocab, .bad_id_flag = NULL};
+  st = kn_cuda_embed(&e, wk_stream(fw), err);
+  for (int32_t l = 0; st >= 0 && l < fw->hp.n_layers; l++) st = wk_layer(fw, pool, l, d_pos, n_tok, err);
+  double t_logits = wk_now_us();
+  if (st >= 0 && b->logits) st = wk_logits(fw, b, n_tok, err);
+  if (st < 0) goto err_abort;
+  ce = cudaStreamSynchronize(fw->stream);
+  if (ce != cudaSuccess) {
+    st = AK_ERR(err, AK_ERR_CUDA, "step: %s", cudaGetErrorString(ce));
+    goto err_abort;
+  }
+  fw->timing.logits_us = wk_now_us() - t_logits;
+  st = kv_step_end(pool);
+  if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
+  fw->timing.other_us = wk_now_us() - t_start - fw->timing.logits_us;
+  return AK_OK;
+
+err_abort:
+  cudaStreamSynchronize(fw->stream); /* nothing may still read the staging area */
+  kv_step_abort(pool);
+  return st;
+}

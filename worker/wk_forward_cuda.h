@@ -1,0 +1,50 @@
+/* wk_forward_cuda: the Llama forward pass on the GPU (the CUDA backend's twin of
+ * wk_forward.h, same batch struct and the same kvpool step API).
+ *
+ * Per step: token ids and positions go up once; per layer, the pool's page table
+ * for the layer (kv_layer_slots + kv_layer_view, host side) goes up in one copy from a
+ * pinned staging area, and every op runs on the forward's stream: fused residual +
+ * RMSNorm, bf16 GEMMs (cuBLASLt; the residual adds are GEMM accumulations), RoPE, the
+ * K/V store into pages, paged attention. Only the rows whose logits are wanted go
+ * through the vocab projection; the logits come back to the host, and the step ends
+ * with one stream synchronization (the staging area is reused by the next step).
+ *
+ * The pool must be a `full` pool over device page memory (kv_pool_params_t.page_memory)
+ * with f16 pages; ArkVale on the GPU comes with the kvpool device port.
+ *
+ * Not thread-safe: one owning thread per wk_forward_cuda_t. */
+#ifndef WK_FORWARD_CUDA_H
+#define WK_FORWARD_CUDA_H
+
+#include <stdint.h>
+
+#include "kvpool.h"
+#include "wk_forward.h"
+#include "wk_model_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct wk_forward_cuda wk_forward_cuda_t;
+
+/* Device scratch for batches of up to max_batch_tokens rows over pools shaped like
+ * `kv` (its max_seqs, max_seq_tokens and page_tokens size the page-table staging and
+ * the attention split). */
+ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_params_t *kv,
+                                   int32_t max_batch_tokens, ak_err_t *err, wk_forward_cuda_t **fw_p);
+void wk_forward_cuda_destroy(wk_forward_cuda_t *fw);
+
+/* Runs the batch and appends its tokens to each sequence in `pool`; logits (when
+ * wanted) are copied to the host array. On failure the pool is as before the call. */
+ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,
+                                ak_err_t *err);
+
+/* Wall time of the last run, microseconds, split as wk_forward_timing_t (on the GPU the
+ * phases overlap the host's work, so only the total is exact). */
+void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
