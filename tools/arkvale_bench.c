@@ -50,10 +50,11 @@ int ak_cli_bench(int argc, char **argv) {
   int64_t n_prompt = 0, n_gen = 64, n_threads = 0, n_repeat = 3, batch_tokens = 512;
   kv_pool_params_t kv = kv_pool_params_default();
   int32_t page_tokens = 32;
+  wk_device_t device = WK_DEVICE_CPU;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int r = 0;
-    int kvr = ak_cli_kv_flag(a, v, &kv, &page_tokens);
+    int kvr = ak_cli_kv_flag(a, v, &kv, &page_tokens, &device);
     if (kvr < 0) return 2;
     if (kvr > 0) {
       i++;
@@ -90,6 +91,7 @@ int ak_cli_bench(int argc, char **argv) {
   ep.max_seq_tokens = (int32_t)(n_prompt + n_gen + 1);
   ep.page_tokens = page_tokens;
   ep.kv_policy = &kv;
+  ep.device = device;
   wk_engine_t *eng = NULL;
   ak_err_t err;
   ak_err_clear(&err);
@@ -142,10 +144,10 @@ int ak_cli_bench(int argc, char **argv) {
   double pre = pre_s[n_repeat / 2], dec = dec_s[n_repeat / 2];
   printf("{\"prompt_tokens\":%lld,\"gen_tokens\":%lld,\"threads\":%d,\"repeat\":%lld,"
          "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,"
-         "\"isa\":\"%s\",\"kv_page_tokens\":%d,\"kv_policy\":\"%s\",\"kv_budget_tokens\":%d}\n",
+         "\"isa\":\"%s\",\"device\":\"%s\",\"kv_page_tokens\":%d,\"kv_policy\":\"%s\",\"kv_budget_tokens\":%d}\n",
          (long long)n_prompt, (long long)n_gen, kn_cpu_n_threads(wk_engine_cpu(eng)), (long long)n_repeat, pre, dec,
          (double)n_prompt / pre, n_gen > 0 ? (double)n_gen / dec : 0.0, kn_isa_name(kn_cpu_isa(wk_engine_cpu(eng))),
-         ep.page_tokens, kv_policy_name(kv.policy), kv.budget_tokens);
+         device == WK_DEVICE_CUDA ? "cuda" : "cpu", ep.page_tokens, kv_policy_name(kv.policy), kv.budget_tokens);
   rc = 0;
   goto done;
 

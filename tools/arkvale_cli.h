@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "kvpool.h"
+#include "wk_engine.h"
 
 int ak_cli_generate(int argc, char **argv);
 int ak_cli_bench(int argc, char **argv);
@@ -17,11 +18,12 @@ int ak_cli_parse_i64(const char *flag, const char *s, int64_t lo, int64_t hi, in
 int ak_cli_parse_f32(const char *flag, const char *s, float lo, float hi, float *out_p);
 double ak_cli_now_s(void);
 
-/* --kv-* options (arkvale_kvflags.c). ak_cli_kv_flag returns 1 if `o` was a KV option
- * and its value `v` was stored in kp (or *page_tokens_p), 0 if `o` is not one, and -1
- * after printing why the value is bad. */
+/* Engine options (arkvale_kvflags.c): --kv-*, --page-tokens, --device. ak_cli_kv_flag
+ * returns 1 if `o` was one and its value `v` was stored in kp, *page_tokens_p or
+ * *device_p, 0 if `o` is not one, and -1 after printing why the value is bad. */
 void ak_cli_kv_usage(FILE *f);
-int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *page_tokens_p);
+int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *page_tokens_p,
+                   wk_device_t *device_p);
 /* One line on where the sequence's KV pages are and what the policy did. */
 void ak_cli_kv_report(FILE *f, kv_pool_t *pool, kv_seq_id_t seq);
 

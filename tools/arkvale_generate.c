@@ -27,6 +27,7 @@ typedef struct {
   int n_stops;
   kv_pool_params_t kv; /* policy knobs from --kv-* */
   int32_t page_tokens;
+  wk_device_t device;
   int kv_report;       /* --kv-stats */
 } gen_args_t;
 
@@ -63,7 +64,7 @@ static int gen_parse(int argc, char **argv, gen_args_t *a) {
     const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int64_t iv = 0;
     int r = 0, takes = 1;
-    int kvr = ak_cli_kv_flag(o, v, &a->kv, &a->page_tokens);
+    int kvr = ak_cli_kv_flag(o, v, &a->kv, &a->page_tokens, &a->device);
     if (kvr < 0) return -1;
     if (kvr > 0) {
       i++;
@@ -207,6 +208,7 @@ int ak_cli_generate(int argc, char **argv) {
   ep.max_seq_tokens = (int32_t)a.n_ctx;
   ep.page_tokens = a.page_tokens;
   ep.kv_policy = &a.kv;
+  ep.device = a.device;
   wk_engine_t *eng = NULL;
   co_tokenizer_t *tok = NULL;
   co_detok_t *dt = NULL;

@@ -1,5 +1,6 @@
-/* arkvale_kvflags: the --kv-* options shared by `generate` and `bench`, which pick the
- * KV policy and its knobs (kvpool.h), and the KV report printed after a run. */
+/* arkvale_kvflags: the engine options shared by `generate` and `bench` — the --kv-*
+ * options, which pick the KV policy and its knobs (kvpool.h), and --device — and the
+ * KV report printed after a run. */
 #include <stdio.h>
 #include <string.h>
 
@@ -7,6 +8,8 @@
 
 void ak_cli_kv_usage(FILE *f) {
   fprintf(f,
+          "Engine options:\n"
+          "  --device cpu|cuda     where the model runs (default cpu; cuda: full KV policy only so far)\n"
           "KV cache options:\n"
           "  --kv-policy NAME      full (default), arkvale, streaming, h2o, tova, quest\n"
           "  --kv-budget TOKENS    per layer and sequence for every policy but full (0 = no budget);\n"
@@ -23,7 +26,8 @@ void ak_cli_kv_usage(FILE *f) {
           "  --kv-attend resident|topk  what arkvale attends over (default resident)\n");
 }
 
-int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *page_tokens_p) {
+int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *page_tokens_p,
+                   wk_device_t *device_p) {
   int64_t iv = 0;
   ak_err_t err;
   ak_err_clear(&err);
@@ -32,6 +36,10 @@ int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *
   } else if (!strcmp(o, "--kv-budget")) {
     if (ak_cli_parse_i64(o, v, 0, 1 << 24, &iv) < 0) return -1;
     kp->budget_tokens = (int32_t)iv;
+  } else if (!strcmp(o, "--device")) {
+    if (v && !strcmp(v, "cpu")) *device_p = WK_DEVICE_CPU;
+    else if (v && !strcmp(v, "cuda")) *device_p = WK_DEVICE_CUDA;
+    else return fprintf(stderr, "arkvale: --device expects cpu or cuda, got '%s'\n", v ? v : "(nothing)"), -1;
   } else if (!strcmp(o, "--page-tokens")) {
     if (ak_cli_parse_i64(o, v, 1, 256, &iv) < 0) return -1;
     *page_tokens_p = (int32_t)iv;

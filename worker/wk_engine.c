@@ -4,6 +4,11 @@
 #include <string.h>
 
 #include "ak_alloc.h"
+#ifdef WK_HAVE_CUDA
+#include "kn_cuda.h"
+#include "wk_forward_cuda.h"
+#include "wk_model_cuda.h"
+#endif
 
 struct wk_engine {
   wk_model_t *model;
@@ -11,6 +16,13 @@ struct wk_engine {
   kv_pool_t *pool;
   wk_forward_t *fw;
   int32_t max_batch_tokens;
+  wk_device_t device;
+#ifdef WK_HAVE_CUDA
+  wk_model_cuda_t *model_cuda;
+  wk_forward_cuda_t *fw_cuda;
+  void *pages_cuda; /* the pool's page memory on the device */
+  size_t pages_cuda_bytes;
+#endif
   ak_err_t err;
 };
 
@@ -52,9 +64,44 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
   kp.n_pages = p->kv_pages;
   if (kp.n_pages == 0 && kp.page_tokens > 0)
     kp.n_pages = kv_pages_for_tokens(kp.max_seq_tokens, kp.page_tokens) * kp.n_layers * kp.max_seqs;
+  e->device = p->device;
+  e->max_batch_tokens = p->max_batch_tokens;
+  if (p->device == WK_DEVICE_CUDA) {
+#ifdef WK_HAVE_CUDA
+    if (kp.policy != KV_POLICY_FULL) {
+      st = AK_ERR(err, AK_ERR_UNSUPPORTED, "KV policy %s does not run on the GPU yet (full does)",
+                  kv_policy_name(kp.policy));
+      goto err_destroy;
+    }
+    if (p->max_batch_tokens < 1) {
+      st = AK_ERR(err, AK_ERR_INVALID_ARG, "max_batch_tokens=%d must be >= 1", p->max_batch_tokens);
+      goto err_destroy;
+    }
+    kp.dtype = KN_F16; /* the GPU pages are f16 */
+    if (kp.n_pages < 1 || kp.n_pages > INT32_MAX || kp.n_heads < 1) {
+      st = AK_ERR(err, AK_ERR_INVALID_ARG, "kv_pages=%lld outside [1, 2^31)", (long long)kp.n_pages);
+      goto err_destroy;
+    }
+    int n_devices = 0;
+    st = kn_cuda_device_count(err, &n_devices);
+    if (st < 0) goto err_destroy; /* AK_ERR_NO_DEVICE, with the driver's reason */
+    e->pages_cuda_bytes = kv_page_bytes(&kp) * (size_t)kp.n_pages;
+    st = wk_model_cuda_upload(e->model, err, &e->model_cuda);
+    if (st >= 0) st = kn_cuda_malloc(e->pages_cuda_bytes, err, &e->pages_cuda);
+    if (st < 0) goto err_destroy;
+    kp.page_memory = e->pages_cuda;
+    st = kv_pool_create(&kp, err, &e->pool);
+    if (st >= 0) st = wk_forward_cuda_create(e->model_cuda, &kp, p->max_batch_tokens, err, &e->fw_cuda);
+    if (st < 0) goto err_destroy;
+    *eng_p = e;
+    return AK_OK;
+#else
+    st = AK_ERR(err, AK_ERR_UNSUPPORTED, "this build has no CUDA backend (nvcc was not found at configure time)");
+    goto err_destroy;
+#endif
+  }
   st = kv_pool_create(&kp, err, &e->pool);
   if (st < 0) goto err_destroy;
-  e->max_batch_tokens = p->max_batch_tokens;
   st = wk_forward_create(e->model, e->cpu, p->max_batch_tokens, err, &e->fw);
   if (st < 0) goto err_destroy;
   *eng_p = e;
@@ -69,6 +116,11 @@ void wk_engine_destroy(wk_engine_t *e) {
   if (!e) return;
   wk_forward_destroy(e->fw);
   kv_pool_destroy(e->pool);
+#ifdef WK_HAVE_CUDA
+  wk_forward_cuda_destroy(e->fw_cuda);
+  kn_cuda_free(e->pages_cuda, e->pages_cuda_bytes);
+  wk_model_cuda_free(e->model_cuda);
+#endif
   kn_cpu_destroy(e->cpu);
   wk_model_free(e->model);
   ak_host_free(e, sizeof *e);
@@ -92,8 +144,16 @@ ak_status_t wk_engine_seq_release(wk_engine_t *e, kv_seq_id_t seq) {
   return AK_OK;
 }
 
-ak_status_t wk_engine_step(wk_engine_t *e, const wk_forward_batch_t *batch) {
+/* One forward call on the engine's backend. */
+static ak_status_t wk_engine_forward(wk_engine_t *e, const wk_forward_batch_t *batch) {
+#ifdef WK_HAVE_CUDA
+  if (e->device == WK_DEVICE_CUDA) return wk_forward_cuda_run(e->fw_cuda, e->pool, batch, &e->err);
+#endif
   return wk_forward_run(e->fw, e->pool, batch, &e->err);
+}
+
+ak_status_t wk_engine_step(wk_engine_t *e, const wk_forward_batch_t *batch) {
+  return wk_engine_forward(e, batch);
 }
 
 ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
@@ -114,7 +174,7 @@ ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *to
     int last = off + n == n_tokens;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &n32},
                             .tokens = tokens + off, .logits_all = 0, .logits = last ? logits : NULL};
-    AK_TRY(wk_forward_run(e->fw, e->pool, &b, &e->err));
+    AK_TRY(wk_engine_forward(e, &b));
   }
   /* The prompt is in: a budgeted policy brings the sequence down to its budget now
    * rather than at its first decode step, so the pages are free for others at once. */

@@ -18,8 +18,14 @@
 extern "C" {
 #endif
 
+typedef enum {
+  WK_DEVICE_CPU = 0,
+  WK_DEVICE_CUDA = 1, /* the current CUDA device; full KV policy only for now */
+} wk_device_t;
+
 typedef struct {
   const char *model_path;
+  wk_device_t device;       /* default WK_DEVICE_CPU */
   int32_t n_threads;        /* 0 = one per online CPU */
   int32_t page_tokens;      /* KV page size (default 32) */
   int32_t max_seq_tokens;   /* 0 = the model's training context */

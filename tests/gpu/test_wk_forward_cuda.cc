@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -233,4 +234,68 @@ TEST(WkForwardCudaGpu, MixedBatchEqualsSeparateRuns) {
   kv_pool_stats_t st;
   kv_pool_get_stats(g.pool, &st);
   EXPECT_EQ(st.n_pages_used, 0);
+}
+
+// The engine on the GPU: policies that need page bytes on the host are refused up
+// front, before any device work (runs without a GPU).
+TEST(WkForwardCudaArgs, EngineRefusesPoliciesNotOnTheDeviceYet) {
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+  kv_pool_params_t kv = kv_pool_params_default();
+  kv.policy = KV_POLICY_ARKVALE;
+  kv.budget_tokens = 256;
+  wk_engine_params_t p = wk_engine_params_default();
+  p.model_path = model_path();
+  p.device = WK_DEVICE_CUDA;
+  p.kv_policy = &kv;
+  p.max_seq_tokens = 512;
+  p.max_seqs = 1;
+  wk_engine_t *e = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(wk_engine_create(&p, &err, &e), AK_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(err.msg).find("does not run on the GPU yet"), std::string::npos) << err.msg;
+  EXPECT_EQ(e, nullptr);
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
+}
+
+// The engine's GPU path end to end: prefill in chunks, then greedy decode, equal to the
+// CPU engine's greedy tokens while the CPU's margins are clear.
+TEST(WkForwardCudaGpu, EngineGeneratesLikeTheCpu) {
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  std::vector<int32_t> prompt = varied(700, 5);  // two chunks of 512
+  auto make = [](wk_device_t dev, int f32) {
+    wk_engine_params_t p = wk_engine_params_default();
+    p.model_path = model_path();
+    p.device = dev;
+    p.weights_f32 = f32;
+    p.max_seq_tokens = 1024;
+    p.max_seqs = 2;
+    wk_engine_t *e = nullptr;
+    ak_err_t err;
+    EXPECT_EQ(wk_engine_create(&p, &err, &e), AK_OK) << err.msg;
+    return std::unique_ptr<wk_engine_t, EngineDel>(e);
+  };
+  auto g = make(WK_DEVICE_CUDA, 0), c = make(WK_DEVICE_CPU, 1);
+  ASSERT_TRUE(g && c);
+  int64_t V = wk_model_hparams(wk_engine_model(g.get()))->n_vocab;
+  std::vector<float> lg(V), lc(V);
+  kv_seq_id_t sg, sc;
+  ASSERT_EQ(wk_engine_seq_create(g.get(), &sg), AK_OK);
+  ASSERT_EQ(wk_engine_seq_create(c.get(), &sc), AK_OK);
+  ASSERT_EQ(wk_engine_prefill(g.get(), sg, prompt.data(), 700, lg.data()), AK_OK) << wk_engine_errmsg(g.get());
+  ASSERT_EQ(wk_engine_prefill(c.get(), sc, prompt.data(), 700, lc.data()), AK_OK);
+  int same = 0;
+  for (int s = 0; s < 16; s++) {
+    int32_t tg = argmax(lg.data(), V), tc = argmax(lc.data(), V), one = 1;
+    if (tg != tc) {
+      EXPECT_LT(margin(lc.data(), V), 0.5f) << "step " << s << ": GPU " << tg << ", CPU " << tc;
+      break;
+    }
+    same++;
+    wk_forward_batch_t bg{{1, &sg, &one}, &tg, 0, lg.data()}, bc{{1, &sc, &one}, &tc, 0, lc.data()};
+    ASSERT_EQ(wk_engine_step(g.get(), &bg), AK_OK) << wk_engine_errmsg(g.get());
+    ASSERT_EQ(wk_engine_step(c.get(), &bc), AK_OK);
+  }
+  printf("engine: %d of 16 greedy tokens equal before any divergence\n", same);
+  ASSERT_EQ(wk_engine_seq_release(g.get(), sg), AK_OK);
 }
