@@ -37,7 +37,7 @@ ak_status_t kv_seq_read_kv(kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, 
     int32_t n = (int32_t)((end - t) < (pt - slot) ? (end - t) : (pt - slot));
     const void *page;
     if (L->phys[j] != KV_PAGE_NONE) {
-      page = kv_page_kv(pool, L->phys[j], 0);
+      AK_TRY(kv_page_fetch(pool, L->phys[j], &page));
     } else if (L->backup && L->backup[j] != KV_BACKUP_NONE) {
       ak_status_t st = kv_tier_get(pool->tier, L->backup[j], pool->page_tmp, pool->page_bytes);
       if (st < 0) return AK_ERR(&pool->err, st, "page %lld: %s", (long long)j, kv_tier_errmsg(pool->tier));

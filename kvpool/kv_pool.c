@@ -108,8 +108,12 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     return AK_ERR(err, AK_ERR_INVALID_ARG, "dtype=%d is neither KN_F32 nor KN_F16", (int)p->dtype);
   if ((int)p->policy < 0 || (int)p->policy >= KV_POLICY_N)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "policy=%d is not a kv_policy_t", (int)p->policy);
-  if (p->page_memory && p->policy != KV_POLICY_FULL)
-    return AK_ERR(err, AK_ERR_UNSUPPORTED, "policy %s needs the page bytes on the host: page_memory works with full only",
+  if (p->page_memory && kv_policy_is_token(p->policy) && p->budget_tokens > 0)
+    return AK_ERR(err, AK_ERR_UNSUPPORTED, "policy %s moves tokens inside pages: not with page_memory",
+                  kv_policy_name(p->policy));
+  if (p->page_memory && p->policy != KV_POLICY_FULL && p->budget_tokens > 0 &&
+      (!p->page_ops || !p->page_ops->read_page || !p->page_ops->write_page))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "policy %s over page_memory needs page_ops (read_page and write_page)",
                   kv_policy_name(p->policy));
   if (p->page_memory && p->track_token_attn)
     return AK_ERR(err, AK_ERR_UNSUPPORTED, "track_token_attn reads page bytes on the host: not with page_memory");
@@ -477,6 +481,32 @@ void kv_pool_destroy(kv_pool_t *pool) {
 const char *kv_pool_errmsg(const kv_pool_t *pool) { return pool ? pool->err.msg : "pool is NULL"; }
 const kv_pool_params_t *kv_pool_params(const kv_pool_t *pool) { return &pool->p; }
 int32_t kv_pool_topk_pages(const kv_pool_t *pool) { return pool->topk_pages; }
+int kv_pool_wants_queries(const kv_pool_t *pool) {
+  return pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn;
+}
+
+/* --- page bytes (in the pool's memory, or through page_ops) --- */
+
+ak_status_t kv_page_fetch(kv_pool_t *pool, int32_t pg, const void **bytes_p) {
+  if (!pool->p.page_memory) {
+    *bytes_p = kv_page_kv(pool, pg, 0);
+    return AK_OK;
+  }
+  const kv_page_ops_t *ops = pool->p.page_ops;
+  ak_status_t st = ops->read_page(ops->ctx, pg, pool->page_tmp, &pool->err);
+  if (st < 0) return st;
+  *bytes_p = pool->page_tmp;
+  return AK_OK;
+}
+
+ak_status_t kv_page_restore(kv_pool_t *pool, int32_t pg, kv_backup_id_t id) {
+  void *dst = pool->p.page_memory ? pool->page_tmp : kv_page_kv(pool, pg, 0);
+  ak_status_t st = kv_tier_get(pool->tier, id, dst, pool->page_bytes);
+  if (st < 0) return AK_ERR(&pool->err, st, "page %d: %s", pg, kv_tier_errmsg(pool->tier));
+  if (!pool->p.page_memory) return AK_OK;
+  const kv_page_ops_t *ops = pool->p.page_ops;
+  return ops->write_page(ops->ctx, pg, pool->page_tmp, &pool->err);
+}
 
 /* --- sequences --- */
 
@@ -717,6 +747,18 @@ static ak_status_t kv_layer_check_open(kv_pool_t *pool, int32_t layer_idx) {
   return AK_OK;
 }
 
+/* Digests and backs up the pages of one layer that the step's tokens filled. */
+static ak_status_t kv_layer_filled(kv_pool_t *pool, int32_t layer_idx) {
+  if (!pool->has_digest || !kv_layer_budgeted(pool, layer_idx)) return AK_OK;
+  int32_t pt = pool->p.page_tokens;
+  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    int64_t from = s->n_tokens / pt, to = (s->n_tokens + pool->step_n_new[i]) / pt;
+    if (to > from) AK_TRY(kv_select_on_fill(pool, s, layer_idx, from, to));
+  }
+  return AK_OK;
+}
+
 /* The step's (page, slot) of every token in one layer into tok_page / tok_slot. */
 static void kv_layer_place(kv_pool_t *pool, int32_t layer_idx) {
   int64_t t = 0;
@@ -759,13 +801,15 @@ ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, c
   st = kn_kv_store(cpu, &kv, v_base, pool->p.n_kv_heads, pool->p.head_dim, v, pool->tok_page, pool->tok_slot,
                    pool->step_n_tok, &pool->err);
   if (st < 0) return st;
-  if (!pool->has_digest || !kv_layer_budgeted(pool, layer_idx)) return AK_OK;
-  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
-    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
-    int64_t from = s->n_tokens / pt, to = (s->n_tokens + pool->step_n_new[i]) / pt;
-    if (to > from) AK_TRY(kv_select_on_fill(pool, s, layer_idx, from, to));
-  }
-  return AK_OK;
+  (void)pt;
+  return kv_layer_filled(pool, layer_idx);
+}
+
+ak_status_t kv_layer_commit(kv_pool_t *pool, int32_t layer_idx) {
+  AK_TRY(kv_layer_check_open(pool, layer_idx));
+  if (!pool->p.page_memory)
+    return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "the pool stores its own pages: use kv_layer_append");
+  return kv_layer_filled(pool, layer_idx);
 }
 
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,

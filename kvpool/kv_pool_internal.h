@@ -147,6 +147,12 @@ double kv_now_us(void);
 /* Converts token slots [slot0, slot0 + n) of K or V of physical page pg to f32,
  * token-major [n][n_kv_heads][head_dim]. */
 void kv_page_read_f32(const kv_pool_t *pool, int32_t pg, int is_v, int32_t slot0, int32_t n, float *out);
+/* Physical page pg's bytes on the host: the pool's own memory, or a copy in
+ * pool->page_tmp read through page_ops (valid until the next page call). */
+ak_status_t kv_page_fetch(kv_pool_t *pool, int32_t pg, const void **bytes_p);
+/* Copies backup `id` into physical page pg (through page_ops when the pages are the
+ * caller's). */
+ak_status_t kv_page_restore(kv_pool_t *pool, int32_t pg, kv_backup_id_t id);
 /* The same from a page's bytes elsewhere (a backup read into pool->page_tmp). */
 void kv_buf_read_f32(const kv_pool_t *pool, const void *page, int is_v, int32_t slot0, int32_t n, float *out);
 

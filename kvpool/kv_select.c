@@ -9,6 +9,7 @@
  * tens of pages, and it keeps the pool free of a comparator with hidden state. Ties go
  * to the newer page, the better guess when scores cannot tell pages apart. */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "ak_alloc.h"
@@ -163,13 +164,15 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
     if (pg == KV_PAGE_NONE)
       return AK_ERR(&pool->err, AK_ERR_INTERNAL, "layer %d page %lld filled but is not resident", layer,
                     (long long)j);
-    kv_page_read_f32(pool, pg, 0, 0, p->page_tokens, pool->page_f32);
+    const void *bytes;
+    AK_TRY(kv_page_fetch(pool, pg, &bytes));
+    kv_buf_read_f32(pool, bytes, 0, 0, p->page_tokens, pool->page_f32);
     AK_TRY(kv_digest_build(pool->digest, pool->page_f32, p->page_tokens, p->n_kv_heads, p->head_dim, &pool->err,
                            L->digest + j * per_page));
     L->n_digests = j + 1;
     if (!pool->has_backup) continue;
     kv_backup_id_t id;
-    ak_status_t st = kv_tier_put(pool->tier, kv_page_kv(pool, pg, 0), pool->page_bytes, &id);
+    ak_status_t st = kv_tier_put(pool->tier, bytes, pool->page_bytes, &id);
     if (st < 0)
       return AK_ERR(&pool->err, st, "layer %d page %lld: backup to the %s tier failed: %s", layer, (long long)j,
                     kv_tier_name(pool->tier), kv_tier_errmsg(pool->tier));
@@ -236,7 +239,9 @@ static ak_status_t kv_true_importance(kv_pool_t *pool, kv_seq_t *s, kv_layer_t *
   for (int64_t j = 0; j < s->n_pages; j++) {
     int32_t n = (int32_t)((j + 1) * pt <= n_tokens ? pt : n_tokens - j * pt);
     if (L->phys[j] != KV_PAGE_NONE) {
-      kv_page_read_f32(pool, L->phys[j], 0, 0, n, pool->page_f32);
+      const void *bytes;
+      AK_TRY(kv_page_fetch(pool, L->phys[j], &bytes));
+      kv_buf_read_f32(pool, bytes, 0, 0, n, pool->page_f32);
     } else {
       ak_status_t st = kv_tier_get(pool->tier, L->backup[j], pool->page_tmp, pool->page_bytes);
       if (st < 0) return AK_ERR(&pool->err, st, "page %lld: %s", (long long)j, kv_tier_errmsg(pool->tier));
@@ -329,10 +334,12 @@ ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, cons
       while (pool->sel_mark[others[v]] == 2) v++;
       int32_t victim = others[v++];
       int32_t pg = L->phys[victim];
-      ak_status_t st = kv_tier_get(pool->tier, L->backup[r], kv_page_kv(pool, pg, 0), pool->page_bytes);
-      if (st < 0)
-        return AK_ERR(&pool->err, st, "layer %d: recall of page %d failed: %s", layer, r,
-                      kv_tier_errmsg(pool->tier));
+      ak_status_t st = kv_page_restore(pool, pg, L->backup[r]);
+      if (st < 0) {
+        char why[AK_ERR_MSG_BYTES];
+        snprintf(why, sizeof why, "%s", pool->err.msg);
+        return AK_ERR(&pool->err, st, "layer %d: recall of page %d failed: %s", layer, r, why);
+      }
       L->phys[victim] = KV_PAGE_NONE;
       L->phys[r] = pg;
       KV_COUNT(pool, s, evictions, 1);
@@ -363,7 +370,7 @@ void kv_select_restore_window(kv_pool_t *pool, kv_seq_t *s, int32_t layer) {
     if (L->phys[j] != KV_PAGE_NONE || !L->backup || L->backup[j] == KV_BACKUP_NONE) continue;
     int32_t pg = kv_page_alloc(pool); /* the abort just freed the step's pages */
     if (pg == KV_PAGE_NONE) return;
-    if (kv_tier_get(pool->tier, L->backup[j], kv_page_kv(pool, pg, 0), pool->page_bytes) < 0) {
+    if (kv_page_restore(pool, pg, L->backup[j]) < 0) {
       kv_page_free(pool, pg);
       return; /* kv_pool_check reports the window page missing */
     }

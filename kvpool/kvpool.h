@@ -113,10 +113,13 @@ typedef struct {
   kv_policy_t policy;
   void *page_memory;      /* NULL: the pool allocates its pages in host memory. Otherwise the
                            * caller's n_pages * kv_page_bytes bytes (device memory for the
-                           * CUDA backend), which the pool never touches: the caller stores
-                           * K/V at the slots kv_layer_slots names (kv_layer_append is
-                           * refused) and views point into it. Only the full policy for now:
-                           * the others read page bytes on the host. */
+                           * CUDA backend), which the pool never dereferences: the caller
+                           * stores K/V at the slots kv_layer_slots names (kv_layer_append is
+                           * refused), views point into it, and the pool moves page bytes
+                           * only through page_ops. full needs no page_ops; arkvale, quest
+                           * and streaming need them; h2o and tova are refused (they move
+                           * tokens inside pages). */
+  const struct kv_page_ops *page_ops; /* with page_memory; must outlive the pool */
 
   /* --- budgeted policies (all but full) --- */
   int32_t budget_tokens;  /* per budgeted layer and sequence; a multiple of page_tokens for the
@@ -154,6 +157,17 @@ typedef struct {
 } kv_pool_params_t;
 
 typedef struct kv_pool kv_pool_t;
+
+/* How a pool over the caller's page memory reads and writes whole pages (page_bytes
+ * each, the layout above) when a policy needs their bytes on the host: digesting and
+ * backing up a page that filled, recalling one from the backup tier, reading K/V back.
+ * Both calls must complete before returning (the buffer is reused at once) and be
+ * ordered after every write the caller made to that page. */
+typedef struct kv_page_ops {
+  void *ctx;
+  ak_status_t (*read_page)(void *ctx, int32_t page_id, void *dst_host, ak_err_t *err);
+  ak_status_t (*write_page)(void *ctx, int32_t page_id, const void *src_host, ak_err_t *err);
+} kv_page_ops_t;
 typedef int32_t kv_seq_id_t;
 
 /* Defaults for every field; the model-shape fields (n_layers, n_kv_heads, head_dim,
@@ -182,6 +196,9 @@ void kv_pool_destroy(kv_pool_t *pool);
 /* The last error of a call on this pool ("" if none). */
 const char *kv_pool_errmsg(const kv_pool_t *pool);
 const kv_pool_params_t *kv_pool_params(const kv_pool_t *pool);
+/* 1 if kv_layer_view reads the queries (every policy but full without tracking): a
+ * caller whose queries live elsewhere (the GPU) copies them to the host only then. */
+int kv_pool_wants_queries(const kv_pool_t *pool);
 /* Middle pages arkvale selects per decode step (topk_pages resolved); 0 for other
  * policies. */
 int32_t kv_pool_topk_pages(const kv_pool_t *pool);
@@ -247,6 +264,10 @@ ak_status_t kv_layer_append(kv_pool_t *pool, kn_cpu_t *cpu, int32_t layer_idx, c
  * (page_memory): token t of the step goes to page (*page_p)[t], slot (*slot_p)[t].
  * Arrays owned by the pool, valid until the next call on it. */
 ak_status_t kv_layer_slots(kv_pool_t *pool, int32_t layer_idx, const int32_t **page_p, const int32_t **slot_p);
+/* After the caller has stored a layer's K/V at those slots (and before kv_layer_view):
+ * digests and backs up, through page_ops, the pages the step filled. page_memory pools
+ * only. */
+ak_status_t kv_layer_commit(kv_pool_t *pool, int32_t layer_idx);
 
 /* Fills args->kv, args->tok_seq_idx and args->tok_kv_len (arrays owned by the pool,
  * valid until the next call on it) for attention of the step's tokens in one layer,

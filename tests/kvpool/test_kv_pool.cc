@@ -292,14 +292,14 @@ TEST(KvPool, CallerPageMemoryNamesSlotsAndIsNeverTouched) {
     for (uint8_t byte : mem) ASSERT_EQ(byte, 0xAB);
     EXPECT_EQ(kv_seq_release(pool.get(), a), AK_OK);
     EXPECT_EQ(kv_seq_release(pool.get(), b), AK_OK);
-    // Policies that read page bytes on the host refuse it.
+    // Policies that read page bytes need page_ops to reach them.
     kv_pool_params_t q = p;
     q.policy = KV_POLICY_ARKVALE;
     q.budget_tokens = 16;
     kv_pool_t *bad = nullptr;
     ak_err_t err;
-    EXPECT_EQ(kv_pool_create(&q, &err, &bad), AK_ERR_UNSUPPORTED);
-    EXPECT_NE(std::string(err.msg).find("page_memory works with full only"), std::string::npos) << err.msg;
+    EXPECT_EQ(kv_pool_create(&q, &err, &bad), AK_ERR_INVALID_ARG);
+    EXPECT_NE(std::string(err.msg).find("needs page_ops"), std::string::npos) << err.msg;
   }
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }

@@ -1213,3 +1213,123 @@ TEST_F(KvSelect, RejectsScoreGroupsThatDoNotDivideKvHeads) {
   EXPECT_NE(std::string(err.msg).find("score_groups=3 does not divide n_kv_heads=2"), std::string::npos) << err.msg;
   EXPECT_EQ(pool, nullptr);
 }
+
+// --- arkvale over the caller's page memory (the CUDA backend's layout) ---
+
+namespace {
+// page_ops over a host buffer standing in for device memory; counts the calls.
+struct FakeDevice {
+  std::vector<uint8_t> mem;
+  size_t page_bytes = 0;
+  int reads = 0, writes = 0;
+  static ak_status_t read(void *ctx, int32_t pg, void *dst, ak_err_t *) {
+    FakeDevice *d = (FakeDevice *)ctx;
+    memcpy(dst, d->mem.data() + (size_t)pg * d->page_bytes, d->page_bytes);
+    d->reads++;
+    return AK_OK;
+  }
+  static ak_status_t write(void *ctx, int32_t pg, const void *src, ak_err_t *) {
+    FakeDevice *d = (FakeDevice *)ctx;
+    memcpy(d->mem.data() + (size_t)pg * d->page_bytes, src, d->page_bytes);
+    d->writes++;
+    return AK_OK;
+  }
+};
+}  // namespace
+
+// The same steps on a pool that owns its pages and on one over caller memory with
+// page_ops give identical views (page ids, lengths), statistics and read-back K/V:
+// every page byte the policy needs moves through the ops.
+TEST_F(KvSelect, ArkvaleOverCallerPageMemoryMatchesOwnMemory) {
+  kv_pool_params_t p = sel_params(KV_POLICY_ARKVALE, 4, 24, 64);
+  p.topk_pages = 2;
+  FakeDevice dev;
+  dev.page_bytes = kv_page_bytes(&p);
+  dev.mem.assign(dev.page_bytes * 64, 0);
+  kv_page_ops_t ops{&dev, FakeDevice::read, FakeDevice::write};
+  kv_pool_params_t pe = p;
+  pe.page_memory = dev.mem.data();
+  pe.page_ops = &ops;
+  kv_pool_t *own = nullptr, *ext = nullptr;
+  kn_cpu_t *cpu = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(kv_pool_create(&p, &err, &own), AK_OK) << err.msg;
+  ASSERT_EQ(kv_pool_create(&pe, &err, &ext), AK_OK) << err.msg;
+  ASSERT_EQ(kn_cpu_create(1, nullptr, &cpu), AK_OK);
+  kv_seq_id_t so, se;
+  ASSERT_EQ(kv_seq_create(own, &so), AK_OK);
+  ASSERT_EQ(kv_seq_create(ext, &se), AK_OK);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  std::vector<int32_t> plan{41};
+  for (int i = 0; i < 30; i++) plan.push_back(1);
+  for (int32_t n_new : plan) {
+    int32_t n = n_new;
+    kv_batch_t bo{1, &so, &n}, be{1, &se, &n};
+    ASSERT_EQ(kv_step_begin(own, &bo), AK_OK) << kv_pool_errmsg(own);
+    ASSERT_EQ(kv_step_begin(ext, &be), AK_OK) << kv_pool_errmsg(ext);
+    for (int l = 0; l < kLayers; l++) {
+      std::vector<float> k(n * kRow), v(n * kRow), q(n * kHeads * kHeadDim);
+      for (float &x : k) x = nd(rng);
+      for (float &x : v) x = nd(rng);
+      for (float &x : q) x = nd(rng);
+      ASSERT_EQ(kv_layer_append(own, cpu, l, k.data(), v.data()), AK_OK) << kv_pool_errmsg(own);
+      // the caller stores K/V itself, in the pool layout, f32
+      const int32_t *page, *slot;
+      ASSERT_EQ(kv_layer_slots(ext, l, &page, &slot), AK_OK);
+      for (int t = 0; t < n; t++)
+        for (int h = 0; h < kKvHeads; h++)
+          for (int d = 0; d < kHeadDim; d++) {
+            float *base = (float *)(dev.mem.data() + (size_t)page[t] * dev.page_bytes);
+            size_t off = ((size_t)h * p.page_tokens + slot[t]) * kHeadDim + d;
+            base[off] = k[(t * kKvHeads + h) * kHeadDim + d];
+            base[off + dev.page_bytes / 8] = v[(t * kKvHeads + h) * kHeadDim + d];  // V: half a page on
+          }
+      ASSERT_EQ(kv_layer_commit(ext, l), AK_OK) << kv_pool_errmsg(ext);
+      kn_attn_args_t ao{}, ae{};
+      ASSERT_EQ(kv_layer_view(own, l, q.data(), kHeads, &ao), AK_OK) << kv_pool_errmsg(own);
+      ASSERT_EQ(kv_layer_view(ext, l, q.data(), kHeads, &ae), AK_OK) << kv_pool_errmsg(ext);
+      ASSERT_EQ(ao.kv.indptr[1], ae.kv.indptr[1]);
+      for (int i = 0; i < ao.kv.indptr[1]; i++) ASSERT_EQ(ao.kv.indices[i], ae.kv.indices[i]) << "layer " << l;
+      ASSERT_EQ(ao.kv.last_page_len[0], ae.kv.last_page_len[0]);
+      for (int t = 0; t < n; t++) ASSERT_EQ(ao.tok_kv_len[t], ae.tok_kv_len[t]);
+    }
+    ASSERT_EQ(kv_step_end(own), AK_OK) << kv_pool_errmsg(own);
+    ASSERT_EQ(kv_step_end(ext), AK_OK) << kv_pool_errmsg(ext);
+  }
+  kv_seq_stats_t a, b;
+  ASSERT_EQ(kv_seq_get_stats(own, so, &a), AK_OK);
+  ASSERT_EQ(kv_seq_get_stats(ext, se, &b), AK_OK);
+  EXPECT_EQ(a.work.recalls, b.work.recalls);
+  EXPECT_EQ(a.work.evictions, b.work.evictions);
+  EXPECT_EQ(a.work.backups, b.work.backups);
+  EXPECT_GT(b.work.recalls, 0u);
+  EXPECT_EQ(dev.writes, (int)b.work.recalls);  // every recall wrote its page through the ops
+  EXPECT_GE(dev.reads, (int)b.work.backups);   // every fill read its page to digest and back it up
+  int64_t n_tok = kv_seq_n_tokens(own, so);
+  for (int l = 0; l < kLayers; l++) {
+    std::vector<float> ko(n_tok * kRow), ke(n_tok * kRow);
+    ASSERT_EQ(kv_seq_read_kv(own, so, l, 0, n_tok, ko.data(), nullptr), AK_OK);
+    ASSERT_EQ(kv_seq_read_kv(ext, se, l, 0, n_tok, ke.data(), nullptr), AK_OK) << kv_pool_errmsg(ext);
+    ASSERT_EQ(ko, ke) << "layer " << l;
+  }
+  EXPECT_EQ(kv_seq_release(own, so), AK_OK);
+  EXPECT_EQ(kv_seq_release(ext, se), AK_OK);
+  kv_pool_destroy(own);
+  kv_pool_destroy(ext);
+  kn_cpu_destroy(cpu);
+}
+
+TEST_F(KvSelect, CallerPageMemoryNeedsPageOpsAndRefusesTokenPolicies) {
+  kv_pool_params_t p = sel_params(KV_POLICY_ARKVALE, 4, 24, 64);
+  std::vector<uint8_t> mem(kv_page_bytes(&p) * 64);
+  p.page_memory = mem.data();
+  kv_pool_t *pool = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(kv_pool_create(&p, &err, &pool), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("needs page_ops"), std::string::npos) << err.msg;
+  p.policy = KV_POLICY_H2O;
+  EXPECT_EQ(kv_pool_create(&p, &err, &pool), AK_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(err.msg).find("moves tokens inside pages"), std::string::npos) << err.msg;
+  EXPECT_EQ(pool, nullptr);
+}
