@@ -68,9 +68,9 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
   e->max_batch_tokens = p->max_batch_tokens;
   if (p->device == WK_DEVICE_CUDA) {
 #ifdef WK_HAVE_CUDA
-    if (kp.policy != KV_POLICY_FULL) {
-      st = AK_ERR(err, AK_ERR_UNSUPPORTED, "KV policy %s does not run on the GPU yet (full does)",
-                  kv_policy_name(kp.policy));
+    if (kp.policy == KV_POLICY_H2O || kp.policy == KV_POLICY_TOVA) {
+      st = AK_ERR(err, AK_ERR_UNSUPPORTED, "KV policy %s does not run on the GPU (token-granularity baselines "
+                  "are CPU only)", kv_policy_name(kp.policy));
       goto err_destroy;
     }
     if (p->max_batch_tokens < 1) {
@@ -90,8 +90,10 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
     if (st >= 0) st = kn_cuda_malloc(e->pages_cuda_bytes, err, &e->pages_cuda);
     if (st < 0) goto err_destroy;
     kp.page_memory = e->pages_cuda;
+    st = wk_forward_cuda_create(e->model_cuda, &kp, p->max_batch_tokens, err, &e->fw_cuda);
+    if (st < 0) goto err_destroy;
+    kp.page_ops = wk_forward_cuda_page_ops(e->fw_cuda, e->pages_cuda, kv_page_bytes(&kp));
     st = kv_pool_create(&kp, err, &e->pool);
-    if (st >= 0) st = wk_forward_cuda_create(e->model_cuda, &kp, p->max_batch_tokens, err, &e->fw_cuda);
     if (st < 0) goto err_destroy;
     *eng_p = e;
     return AK_OK;

@@ -41,6 +41,12 @@ struct wk_forward_cuda {
   /* pinned staging, host view and its size */
   int32_t *stage;
   size_t stage_bytes;
+  float *q_host;         /* pinned [T, n_heads * head_dim]: queries for pools that read them */
+  size_t q_host_bytes;
+  /* page_ops for pools over device page memory (kv_pool_params_t.page_ops) */
+  kv_page_ops_t page_ops;
+  char *pages;           /* the page memory they reach */
+  size_t page_bytes;
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
 };
@@ -74,6 +80,7 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
                        &fw->up,   &fw->act,  &fw->rows, &fw->logits, &fw->attn_ws, &fw->region};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
+  kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
   kn_cuda_blas_destroy(fw->blas);
   if (fw->stream) cudaStreamDestroy(fw->stream);
   ak_host_free(fw, sizeof *fw);
@@ -140,11 +147,41 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
   fw->stage_bytes = (size_t)wk_stage_ints(fw) * sizeof(int32_t);
   st = kn_cuda_host_alloc(fw->stage_bytes, err, (void **)&fw->stage, NULL);
   if (st < 0) goto fail;
+  fw->q_host_bytes = T * q_dim * f4;
+  st = kn_cuda_host_alloc(fw->q_host_bytes, err, (void **)&fw->q_host, NULL);
+  if (st < 0) goto fail;
   *fw_p = fw;
   return AK_OK;
 fail:
   wk_forward_cuda_destroy(fw);
   return st;
+}
+
+/* page_ops: whole pages between device page memory and the host, on the forward's
+ * stream (so after the K/V store that wrote them), completed before returning. */
+static ak_status_t wk_read_page(void *ctx, int32_t pg, void *dst, ak_err_t *err) {
+  wk_forward_cuda_t *fw = ctx;
+  WK_CUDA_TRY(err, cudaMemcpyAsync(dst, fw->pages + (size_t)pg * fw->page_bytes, fw->page_bytes,
+                                   cudaMemcpyDeviceToHost, fw->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
+  return AK_OK;
+}
+
+static ak_status_t wk_write_page(void *ctx, int32_t pg, const void *src, ak_err_t *err) {
+  wk_forward_cuda_t *fw = ctx;
+  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->pages + (size_t)pg * fw->page_bytes, src, fw->page_bytes,
+                                   cudaMemcpyHostToDevice, fw->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
+  return AK_OK;
+}
+
+const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, size_t page_bytes) {
+  fw->pages = page_memory;
+  fw->page_bytes = page_bytes;
+  fw->page_ops.ctx = fw;
+  fw->page_ops.read_page = wk_read_page;
+  fw->page_ops.write_page = wk_write_page;
+  return &fw->page_ops;
 }
 
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p) { *t_p = fw->timing; }
@@ -177,44 +214,58 @@ static wk_region_t wk_region(const wk_forward_cuda_t *fw) {
   return r;
 }
 
-/* Stages layer l's slots and view, uploads them, and stores K/V into the pages. */
+/* Layer l's page table: the step's slots go up and K/V are stored into the pages; the
+ * pool digests and backs up what filled (through page_ops) and, for policies that read
+ * them, gets the queries; then the view goes up. */
 static ak_status_t wk_layer_table(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, int64_t n_tok,
                                   kn_cuda_attn_args_t *a, ak_err_t *err) {
   const int32_t *page, *slot;
   ak_status_t st = kv_layer_slots(pool, l, &page, &slot);
   if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  wk_region_t o = wk_region(fw);
+  int64_t base = 2 * (int64_t)fw->max_tok + (int64_t)l * fw->region_ints;
+  int32_t *h = fw->stage + base;
+  int32_t *d = (int32_t *)fw->region.ptr + base;
+  memcpy(h + o.page, page, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.slot, slot, sizeof(int32_t) * (size_t)n_tok);
+  WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)o.seq_idx, cudaMemcpyHostToDevice, fw->stream));
+  const kv_pool_params_t *kp = kv_pool_params(pool);
+  int64_t head_stride = (int64_t)kp->page_tokens * kp->head_dim;
+  int64_t page_stride = 2 * (int64_t)kp->n_kv_heads * head_stride;
+  char *kbase = (char *)kp->page_memory;
+  kn_cuda_kv_store_args_t ks = {.k = fw->k.ptr, .v = fw->v.ptr, .k_base = kbase,
+                                .v_base = kbase + (size_t)(page_stride / 2) * 2, .kv_dtype = KN_CUDA_F16,
+                                .page_stride_elems = page_stride, .head_stride_elems = head_stride,
+                                .n_kv_heads = fw->hp.n_kv_heads, .head_dim = fw->hp.head_dim,
+                                .dst_page = d + o.page, .dst_slot = d + o.slot, .n_tok = n_tok};
+  AK_TRY(kn_cuda_kv_store(&ks, wk_stream(fw), err));
+  st = kv_layer_commit(pool, l);
+  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  const float *q_host = NULL;
+  if (kv_pool_wants_queries(pool)) {
+    size_t q_bytes = sizeof(float) * (size_t)n_tok * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim;
+    WK_CUDA_TRY(err, cudaMemcpyAsync(fw->q_host, fw->q.ptr, q_bytes, cudaMemcpyDeviceToHost, fw->stream));
+    WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
+    q_host = fw->q_host;
+  }
   kn_attn_args_t v;
   memset(&v, 0, sizeof v);
-  st = kv_layer_view(pool, l, NULL, fw->hp.n_heads, &v);
+  st = kv_layer_view(pool, l, q_host, fw->hp.n_heads, &v);
   if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
   int32_t S = v.kv.n_seqs, n_idx = v.kv.indptr[S];
   if (S > fw->max_seqs || n_idx > fw->max_seqs * fw->max_pages_per_seq)
     return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / %d pages exceed the staging area", l, S, n_idx);
-  wk_region_t o = wk_region(fw);
-  int64_t base = 2 * (int64_t)fw->max_tok + (int64_t)l * fw->region_ints;
-  int32_t *h = fw->stage + base;
-  memcpy(h + o.page, page, sizeof(int32_t) * (size_t)n_tok);
-  memcpy(h + o.slot, slot, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.seq_idx, v.tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.kv_len, v.tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.last_len, v.kv.last_page_len, sizeof(int32_t) * (size_t)S);
   memcpy(h + o.indptr, v.kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
   memcpy(h + o.indices, v.kv.indices, sizeof(int32_t) * (size_t)n_idx);
-  int32_t *d = (int32_t *)fw->region.ptr + base;
-  WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)(o.indices + n_idx), cudaMemcpyHostToDevice,
-                                   fw->stream));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(d + o.seq_idx, h + o.seq_idx, sizeof(int32_t) * (size_t)(o.indices - o.seq_idx + n_idx),
+                                   cudaMemcpyHostToDevice, fw->stream));
   int32_t max_kv_len = 0;
   for (int64_t t = 0; t < n_tok; t++)
     if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];
 
-  /* K and V of the step into their pages */
-  kn_cuda_kv_store_args_t ks = {.k = fw->k.ptr, .v = fw->v.ptr, .k_base = (void *)v.kv.k_base,
-                                .v_base = (void *)v.kv.v_base, .kv_dtype = KN_CUDA_F16,
-                                .page_stride_elems = v.kv.page_stride_elems,
-                                .head_stride_elems = v.kv.head_stride_elems, .n_kv_heads = fw->hp.n_kv_heads,
-                                .head_dim = fw->hp.head_dim, .dst_page = d + o.page, .dst_slot = d + o.slot,
-                                .n_tok = n_tok};
-  AK_TRY(kn_cuda_kv_store(&ks, wk_stream(fw), err));
 
   memset(a, 0, sizeof *a);
   a->q = fw->q.ptr;

@@ -9,8 +9,11 @@
  * through the vocab projection; the logits come back to the host, and the step ends
  * with one stream synchronization (the staging area is reused by the next step).
  *
- * The pool must be a `full` pool over device page memory (kv_pool_params_t.page_memory)
- * with f16 pages; ArkVale on the GPU comes with the kvpool device port.
+ * The pool lives over device page memory (kv_pool_params_t.page_memory) with f16
+ * pages. full needs nothing more; arkvale, quest and streaming also take this forward's
+ * page_ops, and then decide on the host: the step's queries come down once per layer
+ * and each filled or recalled page crosses PCIe with one synchronous copy (a first
+ * port: device-side scoring, selection and one-gather recall come next).
  *
  * Not thread-safe: one owning thread per wk_forward_cuda_t. */
 #ifndef WK_FORWARD_CUDA_H
@@ -34,6 +37,11 @@ typedef struct wk_forward_cuda wk_forward_cuda_t;
 ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_params_t *kv,
                                    int32_t max_batch_tokens, ak_err_t *err, wk_forward_cuda_t **fw_p);
 void wk_forward_cuda_destroy(wk_forward_cuda_t *fw);
+
+/* The page_ops (kvpool.h) through which a pool over `page_memory` (device memory of
+ * n_pages * page_bytes) reaches page bytes on this forward's stream: give them to
+ * kv_pool_params_t.page_ops so that arkvale, quest and streaming can run. Owned by fw. */
+const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, size_t page_bytes);
 
 /* Runs the batch and appends its tokens to each sequence in `pool`; logits (when
  * wanted) are copied to the host array. On failure the pool is as before the call. */
