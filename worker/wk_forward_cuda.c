@@ -184,6 +184,8 @@ const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_
   return &fw->page_ops;
 }
 
+void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled) { kn_cuda_blas_use_gemv(fw->blas, enabled); }
+
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p) { *t_p = fw->timing; }
 
 static kn_cuda_stream_t wk_stream(const wk_forward_cuda_t *fw) { return (kn_cuda_stream_t)fw->stream; }

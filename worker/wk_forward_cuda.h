@@ -48,6 +48,9 @@ const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,
                                 ak_err_t *err);
 
+/* Decode-sized GEMMs through the GEMV kernel (default) or cuBLASLt alone (to compare). */
+void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled);
+
 /* Wall time of the last run, microseconds, split as wk_forward_timing_t (on the GPU the
  * phases overlap the host's work, so only the total is exact). */
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "ak_alloc.h"
+#include "kn_cuda_gemv.cuh"
 #include "kn_cuda_internal.cuh"
 
 // 32 MiB: NVIDIA's recommended cuBLAS workspace on Hopper; split-K and stream-K
@@ -69,7 +70,12 @@ struct kn_cuda_blas {
   void *workspace; // [KN_GEMM_WORKSPACE_BYTES] device
   size_t workspace_bytes;
   kn_gemm_plan_t plans[KN_GEMM_CACHE_SLOTS];
+  int no_gemv; // kn_cuda_blas_use_gemv(blas, 0): every call through cuBLASLt
 };
+
+extern "C" void kn_cuda_blas_use_gemv(kn_cuda_blas_t *blas, int enabled) {
+  if (blas) blas->no_gemv = !enabled;
+}
 
 extern "C" ak_status_t kn_cuda_blas_create(kn_cuda_stream_t stream, ak_err_t *err, kn_cuda_blas_t **blas_p) {
   if (!blas_p) return AK_ERR(err, AK_ERR_INVALID_ARG, "blas_p is NULL");
@@ -212,6 +218,8 @@ static int kn_gemm_key_eq(const kn_gemm_key_t *a, const kn_gemm_key_t *b) {
 extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err) {
   AK_TRY(kn_gemm_validate(blas, args, err));
   if (args->n_tok == 0) return AK_OK;
+  /* decode-sized: a weight-streaming GEMV beats cuBLASLt's split-K kernels */
+  if (!blas->no_gemv && kn_gemv_applies(args)) return kn_gemv_run(args, blas->stream, err);
 
   kn_gemm_key_t key;
   memset(&key, 0, sizeof(key));

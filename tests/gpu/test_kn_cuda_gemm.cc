@@ -106,7 +106,8 @@ std::string case_name(const testing::TestParamInfo<Case> &info) {
 
 std::vector<Case> gpu_cases() {
   std::vector<Case> out;
-  for (int64_t n_tok : {1, 17, 97, 512}) {
+  // 1..8 rows take the GEMV path (kn_cuda_gemv.cu) when aligned; the rest cuBLASLt
+  for (int64_t n_tok : {1, 2, 3, 4, 8, 17, 97, 512}) {
     out.push_back({n_tok, 576, 576, "q"});            // SmolLM2-135M: q and o
     out.push_back({n_tok, 576, 3 * 1536, "fused3"});  // three 1536-row projections of one x, fused
     out.push_back({n_tok, 1536, 576, "down"});
@@ -230,6 +231,12 @@ class KnCudaGemmGpuBase : public testing::Test {
 class KnCudaGemmGpu : public KnCudaGemmGpuBase, public testing::WithParamInterface<Case> {};
 
 TEST_P(KnCudaGemmGpu, F32) { check(GetParam(), KN_CUDA_F32, false, 0); }
+// The same shapes with the GEMV path off: cuBLASLt alone (the reference the GEMV's
+// speed is measured against).
+TEST_P(KnCudaGemmGpu, F32CublasOnly) {
+  kn_cuda_blas_use_gemv(blas_.get(), 0);
+  check(GetParam(), KN_CUDA_F32, false, 0);
+}
 TEST_P(KnCudaGemmGpu, Bf16) { check(GetParam(), KN_CUDA_BF16, false, 0); }
 TEST_P(KnCudaGemmGpu, F32Accumulate) { check(GetParam(), KN_CUDA_F32, true, 0); }
 // Operands one element past an allocation's start: 2- and 4-byte aligned pointers,

@@ -1,0 +1,116 @@
+// kn_cuda_gemv: y = x · Wᵀ for a few rows of x (decode steps), memory-bound on W.
+//
+// cuBLASLt picks split-K kernels for n_tok <= 8 that read the weights at ~63% of the
+// H100's bandwidth (notes/device-runs.md, the ncu breakdown of a 7B decode step);
+// this kernel streams each weight row once with 16-byte loads and keeps every
+// token's partial sums in registers. One warp per output row: lanes stride over the
+// row 8 bf16 at a time (4 loads in flight per lane), then a warp reduction per token.
+// x stays in L1/L2 (n_tok rows of n_in bf16: at most 8 x 14336 x 2 bytes).
+//
+// Used by kn_cuda_gemm (kn_cuda_gemm.cu) when n_tok <= KN_GEMV_MAX_TOK and every row
+// starts on a 16-byte boundary; cuBLASLt does the rest.
+#include "kn_cuda_gemv.cuh"
+
+namespace {
+
+constexpr int kWarps = 8;   // warps (output rows) per block
+constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
+
+__device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
+  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 p = __bfloat1622float2(h[i]);
+    f[2 * i] = p.x;
+    f[2 * i + 1] = p.y;
+  }
+}
+
+template <int NT, typename TY>
+__global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
+                                                              const __nv_bfloat16 *__restrict__ w, TY *__restrict__ y,
+                                                              int64_t n_in, int64_t n_out, int accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (row >= n_out) return;
+  const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * n_in);
+  const int64_t n_vec = n_in / 8;  // 16-byte vectors per row (n_in % 8 == 0: checked by the caller)
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.f;
+  for (int64_t v0 = lane; v0 < n_vec; v0 += 32 * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      int64_t v = v0 + (int64_t)u * 32;
+      wv[u] = v < n_vec ? __ldcs(wr + v) : make_uint4(0, 0, 0, 0);  // weights are streamed once
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      int64_t v = v0 + (int64_t)u * 32;
+      if (v >= n_vec) break;
+      float wf[8];
+      kn_bf16x8_to_f32(wv[u], wf);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)t * n_in) + v);
+        float xf[8];
+        kn_bf16x8_to_f32(xv, xf);
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[t] = fmaf(xf[i], wf[i], acc[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    float s = acc[t];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) {
+      TY *out = y + (int64_t)t * n_out + row;
+      if (accumulate) s += kn_ld(out);
+      kn_st(out, s);
+    }
+  }
+}
+
+template <int NT>
+cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, cudaStream_t stream) {
+  dim3 grid((unsigned)((a->n_out + kWarps - 1) / kWarps)), block(kWarps * 32);
+  const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x);
+  const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(a->w);
+  if (a->y_dtype == KN_CUDA_F32)
+    kn_gemv_kernel<NT, float><<<grid, block, 0, stream>>>(x, w, static_cast<float *>(a->y), a->n_in, a->n_out,
+                                                          a->accumulate);
+  else
+    kn_gemv_kernel<NT, __nv_bfloat16><<<grid, block, 0, stream>>>(x, w, static_cast<__nv_bfloat16 *>(a->y), a->n_in,
+                                                                  a->n_out, a->accumulate);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int kn_gemv_applies(const kn_cuda_gemm_args_t *a) {
+  uintptr_t mask = (uintptr_t)a->x | (uintptr_t)a->w;
+  return a->n_tok >= 1 && a->n_tok <= KN_GEMV_MAX_TOK && a->n_in % 8 == 0 && (mask & 15) == 0 &&
+         a->n_out <= (int64_t)kWarps * 0x7fffffff;
+}
+
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, cudaStream_t stream, ak_err_t *err) {
+  cudaError_t e;
+  switch (a->n_tok) {
+    case 1: e = kn_gemv_launch_nt<1>(a, stream); break;
+    case 2: e = kn_gemv_launch_nt<2>(a, stream); break;
+    case 3: e = kn_gemv_launch_nt<3>(a, stream); break;
+    case 4: e = kn_gemv_launch_nt<4>(a, stream); break;
+    case 5: e = kn_gemv_launch_nt<5>(a, stream); break;
+    case 6: e = kn_gemv_launch_nt<6>(a, stream); break;
+    case 7: e = kn_gemv_launch_nt<7>(a, stream); break;
+    case 8: e = kn_gemv_launch_nt<8>(a, stream); break;
+    default:
+      return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
+                        KN_GEMV_MAX_TOK);
+  }
+  if (e != cudaSuccess) return ak_err_set(err, AK_ERR_CUDA, "kn_gemv_run: launch: %s", cudaGetErrorString(e));
+  return AK_OK;
+}
