@@ -228,7 +228,9 @@ TEST(WkForwardCudaGpu, MixedBatchEqualsSeparateRuns) {
   ASSERT_EQ(g.step(&a2, &n39, 1, pa.data(), 0, la.data()), AK_OK);
   ASSERT_EQ(g.step(&a2, &one, 1, &pa[39], 0, la.data()), AK_OK);
   ASSERT_EQ(g.step(&b2, &n90, 1, pb.data(), 0, lb.data()), AK_OK);
-  EXPECT_LT(rel_err(both.data(), la.data(), V), 1e-3);
+  // A lone decode token's GEMMs take the GEMV path, the mixed batch's take cuBLASLt:
+  // the same sums in another order, so agreement is to bf16 precision, not bitwise.
+  EXPECT_LT(rel_err(both.data(), la.data(), V), 1e-2);
   EXPECT_LT(rel_err(both.data() + V, lb.data(), V), 1e-3);
   for (kv_seq_id_t s : {a, b, a2, b2}) ASSERT_EQ(kv_seq_release(g.pool, s), AK_OK);
   kv_pool_stats_t st;
