@@ -49,6 +49,15 @@ struct wk_forward_cuda {
   size_t page_bytes;
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
+  /* the graph path (full pools): every layer's tables staged before any kernel, then
+   * the whole step replayed from one CUDA graph */
+  kn_cuda_attn_args_t *pre_attn;      /* [n_layers] */
+  kn_cuda_kv_store_args_t *pre_store; /* [n_layers] */
+  float *logits_host;                 /* pinned [max(T, max_seqs), n_vocab]: the graph's copy target */
+  size_t logits_host_bytes;
+  cudaGraphExec_t graph;
+  int64_t graph_key[5];               /* n_tok, n_seqs, n_out, attention chunks, logits wanted */
+  int use_graphs;
 };
 
 static double wk_now_us(void) {
@@ -81,6 +90,10 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
+  kn_cuda_host_free(fw->logits_host, fw->logits_host_bytes);
+  if (fw->graph) cudaGraphExecDestroy(fw->graph);
+  ak_host_free(fw->pre_attn, sizeof(kn_cuda_attn_args_t) * (size_t)fw->hp.n_layers);
+  ak_host_free(fw->pre_store, sizeof(kn_cuda_kv_store_args_t) * (size_t)fw->hp.n_layers);
   kn_cuda_blas_destroy(fw->blas);
   if (fw->stream) cudaStreamDestroy(fw->stream);
   ak_host_free(fw, sizeof *fw);
@@ -150,6 +163,16 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
   fw->q_host_bytes = T * q_dim * f4;
   st = kn_cuda_host_alloc(fw->q_host_bytes, err, (void **)&fw->q_host, NULL);
   if (st < 0) goto fail;
+  fw->logits_host_bytes = n_out_rows * (size_t)hp->n_vocab * f4;
+  st = kn_cuda_host_alloc(fw->logits_host_bytes, err, (void **)&fw->logits_host, NULL);
+  if (st < 0) goto fail;
+  fw->pre_attn = ak_host_alloc(sizeof(kn_cuda_attn_args_t) * (size_t)hp->n_layers, 1);
+  fw->pre_store = ak_host_alloc(sizeof(kn_cuda_kv_store_args_t) * (size_t)hp->n_layers, 1);
+  if (!fw->pre_attn || !fw->pre_store) {
+    st = AK_ERR(err, AK_ERR_NO_MEMORY, "per-layer argument tables");
+    goto fail;
+  }
+  fw->use_graphs = 1;
   *fw_p = fw;
   return AK_OK;
 fail:
@@ -294,9 +317,77 @@ static ak_status_t wk_layer_table(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_
   return AK_OK;
 }
 
+/* The graph path's table phase for one layer of a full pool (no queries needed):
+ * stages slots and view in the layer's region (the caller uploads every region at
+ * once) and fills the layer's K/V-store and attention arguments. Host only. */
+static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, int64_t n_tok,
+                                       int32_t *max_kv_len_p, ak_err_t *err) {
+  const int32_t *page, *slot;
+  ak_status_t st = kv_layer_slots(pool, l, &page, &slot);
+  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  kn_attn_args_t v;
+  memset(&v, 0, sizeof v);
+  st = kv_layer_view(pool, l, NULL, fw->hp.n_heads, &v);
+  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  int32_t S = v.kv.n_seqs, n_idx = v.kv.indptr[S];
+  if (S > fw->max_seqs || n_idx > fw->max_seqs * fw->max_pages_per_seq)
+    return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / %d pages exceed the staging area", l, S, n_idx);
+  wk_region_t o = wk_region(fw);
+  int64_t base = 2 * (int64_t)fw->max_tok + (int64_t)l * fw->region_ints;
+  int32_t *h = fw->stage + base, *d = (int32_t *)fw->region.ptr + base;
+  memcpy(h + o.page, page, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.slot, slot, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.seq_idx, v.tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.kv_len, v.tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.last_len, v.kv.last_page_len, sizeof(int32_t) * (size_t)S);
+  memcpy(h + o.indptr, v.kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
+  memcpy(h + o.indices, v.kv.indices, sizeof(int32_t) * (size_t)n_idx);
+  int32_t max_kv_len = 0;
+  for (int64_t t = 0; t < n_tok; t++)
+    if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];
+  if (max_kv_len > *max_kv_len_p) *max_kv_len_p = max_kv_len;
+  kn_cuda_kv_store_args_t *ks = &fw->pre_store[l];
+  memset(ks, 0, sizeof *ks);
+  ks->k = fw->k.ptr;
+  ks->v = fw->v.ptr;
+  ks->k_base = (void *)v.kv.k_base;
+  ks->v_base = (void *)v.kv.v_base;
+  ks->kv_dtype = KN_CUDA_F16;
+  ks->page_stride_elems = v.kv.page_stride_elems;
+  ks->head_stride_elems = v.kv.head_stride_elems;
+  ks->n_kv_heads = fw->hp.n_kv_heads;
+  ks->head_dim = fw->hp.head_dim;
+  ks->dst_page = d + o.page;
+  ks->dst_slot = d + o.slot;
+  ks->n_tok = n_tok;
+  kn_cuda_attn_args_t *a = &fw->pre_attn[l];
+  memset(a, 0, sizeof *a);
+  a->q = fw->q.ptr;
+  a->out = fw->attn.ptr;
+  a->out_dtype = KN_CUDA_BF16;
+  a->n_tok = n_tok;
+  a->n_heads = fw->hp.n_heads;
+  a->n_kv_heads = fw->hp.n_kv_heads;
+  a->head_dim = fw->hp.head_dim;
+  a->scale = 1.0f / sqrtf((float)fw->hp.head_dim);
+  a->tok_seq_idx = d + o.seq_idx;
+  a->tok_kv_len = d + o.kv_len;
+  a->kv.k_base = v.kv.k_base;
+  a->kv.v_base = v.kv.v_base;
+  a->kv.kv_dtype = KN_CUDA_F16;
+  a->kv.page_stride_elems = v.kv.page_stride_elems;
+  a->kv.head_stride_elems = v.kv.head_stride_elems;
+  a->kv.page_tokens = v.kv.page_tokens;
+  a->kv.n_seqs = S;
+  a->kv.indptr = d + o.indptr;
+  a->kv.indices = d + o.indices;
+  a->kv.last_page_len = d + o.last_len;
+  return AK_OK;
+}
+
 /* One transformer block over the batch's rows, updating x in place. */
 static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, const int32_t *d_pos, int64_t n_tok,
-                            ak_err_t *err) {
+                            int pre, ak_err_t *err) {
   const wk_hparams_t *hp = &fw->hp;
   const wk_cuda_layer_t *L = wk_model_cuda_layer(fw->model, l);
   int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim, kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
@@ -319,7 +410,12 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
   AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
 
   kn_cuda_attn_args_t a;
-  AK_TRY(wk_layer_table(fw, pool, l, n_tok, &a, err));
+  if (pre) { /* tables staged and uploaded before the step's first kernel */
+    AK_TRY(kn_cuda_kv_store(&fw->pre_store[l], wk_stream(fw), err));
+    a = fw->pre_attn[l];
+  } else {
+    AK_TRY(wk_layer_table(fw, pool, l, n_tok, &a, err));
+  }
   size_t need = kn_cuda_attention_workspace_bytes(&a);
   if (need > fw->attn_ws.n_bytes)
     return AK_ERR(err, AK_ERR_INTERNAL, "attention workspace of %zu bytes, the step needs %zu", fw->attn_ws.n_bytes,
@@ -363,7 +459,8 @@ static ak_status_t wk_check_batch(const wk_forward_cuda_t *fw, const wk_forward_
 }
 
 /* The final norm and the vocab projection of the wanted rows, logits to the host. */
-static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b, int64_t n_tok, ak_err_t *err) {
+static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b, int64_t n_tok, float *dst,
+                             ak_err_t *err) {
   const wk_hparams_t *hp = &fw->hp;
   size_t row_bytes = sizeof(float) * (size_t)hp->dim;
   int64_t n_out = n_tok;
@@ -383,10 +480,67 @@ static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b,
   AK_TRY(wk_norm(fw, fw->rows.ptr, wk_model_cuda_output_norm(fw->model), n_out, fw->xn.ptr, err));
   AK_TRY(wk_gemm(fw, fw->xn.ptr, wk_model_cuda_output(fw->model), n_out, hp->dim, hp->n_vocab, fw->logits.ptr,
                  KN_CUDA_F32, 0, err));
-  WK_CUDA_TRY(err, cudaMemcpyAsync(b->logits, fw->logits.ptr, sizeof(float) * (size_t)n_out * (size_t)hp->n_vocab,
+  WK_CUDA_TRY(err, cudaMemcpyAsync(dst, fw->logits.ptr, sizeof(float) * (size_t)n_out * (size_t)hp->n_vocab,
                                    cudaMemcpyDeviceToHost, fw->stream));
   return AK_OK;
 }
+
+/* Every kernel of a step after its tables are on the device: embedding, the layers,
+ * and (when wanted) the logits into `logits_dst`. `pre`: the layers' tables were staged
+ * up front (the graph path); otherwise each layer builds and uploads its own. */
+static ak_status_t wk_step_kernels(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
+                                   int64_t n_tok, int pre, float *logits_dst, ak_err_t *err) {
+  int32_t *d_ids = fw->region.ptr, *d_pos = d_ids + fw->max_tok;
+  kn_cuda_embed_args_t e = {.table = wk_model_cuda_token_embd(fw->model), .table_dtype = KN_CUDA_BF16,
+                            .ids = d_ids, .out = fw->x.ptr, .n_tok = n_tok, .dim = fw->hp.dim,
+                            .n_vocab = fw->hp.n_vocab, .bad_id_flag = NULL};
+  AK_TRY(kn_cuda_embed(&e, wk_stream(fw), err));
+  for (int32_t l = 0; l < fw->hp.n_layers; l++) AK_TRY(wk_layer(fw, pool, l, d_pos, n_tok, pre, err));
+  if (b->logits) AK_TRY(wk_logits(fw, b, n_tok, logits_dst, err));
+  return AK_OK;
+}
+
+/* The graph path: a decode batch (one token per sequence) on a full pool. Every
+ * layer's tables are staged first and go up in one copy; the kernels then replay from
+ * a CUDA graph, captured again only when the step's shape changes (batch size, logits,
+ * or the attention's split into chunks as the context grows). */
+static ak_status_t wk_step_graph(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
+                                 int64_t n_tok, ak_err_t *err) {
+  int32_t max_kv_len = 0;
+  for (int32_t l = 0; l < fw->hp.n_layers; l++) AK_TRY(wk_layer_table_host(fw, pool, l, n_tok, &max_kv_len, err));
+  for (int32_t l = 0; l < fw->hp.n_layers; l++) fw->pre_attn[l].max_kv_len = max_kv_len;
+  size_t ws = kn_cuda_attention_workspace_bytes(&fw->pre_attn[0]);
+  if (ws > fw->attn_ws.n_bytes)
+    return AK_ERR(err, AK_ERR_INTERNAL, "attention workspace of %zu bytes, the step needs %zu", fw->attn_ws.n_bytes,
+                  ws);
+  size_t used = sizeof(int32_t) * (size_t)(2 * (int64_t)fw->max_tok + (int64_t)fw->hp.n_layers * fw->region_ints);
+  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->region.ptr, fw->stage, used, cudaMemcpyHostToDevice, fw->stream));
+  int64_t key[5] = {n_tok, b->seqs.n_seqs, b->logits ? 1 : 0, b->logits_all, (int64_t)ws};
+  if (!fw->graph || memcmp(key, fw->graph_key, sizeof key) != 0) {
+    if (fw->graph) cudaGraphExecDestroy(fw->graph);
+    fw->graph = NULL;
+    WK_CUDA_TRY(err, cudaStreamBeginCapture(fw->stream, cudaStreamCaptureModeThreadLocal));
+    ak_status_t st = wk_step_kernels(fw, pool, b, n_tok, 1, fw->logits_host, err);
+    cudaGraph_t g = NULL;
+    cudaError_t ce = cudaStreamEndCapture(fw->stream, &g);
+    if (st < 0) {
+      if (g) cudaGraphDestroy(g);
+      return st;
+    }
+    if (ce != cudaSuccess) return AK_ERR(err, AK_ERR_CUDA, "graph capture: %s", cudaGetErrorString(ce));
+    ce = cudaGraphInstantiate(&fw->graph, g, 0);
+    cudaGraphDestroy(g);
+    if (ce != cudaSuccess) {
+      fw->graph = NULL;
+      return AK_ERR(err, AK_ERR_CUDA, "graph instantiate: %s", cudaGetErrorString(ce));
+    }
+    memcpy(fw->graph_key, key, sizeof key);
+  }
+  WK_CUDA_TRY(err, cudaGraphLaunch(fw->graph, fw->stream));
+  return AK_OK;
+}
+
+void wk_forward_cuda_use_graphs(wk_forward_cuda_t *fw, int enabled) { fw->use_graphs = enabled; }
 
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
                                 ak_err_t *err) {
@@ -401,26 +555,27 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
 
   memcpy(fw->stage, b->tokens, sizeof(int32_t) * (size_t)n_tok);
   memcpy(fw->stage + fw->max_tok, pos, sizeof(int32_t) * (size_t)n_tok);
-  int32_t *d_ids = fw->region.ptr, *d_pos = d_ids + fw->max_tok;
-  cudaError_t ce = cudaMemcpyAsync(d_ids, fw->stage, sizeof(int32_t) * 2 * (size_t)fw->max_tok,
-                                   cudaMemcpyHostToDevice, fw->stream);
-  if (ce != cudaSuccess) {
-    st = AK_ERR(err, AK_ERR_CUDA, "ids upload: %s", cudaGetErrorString(ce));
-    goto err_abort;
-  }
-  kn_cuda_embed_args_t e = {.table = wk_model_cuda_token_embd(fw->model), .table_dtype = KN_CUDA_BF16,
-                            .ids = d_ids, .out = fw->x.ptr, .n_tok = n_tok, .dim = fw->hp.dim,
-                            .n_vocab = fw->hp.n_vocab, .bad_id_flag = NULL};
-  st = kn_cuda_embed(&e, wk_stream(fw), err);
-  for (int32_t l = 0; st >= 0 && l < fw->hp.n_layers; l++) st = wk_layer(fw, pool, l, d_pos, n_tok, err);
+  int graph = fw->use_graphs && n_tok == b->seqs.n_seqs && kv_pool_params(pool)->policy == KV_POLICY_FULL &&
+              !kv_pool_wants_queries(pool);
+  cudaError_t ce;
   double t_logits = wk_now_us();
-  if (st >= 0 && b->logits) st = wk_logits(fw, b, n_tok, err);
+  if (graph) {
+    st = wk_step_graph(fw, pool, b, n_tok, err);
+  } else {
+    ce = cudaMemcpyAsync(fw->region.ptr, fw->stage, sizeof(int32_t) * 2 * (size_t)fw->max_tok,
+                         cudaMemcpyHostToDevice, fw->stream);
+    st = ce == cudaSuccess ? wk_step_kernels(fw, pool, b, n_tok, 0, b->logits, err)
+                           : AK_ERR(err, AK_ERR_CUDA, "ids upload: %s", cudaGetErrorString(ce));
+  }
   if (st < 0) goto err_abort;
   ce = cudaStreamSynchronize(fw->stream);
   if (ce != cudaSuccess) {
     st = AK_ERR(err, AK_ERR_CUDA, "step: %s", cudaGetErrorString(ce));
     goto err_abort;
   }
+  if (graph && b->logits)
+    memcpy(b->logits, fw->logits_host, sizeof(float) * (size_t)(b->logits_all ? n_tok : b->seqs.n_seqs) *
+                                           (size_t)fw->hp.n_vocab);
   fw->timing.logits_us = wk_now_us() - t_logits;
   st = kv_step_end(pool);
   if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));

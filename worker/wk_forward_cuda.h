@@ -48,6 +48,10 @@ const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,
                                 ak_err_t *err);
 
+/* Decode steps on full pools replayed from a CUDA graph (default) or launched one
+ * kernel at a time (to compare). */
+void wk_forward_cuda_use_graphs(wk_forward_cuda_t *fw, int enabled);
+
 /* Decode-sized GEMMs through the GEMV kernel (default) or cuBLASLt alone (to compare). */
 void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled);
 

@@ -49,6 +49,7 @@ typedef struct {
   const char *out_path; /* NULL: bench/results/decode-<date>.md */
   int no_write;
   int no_gemv;          /* --gemm cublas: decode GEMMs through cuBLASLt alone */
+  int no_graphs;        /* --graphs off: kernels launched one by one */
 } dec_args_t;
 
 typedef enum { DEC_ROW_OK = 0, DEC_ROW_NO_FIT = 1, DEC_ROW_ERROR = 2 } dec_row_status_t;
@@ -84,6 +85,7 @@ static void dec_usage(FILE *f) {
           "                       (default 10240,20480,30720)\n"
           "  --steps N            timed decode steps (default 32)\n"
           "  --gemm gemv|cublas   decode GEMMs: the GEMV kernel for <= 8 rows (default) or cuBLASLt\n"
+          "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
           "  --warmup N           untimed decode steps first (default 4)\n"
           "  --page-tokens N      tokens per KV page, 1..256 (default 32)\n"
           "  --device cuda        the only device (cpu is refused: this measures the GPU engine)\n"
@@ -145,7 +147,8 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     }
     if (strcmp(f, "--shape") && strcmp(f, "--batch") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
         strcmp(f, "--warmup") && strcmp(f, "--page-tokens") && strcmp(f, "--device") &&
-        strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm")) {
+        strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm") &&
+        strcmp(f, "--graphs")) {
       fprintf(stderr, "bench_decode: unknown flag '%s' (--help lists them)\n", f);
       return -1;
     }
@@ -200,6 +203,14 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
       else if (!strcmp(v, "cublas")) a->no_gemv = 1;
       else {
         fprintf(stderr, "bench_decode: --gemm expects gemv or cublas, got '%s'\n", v);
+        r = -1;
+      }
+    }
+    else if (!strcmp(f, "--graphs")) {
+      if (!strcmp(v, "on")) a->no_graphs = 0;
+      else if (!strcmp(v, "off")) a->no_graphs = 1;
+      else {
+        fprintf(stderr, "bench_decode: --graphs expects on or off, got '%s'\n", v);
         r = -1;
       }
     }
@@ -305,6 +316,7 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   st = wk_forward_cuda_create(model, &kp, B, &err, &fw);
   if (st < 0) goto fail;
   wk_forward_cuda_use_gemv(fw, !a->no_gemv);
+  wk_forward_cuda_use_graphs(fw, !a->no_graphs);
   st = kn_cuda_host_alloc(logits_bytes, &err, (void **)&logits, NULL);
   if (st < 0) goto fail;
 
@@ -526,6 +538,7 @@ static int dec_write_results(const char *path, const dec_args_t *a, const dec_in
           (info->runtime_api % 1000) / 10);
   fprintf(f, "- models: synthetic bf16 weights (wk_model_cuda_synthetic, seed %d); KV pages f16, %lld tokens a page\n",
           DEC_SEED, (long long)a->page_tokens);
+  fprintf(f, "- CUDA graphs: %s\n", a->no_graphs ? "off (--graphs off)" : "on (each decode step replayed from a graph)");
   fprintf(f, "- decode GEMMs: %s\n", a->no_gemv ? "cuBLASLt (--gemm cublas)" : "the GEMV kernel for <= 8 rows (kn_cuda_gemv.cu), cuBLASLt otherwise");
   fprintf(f, "- **KV filled synthetically; prefill not timed**: each sequence's ctx tokens are committed to the "
              "pool's tables by one kv_step_begin/kv_step_end without a forward pass; the pages are zero "
@@ -600,7 +613,8 @@ int main(int argc, char **argv) {
   strftime(info.date, sizeof info.date, "%Y-%m-%d", localtime(&now));
   printf("card: %s, %.1f GiB; driver %s; bound at %.0f GB/s\n", info.card, (double)info.total_mem_bytes / DEC_GIB,
          info.driver, a.bandwidth_gbs);
-  printf("decode GEMMs: %s\n", a.no_gemv ? "cuBLASLt" : "GEMV kernel (<= 8 rows)");
+  printf("decode GEMMs: %s; CUDA graphs %s\n", a.no_gemv ? "cuBLASLt" : "GEMV kernel (<= 8 rows)",
+         a.no_graphs ? "off" : "on");
   printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the host.\n",
          (long long)a.batch);
 
