@@ -112,8 +112,10 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     return AK_ERR(err, AK_ERR_UNSUPPORTED, "policy %s moves tokens inside pages: not with page_memory",
                   kv_policy_name(p->policy));
   if (p->page_memory && p->policy != KV_POLICY_FULL && p->budget_tokens > 0 &&
-      (!p->page_ops || !p->page_ops->read_page || !p->page_ops->write_page))
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "policy %s over page_memory needs page_ops (read_page and write_page)",
+      (!p->page_ops || !p->page_ops->read_page || !p->page_ops->write_page ||
+       !p->page_ops->put_digest != !p->page_ops->score_pages))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "policy %s over page_memory needs page_ops (read_page and write_page; put_digest and "
+                  "score_pages together or neither)",
                   kv_policy_name(p->policy));
   if (p->page_memory && p->track_token_attn)
     return AK_ERR(err, AK_ERR_UNSUPPORTED, "track_token_attn reads page bytes on the host: not with page_memory");

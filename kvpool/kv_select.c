@@ -49,12 +49,19 @@ static int32_t kv_window_pages(const kv_pool_t *pool) {
   return pool->p.policy == KV_POLICY_ARKVALE ? pool->p.n_window_pages : 1;
 }
 
-/* Scores pages [0, L->n_digests) of the layer against q into L->score. */
+/* Scores pages [0, L->n_digests) of the layer against q into L->score: on the host,
+ * or where the pages are when page_ops can (score_pages). */
 static void kv_select_estimate(kv_pool_t *pool, kv_seq_t *s, kv_layer_t *L, const float *q) {
   double t0 = kv_now_us();
   const kv_pool_params_t *p = &pool->p;
-  ak_status_t st = kv_digest_score_pages(pool->digest, L->digest, L->n_digests, q, p->n_heads, p->n_kv_heads,
-                                         p->head_dim, p->score_agg, NULL, L->score);
+  const kv_page_ops_t *ops = p->page_memory ? p->page_ops : NULL;
+  ak_status_t st;
+  if (ops && ops->score_pages)
+    st = ops->score_pages(ops->ctx, (int32_t)(s - pool->seqs), (int32_t)(L - s->layers), q, L->n_digests, L->score,
+                          &pool->err);
+  else
+    st = kv_digest_score_pages(pool->digest, L->digest, L->n_digests, q, p->n_heads, p->n_kv_heads, p->head_dim,
+                               p->score_agg, NULL, L->score);
   /* shapes were checked at create: a failure here is a bug */
   if (st < 0)
     for (int64_t j = 0; j < L->n_digests; j++) L->score[j] = NAN;
@@ -170,6 +177,9 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
     AK_TRY(kv_digest_build(pool->digest, pool->page_f32, p->page_tokens, p->n_kv_heads, p->head_dim, &pool->err,
                            L->digest + j * per_page));
     L->n_digests = j + 1;
+    const kv_page_ops_t *ops = p->page_memory ? p->page_ops : NULL;
+    if (ops && ops->put_digest)
+      AK_TRY(ops->put_digest(ops->ctx, (int32_t)(s - pool->seqs), layer, j, L->digest + j * per_page, &pool->err));
     if (!pool->has_backup) continue;
     kv_backup_id_t id;
     ak_status_t st = kv_tier_put(pool->tier, bytes, pool->page_bytes, &id);

@@ -167,6 +167,16 @@ typedef struct kv_page_ops {
   void *ctx;
   ak_status_t (*read_page)(void *ctx, int32_t page_id, void *dst_host, ak_err_t *err);
   ak_status_t (*write_page)(void *ctx, int32_t page_id, const void *src_host, ak_err_t *err);
+  /* Optional, together: digests kept where the pages are, so estimates run there.
+   * put_digest receives each filled page's digest ([n_kv_heads][kv_digest_floats] f32,
+   * host, valid during the call) for (sequence, layer, logical page). score_pages writes
+   * to host `scores` [n_pages] the scores of logical pages [0, n_pages) of (sequence,
+   * layer) against q [n_heads * head_dim] (host), exactly as kv_digest_score_pages would
+   * with the pool's digest kind and aggregation. */
+  ak_status_t (*put_digest)(void *ctx, int32_t seq, int32_t layer, int64_t page_idx, const float *digest,
+                            ak_err_t *err);
+  ak_status_t (*score_pages)(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages, float *scores,
+                             ak_err_t *err);
 } kv_page_ops_t;
 typedef int32_t kv_seq_id_t;
 

@@ -92,8 +92,8 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
     kp.page_memory = e->pages_cuda;
     st = wk_forward_cuda_create(e->model_cuda, &kp, p->max_batch_tokens, err, &e->fw_cuda);
     if (st < 0) goto err_destroy;
-    kp.page_ops = wk_forward_cuda_page_ops(e->fw_cuda, e->pages_cuda, kv_page_bytes(&kp));
-    st = kv_pool_create(&kp, err, &e->pool);
+    st = wk_forward_cuda_page_ops(e->fw_cuda, e->pages_cuda, &kp, err, &kp.page_ops);
+    if (st >= 0) st = kv_pool_create(&kp, err, &e->pool);
     if (st < 0) goto err_destroy;
     *eng_p = e;
     return AK_OK;

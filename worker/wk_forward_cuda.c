@@ -47,6 +47,12 @@ struct wk_forward_cuda {
   kv_page_ops_t page_ops;
   char *pages;           /* the page memory they reach */
   size_t page_bytes;
+  /* digests on the device for pools that score (arkvale, quest): [max_seqs][n_layers]
+   * [max_pages_per_seq][n_kv_heads * digest floats] f32, and the scoring scratch */
+  wk_dbuf_t digests, d_q, d_scores, d_page_seq;
+  int64_t digest_floats;  /* per page */
+  int32_t digest_kind;
+  int32_t score_agg;
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
   /* the graph path (full pools): every layer's tables staged before any kernel, then
@@ -85,8 +91,9 @@ static void wk_dbuf_free(wk_dbuf_t *b) {
 
 void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   if (!fw) return;
-  wk_dbuf_t *bufs[] = {&fw->x,    &fw->xn,   &fw->q,    &fw->k,      &fw->v,       &fw->attn,  &fw->gate,
-                       &fw->up,   &fw->act,  &fw->rows, &fw->logits, &fw->attn_ws, &fw->region};
+  wk_dbuf_t *bufs[] = {&fw->x,    &fw->xn,      &fw->q,       &fw->k,       &fw->v,   &fw->attn,
+                       &fw->gate, &fw->up,      &fw->act,     &fw->rows,    &fw->logits, &fw->attn_ws,
+                       &fw->region, &fw->digests, &fw->d_q, &fw->d_scores, &fw->d_page_seq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
@@ -180,6 +187,8 @@ fail:
   return st;
 }
 
+static kn_cuda_stream_t wk_stream(const wk_forward_cuda_t *fw) { return (kn_cuda_stream_t)fw->stream; }
+
 /* page_ops: whole pages between device page memory and the host, on the forward's
  * stream (so after the K/V store that wrote them), completed before returning. */
 static ak_status_t wk_read_page(void *ctx, int32_t pg, void *dst, ak_err_t *err) {
@@ -198,20 +207,78 @@ static ak_status_t wk_write_page(void *ctx, int32_t pg, const void *src, ak_err_
   return AK_OK;
 }
 
-const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, size_t page_bytes) {
+static float *wk_digest_row(wk_forward_cuda_t *fw, int32_t seq, int32_t layer, int64_t page_idx) {
+  int64_t row = ((int64_t)seq * fw->hp.n_layers + layer) * fw->max_pages_per_seq + page_idx;
+  return (float *)fw->digests.ptr + row * fw->digest_floats;
+}
+
+/* put_digest / score_pages: digests live on the device and every estimate runs there
+ * (one launch, the scores come back: the selection itself is still the host's). */
+static ak_status_t wk_put_digest(void *ctx, int32_t seq, int32_t layer, int64_t j, const float *digest,
+                                 ak_err_t *err) {
+  wk_forward_cuda_t *fw = ctx;
+  if (seq < 0 || seq >= fw->max_seqs || j < 0 || j >= fw->max_pages_per_seq)
+    return AK_ERR(err, AK_ERR_RANGE, "digest of sequence %d page %lld outside the device store", seq, (long long)j);
+  WK_CUDA_TRY(err, cudaMemcpyAsync(wk_digest_row(fw, seq, layer, j), digest, sizeof(float) * (size_t)fw->digest_floats,
+                                   cudaMemcpyHostToDevice, fw->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream)); /* `digest` is the pool's scratch */
+  return AK_OK;
+}
+
+static ak_status_t wk_score_pages(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages,
+                                  float *scores, ak_err_t *err) {
+  wk_forward_cuda_t *fw = ctx;
+  if (n_pages == 0) return AK_OK;
+  if (seq < 0 || seq >= fw->max_seqs || n_pages > fw->max_pages_per_seq)
+    return AK_ERR(err, AK_ERR_RANGE, "scores of %lld pages of sequence %d", (long long)n_pages, seq);
+  size_t q_bytes = sizeof(float) * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim;
+  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->d_q.ptr, q, q_bytes, cudaMemcpyHostToDevice, fw->stream));
+  kn_cuda_digest_score_args_t a = {.kind = fw->digest_kind, .agg = fw->score_agg,
+                                   .digests = wk_digest_row(fw, seq, layer, 0), .page_seq = fw->d_page_seq.ptr,
+                                   .q = fw->d_q.ptr, .scores = fw->d_scores.ptr, .n_pages = n_pages, .n_seqs = 1,
+                                   .n_heads = fw->hp.n_heads, .n_kv_heads = fw->hp.n_kv_heads,
+                                   .head_dim = fw->hp.head_dim};
+  AK_TRY(kn_cuda_digest_score(&a, wk_stream(fw), err));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(scores, fw->d_scores.ptr, sizeof(float) * (size_t)n_pages, cudaMemcpyDeviceToHost,
+                                   fw->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
+  return AK_OK;
+}
+
+ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, const kv_pool_params_t *kp,
+                                     ak_err_t *err, const kv_page_ops_t **ops_p) {
   fw->pages = page_memory;
-  fw->page_bytes = page_bytes;
+  fw->page_bytes = kv_page_bytes(kp);
+  memset(&fw->page_ops, 0, sizeof fw->page_ops);
   fw->page_ops.ctx = fw;
   fw->page_ops.read_page = wk_read_page;
   fw->page_ops.write_page = wk_write_page;
-  return &fw->page_ops;
+  int scores = kp->budget_tokens > 0 && (kp->policy == KV_POLICY_ARKVALE || kp->policy == KV_POLICY_QUEST);
+  if (scores && !fw->digests.ptr) {
+    fw->digest_kind = kp->policy == KV_POLICY_QUEST ? KV_DIGEST_CUBOID_MAX : (int32_t)kp->digest;
+    fw->score_agg = (int32_t)kp->score_agg;
+    int32_t per_head = kv_digest_floats((kv_digest_kind_t)fw->digest_kind, fw->hp.head_dim);
+    if (per_head < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "digest kind %d", fw->digest_kind);
+    fw->digest_floats = (int64_t)fw->hp.n_kv_heads * per_head;
+    size_t rows = (size_t)fw->max_seqs * (size_t)fw->hp.n_layers * (size_t)fw->max_pages_per_seq;
+    AK_TRY(wk_dbuf_alloc(&fw->digests, rows * (size_t)fw->digest_floats * sizeof(float), err));
+    AK_TRY(wk_dbuf_alloc(&fw->d_q, sizeof(float) * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim, err));
+    AK_TRY(wk_dbuf_alloc(&fw->d_scores, sizeof(float) * (size_t)fw->max_pages_per_seq, err));
+    AK_TRY(wk_dbuf_alloc(&fw->d_page_seq, sizeof(int32_t) * (size_t)fw->max_pages_per_seq, err));
+    WK_CUDA_TRY(err, cudaMemset(fw->d_page_seq.ptr, 0, fw->d_page_seq.n_bytes)); /* one sequence per call */
+  }
+  if (scores) {
+    fw->page_ops.put_digest = wk_put_digest;
+    fw->page_ops.score_pages = wk_score_pages;
+  }
+  *ops_p = &fw->page_ops;
+  return AK_OK;
 }
 
 void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled) { kn_cuda_blas_use_gemv(fw->blas, enabled); }
 
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p) { *t_p = fw->timing; }
 
-static kn_cuda_stream_t wk_stream(const wk_forward_cuda_t *fw) { return (kn_cuda_stream_t)fw->stream; }
 
 /* y (f32, or added into it) = x (bf16 [n_tok, n_in]) · Wᵀ. */
 static ak_status_t wk_gemm(wk_forward_cuda_t *fw, const void *x, const void *w, int64_t n_tok, int64_t n_in,

@@ -38,10 +38,14 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
                                    int32_t max_batch_tokens, ak_err_t *err, wk_forward_cuda_t **fw_p);
 void wk_forward_cuda_destroy(wk_forward_cuda_t *fw);
 
-/* The page_ops (kvpool.h) through which a pool over `page_memory` (device memory of
- * n_pages * page_bytes) reaches page bytes on this forward's stream: give them to
- * kv_pool_params_t.page_ops so that arkvale, quest and streaming can run. Owned by fw. */
-const kv_page_ops_t *wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, size_t page_bytes);
+/* The page_ops (kvpool.h) through which a pool shaped by `kp` over `page_memory`
+ * (device memory of kp->n_pages pages) reaches page bytes on this forward's stream:
+ * give them to kv_pool_params_t.page_ops so that arkvale, quest and streaming can run.
+ * For arkvale and quest they also keep every page's digest on the device (a store of
+ * max_seqs x n_layers x max pages per sequence digests, allocated here) and score there.
+ * Owned by fw. */
+ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, const kv_pool_params_t *kp,
+                                     ak_err_t *err, const kv_page_ops_t **ops_p);
 
 /* Runs the batch and appends its tokens to each sequence in `pool`; logits (when
  * wanted) are copied to the host array. On failure the pool is as before the call. */

@@ -50,7 +50,11 @@ typedef struct {
   int no_write;
   int no_gemv;          /* --gemm cublas: decode GEMMs through cuBLASLt alone */
   int no_graphs;        /* --graphs off: kernels launched one by one */
+  int64_t budget;       /* --kv-budget: 0 = the full cache; else ArkVale with this budget (tokens) */
 } dec_args_t;
+
+/* Tokens per synthetic-fill step of an ArkVale row. */
+#define DEC_FILL_CHUNK 2048
 
 typedef enum { DEC_ROW_OK = 0, DEC_ROW_NO_FIT = 1, DEC_ROW_ERROR = 2 } dec_row_status_t;
 
@@ -86,6 +90,8 @@ static void dec_usage(FILE *f) {
           "  --steps N            timed decode steps (default 32)\n"
           "  --gemm gemv|cublas   decode GEMMs: the GEMV kernel for <= 8 rows (default) or cuBLASLt\n"
           "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
+          "  --kv-budget TOKENS   0 = full cache (default); else ArkVale with this budget per layer\n"
+          "                       (the synthetic fill then goes in chunks, backing up every page)\n"
           "  --warmup N           untimed decode steps first (default 4)\n"
           "  --page-tokens N      tokens per KV page, 1..256 (default 32)\n"
           "  --device cuda        the only device (cpu is refused: this measures the GPU engine)\n"
@@ -148,7 +154,7 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     if (strcmp(f, "--shape") && strcmp(f, "--batch") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
         strcmp(f, "--warmup") && strcmp(f, "--page-tokens") && strcmp(f, "--device") &&
         strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm") &&
-        strcmp(f, "--graphs")) {
+        strcmp(f, "--graphs") && strcmp(f, "--kv-budget")) {
       fprintf(stderr, "bench_decode: unknown flag '%s' (--help lists them)\n", f);
       return -1;
     }
@@ -206,6 +212,7 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
         r = -1;
       }
     }
+    else if (!strcmp(f, "--kv-budget")) r = dec_parse_int(f, v, 0, 1 << 24, &a->budget);
     else if (!strcmp(f, "--graphs")) {
       if (!strcmp(v, "on")) a->no_graphs = 0;
       else if (!strcmp(v, "off")) a->no_graphs = 1;
@@ -289,7 +296,8 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   }
 
   kv_pool_params_t kp = kv_pool_params_default();
-  kp.policy = KV_POLICY_FULL;
+  kp.policy = a->budget > 0 ? KV_POLICY_ARKVALE : KV_POLICY_FULL;
+  kp.budget_tokens = (int32_t)a->budget;
   kp.n_layers = hp->n_layers;
   kp.n_kv_heads = hp->n_kv_heads;
   kp.n_heads = hp->n_heads;
@@ -298,6 +306,11 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   kp.max_seqs = B;
   kp.max_seq_tokens = (int32_t)max_tokens;
   kp.n_pages = (int64_t)B * kv_pages_for_tokens(max_tokens, kp.page_tokens) * hp->n_layers;
+  if (a->budget > 0) { /* full layers + budgeted layers at budget, plus one fill chunk in flight */
+    int64_t budgeted = hp->n_layers - kp.n_full_layers;
+    kp.n_pages = (int64_t)B * (kv_pages_for_tokens(max_tokens, kp.page_tokens) * kp.n_full_layers +
+                               (a->budget / kp.page_tokens + DEC_FILL_CHUNK / kp.page_tokens + 2) * budgeted);
+  }
   kp.dtype = KN_F16;
   kp.check_every_step = 0; /* a Debug build would check every table each step: not what we time */
   row->kv_alloc_bytes = (size_t)kp.n_pages * kv_page_bytes(&kp);
@@ -310,10 +323,13 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
     goto fail;
   }
   kp.page_memory = pages;
-  st = kv_pool_create(&kp, &err, &pool);
-  if (st < 0) goto fail;
-  /* decode only: B rows a step, so the attention split workspace stays small */
+  /* decode only: B rows a step, so the attention split workspace stays small (the
+   * ArkVale fill goes through the pool's tables only, no forward) */
   st = wk_forward_cuda_create(model, &kp, B, &err, &fw);
+  if (st < 0) goto fail;
+  st = wk_forward_cuda_page_ops(fw, pages, &kp, &err, &kp.page_ops);
+  if (st < 0) goto fail;
+  st = kv_pool_create(&kp, &err, &pool);
   if (st < 0) goto fail;
   wk_forward_cuda_use_gemv(fw, !a->no_gemv);
   wk_forward_cuda_use_graphs(fw, !a->no_graphs);
@@ -331,16 +347,22 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
     n_new[i] = (int32_t)row->ctx;
   }
   kv_batch_t fill = {.n_seqs = B, .seqs = seqs, .n_new_tokens = n_new};
-  st = kv_step_begin(pool, &fill);
-  if (st < 0) {
-    st = AK_ERR(&err, st, "synthetic fill (kv_step_begin of %lld tokens x %d sequences): %s", (long long)row->ctx,
-                B, kv_pool_errmsg(pool));
-    goto fail;
-  }
-  st = kv_step_end(pool);
-  if (st < 0) {
-    st = AK_ERR(&err, st, "synthetic fill (kv_step_end): %s", kv_pool_errmsg(pool));
-    goto fail;
+  /* ArkVale: in chunks, each committed (pages digested and backed up) and the
+   * sequences compacted to their budget, so the pool stays within its budget */
+  for (int64_t done_tok = 0; done_tok < row->ctx;) {
+    int64_t chunk = a->budget > 0 ? DEC_FILL_CHUNK : row->ctx;
+    if (chunk > row->ctx - done_tok) chunk = row->ctx - done_tok;
+    for (int32_t i = 0; i < B; i++) n_new[i] = (int32_t)chunk;
+    st = kv_step_begin(pool, &fill);
+    for (int32_t l = 0; st >= 0 && a->budget > 0 && l < hp->n_layers; l++) st = kv_layer_commit(pool, l);
+    if (st >= 0) st = kv_step_end(pool);
+    for (int32_t i = 0; st >= 0 && a->budget > 0 && i < B; i++) st = kv_seq_compact(pool, seqs[i]);
+    if (st < 0) {
+      st = AK_ERR(&err, st, "synthetic fill (%lld of %lld tokens x %d sequences): %s", (long long)done_tok,
+                  (long long)row->ctx, B, kv_pool_errmsg(pool));
+      goto fail;
+    }
+    done_tok += chunk;
   }
 
   for (int32_t i = 0; i < B; i++) n_new[i] = 1;
@@ -368,8 +390,25 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   row->max_ms = step_ms[a->n_steps - 1];
   /* Timed step s (0-based) attends over ctx + warmup + s + 1 keys per sequence. */
   double mean_kv_len = (double)row->ctx + (double)a->n_warmup + ((double)a->n_steps + 1.0) / 2.0;
-  double kv_token_bytes = (double)hp->n_layers * 2.0 * hp->n_kv_heads * hp->head_dim * 2.0; /* K+V, f16 */
-  row->kv_read_bytes = (double)B * mean_kv_len * kv_token_bytes;
+  double layer_token_bytes = 2.0 * hp->n_kv_heads * hp->head_dim * 2.0; /* K+V of one layer, f16 */
+  row->kv_read_bytes = (double)B * mean_kv_len * layer_token_bytes * hp->n_layers;
+  if (a->budget > 0) { /* full layers read everything; budgeted ones their budget and every digest */
+    int64_t n_full = kp.n_full_layers, budgeted = hp->n_layers - n_full;
+    double attended = mean_kv_len < (double)a->budget ? mean_kv_len : (double)a->budget;
+    double digest_bytes = (mean_kv_len / (double)kp.page_tokens) * hp->n_kv_heads *
+                          kv_digest_floats(kp.digest, hp->head_dim) * 4.0;
+    row->kv_read_bytes = (double)B * (mean_kv_len * layer_token_bytes * n_full +
+                                      (attended * layer_token_bytes + digest_bytes) * budgeted);
+    kv_pool_stats_t ps;
+    kv_pool_get_stats(pool, &ps);
+    fprintf(stderr, "bench_decode: %s ctx %lld budget %lld: per step %.2f recalls, %.2f selections; estimate %.2f ms, "
+            "select %.2f ms, recall %.2f ms per step (host-driven)\n", row->shape, (long long)row->ctx,
+            (long long)a->budget, (double)ps.work.recalls / (double)(a->n_warmup + a->n_steps),
+            (double)ps.work.n_selects / (double)(a->n_warmup + a->n_steps),
+            ps.work.estimate_us / 1e3 / (double)(a->n_warmup + a->n_steps),
+            ps.work.select_us / 1e3 / (double)(a->n_warmup + a->n_steps),
+            ps.work.recall_us / 1e3 / (double)(a->n_warmup + a->n_steps));
+  }
   row->bound_ms = ((double)row->weight_bytes + row->kv_read_bytes) / (a->bandwidth_gbs * 1e9) * 1e3;
   row->status = DEC_ROW_OK;
   goto done;
@@ -538,6 +577,11 @@ static int dec_write_results(const char *path, const dec_args_t *a, const dec_in
           (info->runtime_api % 1000) / 10);
   fprintf(f, "- models: synthetic bf16 weights (wk_model_cuda_synthetic, seed %d); KV pages f16, %lld tokens a page\n",
           DEC_SEED, (long long)a->page_tokens);
+  if (a->budget > 0)
+    fprintf(f, "- KV: ArkVale, budget %lld tokens per layer and sequence (2 full layers); decisions on the host, "
+            "digests scored on the device; the synthetic fill commits %d-token chunks (every page digested and backed "
+            "up) and compacts; zero pages tie every score, so recalls are not representative\n",
+            (long long)a->budget, DEC_FILL_CHUNK);
   fprintf(f, "- CUDA graphs: %s\n", a->no_graphs ? "off (--graphs off)" : "on (each decode step replayed from a graph)");
   fprintf(f, "- decode GEMMs: %s\n", a->no_gemv ? "cuBLASLt (--gemm cublas)" : "the GEMV kernel for <= 8 rows (kn_cuda_gemv.cu), cuBLASLt otherwise");
   fprintf(f, "- **KV filled synthetically; prefill not timed**: each sequence's ctx tokens are committed to the "
@@ -613,6 +657,8 @@ int main(int argc, char **argv) {
   strftime(info.date, sizeof info.date, "%Y-%m-%d", localtime(&now));
   printf("card: %s, %.1f GiB; driver %s; bound at %.0f GB/s\n", info.card, (double)info.total_mem_bytes / DEC_GIB,
          info.driver, a.bandwidth_gbs);
+  printf("KV: %s\n", a.budget > 0 ? "ArkVale (host-driven decisions, digests scored on the device)" : "full cache");
+  if (a.budget > 0) printf("ArkVale budget: %lld tokens per layer and sequence\n", (long long)a.budget);
   printf("decode GEMMs: %s; CUDA graphs %s\n", a.no_gemv ? "cuBLASLt" : "GEMV kernel (<= 8 rows)",
          a.no_graphs ? "off" : "on");
   printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the host.\n",

@@ -1221,7 +1221,24 @@ namespace {
 struct FakeDevice {
   std::vector<uint8_t> mem;
   size_t page_bytes = 0;
-  int reads = 0, writes = 0;
+  int reads = 0, writes = 0, puts = 0, scores = 0;
+  int32_t digest_floats = 0;  // per page: n_kv_heads * kv_digest_floats
+  std::map<std::pair<int, int>, std::vector<float>> digests;  // (seq, layer) -> pages
+  static ak_status_t put_digest(void *ctx, int32_t seq, int32_t layer, int64_t j, const float *d, ak_err_t *) {
+    FakeDevice *dv = (FakeDevice *)ctx;
+    std::vector<float> &v = dv->digests[{seq, layer}];
+    if ((int64_t)v.size() < (j + 1) * dv->digest_floats) v.resize((j + 1) * dv->digest_floats);
+    std::copy(d, d + dv->digest_floats, v.begin() + j * dv->digest_floats);
+    dv->puts++;
+    return AK_OK;
+  }
+  static ak_status_t score(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n, float *out,
+                           ak_err_t *err) {
+    FakeDevice *dv = (FakeDevice *)ctx;
+    dv->scores++;
+    return kv_digest_score_pages(KV_DIGEST_CUBOID_MEAN, dv->digests[{seq, layer}].data(), n, q, kHeads, kKvHeads,
+                                 kHeadDim, KV_SCORE_MEAN, err, out);
+  }
   static ak_status_t read(void *ctx, int32_t pg, void *dst, ak_err_t *) {
     FakeDevice *d = (FakeDevice *)ctx;
     memcpy(dst, d->mem.data() + (size_t)pg * d->page_bytes, d->page_bytes);
@@ -1240,13 +1257,22 @@ struct FakeDevice {
 // The same steps on a pool that owns its pages and on one over caller memory with
 // page_ops give identical views (page ids, lengths), statistics and read-back K/V:
 // every page byte the policy needs moves through the ops.
-TEST_F(KvSelect, ArkvaleOverCallerPageMemoryMatchesOwnMemory) {
+class KvSelectDevice : public KvSelect, public ::testing::WithParamInterface<bool> {};
+INSTANTIATE_TEST_SUITE_P(DigestsWhere, KvSelectDevice, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool> &i) { return i.param ? "OnDevice" : "OnHost"; });
+
+TEST_P(KvSelectDevice, ArkvaleOverCallerPageMemoryMatchesOwnMemory) {
   kv_pool_params_t p = sel_params(KV_POLICY_ARKVALE, 4, 24, 64);
   p.topk_pages = 2;
   FakeDevice dev;
   dev.page_bytes = kv_page_bytes(&p);
   dev.mem.assign(dev.page_bytes * 64, 0);
-  kv_page_ops_t ops{&dev, FakeDevice::read, FakeDevice::write};
+  kv_page_ops_t ops{&dev, FakeDevice::read, FakeDevice::write, nullptr, nullptr};
+  if (GetParam()) {  // digests kept and scored "on the device"
+    ops.put_digest = FakeDevice::put_digest;
+    ops.score_pages = FakeDevice::score;
+    dev.digest_floats = kKvHeads * kv_digest_floats(KV_DIGEST_CUBOID_MEAN, kHeadDim);
+  }
   kv_pool_params_t pe = p;
   pe.page_memory = dev.mem.data();
   pe.page_ops = &ops;
@@ -1306,6 +1332,10 @@ TEST_F(KvSelect, ArkvaleOverCallerPageMemoryMatchesOwnMemory) {
   EXPECT_GT(b.work.recalls, 0u);
   EXPECT_EQ(dev.writes, (int)b.work.recalls);  // every recall wrote its page through the ops
   EXPECT_GE(dev.reads, (int)b.work.backups);   // every fill read its page to digest and back it up
+  if (GetParam()) {
+    EXPECT_EQ(dev.puts, (int)b.work.backups);       // every filled page's digest went over
+    EXPECT_GE(dev.scores, (int)b.work.n_selects);  // every selection scored there
+  }
   int64_t n_tok = kv_seq_n_tokens(own, so);
   for (int l = 0; l < kLayers; l++) {
     std::vector<float> ko(n_tok * kRow), ke(n_tok * kRow);
