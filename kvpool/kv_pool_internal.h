@@ -1,7 +1,8 @@
 /* kv_pool_internal: the pool's state, shared by the files of kvpool/ (never included
  * outside the folder).
  *
- *   kv_pool.c    create/destroy, sequences, the step orchestration
+ *   kv_pool.c    create/destroy, sequences
+ *   kv_step.c    the step orchestration
  *   kv_pool_stats.c  stats and the invariant check
  *   kv_select.c  the page policies' decisions: fill (digest + backup), eviction at a
  *                page boundary, compaction, estimate/select/recall, the view
@@ -141,6 +142,12 @@ static inline void *kv_page_kv(const kv_pool_t *pool, int32_t pg, int is_v) {
   return (char *)pool->pages + (size_t)pg * pool->page_bytes + (is_v ? pool->page_bytes / 2 : 0);
 }
 int32_t kv_page_alloc(kv_pool_t *pool);           /* pops the free stack; caller reserved it */
+kv_seq_t *kv_seq_get(const kv_pool_t *pool, kv_seq_id_t seq); /* NULL unless live */
+int kv_seq_in_step(const kv_pool_t *pool, kv_seq_id_t seq);
+/* Grows the per-token step scratch to n_tok (AK_ERR_NO_MEMORY with a message). */
+ak_status_t kv_tok_scratch_reserve(kv_pool_t *pool, int64_t n_tok);
+/* Returns the layer's resident pages at list index >= keep_pages (up to n_pages). */
+void kv_layer_shrink(kv_pool_t *pool, kv_layer_t *L, int64_t keep_pages, int64_t n_pages);
 void kv_page_free(kv_pool_t *pool, int32_t pg);
 void kv_stats_add(kv_stats_t *dst, const kv_stats_t *src);
 double kv_now_us(void);
