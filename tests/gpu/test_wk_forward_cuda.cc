@@ -25,6 +25,14 @@ const char *model_path() {
   const char *env = getenv("ARKVALE_MODEL");
   return env && *env ? env : AK_MODEL_PATH;
 }
+// GPU tests fail cleanly (no crash) on a machine without a device.
+#define REQUIRE_GPU()                                                        \
+  do {                                                                       \
+    int n_dev_ = 0;                                                          \
+    ak_err_t e_;                                                             \
+    if (kn_cuda_device_count(&e_, &n_dev_) != AK_OK) GTEST_FAIL() << e_.msg; \
+  } while (0)
+
 bool have_model() {
   FILE *f = fopen(model_path(), "rb");
   if (f) fclose(f);
@@ -133,6 +141,7 @@ TEST(WkForwardCudaArgs, CreateRejectsMissingArguments) {
 
 // Every position of a 100-token prompt in one step (logits of every row).
 TEST(WkForwardCudaGpu, PromptLogitsMatchCpuExactMode) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
   {
@@ -171,6 +180,7 @@ TEST(WkForwardCudaGpu, PromptLogitsMatchCpuExactMode) {
 // on the CPU's tokens: logits stay within bf16 error and the GPU's greedy token equals
 // the CPU's at every step where the CPU's margin is clear.
 TEST(WkForwardCudaGpu, DecodeFollowsCpuGreedy) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   std::vector<int32_t> prompt = varied(300, 2);
   Gpu g(512);
@@ -205,6 +215,7 @@ TEST(WkForwardCudaGpu, DecodeFollowsCpuGreedy) {
 // Two sequences of different lengths, a prompt chunk and a decode token in one step,
 // give the logits of running each alone.
 TEST(WkForwardCudaGpu, MixedBatchEqualsSeparateRuns) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   Gpu g(256);
   int64_t V = g.n_vocab;
@@ -263,6 +274,7 @@ TEST(WkForwardCudaArgs, EngineRefusesPoliciesNotOnTheDeviceYet) {
 // The engine's GPU path end to end: prefill in chunks, then greedy decode, equal to the
 // CPU engine's greedy tokens while the CPU's margins are clear.
 TEST(WkForwardCudaGpu, EngineGeneratesLikeTheCpu) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   std::vector<int32_t> prompt = varied(700, 5);  // two chunks of 512
   auto make = [](wk_device_t dev, int f32) {
@@ -343,6 +355,7 @@ std::vector<std::vector<float>> greedy_logits(wk_engine_t *e, const std::vector<
 // bit, while every filled page of a budgeted layer is digested and backed up through
 // the device page ops.
 TEST(WkForwardCudaGpu, ArkvaleWithinBudgetEqualsFullOnTheGpu) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   kv_pool_params_t full = kv_pool_params_default();
   full.check_every_step = 1;
@@ -368,6 +381,7 @@ TEST(WkForwardCudaGpu, ArkvaleWithinBudgetEqualsFullOnTheGpu) {
 // everything; reading back any token (resident or from its backup) gives the bytes the
 // full cache holds for it.
 TEST(WkForwardCudaGpu, ArkvalePastItsBudgetRecallsAndKeepsInvariants) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
   {
@@ -423,6 +437,7 @@ TEST(WkForwardCudaGpu, ArkvalePastItsBudgetRecallsAndKeepsInvariants) {
 // launched one by one, across re-captures as the attention's split grows (a 300- and a
 // 250-token sequence decoding 40 steps together cross the 256-key chunk boundary).
 TEST(WkForwardCudaGpu, GraphReplayEqualsDirectLaunches) {
+  REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
   Gpu graph(512), direct(512);
   wk_forward_cuda_use_graphs(direct.fw, 0);
