@@ -458,15 +458,14 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
   const wk_hparams_t *hp = &fw->hp;
   const wk_cuda_layer_t *L = wk_model_cuda_layer(fw->model, l);
   int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim, kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
-  size_t row_bytes = (size_t)hp->dim * 2; /* one bf16 weight row of width dim */
 
   AK_TRY(wk_norm(fw, fw->x.ptr, L->attn_norm, n_tok, fw->xn.ptr, err));
   const char *wqkv = L->wqkv;
-  AK_TRY(wk_gemm(fw, fw->xn.ptr, wqkv, n_tok, hp->dim, q_dim, fw->q.ptr, KN_CUDA_F32, 0, err));
-  AK_TRY(wk_gemm(fw, fw->xn.ptr, wqkv + (size_t)q_dim * row_bytes, n_tok, hp->dim, kv_dim, fw->k.ptr, KN_CUDA_F32,
-                 0, err));
-  AK_TRY(wk_gemm(fw, fw->xn.ptr, wqkv + (size_t)(q_dim + kv_dim) * row_bytes, n_tok, hp->dim, kv_dim, fw->v.ptr,
-                 KN_CUDA_F32, 0, err));
+  /* Q, K and V from one pass over the fused weight */
+  kn_cuda_gemm_split_args_t qkv = {.x = fw->xn.ptr, .w = wqkv, .n_parts = 3, .rows = {q_dim, kv_dim, kv_dim},
+                                   .y = {fw->q.ptr, fw->k.ptr, fw->v.ptr}, .y_dtype = KN_CUDA_F32, .n_tok = n_tok,
+                                   .n_in = hp->dim, .accumulate = 0};
+  AK_TRY(kn_cuda_gemm_split(fw->blas, &qkv, err));
 
   kn_cuda_rope_args_t r = {.x = fw->q.ptr, .pos = d_pos, .n_tok = n_tok, .n_heads = hp->n_heads,
                            .head_dim = hp->head_dim, .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
@@ -492,9 +491,10 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
 
   AK_TRY(wk_norm(fw, fw->x.ptr, L->ffn_norm, n_tok, fw->xn.ptr, err));
   const char *wgu = L->wgate_up;
-  AK_TRY(wk_gemm(fw, fw->xn.ptr, wgu, n_tok, hp->dim, hp->ffn_dim, fw->gate.ptr, KN_CUDA_F32, 0, err));
-  AK_TRY(wk_gemm(fw, fw->xn.ptr, wgu + (size_t)hp->ffn_dim * row_bytes, n_tok, hp->dim, hp->ffn_dim, fw->up.ptr,
-                 KN_CUDA_F32, 0, err));
+  kn_cuda_gemm_split_args_t gu = {.x = fw->xn.ptr, .w = wgu, .n_parts = 2, .rows = {hp->ffn_dim, hp->ffn_dim},
+                                  .y = {fw->gate.ptr, fw->up.ptr}, .y_dtype = KN_CUDA_F32, .n_tok = n_tok,
+                                  .n_in = hp->dim, .accumulate = 0};
+  AK_TRY(kn_cuda_gemm_split(fw->blas, &gu, err));
   kn_cuda_silu_mul_args_t sm = {.gate = fw->gate.ptr, .up = fw->up.ptr, .out = fw->act.ptr,
                                 .out_dtype = KN_CUDA_BF16, .n_tok = n_tok, .n_ff = hp->ffn_dim};
   AK_TRY(kn_cuda_silu_mul(&sm, wk_stream(fw), err));

@@ -165,6 +165,22 @@ ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, 
  * compare the two; default on). */
 void kn_cuda_blas_use_gemv(kn_cuda_blas_t *blas, int enabled);
 
+/* A fused projection: W's rows are n_parts consecutive blocks (Q|K|V, gate|up), part p
+ * ([rows[p], n_in]) written to its own y[p] ([n_tok, rows[p]], y_dtype). One weight
+ * stream through the GEMV for decode-sized calls; one GEMM per part otherwise. */
+typedef struct {
+  const void *x;           /* [n_tok, n_in] bf16 */
+  const void *w;           /* [sum rows, n_in] bf16 */
+  int n_parts;             /* 1..3 */
+  int64_t rows[3];
+  void *y[3];
+  kn_cuda_dtype_t y_dtype;
+  int64_t n_tok;
+  int64_t n_in;
+  int accumulate;
+} kn_cuda_gemm_split_args_t;
+ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_gemm_split_args_t *args, ak_err_t *err);
+
 /* --- paged attention --- */
 
 /* The device twin of kernels.h's kn_paged_kv_t / kn_attn_args_t: a CSR page table per

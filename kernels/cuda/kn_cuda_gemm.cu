@@ -219,7 +219,7 @@ extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_arg
   AK_TRY(kn_gemm_validate(blas, args, err));
   if (args->n_tok == 0) return AK_OK;
   /* decode-sized: a weight-streaming GEMV beats cuBLASLt's split-K kernels */
-  if (!blas->no_gemv && kn_gemv_applies(args)) return kn_gemv_run(args, blas->stream, err);
+  if (!blas->no_gemv && kn_gemv_applies(args)) return kn_gemv_run(args, NULL, blas->stream, err);
 
   kn_gemm_key_t key;
   memset(&key, 0, sizeof(key));
@@ -240,5 +240,43 @@ extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_arg
                                (cublasLtMatrixLayout_t)&plan->a_layout, args->x, (cublasLtMatrixLayout_t)&plan->b_layout,
                                &beta, args->y, d_layout, args->y, d_layout, &plan->algo, blas->workspace,
                                blas->workspace_bytes, blas->stream));
+  return AK_OK;
+}
+
+extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_gemm_split_args_t *args, ak_err_t *err) {
+  if (!args || args->n_parts < 1 || args->n_parts > KN_GEMV_MAX_PARTS)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_parts must be in [1, %d]", KN_GEMV_MAX_PARTS);
+  int64_t n_out = 0;
+  for (int p = 0; p < args->n_parts; p++) {
+    if (args->rows[p] < 1 || !args->y[p])
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "part %d: rows=%lld, y=%p", p, (long long)args->rows[p], args->y[p]);
+    n_out += args->rows[p];
+  }
+  kn_cuda_gemm_args_t whole = {.x = args->x, .w = args->w, .y = args->y[0], .y_dtype = args->y_dtype,
+                               .n_tok = args->n_tok, .n_in = args->n_in, .n_out = n_out,
+                               .accumulate = args->accumulate};
+  AK_TRY(kn_gemm_validate(blas, &whole, err));
+  if (args->n_tok == 0) return AK_OK;
+  if (!blas->no_gemv && kn_gemv_applies(&whole)) {
+    kn_gemv_split_t split;
+    memset(&split, 0, sizeof split);
+    split.n_parts = args->n_parts;
+    for (int p = 0; p < args->n_parts; p++) {
+      split.rows[p] = args->rows[p];
+      split.y[p] = args->y[p];
+    }
+    return kn_gemv_run(&whole, &split, blas->stream, err);
+  }
+  /* one GEMM per part on its rows of W */
+  size_t row_bytes = (size_t)args->n_in * 2;
+  int64_t r0 = 0;
+  for (int p = 0; p < args->n_parts; p++) {
+    kn_cuda_gemm_args_t g = whole;
+    g.w = (const char *)args->w + (size_t)r0 * row_bytes;
+    g.y = args->y[p];
+    g.n_out = args->rows[p];
+    AK_TRY(kn_cuda_gemm(blas, &g, err));
+    r0 += args->rows[p];
+  }
   return AK_OK;
 }

@@ -9,6 +9,8 @@
 //
 // Used by kn_cuda_gemm (kn_cuda_gemm.cu) when n_tok <= KN_GEMV_MAX_TOK and every row
 // starts on a 16-byte boundary; cuBLASLt does the rest.
+#include <string.h>
+
 #include "kn_cuda_gemv.cuh"
 
 namespace {
@@ -26,10 +28,20 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
   }
 }
 
+// Up to three outputs over consecutive row ranges of W (a fused Q|K|V or gate|up
+// weight): row r of W with begin[p] <= r < begin[p + 1] goes to y[p][t * ld[p] + r - begin[p]].
+template <typename TY>
+struct kn_gemv_parts_t {
+  TY *y[KN_GEMV_MAX_PARTS];
+  int64_t begin[KN_GEMV_MAX_PARTS + 1];
+  int n_parts;
+};
+
 template <int NT, typename TY>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
-                                                              const __nv_bfloat16 *__restrict__ w, TY *__restrict__ y,
-                                                              int64_t n_in, int64_t n_out, int accumulate) {
+                                                              const __nv_bfloat16 *__restrict__ w,
+                                                              kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
+                                                              int accumulate) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (row >= n_out) return;
@@ -67,25 +79,43 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     if (lane == 0) {
-      TY *out = y + (int64_t)t * n_out + row;
-      if (accumulate) s += kn_ld(out);
-      kn_st(out, s);
+      int p = 0;
+      while (p + 1 < out.n_parts && row >= out.begin[p + 1]) p++;
+      int64_t ld = out.begin[p + 1] - out.begin[p];
+      TY *dst = out.y[p] + (int64_t)t * ld + (row - out.begin[p]);
+      if (accumulate) s += kn_ld(dst);
+      kn_st(dst, s);
     }
   }
 }
 
-template <int NT>
-cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, cudaStream_t stream) {
+template <int NT, typename TY>
+cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
+  kn_gemv_parts_t<TY> out;
+  memset(&out, 0, sizeof out);
+  if (split) {
+    out.n_parts = split->n_parts;
+    out.begin[0] = 0;
+    for (int p = 0; p < split->n_parts; p++) {
+      out.y[p] = static_cast<TY *>(split->y[p]);
+      out.begin[p + 1] = out.begin[p] + split->rows[p];
+    }
+  } else {
+    out.n_parts = 1;
+    out.y[0] = static_cast<TY *>(a->y);
+    out.begin[1] = a->n_out;
+  }
   dim3 grid((unsigned)((a->n_out + kWarps - 1) / kWarps)), block(kWarps * 32);
-  const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x);
-  const __nv_bfloat16 *w = static_cast<const __nv_bfloat16 *>(a->w);
-  if (a->y_dtype == KN_CUDA_F32)
-    kn_gemv_kernel<NT, float><<<grid, block, 0, stream>>>(x, w, static_cast<float *>(a->y), a->n_in, a->n_out,
-                                                          a->accumulate);
-  else
-    kn_gemv_kernel<NT, __nv_bfloat16><<<grid, block, 0, stream>>>(x, w, static_cast<__nv_bfloat16 *>(a->y), a->n_in,
-                                                                  a->n_out, a->accumulate);
+  kn_gemv_kernel<NT, TY><<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16 *>(a->x),
+                                                     static_cast<const __nv_bfloat16 *>(a->w), out, a->n_in,
+                                                     a->n_out, a->accumulate);
   return cudaGetLastError();
+}
+
+template <int NT>
+cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
+  if (a->y_dtype == KN_CUDA_F32) return kn_gemv_launch_typed<NT, float>(a, split, stream);
+  return kn_gemv_launch_typed<NT, __nv_bfloat16>(a, split, stream);
 }
 
 }  // namespace
@@ -96,17 +126,18 @@ int kn_gemv_applies(const kn_cuda_gemm_args_t *a) {
          a->n_out <= (int64_t)kWarps * 0x7fffffff;
 }
 
-ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, cudaStream_t stream, ak_err_t *err) {
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream,
+                        ak_err_t *err) {
   cudaError_t e;
   switch (a->n_tok) {
-    case 1: e = kn_gemv_launch_nt<1>(a, stream); break;
-    case 2: e = kn_gemv_launch_nt<2>(a, stream); break;
-    case 3: e = kn_gemv_launch_nt<3>(a, stream); break;
-    case 4: e = kn_gemv_launch_nt<4>(a, stream); break;
-    case 5: e = kn_gemv_launch_nt<5>(a, stream); break;
-    case 6: e = kn_gemv_launch_nt<6>(a, stream); break;
-    case 7: e = kn_gemv_launch_nt<7>(a, stream); break;
-    case 8: e = kn_gemv_launch_nt<8>(a, stream); break;
+    case 1: e = kn_gemv_launch_nt<1>(a, split, stream); break;
+    case 2: e = kn_gemv_launch_nt<2>(a, split, stream); break;
+    case 3: e = kn_gemv_launch_nt<3>(a, split, stream); break;
+    case 4: e = kn_gemv_launch_nt<4>(a, split, stream); break;
+    case 5: e = kn_gemv_launch_nt<5>(a, split, stream); break;
+    case 6: e = kn_gemv_launch_nt<6>(a, split, stream); break;
+    case 7: e = kn_gemv_launch_nt<7>(a, split, stream); break;
+    case 8: e = kn_gemv_launch_nt<8>(a, split, stream); break;
     default:
       return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
                         KN_GEMV_MAX_TOK);

@@ -5,10 +5,21 @@
 #include "kn_cuda_internal.cuh"
 
 #define KN_GEMV_MAX_TOK 8
+#define KN_GEMV_MAX_PARTS 3
+
+// Outputs of a fused projection: W's rows split into n_parts consecutive ranges of
+// rows[p] rows, part p written to y[p] ([n_tok, rows[p]]).
+typedef struct {
+  int n_parts;
+  int64_t rows[KN_GEMV_MAX_PARTS];
+  void *y[KN_GEMV_MAX_PARTS];
+} kn_gemv_split_t;
 
 // 1 if the GEMV path takes these (already validated) arguments: 1..8 rows, n_in a
 // multiple of 8 and x, W 16-byte aligned.
 int kn_gemv_applies(const kn_cuda_gemm_args_t *args);
-ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, cudaStream_t stream, ak_err_t *err);
+// split NULL: one output, args->y.
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
+                        ak_err_t *err);
 
 #endif

@@ -363,3 +363,45 @@ TEST(KnCudaGemmArgs, EmptyBatchIsANoOp) {
 }
 
 }  // namespace
+
+// A fused projection split into its parts gives each part exactly what a GEMM on that
+// part's rows gives (the GEMV path for 4 rows, one cuBLASLt call per part for 17).
+TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
+  for (int64_t n_tok : {4, 17}) {
+    const int64_t n_in = 576, rows[3] = {576, 192, 192}, n_out = 960;
+    std::mt19937_64 rng(77 + n_tok);
+    Bf16Mat x(n_tok * n_in, 2.0f, rng), w(n_out * n_in, 0.05f, rng);
+    DevBuf dx(x.bits.size() * 2), dw(w.bits.size() * 2), dsplit(n_tok * n_out * 4), dsep(n_tok * n_out * 4);
+    ASSERT_EQ(cudaMemcpy(dx.ptr, x.bits.data(), dx.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dw.ptr, w.bits.data(), dw.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    ak_err_t err{};
+    kn_cuda_gemm_split_args_t sa = {};
+    sa.x = dx.ptr;
+    sa.w = dw.ptr;
+    sa.n_parts = 3;
+    sa.y_dtype = KN_CUDA_F32;
+    sa.n_tok = n_tok;
+    sa.n_in = n_in;
+    int64_t off = 0;
+    for (int p = 0; p < 3; p++) {
+      sa.rows[p] = rows[p];
+      sa.y[p] = dsplit.bytes() + off * n_tok * 4;
+      kn_cuda_gemm_args_t g = {};
+      g.x = dx.ptr;
+      g.w = dw.bytes() + off * n_in * 2;
+      g.y = dsep.bytes() + off * n_tok * 4;
+      g.y_dtype = KN_CUDA_F32;
+      g.n_tok = n_tok;
+      g.n_in = n_in;
+      g.n_out = rows[p];
+      ASSERT_EQ(kn_cuda_gemm(blas_.get(), &g, &err), AK_OK) << err.msg;
+      off += rows[p];
+    }
+    ASSERT_EQ(kn_cuda_gemm_split(blas_.get(), &sa, &err), AK_OK) << err.msg;
+    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    std::vector<float> a(n_tok * n_out), b(n_tok * n_out);
+    ASSERT_EQ(cudaMemcpy(a.data(), dsplit.ptr, a.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(b.data(), dsep.ptr, b.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(a, b) << "n_tok " << n_tok;
+  }
+}
