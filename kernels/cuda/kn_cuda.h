@@ -160,9 +160,9 @@ typedef struct {
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
 } kn_cuda_gemm_args_t;
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
-/* Calls of 1..8 rows (decode steps) with n_in % 8 == 0 and 16-byte aligned x and W go
- * to a weight-streaming GEMV kernel (kn_cuda_gemv.cu) unless this turns it off (to
- * compare the two; default on). */
+/* Calls of 1..8 rows (decode steps) with n_in % 8 == 0, 16-byte aligned x and W, and
+ * W of at most 8M elements go to a weight-streaming GEMV kernel (kn_cuda_gemv.cu)
+ * unless this turns it off (to compare the two; default on). */
 void kn_cuda_blas_use_gemv(kn_cuda_blas_t *blas, int enabled);
 
 /* A fused projection: W's rows are n_parts consecutive blocks (Q|K|V, gate|up), part p
