@@ -383,6 +383,10 @@ int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a) {
   KV_ARR(q_scratch, sizeof(float) * qf);
   KV_ARR(page_tmp, pool->page_bytes);
   KV_ARR(true_imp, sizeof(float) * maxp);
+  KV_ARR(batch_seqs, sizeof(int32_t) * ms);
+  KV_ARR(batch_n_pages, sizeof(int64_t) * ms);
+  KV_ARR(batch_scores, sizeof(float *) * ms);
+  KV_ARR(batch_q, sizeof(float) * ms * qf);
   KV_ARR(tok_keys, pool->has_tok_attn ? sizeof(float) * (size_t)p->max_seq_tokens * (size_t)p->n_kv_heads *
                                              (size_t)p->head_dim
                                        : 0);

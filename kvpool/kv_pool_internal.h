@@ -40,6 +40,7 @@ typedef struct {
   int64_t n_resident;     /* pages with phys != KV_PAGE_NONE (token policies: pages in use) */
   int64_t n_backups;      /* pages with a backup */
   int32_t compacted;      /* page policies: the layer has left prefill (it evicts) */
+  int32_t prescored;      /* score[] already holds this step's estimate (a batched score) */
   /* token policies and track_token_attn */
   int64_t n_res_tok;      /* resident tokens (token policies) */
   int32_t *tok_pos;       /* [max_seq_tokens] */
@@ -109,6 +110,11 @@ struct kv_pool {
   int32_t *sel_top;           /* the selected pages, best first */
   int32_t *sel_victims;       /* pages chosen to give up their slots */
   float *group_score;         /* [score_groups][max_pages_per_seq] per-group estimates */
+  /* batched estimates of one layer (page_ops->score_pages_batch), [max_seqs] each */
+  int32_t *batch_seqs;
+  int64_t *batch_n_pages;
+  float **batch_scores;
+  float *batch_q;             /* [max_seqs][n_heads * head_dim] */
   int32_t *group_order;       /* [score_groups][max_pages_per_seq] each group's best pages */
   int64_t *group_next;        /* [score_groups] cursor into group_order */
   uint8_t *sel_mark;          /* per logical page: 1 = selected this step */
@@ -127,7 +133,7 @@ typedef struct {
   void **ptr;
   size_t n_bytes;
 } kv_array_t;
-#define KV_N_ARRAYS 22
+#define KV_N_ARRAYS 26
 int kv_pool_arrays(kv_pool_t *pool, kv_array_t *a);
 static inline kv_layer_t *kv_layer_of(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer) {
   (void)pool;

@@ -332,7 +332,10 @@ ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, cons
   kv_layer_t *L = &s->layers[layer];
   const kv_pool_params_t *p = &pool->p;
   int64_t N = s->n_pages;
-  kv_select_estimate(pool, s, L, q);
+  if (L->prescored)
+    L->prescored = 0; /* kv_layer_view scored the whole batch's layer in one call */
+  else
+    kv_select_estimate(pool, s, L, q);
   double t0 = kv_now_us();
   int quest = p->policy == KV_POLICY_QUEST;
   int32_t ns = quest ? 0 : p->n_sink_pages, nw = quest ? 1 : kv_window_pages(pool);

@@ -228,6 +228,41 @@ ak_status_t kv_layer_commit(kv_pool_t *pool, int32_t layer_idx) {
   return kv_layer_filled(pool, layer_idx);
 }
 
+/* Every selection this layer's view will make, scored in one call where the pages are:
+ * the decode tokens of sequences over their budget (the same test as kv_layer_view's). */
+static ak_status_t kv_layer_score_batch(kv_pool_t *pool, int32_t layer_idx, const float *q) {
+  int64_t q_row = (int64_t)pool->p.n_heads * pool->p.head_dim, t = 0;
+  int32_t n = 0;
+  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
+    kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    int32_t n_new = pool->step_n_new[i];
+    if (n_new == 1 && s->n_pages > pool->budget_pages) {
+      kv_layer_t *L = &s->layers[layer_idx];
+      pool->batch_seqs[n] = pool->step_seqs[i];
+      pool->batch_n_pages[n] = L->n_digests;
+      pool->batch_scores[n] = L->score;
+      memcpy(pool->batch_q + (int64_t)n * q_row, q + (t + n_new - 1) * q_row, sizeof(float) * (size_t)q_row);
+      n++;
+    }
+    t += n_new;
+  }
+  if (n == 0) return AK_OK;
+  const kv_page_ops_t *ops = pool->p.page_ops;
+  double t0 = kv_now_us();
+  ak_status_t st = ops->score_pages_batch(ops->ctx, layer_idx, n, pool->batch_seqs, pool->batch_q,
+                                          pool->batch_n_pages, pool->batch_scores, &pool->err);
+  if (st < 0) return st;
+  double us = (kv_now_us() - t0) / n;
+  for (int32_t b = 0; b < n; b++) {
+    kv_seq_t *s = &pool->seqs[pool->batch_seqs[b]];
+    s->layers[layer_idx].prescored = 1;
+    s->work.estimate_us += us;
+  }
+  pool->step_work.estimate_us += us * n;
+  pool->work.estimate_us += us * n;
+  return AK_OK;
+}
+
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args) {
   AK_TRY(kv_layer_check_open(pool, layer_idx));
@@ -241,6 +276,9 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
   int32_t pt = pool->p.page_tokens;
   int64_t q_row = (int64_t)pool->p.n_heads * pool->p.head_dim;
   int budgeted = kv_layer_budgeted(pool, layer_idx);
+  const kv_page_ops_t *ops = pool->p.page_memory ? pool->p.page_ops : NULL;
+  if (budgeted && pool->has_digest && q && ops && ops->score_pages_batch)
+    AK_TRY(kv_layer_score_batch(pool, layer_idx, q));
   kn_paged_kv_t kv = kv_pool_view_base(pool);
   int32_t n = 0;
   int64_t t = 0;
@@ -331,6 +369,7 @@ void kv_step_abort(kv_pool_t *pool) {
         kv_layer_shrink(pool, L, keep, s->n_pages);
       /* pages the step filled are partial again: their digests and backups go */
       if (kv_layer_budgeted(pool, l) && pool->has_digest) kv_select_truncate(pool, L, s->n_tokens / pool->p.page_tokens);
+      L->prescored = 0;
     }
     s->n_pages = keep;
     if (pool->has_backup)

@@ -177,6 +177,10 @@ typedef struct kv_page_ops {
                             ak_err_t *err);
   ak_status_t (*score_pages)(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages, float *scores,
                              ak_err_t *err);
+  /* Optional, with the two above: the same for n sequences of one layer in one call
+   * (a decode step's selections), q [n][n_heads * head_dim], scores[i] [n_pages[i]]. */
+  ak_status_t (*score_pages_batch)(void *ctx, int32_t layer, int32_t n, const int32_t *seqs, const float *q,
+                                   const int64_t *n_pages, float *const *scores, ak_err_t *err);
 } kv_page_ops_t;
 typedef int32_t kv_seq_id_t;
 

@@ -53,6 +53,10 @@ struct wk_forward_cuda {
   int64_t digest_floats;  /* per page */
   int32_t digest_kind;
   int32_t score_agg;
+  int32_t *h_page_seq;   /* pinned: [max_seqs * max pages] page -> batch index, then scores and q */
+  float *h_scores;
+  float *h_q;
+  size_t h_bytes;
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
   /* the graph path (full pools): every layer's tables staged before any kernel, then
@@ -98,6 +102,7 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
   kn_cuda_host_free(fw->logits_host, fw->logits_host_bytes);
+  kn_cuda_host_free(fw->h_page_seq, fw->h_bytes);
   if (fw->graph) cudaGraphExecDestroy(fw->graph);
   ak_host_free(fw->pre_attn, sizeof(kn_cuda_attn_args_t) * (size_t)fw->hp.n_layers);
   ak_host_free(fw->pre_store, sizeof(kn_cuda_kv_store_args_t) * (size_t)fw->hp.n_layers);
@@ -207,8 +212,9 @@ static ak_status_t wk_write_page(void *ctx, int32_t pg, const void *src, ak_err_
   return AK_OK;
 }
 
+/* Digest store rows: [layer][seq][page], so one layer's sequences are one block. */
 static float *wk_digest_row(wk_forward_cuda_t *fw, int32_t seq, int32_t layer, int64_t page_idx) {
-  int64_t row = ((int64_t)seq * fw->hp.n_layers + layer) * fw->max_pages_per_seq + page_idx;
+  int64_t row = ((int64_t)layer * fw->max_seqs + seq) * fw->max_pages_per_seq + page_idx;
   return (float *)fw->digests.ptr + row * fw->digest_floats;
 }
 
@@ -225,24 +231,52 @@ static ak_status_t wk_put_digest(void *ctx, int32_t seq, int32_t layer, int64_t 
   return AK_OK;
 }
 
+
+
+/* A layer's selections in one launch: every row of the layer's block up to the last
+ * sequence in the batch is scored, rows outside a batch sequence's pages map to no
+ * sequence (-1: the kernel gives them -inf). */
+static ak_status_t wk_score_batch(void *ctx, int32_t layer, int32_t n, const int32_t *seqs, const float *q,
+                                  const int64_t *n_pages, float *const *scores, ak_err_t *err) {
+  wk_forward_cuda_t *fw = ctx;
+  int64_t maxp = fw->max_pages_per_seq, q_row = (int64_t)fw->hp.n_heads * fw->hp.head_dim;
+  int32_t last = -1;
+  for (int32_t i = 0; i < n; i++) {
+    if (seqs[i] < 0 || seqs[i] >= fw->max_seqs || n_pages[i] > maxp)
+      return AK_ERR(err, AK_ERR_RANGE, "sequence %d with %lld pages outside the device store", seqs[i],
+                    (long long)n_pages[i]);
+    if (seqs[i] > last) last = seqs[i];
+  }
+  int64_t rows = (int64_t)(last + 1) * maxp;
+  for (int64_t r = 0; r < rows; r++) fw->h_page_seq[r] = -1;
+  for (int32_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < n_pages[i]; j++) fw->h_page_seq[(int64_t)seqs[i] * maxp + j] = i;
+  memcpy(fw->h_q, q, sizeof(float) * (size_t)(n * q_row));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->d_page_seq.ptr, fw->h_page_seq, sizeof(int32_t) * (size_t)rows,
+                                   cudaMemcpyHostToDevice, fw->stream));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->d_q.ptr, fw->h_q, sizeof(float) * (size_t)(n * q_row), cudaMemcpyHostToDevice,
+                                   fw->stream));
+  kn_cuda_digest_score_args_t a = {.kind = fw->digest_kind, .agg = fw->score_agg,
+                                   .digests = wk_digest_row(fw, 0, layer, 0), .page_seq = fw->d_page_seq.ptr,
+                                   .q = fw->d_q.ptr, .scores = fw->d_scores.ptr, .n_pages = rows, .n_seqs = n,
+                                   .n_heads = fw->hp.n_heads, .n_kv_heads = fw->hp.n_kv_heads,
+                                   .head_dim = fw->hp.head_dim};
+  AK_TRY(kn_cuda_digest_score(&a, wk_stream(fw), err));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->h_scores, fw->d_scores.ptr, sizeof(float) * (size_t)rows,
+                                   cudaMemcpyDeviceToHost, fw->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
+  for (int32_t i = 0; i < n; i++)
+    memcpy(scores[i], fw->h_scores + (int64_t)seqs[i] * maxp, sizeof(float) * (size_t)n_pages[i]);
+  return AK_OK;
+}
+
 static ak_status_t wk_score_pages(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages,
                                   float *scores, ak_err_t *err) {
   wk_forward_cuda_t *fw = ctx;
   if (n_pages == 0) return AK_OK;
   if (seq < 0 || seq >= fw->max_seqs || n_pages > fw->max_pages_per_seq)
     return AK_ERR(err, AK_ERR_RANGE, "scores of %lld pages of sequence %d", (long long)n_pages, seq);
-  size_t q_bytes = sizeof(float) * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim;
-  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->d_q.ptr, q, q_bytes, cudaMemcpyHostToDevice, fw->stream));
-  kn_cuda_digest_score_args_t a = {.kind = fw->digest_kind, .agg = fw->score_agg,
-                                   .digests = wk_digest_row(fw, seq, layer, 0), .page_seq = fw->d_page_seq.ptr,
-                                   .q = fw->d_q.ptr, .scores = fw->d_scores.ptr, .n_pages = n_pages, .n_seqs = 1,
-                                   .n_heads = fw->hp.n_heads, .n_kv_heads = fw->hp.n_kv_heads,
-                                   .head_dim = fw->hp.head_dim};
-  AK_TRY(kn_cuda_digest_score(&a, wk_stream(fw), err));
-  WK_CUDA_TRY(err, cudaMemcpyAsync(scores, fw->d_scores.ptr, sizeof(float) * (size_t)n_pages, cudaMemcpyDeviceToHost,
-                                   fw->stream));
-  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
-  return AK_OK;
+  return wk_score_batch(ctx, layer, 1, &seq, q, &n_pages, &scores, err);
 }
 
 ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, const kv_pool_params_t *kp,
@@ -262,14 +296,20 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
     fw->digest_floats = (int64_t)fw->hp.n_kv_heads * per_head;
     size_t rows = (size_t)fw->max_seqs * (size_t)fw->hp.n_layers * (size_t)fw->max_pages_per_seq;
     AK_TRY(wk_dbuf_alloc(&fw->digests, rows * (size_t)fw->digest_floats * sizeof(float), err));
-    AK_TRY(wk_dbuf_alloc(&fw->d_q, sizeof(float) * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim, err));
-    AK_TRY(wk_dbuf_alloc(&fw->d_scores, sizeof(float) * (size_t)fw->max_pages_per_seq, err));
-    AK_TRY(wk_dbuf_alloc(&fw->d_page_seq, sizeof(int32_t) * (size_t)fw->max_pages_per_seq, err));
-    WK_CUDA_TRY(err, cudaMemset(fw->d_page_seq.ptr, 0, fw->d_page_seq.n_bytes)); /* one sequence per call */
+    size_t block = (size_t)fw->max_seqs * (size_t)fw->max_pages_per_seq;
+    size_t q_all = (size_t)fw->max_seqs * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim;
+    AK_TRY(wk_dbuf_alloc(&fw->d_q, sizeof(float) * q_all, err));
+    AK_TRY(wk_dbuf_alloc(&fw->d_scores, sizeof(float) * block, err));
+    AK_TRY(wk_dbuf_alloc(&fw->d_page_seq, sizeof(int32_t) * block, err));
+    fw->h_bytes = (sizeof(int32_t) + sizeof(float)) * block + sizeof(float) * q_all;
+    AK_TRY(kn_cuda_host_alloc(fw->h_bytes, err, (void **)&fw->h_page_seq, NULL));
+    fw->h_scores = (float *)(fw->h_page_seq + block);
+    fw->h_q = fw->h_scores + block;
   }
   if (scores) {
     fw->page_ops.put_digest = wk_put_digest;
     fw->page_ops.score_pages = wk_score_pages;
+    fw->page_ops.score_pages_batch = wk_score_batch;
   }
   *ops_p = &fw->page_ops;
   return AK_OK;
