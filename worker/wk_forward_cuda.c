@@ -16,6 +16,7 @@
 
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -66,7 +67,7 @@ struct wk_forward_cuda {
   float *logits_host;                 /* pinned [max(T, max_seqs), n_vocab]: the graph's copy target */
   size_t logits_host_bytes;
   cudaGraphExec_t graph;
-  int64_t graph_key[5];               /* n_tok, n_seqs, n_out, attention chunks, logits wanted */
+  int64_t graph_key[6];               /* n_tok, n_seqs, logits, logits_all, split workspace, pages */
   int use_graphs;
 };
 
@@ -622,7 +623,9 @@ static ak_status_t wk_step_graph(wk_forward_cuda_t *fw, kv_pool_t *pool, const w
                   ws);
   size_t used = sizeof(int32_t) * (size_t)(2 * (int64_t)fw->max_tok + (int64_t)fw->hp.n_layers * fw->region_ints);
   WK_CUDA_TRY(err, cudaMemcpyAsync(fw->region.ptr, fw->stage, used, cudaMemcpyHostToDevice, fw->stream));
-  int64_t key[5] = {n_tok, b->seqs.n_seqs, b->logits ? 1 : 0, b->logits_all, (int64_t)ws};
+  /* the page memory is baked into the graph too: a pool over other pages re-captures */
+  int64_t key[6] = {n_tok, b->seqs.n_seqs, b->logits ? 1 : 0, b->logits_all, (int64_t)ws,
+                    (int64_t)(intptr_t)fw->pre_attn[0].kv.k_base};
   if (!fw->graph || memcmp(key, fw->graph_key, sizeof key) != 0) {
     if (fw->graph) cudaGraphExecDestroy(fw->graph);
     fw->graph = NULL;
