@@ -301,6 +301,30 @@ typedef struct {
 } kn_cuda_gather_args_t;
 ak_status_t kn_cuda_gather_pages(const kn_cuda_gather_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
+/* ArkVale's decision for one layer of a decode step, per sequence, on the device
+ * (kn_cuda_arkvale_plan.cu; kvpool's kv_select_for_view is the oracle): ranks the
+ * candidates [n_sink, n_pages - n_window) by score (ties to the higher page), takes the
+ * top k, pairs each missing one (ranking order) with a victim (the resident candidates
+ * outside the top and outside the best that stay, ascending page order), updates phys
+ * in place, and writes the recalls and the resident view in logical order. */
+#define KN_CUDA_PLAN_MAX_PAGES 8192
+typedef struct {
+  const float *scores;      /* [n_seqs][stride] page estimates */
+  int32_t *phys;            /* [n_seqs][stride] logical -> physical page, -1 not resident */
+  const int32_t *n_pages;   /* [n_seqs] logical pages (the last partly filled) */
+  int32_t stride;           /* pages per sequence row, <= KN_CUDA_PLAN_MAX_PAGES */
+  int32_t n_seqs;
+  int32_t n_sink;
+  int32_t n_window;
+  int32_t k;
+  int32_t *recall_page;     /* [n_seqs][k] logical pages to recall, -1 past the last */
+  int32_t *recall_phys;     /* [n_seqs][k] the physical page each goes to */
+  int32_t *view;            /* [n_seqs][stride] resident physical pages, logical order */
+  int32_t *view_len;        /* [n_seqs] */
+} kn_cuda_arkvale_plan_args_t;
+size_t kn_cuda_arkvale_plan_smem_bytes(int32_t stride);
+ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
 /* --- fills (model construction, not the forward pass) --- */
 
 /* dst[i] = a bf16 value uniform in [-scale, scale] (rounded toward zero) drawn from a
