@@ -40,6 +40,7 @@
 #include <time.h>
 
 #include "ak_alloc.h"
+#include "bench_util.h"
 #include "co_tokenizer.h"
 #include "kv_digest.h"
 #include "kvpool.h"
@@ -58,12 +59,6 @@ static const char *const est_mode_names[EST_N_MODES] = {
 /* The default prompt text: the design notes beside the checkout, then the repository's
  * own documentation. Missing files are skipped (the repository docs alone hold ~5k
  * tokens). */
-static const char *const est_default_texts[] = {
-    "../shared/ARKVALE.md", "../shared/ARKVALE-REFERENCE.md", "../shared/DESIGN.md",
-    "../shared/STYLE.md",   "../shared/TOOLCHAIN.md",         "README.md",
-    "bench/README.md",      "bench/kernels/README.md",        "tests/reference/README.md",
-};
-
 typedef struct {
   const char *model;
   const char *device;
@@ -78,12 +73,6 @@ typedef struct {
   const char *out_path; /* NULL: bench/results/estimator-<date>.md */
   int no_write;
 } est_args_t;
-
-static double est_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------ flags */
 
@@ -179,78 +168,6 @@ static int est_parse_args(int argc, char **argv, est_args_t *a) {
 }
 
 /* ------------------------------------------------------------------ the prompt */
-
-/* Appends a whole file to *buf. 0 ok, -1 unreadable. */
-static int est_append_file(const char *path, char **buf, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return -1;
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-    char *nb = realloc(*buf, *len + n + 3);
-    if (!nb) {
-      fclose(f);
-      return -1;
-    }
-    *buf = nb;
-    memcpy(*buf + *len, chunk, n);
-    *len += n;
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) return -1;
-  char *nb = realloc(*buf, *len + 3);
-  if (!nb) return -1;
-  *buf = nb;
-  memcpy(*buf + *len, "\n\n", 2); /* files are separated by a blank line */
-  *len += 2;
-  return 0;
-}
-
-/* The first n_want tokens of the concatenated texts; when they hold fewer, the token
- * sequence is repeated (reported: repetition changes the attention pattern).
- * Returns 0 ok, 1 runtime failure, 2 a --text file that cannot be read. */
-static int est_build_prompt(const est_args_t *a, const co_tokenizer_t *tok, int64_t n_want, int32_t *ids,
-                            int64_t *n_text_tokens_p, char *used, size_t used_bytes) {
-  char *text = NULL;
-  size_t len = 0;
-  used[0] = 0;
-  int n = a->n_texts ? a->n_texts : (int)(sizeof est_default_texts / sizeof est_default_texts[0]);
-  for (int i = 0; i < n; i++) {
-    const char *path = a->n_texts ? a->texts[i] : est_default_texts[i];
-    if (est_append_file(path, &text, &len) < 0) {
-      if (a->n_texts) {
-        fprintf(stderr, "bench_estimator: --text %s: cannot read it\n", path);
-        free(text);
-        return 2;
-      }
-      fprintf(stderr, "bench_estimator: default text %s is missing; skipped\n", path);
-      continue;
-    }
-    size_t u = strlen(used);
-    snprintf(used + u, used_bytes - u, "%s%s", u ? ", " : "", path);
-  }
-  if (len == 0) {
-    fprintf(stderr, "bench_estimator: no prompt text (give --text FILE)\n");
-    free(text);
-    return a->n_texts ? 2 : 1;
-  }
-  int64_t cap = (int64_t)len + 16, n_ids = 0; /* byte-level BPE: at most one token a byte */
-  int32_t *all = malloc(sizeof(int32_t) * (size_t)cap);
-  ak_err_t err;
-  ak_err_clear(&err);
-  if (!all || co_tokenizer_encode(tok, text, len, 1, 0, all, cap, &n_ids, &err) < 0 || n_ids < 1) {
-    fprintf(stderr, "bench_estimator: tokenize: %s\n", all ? err.msg : "out of memory");
-    free(all);
-    free(text);
-    return 1;
-  }
-  for (int64_t i = 0; i < n_want; i++) ids[i] = all[i % n_ids];
-  *n_text_tokens_p = n_ids;
-  free(all);
-  free(text);
-  return 0;
-}
 
 /* ------------------------------------------------------------------ measurement */
 
@@ -575,24 +492,6 @@ static void est_print_order(FILE *f, const est_state_t *s, int mode) {
   fprintf(f, "\n");
 }
 
-/* First line of a command's output that starts with `key`, value trimmed. */
-static void est_cmd_field(const char *cmd, const char *key, char *out, size_t out_bytes) {
-  snprintf(out, out_bytes, "unknown");
-  FILE *p = popen(cmd, "r");
-  if (!p) return;
-  char line[512];
-  size_t kl = strlen(key);
-  while (fgets(line, sizeof line, p)) {
-    if (strncmp(line, key, kl)) continue;
-    char *v = line + kl;
-    while (*v == ' ' || *v == '\t' || *v == ':') v++;
-    v[strcspn(v, "\n")] = 0;
-    snprintf(out, out_bytes, "%s", v);
-    break;
-  }
-  pclose(p);
-}
-
 typedef struct {
   const char *cmdline;
   const char *texts_used;
@@ -611,8 +510,8 @@ static int est_write_results(const char *path, const est_args_t *a, const est_st
     return -1;
   }
   char cpu[256], commit[64], load[64] = "unknown";
-  est_cmd_field("lscpu 2>/dev/null", "Model name", cpu, sizeof cpu);
-  est_cmd_field("git rev-parse --short HEAD 2>/dev/null", "", commit, sizeof commit);
+  bench_cmd_field("lscpu 2>/dev/null", "Model name", cpu, sizeof cpu);
+  bench_cmd_field("git rev-parse --short HEAD 2>/dev/null", "", commit, sizeof commit);
   FILE *la = fopen("/proc/loadavg", "r");
   if (la) {
     if (!fgets(load, sizeof load, la)) snprintf(load, sizeof load, "unknown");
@@ -692,21 +591,6 @@ static int est_write_results(const char *path, const est_args_t *a, const est_st
   return 0;
 }
 
-/* bench/results/estimator-<date>.md, or -2, -3, ... when taken. */
-static int est_default_out(const char *date, char *out, size_t out_bytes) {
-  struct stat st;
-  if (stat("bench/results", &st) != 0 || !S_ISDIR(st.st_mode)) {
-    fprintf(stderr, "bench_estimator: bench/results/ not found: run from the repository root or give --out\n");
-    return -1;
-  }
-  for (int i = 1; i < 1000; i++) {
-    if (i == 1) snprintf(out, out_bytes, "bench/results/estimator-%s.md", date);
-    else snprintf(out, out_bytes, "bench/results/estimator-%s-%d.md", date, i);
-    if (stat(out, &st) != 0) return 0;
-  }
-  return -1;
-}
-
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
@@ -717,7 +601,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_estimator: --device cuda: not built with the CUDA backend yet\n");
     return 1;
   }
-  double t_start = est_now_s();
+  double t_start = bench_now_s();
 
   char cmdline[2048] = "";
   for (int i = 0; i < argc; i++) {
@@ -790,7 +674,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_estimator: out of memory\n");
     goto done;
   }
-  int br = est_build_prompt(&a, tok, a.ctx_tokens, ids, &n_text_tokens, texts_used, sizeof texts_used);
+  int br = bench_text_tokens("bench_estimator", a.texts, a.n_texts, tok, a.ctx_tokens, ids, &n_text_tokens, texts_used, sizeof texts_used);
   if (br) {
     rc = br;
     goto done;
@@ -807,7 +691,7 @@ int main(int argc, char **argv) {
   fprintf(stderr, "bench_estimator: prefill %lld tokens, then %lld decode steps, layers %lld..%d, %d threads\n",
           (long long)a.ctx_tokens, (long long)a.n_steps, (long long)a.skip_layers, hp->n_layers - 1,
           kn_cpu_n_threads(cpu));
-  double t0 = est_now_s();
+  double t0 = bench_now_s();
   for (int64_t off = 0; off < a.ctx_tokens; off += EST_CHUNK_TOKENS) {
     int32_t n = (int32_t)(a.ctx_tokens - off < EST_CHUNK_TOKENS ? a.ctx_tokens - off : EST_CHUNK_TOKENS);
     int last = off + n == a.ctx_tokens;
@@ -815,7 +699,7 @@ int main(int argc, char **argv) {
                             .logits = last ? logits : NULL};
     if (wk_forward_run(fw, pool, &b, &err) < 0) goto forward_error;
   }
-  double t_prefill = est_now_s() - t0, t_decode = 0, t_measure = 0;
+  double t_prefill = bench_now_s() - t0, t_decode = 0, t_measure = 0;
 
   for (int64_t step = 0; step < a.n_steps; step++) {
     int32_t token = 0;
@@ -824,13 +708,13 @@ int main(int argc, char **argv) {
     int32_t one = 1;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one}, .tokens = &token,
                             .logits = logits};
-    double t1 = est_now_s();
+    double t1 = bench_now_s();
     if (wk_forward_run(fw, pool, &b, &err) < 0) goto forward_error;
-    double t2 = est_now_s();
+    double t2 = bench_now_s();
     int64_t n_tok = kv_seq_n_tokens(pool, seq);
     for (int32_t l = (int32_t)a.skip_layers; l < hp->n_layers; l++)
       if (est_measure_layer(&s, pool, seq, l, n_tok) < 0) goto done;
-    double t3 = est_now_s();
+    double t3 = bench_now_s();
     t_decode += t2 - t1;
     t_measure += t3 - t2;
   }
@@ -839,7 +723,7 @@ int main(int argc, char **argv) {
                        .n_text_tokens = n_text_tokens, .n_threads = kn_cpu_n_threads(cpu),
                        .isa = kn_isa_name(kn_cpu_isa(cpu)), .prefill_s = t_prefill,
                        .decode_s = t_decode, .measure_s = t_measure};
-  ri.total_s = est_now_s() - t_start;
+  ri.total_s = bench_now_s() - t_start;
   time_t now = time(NULL);
   strftime(ri.date, sizeof ri.date, "%Y-%m-%d", localtime(&now));
 
@@ -861,7 +745,7 @@ int main(int argc, char **argv) {
     char out[512];
     const char *path = a.out_path;
     if (!path) {
-      if (est_default_out(ri.date, out, sizeof out) < 0) goto done;
+      if (bench_default_out("bench_estimator", "estimator", ri.date, out, sizeof out) < 0) goto done;
       path = out;
     }
     if (est_write_results(path, &a, &s, &ri) < 0) goto done;

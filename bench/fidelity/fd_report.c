@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bench_util.h"
+
 static const fd_cell_t *fd_cell(const fd_report_t *rp, int32_t ci, int32_t bi) {
   return &rp->cells[(size_t)ci * (size_t)rp->n_budgets + (size_t)bi];
 }
@@ -147,38 +149,6 @@ void fd_report_findings(FILE *f, const fd_report_t *rp) {
           n_fail, n_over, n_skip, n_refused);
 }
 
-/* First line of a command's output that starts with `key`, value trimmed. */
-static void fd_cmd_field(const char *cmd, const char *key, char *out, size_t out_bytes) {
-  snprintf(out, out_bytes, "unknown");
-  FILE *p = popen(cmd, "r");
-  if (!p) return;
-  char line[512];
-  size_t kl = strlen(key);
-  while (fgets(line, sizeof line, p)) {
-    if (strncmp(line, key, kl)) continue;
-    char *v = line + kl;
-    while (*v == ' ' || *v == '\t' || *v == ':') v++;
-    v[strcspn(v, "\n")] = 0;
-    snprintf(out, out_bytes, "%s", v);
-    break;
-  }
-  pclose(p);
-}
-
-int fd_report_default_path(const char *date, char *out, size_t out_bytes) {
-  struct stat st;
-  if (stat("bench/results", &st) != 0 || !S_ISDIR(st.st_mode)) {
-    fprintf(stderr, "bench_fidelity: bench/results/ not found: run from the repository root or give --out\n");
-    return -1;
-  }
-  for (int i = 1; i < 1000; i++) {
-    if (i == 1) snprintf(out, out_bytes, "bench/results/fidelity-%s.md", date);
-    else snprintf(out, out_bytes, "bench/results/fidelity-%s-%d.md", date, i);
-    if (stat(out, &st) != 0) return 0;
-  }
-  return -1;
-}
-
 int fd_report_write(const char *path, const fd_report_t *rp) {
   FILE *f = fopen(path, "w");
   if (!f) {
@@ -186,8 +156,8 @@ int fd_report_write(const char *path, const fd_report_t *rp) {
     return -1;
   }
   char cpu[256], commit[64], load[64] = "unknown";
-  fd_cmd_field("lscpu 2>/dev/null", "Model name", cpu, sizeof cpu);
-  fd_cmd_field("git rev-parse --short HEAD 2>/dev/null", "", commit, sizeof commit);
+  bench_cmd_field("lscpu 2>/dev/null", "Model name", cpu, sizeof cpu);
+  bench_cmd_field("git rev-parse --short HEAD 2>/dev/null", "", commit, sizeof commit);
   FILE *la = fopen("/proc/loadavg", "r");
   if (la) {
     if (!fgets(load, sizeof load, la)) snprintf(load, sizeof load, "unknown");

@@ -38,8 +38,6 @@ void fd_report_details(FILE *f, const fd_report_t *rp, int markdown);
 /* The "what this says" paragraph: resident vs topk per page size and budget, the lowest
  * and highest KL per budget, failures and budget overruns. */
 void fd_report_findings(FILE *f, const fd_report_t *rp);
-/* bench/results/fidelity-<date>.md, or -2, -3, ... when taken; -1 without bench/results. */
-int fd_report_default_path(const char *date, char *out, size_t out_bytes);
 /* Writes the whole results file; -1 (after a message) when it cannot. */
 int fd_report_write(const char *path, const fd_report_t *rp);
 

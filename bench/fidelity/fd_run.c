@@ -8,6 +8,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+#include "kernels.h"
+
 const fd_config_t fd_configs[] = {
     {"full", KV_POLICY_FULL, 32, KV_ATTEND_RESIDENT},
     {"arkvale-p32-resident", KV_POLICY_ARKVALE, 32, KV_ATTEND_RESIDENT},
@@ -30,12 +33,6 @@ struct fd_runner {
   float *ref_logits; /* [n_steps, n_vocab] f32: the reference's logits after each fed token */
   float *logits;     /* [n_vocab] f32: a config's logits of the current step */
 };
-
-static double fd_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* A pool for one sequence of the whole run (prompt + fed tokens) that every page of
  * every layer fits: a branch keeps its whole prefill resident until it compacts. */
@@ -102,13 +99,6 @@ static double fd_log_sum_exp(const float *z, int32_t n) {
   return m + log(s);
 }
 
-static int32_t fd_argmax(const float *z, int32_t n) {
-  int32_t best = 0;
-  for (int32_t v = 1; v < n; v++)
-    if (z[v] > z[best]) best = v;
-  return best;
-}
-
 /* Adds one step's comparison of cfg's logits with ref's to the cell's sums. */
 static void fd_compare(const float *ref, const float *cfg, int32_t n_vocab, int32_t target, fd_cell_t *c) {
   double lse_r = fd_log_sum_exp(ref, n_vocab), lse_c = fd_log_sum_exp(cfg, n_vocab), kl = 0;
@@ -117,10 +107,10 @@ static void fd_compare(const float *ref, const float *cfg, int32_t n_vocab, int3
     kl += exp(lr) * (lr - lc);
   }
   if (kl < 0) kl = 0; /* rounding, when the distributions are equal */
-  int32_t a_ref = fd_argmax(ref, n_vocab);
+  int32_t a_ref = (int32_t)kn_argmax(ref, n_vocab);
   c->kl_mean += kl;
   if (kl > c->kl_max) c->kl_max = kl;
-  c->top1 += fd_argmax(cfg, n_vocab) == a_ref;
+  c->top1 += (int32_t)kn_argmax(cfg, n_vocab) == a_ref;
   c->dlogit_mean += fabs((double)cfg[a_ref] - (double)ref[a_ref]);
   c->nll_mean += lse_c - (double)cfg[target];
 }
@@ -167,7 +157,7 @@ static int64_t fd_resident_limit(const kv_pool_params_t *kp, int64_t n_tokens) {
 ak_status_t fd_runner_prepare(fd_runner_t *r, fd_cell_t *ref_p, double *prefill_s_p, ak_err_t *err) {
   if (r->prepared) return AK_ERR(err, AK_ERR_INVALID_ARG, "already prepared");
   AK_TRY(kv_seq_create(r->src, &r->src_seq));
-  double t0 = fd_now_s();
+  double t0 = bench_now_s();
   for (int32_t off = 0; off < r->p.ctx_tokens; off += FD_CHUNK_TOKENS) {
     int32_t n = r->p.ctx_tokens - off < FD_CHUNK_TOKENS ? r->p.ctx_tokens - off : FD_CHUNK_TOKENS;
     /* no logits: every config's first prediction comes after its first fed token */
@@ -175,7 +165,7 @@ ak_status_t fd_runner_prepare(fd_runner_t *r, fd_cell_t *ref_p, double *prefill_
                             .tokens = r->p.ids + off, .logits = NULL};
     AK_TRY(wk_forward_run(r->p.fw, r->src, &b, err));
   }
-  *prefill_s_p = fd_now_s() - t0;
+  *prefill_s_p = bench_now_s() - t0;
 
   /* The reference: a full pool branched like every config, so that branching itself
    * (f16 pages read back and stored again) is common to both sides. */
@@ -184,17 +174,17 @@ ak_status_t fd_runner_prepare(fd_runner_t *r, fd_cell_t *ref_p, double *prefill_
   kv_pool_t *pool = NULL;
   kv_seq_id_t seq;
   AK_TRY(kv_pool_create(&kp, err, &pool));
-  t0 = fd_now_s();
+  t0 = bench_now_s();
   ak_status_t st = kv_seq_branch(pool, r->src, r->p.cpu, r->src_seq, &seq);
   if (st < 0) {
     AK_ERR(err, st, "reference kv_seq_branch: %s", kv_pool_errmsg(pool));
     kv_pool_destroy(pool);
     return st;
   }
-  double t1 = fd_now_s();
+  double t1 = bench_now_s();
   st = fd_decode(r, pool, seq, NULL, err);
   ref_p->branch_s = t1 - t0;
-  ref_p->decode_s = fd_now_s() - t1;
+  ref_p->decode_s = bench_now_s() - t1;
   if (st == AK_OK) {
     /* the reference's own NLL of the text, for scale */
     const int32_t n_vocab = r->hp->n_vocab;
@@ -242,9 +232,9 @@ ak_status_t fd_runner_cell(fd_runner_t *r, const fd_config_t *cfg, int32_t budge
 
   kv_seq_id_t seq = -1;
   kv_seq_stats_t s0, s1;
-  double t0 = fd_now_s();
+  double t0 = bench_now_s();
   ak_status_t st = kv_seq_branch(pool, r->src, r->p.cpu, r->src_seq, &seq);
-  double t1 = fd_now_s();
+  double t1 = bench_now_s();
   cell->branch_s = t1 - t0;
   if (st < 0) {
     fd_cell_fail(cell, "kv_seq_branch", kv_pool_errmsg(pool));
@@ -256,7 +246,7 @@ ak_status_t fd_runner_cell(fd_runner_t *r, const fd_config_t *cfg, int32_t budge
     fd_cell_fail(cell, "kv_seq_get_stats", kv_pool_errmsg(pool));
   } else {
     double n = r->p.n_steps;
-    cell->decode_s = fd_now_s() - t1;
+    cell->decode_s = bench_now_s() - t1;
     cell->kl_mean /= n;
     cell->top1 /= n;
     cell->dlogit_mean /= n;

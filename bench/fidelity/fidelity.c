@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "co_tokenizer.h"
 #include "fd_report.h"
 #include "fd_run.h"
@@ -34,12 +35,6 @@
 
 /* The estimator's default text: the design notes beside the checkout, then the
  * repository's own documentation; missing files are skipped. */
-static const char *const fd_default_texts[] = {
-    "../shared/ARKVALE.md", "../shared/ARKVALE-REFERENCE.md", "../shared/DESIGN.md",
-    "../shared/STYLE.md",   "../shared/TOOLCHAIN.md",         "README.md",
-    "bench/README.md",      "bench/kernels/README.md",        "tests/reference/README.md",
-};
-
 typedef struct {
   const char *model;
   const char *device;
@@ -54,12 +49,6 @@ typedef struct {
   const char *out_path; /* NULL: bench/results/fidelity-<date>.md */
   int no_write;
 } fd_args_t;
-
-static double fd_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------ flags */
 
@@ -223,78 +212,6 @@ static int fd_parse_args(int argc, char **argv, fd_args_t *a) {
 
 /* ------------------------------------------------------------------ the text */
 
-/* Appends a whole file to *buf. 0 ok, -1 unreadable. */
-static int fd_append_file(const char *path, char **buf, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return -1;
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-    char *nb = realloc(*buf, *len + n + 3);
-    if (!nb) {
-      fclose(f);
-      return -1;
-    }
-    *buf = nb;
-    memcpy(*buf + *len, chunk, n);
-    *len += n;
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) return -1;
-  char *nb = realloc(*buf, *len + 3);
-  if (!nb) return -1;
-  *buf = nb;
-  memcpy(*buf + *len, "\n\n", 2); /* files are separated by a blank line */
-  *len += 2;
-  return 0;
-}
-
-/* The first n_want tokens of the concatenated texts; when they hold fewer, the token
- * sequence is repeated (reported: repetition changes the attention pattern).
- * Returns 0 ok, 1 runtime failure, 2 a --text file that cannot be read. */
-static int fd_build_tokens(const fd_args_t *a, const co_tokenizer_t *tok, int64_t n_want, int32_t *ids,
-                           int64_t *n_text_tokens_p, char *used, size_t used_bytes) {
-  char *text = NULL;
-  size_t len = 0;
-  used[0] = 0;
-  int n = a->n_texts ? a->n_texts : (int)(sizeof fd_default_texts / sizeof fd_default_texts[0]);
-  for (int i = 0; i < n; i++) {
-    const char *path = a->n_texts ? a->texts[i] : fd_default_texts[i];
-    if (fd_append_file(path, &text, &len) < 0) {
-      if (a->n_texts) {
-        fprintf(stderr, "bench_fidelity: --text %s: cannot read it\n", path);
-        free(text);
-        return 2;
-      }
-      fprintf(stderr, "bench_fidelity: default text %s is missing; skipped\n", path);
-      continue;
-    }
-    size_t u = strlen(used);
-    snprintf(used + u, used_bytes - u, "%s%s", u ? ", " : "", path);
-  }
-  if (len == 0) {
-    fprintf(stderr, "bench_fidelity: no text (give --text FILE)\n");
-    free(text);
-    return a->n_texts ? 2 : 1;
-  }
-  int64_t cap = (int64_t)len + 16, n_ids = 0; /* byte-level BPE: at most one token a byte */
-  int32_t *all = malloc(sizeof(int32_t) * (size_t)cap);
-  ak_err_t err;
-  ak_err_clear(&err);
-  if (!all || co_tokenizer_encode(tok, text, len, 1, 0, all, cap, &n_ids, &err) < 0 || n_ids < 1) {
-    fprintf(stderr, "bench_fidelity: tokenize: %s\n", all ? err.msg : "out of memory");
-    free(all);
-    free(text);
-    return 1;
-  }
-  for (int64_t i = 0; i < n_want; i++) ids[i] = all[i % n_ids];
-  *n_text_tokens_p = n_ids;
-  free(all);
-  free(text);
-  return 0;
-}
-
 /* ------------------------------------------------------------------ main */
 
 static void fd_progress(const fd_config_t *cfg, int32_t budget, const fd_cell_t *c) {
@@ -316,7 +233,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_fidelity: --device cuda: not built with the CUDA backend yet\n");
     return 1;
   }
-  double t_start = fd_now_s();
+  double t_start = bench_now_s();
   char cmdline[2048] = "";
   for (int i = 0; i < argc; i++) {
     size_t u = strlen(cmdline);
@@ -362,7 +279,7 @@ int main(int argc, char **argv) {
   }
   char texts_used[4096];
   int64_t n_text_tokens = 0;
-  int br = fd_build_tokens(&a, tok, n_need, ids, &n_text_tokens, texts_used, sizeof texts_used);
+  int br = bench_text_tokens("bench_fidelity", a.texts, a.n_texts, tok, n_need, ids, &n_text_tokens, texts_used, sizeof texts_used);
   if (br) {
     rc = br;
     goto done;
@@ -403,7 +320,7 @@ int main(int argc, char **argv) {
       for (int32_t bi = 1; bi < a.n_budgets; bi++) cells[(size_t)ci * (size_t)a.n_budgets + (size_t)bi] =
                                                      cells[(size_t)ci * (size_t)a.n_budgets];
   }
-  rep.total_s = fd_now_s() - t_start;
+  rep.total_s = bench_now_s() - t_start;
   time_t now = time(NULL);
   strftime(rep.date, sizeof rep.date, "%Y-%m-%d", localtime(&now));
 
@@ -421,7 +338,7 @@ int main(int argc, char **argv) {
     char out[512];
     const char *path = a.out_path;
     if (!path) {
-      if (fd_report_default_path(rep.date, out, sizeof out) < 0) goto done;
+      if (bench_default_out("bench_fidelity", "fidelity", rep.date, out, sizeof out) < 0) goto done;
       path = out;
     }
     if (fd_report_write(path, &rep) < 0) goto done;

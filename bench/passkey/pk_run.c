@@ -142,13 +142,6 @@ const wk_model_t *pk_runner_model(const pk_runner_t *r) { return r->model; }
 const co_tokenizer_t *pk_runner_tokenizer(const pk_runner_t *r) { return r->tok; }
 int pk_runner_n_threads(const pk_runner_t *r) { return kn_cpu_n_threads(r->cpu); }
 
-static int32_t pk_argmax(const float *x, int32_t n) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < n; i++)
-    if (x[i] > x[best]) best = i;
-  return best;
-}
-
 /* A pool whose sequences are all released must hold nothing. */
 static ak_status_t pk_pool_expect_empty(kv_pool_t *pool, const char *what, ak_err_t *err) {
   kv_pool_stats_t s;
@@ -165,7 +158,7 @@ static ak_status_t pk_decode(pk_runner_t *r, kv_pool_t *pool, kv_seq_id_t seq, i
   const int32_t n_vocab = wk_model_hparams(r->model)->n_vocab;
   int32_t gen[PK_MAX_GEN_TOKENS];
   int32_t n_gen = 0, one = 1;
-  int32_t tok = pk_argmax(r->prompt_logits, n_vocab);
+  int32_t tok = (int32_t)kn_argmax(r->prompt_logits, n_vocab);
   double t0 = pk_now_s();
   for (;;) {
     if (co_tokenizer_is_eog(r->tok, tok)) break;
@@ -174,7 +167,7 @@ static ak_status_t pk_decode(pk_runner_t *r, kv_pool_t *pool, kv_seq_id_t seq, i
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one}, .tokens = &tok,
                             .logits = r->logits};
     AK_TRY(wk_forward_run(r->fw, pool, &b, err));
-    tok = pk_argmax(r->logits, n_vocab);
+    tok = (int32_t)kn_argmax(r->logits, n_vocab);
   }
   c->decode_s += pk_now_s() - t0;
   char text[PK_TEXT_BYTES];
