@@ -241,6 +241,32 @@ void kv_page_read_f32(const kv_pool_t *pool, int32_t pg, int is_v, int32_t slot0
   kv_buf_read_f32(pool, (const char *)pool->pages + (size_t)pg * pool->page_bytes, is_v, slot0, n, out);
 }
 
+/* Heapsort of idx[0, n) so that idx[i] comes before idx[j] (i < j) whenever
+ * before(ctx, idx[i], idx[j]); O(n log n), no extra memory, the order passed explicitly
+ * (no qsort_r). Used by page ranking (kv_select.c) and token dropping (kv_token.c). */
+static void kv_sift_down(int32_t *idx, int64_t root, int64_t n, kv_before_fn before, const void *ctx) {
+  for (;;) {
+    int64_t child = 2 * root + 1;
+    if (child >= n) return;
+    if (child + 1 < n && before(ctx, idx[child], idx[child + 1])) child++;
+    if (!before(ctx, idx[root], idx[child])) return;
+    int32_t t = idx[root];
+    idx[root] = idx[child];
+    idx[child] = t;
+    root = child;
+  }
+}
+
+void kv_sort_idx(int32_t *idx, int64_t n, kv_before_fn before, const void *ctx) {
+  for (int64_t i = n / 2 - 1; i >= 0; i--) kv_sift_down(idx, i, n, before, ctx);
+  for (int64_t end = n - 1; end > 0; end--) {
+    int32_t t = idx[0];
+    idx[0] = idx[end];
+    idx[end] = t;
+    kv_sift_down(idx, 0, end, before, ctx);
+  }
+}
+
 /* --- per-sequence tables --- */
 
 /* One block per sequence slot, carved into its layers' arrays:

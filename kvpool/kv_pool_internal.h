@@ -156,6 +156,9 @@ ak_status_t kv_tok_scratch_reserve(kv_pool_t *pool, int64_t n_tok);
 void kv_layer_shrink(kv_pool_t *pool, kv_layer_t *L, int64_t keep_pages, int64_t n_pages);
 void kv_page_free(kv_pool_t *pool, int32_t pg);
 void kv_stats_add(kv_stats_t *dst, const kv_stats_t *src);
+/* Sorts idx[0, n) so that `before(ctx, a, b)` (a strict order) puts a ahead of b. */
+typedef int (*kv_before_fn)(const void *ctx, int32_t a, int32_t b);
+void kv_sort_idx(int32_t *idx, int64_t n, kv_before_fn before, const void *ctx);
 double kv_now_us(void);
 /* Converts token slots [slot0, slot0 + n) of K or V of physical page pg to f32,
  * token-major [n][n_kv_heads][head_dim]. */

@@ -25,66 +25,23 @@
 
 /* 1 if page a (score sa) ranks above page b (score sb). NaN ranks lowest. */
 static int kv_ranks_above(float sa, int32_t a, float sb, int32_t b) {
-  if (isnan(sa)) return 0;
-  if (isnan(sb)) return 1;
+  if (isnan(sa) || isnan(sb)) return isnan(sa) && isnan(sb) ? a > b : isnan(sb); /* a strict order */
   return sa > sb || (sa == sb && a > b);
 }
 
-/* Sorts idx[0..n) best first (kv_ranks_above): quicksort with a median-of-three pivot,
- * insertion sort below 16 elements, recursing into the smaller side. */
-static void kv_sort_best(const float *score, int32_t *idx, int64_t n) {
-  while (n > 16) {
-    int64_t mid = n / 2;
-    /* median of three to idx[mid] */
-    if (kv_ranks_above(score[idx[n - 1]], idx[n - 1], score[idx[0]], idx[0])) {
-      int32_t t = idx[0]; idx[0] = idx[n - 1]; idx[n - 1] = t;
-    }
-    if (kv_ranks_above(score[idx[mid]], idx[mid], score[idx[0]], idx[0])) {
-      int32_t t = idx[0]; idx[0] = idx[mid]; idx[mid] = t;
-    }
-    if (kv_ranks_above(score[idx[n - 1]], idx[n - 1], score[idx[mid]], idx[mid])) {
-      int32_t t = idx[mid]; idx[mid] = idx[n - 1]; idx[n - 1] = t;
-    }
-    int32_t pv = idx[mid];
-    float ps = score[pv];
-    int64_t i = 0, j = n - 1;
-    while (i <= j) {
-      while (kv_ranks_above(score[idx[i]], idx[i], ps, pv)) i++;
-      while (kv_ranks_above(ps, pv, score[idx[j]], idx[j])) j--;
-      if (i <= j) {
-        int32_t t = idx[i]; idx[i] = idx[j]; idx[j] = t;
-        i++, j--;
-      }
-    }
-    /* [0, j] rank at or above the pivot, [i, n) at or below: recurse on the smaller */
-    if (j + 1 < n - i) {
-      kv_sort_best(score, idx, j + 1);
-      idx += i;
-      n -= i;
-    } else {
-      kv_sort_best(score, idx + i, n - i);
-      n = j + 1;
-    }
-  }
-  for (int64_t i = 1; i < n; i++) {
-    int32_t c = idx[i];
-    int64_t k = i;
-    while (k > 0 && kv_ranks_above(score[c], c, score[idx[k - 1]], idx[k - 1])) {
-      idx[k] = idx[k - 1];
-      k--;
-    }
-    idx[k] = c;
-  }
+static int kv_score_before(const void *score, int32_t a, int32_t b) {
+  const float *sc = score;
+  return kv_ranks_above(sc[a], a, sc[b], b);
 }
 
 /* The m best of cand[0..n) by score[cand], written best first to out[0..m) (m <= n).
- * out must have room for n (every caller's scratch holds a sequence's pages). The
- * ranking is a strict total order (ties go to the higher index), so any sort gives the
- * same result. */
+ * out must have room for n (every caller's scratch holds a sequence's pages): the
+ * whole candidate list is sorted (O(n log n)). The ranking is a strict total order
+ * (ties go to the higher index; NaN lowest), so any sort gives the same result. */
 static void kv_select_best(const float *score, const int32_t *cand, int64_t n, int64_t m, int32_t *out) {
   if (m <= 0 || n <= 0) return;
   if (out != cand) memmove(out, cand, sizeof(int32_t) * (size_t)n);
-  kv_sort_best(score, out, n);
+  kv_sort_idx(out, n, kv_score_before, score);
 }
 
 static int32_t kv_window_pages(const kv_pool_t *pool) {

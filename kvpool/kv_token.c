@@ -82,29 +82,12 @@ static int kv_tok_before(const kv_tok_order_t *o, int32_t a, int32_t b) {
   return 0;
 }
 
-static void kv_tok_sift_down(int32_t *idx, int64_t root, int64_t n, const kv_tok_order_t *o) {
-  for (;;) {
-    int64_t child = 2 * root + 1;
-    if (child >= n) return;
-    if (child + 1 < n && kv_tok_before(o, idx[child], idx[child + 1])) child++;
-    if (!kv_tok_before(o, idx[root], idx[child])) return;
-    int32_t t = idx[root];
-    idx[root] = idx[child];
-    idx[child] = t;
-    root = child;
-  }
+static int kv_tok_before_fn(const void *o, int32_t a, int32_t b) {
+  return kv_tok_before((const kv_tok_order_t *)o, a, b);
 }
 
-/* Heapsort of idx[0, n) by o (first = first in the order): O(n log n) without extra
- * memory or a qsort context argument. */
 static void kv_tok_sort(int32_t *idx, int64_t n, const kv_tok_order_t *o) {
-  for (int64_t i = n / 2 - 1; i >= 0; i--) kv_tok_sift_down(idx, i, n, o);
-  for (int64_t end = n - 1; end > 0; end--) {
-    int32_t t = idx[0];
-    idx[0] = idx[end];
-    idx[end] = t;
-    kv_tok_sift_down(idx, 0, end, o);
-  }
+  kv_sort_idx(idx, n, kv_tok_before_fn, o);
 }
 
 /* Moves resident token src's K and V rows (every KV head) and scores to slot dst. */
