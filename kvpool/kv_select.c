@@ -136,7 +136,7 @@ void kv_select_evict_for_step(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
   int64_t n_keep = n_cand - n_evict;
   int32_t *keep = pool->sel_top;
   kv_select_best(score, cand, n_cand, n_keep, keep);
-  memset(pool->sel_mark, 0, (size_t)pool->max_pages_per_seq);
+  memset(pool->sel_mark, 0, (size_t)n_pages_after); /* candidates lie below it */
   for (int64_t i = 0; i < n_keep; i++) pool->sel_mark[keep[i]] = 1;
   for (int64_t c = 0; c < n_cand; c++)
     if (!pool->sel_mark[cand[c]]) kv_evict_page(pool, s, L, cand[c]);
