@@ -80,6 +80,8 @@ ak_status_t kv_seq_last_query(const kv_pool_t *pool, kv_seq_id_t seq, int32_t la
   if (layer_idx < 0 || layer_idx >= pool->p.n_layers)
     return AK_ERR(err, AK_ERR_RANGE, "layer %d outside [0, %d)", layer_idx, pool->p.n_layers);
   if (!s->has_last_q) return AK_ERR(err, AK_ERR_NOT_FOUND, "sequence %d has taken no step yet", seq);
+  if (pool->p.select_on_device)
+    return AK_ERR(err, AK_ERR_NOT_FOUND, "sequence %d: the queries stay with the caller (select_on_device)", seq);
   if (!q) return AK_ERR(err, AK_ERR_INVALID_ARG, "q is NULL");
   size_t row = (size_t)pool->p.n_heads * (size_t)pool->p.head_dim;
   memcpy(q, s->last_q + (size_t)layer_idx * row, sizeof(float) * row);
@@ -96,6 +98,8 @@ ak_status_t kv_seq_branch(kv_pool_t *dst, kv_pool_t *src, kn_cpu_t *cpu, kv_seq_
     return AK_ERR(err, AK_ERR_INVALID_ARG,
                   "pool shapes differ: layers %d/%d, kv heads %d/%d, heads %d/%d, head_dim %d/%d", a->n_layers,
                   b->n_layers, a->n_kv_heads, b->n_kv_heads, a->n_heads, b->n_heads, a->head_dim, b->head_dim);
+  if (a->select_on_device || b->select_on_device)
+    return AK_ERR(err, AK_ERR_UNSUPPORTED, "branching needs the last queries on the host: not with select_on_device");
   kv_seq_t *s = kv_live_seq(src, src_seq);
   if (!s) return AK_ERR(err, AK_ERR_NOT_FOUND, "source sequence %d is not live", src_seq);
   if (s->n_tokens < 1) return AK_ERR(err, AK_ERR_INVALID_ARG, "source sequence %d is empty", src_seq);

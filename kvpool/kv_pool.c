@@ -123,6 +123,9 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     return AK_ERR(err, AK_ERR_INVALID_ARG, "budget_tokens=%d must be >= 0", p->budget_tokens);
   if (p->n_full_layers < 0)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_full_layers=%d must be >= 0", p->n_full_layers);
+  if (p->select_on_device && (p->policy != KV_POLICY_ARKVALE || p->budget_tokens == 0))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "select_on_device is for arkvale with a budget (policy %s, budget %d)",
+                  kv_policy_name(p->policy), p->budget_tokens);
   if (p->policy == KV_POLICY_FULL || p->budget_tokens == 0) return AK_OK;
   if (kv_policy_is_token(p->policy)) {
     if (p->budget_tokens < 2)
@@ -156,6 +159,13 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     if (p->score_groups < 1 || p->n_kv_heads % p->score_groups != 0)
       return AK_ERR(err, AK_ERR_INVALID_ARG, "score_groups=%d does not divide n_kv_heads=%d", p->score_groups,
                     p->n_kv_heads);
+    if (p->select_on_device && (!p->page_memory || !p->page_ops || !p->page_ops->score_pages))
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "select_on_device needs page_memory and page_ops with score_pages");
+    if (p->select_on_device && (p->attend != KV_ATTEND_RESIDENT || p->score_groups != 1 || p->track_accuracy))
+      return AK_ERR(err, AK_ERR_UNSUPPORTED,
+                    "select_on_device makes only the default selection: attend resident, score_groups 1, no "
+                    "track_accuracy (attend=%d, score_groups=%d, track_accuracy=%d)",
+                    (int)p->attend, p->score_groups, p->track_accuracy);
     int32_t middle = budget_pages - p->n_sink_pages - p->n_window_pages;
     if (p->topk_pages < 0 || p->topk_pages > middle)
       return AK_ERR(err, AK_ERR_INVALID_ARG, "topk_pages=%d outside [0, %d] (the middle of a %d-page budget)",
@@ -514,7 +524,7 @@ const char *kv_pool_errmsg(const kv_pool_t *pool) { return pool ? pool->err.msg 
 const kv_pool_params_t *kv_pool_params(const kv_pool_t *pool) { return &pool->p; }
 int32_t kv_pool_topk_pages(const kv_pool_t *pool) { return pool->topk_pages; }
 int kv_pool_wants_queries(const kv_pool_t *pool) {
-  return pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn;
+  return (pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn) && !pool->p.select_on_device;
 }
 
 /* --- page bytes (in the pool's memory, or through page_ops) --- */

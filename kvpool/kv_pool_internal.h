@@ -143,6 +143,18 @@ static inline kv_layer_t *kv_layer_of(const kv_pool_t *pool, const kv_seq_t *s, 
 static inline int kv_layer_budgeted(const kv_pool_t *pool, int32_t layer) {
   return pool->p.policy != KV_POLICY_FULL && pool->p.budget_tokens > 0 && layer >= pool->p.n_full_layers;
 }
+/* 1 if the layer's view makes a selection for sequence s this step (page policies
+ * that digest: a decode token of a sequence over its budget). */
+static inline int kv_layer_selects(const kv_pool_t *pool, const kv_seq_t *s, int32_t layer, int32_t n_new) {
+  return kv_layer_budgeted(pool, layer) && pool->has_digest && n_new == 1 && s->n_pages > pool->budget_pages;
+}
+/* Counts an event on the sequence, the step and the pool. */
+#define KV_COUNT(pool, s, field, n)                       \
+  do {                                                    \
+    (s)->work.field += (n);                               \
+    if ((pool)->in_step) (pool)->step_work.field += (n);  \
+    (pool)->work.field += (n);                            \
+  } while (0)
 /* K (is_v = 0) or V of physical page pg: [n_kv_heads][page_tokens][head_dim] dtype. */
 static inline void *kv_page_kv(const kv_pool_t *pool, int32_t pg, int is_v) {
   return (char *)pool->pages + (size_t)pg * pool->page_bytes + (is_v ? pool->page_bytes / 2 : 0);
@@ -191,6 +203,8 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
  * policy restricts attention (returns 1 then, 0 = attend every resident page). */
 ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, const float *q, int64_t n_pages_before,
                                int *restricted_p);
+/* select_on_device: counts a selection the caller makes (kv_select_device.c). */
+void kv_select_count_device(kv_pool_t *pool, kv_seq_t *s);
 /* Frees a layer's backups and digests (release). */
 void kv_select_release_layer(kv_pool_t *pool, kv_layer_t *L);
 /* After an abort: recalls sink and window pages (of the restored page count) that the

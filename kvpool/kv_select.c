@@ -15,13 +15,6 @@
 #include "ak_alloc.h"
 #include "kv_pool_internal.h"
 
-/* Counts an event on the sequence, the step and the pool. */
-#define KV_COUNT(pool, s, field, n)                       \
-  do {                                                    \
-    (s)->work.field += (n);                               \
-    if ((pool)->in_step) (pool)->step_work.field += (n);  \
-    (pool)->work.field += (n);                            \
-  } while (0)
 
 /* 1 if page a (score sa) ranks above page b (score sb). NaN ranks lowest. */
 static int kv_ranks_above(float sa, int32_t a, float sb, int32_t b) {
@@ -49,15 +42,16 @@ static int32_t kv_window_pages(const kv_pool_t *pool) {
 }
 
 /* Scores pages [0, L->n_digests) of the layer against q into L->score: on the host,
- * or where the pages are when page_ops can (score_pages). */
+ * or where the pages are when page_ops can (score_pages). With select_on_device the
+ * queries stay with the caller: q is passed as NULL (the last one it saw). */
 static void kv_select_estimate(kv_pool_t *pool, kv_seq_t *s, kv_layer_t *L, const float *q) {
   double t0 = kv_now_us();
   const kv_pool_params_t *p = &pool->p;
   const kv_page_ops_t *ops = p->page_memory ? p->page_ops : NULL;
   ak_status_t st;
   if (ops && ops->score_pages)
-    st = ops->score_pages(ops->ctx, (int32_t)(s - pool->seqs), (int32_t)(L - s->layers), q, L->n_digests, L->score,
-                          &pool->err);
+    st = ops->score_pages(ops->ctx, (int32_t)(s - pool->seqs), (int32_t)(L - s->layers),
+                          p->select_on_device ? NULL : q, L->n_digests, L->score, &pool->err);
   else
     st = kv_digest_score_pages(pool->digest, L->digest, L->n_digests, q, p->n_heads, p->n_kv_heads, p->head_dim,
                                p->score_agg, NULL, L->score);

@@ -236,7 +236,7 @@ static ak_status_t kv_layer_score_batch(kv_pool_t *pool, int32_t layer_idx, cons
   for (int32_t i = 0; i < pool->step_n_seqs; i++) {
     kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
     int32_t n_new = pool->step_n_new[i];
-    if (n_new == 1 && s->n_pages > pool->budget_pages) {
+    if (kv_layer_selects(pool, s, layer_idx, n_new)) {
       kv_layer_t *L = &s->layers[layer_idx];
       pool->batch_seqs[n] = pool->step_seqs[i];
       pool->batch_n_pages[n] = L->n_digests;
@@ -267,7 +267,7 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
                           kn_attn_args_t *args) {
   AK_TRY(kv_layer_check_open(pool, layer_idx));
   if (!args) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "args is NULL");
-  int need_q = pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn;
+  int need_q = (pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn) && !pool->p.select_on_device;
   if (need_q && !q) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "policy %s needs the queries (q is NULL)",
                                   kv_policy_name(pool->p.policy));
   if (need_q && n_heads != pool->p.n_heads)
@@ -277,7 +277,7 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
   int64_t q_row = (int64_t)pool->p.n_heads * pool->p.head_dim;
   int budgeted = kv_layer_budgeted(pool, layer_idx);
   const kv_page_ops_t *ops = pool->p.page_memory ? pool->p.page_ops : NULL;
-  if (budgeted && pool->has_digest && q && ops && ops->score_pages_batch)
+  if (budgeted && pool->has_digest && q && ops && ops->score_pages_batch && !pool->p.select_on_device)
     AK_TRY(kv_layer_score_batch(pool, layer_idx, q));
   kn_paged_kv_t kv = kv_pool_view_base(pool);
   int32_t n = 0;
@@ -303,8 +303,12 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
        * pools do not need it */
       if (pool->has_tok_attn && !pool->is_token_policy) AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
       int restricted = 0;
-      if (budgeted && pool->has_digest && n_new == 1 && s->n_pages > pool->budget_pages)
-        AK_TRY(kv_select_for_view(pool, s, layer_idx, q_seq, pool->step_pages_before[i], &restricted));
+      if (kv_layer_selects(pool, s, layer_idx, n_new)) {
+        if (pool->p.select_on_device)
+          kv_select_count_device(pool, s); /* the caller decides (kv_layer_apply_recalls) */
+        else
+          AK_TRY(kv_select_for_view(pool, s, layer_idx, q_seq, pool->step_pages_before[i], &restricted));
+      }
       int32_t n0 = n;
       for (int64_t j = 0; j < s->n_pages; j++) {
         if (L->phys[j] == KV_PAGE_NONE) continue;

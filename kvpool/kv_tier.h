@@ -120,6 +120,10 @@ const char *kv_tier_errmsg(const kv_tier_t *tier);
 typedef struct {
   size_t capacity_bytes; /* total bytes of the slab; >= slot_bytes */
   size_t slot_bytes;     /* bytes of one slot: one page (kv_page_bytes); >= 1 */
+  void *slab;            /* NULL: the tier allocates the slab. Otherwise capacity_bytes of the
+                          * caller's memory (pinned and device-mapped for the CUDA backend, so
+                          * that a kernel can gather recalls from it), which must outlive the
+                          * tier and is never freed by it */
 } kv_tier_host_params_t;
 
 /* Both fields are 0 and must be set. */
@@ -130,6 +134,10 @@ kv_tier_host_params_t kv_tier_host_params_default(void);
  * allocation fails, with everything allocated so far released. *tier_p is written
  * only on success. */
 ak_status_t kv_tier_host_create(const kv_tier_host_params_t *p, ak_err_t *err, kv_tier_t **tier_p);
+
+/* The slot a host tier's id names: its blob starts at byte slot * slot_bytes of the slab
+ * (-1 for KV_BACKUP_NONE). Says nothing about whether the id is still valid. */
+int64_t kv_tier_host_slot(kv_backup_id_t id);
 
 #ifdef __cplusplus
 }

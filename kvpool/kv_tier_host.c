@@ -65,6 +65,7 @@ typedef struct {
   size_t slot_bytes;
   int64_t n_slots;
   unsigned char *slab;   /* [n_slots][slot_bytes] bytes */
+  int owns_slab;         /* 0: the caller's (kv_tier_host_params_t.slab) */
   kv_host_slot_t *slots; /* [n_slots] */
   int32_t *free_stack;   /* [n_slots] slot indices, top at n_free - 1 */
   int64_t n_free;
@@ -153,9 +154,11 @@ static void kv_host_destroy(kv_tier_t *tier) {
   size_t n = (size_t)h->n_slots;
   ak_host_free(h->free_stack, sizeof(int32_t) * n);
   ak_host_free(h->slots, sizeof(kv_host_slot_t) * n);
-  ak_host_free(h->slab, n * h->slot_bytes);
+  if (h->owns_slab) ak_host_free(h->slab, n * h->slot_bytes);
   ak_host_free(h, sizeof *h);
 }
+
+int64_t kv_tier_host_slot(kv_backup_id_t id) { return id < 0 ? -1 : (int64_t)(id & 0xffffffff); }
 
 static const kv_tier_ops_t kv_host_ops = {
     .name = "host",
@@ -189,7 +192,8 @@ ak_status_t kv_tier_host_create(const kv_tier_host_params_t *p, ak_err_t *err, k
   h->base.impl = h;
   h->slot_bytes = p->slot_bytes;
   h->n_slots = (int64_t)n_slots;
-  h->slab = ak_host_alloc(n_slots * p->slot_bytes, 0);
+  h->owns_slab = p->slab == NULL;
+  h->slab = h->owns_slab ? ak_host_alloc(n_slots * p->slot_bytes, 0) : p->slab;
   if (!h->slab) goto err_free_struct;
   /* Zeroed: every slot starts free (n_bytes 0); gens are set just below. */
   h->slots = ak_host_alloc(sizeof(kv_host_slot_t) * n_slots, 1);
@@ -208,7 +212,7 @@ ak_status_t kv_tier_host_create(const kv_tier_host_params_t *p, ak_err_t *err, k
 err_free_slots:
   ak_host_free(h->slots, sizeof(kv_host_slot_t) * n_slots);
 err_free_slab:
-  ak_host_free(h->slab, n_slots * p->slot_bytes);
+  if (h->owns_slab) ak_host_free(h->slab, n_slots * p->slot_bytes);
 err_free_struct:
   ak_host_free(h, sizeof *h);
   return AK_ERR(err, AK_ERR_NO_MEMORY, "host tier of %zu slots of %zu bytes", n_slots, p->slot_bytes);

@@ -144,6 +144,14 @@ typedef struct {
                               * sequences of max_seq_tokens */
   kv_tier_t *tier;           /* arkvale: a backup tier owned by the caller (it must outlive the
                               * pool); NULL = the pool creates a host tier of host_tier_bytes */
+  int select_on_device;      /* arkvale over page_memory: the caller makes each decode step's
+                              * selection where the pages are (kv_layer_select_row, then
+                              * kv_layer_apply_recalls before kv_step_end); kv_layer_view then
+                              * takes q == NULL and only lists the resident pages. The pool
+                              * keeps no queries: page_ops->score_pages is called with q ==
+                              * NULL for evictions and compaction, meaning the last query the
+                              * caller saw for that (sequence, layer). Needs attend RESIDENT
+                              * and score_groups 1. */
 
   /* --- debugging and measurement --- */
   int check_every_step;      /* run kv_pool_check at every kv_step_end (default: 1 in Debug
@@ -177,6 +185,8 @@ typedef struct kv_page_ops {
                             ak_err_t *err);
   ak_status_t (*score_pages)(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages, float *scores,
                              ak_err_t *err);
+  /* With select_on_device, q is NULL: score against the last query the caller saw
+   * for (seq, layer) (that of the step's last token, including a prefill's). */
   /* Optional, with the two above: the same for n sequences of one layer in one call
    * (a decode step's selections), q [n][n_heads * head_dim], scores[i] [n_pages[i]]. */
   ak_status_t (*score_pages_batch)(void *ctx, int32_t layer, int32_t n, const int32_t *seqs, const float *q,
@@ -290,6 +300,37 @@ ak_status_t kv_layer_commit(kv_pool_t *pool, int32_t layer_idx);
  * the caller's. Call it once per layer per step, after kv_layer_append. */
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args);
+
+/* --- selections made by the caller (select_on_device) ---
+ * For each step sequence i (batch order) and layer, after kv_layer_view: whether the
+ * layer selects for it this step (an arkvale budgeted layer, a decode token, more pages
+ * than the budget) and the tables a selection reads, as kv_select's rules use them
+ * (kn_cuda_arkvale_plan implements them on the GPU): candidates are logical pages
+ * [n_sink, n_pages - n_window), k = kv_pool_topk_pages. The arrays are the pool's and
+ * stay valid until the step ends. */
+typedef struct {
+  int selects;                 /* 0: nothing to decide (the view is final) */
+  kv_seq_id_t seq;             /* the pool's id of the sequence (its digest/query slot) */
+  int64_t n_pages;             /* logical pages, the step's included */
+  int32_t n_sink;
+  int32_t n_window;
+  const int32_t *phys;         /* [n_pages] logical -> physical page, KV_PAGE_NONE if evicted */
+  const kv_backup_id_t *backup; /* [n_pages] backup ids (every filled page has one) */
+} kv_select_row_t;
+ak_status_t kv_layer_select_row(kv_pool_t *pool, int32_t layer_idx, int32_t i, kv_select_row_t *row_p);
+/* The caller's selection for step sequence i at a layer, after it copied the backups of
+ * the missing pages into the slots of the victims: recall r of n took logical page
+ * page[r]'s backup into the physical page of logical page victim[r], which is evicted.
+ * Entries with page[r] < 0 end the list. Checked before anything changes: each page
+ * must be a non-resident candidate with a backup, each victim a resident candidate, none
+ * twice (AK_ERR_INVALID_ARG naming the entry). Counts recalls, evictions and bytes. */
+ak_status_t kv_layer_apply_recalls(kv_pool_t *pool, int32_t layer_idx, int32_t i, int32_t n, const int32_t *page,
+                                   const int32_t *victim);
+/* A sequence's page table for one layer (page policies): (*phys_p)[j] is logical page
+ * j's physical page or KV_PAGE_NONE, j < *n_pages_p. Valid until the next call that
+ * changes the pool. */
+ak_status_t kv_seq_page_table(const kv_pool_t *pool, kv_seq_id_t seq, int32_t layer_idx, const int32_t **phys_p,
+                              int64_t *n_pages_p);
 
 /* Ends the step; AK_ERR_INTERNAL if check_every_step finds a broken invariant. */
 ak_status_t kv_step_end(kv_pool_t *pool);
