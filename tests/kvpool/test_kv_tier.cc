@@ -1,9 +1,12 @@
 // Tests for kvpool/kv_tier_host.c: the backup-tier wrappers and the host tier —
 // round trips, full tier, stale and double-freed ids, size checks, bad params, exact
-// stats, no leak after destroy, and unwinding when an allocation fails at create.
+// stats, no leak after destroy, and unwinding when an allocation fails at create; a slab
+// the caller owns (blobs at slot * slot_bytes, never freed by the tier).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -383,6 +386,120 @@ TEST(KvTierHost, PutsNeverAllocate) {
   for (auto id : ids) EXPECT_EQ(kv_tier_free(t.get(), id), AK_OK);
   ak_alloc_fail_after(0);
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+}
+
+// --- a slab the caller owns (kv_tier_host_params_t.slab) ---
+
+struct FreeDel {
+  void operator()(unsigned char *p) const { free(p); }
+};
+using SlabPtr = std::unique_ptr<unsigned char, FreeDel>;
+
+TEST(KvTierHost, CallerSlabHoldsEachBlobAtItsSlot) {
+  const size_t slot = 96 + 3;  // odd size: no alignment assumption
+  const int n = 12;
+  const size_t cap = slot * n + 17;  // the remainder below one slot is not used
+  SlabPtr slab((unsigned char *)malloc(cap));  // not the tier's allocator: a free by the tier would be caught
+  ASSERT_TRUE(slab);
+  memset(slab.get(), 0xAB, cap);
+  const int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
+  kv_tier_host_params_t p = kv_tier_host_params_default();
+  EXPECT_EQ(p.slab, nullptr);
+  p.capacity_bytes = cap;
+  p.slot_bytes = slot;
+  p.slab = slab.get();
+  kv_tier_t *raw = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(kv_tier_host_create(&p, &err, &raw), AK_OK) << err.msg;
+  TierPtr t(raw);
+  // the tier allocated its tables, not a slab
+  EXPECT_LT(ak_alloc_outstanding_bytes(AK_MEM_HOST) - before, (int64_t)(slot * n));
+  kv_tier_stats_t st;
+  kv_tier_stats(t.get(), &st);
+  EXPECT_EQ(st.n_slots, n);
+  EXPECT_EQ(st.bytes_capacity, slot * n);
+
+  std::mt19937 rng(77);
+  std::vector<std::vector<unsigned char>> blobs;
+  std::vector<kv_backup_id_t> ids;
+  for (int i = 0; i < n; i++) {
+    size_t len = i == 0 ? slot : 1 + rng() % slot;  // partial pages too
+    blobs.push_back(random_bytes(rng, len));
+    kv_backup_id_t id = KV_BACKUP_NONE;
+    ASSERT_EQ(kv_tier_put(t.get(), blobs.back().data(), len, &id), AK_OK) << kv_tier_errmsg(t.get());
+    EXPECT_EQ(kv_tier_host_slot(id), i) << "a fresh tier fills slots 0, 1, 2, ... in order";
+    ids.push_back(id);
+  }
+  for (int i = 0; i < n; i++) {
+    int64_t s = kv_tier_host_slot(ids[i]);
+    ASSERT_GE(s, 0);
+    ASSERT_LT(s, n);
+    const size_t len = blobs[i].size();
+    EXPECT_EQ(memcmp(slab.get() + s * (int64_t)slot, blobs[i].data(), len), 0) << "blob " << i << " at slot " << s;
+    std::vector<unsigned char> out(len);
+    ASSERT_EQ(kv_tier_get(t.get(), ids[i], out.data(), len), AK_OK) << kv_tier_errmsg(t.get());
+    EXPECT_EQ(out, blobs[i]) << "blob " << i;
+  }
+  for (size_t b = slot * n; b < cap; b++) EXPECT_EQ(slab.get()[b], 0xAB) << "byte " << b << " past the last slot";
+  kv_backup_id_t full_id;
+  EXPECT_EQ(kv_tier_put(t.get(), blobs[0].data(), slot, &full_id), AK_ERR_POOL_FULL);
+
+  // the tier reads the caller's memory, not a copy: a byte written there is what get returns
+  slab.get()[0] ^= 0xff;
+  std::vector<unsigned char> out(slot);
+  ASSERT_EQ(kv_tier_get(t.get(), ids[0], out.data(), slot), AK_OK);
+  EXPECT_EQ(out[0], (unsigned char)(blobs[0][0] ^ 0xff));
+  EXPECT_TRUE(std::equal(out.begin() + 1, out.end(), blobs[0].begin() + 1));
+
+  // a freed slot is reused (and overwritten) by the next put; the stale id still names its
+  // slot (kv_tier_host_slot says nothing about validity) but is not found
+  ASSERT_EQ(kv_tier_free(t.get(), ids[5]), AK_OK);
+  std::vector<unsigned char> x = random_bytes(rng, slot);
+  kv_backup_id_t id2 = KV_BACKUP_NONE;
+  ASSERT_EQ(kv_tier_put(t.get(), x.data(), slot, &id2), AK_OK);
+  EXPECT_NE(id2, ids[5]);
+  EXPECT_EQ(kv_tier_host_slot(id2), 5);
+  EXPECT_EQ(kv_tier_host_slot(ids[5]), 5);
+  EXPECT_EQ(memcmp(slab.get() + 5 * slot, x.data(), slot), 0);
+  EXPECT_EQ(kv_tier_get(t.get(), ids[5], out.data(), blobs[5].size()), AK_ERR_NOT_FOUND);
+  EXPECT_EQ(kv_tier_host_slot(KV_BACKUP_NONE), -1);
+
+  t.reset();  // destroy: the tier's tables go, the slab stays the caller's
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+  EXPECT_EQ(memcmp(slab.get() + 5 * slot, x.data(), slot), 0);  // still ours, still intact
+  memset(slab.get(), 0, cap);
+}  // slab freed here, once
+
+TEST(KvTierHost, CallerSlabIsNotFreedWhenCreateFails) {
+  const size_t slot = 256, cap = 16 * slot;
+  SlabPtr slab((unsigned char *)malloc(cap));
+  ASSERT_TRUE(slab);
+  const int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
+  kv_tier_host_params_t p = kv_tier_host_params_default();
+  p.capacity_bytes = cap;
+  p.slot_bytes = slot;
+  p.slab = slab.get();
+  int n_failed = 0;
+  for (int64_t k = 1; k < 64; k++) {
+    memset(slab.get(), (int)k, cap);
+    ak_alloc_fail_after(k);
+    kv_tier_t *t = reinterpret_cast<kv_tier_t *>(0x1);
+    ak_err_t err;
+    ak_status_t st = kv_tier_host_create(&p, &err, &t);
+    ak_alloc_fail_after(0);
+    if (st == AK_OK) {
+      kv_tier_destroy(t);
+      EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+      break;
+    }
+    n_failed++;
+    EXPECT_EQ(st, AK_ERR_NO_MEMORY) << "k=" << k;
+    EXPECT_EQ(t, reinterpret_cast<kv_tier_t *>(0x1)) << "tier_p written on failure, k=" << k;
+    EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before) << "after failing allocation " << k;
+    for (size_t b = 0; b < cap; b++) ASSERT_EQ(slab.get()[b], (unsigned char)k) << "slab touched, k=" << k;
+  }
+  EXPECT_EQ(n_failed, 3) << "struct, slot table and free stack: the slab is not allocated";
+  memset(slab.get(), 0, cap);  // still ours (ASan: not freed by an unwinding create)
 }
 
 }  // namespace
