@@ -1,20 +1,27 @@
-/* bench_decode: decode-step latency of the GPU engine with the full cache at the
- * paper's shapes (ArkVale's Figure 9 protocol; the full-cache column).
+/* bench_decode: decode-step latency of the GPU engine at the paper's shapes (ArkVale's
+ * Figure 9 protocol), the full cache and ArkVale at each --kv-budget side by side.
  *
- * Per (shape, ctx): a synthetic model on the device (wk_model_cuda_synthetic, seed 1,
- * built once per shape), a `full` pool over zeroed f16 device page memory for --batch
- * sequences, each sequence's cache filled to ctx tokens WITHOUT a prefill forward (one
- * kv_step_begin / kv_step_end that only commits the tokens to the pool's tables: the
- * pages stay zero, which does not change a decode step's time), then --warmup untimed
- * and --steps timed decode steps of one token per sequence through wk_forward_cuda_run,
- * each returning every sequence's logits to pinned host memory (what a server needs
- * before it samples on the host). The step's wall time is host-measured around the
- * call, which ends with a stream synchronization.
+ * Per (shape, ctx, budget), budgets innermost so a context's full-cache row and its
+ * ArkVale rows run one after another in one process: a synthetic model on the device
+ * (wk_model_cuda_synthetic, seed 1, built once per shape), a pool over f16 device page
+ * memory filled with uniform random values (seed 1) for --batch sequences, each
+ * sequence's cache filled to ctx tokens WITHOUT a prefill forward (kv_step_begin /
+ * kv_step_end only commit the tokens to the pool's tables; an ArkVale row commits in
+ * DEC_FILL_CHUNK-token chunks, digesting and backing up every page, and compacts to
+ * its budget), then --warmup untimed and --steps timed decode steps of one token per
+ * sequence through wk_forward_cuda_run, each returning every sequence's logits to
+ * pinned host memory (what a server needs before it samples on the host). The step's
+ * wall time is host-measured around the call, which ends with a stream synchronization.
  *
- * Each row is compared with a memory-bandwidth bound: a decode step must read every
- * weight once and every cached K/V byte once.
+ * Budget 0 is the full cache (decode steps replayed from CUDA graphs); a budget > 0 is
+ * ArkVale, deciding on the device (select_on_device: digest scoring, top-k / victim plan
+ * and one gather of the recalls per layer) unless --kv-select host. Each row is compared
+ * with a memory-bandwidth bound (every weight once, every attended K/V byte and, for
+ * ArkVale, every digest once), with the full row of its context (the speed-up), and
+ * ArkVale rows report their recalls per budgeted layer, sequence and step.
  *
- * Not here: prefill time, ArkVale on the GPU (a later column), CUDA graphs. */
+ * Not here: prefill time, accuracy (random K/V and weights: the recalls are not a real
+ * model's), the throughput-under-a-memory-cap experiment (Figure 9b). */
 #include <cuda_runtime_api.h>
 #include <errno.h>
 #include <stdint.h>
@@ -33,6 +40,7 @@
 
 #define DEC_MAX_SHAPES 8
 #define DEC_MAX_CTX 16
+#define DEC_MAX_BUDGETS 8
 #define DEC_SEED 1
 #define DEC_GIB (1024.0 * 1024.0 * 1024.0)
 
@@ -50,7 +58,9 @@ typedef struct {
   int no_write;
   int no_gemv;          /* --gemm cublas: decode GEMMs through cuBLASLt alone */
   int no_graphs;        /* --graphs off: kernels launched one by one */
-  int64_t budget;       /* --kv-budget: 0 = the full cache; else ArkVale with this budget (tokens) */
+  int64_t budgets[DEC_MAX_BUDGETS]; /* --kv-budget, tokens: 0 = the full cache; else ArkVale */
+  int n_budgets;
+  int select_host;      /* --kv-select host: ArkVale decides on the host (default: on the device) */
 } dec_args_t;
 
 /* Tokens per synthetic-fill step of an ArkVale row. */
@@ -61,6 +71,7 @@ typedef enum { DEC_ROW_OK = 0, DEC_ROW_NO_FIT = 1, DEC_ROW_ERROR = 2 } dec_row_s
 typedef struct {
   const char *shape;
   int64_t ctx;
+  int64_t budget;          /* tokens per budgeted layer and sequence; 0 = the full cache */
   dec_row_status_t status;
   char note[AK_ERR_MSG_BYTES]; /* why it did not fit or failed */
   double median_ms, p10_ms, p90_ms, min_ms, max_ms;
@@ -69,6 +80,9 @@ typedef struct {
   size_t kv_alloc_bytes;   /* page memory allocated for the pool */
   double kv_read_bytes;    /* K/V bytes a timed step reads, mean over the timed steps */
   int64_t device_bytes;    /* every accounted device allocation during the steps */
+  int32_t n_budgeted_layers; /* ArkVale: layers past the pool's n_full_layers; 0 for full */
+  uint64_t recalls;        /* ArkVale: pages recalled over the warm-up and timed steps */
+  uint64_t selections;     /* ArkVale: (sequence, layer, step) selections, same steps */
 } dec_row_t;
 
 static double dec_now_ms(void) {
@@ -90,14 +104,20 @@ static void dec_usage(FILE *f) {
           "  --steps N            timed decode steps (default 32)\n"
           "  --gemm gemv|cublas   decode GEMMs: the GEMV kernel for <= 8 rows (default) or cuBLASLt\n"
           "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
-          "  --kv-budget TOKENS   0 = full cache (default); else ArkVale with this budget per layer\n"
-          "                       (the synthetic fill then goes in chunks, backing up every page)\n"
+          "  --kv-budget T[,T...] tokens per layer and sequence, up to %d, each 0..%d: 0 = the full\n"
+          "                       cache, else ArkVale with that budget (its synthetic fill goes in\n"
+          "                       chunks, backing up every page); each context runs every budget in\n"
+          "                       turn, so full and ArkVale rows sit side by side (default 0)\n"
+          "  --kv-select device|host  where ArkVale decides: on the device, one score, plan and gather\n"
+          "                       launch per layer (default), or on the host (digests scored on the\n"
+          "                       device, selection and recalls on the host)\n"
           "  --warmup N           untimed decode steps first (default 4)\n"
           "  --page-tokens N      tokens per KV page, 1..256 (default 32)\n"
           "  --device cuda        the only device (cpu is refused: this measures the GPU engine)\n"
           "  --bandwidth-gbs X    memory bandwidth of the bound, GB/s (default 3350: H100 SXM HBM3)\n"
           "  --out PATH           results file (default bench/results/decode-<date>.md)\n"
-          "  --no-write           print only, write no results file\n");
+          "  --no-write           print only, write no results file\n",
+          DEC_MAX_BUDGETS, 1 << 24);
 }
 
 /* Strict integer: the whole string, in [lo, hi]. Prints a message naming the flag. */
@@ -141,7 +161,7 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
   a->n_warmup = 4;
   a->page_tokens = 32;
   a->bandwidth_gbs = 3350.0;
-  int ctx_given = 0;
+  int ctx_given = 0, budget_given = 0;
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
     char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -154,7 +174,7 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     if (strcmp(f, "--shape") && strcmp(f, "--batch") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
         strcmp(f, "--warmup") && strcmp(f, "--page-tokens") && strcmp(f, "--device") &&
         strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm") &&
-        strcmp(f, "--graphs") && strcmp(f, "--kv-budget")) {
+        strcmp(f, "--graphs") && strcmp(f, "--kv-budget") && strcmp(f, "--kv-select")) {
       fprintf(stderr, "bench_decode: unknown flag '%s' (--help lists them)\n", f);
       return -1;
     }
@@ -212,7 +232,32 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
         r = -1;
       }
     }
-    else if (!strcmp(f, "--kv-budget")) r = dec_parse_int(f, v, 0, 1 << 24, &a->budget);
+    else if (!strcmp(f, "--kv-budget")) {
+      if (budget_given) {
+        fprintf(stderr, "bench_decode: --kv-budget given twice (use one comma list)\n");
+        return -1;
+      }
+      budget_given = 1;
+      char *items[DEC_MAX_BUDGETS];
+      int n = 0;
+      r = dec_split(f, v, items, DEC_MAX_BUDGETS, &n);
+      for (int k = 0; r == 0 && k < n; k++) {
+        r = dec_parse_int(f, items[k], 0, 1 << 24, &a->budgets[a->n_budgets]);
+        for (int j = 0; r == 0 && j < a->n_budgets; j++)
+          if (a->budgets[j] == a->budgets[a->n_budgets]) { /* one row per (shape, ctx, budget) */
+            fprintf(stderr, "bench_decode: --kv-budget %s given twice in the list\n", items[k]);
+            r = -1;
+          }
+        a->n_budgets++;
+      }
+    } else if (!strcmp(f, "--kv-select")) {
+      if (!strcmp(v, "device")) a->select_host = 0;
+      else if (!strcmp(v, "host")) a->select_host = 1;
+      else {
+        fprintf(stderr, "bench_decode: --kv-select expects device or host, got '%s'\n", v);
+        r = -1;
+      }
+    }
     else if (!strcmp(f, "--graphs")) {
       if (!strcmp(v, "on")) a->no_graphs = 0;
       else if (!strcmp(v, "off")) a->no_graphs = 1;
@@ -241,6 +286,7 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     a->ctx[0] = 10240, a->ctx[1] = 20480, a->ctx[2] = 30720;
     a->n_ctx = 3;
   }
+  if (!budget_given) a->budgets[a->n_budgets++] = 0;
   /* positions are int32 and the pool's max_seq_tokens too */
   for (int k = 0; k < a->n_ctx; k++)
     if (a->ctx[k] + a->n_warmup + a->n_steps + 1 > INT32_MAX) {
@@ -296,8 +342,8 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   }
 
   kv_pool_params_t kp = kv_pool_params_default();
-  kp.policy = a->budget > 0 ? KV_POLICY_ARKVALE : KV_POLICY_FULL;
-  kp.budget_tokens = (int32_t)a->budget;
+  kp.policy = row->budget > 0 ? KV_POLICY_ARKVALE : KV_POLICY_FULL;
+  kp.budget_tokens = (int32_t)row->budget;
   kp.n_layers = hp->n_layers;
   kp.n_kv_heads = hp->n_kv_heads;
   kp.n_heads = hp->n_heads;
@@ -306,20 +352,23 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   kp.max_seqs = B;
   kp.max_seq_tokens = (int32_t)max_tokens;
   kp.n_pages = (int64_t)B * kv_pages_for_tokens(max_tokens, kp.page_tokens) * hp->n_layers;
-  if (a->budget > 0) { /* full layers + budgeted layers at budget, plus one fill chunk in flight */
+  if (row->budget > 0) { /* full layers + budgeted layers at budget, plus one fill chunk in flight */
     int64_t budgeted = hp->n_layers - kp.n_full_layers;
     kp.n_pages = (int64_t)B * (kv_pages_for_tokens(max_tokens, kp.page_tokens) * kp.n_full_layers +
-                               (a->budget / kp.page_tokens + DEC_FILL_CHUNK / kp.page_tokens + 2) * budgeted);
+                               (row->budget / kp.page_tokens + DEC_FILL_CHUNK / kp.page_tokens + 2) * budgeted);
   }
   kp.dtype = KN_F16;
   kp.check_every_step = 0; /* a Debug build would check every table each step: not what we time */
   row->kv_alloc_bytes = (size_t)kp.n_pages * kv_page_bytes(&kp);
   st = kn_cuda_malloc(row->kv_alloc_bytes, &err, &pages);
   if (st < 0) goto fail;
-  cudaError_t ce = cudaMemset(pages, 0, row->kv_alloc_bytes);
-  if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
+  /* random K/V (uniform in [-1, 1)): ArkVale's scores, and so its recalls, depend on
+   * what the pages hold; zero pages would tie every score and never recall */
+  st = kn_cuda_fill_random_f16(pages, (int64_t)(row->kv_alloc_bytes / 2), 1.0f, DEC_SEED, NULL, &err);
+  if (st < 0) goto fail;
+  cudaError_t ce = cudaDeviceSynchronize();
   if (ce != cudaSuccess) {
-    st = AK_ERR(&err, AK_ERR_CUDA, "zeroing %zu bytes of pages: %s", row->kv_alloc_bytes, cudaGetErrorString(ce));
+    st = AK_ERR(&err, AK_ERR_CUDA, "filling %zu bytes of pages: %s", row->kv_alloc_bytes, cudaGetErrorString(ce));
     goto fail;
   }
   kp.page_memory = pages;
@@ -327,7 +376,9 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
    * ArkVale fill goes through the pool's tables only, no forward) */
   st = wk_forward_cuda_create(model, &kp, B, &err, &fw);
   if (st < 0) goto fail;
+  kp.select_on_device = row->budget > 0 && !a->select_host;
   st = wk_forward_cuda_page_ops(fw, pages, &kp, &err, &kp.page_ops);
+  if (st >= 0 && kp.select_on_device) st = wk_forward_cuda_device_tier(fw, &kp, &err, &kp.tier);
   if (st < 0) goto fail;
   st = kv_pool_create(&kp, &err, &pool);
   if (st < 0) goto fail;
@@ -336,8 +387,8 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   st = kn_cuda_host_alloc(logits_bytes, &err, (void **)&logits, NULL);
   if (st < 0) goto fail;
 
-  /* KV filled synthetically; prefill not timed: one step commits ctx tokens per
-   * sequence to the pool's tables without a forward pass (the pages stay zero). */
+  /* KV filled synthetically; prefill not timed: steps commit ctx tokens per sequence
+   * to the pool's tables without a forward pass (the pages keep their random fill). */
   for (int32_t i = 0; i < B; i++) {
     st = kv_seq_create(pool, &seqs[i]);
     if (st < 0) {
@@ -350,13 +401,13 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   /* ArkVale: in chunks, each committed (pages digested and backed up) and the
    * sequences compacted to their budget, so the pool stays within its budget */
   for (int64_t done_tok = 0; done_tok < row->ctx;) {
-    int64_t chunk = a->budget > 0 ? DEC_FILL_CHUNK : row->ctx;
+    int64_t chunk = row->budget > 0 ? DEC_FILL_CHUNK : row->ctx;
     if (chunk > row->ctx - done_tok) chunk = row->ctx - done_tok;
     for (int32_t i = 0; i < B; i++) n_new[i] = (int32_t)chunk;
     st = kv_step_begin(pool, &fill);
-    for (int32_t l = 0; st >= 0 && a->budget > 0 && l < hp->n_layers; l++) st = kv_layer_commit(pool, l);
+    for (int32_t l = 0; st >= 0 && row->budget > 0 && l < hp->n_layers; l++) st = kv_layer_commit(pool, l);
     if (st >= 0) st = kv_step_end(pool);
-    for (int32_t i = 0; st >= 0 && a->budget > 0 && i < B; i++) st = kv_seq_compact(pool, seqs[i]);
+    for (int32_t i = 0; st >= 0 && row->budget > 0 && i < B; i++) st = kv_seq_compact(pool, seqs[i]);
     if (st < 0) {
       st = AK_ERR(&err, st, "synthetic fill (%lld of %lld tokens x %d sequences): %s", (long long)done_tok,
                   (long long)row->ctx, B, kv_pool_errmsg(pool));
@@ -364,6 +415,10 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
     }
     done_tok += chunk;
   }
+
+  /* the fill's own work (backups, compaction) is not the decode steps' */
+  kv_pool_stats_t fill_ps;
+  kv_pool_get_stats(pool, &fill_ps);
 
   for (int32_t i = 0; i < B; i++) n_new[i] = 1;
   wk_forward_batch_t b = {.seqs = {.n_seqs = B, .seqs = seqs, .n_new_tokens = n_new}, .tokens = tokens,
@@ -392,22 +447,26 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   double mean_kv_len = (double)row->ctx + (double)a->n_warmup + ((double)a->n_steps + 1.0) / 2.0;
   double layer_token_bytes = 2.0 * hp->n_kv_heads * hp->head_dim * 2.0; /* K+V of one layer, f16 */
   row->kv_read_bytes = (double)B * mean_kv_len * layer_token_bytes * hp->n_layers;
-  if (a->budget > 0) { /* full layers read everything; budgeted ones their budget and every digest */
+  if (row->budget > 0) { /* full layers read everything; budgeted ones their budget and every digest */
     int64_t n_full = kp.n_full_layers, budgeted = hp->n_layers - n_full;
-    double attended = mean_kv_len < (double)a->budget ? mean_kv_len : (double)a->budget;
+    double attended = mean_kv_len < (double)row->budget ? mean_kv_len : (double)row->budget;
     double digest_bytes = (mean_kv_len / (double)kp.page_tokens) * hp->n_kv_heads *
                           kv_digest_floats(kp.digest, hp->head_dim) * 4.0;
     row->kv_read_bytes = (double)B * (mean_kv_len * layer_token_bytes * n_full +
                                       (attended * layer_token_bytes + digest_bytes) * budgeted);
     kv_pool_stats_t ps;
     kv_pool_get_stats(pool, &ps);
+    double n_run = (double)(a->n_warmup + a->n_steps);
+    row->n_budgeted_layers = (int32_t)budgeted;
+    row->recalls = ps.work.recalls - fill_ps.work.recalls;
+    row->selections = ps.work.n_selects - fill_ps.work.n_selects;
     fprintf(stderr, "bench_decode: %s ctx %lld budget %lld: per step %.2f recalls, %.2f selections; estimate %.2f ms, "
-            "select %.2f ms, recall %.2f ms per step (host-driven)\n", row->shape, (long long)row->ctx,
-            (long long)a->budget, (double)ps.work.recalls / (double)(a->n_warmup + a->n_steps),
-            (double)ps.work.n_selects / (double)(a->n_warmup + a->n_steps),
-            ps.work.estimate_us / 1e3 / (double)(a->n_warmup + a->n_steps),
-            ps.work.select_us / 1e3 / (double)(a->n_warmup + a->n_steps),
-            ps.work.recall_us / 1e3 / (double)(a->n_warmup + a->n_steps));
+            "select %.2f ms, recall %.2f ms per step (host clock; %s)\n", row->shape, (long long)row->ctx,
+            (long long)row->budget, (double)row->recalls / n_run, (double)row->selections / n_run,
+            (ps.work.estimate_us - fill_ps.work.estimate_us) / 1e3 / n_run,
+            (ps.work.select_us - fill_ps.work.select_us) / 1e3 / n_run,
+            (ps.work.recall_us - fill_ps.work.recall_us) / 1e3 / n_run,
+            kp.select_on_device ? "decided on the device: no host phases" : "decided on the host");
   }
   row->bound_ms = ((double)row->weight_bytes + row->kv_read_bytes) / (a->bandwidth_gbs * 1e9) * 1e3;
   row->status = DEC_ROW_OK;
@@ -520,9 +579,33 @@ static int dec_probe_device(dec_info_t *info) {
 
 /* ------------------------------------------------------------------ output */
 
+/* "full" for budget 0, else the budget in tokens. */
+static const char *dec_budget_str(int64_t budget, char *buf, size_t buf_bytes) {
+  if (budget == 0) return "full";
+  snprintf(buf, buf_bytes, "%lld", (long long)budget);
+  return buf;
+}
+
+/* The full-cache row of row r's (shape, ctx) when it ran (rows go in groups of
+ * n_budgets per (shape, ctx)), else NULL. */
+static const dec_row_t *dec_full_row(const dec_args_t *a, const dec_row_t *rows, int r) {
+  int first = r - r % a->n_budgets;
+  for (int k = first; k < first + a->n_budgets; k++)
+    if (rows[k].budget == 0 && rows[k].status == DEC_ROW_OK) return &rows[k];
+  return NULL;
+}
+
+/* Pages recalled per (budgeted layer, sequence, step) over the warm-up and timed
+ * steps; -1 for a full-cache row or a row that did not run. */
+static double dec_recalls_per_layer_step(const dec_args_t *a, const dec_row_t *w) {
+  if (w->status != DEC_ROW_OK || w->budget == 0 || w->n_budgeted_layers <= 0) return -1.0;
+  return (double)w->recalls /
+         ((double)w->n_budgeted_layers * (double)a->batch * (double)(a->n_warmup + a->n_steps));
+}
+
 static void dec_print_table(FILE *f, const dec_args_t *a, const dec_row_t *rows, int n_rows, int md) {
-  const char *hdr[] = {"shape", "batch", "ctx", "step ms (median)", "p10", "p90", "bound ms", "ratio", "tok/s",
-                       "weights GiB", "KV GiB"};
+  const char *hdr[] = {"shape", "batch", "ctx", "budget", "step ms (median)", "p10", "p90", "vs full",
+                       "recalls/layer/step", "bound ms", "ratio", "tok/s", "weights GiB", "KV GiB"};
   int n_cols = (int)(sizeof hdr / sizeof hdr[0]);
   if (md) {
     fprintf(f, "|");
@@ -531,32 +614,78 @@ static void dec_print_table(FILE *f, const dec_args_t *a, const dec_row_t *rows,
     for (int c = 1; c < n_cols; c++) fprintf(f, "---:|");
     fprintf(f, "\n");
   } else {
-    fprintf(f, "%-13s %5s %6s %9s %8s %8s %8s %6s %8s %7s %7s\n", "shape", "batch", "ctx", "step_ms", "p10", "p90",
-            "bound_ms", "ratio", "tok/s", "w_GiB", "kv_GiB");
+    fprintf(f, "%-13s %5s %6s %6s %9s %8s %8s %7s %11s %8s %6s %8s %7s %7s\n", "shape", "batch", "ctx", "budget",
+            "step_ms", "p10", "p90", "vs_full", "recalls/l/s", "bound_ms", "ratio", "tok/s", "w_GiB", "kv_GiB");
   }
   for (int r = 0; r < n_rows; r++) {
     const dec_row_t *w = &rows[r];
+    char bbuf[32], vbuf[32], rbuf[32];
+    const char *budget = dec_budget_str(w->budget, bbuf, sizeof bbuf);
     double w_gib = (double)w->weight_bytes / DEC_GIB, kv_gib = (double)w->kv_alloc_bytes / DEC_GIB;
     if (w->status != DEC_ROW_OK) {
       const char *what = w->status == DEC_ROW_NO_FIT ? "does not fit" : "error";
       if (md)
-        fprintf(f, "| %s | %lld | %lld | %s: %s | | | | | | %.2f | %.2f |\n", w->shape, (long long)a->batch,
-                (long long)w->ctx, what, w->note, w_gib, kv_gib);
+        fprintf(f, "| %s | %lld | %lld | %s | %s: %s | | | - | - | | | | %.2f | %.2f |\n", w->shape,
+                (long long)a->batch, (long long)w->ctx, budget, what, w->note, w_gib, kv_gib);
       else
-        fprintf(f, "%-13s %5lld %6lld  %s (weights %.2f GiB, KV %.2f GiB): %s\n", w->shape, (long long)a->batch,
-                (long long)w->ctx, what, w_gib, kv_gib, w->note);
+        fprintf(f, "%-13s %5lld %6lld %6s  %s (weights %.2f GiB, KV %.2f GiB): %s\n", w->shape, (long long)a->batch,
+                (long long)w->ctx, budget, what, w_gib, kv_gib, w->note);
       continue;
     }
+    const dec_row_t *full = dec_full_row(a, rows, r);
+    if (full) snprintf(vbuf, sizeof vbuf, "%.2fx", full->median_ms / w->median_ms);
+    else snprintf(vbuf, sizeof vbuf, "-");
+    double rps = dec_recalls_per_layer_step(a, w);
+    if (rps >= 0) snprintf(rbuf, sizeof rbuf, "%.2f", rps);
+    else snprintf(rbuf, sizeof rbuf, "-");
     double ratio = w->median_ms / w->bound_ms, tok_s = (double)a->batch / (w->median_ms * 1e-3);
     if (md)
-      fprintf(f, "| %s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.2f | %.1f | %.2f | %.2f |\n", w->shape,
-              (long long)a->batch, (long long)w->ctx, w->median_ms, w->p10_ms, w->p90_ms, w->bound_ms, ratio, tok_s,
-              w_gib, kv_gib);
+      fprintf(f, "| %s | %lld | %lld | %s | %.3f | %.3f | %.3f | %s | %s | %.3f | %.2f | %.1f | %.2f | %.2f |\n",
+              w->shape, (long long)a->batch, (long long)w->ctx, budget, w->median_ms, w->p10_ms, w->p90_ms, vbuf,
+              rbuf, w->bound_ms, ratio, tok_s, w_gib, kv_gib);
     else
-      fprintf(f, "%-13s %5lld %6lld %9.3f %8.3f %8.3f %8.3f %6.2f %8.1f %7.2f %7.2f\n", w->shape,
-              (long long)a->batch, (long long)w->ctx, w->median_ms, w->p10_ms, w->p90_ms, w->bound_ms, ratio, tok_s,
-              w_gib, kv_gib);
+      fprintf(f, "%-13s %5lld %6lld %6s %9.3f %8.3f %8.3f %7s %11s %8.3f %6.2f %8.1f %7.2f %7.2f\n", w->shape,
+              (long long)a->batch, (long long)w->ctx, budget, w->median_ms, w->p10_ms, w->p90_ms, vbuf, rbuf,
+              w->bound_ms, ratio, tok_s, w_gib, kv_gib);
   }
+}
+
+/* Per (shape, ctx): the budget whose median step was the fastest, and its speed-up
+ * over the full row of that context. */
+static void dec_print_fastest(FILE *f, const dec_args_t *a, const dec_row_t *rows, int n_rows) {
+  fprintf(f, "| shape | ctx | fastest budget | step ms (median) | vs full |\n|---|---:|---:|---:|---:|\n");
+  for (int first = 0; first < n_rows; first += a->n_budgets) {
+    const dec_row_t *best = NULL;
+    for (int k = first; k < first + a->n_budgets; k++)
+      if (rows[k].status == DEC_ROW_OK && (!best || rows[k].median_ms < best->median_ms)) best = &rows[k];
+    if (!best) {
+      fprintf(f, "| %s | %lld | - (no row ran) | - | - |\n", rows[first].shape, (long long)rows[first].ctx);
+      continue;
+    }
+    char bbuf[32];
+    const dec_row_t *full = dec_full_row(a, rows, first);
+    fprintf(f, "| %s | %lld | %s | %.3f | ", best->shape, (long long)best->ctx,
+            dec_budget_str(best->budget, bbuf, sizeof bbuf), best->median_ms);
+    if (full) fprintf(f, "%.2fx |\n", full->median_ms / best->median_ms);
+    else fprintf(f, "- |\n");
+  }
+}
+
+/* The budget list for humans: "full, 512, 1024". */
+static void dec_budget_list(const dec_args_t *a, char *out, size_t out_bytes) {
+  out[0] = 0;
+  for (int k = 0; k < a->n_budgets; k++) {
+    char bbuf[32];
+    size_t u = strlen(out);
+    snprintf(out + u, out_bytes - u, "%s%s", k ? ", " : "", dec_budget_str(a->budgets[k], bbuf, sizeof bbuf));
+  }
+}
+
+/* 1 when some row is ArkVale (a budget > 0). */
+static int dec_any_arkvale(const dec_args_t *a) {
+  for (int k = 0; k < a->n_budgets; k++)
+    if (a->budgets[k] > 0) return 1;
+  return 0;
 }
 
 static int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *info, const dec_row_t *rows,
@@ -566,44 +695,84 @@ static int dec_write_results(const char *path, const dec_args_t *a, const dec_in
     fprintf(stderr, "bench_decode: cannot write %s: %s\n", path, strerror(errno));
     return -1;
   }
+  char budgets[256];
+  dec_budget_list(a, budgets, sizeof budgets);
+  int arkvale = dec_any_arkvale(a);
   fprintf(f, "# decode — %s\n\n", info->date);
-  fprintf(f, "Decode-step latency of the GPU engine with the full KV cache (the paper's Figure 9 protocol, "
-             "full-cache column). See bench/decode/README.md.\n\n");
+  fprintf(f, "Decode-step latency of the GPU engine, the full KV cache and ArkVale at each budget side by side (the "
+             "paper's Figure 9 protocol). See bench/decode/README.md.\n\n");
   fprintf(f, "- command: `%s` (from the repository root)\n", info->cmdline);
   fprintf(f, "- commit: %s\n", info->commit);
   fprintf(f, "- card: %s (sm_%d%d, %d SMs, %.1f GiB); driver %s; CUDA driver API %d.%d, runtime %d.%d\n", info->card,
           info->cc_major, info->cc_minor, info->n_sms, (double)info->total_mem_bytes / DEC_GIB, info->driver,
           info->driver_api / 1000, (info->driver_api % 1000) / 10, info->runtime_api / 1000,
           (info->runtime_api % 1000) / 10);
-  fprintf(f, "- models: synthetic bf16 weights (wk_model_cuda_synthetic, seed %d); KV pages f16, %lld tokens a page\n",
-          DEC_SEED, (long long)a->page_tokens);
-  if (a->budget > 0)
-    fprintf(f, "- KV: ArkVale, budget %lld tokens per layer and sequence (2 full layers); decisions on the host, "
-            "digests scored on the device; the synthetic fill commits %d-token chunks (every page digested and backed "
-            "up) and compacts; zero pages tie every score, so recalls are not representative\n",
-            (long long)a->budget, DEC_FILL_CHUNK);
-  fprintf(f, "- CUDA graphs: %s\n", a->no_graphs ? "off (--graphs off)" : "on (each decode step replayed from a graph)");
+  fprintf(f, "- models: synthetic bf16 weights (wk_model_cuda_synthetic, seed %d); KV pages f16, %lld tokens a page, "
+             "filled with uniform random f16 in [-1, 1) (kn_cuda_fill_random_f16, seed %d)\n",
+          DEC_SEED, (long long)a->page_tokens, DEC_SEED);
+  fprintf(f, "- KV budgets (tokens per layer and sequence; full = the whole cache): %s. For each (shape, ctx) every "
+             "budget runs in turn in this process, so a context's rows are measured side by side\n",
+          budgets);
+  if (arkvale) {
+    fprintf(f, "- ArkVale rows: the first %d layers keep the full cache, the others their budget. %s The synthetic fill "
+               "commits %d-token chunks (every page digested and backed up through the host) and compacts to the "
+               "budget\n",
+            kv_pool_params_default().n_full_layers,
+            a->select_host
+                ? "Decisions on the host (--kv-select host): digests scored on the device, each layer's queries come "
+                  "down to the host, which picks the top-k and victims; each recalled page crosses PCIe with one "
+                  "synchronous copy."
+                : "Decisions on the device (select_on_device): per layer, digest scoring, the top-k / victim plan and "
+                  "page-table update, and one gather of the recalls from pinned, device-mapped host memory; no host "
+                  "round trip inside a step (the pool learns the swaps after it).",
+            DEC_FILL_CHUNK);
+    fprintf(f, "- **Recalls are a pessimistic case for ArkVale**: they are driven by random queries (random token "
+               "ids through random weights) against random keys, with none of a real model's step-to-step locality, "
+               "so expect more recalls than a real model would make\n");
+  }
+  fprintf(f, "- CUDA graphs: %s\n",
+          a->no_graphs ? "off (--graphs off)"
+                       : "on for full-cache rows (each decode step replayed from a graph); ArkVale steps launch their "
+                         "kernels directly");
   fprintf(f, "- decode GEMMs: %s\n", a->no_gemv ? "cuBLASLt (--gemm cublas)" : "the GEMV kernel for <= 8 rows (kn_cuda_gemv.cu), cuBLASLt otherwise");
   fprintf(f, "- **KV filled synthetically; prefill not timed**: each sequence's ctx tokens are committed to the "
-             "pool's tables by one kv_step_begin/kv_step_end without a forward pass; the pages are zero "
-             "(decode time does not depend on K/V values)\n");
+             "pool's tables without a forward pass (one kv_step_begin/kv_step_end for a full row, %d-token chunks "
+             "for an ArkVale row); the pages keep their random fill\n",
+          DEC_FILL_CHUNK);
   fprintf(f, "- per row: batch %lld sequences, %lld untimed warm-up steps, then %lld timed steps of one token per "
-             "sequence; each step returns every sequence's logits (batch x n_vocab f32) to pinned host memory and "
-             "ends with a stream synchronization; wall time around wk_forward_cuda_run\n",
+             "sequence (the same token ids in every row of a context); each step returns every sequence's logits "
+             "(batch x n_vocab f32) to pinned host memory and ends with a stream synchronization; wall time around "
+             "wk_forward_cuda_run\n",
           (long long)a->batch, (long long)a->n_warmup, (long long)a->n_steps);
   fprintf(f, "- bound = (weight bytes + K/V bytes read) / %.0f GB/s, K/V read = batch x mean attended tokens over "
-             "the timed steps x n_layers x 2 x n_kv_heads x head_dim x 2 B; logits ignored. Goal: ratio <= 1.25\n",
+             "the timed steps x n_layers x 2 x n_kv_heads x head_dim x 2 B (ArkVale: budgeted layers attend at most "
+             "their budget and also read every page's digest); logits ignored. Goal: ratio <= 1.25\n",
           a->bandwidth_gbs);
-  fprintf(f, "- KV GiB = page memory allocated (batch x pages for ctx + warmup + steps + 1 tokens x layers); "
-             "no CUDA graphs yet\n");
+  fprintf(f, "- vs full = the full row's median step / this row's (the speed-up over the full cache at the same "
+             "shape and ctx; - when the full row did not run)\n");
+  if (arkvale)
+    fprintf(f, "- recalls/layer/step = pages recalled from the backup tier per budgeted layer, per sequence and per "
+               "decode step, over the warm-up and timed steps (kv_pool_get_stats, the fill's work excluded); compare "
+               "with the paper's Figure 4b (ArkVale, NeurIPS 2024), which reports that on real models few pages are "
+               "recalled per decode step\n");
+  fprintf(f, "- KV GiB = page memory allocated (full: batch x pages for ctx + warmup + steps + 1 tokens x layers; "
+             "ArkVale: the same for its full layers, budget + one fill chunk + 2 pages per sequence for each budgeted "
+             "layer)\n");
   fprintf(f, "- total time %.1f s\n\n", total_s);
   dec_print_table(f, a, rows, n_rows, 1);
-  fprintf(f, "\n| shape | ctx | min ms | max ms | K/V read GB | device GiB (all accounted) |\n|---|---:|---:|---:|---:|"
-             "---:|\n");
+  if (a->n_budgets > 1) {
+    fprintf(f, "\nFastest budget per context:\n\n");
+    dec_print_fastest(f, a, rows, n_rows);
+  }
+  fprintf(f, "\n| shape | ctx | budget | min ms | max ms | K/V read GB | device GiB (all accounted) |\n"
+             "|---|---:|---:|---:|---:|---:|---:|\n");
   for (int r = 0; r < n_rows; r++)
-    if (rows[r].status == DEC_ROW_OK)
-      fprintf(f, "| %s | %lld | %.3f | %.3f | %.2f | %.2f |\n", rows[r].shape, (long long)rows[r].ctx,
-              rows[r].min_ms, rows[r].max_ms, rows[r].kv_read_bytes * 1e-9, (double)rows[r].device_bytes / DEC_GIB);
+    if (rows[r].status == DEC_ROW_OK) {
+      char bbuf[32];
+      fprintf(f, "| %s | %lld | %s | %.3f | %.3f | %.2f | %.2f |\n", rows[r].shape, (long long)rows[r].ctx,
+              dec_budget_str(rows[r].budget, bbuf, sizeof bbuf), rows[r].min_ms, rows[r].max_ms,
+              rows[r].kv_read_bytes * 1e-9, (double)rows[r].device_bytes / DEC_GIB);
+    }
   int bad = ferror(f);
   if (fclose(f) != 0 || bad) {
     fprintf(stderr, "bench_decode: writing %s failed\n", path);
@@ -657,15 +826,19 @@ int main(int argc, char **argv) {
   strftime(info.date, sizeof info.date, "%Y-%m-%d", localtime(&now));
   printf("card: %s, %.1f GiB; driver %s; bound at %.0f GB/s\n", info.card, (double)info.total_mem_bytes / DEC_GIB,
          info.driver, a.bandwidth_gbs);
-  printf("KV: %s\n", a.budget > 0 ? "ArkVale (host-driven decisions, digests scored on the device)" : "full cache");
-  if (a.budget > 0) printf("ArkVale budget: %lld tokens per layer and sequence\n", (long long)a.budget);
+  char budgets[256];
+  dec_budget_list(&a, budgets, sizeof budgets);
+  printf("KV budgets (tokens per layer and sequence, side by side per context): %s%s\n", budgets,
+         !dec_any_arkvale(&a) ? ""
+         : a.select_host      ? "; ArkVale decides on the host (digests scored on the device)"
+                              : "; ArkVale decides on the device (score, plan, gather per layer)");
   printf("decode GEMMs: %s; CUDA graphs %s\n", a.no_gemv ? "cuBLASLt" : "GEMV kernel (<= 8 rows)",
          a.no_graphs ? "off" : "on");
   printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the host.\n",
          (long long)a.batch);
 
   double t_start = dec_now_ms();
-  int n_rows = a.n_shapes * a.n_ctx, any_error = 0;
+  int n_rows = a.n_shapes * a.n_ctx * a.n_budgets, any_error = 0;
   dec_row_t *rows = calloc((size_t)n_rows, sizeof *rows);
   if (!rows) return 1;
   for (int s = 0; s < a.n_shapes; s++) {
@@ -683,26 +856,33 @@ int main(int argc, char **argv) {
       fprintf(stderr, "bench_decode: %s: %.2f GiB of weights built in %.1f s\n", a.shapes[s],
               (double)weight_bytes / DEC_GIB, (dec_now_ms() - t0) * 1e-3);
     for (int c = 0; c < a.n_ctx; c++) {
-      dec_row_t *row = &rows[s * a.n_ctx + c];
-      row->shape = a.shapes[s];
-      row->ctx = a.ctx[c];
-      row->weight_bytes = weight_bytes;
-      if (st < 0) {
-        dec_row_fail(row, st, err.msg);
-      } else {
-        if (row->ctx + a.n_warmup + a.n_steps > wk_model_cuda_hparams(model)->n_ctx_train)
-          fprintf(stderr, "bench_decode: %s: ctx %lld is past the model's trained context %d (the timing does not "
-                          "depend on it)\n",
-                  a.shapes[s], (long long)row->ctx, wk_model_cuda_hparams(model)->n_ctx_train);
-        double t1 = dec_now_ms();
-        dec_run_row(&a, model, row);
-        fprintf(stderr, "bench_decode: %s ctx %lld: %s in %.1f s\n", a.shapes[s], (long long)row->ctx,
-                row->status == DEC_ROW_OK ? "done" : row->status == DEC_ROW_NO_FIT ? "does not fit" : "failed",
-                (dec_now_ms() - t1) * 1e-3);
-      }
-      if (row->status == DEC_ROW_ERROR) {
-        any_error = 1;
-        fprintf(stderr, "bench_decode: %s ctx %lld: %s\n", a.shapes[s], (long long)row->ctx, row->note);
+      if (st >= 0 && a.ctx[c] + a.n_warmup + a.n_steps > wk_model_cuda_hparams(model)->n_ctx_train)
+        fprintf(stderr, "bench_decode: %s: ctx %lld is past the model's trained context %d (the timing does not "
+                        "depend on it)\n",
+                a.shapes[s], (long long)a.ctx[c], wk_model_cuda_hparams(model)->n_ctx_train);
+      for (int k = 0; k < a.n_budgets; k++) { /* innermost: a context's rows side by side */
+        dec_row_t *row = &rows[(s * a.n_ctx + c) * a.n_budgets + k];
+        char bbuf[32];
+        const char *budget = dec_budget_str(a.budgets[k], bbuf, sizeof bbuf);
+        row->shape = a.shapes[s];
+        row->ctx = a.ctx[c];
+        row->budget = a.budgets[k];
+        row->weight_bytes = weight_bytes;
+        if (st < 0) {
+          dec_row_fail(row, st, err.msg);
+        } else {
+          double t1 = dec_now_ms();
+          dec_run_row(&a, model, row);
+          fprintf(stderr, "bench_decode: %s ctx %lld budget %s: %s in %.1f s\n", a.shapes[s], (long long)row->ctx,
+                  budget,
+                  row->status == DEC_ROW_OK ? "done" : row->status == DEC_ROW_NO_FIT ? "does not fit" : "failed",
+                  (dec_now_ms() - t1) * 1e-3);
+        }
+        if (row->status == DEC_ROW_ERROR) {
+          any_error = 1;
+          fprintf(stderr, "bench_decode: %s ctx %lld budget %s: %s\n", a.shapes[s], (long long)row->ctx, budget,
+                  row->note);
+        }
       }
     }
     wk_model_cuda_free(model);
@@ -710,7 +890,9 @@ int main(int argc, char **argv) {
   double total_s = (dec_now_ms() - t_start) * 1e-3;
 
   dec_print_table(stdout, &a, rows, n_rows, 0);
-  printf("bound: (weights + K/V read) / %.0f GB/s; goal ratio <= 1.25; total %.1f s\n", a.bandwidth_gbs, total_s);
+  printf("bound: (weights + K/V read) / %.0f GB/s; goal ratio <= 1.25; vs_full: full row's median / this row's; "
+         "recalls/l/s: pages recalled per budgeted layer, sequence and step; total %.1f s\n",
+         a.bandwidth_gbs, total_s);
   int rc = any_error ? 1 : 0;
   if (!a.no_write) {
     char out[512];
