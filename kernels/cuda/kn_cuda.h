@@ -306,10 +306,15 @@ ak_status_t kn_cuda_gather_pages(const kn_cuda_gather_args_t *args, kn_cuda_stre
  * candidates [n_sink, n_pages - n_window) by score (ties to the higher page), takes the
  * top k, pairs each missing one (ranking order) with a victim (the resident candidates
  * outside the top and outside the best that stay, ascending page order), updates phys
- * in place, and writes the recalls and the resident view in logical order. */
+ * in place, and writes the recalls and the resident view in logical order. A sequence
+ * with n_pages 0 makes no selection: empty recall lists, view_len 0, its view and phys
+ * untouched. The optional fields
+ * (NULL / 0) let the engine run it between its page tables and the attention kernel:
+ * scores rows by score_row, the view straight into a CSR list at view_ptr, the victims'
+ * logical pages for the host, and each recall's source address in the backup tier. */
 #define KN_CUDA_PLAN_MAX_PAGES 8192
 typedef struct {
-  const float *scores;      /* [n_seqs][stride] page estimates */
+  const float *scores;      /* [.][stride] page estimates, row score_row[s] (or s) */
   int32_t *phys;            /* [n_seqs][stride] logical -> physical page, -1 not resident */
   const int32_t *n_pages;   /* [n_seqs] logical pages (the last partly filled) */
   int32_t stride;           /* pages per sequence row, <= KN_CUDA_PLAN_MAX_PAGES */
@@ -318,9 +323,18 @@ typedef struct {
   int32_t n_window;
   int32_t k;
   int32_t *recall_page;     /* [n_seqs][k] logical pages to recall, -1 past the last */
-  int32_t *recall_phys;     /* [n_seqs][k] the physical page each goes to */
-  int32_t *view;            /* [n_seqs][stride] resident physical pages, logical order */
+  int32_t *recall_phys;     /* [n_seqs][k] the physical page each goes to, -1 past the last */
+  int32_t *view;            /* resident physical pages, logical order, from view_ptr[s] (or
+                             * s * stride) */
   int32_t *view_len;        /* [n_seqs] */
+  /* optional */
+  const int32_t *score_row; /* [n_seqs] */
+  const int32_t *view_ptr;  /* [n_seqs] */
+  int32_t *recall_victim;   /* [n_seqs][k] the logical page each recall evicts, -1 past the last */
+  const int32_t *backup_slot; /* [n_seqs][stride] each page's slot in the tier, with: */
+  const char *tier_base;    /* device address of slot 0 (mapped pinned host memory) */
+  int64_t slot_bytes;
+  const void **recall_src;  /* [n_seqs][k] tier_base + slot * slot_bytes, NULL past the last */
 } kn_cuda_arkvale_plan_args_t;
 size_t kn_cuda_arkvale_plan_smem_bytes(int32_t stride);
 ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
@@ -333,6 +347,9 @@ ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *args, kn_cud
  * call (n >= 0, dst non-NULL and 2-byte aligned, scale finite and >= 0). */
 ak_status_t kn_cuda_fill_random_bf16(void *dst, int64_t n, float scale, uint64_t seed, kn_cuda_stream_t stream,
                                      ak_err_t *err); /* dst: [n] bf16 */
+/* The same in f16 (synthetic K/V pages for benchmarks). */
+ak_status_t kn_cuda_fill_random_f16(void *dst, int64_t n, float scale, uint64_t seed, kn_cuda_stream_t stream,
+                                    ak_err_t *err); /* dst: [n] f16 */
 /* dst[i] = value for i < n (norm weights of 1). */
 ak_status_t kn_cuda_fill_f32(float *dst, int64_t n, float value, kn_cuda_stream_t stream,
                              ak_err_t *err); /* dst: [n] f32 */

@@ -21,16 +21,20 @@ static __device__ __forceinline__ uint64_t kn_fill_mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+static __device__ __forceinline__ void kn_fill_st_rz(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rz(v); }
+static __device__ __forceinline__ void kn_fill_st_rz(__half *p, float v) { *p = __float2half_rz(v); }
+
+template <typename T>
 static __global__ void __launch_bounds__(KN_FILL_THREADS)
-    kn_fill_random_bf16_kernel(__nv_bfloat16 *dst,  // [n] bf16
-                               int64_t n, float scale, uint64_t seed_mixed) {
+    kn_fill_random_kernel(T *dst,  // [n] bf16 or f16
+                          int64_t n, float scale, uint64_t seed_mixed) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const uint64_t h = kn_fill_mix64(seed_mixed ^ (uint64_t)i);
     // 24 high bits -> u in [0, 1) exactly representable in f32; 2u - 1 in [-1, 1).
     // Rounding toward zero keeps every value inside [-scale, scale].
     const float u = (float)(h >> 40) * (1.0f / 16777216.0f);
-    dst[i] = __float2bfloat16_rz((2.0f * u - 1.0f) * scale);
+    kn_fill_st_rz(dst + i, (2.0f * u - 1.0f) * scale);
   }
 }
 
@@ -46,20 +50,31 @@ static dim3 kn_fill_grid(int64_t n) {
   return dim3((unsigned)n_blocks);
 }
 
-extern "C" ak_status_t kn_cuda_fill_random_bf16(void *dst, int64_t n, float scale, uint64_t seed,
-                                                kn_cuda_stream_t stream, ak_err_t *err) {
-  if (n < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "n=%lld < 0", (long long)n);
-  if (n > 0 && !dst) return AK_ERR(err, AK_ERR_INVALID_ARG, "dst is NULL (n=%lld)", (long long)n);
-  if (!isfinite(scale) || scale < 0.0f) return AK_ERR(err, AK_ERR_INVALID_ARG, "scale=%g is not finite and >= 0", scale);
-  if ((uintptr_t)dst % sizeof(__nv_bfloat16) != 0)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "dst=%p is not aligned for bf16", dst);
+template <typename T>
+static ak_status_t kn_fill_random(const char *fn, void *dst, int64_t n, float scale, uint64_t seed,
+                                  kn_cuda_stream_t stream, ak_err_t *err) {
+  if (n < 0) return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "n=%lld < 0", (long long)n);
+  if (n > 0 && !dst) return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "dst is NULL (n=%lld)", (long long)n);
+  if (!isfinite(scale) || scale < 0.0f)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "scale=%g is not finite and >= 0", scale);
+  if ((uintptr_t)dst % sizeof(T) != 0)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "dst=%p is not aligned for 2-byte elements", dst);
   if (n == 0) return AK_OK;
   // Mixing the seed first keeps seeds s and s ^ i from sharing a sequence shifted by i.
   const uint64_t seed_mixed = 0xD1B54A32D192ED03ull * (seed ^ 0x8CB92BA72F3D8DD7ull) + 1;
-  kn_fill_random_bf16_kernel<<<kn_fill_grid(n), KN_FILL_THREADS, 0, kn_stream(stream)>>>((__nv_bfloat16 *)dst, n,
-                                                                                        scale, seed_mixed);
+  kn_fill_random_kernel<T><<<kn_fill_grid(n), KN_FILL_THREADS, 0, kn_stream(stream)>>>((T *)dst, n, scale, seed_mixed);
   KN_CUDA_LAUNCHED(err);
   return AK_OK;
+}
+
+extern "C" ak_status_t kn_cuda_fill_random_bf16(void *dst, int64_t n, float scale, uint64_t seed,
+                                                kn_cuda_stream_t stream, ak_err_t *err) {
+  return kn_fill_random<__nv_bfloat16>(__func__, dst, n, scale, seed, stream, err);
+}
+
+extern "C" ak_status_t kn_cuda_fill_random_f16(void *dst, int64_t n, float scale, uint64_t seed,
+                                               kn_cuda_stream_t stream, ak_err_t *err) {
+  return kn_fill_random<__half>(__func__, dst, n, scale, seed, stream, err);
 }
 
 extern "C" ak_status_t kn_cuda_fill_f32(float *dst, int64_t n, float value, kn_cuda_stream_t stream, ak_err_t *err) {
