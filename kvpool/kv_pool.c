@@ -159,8 +159,10 @@ static ak_status_t kv_params_check(const kv_pool_params_t *p, ak_err_t *err) {
     if (p->score_groups < 1 || p->n_kv_heads % p->score_groups != 0)
       return AK_ERR(err, AK_ERR_INVALID_ARG, "score_groups=%d does not divide n_kv_heads=%d", p->score_groups,
                     p->n_kv_heads);
-    if (p->select_on_device && (!p->page_memory || !p->page_ops || !p->page_ops->score_pages))
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "select_on_device needs page_memory and page_ops with score_pages");
+    if (p->select_on_device && (!p->page_memory || !p->page_ops || !p->page_ops->score_pages || !p->tier))
+      return AK_ERR(err, AK_ERR_INVALID_ARG,
+                    "select_on_device needs page_memory, page_ops with score_pages and the caller's tier (the "
+                    "caller copies recalls out of it)");
     if (p->select_on_device && (p->attend != KV_ATTEND_RESIDENT || p->score_groups != 1 || p->track_accuracy))
       return AK_ERR(err, AK_ERR_UNSUPPORTED,
                     "select_on_device makes only the default selection: attend resident, score_groups 1, no "
@@ -476,13 +478,7 @@ ak_status_t kv_pool_create(const kv_pool_params_t *p, ak_err_t *err, kv_pool_t *
     } else {
       kv_tier_host_params_t tp = kv_tier_host_params_default();
       tp.slot_bytes = pool->page_bytes;
-      tp.capacity_bytes = p->host_tier_bytes;
-      if (tp.capacity_bytes == 0) {
-        int64_t budgeted_layers = p->n_layers - (p->n_full_layers < p->n_layers ? p->n_full_layers : p->n_layers);
-        int64_t slots = (int64_t)p->max_seq_tokens / p->page_tokens * budgeted_layers * p->max_seqs;
-        if (slots < 1) slots = 1;
-        tp.capacity_bytes = (size_t)slots * pool->page_bytes;
-      }
+      tp.capacity_bytes = kv_pool_tier_bytes(p);
       st = kv_tier_host_create(&tp, err, &pool->tier);
       if (st < 0) goto err_free_arrays;
       pool->owns_tier = 1;
@@ -523,6 +519,14 @@ void kv_pool_destroy(kv_pool_t *pool) {
 const char *kv_pool_errmsg(const kv_pool_t *pool) { return pool ? pool->err.msg : "pool is NULL"; }
 const kv_pool_params_t *kv_pool_params(const kv_pool_t *pool) { return &pool->p; }
 int32_t kv_pool_topk_pages(const kv_pool_t *pool) { return pool->topk_pages; }
+
+size_t kv_pool_tier_bytes(const kv_pool_params_t *p) {
+  if (p->host_tier_bytes) return p->host_tier_bytes;
+  int64_t budgeted_layers = p->n_layers - (p->n_full_layers < p->n_layers ? p->n_full_layers : p->n_layers);
+  int64_t slots = (int64_t)p->max_seq_tokens / p->page_tokens * budgeted_layers * p->max_seqs;
+  if (slots < 1) slots = 1;
+  return (size_t)slots * kv_page_bytes(p);
+}
 int kv_pool_wants_queries(const kv_pool_t *pool) {
   return (pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn) && !pool->p.select_on_device;
 }

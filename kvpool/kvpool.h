@@ -150,8 +150,8 @@ typedef struct {
                               * takes q == NULL and only lists the resident pages. The pool
                               * keeps no queries: page_ops->score_pages is called with q ==
                               * NULL for evictions and compaction, meaning the last query the
-                              * caller saw for that (sequence, layer). Needs attend RESIDENT
-                              * and score_groups 1. */
+                              * caller saw for that (sequence, layer). Needs attend RESIDENT,
+                              * score_groups 1 and a caller's tier (it reads the backups). */
 
   /* --- debugging and measurement --- */
   int check_every_step;      /* run kv_pool_check at every kv_step_end (default: 1 in Debug
@@ -226,6 +226,9 @@ int kv_pool_wants_queries(const kv_pool_t *pool);
 /* Middle pages arkvale selects per decode step (topk_pages resolved); 0 for other
  * policies. */
 int32_t kv_pool_topk_pages(const kv_pool_t *pool);
+/* Bytes of the backup tier a pool with these params uses: host_tier_bytes, or by default
+ * room for every budgeted page of max_seqs sequences of max_seq_tokens. */
+size_t kv_pool_tier_bytes(const kv_pool_params_t *p);
 
 /* --- sequences --- */
 /* A new empty sequence. AK_ERR_POOL_FULL when max_seqs are live. */

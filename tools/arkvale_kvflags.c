@@ -9,7 +9,7 @@
 void ak_cli_kv_usage(FILE *f) {
   fprintf(f,
           "Engine options:\n"
-          "  --device cpu|cuda     where the model runs (default cpu; cuda: full KV policy only so far)\n"
+          "  --device cpu|cuda     where the model runs (default cpu; cuda: every policy but h2o and tova)\n"
           "KV cache options:\n"
           "  --kv-policy NAME      full (default), arkvale, streaming, h2o, tova, quest\n"
           "  --kv-budget TOKENS    per layer and sequence for every policy but full (0 = no budget);\n"
@@ -23,7 +23,9 @@ void ak_cli_kv_usage(FILE *f) {
           "                        cuboid-mean)\n"
           "  --kv-score mean|max   how query heads combine into a page score (default mean)\n"
           "  --kv-score-groups G   rank pages per group of KV heads, take the groups' best in turn\n"
-          "  --kv-attend resident|topk  what arkvale attends over (default resident)\n");
+          "  --kv-attend resident|topk  what arkvale attends over (default resident)\n"
+          "  --kv-select device|host  where arkvale on --device cuda ranks, picks and recalls pages\n"
+          "                        (default device: no host round trip in a step; host: the oracle)\n");
 }
 
 int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *page_tokens_p,
@@ -64,6 +66,10 @@ int ak_cli_kv_flag(const char *o, const char *v, kv_pool_params_t *kp, int32_t *
     if (v && !strcmp(v, "mean")) kp->score_agg = KV_SCORE_MEAN;
     else if (v && !strcmp(v, "max")) kp->score_agg = KV_SCORE_MAX;
     else return fprintf(stderr, "arkvale: --kv-score expects mean or max, got '%s'\n", v ? v : "(nothing)"), -1;
+  } else if (!strcmp(o, "--kv-select")) {
+    if (v && !strcmp(v, "device")) kp->select_on_device = 1;
+    else if (v && !strcmp(v, "host")) kp->select_on_device = -1;
+    else return fprintf(stderr, "arkvale: --kv-select expects device or host, got '%s'\n", v ? v : "(nothing)"), -1;
   } else if (!strcmp(o, "--kv-attend")) {
     if (v && !strcmp(v, "resident")) kp->attend = KV_ATTEND_RESIDENT;
     else if (v && !strcmp(v, "topk")) kp->attend = KV_ATTEND_TOPK;

@@ -66,6 +66,17 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
     kp.n_pages = kv_pages_for_tokens(kp.max_seq_tokens, kp.page_tokens) * kp.n_layers * kp.max_seqs;
   e->device = p->device;
   e->max_batch_tokens = p->max_batch_tokens;
+  {
+    int want = kp.select_on_device;
+    int can = p->device == WK_DEVICE_CUDA && kp.policy == KV_POLICY_ARKVALE && kp.budget_tokens > 0 &&
+              kp.attend == KV_ATTEND_RESIDENT && kp.score_groups == 1 && !kp.track_accuracy;
+    if (want == 1 && !can) {
+      st = AK_ERR(err, AK_ERR_UNSUPPORTED, "selecting on the device needs --device cuda, arkvale with a budget, "
+                  "attend resident, one score group and no accuracy tracking");
+      goto err_destroy;
+    }
+    kp.select_on_device = want >= 0 && can;
+  }
   if (p->device == WK_DEVICE_CUDA) {
 #ifdef WK_HAVE_CUDA
     if (kp.policy == KV_POLICY_H2O || kp.policy == KV_POLICY_TOVA) {
@@ -93,6 +104,14 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
     st = wk_forward_cuda_create(e->model_cuda, &kp, p->max_batch_tokens, err, &e->fw_cuda);
     if (st < 0) goto err_destroy;
     st = wk_forward_cuda_page_ops(e->fw_cuda, e->pages_cuda, &kp, err, &kp.page_ops);
+    if (st >= 0 && kp.select_on_device) {
+      if (kp.tier) {
+        st = AK_ERR(err, AK_ERR_UNSUPPORTED, "selecting on the device recalls from its own pinned tier: a caller's "
+                    "tier needs select_on_device = -1");
+        goto err_destroy;
+      }
+      st = wk_forward_cuda_device_tier(e->fw_cuda, &kp, err, &kp.tier);
+    }
     if (st >= 0) st = kv_pool_create(&kp, err, &e->pool);
     if (st < 0) goto err_destroy;
     *eng_p = e;

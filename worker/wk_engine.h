@@ -20,7 +20,7 @@ extern "C" {
 
 typedef enum {
   WK_DEVICE_CPU = 0,
-  WK_DEVICE_CUDA = 1, /* the current CUDA device; full KV policy only for now */
+  WK_DEVICE_CUDA = 1, /* the current CUDA device: full, arkvale, quest and streaming */
 } wk_device_t;
 
 typedef struct {
@@ -39,7 +39,11 @@ typedef struct {
                                       * window, topk, digest, score_agg, attend, tier, debug
                                       * flags) come from here; the shape and size fields are
                                       * the engine's (model shape, page_tokens, max_seqs,
-                                      * max_seq_tokens, kv_pages, kv_dtype above). */
+                                      * max_seq_tokens, kv_pages, kv_dtype above).
+                                      * select_on_device is read as: 0 = the engine picks
+                                      * (on the GPU, arkvale decides on the device whenever
+                                      * its options allow), 1 = on the device, -1 = on the
+                                      * host (the oracle path; always so on the CPU). */
 } wk_engine_params_t;
 
 typedef struct wk_engine wk_engine_t;

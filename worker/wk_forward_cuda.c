@@ -22,6 +22,7 @@
 
 #include "ak_alloc.h"
 #include "kn_cuda.h"
+#include "wk_arkvale_cuda.h"
 
 typedef struct {
   void *ptr;
@@ -48,16 +49,7 @@ struct wk_forward_cuda {
   kv_page_ops_t page_ops;
   char *pages;           /* the page memory they reach */
   size_t page_bytes;
-  /* digests on the device for pools that score (arkvale, quest): [max_seqs][n_layers]
-   * [max_pages_per_seq][n_kv_heads * digest floats] f32, and the scoring scratch */
-  wk_dbuf_t digests, d_q, d_scores, d_page_seq;
-  int64_t digest_floats;  /* per page */
-  int32_t digest_kind;
-  int32_t score_agg;
-  int32_t *h_page_seq;   /* pinned: [max_seqs * max pages] page -> batch index, then scores and q */
-  float *h_scores;
-  float *h_q;
-  size_t h_bytes;
+  wk_arkvale_cuda_t *ak; /* digests, estimates and device selections (arkvale, quest) */
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
   /* the graph path (full pools): every layer's tables staged before any kernel, then
@@ -98,12 +90,12 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   if (!fw) return;
   wk_dbuf_t *bufs[] = {&fw->x,    &fw->xn,      &fw->q,       &fw->k,       &fw->v,   &fw->attn,
                        &fw->gate, &fw->up,      &fw->act,     &fw->rows,    &fw->logits, &fw->attn_ws,
-                       &fw->region, &fw->digests, &fw->d_q, &fw->d_scores, &fw->d_page_seq};
+                       &fw->region};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
   kn_cuda_host_free(fw->logits_host, fw->logits_host_bytes);
-  kn_cuda_host_free(fw->h_page_seq, fw->h_bytes);
+  wk_arkvale_cuda_destroy(fw->ak);
   if (fw->graph) cudaGraphExecDestroy(fw->graph);
   ak_host_free(fw->pre_attn, sizeof(kn_cuda_attn_args_t) * (size_t)fw->hp.n_layers);
   ak_host_free(fw->pre_store, sizeof(kn_cuda_kv_store_args_t) * (size_t)fw->hp.n_layers);
@@ -213,70 +205,21 @@ static ak_status_t wk_write_page(void *ctx, int32_t pg, const void *src, ak_err_
   return AK_OK;
 }
 
-/* Digest store rows: [layer][seq][page], so one layer's sequences are one block. */
-static float *wk_digest_row(wk_forward_cuda_t *fw, int32_t seq, int32_t layer, int64_t page_idx) {
-  int64_t row = ((int64_t)layer * fw->max_seqs + seq) * fw->max_pages_per_seq + page_idx;
-  return (float *)fw->digests.ptr + row * fw->digest_floats;
-}
-
 /* put_digest / score_pages: digests live on the device and every estimate runs there
- * (one launch, the scores come back: the selection itself is still the host's). */
+ * (wk_arkvale_cuda). */
 static ak_status_t wk_put_digest(void *ctx, int32_t seq, int32_t layer, int64_t j, const float *digest,
                                  ak_err_t *err) {
-  wk_forward_cuda_t *fw = ctx;
-  if (seq < 0 || seq >= fw->max_seqs || j < 0 || j >= fw->max_pages_per_seq)
-    return AK_ERR(err, AK_ERR_RANGE, "digest of sequence %d page %lld outside the device store", seq, (long long)j);
-  WK_CUDA_TRY(err, cudaMemcpyAsync(wk_digest_row(fw, seq, layer, j), digest, sizeof(float) * (size_t)fw->digest_floats,
-                                   cudaMemcpyHostToDevice, fw->stream));
-  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream)); /* `digest` is the pool's scratch */
-  return AK_OK;
+  return wk_arkvale_cuda_put_digest(((wk_forward_cuda_t *)ctx)->ak, seq, layer, j, digest, err);
 }
 
-
-
-/* A layer's selections in one launch: every row of the layer's block up to the last
- * sequence in the batch is scored, rows outside a batch sequence's pages map to no
- * sequence (-1: the kernel gives them -inf). */
 static ak_status_t wk_score_batch(void *ctx, int32_t layer, int32_t n, const int32_t *seqs, const float *q,
                                   const int64_t *n_pages, float *const *scores, ak_err_t *err) {
-  wk_forward_cuda_t *fw = ctx;
-  int64_t maxp = fw->max_pages_per_seq, q_row = (int64_t)fw->hp.n_heads * fw->hp.head_dim;
-  int32_t last = -1;
-  for (int32_t i = 0; i < n; i++) {
-    if (seqs[i] < 0 || seqs[i] >= fw->max_seqs || n_pages[i] > maxp)
-      return AK_ERR(err, AK_ERR_RANGE, "sequence %d with %lld pages outside the device store", seqs[i],
-                    (long long)n_pages[i]);
-    if (seqs[i] > last) last = seqs[i];
-  }
-  int64_t rows = (int64_t)(last + 1) * maxp;
-  for (int64_t r = 0; r < rows; r++) fw->h_page_seq[r] = -1;
-  for (int32_t i = 0; i < n; i++)
-    for (int64_t j = 0; j < n_pages[i]; j++) fw->h_page_seq[(int64_t)seqs[i] * maxp + j] = i;
-  memcpy(fw->h_q, q, sizeof(float) * (size_t)(n * q_row));
-  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->d_page_seq.ptr, fw->h_page_seq, sizeof(int32_t) * (size_t)rows,
-                                   cudaMemcpyHostToDevice, fw->stream));
-  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->d_q.ptr, fw->h_q, sizeof(float) * (size_t)(n * q_row), cudaMemcpyHostToDevice,
-                                   fw->stream));
-  kn_cuda_digest_score_args_t a = {.kind = fw->digest_kind, .agg = fw->score_agg,
-                                   .digests = wk_digest_row(fw, 0, layer, 0), .page_seq = fw->d_page_seq.ptr,
-                                   .q = fw->d_q.ptr, .scores = fw->d_scores.ptr, .n_pages = rows, .n_seqs = n,
-                                   .n_heads = fw->hp.n_heads, .n_kv_heads = fw->hp.n_kv_heads,
-                                   .head_dim = fw->hp.head_dim};
-  AK_TRY(kn_cuda_digest_score(&a, wk_stream(fw), err));
-  WK_CUDA_TRY(err, cudaMemcpyAsync(fw->h_scores, fw->d_scores.ptr, sizeof(float) * (size_t)rows,
-                                   cudaMemcpyDeviceToHost, fw->stream));
-  WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
-  for (int32_t i = 0; i < n; i++)
-    memcpy(scores[i], fw->h_scores + (int64_t)seqs[i] * maxp, sizeof(float) * (size_t)n_pages[i]);
-  return AK_OK;
+  return wk_arkvale_cuda_score(((wk_forward_cuda_t *)ctx)->ak, layer, n, seqs, q, n_pages, scores, err);
 }
 
 static ak_status_t wk_score_pages(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages,
                                   float *scores, ak_err_t *err) {
-  wk_forward_cuda_t *fw = ctx;
   if (n_pages == 0) return AK_OK;
-  if (seq < 0 || seq >= fw->max_seqs || n_pages > fw->max_pages_per_seq)
-    return AK_ERR(err, AK_ERR_RANGE, "scores of %lld pages of sequence %d", (long long)n_pages, seq);
   return wk_score_batch(ctx, layer, 1, &seq, q, &n_pages, &scores, err);
 }
 
@@ -289,23 +232,11 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
   fw->page_ops.read_page = wk_read_page;
   fw->page_ops.write_page = wk_write_page;
   int scores = kp->budget_tokens > 0 && (kp->policy == KV_POLICY_ARKVALE || kp->policy == KV_POLICY_QUEST);
-  if (scores && !fw->digests.ptr) {
-    fw->digest_kind = kp->policy == KV_POLICY_QUEST ? KV_DIGEST_CUBOID_MAX : (int32_t)kp->digest;
-    fw->score_agg = (int32_t)kp->score_agg;
-    int32_t per_head = kv_digest_floats((kv_digest_kind_t)fw->digest_kind, fw->hp.head_dim);
-    if (per_head < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "digest kind %d", fw->digest_kind);
-    fw->digest_floats = (int64_t)fw->hp.n_kv_heads * per_head;
-    size_t rows = (size_t)fw->max_seqs * (size_t)fw->hp.n_layers * (size_t)fw->max_pages_per_seq;
-    AK_TRY(wk_dbuf_alloc(&fw->digests, rows * (size_t)fw->digest_floats * sizeof(float), err));
-    size_t block = (size_t)fw->max_seqs * (size_t)fw->max_pages_per_seq;
-    size_t q_all = (size_t)fw->max_seqs * (size_t)fw->hp.n_heads * (size_t)fw->hp.head_dim;
-    AK_TRY(wk_dbuf_alloc(&fw->d_q, sizeof(float) * q_all, err));
-    AK_TRY(wk_dbuf_alloc(&fw->d_scores, sizeof(float) * block, err));
-    AK_TRY(wk_dbuf_alloc(&fw->d_page_seq, sizeof(int32_t) * block, err));
-    fw->h_bytes = (sizeof(int32_t) + sizeof(float)) * block + sizeof(float) * q_all;
-    AK_TRY(kn_cuda_host_alloc(fw->h_bytes, err, (void **)&fw->h_page_seq, NULL));
-    fw->h_scores = (float *)(fw->h_page_seq + block);
-    fw->h_q = fw->h_scores + block;
+  if (scores && !fw->ak) {
+    if (kp->max_seqs > fw->max_seqs || kp->max_seq_tokens > fw->max_seq_tokens)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "pool of %d sequences of %d tokens exceeds the forward's %d of %d",
+                    kp->max_seqs, kp->max_seq_tokens, fw->max_seqs, fw->max_seq_tokens);
+    AK_TRY(wk_arkvale_cuda_create(&fw->hp, kp, page_memory, fw->max_tok, wk_stream(fw), err, &fw->ak));
   }
   if (scores) {
     fw->page_ops.put_digest = wk_put_digest;
@@ -314,6 +245,12 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
   }
   *ops_p = &fw->page_ops;
   return AK_OK;
+}
+
+ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_params_t *kp, ak_err_t *err,
+                                        kv_tier_t **tier_p) {
+  if (!fw->ak) return AK_ERR(err, AK_ERR_INVALID_ARG, "call wk_forward_cuda_page_ops for an arkvale pool first");
+  return wk_arkvale_cuda_tier(fw->ak, kp, err, tier_p);
 }
 
 void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled) { kn_cuda_blas_use_gemv(fw->blas, enabled); }
@@ -395,6 +332,9 @@ static ak_status_t wk_layer_table(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_
   memcpy(h + o.indices, v.kv.indices, sizeof(int32_t) * (size_t)n_idx);
   WK_CUDA_TRY(err, cudaMemcpyAsync(d + o.seq_idx, h + o.seq_idx, sizeof(int32_t) * (size_t)(o.indices - o.seq_idx + n_idx),
                                    cudaMemcpyHostToDevice, fw->stream));
+  if (fw->ak) /* select_on_device: the plan rewrites the selecting sequences' views */
+    AK_TRY(wk_arkvale_cuda_layer(fw->ak, pool, l, S, v.tok_seq_idx, n_tok, fw->q.ptr, d + o.indptr, d + o.indices,
+                                 err));
   int32_t max_kv_len = 0;
   for (int64_t t = 0; t < n_tok; t++)
     if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];
@@ -660,6 +600,7 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
   double t_start = wk_now_us();
   ak_status_t st = kv_step_begin(pool, &b->seqs);
   if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
+  wk_arkvale_cuda_step_begin(fw->ak);
   int64_t n_pos = 0;
   const int32_t *pos = kv_step_positions(pool, &n_pos);
 
@@ -687,13 +628,19 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
     memcpy(b->logits, fw->logits_host, sizeof(float) * (size_t)(b->logits_all ? n_tok : b->seqs.n_seqs) *
                                            (size_t)fw->hp.n_vocab);
   fw->timing.logits_us = wk_now_us() - t_logits;
+  st = wk_arkvale_cuda_apply(fw->ak, pool, err);
+  if (st < 0) goto err_abort;
   st = kv_step_end(pool);
   if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
   fw->timing.other_us = wk_now_us() - t_start - fw->timing.logits_us;
   return AK_OK;
 
 err_abort:
-  cudaStreamSynchronize(fw->stream); /* nothing may still read the staging area */
+  /* nothing may still read the staging area; recalls the device made stay made */
+  if (cudaStreamSynchronize(fw->stream) == cudaSuccess) {
+    ak_err_t e2;
+    (void)wk_arkvale_cuda_apply(fw->ak, pool, &e2);
+  }
   kv_step_abort(pool);
   return st;
 }

@@ -11,9 +11,13 @@
  *
  * The pool lives over device page memory (kv_pool_params_t.page_memory) with f16
  * pages. full needs nothing more; arkvale, quest and streaming also take this forward's
- * page_ops, and then decide on the host: the step's queries come down once per layer
- * and each filled or recalled page crosses PCIe with one synchronous copy (a first
- * port: device-side scoring, selection and one-gather recall come next).
+ * page_ops. arkvale with select_on_device (and wk_forward_cuda_device_tier) decides on
+ * the device: per layer one digest-score launch, one plan launch (top-k, victims, page
+ * table, view) and one gather of the recalls from pinned host memory, with no host
+ * round trip; the pool learns the swaps after the step. Otherwise the host decides: the
+ * step's queries come down once per layer and each recalled page crosses PCIe with one
+ * synchronous copy. Filled pages are digested and backed up through the host either way
+ * (one synchronous copy per page, once every page_tokens steps).
  *
  * Not thread-safe: one owning thread per wk_forward_cuda_t. */
 #ifndef WK_FORWARD_CUDA_H
@@ -46,6 +50,12 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw);
  * Owned by fw. */
 ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, const kv_pool_params_t *kp,
                                      ak_err_t *err, const kv_page_ops_t **ops_p);
+
+/* For a select_on_device arkvale pool (after wk_forward_cuda_page_ops for it): the
+ * backup tier to put in kv_pool_params_t.tier, host memory pinned and mapped so that
+ * recalls are one gather kernel per layer. Owned by fw; destroy the pool first. */
+ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_params_t *kp, ak_err_t *err,
+                                        kv_tier_t **tier_p);
 
 /* Runs the batch and appends its tokens to each sequence in `pool`; logits (when
  * wanted) are copied to the host array. On failure the pool is as before the call. */

@@ -433,6 +433,80 @@ TEST(WkForwardCudaGpu, ArkvalePastItsBudgetRecallsAndKeepsInvariants) {
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
 }
 
+// ArkVale deciding on the device (select_on_device: one score, one plan and one gather
+// launch per layer, the pool told after the step) makes the host path's decisions: two
+// sequences decoding together past a 256-token budget get bit-identical logits at every
+// step, the same page tables in every layer, and the same recall/eviction counts; the
+// device path really recalled pages (so the comparison is not vacuous).
+TEST(WkForwardCudaGpu, ArkvaleDeviceSelectionMatchesTheHostPath) {
+  REQUIRE_GPU();
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+  {
+    kv_pool_params_t dev = kv_pool_params_default();
+    dev.check_every_step = 1;
+    dev.policy = KV_POLICY_ARKVALE;
+    dev.budget_tokens = 256;
+    dev.select_on_device = 1;
+    kv_pool_params_t host = dev;
+    host.select_on_device = -1;
+    auto ed = gpu_engine(&dev, 32), eh = gpu_engine(&host, 32);
+    ASSERT_TRUE(ed && eh);
+    kv_pool_t *pd = wk_engine_kvpool(ed.get()), *ph = wk_engine_kvpool(eh.get());
+    ASSERT_EQ(kv_pool_params(pd)->select_on_device, 1);
+    ASSERT_EQ(kv_pool_params(ph)->select_on_device, 0);
+    ASSERT_EQ(kv_pool_wants_queries(pd), 0);
+    const wk_hparams_t *hp = wk_model_hparams(wk_engine_model(ed.get()));
+    int64_t V = hp->n_vocab;
+    std::vector<int32_t> prompt[2] = {varied(1200, 21), varied(900, 22)};
+    kv_seq_id_t sd[2], sh[2];
+    std::vector<float> ld(2 * V), lh(2 * V);
+    for (int i = 0; i < 2; i++) {
+      ASSERT_EQ(wk_engine_seq_create(ed.get(), &sd[i]), AK_OK);
+      ASSERT_EQ(wk_engine_seq_create(eh.get(), &sh[i]), AK_OK);
+      ASSERT_EQ(wk_engine_prefill(ed.get(), sd[i], prompt[i].data(), (int64_t)prompt[i].size(), &ld[i * V]), AK_OK)
+          << wk_engine_errmsg(ed.get());
+      ASSERT_EQ(wk_engine_prefill(eh.get(), sh[i], prompt[i].data(), (int64_t)prompt[i].size(), &lh[i * V]), AK_OK);
+    }
+    ASSERT_EQ(ld, lh);
+    int32_t ones[2] = {1, 1};
+    for (int g = 0; g < 70; g++) {  // crosses page boundaries (evictions at begin use the kept queries)
+      int32_t toks[2] = {argmax(&lh[0], V), argmax(&lh[V], V)};
+      wk_forward_batch_t bd{{2, sd, ones}, toks, 0, ld.data()}, bh{{2, sh, ones}, toks, 0, lh.data()};
+      ASSERT_EQ(wk_engine_step(ed.get(), &bd), AK_OK) << wk_engine_errmsg(ed.get());
+      ASSERT_EQ(wk_engine_step(eh.get(), &bh), AK_OK) << wk_engine_errmsg(eh.get());
+      ASSERT_EQ(ld, lh) << "step " << g;
+    }
+    for (int i = 0; i < 2; i++) {
+      for (int l = 0; l < hp->n_layers; l++) {
+        const int32_t *td, *th;
+        int64_t nd, nh;
+        ASSERT_EQ(kv_seq_page_table(pd, sd[i], l, &td, &nd), AK_OK);
+        ASSERT_EQ(kv_seq_page_table(ph, sh[i], l, &th, &nh), AK_OK);
+        ASSERT_EQ(nd, nh);
+        EXPECT_EQ(std::vector<int32_t>(td, td + nd), std::vector<int32_t>(th, th + nh)) << "seq " << i << " layer " << l;
+      }
+      kv_seq_stats_t a, b;
+      ASSERT_EQ(kv_seq_get_stats(pd, sd[i], &a), AK_OK);
+      ASSERT_EQ(kv_seq_get_stats(ph, sh[i], &b), AK_OK);
+      EXPECT_EQ(a.work.recalls, b.work.recalls);
+      EXPECT_EQ(a.work.evictions, b.work.evictions);
+      EXPECT_EQ(a.work.n_selects, b.work.n_selects);
+      EXPECT_EQ(a.work.backups, b.work.backups);
+      EXPECT_GT(a.work.recalls, 0u) << "seq " << i;
+      printf("seq %d: device selection %llu recalls, %llu selections (host path %llu, %llu)\n", i,
+             (unsigned long long)a.work.recalls, (unsigned long long)a.work.n_selects,
+             (unsigned long long)b.work.recalls, (unsigned long long)b.work.n_selects);
+    }
+    for (int i = 0; i < 2; i++) ASSERT_EQ(wk_engine_seq_release(ed.get(), sd[i]), AK_OK);
+    kv_pool_stats_t ps;
+    kv_pool_get_stats(pd, &ps);
+    EXPECT_EQ(ps.n_pages_used, 0);
+    EXPECT_EQ(ps.n_backups, 0);
+  }
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
+}
+
 // Decode steps replayed from a CUDA graph give exactly the logits of the same kernels
 // launched one by one, across re-captures as the attention's split grows (a 300- and a
 // 250-token sequence decoding 40 steps together cross the 256-key chunk boundary).

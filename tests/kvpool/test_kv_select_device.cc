@@ -934,6 +934,14 @@ TEST_F(KvSelectOnDevice, CreateRefusesWhatTheDeviceSelectionCannotDo) {
   base.page_memory = dev.mem.data();
   base.page_ops = &dev.ops;
   base.select_on_device = 1;
+  kv_tier_host_params_t tp = kv_tier_host_params_default();
+  tp.slot_bytes = kv_page_bytes(&base);
+  tp.capacity_bytes = tp.slot_bytes * 64;
+  kv_tier_t *tier = nullptr;
+  ak_err_t terr;
+  ASSERT_EQ(kv_tier_host_create(&tp, &terr, &tier), AK_OK) << terr.msg;
+  std::unique_ptr<kv_tier_t, void (*)(kv_tier_t *)> tier_owner(tier, kv_tier_destroy);
+  base.tier = tier;  // the caller's: it copies recalls out of it
   kv_page_ops_t no_score = dev.ops;  // read and write only
   no_score.put_digest = nullptr;
   no_score.score_pages = nullptr;
@@ -954,6 +962,7 @@ TEST_F(KvSelectOnDevice, CreateRefusesWhatTheDeviceSelectionCannotDo) {
        "select_on_device needs page_memory"},
       {"no score_pages", [&](kv_pool_params_t &p) { p.page_ops = &no_score; }, AK_ERR_INVALID_ARG,
        "score_pages"},
+      {"no tier of the caller's", [](kv_pool_params_t &p) { p.tier = nullptr; }, AK_ERR_INVALID_ARG, "tier"},
       {"attend topk", [](kv_pool_params_t &p) { p.attend = KV_ATTEND_TOPK; }, AK_ERR_UNSUPPORTED,
        "select_on_device"},
       {"score_groups 2", [](kv_pool_params_t &p) { p.score_groups = 2; }, AK_ERR_UNSUPPORTED, "score_groups"},

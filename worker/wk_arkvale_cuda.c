@@ -1,0 +1,375 @@
+/* wk_arkvale_cuda: digests, estimates and (select_on_device) the per-layer ArkVale
+ * decision on the GPU; see wk_arkvale_cuda.h.
+ *
+ * Per layer of a step, pinned staging then device copy ("table"), int32:
+ *   [n_pages S][score_row S][phys S * maxp][backup slot S * maxp]
+ * S is the step's sequence count; n_pages 0 marks a sequence the layer does not select
+ * for (the plan leaves it alone). Every layer has its own table and its own recall list
+ *   [page S * k][victim S * k]
+ * so that nothing a later layer stages overwrites what an earlier one still reads; the
+ * step ends with a stream synchronization before the next step restages them. */
+#include "wk_arkvale_cuda.h"
+
+#include <cuda_runtime_api.h>
+#include <string.h>
+
+#include "ak_alloc.h"
+
+struct wk_arkvale_cuda {
+  wk_hparams_t hp;
+  cudaStream_t stream;
+  int32_t max_seqs;
+  int32_t max_tok;
+  int64_t maxp;           /* pages per sequence row */
+  int64_t q_row;          /* n_heads * head_dim */
+  int32_t digest_kind;
+  int32_t score_agg;
+  int64_t digest_floats;  /* per page, all KV heads */
+  char *pages;
+  size_t page_bytes;
+  /* estimates */
+  float *digests;         /* [n_layers][max_seqs][maxp][digest_floats] */
+  size_t digests_bytes;
+  float *d_q;             /* [max_seqs][q_row]: host queries of a score call */
+  float *d_scores;        /* [max_seqs * maxp] */
+  int32_t *d_page_seq;    /* [max_seqs * maxp] */
+  int32_t *h_page_seq;    /* pinned, then h_scores and h_q */
+  float *h_scores;
+  float *h_q;
+  size_t h_bytes;
+  /* select_on_device */
+  int select;
+  int32_t k_max;          /* the budget's middle: the largest top-k */
+  float *d_last_q;        /* [n_layers][max_seqs][q_row] */
+  int64_t tab_ints;       /* per layer */
+  int32_t *h_tab, *d_tab; /* [n_layers][tab_ints] */
+  int32_t *h_sel_seq, *d_sel_seq; /* [max_seqs * maxp] the step's page -> query row */
+  int64_t sel_rows;       /* rows of the layer block the step scores; 0 = not built yet */
+  int64_t rec_ints;       /* per layer: 2 * max_seqs * k_max */
+  int32_t *h_rec, *d_rec; /* [n_layers][rec_ints] */
+  int32_t *d_rphys;       /* [max_seqs * k_max] */
+  const void **d_src;     /* [max_seqs * k_max] */
+  int32_t *d_vlen;        /* [max_seqs] */
+  uint8_t *planned;       /* [n_layers] */
+  int32_t *last_row;      /* [max_seqs] host: each step sequence's last row */
+  int32_t step_S, step_k;
+  /* the tier's pinned slab */
+  void *slab_host, *slab_dev;
+  size_t slab_bytes;
+  kv_tier_t *tier;
+};
+
+#define WK_CUDA_TRY(err, call)                                                                        \
+  do {                                                                                                \
+    cudaError_t wk_e_ = (call);                                                                       \
+    if (wk_e_ != cudaSuccess) return AK_ERR(err, AK_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(wk_e_)); \
+  } while (0)
+
+void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak) {
+  if (!ak) return;
+  size_t rows = (size_t)ak->max_seqs * (size_t)ak->maxp;
+  kv_tier_destroy(ak->tier);
+  kn_cuda_host_free(ak->slab_host, ak->slab_bytes);
+  kn_cuda_free(ak->digests, ak->digests_bytes);
+  kn_cuda_free(ak->d_q, sizeof(float) * (size_t)ak->max_seqs * (size_t)ak->q_row);
+  kn_cuda_free(ak->d_scores, sizeof(float) * rows);
+  kn_cuda_free(ak->d_page_seq, sizeof(int32_t) * rows);
+  kn_cuda_host_free(ak->h_page_seq, ak->h_bytes);
+  if (ak->select) {
+    size_t L = (size_t)ak->hp.n_layers, sk = (size_t)ak->max_seqs * (size_t)ak->k_max;
+    kn_cuda_free(ak->d_last_q, sizeof(float) * L * (size_t)ak->max_seqs * (size_t)ak->q_row);
+    kn_cuda_host_free(ak->h_tab, sizeof(int32_t) * L * (size_t)ak->tab_ints);
+    kn_cuda_free(ak->d_tab, sizeof(int32_t) * L * (size_t)ak->tab_ints);
+    kn_cuda_host_free(ak->h_sel_seq, sizeof(int32_t) * rows);
+    kn_cuda_free(ak->d_sel_seq, sizeof(int32_t) * rows);
+    kn_cuda_host_free(ak->h_rec, sizeof(int32_t) * L * (size_t)ak->rec_ints);
+    kn_cuda_free(ak->d_rec, sizeof(int32_t) * L * (size_t)ak->rec_ints);
+    kn_cuda_free(ak->d_rphys, sizeof(int32_t) * sk);
+    kn_cuda_free(ak->d_src, sizeof(void *) * sk);
+    kn_cuda_free(ak->d_vlen, sizeof(int32_t) * (size_t)ak->max_seqs);
+    ak_host_free(ak->planned, L);
+    ak_host_free(ak->last_row, sizeof(int32_t) * (size_t)ak->max_seqs);
+  }
+  ak_host_free(ak, sizeof *ak);
+}
+
+ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_t *kp, void *page_memory,
+                                   int32_t max_tok, kn_cuda_stream_t stream, ak_err_t *err,
+                                   wk_arkvale_cuda_t **ak_p) {
+  if (!hp || !kp || !page_memory || !ak_p || max_tok < 1)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "hp, kp, page_memory, ak_p and max_tok >= 1 are required");
+  if (kp->budget_tokens <= 0 || (kp->policy != KV_POLICY_ARKVALE && kp->policy != KV_POLICY_QUEST))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "digests on the device are for arkvale and quest with a budget");
+  wk_arkvale_cuda_t *ak = ak_host_alloc(sizeof *ak, 1);
+  if (!ak) return AK_ERR(err, AK_ERR_NO_MEMORY, "arkvale state");
+  ak->hp = *hp;
+  ak->stream = (cudaStream_t)stream;
+  ak->max_seqs = kp->max_seqs;
+  ak->max_tok = max_tok;
+  ak->maxp = kv_pages_for_tokens(kp->max_seq_tokens, kp->page_tokens);
+  ak->q_row = (int64_t)hp->n_heads * hp->head_dim;
+  ak->digest_kind = kp->policy == KV_POLICY_QUEST ? KV_DIGEST_CUBOID_MAX : (int32_t)kp->digest;
+  ak->score_agg = (int32_t)kp->score_agg;
+  ak->pages = page_memory;
+  ak->page_bytes = kv_page_bytes(kp);
+  ak_status_t st = AK_OK;
+  int32_t per_head = kv_digest_floats((kv_digest_kind_t)ak->digest_kind, hp->head_dim);
+  if (per_head < 0) {
+    st = AK_ERR(err, AK_ERR_INVALID_ARG, "digest kind %d", ak->digest_kind);
+    goto fail;
+  }
+  ak->digest_floats = (int64_t)hp->n_kv_heads * per_head;
+  size_t rows = (size_t)ak->max_seqs * (size_t)ak->maxp;
+  ak->digests_bytes = (size_t)hp->n_layers * rows * (size_t)ak->digest_floats * sizeof(float);
+  if ((st = kn_cuda_malloc(ak->digests_bytes, err, (void **)&ak->digests)) < 0) goto fail;
+  if ((st = kn_cuda_malloc(sizeof(float) * (size_t)ak->max_seqs * (size_t)ak->q_row, err, (void **)&ak->d_q)) < 0)
+    goto fail;
+  if ((st = kn_cuda_malloc(sizeof(float) * rows, err, (void **)&ak->d_scores)) < 0) goto fail;
+  if ((st = kn_cuda_malloc(sizeof(int32_t) * rows, err, (void **)&ak->d_page_seq)) < 0) goto fail;
+  ak->h_bytes = (sizeof(int32_t) + sizeof(float)) * rows + sizeof(float) * (size_t)ak->max_seqs * (size_t)ak->q_row;
+  if ((st = kn_cuda_host_alloc(ak->h_bytes, err, (void **)&ak->h_page_seq, NULL)) < 0) goto fail;
+  ak->h_scores = (float *)(ak->h_page_seq + rows);
+  ak->h_q = ak->h_scores + rows;
+  if (kp->select_on_device) {
+    if (ak->maxp > KN_CUDA_PLAN_MAX_PAGES) {
+      st = AK_ERR(err, AK_ERR_UNSUPPORTED, "select_on_device plans at most %d pages per sequence; max_seq_tokens=%d "
+                  "makes %lld", KN_CUDA_PLAN_MAX_PAGES, kp->max_seq_tokens, (long long)ak->maxp);
+      goto fail;
+    }
+    ak->select = 1;
+    ak->k_max = kp->budget_tokens / kp->page_tokens - kp->n_sink_pages - kp->n_window_pages;
+    if (ak->k_max < 1) ak->k_max = 1;
+    size_t L = (size_t)hp->n_layers, sk = (size_t)ak->max_seqs * (size_t)ak->k_max;
+    ak->tab_ints = 2 * (int64_t)ak->max_seqs + 2 * (int64_t)rows;
+    ak->rec_ints = 2 * (int64_t)sk;
+    struct {
+      void **p;
+      size_t n_bytes;
+      int pinned;
+    } plan[] = {
+        {(void **)&ak->d_last_q, sizeof(float) * L * (size_t)ak->max_seqs * (size_t)ak->q_row, 0},
+        {(void **)&ak->h_tab, sizeof(int32_t) * L * (size_t)ak->tab_ints, 1},
+        {(void **)&ak->d_tab, sizeof(int32_t) * L * (size_t)ak->tab_ints, 0},
+        {(void **)&ak->h_sel_seq, sizeof(int32_t) * rows, 1},
+        {(void **)&ak->d_sel_seq, sizeof(int32_t) * rows, 0},
+        {(void **)&ak->h_rec, sizeof(int32_t) * L * (size_t)ak->rec_ints, 1},
+        {(void **)&ak->d_rec, sizeof(int32_t) * L * (size_t)ak->rec_ints, 0},
+        {(void **)&ak->d_rphys, sizeof(int32_t) * sk, 0},
+        {(void **)&ak->d_src, sizeof(void *) * sk, 0},
+        {(void **)&ak->d_vlen, sizeof(int32_t) * (size_t)ak->max_seqs, 0},
+    };
+    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
+      st = plan[i].pinned ? kn_cuda_host_alloc(plan[i].n_bytes, err, plan[i].p, NULL)
+                          : kn_cuda_malloc(plan[i].n_bytes, err, plan[i].p);
+      if (st < 0) goto fail;
+    }
+    /* the kept queries start at zero: a compaction before any query ranks by page order */
+    cudaError_t ce = cudaMemsetAsync(ak->d_last_q, 0, plan[0].n_bytes, ak->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(ak->stream);
+    if (ce != cudaSuccess) {
+      st = AK_ERR(err, AK_ERR_CUDA, "clearing the kept queries: %s", cudaGetErrorString(ce));
+      goto fail;
+    }
+    ak->planned = ak_host_alloc(L, 1);
+    ak->last_row = ak_host_alloc(sizeof(int32_t) * (size_t)ak->max_seqs, 1);
+    if (!ak->planned || !ak->last_row) {
+      st = AK_ERR(err, AK_ERR_NO_MEMORY, "planned flags");
+      goto fail;
+    }
+  }
+  *ak_p = ak;
+  return AK_OK;
+fail:
+  wk_arkvale_cuda_destroy(ak);
+  return st;
+}
+
+static float *wk_digest_row(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx) {
+  int64_t row = ((int64_t)layer * ak->max_seqs + seq) * ak->maxp + page_idx;
+  return ak->digests + row * ak->digest_floats;
+}
+
+ak_status_t wk_arkvale_cuda_put_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t j,
+                                       const float *digest, ak_err_t *err) {
+  if (seq < 0 || seq >= ak->max_seqs || layer < 0 || layer >= ak->hp.n_layers || j < 0 || j >= ak->maxp)
+    return AK_ERR(err, AK_ERR_RANGE, "digest of sequence %d layer %d page %lld outside the device store", seq, layer,
+                  (long long)j);
+  WK_CUDA_TRY(err, cudaMemcpyAsync(wk_digest_row(ak, seq, layer, j), digest, sizeof(float) * (size_t)ak->digest_floats,
+                                   cudaMemcpyHostToDevice, ak->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(ak->stream)); /* `digest` is the pool's scratch */
+  return AK_OK;
+}
+
+/* Every row of the layer's block up to the last sequence asked for is scored; rows
+ * outside those sequences' pages map to no query (-1: the kernel gives them -inf). */
+ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t n, const int32_t *seqs,
+                                  const float *q, const int64_t *n_pages, float *const *scores, ak_err_t *err) {
+  int64_t maxp = ak->maxp;
+  if (layer < 0 || layer >= ak->hp.n_layers || n < 1 || n > ak->max_seqs)
+    return AK_ERR(err, AK_ERR_RANGE, "scores of layer %d for %d sequences", layer, n);
+  if (!q && !ak->select)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "q is NULL but the pool does not select on the device");
+  int32_t last = -1;
+  for (int32_t i = 0; i < n; i++) {
+    if (seqs[i] < 0 || seqs[i] >= ak->max_seqs || n_pages[i] < 0 || n_pages[i] > maxp)
+      return AK_ERR(err, AK_ERR_RANGE, "sequence %d with %lld pages outside the device store", seqs[i],
+                    (long long)n_pages[i]);
+    if (seqs[i] > last) last = seqs[i];
+  }
+  int64_t rows = (int64_t)(last + 1) * maxp;
+  for (int64_t r = 0; r < rows; r++) ak->h_page_seq[r] = -1;
+  /* host queries are rows 0..n-1 of d_q; kept ones are the layer's rows by sequence */
+  for (int32_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < n_pages[i]; j++) ak->h_page_seq[(int64_t)seqs[i] * maxp + j] = q ? i : seqs[i];
+  const float *d_q = ak->d_last_q + (int64_t)layer * ak->max_seqs * ak->q_row;
+  if (q) {
+    memcpy(ak->h_q, q, sizeof(float) * (size_t)(n * ak->q_row));
+    WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_q, ak->h_q, sizeof(float) * (size_t)(n * ak->q_row),
+                                     cudaMemcpyHostToDevice, ak->stream));
+    d_q = ak->d_q;
+  }
+  WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_page_seq, ak->h_page_seq, sizeof(int32_t) * (size_t)rows,
+                                   cudaMemcpyHostToDevice, ak->stream));
+  kn_cuda_digest_score_args_t a = {.kind = ak->digest_kind, .agg = ak->score_agg,
+                                   .digests = wk_digest_row(ak, 0, layer, 0), .page_seq = ak->d_page_seq,
+                                   .q = d_q, .scores = ak->d_scores, .n_pages = rows,
+                                   .n_seqs = q ? n : ak->max_seqs, .n_heads = ak->hp.n_heads,
+                                   .n_kv_heads = ak->hp.n_kv_heads, .head_dim = ak->hp.head_dim};
+  AK_TRY(kn_cuda_digest_score(&a, (kn_cuda_stream_t)ak->stream, err));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(ak->h_scores, ak->d_scores, sizeof(float) * (size_t)rows, cudaMemcpyDeviceToHost,
+                                   ak->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(ak->stream));
+  for (int32_t i = 0; i < n; i++)
+    memcpy(scores[i], ak->h_scores + (int64_t)seqs[i] * maxp, sizeof(float) * (size_t)n_pages[i]);
+  return AK_OK;
+}
+
+ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, ak_err_t *err,
+                                 kv_tier_t **tier_p) {
+  if (!ak->select) return AK_ERR(err, AK_ERR_INVALID_ARG, "the device tier is for select_on_device pools");
+  if (ak->tier) return AK_ERR(err, AK_ERR_INVALID_ARG, "the device tier exists already (one pool per forward)");
+  size_t bytes = kv_pool_tier_bytes(kp);
+  AK_TRY(kn_cuda_host_alloc(bytes, err, &ak->slab_host, &ak->slab_dev));
+  ak->slab_bytes = bytes;
+  kv_tier_host_params_t tp = kv_tier_host_params_default();
+  tp.capacity_bytes = bytes;
+  tp.slot_bytes = ak->page_bytes;
+  tp.slab = ak->slab_host;
+  AK_TRY(kv_tier_host_create(&tp, err, &ak->tier));
+  *tier_p = ak->tier;
+  return AK_OK;
+}
+
+void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak) {
+  if (!ak || !ak->select) return;
+  memset(ak->planned, 0, (size_t)ak->hp.n_layers);
+  ak->sel_rows = 0;
+  ak->step_S = 0;
+}
+
+ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t l, int32_t n_seqs,
+                                  const int32_t *tok_seq_idx, int64_t n_tok, const float *d_q,
+                                  const int32_t *d_indptr, int32_t *d_indices, ak_err_t *err) {
+  const kv_pool_params_t *kp = kv_pool_params(pool);
+  if (!ak->select || !kp->select_on_device || l < kp->n_full_layers) return AK_OK;
+  if (!ak->tier || kp->tier != ak->tier)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "a select_on_device pool needs this forward's tier (kv_pool_params_t.tier)");
+  int32_t S = n_seqs, k = kv_pool_topk_pages(pool);
+  if (S > ak->max_seqs || k > ak->k_max)
+    return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / top-k %d exceed %d / %d", l, S, k, ak->max_seqs,
+                  ak->k_max);
+  int64_t maxp = ak->maxp;
+  int32_t *h = ak->h_tab + (int64_t)l * ak->tab_ints, *d = ak->d_tab + (int64_t)l * ak->tab_ints;
+  int32_t *h_np = h, *h_row = h + S, *h_phys = h + 2 * S, *h_bslot = h_phys + (int64_t)S * maxp;
+  /* the last row of each sequence: its query is the one the pool's evictions use */
+  int32_t *last_row = ak->last_row;
+  for (int64_t t = 0; t < n_tok; t++) last_row[tok_seq_idx[t]] = (int32_t)t;
+  int any = 0, max_seq = -1;
+  for (int32_t i = 0; i < S; i++) {
+    kv_select_row_t row;
+    ak_status_t st = kv_layer_select_row(pool, l, i, &row);
+    if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+    h_row[i] = row.seq;
+    WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_last_q + ((int64_t)l * ak->max_seqs + row.seq) * ak->q_row,
+                                     d_q + (int64_t)last_row[i] * ak->q_row, sizeof(float) * (size_t)ak->q_row,
+                                     cudaMemcpyDeviceToDevice, ak->stream));
+    h_np[i] = 0;
+    if (!row.selects) continue;
+    if (row.n_pages > maxp)
+      return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %lld pages exceed the table's %lld", l, (long long)row.n_pages,
+                    (long long)maxp);
+    h_np[i] = (int32_t)row.n_pages;
+    memcpy(h_phys + (int64_t)i * maxp, row.phys, sizeof(int32_t) * (size_t)row.n_pages);
+    int32_t *bs = h_bslot + (int64_t)i * maxp;
+    for (int64_t j = 0; j < row.n_pages; j++) bs[j] = (int32_t)kv_tier_host_slot(row.backup[j]);
+    any = 1;
+    if (row.seq > max_seq) max_seq = row.seq;
+    if (ak->sel_rows == 0) /* the step's page -> query rows: the same for every budgeted layer */
+      for (int64_t j = 0; j + 1 < row.n_pages; j++) ak->h_sel_seq[(int64_t)row.seq * maxp + j] = last_row[i];
+  }
+  if (!any) return AK_OK;
+  if (ak->sel_rows == 0) {
+    /* rows of sequences not selecting, and past each one's filled pages, score nothing */
+    int64_t rows = (int64_t)(max_seq + 1) * maxp;
+    for (int32_t s = 0; s <= max_seq; s++) {
+      int used = 0;
+      for (int32_t i = 0; i < S; i++) used |= h_row[i] == s && h_np[i] > 0;
+      int64_t from = 0;
+      if (used)
+        for (int32_t i = 0; i < S; i++)
+          if (h_row[i] == s) from = h_np[i] - 1;
+      for (int64_t j = from; j < maxp; j++) ak->h_sel_seq[(int64_t)s * maxp + j] = -1;
+    }
+    WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_sel_seq, ak->h_sel_seq, sizeof(int32_t) * (size_t)rows,
+                                     cudaMemcpyHostToDevice, ak->stream));
+    ak->sel_rows = rows;
+  }
+  WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)(2 * S + 2 * (int64_t)S * maxp),
+                                   cudaMemcpyHostToDevice, ak->stream));
+  kn_cuda_stream_t stream = (kn_cuda_stream_t)ak->stream;
+  kn_cuda_digest_score_args_t sc = {.kind = ak->digest_kind, .agg = ak->score_agg,
+                                    .digests = wk_digest_row(ak, 0, l, 0), .page_seq = ak->d_sel_seq, .q = d_q,
+                                    .scores = ak->d_scores, .n_pages = ak->sel_rows, .n_seqs = (int32_t)n_tok,
+                                    .n_heads = ak->hp.n_heads, .n_kv_heads = ak->hp.n_kv_heads,
+                                    .head_dim = ak->hp.head_dim};
+  AK_TRY(kn_cuda_digest_score(&sc, stream, err));
+  int32_t *rec_page = ak->d_rec + (int64_t)l * ak->rec_ints, *rec_vict = rec_page + (int64_t)S * k;
+  kn_cuda_arkvale_plan_args_t pa = {.scores = ak->d_scores, .phys = d + 2 * S, .n_pages = d, .stride = (int32_t)maxp,
+                                    .n_seqs = S, .n_sink = kp->n_sink_pages, .n_window = kp->n_window_pages, .k = k,
+                                    .recall_page = rec_page, .recall_phys = ak->d_rphys, .view = d_indices,
+                                    .view_len = ak->d_vlen, .score_row = d + S, .view_ptr = d_indptr,
+                                    .recall_victim = rec_vict, .backup_slot = d + 2 * S + (int64_t)S * maxp,
+                                    .tier_base = ak->slab_dev, .slot_bytes = (int64_t)ak->page_bytes,
+                                    .recall_src = ak->d_src};
+  AK_TRY(kn_cuda_arkvale_plan(&pa, stream, err));
+  if (k > 0) {
+    kn_cuda_gather_args_t g = {.src_ptrs = ak->d_src, .dst_base = ak->pages, .dst_page = ak->d_rphys,
+                               .n_pages = (int64_t)S * k, .page_bytes = ak->page_bytes};
+    AK_TRY(kn_cuda_gather_pages(&g, stream, err));
+  }
+  WK_CUDA_TRY(err, cudaMemcpyAsync(ak->h_rec + (int64_t)l * ak->rec_ints, rec_page,
+                                   sizeof(int32_t) * 2 * (size_t)S * (size_t)k, cudaMemcpyDeviceToHost, ak->stream));
+  ak->planned[l] = 1;
+  ak->step_S = S;
+  ak->step_k = k;
+  return AK_OK;
+}
+
+ak_status_t wk_arkvale_cuda_apply(wk_arkvale_cuda_t *ak, kv_pool_t *pool, ak_err_t *err) {
+  if (!ak || !ak->select) return AK_OK;
+  int32_t S = ak->step_S, k = ak->step_k;
+  for (int32_t l = 0; l < ak->hp.n_layers; l++) {
+    if (!ak->planned[l]) continue;
+    const int32_t *h_np = ak->h_tab + (int64_t)l * ak->tab_ints;
+    const int32_t *page = ak->h_rec + (int64_t)l * ak->rec_ints, *vict = page + (int64_t)S * k;
+    for (int32_t i = 0; i < S; i++) {
+      if (h_np[i] == 0) continue;
+      ak_status_t st = kv_layer_apply_recalls(pool, l, i, k, page + (int64_t)i * k, vict + (int64_t)i * k);
+      if (st < 0)
+        return AK_ERR(err, AK_ERR_INTERNAL, "layer %d sequence %d: the pool refused the device's recalls: %s", l, i,
+                      kv_pool_errmsg(pool));
+    }
+    ak->planned[l] = 0;
+  }
+  return AK_OK;
+}

@@ -1,0 +1,73 @@
+/* wk_arkvale_cuda: the GPU side of the page policies for wk_forward_cuda — each page's
+ * digest on the device, estimates scored there, and for arkvale pools that select on the
+ * device (kv_pool_params_t.select_on_device) the whole per-layer decision: score every
+ * page of the layer's selecting sequences (one launch), plan top-k / victims / recalls
+ * and rewrite the attention view (kn_cuda_arkvale_plan, one launch), and recall the
+ * missing pages from a pinned, device-mapped host tier (kn_cuda_gather_pages, one
+ * launch). Nothing waits on the host inside a step; the pool learns the swaps after the
+ * step's synchronization (wk_arkvale_cuda_apply), before kv_step_end.
+ *
+ * Device state (all fixed at create, nothing allocated in a step):
+ *   digests   [n_layers][max_seqs][max_pages] rows of n_kv_heads * digest floats
+ *   last_q    [n_layers][max_seqs][n_heads * head_dim]: each sequence's last query per
+ *             budgeted layer (what the pool's evictions score against, q == NULL)
+ *   per layer a copy of the selecting rows' page tables and backup slots, and the plan's
+ *   recall lists (the host reads them after the step)
+ *
+ * Not thread-safe: it runs on its forward's stream and thread. */
+#ifndef WK_ARKVALE_CUDA_H
+#define WK_ARKVALE_CUDA_H
+
+#include <stdint.h>
+
+#include "kn_cuda.h"
+#include "kvpool.h"
+#include "wk_model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct wk_arkvale_cuda wk_arkvale_cuda_t;
+
+/* For pools shaped by kp (arkvale or quest with a budget) over pages of page_bytes at
+ * device address page_memory, forwards of up to max_tok rows, on `stream`. */
+ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_t *kp, void *page_memory,
+                                   int32_t max_tok, kn_cuda_stream_t stream, ak_err_t *err,
+                                   wk_arkvale_cuda_t **ak_p);
+void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak);
+
+/* page_ops' put_digest and score_pages_batch (kvpool.h): q is host [n][n_heads *
+ * head_dim], or NULL for each sequence's last query kept on the device. */
+ak_status_t wk_arkvale_cuda_put_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx,
+                                       const float *digest, ak_err_t *err);
+ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t n, const int32_t *seqs,
+                                  const float *q, const int64_t *n_pages, float *const *scores, ak_err_t *err);
+
+/* select_on_device: the backup tier for the pool (kv_pool_params_t.tier), a host tier
+ * over pinned memory the gather kernel reads. Owned by ak (destroy the pool first). */
+ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, ak_err_t *err,
+                                 kv_tier_t **tier_p);
+
+/* A new step: forgets the last step's recall lists. */
+void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak);
+
+/* One budgeted layer of a select_on_device pool, after kv_layer_view (whose view is
+ * already on its way to the device at d_indptr / d_indices) and the K/V store: keeps
+ * each of the step's n_seqs sequences' last query (d_q: [n_tok][n_heads * head_dim],
+ * the step's rows; tok_seq_idx, host: each row's sequence in the step), then for
+ * the sequences the layer selects for, scores, plans (rewriting their part of
+ * d_indices) and gathers the recalls. All on the stream. */
+ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t layer, int32_t n_seqs,
+                                  const int32_t *tok_seq_idx, int64_t n_tok, const float *d_q,
+                                  const int32_t *d_indptr, int32_t *d_indices, ak_err_t *err);
+
+/* After the step's stream synchronization: gives the pool every recall the device made
+ * (kv_layer_apply_recalls), before kv_step_end or kv_step_abort. AK_ERR_INTERNAL if the
+ * pool refuses one (the device and the pool disagree). */
+ak_status_t wk_arkvale_cuda_apply(wk_arkvale_cuda_t *ak, kv_pool_t *pool, ak_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
