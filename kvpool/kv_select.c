@@ -159,23 +159,44 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
   const kv_pool_params_t *p = &pool->p;
   AK_TRY(kv_digest_reserve(pool, L, to));
   int64_t per_page = (int64_t)p->n_kv_heads * pool->digest_floats;
+  const kv_page_ops_t *ops = p->page_memory ? p->page_ops : NULL;
+  /* where the pages are, digests and backups can be made there without the bytes
+   * coming to the host */
+  int dev_digest = p->select_on_device && ops && ops->build_digest; /* nothing else reads host digests then */
+  int dev_backup = pool->has_backup && ops && ops->backup_page && pool->tier->ops->reserve;
+  int32_t seq = (int32_t)(s - pool->seqs);
   for (int64_t j = from; j < to; j++) {
     int32_t pg = L->phys[j];
     if (pg == KV_PAGE_NONE)
       return AK_ERR(&pool->err, AK_ERR_INTERNAL, "layer %d page %lld filled but is not resident", layer,
                     (long long)j);
-    const void *bytes;
-    AK_TRY(kv_page_fetch(pool, pg, &bytes));
-    kv_buf_read_f32(pool, bytes, 0, 0, p->page_tokens, pool->page_f32);
-    AK_TRY(kv_digest_build(pool->digest, pool->page_f32, p->page_tokens, p->n_kv_heads, p->head_dim, &pool->err,
-                           L->digest + j * per_page));
+    const void *bytes = NULL;
+    if (!dev_digest || (pool->has_backup && !dev_backup)) AK_TRY(kv_page_fetch(pool, pg, &bytes));
+    if (dev_digest) {
+      AK_TRY(ops->build_digest(ops->ctx, seq, layer, j, pg, &pool->err));
+    } else {
+      kv_buf_read_f32(pool, bytes, 0, 0, p->page_tokens, pool->page_f32);
+      AK_TRY(kv_digest_build(pool->digest, pool->page_f32, p->page_tokens, p->n_kv_heads, p->head_dim, &pool->err,
+                             L->digest + j * per_page));
+      if (ops && ops->put_digest) AK_TRY(ops->put_digest(ops->ctx, seq, layer, j, L->digest + j * per_page, &pool->err));
+    }
     L->n_digests = j + 1;
-    const kv_page_ops_t *ops = p->page_memory ? p->page_ops : NULL;
-    if (ops && ops->put_digest)
-      AK_TRY(ops->put_digest(ops->ctx, (int32_t)(s - pool->seqs), layer, j, L->digest + j * per_page, &pool->err));
     if (!pool->has_backup) continue;
     kv_backup_id_t id;
-    ak_status_t st = kv_tier_put(pool->tier, bytes, pool->page_bytes, &id);
+    ak_status_t st;
+    if (dev_backup) {
+      void *slot = NULL;
+      st = kv_tier_reserve(pool->tier, pool->page_bytes, &id, &slot);
+      if (st >= 0) {
+        st = ops->backup_page(ops->ctx, pg, slot, &pool->err);
+        if (st < 0) {
+          kv_tier_free(pool->tier, id);
+          return st;
+        }
+      }
+    } else {
+      st = kv_tier_put(pool->tier, bytes, pool->page_bytes, &id);
+    }
     if (st < 0)
       return AK_ERR(&pool->err, st, "layer %d page %lld: backup to the %s tier failed: %s", layer, (long long)j,
                     kv_tier_name(pool->tier), kv_tier_errmsg(pool->tier));

@@ -68,6 +68,8 @@ typedef struct {
   ak_status_t (*free)(kv_tier_t *tier, kv_backup_id_t id);
   void (*stats)(const kv_tier_t *tier, kv_tier_stats_t *stats_p);
   void (*destroy)(kv_tier_t *tier); /* frees the tier itself too */
+  /* Optional: put without the copy (kv_tier_reserve). */
+  ak_status_t (*reserve)(kv_tier_t *tier, size_t n_bytes, kv_backup_id_t *id_p, void **dst_p);
 } kv_tier_ops_t;
 
 /* The base every tier starts with. Visible so that implementations in other files
@@ -80,6 +82,11 @@ struct kv_tier {
 
 ak_status_t kv_tier_put(kv_tier_t *tier, const void *src, size_t n_bytes, kv_backup_id_t *id_p);
 ak_status_t kv_tier_get(kv_tier_t *tier, kv_backup_id_t id, void *dst, size_t n_bytes);
+/* Like put, but hands out where the blob's n_bytes go (*dst_p, this tier's memory) for the
+ * caller to fill — a device copy straight into a pinned slab, say — instead of copying
+ * them; it must be filled before any get of *id_p. AK_ERR_UNSUPPORTED from a tier without
+ * addressable memory (the caller then uses put). */
+ak_status_t kv_tier_reserve(kv_tier_t *tier, size_t n_bytes, kv_backup_id_t *id_p, void **dst_p);
 ak_status_t kv_tier_free(kv_tier_t *tier, kv_backup_id_t id);
 /* Zeroes *stats_p for a NULL tier. */
 void kv_tier_stats(const kv_tier_t *tier, kv_tier_stats_t *stats_p);

@@ -22,6 +22,16 @@ ak_status_t kv_tier_put(kv_tier_t *tier, const void *src, size_t n_bytes, kv_bac
   return tier->ops->put(tier, src, n_bytes, id_p);
 }
 
+ak_status_t kv_tier_reserve(kv_tier_t *tier, size_t n_bytes, kv_backup_id_t *id_p, void **dst_p) {
+  if (!tier) return AK_ERR_INVALID_ARG;
+  ak_err_clear(&tier->err);
+  if (!id_p || !dst_p) return AK_ERR(&tier->err, AK_ERR_INVALID_ARG, "id_p or dst_p is NULL");
+  if (n_bytes == 0) return AK_ERR(&tier->err, AK_ERR_INVALID_ARG, "n_bytes is 0");
+  if (!tier->ops->reserve)
+    return AK_ERR(&tier->err, AK_ERR_UNSUPPORTED, "the %s tier copies blobs in (put) only", tier->ops->name);
+  return tier->ops->reserve(tier, n_bytes, id_p, dst_p);
+}
+
 ak_status_t kv_tier_get(kv_tier_t *tier, kv_backup_id_t id, void *dst, size_t n_bytes) {
   if (!tier) return AK_ERR_INVALID_ARG;
   ak_err_clear(&tier->err);
@@ -95,7 +105,7 @@ static kv_host_slot_t *kv_host_lookup(kv_tier_host_t *h, kv_backup_id_t id, int6
   return s;
 }
 
-static ak_status_t kv_host_put(kv_tier_t *tier, const void *src, size_t n_bytes, kv_backup_id_t *id_p) {
+static ak_status_t kv_host_reserve(kv_tier_t *tier, size_t n_bytes, kv_backup_id_t *id_p, void **dst_p) {
   kv_tier_host_t *h = tier->impl;
   if (n_bytes > h->slot_bytes)
     return AK_ERR(&tier->err, AK_ERR_INVALID_ARG, "n_bytes=%zu exceeds slot_bytes=%zu", n_bytes, h->slot_bytes);
@@ -104,13 +114,22 @@ static ak_status_t kv_host_put(kv_tier_t *tier, const void *src, size_t n_bytes,
                   (long long)h->st.n_used, (long long)h->n_slots, (size_t)h->n_slots * h->slot_bytes);
   int32_t slot_idx = h->free_stack[--h->n_free];
   kv_host_slot_t *s = &h->slots[slot_idx];
-  memcpy(h->slab + (int64_t)slot_idx * (int64_t)h->slot_bytes, src, n_bytes);
+  *dst_p = h->slab + (int64_t)slot_idx * (int64_t)h->slot_bytes;
   s->n_bytes = n_bytes;
   h->st.n_used++;
   h->st.bytes_used += n_bytes;
   h->st.puts++;
   h->st.bytes_put += n_bytes;
   *id_p = kv_host_id(slot_idx, s->gen);
+  return AK_OK;
+}
+
+static ak_status_t kv_host_put(kv_tier_t *tier, const void *src, size_t n_bytes, kv_backup_id_t *id_p) {
+  void *dst = NULL;
+  kv_backup_id_t id = KV_BACKUP_NONE;
+  AK_TRY(kv_host_reserve(tier, n_bytes, &id, &dst));
+  memcpy(dst, src, n_bytes);
+  *id_p = id;
   return AK_OK;
 }
 
@@ -163,6 +182,7 @@ int64_t kv_tier_host_slot(kv_backup_id_t id) { return id < 0 ? -1 : (int64_t)(id
 static const kv_tier_ops_t kv_host_ops = {
     .name = "host",
     .put = kv_host_put,
+    .reserve = kv_host_reserve,
     .get = kv_host_get,
     .free = kv_host_free,
     .stats = kv_host_stats,

@@ -191,6 +191,17 @@ typedef struct kv_page_ops {
    * (a decode step's selections), q [n][n_heads * head_dim], scores[i] [n_pages[i]]. */
   ak_status_t (*score_pages_batch)(void *ctx, int32_t layer, int32_t n, const int32_t *seqs, const float *q,
                                    const int64_t *n_pages, float *const *scores, ak_err_t *err);
+  /* Optional, for a page that filled (arkvale, with the digest ops above):
+   * build_digest (select_on_device pools only) digests physical page pg as (seq, layer,
+   * page_idx) where the pages are (the pool then keeps no host copy of that digest and
+   * fetches no bytes for it);
+   * backup_page starts copying page pg's bytes into dst_host, a slot of the pool's tier
+   * (kv_tier_reserve), without waiting: the copy must be complete before anything reads
+   * that slot (a recall, kv_seq_read_kv) and before read_page/write_page return. Each is
+   * used alone when present (backup_page only with a tier that can reserve). */
+  ak_status_t (*build_digest)(void *ctx, int32_t seq, int32_t layer, int64_t page_idx, int32_t page_id,
+                              ak_err_t *err);
+  ak_status_t (*backup_page)(void *ctx, int32_t page_id, void *dst_host, ak_err_t *err);
 } kv_page_ops_t;
 typedef int32_t kv_seq_id_t;
 

@@ -53,6 +53,13 @@ struct wk_arkvale_cuda {
   uint8_t *planned;       /* [n_layers] */
   int32_t *last_row;      /* [max_seqs] host: each step sequence's last row */
   int32_t step_S, step_k;
+  cudaEvent_t *marks;     /* profiling: [4], or NULL */
+  /* build_digest: page ids the digest kernel reads from mapped pinned memory, a ring that
+   * waits for the stream when it wraps */
+  int32_t *ring_h, *ring_d;
+  int64_t ring_n, ring_head;
+  int64_t page_stride_elems, head_stride_elems;
+  int32_t page_tokens;
   /* the tier's pinned slab */
   void *slab_host, *slab_dev;
   size_t slab_bytes;
@@ -87,6 +94,7 @@ void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak) {
     kn_cuda_free(ak->d_rphys, sizeof(int32_t) * sk);
     kn_cuda_free(ak->d_src, sizeof(void *) * sk);
     kn_cuda_free(ak->d_vlen, sizeof(int32_t) * (size_t)ak->max_seqs);
+    kn_cuda_host_free(ak->ring_h, sizeof(int32_t) * (size_t)ak->ring_n);
     ak_host_free(ak->planned, L);
     ak_host_free(ak->last_row, sizeof(int32_t) * (size_t)ak->max_seqs);
   }
@@ -112,6 +120,9 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
   ak->score_agg = (int32_t)kp->score_agg;
   ak->pages = page_memory;
   ak->page_bytes = kv_page_bytes(kp);
+  ak->page_tokens = kp->page_tokens;
+  ak->head_stride_elems = (int64_t)kp->page_tokens * hp->head_dim;
+  ak->page_stride_elems = 2 * (int64_t)hp->n_kv_heads * ak->head_stride_elems;
   ak_status_t st = AK_OK;
   int32_t per_head = kv_digest_floats((kv_digest_kind_t)ak->digest_kind, hp->head_dim);
   if (per_head < 0) {
@@ -170,6 +181,10 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
       st = AK_ERR(err, AK_ERR_CUDA, "clearing the kept queries: %s", cudaGetErrorString(ce));
       goto fail;
     }
+    ak->ring_n = 4096;
+    if ((st = kn_cuda_host_alloc(sizeof(int32_t) * (size_t)ak->ring_n, err, (void **)&ak->ring_h,
+                                 (void **)&ak->ring_d)) < 0)
+      goto fail;
     ak->planned = ak_host_alloc(L, 1);
     ak->last_row = ak_host_alloc(sizeof(int32_t) * (size_t)ak->max_seqs, 1);
     if (!ak->planned || !ak->last_row) {
@@ -244,6 +259,37 @@ ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t 
   return AK_OK;
 }
 
+ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t j,
+                                         int32_t page_id, ak_err_t *err) {
+  if (!ak->select) return AK_ERR(err, AK_ERR_INVALID_ARG, "device digests at fill are for select_on_device pools");
+  if (seq < 0 || seq >= ak->max_seqs || layer < 0 || layer >= ak->hp.n_layers || j < 0 || j >= ak->maxp ||
+      page_id < 0)
+    return AK_ERR(err, AK_ERR_RANGE, "digest of sequence %d layer %d page %lld (physical %d) outside the store", seq,
+                  layer, (long long)j, page_id);
+  if (ak->ring_head == ak->ring_n) { /* every id handed to a kernel so far must have been read */
+    WK_CUDA_TRY(err, cudaStreamSynchronize(ak->stream));
+    ak->ring_head = 0;
+  }
+  int32_t *slot = ak->ring_h + ak->ring_head;
+  *slot = page_id;
+  kn_cuda_digest_build_args_t a = {.kind = ak->digest_kind, .k_base = ak->pages, .kv_dtype = KN_CUDA_F16,
+                                   .page_stride_elems = ak->page_stride_elems,
+                                   .head_stride_elems = ak->head_stride_elems, .page_tokens = ak->page_tokens,
+                                   .n_kv_heads = ak->hp.n_kv_heads, .head_dim = ak->hp.head_dim,
+                                   .page_ids = ak->ring_d + ak->ring_head,
+                                   .digests = wk_digest_row(ak, seq, layer, j), .n_pages = 1};
+  AK_TRY(kn_cuda_digest_build(&a, (kn_cuda_stream_t)ak->stream, err));
+  ak->ring_head++;
+  return AK_OK;
+}
+
+ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, void *dst_host, ak_err_t *err) {
+  if (!dst_host || page_id < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "page %d to %p", page_id, dst_host);
+  WK_CUDA_TRY(err, cudaMemcpyAsync(dst_host, ak->pages + (size_t)page_id * ak->page_bytes, ak->page_bytes,
+                                   cudaMemcpyDeviceToHost, ak->stream));
+  return AK_OK;
+}
+
 ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, ak_err_t *err,
                                  kv_tier_t **tier_p) {
   if (!ak->select) return AK_ERR(err, AK_ERR_INVALID_ARG, "the device tier is for select_on_device pools");
@@ -258,6 +304,16 @@ ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *
   AK_TRY(kv_tier_host_create(&tp, err, &ak->tier));
   *tier_p = ak->tier;
   return AK_OK;
+}
+
+void wk_arkvale_cuda_set_marks(wk_arkvale_cuda_t *ak, void *marks) {
+  if (ak) ak->marks = marks;
+}
+
+/* Records profiling marks [from, 4) (those a layer with nothing to select skips too). */
+static void wk_marks(wk_arkvale_cuda_t *ak, int from) {
+  if (!ak->marks) return;
+  for (int i = from; i < 4; i++) cudaEventRecord(ak->marks[i], ak->stream);
 }
 
 void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak) {
@@ -307,7 +363,10 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
     if (ak->sel_rows == 0) /* the step's page -> query rows: the same for every budgeted layer */
       for (int64_t j = 0; j + 1 < row.n_pages; j++) ak->h_sel_seq[(int64_t)row.seq * maxp + j] = last_row[i];
   }
-  if (!any) return AK_OK;
+  if (!any) {
+    wk_marks(ak, 0);
+    return AK_OK;
+  }
   if (ak->sel_rows == 0) {
     /* rows of sequences not selecting, and past each one's filled pages, score nothing */
     int64_t rows = (int64_t)(max_seq + 1) * maxp;
@@ -327,12 +386,14 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
   WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)(2 * S + 2 * (int64_t)S * maxp),
                                    cudaMemcpyHostToDevice, ak->stream));
   kn_cuda_stream_t stream = (kn_cuda_stream_t)ak->stream;
+  if (ak->marks) cudaEventRecord(ak->marks[0], ak->stream);
   kn_cuda_digest_score_args_t sc = {.kind = ak->digest_kind, .agg = ak->score_agg,
                                     .digests = wk_digest_row(ak, 0, l, 0), .page_seq = ak->d_sel_seq, .q = d_q,
                                     .scores = ak->d_scores, .n_pages = ak->sel_rows, .n_seqs = (int32_t)n_tok,
                                     .n_heads = ak->hp.n_heads, .n_kv_heads = ak->hp.n_kv_heads,
                                     .head_dim = ak->hp.head_dim};
   AK_TRY(kn_cuda_digest_score(&sc, stream, err));
+  if (ak->marks) cudaEventRecord(ak->marks[1], ak->stream);
   int32_t *rec_page = ak->d_rec + (int64_t)l * ak->rec_ints, *rec_vict = rec_page + (int64_t)S * k;
   kn_cuda_arkvale_plan_args_t pa = {.scores = ak->d_scores, .phys = d + 2 * S, .n_pages = d, .stride = (int32_t)maxp,
                                     .n_seqs = S, .n_sink = kp->n_sink_pages, .n_window = kp->n_window_pages, .k = k,
@@ -342,11 +403,13 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
                                     .tier_base = ak->slab_dev, .slot_bytes = (int64_t)ak->page_bytes,
                                     .recall_src = ak->d_src};
   AK_TRY(kn_cuda_arkvale_plan(&pa, stream, err));
+  if (ak->marks) cudaEventRecord(ak->marks[2], ak->stream);
   if (k > 0) {
     kn_cuda_gather_args_t g = {.src_ptrs = ak->d_src, .dst_base = ak->pages, .dst_page = ak->d_rphys,
                                .n_pages = (int64_t)S * k, .page_bytes = ak->page_bytes};
     AK_TRY(kn_cuda_gather_pages(&g, stream, err));
   }
+  if (ak->marks) cudaEventRecord(ak->marks[3], ak->stream);
   WK_CUDA_TRY(err, cudaMemcpyAsync(ak->h_rec + (int64_t)l * ak->rec_ints, rec_page,
                                    sizeof(int32_t) * 2 * (size_t)S * (size_t)k, cudaMemcpyDeviceToHost, ak->stream));
   ak->planned[l] = 1;

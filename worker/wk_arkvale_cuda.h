@@ -44,6 +44,13 @@ ak_status_t wk_arkvale_cuda_put_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32
 ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t n, const int32_t *seqs,
                                   const float *q, const int64_t *n_pages, float *const *scores, ak_err_t *err);
 
+/* page_ops' build_digest and backup_page for select_on_device pools (kvpool.h): the
+ * digest built on the stream (kn_cuda_digest_build) into the device store, the page
+ * copied on the stream into its tier slot (pinned memory); neither waits. */
+ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx,
+                                         int32_t page_id, ak_err_t *err);
+ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, void *dst_host, ak_err_t *err);
+
 /* select_on_device: the backup tier for the pool (kv_pool_params_t.tier), a host tier
  * over pinned memory the gather kernel reads. Owned by ak (destroy the pool first). */
 ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, ak_err_t *err,
@@ -61,6 +68,10 @@ void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak);
 ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t layer, int32_t n_seqs,
                                   const int32_t *tok_seq_idx, int64_t n_tok, const float *d_q,
                                   const int32_t *d_indptr, int32_t *d_indices, ak_err_t *err);
+/* Profiling: when marks is non-NULL (4 cudaEvent_t), the next wk_arkvale_cuda_layer
+ * records them on the stream after its copies, the scoring, the plan and the gather (all
+ * four are recorded whether or not the layer selected). NULL turns it off. */
+void wk_arkvale_cuda_set_marks(wk_arkvale_cuda_t *ak, void *marks);
 
 /* After the step's stream synchronization: gives the pool every recall the device made
  * (kv_layer_apply_recalls), before kv_step_end or kv_step_abort. AK_ERR_INTERNAL if the

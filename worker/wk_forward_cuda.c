@@ -61,7 +61,14 @@ struct wk_forward_cuda {
   cudaGraphExec_t graph;
   int64_t graph_key[6];               /* n_tok, n_seqs, logits, logits_all, split workspace, pages */
   int use_graphs;
+  /* profiling: per layer 6 events (table start, the 4 ArkVale marks, attention end) then
+   * the step's start and end */
+  cudaEvent_t *ev;
+  int n_ev;
+  wk_cuda_profile_t prof;
 };
+
+#define WK_EV_PER_LAYER 6
 
 static double wk_now_us(void) {
   struct timespec ts;
@@ -97,6 +104,8 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   kn_cuda_host_free(fw->logits_host, fw->logits_host_bytes);
   wk_arkvale_cuda_destroy(fw->ak);
   if (fw->graph) cudaGraphExecDestroy(fw->graph);
+  for (int i = 0; i < fw->n_ev; i++) cudaEventDestroy(fw->ev[i]);
+  ak_host_free(fw->ev, sizeof(cudaEvent_t) * (size_t)fw->n_ev);
   ak_host_free(fw->pre_attn, sizeof(kn_cuda_attn_args_t) * (size_t)fw->hp.n_layers);
   ak_host_free(fw->pre_store, sizeof(kn_cuda_kv_store_args_t) * (size_t)fw->hp.n_layers);
   kn_cuda_blas_destroy(fw->blas);
@@ -217,6 +226,14 @@ static ak_status_t wk_score_batch(void *ctx, int32_t layer, int32_t n, const int
   return wk_arkvale_cuda_score(((wk_forward_cuda_t *)ctx)->ak, layer, n, seqs, q, n_pages, scores, err);
 }
 
+static ak_status_t wk_build_digest(void *ctx, int32_t seq, int32_t layer, int64_t j, int32_t pg, ak_err_t *err) {
+  return wk_arkvale_cuda_build_digest(((wk_forward_cuda_t *)ctx)->ak, seq, layer, j, pg, err);
+}
+
+static ak_status_t wk_backup_page(void *ctx, int32_t pg, void *dst_host, ak_err_t *err) {
+  return wk_arkvale_cuda_backup_page(((wk_forward_cuda_t *)ctx)->ak, pg, dst_host, err);
+}
+
 static ak_status_t wk_score_pages(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n_pages,
                                   float *scores, ak_err_t *err) {
   if (n_pages == 0) return AK_OK;
@@ -243,6 +260,10 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
     fw->page_ops.score_pages = wk_score_pages;
     fw->page_ops.score_pages_batch = wk_score_batch;
   }
+  if (scores && kp->select_on_device) { /* fills stay on the stream: digest there, copy into the pinned tier */
+    fw->page_ops.build_digest = wk_build_digest;
+    fw->page_ops.backup_page = wk_backup_page;
+  }
   *ops_p = &fw->page_ops;
   return AK_OK;
 }
@@ -254,6 +275,59 @@ ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_par
 }
 
 void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled) { kn_cuda_blas_use_gemv(fw->blas, enabled); }
+
+ak_status_t wk_forward_cuda_profile(wk_forward_cuda_t *fw, int enabled, ak_err_t *err) {
+  if (!enabled) {
+    for (int i = 0; i < fw->n_ev; i++) cudaEventDestroy(fw->ev[i]);
+    ak_host_free(fw->ev, sizeof(cudaEvent_t) * (size_t)fw->n_ev);
+    fw->ev = NULL;
+    fw->n_ev = 0;
+    wk_arkvale_cuda_set_marks(fw->ak, NULL);
+    return AK_OK;
+  }
+  if (fw->ev) return AK_OK;
+  int n = fw->hp.n_layers * WK_EV_PER_LAYER + 2;
+  fw->ev = ak_host_alloc(sizeof(cudaEvent_t) * (size_t)n, 1);
+  if (!fw->ev) return AK_ERR(err, AK_ERR_NO_MEMORY, "profiling events");
+  for (int i = 0; i < n; i++) {
+    cudaError_t ce = cudaEventCreate(&fw->ev[i]);
+    if (ce != cudaSuccess) {
+      for (int j = 0; j < i; j++) cudaEventDestroy(fw->ev[j]);
+      ak_host_free(fw->ev, sizeof(cudaEvent_t) * (size_t)n);
+      fw->ev = NULL;
+      return AK_ERR(err, AK_ERR_CUDA, "cudaEventCreate: %s", cudaGetErrorString(ce));
+    }
+  }
+  fw->n_ev = n;
+  return AK_OK;
+}
+
+void wk_forward_cuda_last_profile(const wk_forward_cuda_t *fw, wk_cuda_profile_t *p) { *p = fw->prof; }
+
+static void wk_ev(wk_forward_cuda_t *fw, int i) {
+  if (fw->ev) cudaEventRecord(fw->ev[i], fw->stream);
+}
+
+static double wk_ev_ms(const wk_forward_cuda_t *fw, int a, int b) {
+  float ms = 0.f;
+  return cudaEventElapsedTime(&ms, fw->ev[a], fw->ev[b]) == cudaSuccess ? (double)ms : 0.0;
+}
+
+/* After the step's synchronization: sums the layers' phases. */
+static void wk_profile_collect(wk_forward_cuda_t *fw) {
+  memset(&fw->prof, 0, sizeof fw->prof);
+  if (!fw->ev) return;
+  for (int l = 0; l < fw->hp.n_layers; l++) {
+    int e = l * WK_EV_PER_LAYER;
+    fw->prof.tables_ms += wk_ev_ms(fw, e, e + 1);
+    fw->prof.estimate_ms += wk_ev_ms(fw, e + 1, e + 2);
+    fw->prof.select_ms += wk_ev_ms(fw, e + 2, e + 3);
+    fw->prof.recall_ms += wk_ev_ms(fw, e + 3, e + 4);
+    fw->prof.attention_ms += wk_ev_ms(fw, e + 4, e + 5);
+  }
+  int s0 = fw->hp.n_layers * WK_EV_PER_LAYER;
+  fw->prof.total_ms = wk_ev_ms(fw, s0, s0 + 1);
+}
 
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p) { *t_p = fw->timing; }
 
@@ -457,17 +531,23 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
   AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
 
   kn_cuda_attn_args_t a;
+  int e = l * WK_EV_PER_LAYER;
+  wk_ev(fw, e);
+  if (fw->ev) wk_arkvale_cuda_set_marks(fw->ak, &fw->ev[e + 1]);
   if (pre) { /* tables staged and uploaded before the step's first kernel */
     AK_TRY(kn_cuda_kv_store(&fw->pre_store[l], wk_stream(fw), err));
     a = fw->pre_attn[l];
   } else {
     AK_TRY(wk_layer_table(fw, pool, l, n_tok, &a, err));
   }
+  if (fw->ev && (!fw->ak || !kv_pool_params(pool)->select_on_device || l < kv_pool_params(pool)->n_full_layers))
+    for (int i = 1; i <= 4; i++) wk_ev(fw, e + i); /* no ArkVale phases in this layer */
   size_t need = kn_cuda_attention_workspace_bytes(&a);
   if (need > fw->attn_ws.n_bytes)
     return AK_ERR(err, AK_ERR_INTERNAL, "attention workspace of %zu bytes, the step needs %zu", fw->attn_ws.n_bytes,
                   need);
   AK_TRY(kn_cuda_attention(&a, fw->attn_ws.ptr, fw->attn_ws.n_bytes, wk_stream(fw), err));
+  wk_ev(fw, e + 5);
   AK_TRY(wk_gemm(fw, fw->attn.ptr, L->wo, n_tok, q_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, err));
 
   AK_TRY(wk_norm(fw, fw->x.ptr, L->ffn_norm, n_tok, fw->xn.ptr, err));
@@ -606,10 +686,11 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
 
   memcpy(fw->stage, b->tokens, sizeof(int32_t) * (size_t)n_tok);
   memcpy(fw->stage + fw->max_tok, pos, sizeof(int32_t) * (size_t)n_tok);
-  int graph = fw->use_graphs && n_tok == b->seqs.n_seqs && kv_pool_params(pool)->policy == KV_POLICY_FULL &&
+  int graph = fw->use_graphs && !fw->ev && n_tok == b->seqs.n_seqs && kv_pool_params(pool)->policy == KV_POLICY_FULL &&
               !kv_pool_wants_queries(pool);
   cudaError_t ce;
   double t_logits = wk_now_us();
+  wk_ev(fw, fw->hp.n_layers * WK_EV_PER_LAYER);
   if (graph) {
     st = wk_step_graph(fw, pool, b, n_tok, err);
   } else {
@@ -619,6 +700,7 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
                            : AK_ERR(err, AK_ERR_CUDA, "ids upload: %s", cudaGetErrorString(ce));
   }
   if (st < 0) goto err_abort;
+  wk_ev(fw, fw->hp.n_layers * WK_EV_PER_LAYER + 1);
   ce = cudaStreamSynchronize(fw->stream);
   if (ce != cudaSuccess) {
     st = AK_ERR(err, AK_ERR_CUDA, "step: %s", cudaGetErrorString(ce));
@@ -628,6 +710,7 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
     memcpy(b->logits, fw->logits_host, sizeof(float) * (size_t)(b->logits_all ? n_tok : b->seqs.n_seqs) *
                                            (size_t)fw->hp.n_vocab);
   fw->timing.logits_us = wk_now_us() - t_logits;
+  wk_profile_collect(fw);
   st = wk_arkvale_cuda_apply(fw->ak, pool, err);
   if (st < 0) goto err_abort;
   st = kv_step_end(pool);

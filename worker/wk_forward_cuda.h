@@ -69,6 +69,19 @@ void wk_forward_cuda_use_graphs(wk_forward_cuda_t *fw, int enabled);
 /* Decode-sized GEMMs through the GEMV kernel (default) or cuBLASLt alone (to compare). */
 void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled);
 
+/* Where a step's GPU time goes, from CUDA events (milliseconds, summed over layers):
+ * tables = the K/V store and the page tables' upload (and, selecting on the device, the
+ * kept queries and the plan's tables); estimate = digest scoring; select = the plan;
+ * recall = the gather; attention = the attention kernel; total = the whole step on the
+ * stream, first kernel to last copy. Only ArkVale on the device fills estimate, select
+ * and recall. Profiling runs the step without a CUDA graph and adds a few microseconds. */
+typedef struct {
+  double tables_ms, estimate_ms, select_ms, recall_ms, attention_ms, total_ms;
+} wk_cuda_profile_t;
+ak_status_t wk_forward_cuda_profile(wk_forward_cuda_t *fw, int enabled, ak_err_t *err);
+/* The last run's profile (zeros unless profiling was on for it). */
+void wk_forward_cuda_last_profile(const wk_forward_cuda_t *fw, wk_cuda_profile_t *p);
+
 /* Wall time of the last run, microseconds, split as wk_forward_timing_t (on the GPU the
  * phases overlap the host's work, so only the total is exact). */
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p);

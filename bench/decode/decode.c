@@ -60,11 +60,15 @@ typedef struct {
   int no_graphs;        /* --graphs off: kernels launched one by one */
   int64_t budgets[DEC_MAX_BUDGETS]; /* --kv-budget, tokens: 0 = the full cache; else ArkVale */
   int n_budgets;
-  int select_host;      /* --kv-select host: ArkVale decides on the host (default: on the device) */
+  int select_host;
+  int keys_skewed;      /* --kv-keys skewed: each page's K/V scaled by its own factor */      /* --kv-select host: ArkVale decides on the host (default: on the device) */
 } dec_args_t;
 
 /* Tokens per synthetic-fill step of an ArkVale row. */
 #define DEC_FILL_CHUNK 2048
+/* Steps run after the timed ones with CUDA events around each phase (not timed: the
+ * events cost a little and keep the full cache off its graph). */
+#define DEC_PROFILE_STEPS 4
 
 typedef enum { DEC_ROW_OK = 0, DEC_ROW_NO_FIT = 1, DEC_ROW_ERROR = 2 } dec_row_status_t;
 
@@ -83,6 +87,7 @@ typedef struct {
   int32_t n_budgeted_layers; /* ArkVale: layers past the pool's n_full_layers; 0 for full */
   uint64_t recalls;        /* ArkVale: pages recalled over the warm-up and timed steps */
   uint64_t selections;     /* ArkVale: (sequence, layer, step) selections, same steps */
+  wk_cuda_profile_t prof;  /* GPU time by phase, mean over DEC_PROFILE_STEPS extra steps */
 } dec_row_t;
 
 static double dec_now_ms(void) {
@@ -108,6 +113,9 @@ static void dec_usage(FILE *f) {
           "                       cache, else ArkVale with that budget (its synthetic fill goes in\n"
           "                       chunks, backing up every page); each context runs every budget in\n"
           "                       turn, so full and ArkVale rows sit side by side (default 0)\n"
+          "  --kv-keys uniform|skewed  synthetic K/V: uniform random (default; rankings change every\n"
+          "                       step: the most recalls), or each page scaled by its own fixed factor\n"
+          "                       (heavy-hitter pages: rankings hold, recalls are rare)\n"
           "  --kv-select device|host  where ArkVale decides: on the device, one score, plan and gather\n"
           "                       launch per layer (default), or on the host (digests scored on the\n"
           "                       device, selection and recalls on the host)\n"
@@ -174,7 +182,7 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     if (strcmp(f, "--shape") && strcmp(f, "--batch") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
         strcmp(f, "--warmup") && strcmp(f, "--page-tokens") && strcmp(f, "--device") &&
         strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm") &&
-        strcmp(f, "--graphs") && strcmp(f, "--kv-budget") && strcmp(f, "--kv-select")) {
+        strcmp(f, "--graphs") && strcmp(f, "--kv-budget") && strcmp(f, "--kv-select") && strcmp(f, "--kv-keys")) {
       fprintf(stderr, "bench_decode: unknown flag '%s' (--help lists them)\n", f);
       return -1;
     }
@@ -249,6 +257,13 @@ static int dec_parse_args(int argc, char **argv, dec_args_t *a) {
             r = -1;
           }
         a->n_budgets++;
+      }
+    } else if (!strcmp(f, "--kv-keys")) {
+      if (!strcmp(v, "uniform")) a->keys_skewed = 0;
+      else if (!strcmp(v, "skewed")) a->keys_skewed = 1;
+      else {
+        fprintf(stderr, "bench_decode: --kv-keys expects uniform or skewed, got '%s'\n", v);
+        r = -1;
       }
     } else if (!strcmp(f, "--kv-select")) {
       if (!strcmp(v, "device")) a->select_host = 0;
@@ -366,6 +381,20 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
    * what the pages hold; zero pages would tie every score and never recall */
   st = kn_cuda_fill_random_f16(pages, (int64_t)(row->kv_alloc_bytes / 2), 1.0f, DEC_SEED, NULL, &err);
   if (st < 0) goto fail;
+  if (a->keys_skewed) {
+    /* --kv-keys skewed: page p's values span [-s_p, s_p) with s_p in [0.25, 1) fixed per
+     * page, so some pages stay important whatever the query (a real model's heavy
+     * hitters): rankings hold from step to step and recalls become rare */
+    size_t pb = kv_page_bytes(&kp);
+    for (int64_t pg = 0; st >= 0 && pg < kp.n_pages; pg++) {
+      uint64_t h = (uint64_t)pg * 0x9E3779B97F4A7C15ull;
+      h ^= h >> 29;
+      float s_p = 0.25f + 0.75f * (float)(h % 1024) / 1024.0f;
+      st = kn_cuda_fill_random_f16((char *)pages + (size_t)pg * pb, (int64_t)(pb / 2), s_p, DEC_SEED + (uint64_t)pg,
+                                   NULL, &err);
+    }
+    if (st < 0) goto fail;
+  }
   cudaError_t ce = cudaDeviceSynchronize();
   if (ce != cudaSuccess) {
     st = AK_ERR(&err, AK_ERR_CUDA, "filling %zu bytes of pages: %s", row->kv_alloc_bytes, cudaGetErrorString(ce));
@@ -436,6 +465,19 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
     if (step >= a->n_warmup) step_ms[step - a->n_warmup] = t1 - t0;
   }
   row->device_bytes = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+  st = wk_forward_cuda_profile(fw, 1, &err);
+  for (int64_t step = 0; st >= 0 && step < DEC_PROFILE_STEPS; step++) {
+    st = wk_forward_cuda_run(fw, pool, &b, &err);
+    wk_cuda_profile_t p;
+    wk_forward_cuda_last_profile(fw, &p);
+    row->prof.tables_ms += p.tables_ms / DEC_PROFILE_STEPS;
+    row->prof.estimate_ms += p.estimate_ms / DEC_PROFILE_STEPS;
+    row->prof.select_ms += p.select_ms / DEC_PROFILE_STEPS;
+    row->prof.recall_ms += p.recall_ms / DEC_PROFILE_STEPS;
+    row->prof.attention_ms += p.attention_ms / DEC_PROFILE_STEPS;
+    row->prof.total_ms += p.total_ms / DEC_PROFILE_STEPS;
+  }
+  if (st < 0) goto fail;
 
   qsort(step_ms, (size_t)a->n_steps, sizeof *step_ms, dec_cmp_double);
   row->median_ms = dec_quantile(step_ms, a->n_steps, 0.5);
@@ -476,8 +518,8 @@ fail:
   dec_row_fail(row, st, err.msg);
 done:
   kn_cuda_host_free(logits, logits_bytes);
+  kv_pool_destroy(pool); /* before the forward: its backups live in the forward's tier */
   wk_forward_cuda_destroy(fw);
-  kv_pool_destroy(pool);
   kn_cuda_free(pages, row->kv_alloc_bytes);
   free(step_ms);
   free(tokens);
@@ -708,8 +750,11 @@ static int dec_write_results(const char *path, const dec_args_t *a, const dec_in
           info->driver_api / 1000, (info->driver_api % 1000) / 10, info->runtime_api / 1000,
           (info->runtime_api % 1000) / 10);
   fprintf(f, "- models: synthetic bf16 weights (wk_model_cuda_synthetic, seed %d); KV pages f16, %lld tokens a page, "
-             "filled with uniform random f16 in [-1, 1) (kn_cuda_fill_random_f16, seed %d)\n",
-          DEC_SEED, (long long)a->page_tokens, DEC_SEED);
+             "filled with uniform random f16 in [-1, 1) (kn_cuda_fill_random_f16, seed %d)%s\n",
+          DEC_SEED, (long long)a->page_tokens, DEC_SEED,
+          a->keys_skewed ? "; --kv-keys skewed: each physical page then refilled over [-s_p, s_p) with s_p in "
+                           "[0.25, 1) fixed per page (heavy-hitter pages: rankings hold from step to step, so recalls "
+                           "are rare, an optimistic case for ArkVale)" : "");
   fprintf(f, "- KV budgets (tokens per layer and sequence; full = the whole cache): %s. For each (shape, ctx) every "
              "budget runs in turn in this process, so a context's rows are measured side by side\n",
           budgets);
@@ -726,9 +771,14 @@ static int dec_write_results(const char *path, const dec_args_t *a, const dec_in
                   "page-table update, and one gather of the recalls from pinned, device-mapped host memory; no host "
                   "round trip inside a step (the pool learns the swaps after it).",
             DEC_FILL_CHUNK);
-    fprintf(f, "- **Recalls are a pessimistic case for ArkVale**: they are driven by random queries (random token "
-               "ids through random weights) against random keys, with none of a real model's step-to-step locality, "
-               "so expect more recalls than a real model would make\n");
+    if (a->keys_skewed)
+      fprintf(f, "- **Recalls are an optimistic case for ArkVale**: pages carry fixed importance, so the ranking "
+                 "barely moves between steps and few pages are recalled (a real model sits between this and "
+                 "--kv-keys uniform; compare the recalls column with the real model's rate in notes/device-runs.md)\n");
+    else
+      fprintf(f, "- **Recalls are a pessimistic case for ArkVale**: they are driven by random queries (random token "
+                 "ids through random weights) against random keys, with none of a real model's step-to-step "
+                 "locality, so expect more recalls than a real model would make\n");
   }
   fprintf(f, "- CUDA graphs: %s\n",
           a->no_graphs ? "off (--graphs off)"
@@ -764,6 +814,21 @@ static int dec_write_results(const char *path, const dec_args_t *a, const dec_in
     fprintf(f, "\nFastest budget per context:\n\n");
     dec_print_fastest(f, a, rows, n_rows);
   }
+  fprintf(f, "\nGPU time per step by phase (CUDA events, mean of %d extra steps after the timed ones, run without "
+             "a graph; tables = K/V store and page-table uploads, estimate = digest scoring, select = the plan "
+             "kernel, recall = the gather, attention = the attention kernel, other = the rest of the step: GEMMs, "
+             "norms, logits):\n\n| shape | ctx | budget | total ms | tables | estimate | select | recall | "
+             "attention | other |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+          DEC_PROFILE_STEPS);
+  for (int r = 0; r < n_rows; r++)
+    if (rows[r].status == DEC_ROW_OK) {
+      char bbuf[32];
+      const wk_cuda_profile_t *p = &rows[r].prof;
+      double other = p->total_ms - p->tables_ms - p->estimate_ms - p->select_ms - p->recall_ms - p->attention_ms;
+      fprintf(f, "| %s | %lld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", rows[r].shape,
+              (long long)rows[r].ctx, dec_budget_str(rows[r].budget, bbuf, sizeof bbuf), p->total_ms, p->tables_ms,
+              p->estimate_ms, p->select_ms, p->recall_ms, p->attention_ms, other);
+    }
   fprintf(f, "\n| shape | ctx | budget | min ms | max ms | K/V read GB | device GiB (all accounted) |\n"
              "|---|---:|---:|---:|---:|---:|---:|\n");
   for (int r = 0; r < n_rows; r++)
