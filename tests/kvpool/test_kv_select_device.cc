@@ -11,7 +11,15 @@
 //              kv_seq_compact, 130 decode steps with a few aborted and retried; keys
 //              with ties and NaN scores in two of the cases. After every step: the same
 //              page tables, page bytes (and the bytes that were fed), and work counters.
+//              Variants fill on the device (page_ops build_digest / backup_page): B's
+//              digests are built by the fake from its own memory and its backups copied
+//              by the fake into the tier slots the pool reserved, as a stream would (the
+//              work lands at the next sync, the slot poisoned until then); the same
+//              comparison holds and the fills fetch no page bytes; with backup_page alone,
+//              or over a tier that cannot reserve, the pool falls back to read_page + put.
 //   refusals   kv_layer_apply_recalls checks every entry before it changes anything.
+//   fill fails a failing build_digest / backup_page fails the commit, holds no tier slot,
+//              and the step retried after the abort succeeds.
 //   create     select_on_device's parameter checks, and the calls it changes
 //              (kv_pool_wants_queries, kv_layer_view's q, kv_seq_last_query,
 //              kv_seq_branch).
@@ -100,12 +108,30 @@ struct FakeDevice {
   std::map<std::pair<int, int>, std::vector<float>> last_q;   // (seq, layer) -> [n_heads * head_dim]
   int reads = 0, writes = 0, puts = 0, scores = 0, batches = 0;
   kv_page_ops_t ops{};
+  // Fills on the device (fill_on_device): build_digest / backup_page calls, and the
+  // emulated stream. With defer, each call's work is taken at the call (the page as the
+  // stream would see it then) but lands later, at sync(): a digest is not scoreable and
+  // a backup slot holds 0xFF bytes (NaN) until then. sync() runs at every read_page,
+  // write_page and score (they wait for the stream), when the test reads scores or the
+  // slab as a device would (in stream order), and before kv_step_end/abort (the worker
+  // synchronizes there).
+  int builds = 0, backups = 0, syncs_with_work = 0;
+  bool defer = false;
+  int fail_build_at = -1, fail_backup_at = -1;  // the call (0-based) that fails, or -1
+  int32_t n_layers = 0;
+  int64_t n_pages = 0;
+  const unsigned char *slab = nullptr;  // where backup_page's dst must be a slot, if set
+  size_t slab_bytes = 0;
+  std::vector<std::function<void()>> pending;
+  std::set<const void *> pending_dst;   // slots with a copy in flight
 
   // digests_here: put_digest and score_pages (else the pool keeps and scores digests);
   // batch: score_pages_batch too.
   FakeDevice(const kv_pool_params_t &p, bool digests_here, bool batch) {
     page_bytes = kv_page_bytes(&p);
     page_tokens = p.page_tokens;
+    n_layers = p.n_layers;
+    n_pages = p.n_pages;
     kind = p.digest;
     agg = p.score_agg;
     digest_floats = kKvHeads * kv_digest_floats(p.digest, kHeadDim);
@@ -119,17 +145,29 @@ struct FakeDevice {
       if (batch) ops.score_pages_batch = score_batch;
     }
   }
+  void fill_on_device(bool build, bool backup) {
+    if (build) ops.build_digest = build_digest;
+    if (backup) ops.backup_page = backup_page;
+  }
+  void sync() {
+    if (!pending.empty()) syncs_with_work++;
+    for (auto &f : pending) f();
+    pending.clear();
+    pending_dst.clear();
+  }
   float *page(int32_t pg) { return (float *)(mem.data() + (size_t)pg * page_bytes); }
   const float *page(int32_t pg) const { return (const float *)(mem.data() + (size_t)pg * page_bytes); }
 
   static ak_status_t read(void *ctx, int32_t pg, void *dst, ak_err_t *) {
     FakeDevice *d = (FakeDevice *)ctx;
+    d->sync();
     memcpy(dst, d->mem.data() + (size_t)pg * d->page_bytes, d->page_bytes);
     d->reads++;
     return AK_OK;
   }
   static ak_status_t write(void *ctx, int32_t pg, const void *src, ak_err_t *) {
     FakeDevice *d = (FakeDevice *)ctx;
+    d->sync();
     memcpy(d->mem.data() + (size_t)pg * d->page_bytes, src, d->page_bytes);
     d->writes++;
     return AK_OK;
@@ -155,6 +193,7 @@ struct FakeDevice {
   static ak_status_t score(void *ctx, int32_t seq, int32_t layer, const float *q, int64_t n, float *out,
                            ak_err_t *err) {
     FakeDevice *d = (FakeDevice *)ctx;
+    d->sync();
     d->scores++;
     if (d->null_q != (q == nullptr)) {
       ADD_FAILURE() << "score_pages got q " << (q ? "set" : "NULL") << " (seq " << seq << " layer " << layer << ")";
@@ -173,6 +212,7 @@ struct FakeDevice {
   static ak_status_t score_batch(void *ctx, int32_t layer, int32_t n, const int32_t *seqs, const float *q,
                                  const int64_t *n_pages, float *const *out, ak_err_t *err) {
     FakeDevice *d = (FakeDevice *)ctx;
+    d->sync();
     d->batches++;
     if (d->null_q) {
       ADD_FAILURE() << "score_pages_batch called on a select_on_device pool";
@@ -182,7 +222,95 @@ struct FakeDevice {
       AK_TRY(d->score_with(seqs[i], layer, q + (int64_t)i * kQRow, n_pages[i], out[i], err));
     return AK_OK;
   }
+  // Digests physical page pg's keys (all page_tokens of them: the page is full) with
+  // kv_digest_build, into the store score_pages reads, as (seq, layer, page j).
+  static ak_status_t build_digest(void *ctx, int32_t seq, int32_t layer, int64_t j, int32_t pg, ak_err_t *err) {
+    FakeDevice *d = (FakeDevice *)ctx;
+    if (d->builds++ == d->fail_build_at) return AK_ERR(err, AK_ERR_CUDA, "injected digest failure (page %d)", pg);
+    if (seq < 0 || layer < kFullLayers || layer >= d->n_layers || j < 0 || pg < 0 || pg >= d->n_pages) {
+      ADD_FAILURE() << "build_digest(seq " << seq << ", layer " << layer << ", page " << j << ", phys " << pg << ")";
+      return AK_ERR(err, AK_ERR_INTERNAL, "bad build_digest arguments");
+    }
+    const int32_t pt = d->page_tokens;
+    std::vector<float> keys((size_t)pt * kRow);  // [page_tokens][n_kv_heads][head_dim], from [h][t][d]
+    const float *src = d->page(pg);
+    for (int32_t t = 0; t < pt; t++)
+      for (int h = 0; h < kKvHeads; h++)
+        std::copy(src + ((size_t)h * pt + t) * kHeadDim, src + ((size_t)h * pt + t + 1) * kHeadDim,
+                  keys.begin() + ((size_t)t * kKvHeads + h) * kHeadDim);
+    std::vector<float> dg((size_t)d->digest_floats);
+    AK_TRY(kv_digest_build(d->kind, keys.data(), pt, kKvHeads, kHeadDim, err, dg.data()));
+    auto land = [d, seq, layer, j, dg]() {
+      std::vector<float> &v = d->digests[{seq, layer}];
+      if ((int64_t)v.size() < (j + 1) * d->digest_floats) v.resize((size_t)(j + 1) * d->digest_floats);
+      std::copy(dg.begin(), dg.end(), v.begin() + j * d->digest_floats);
+    };
+    if (d->defer)
+      d->pending.push_back(land);
+    else
+      land();
+    return AK_OK;
+  }
+  // Copies physical page pg into dst, which must be a slot of the caller's slab.
+  static ak_status_t backup_page(void *ctx, int32_t pg, void *dst, ak_err_t *err) {
+    FakeDevice *d = (FakeDevice *)ctx;
+    if (d->backups++ == d->fail_backup_at) return AK_ERR(err, AK_ERR_CUDA, "injected copy failure (page %d)", pg);
+    if (pg < 0 || pg >= d->n_pages || !dst) {
+      ADD_FAILURE() << "backup_page(" << pg << ", " << dst << ")";
+      return AK_ERR(err, AK_ERR_INTERNAL, "bad backup_page arguments");
+    }
+    if (d->slab) {
+      const unsigned char *b = (const unsigned char *)dst;
+      if (b < d->slab || b + d->page_bytes > d->slab + d->slab_bytes || (size_t)(b - d->slab) % d->page_bytes) {
+        ADD_FAILURE() << "backup_page dst " << dst << " is not a slot of the tier's slab";
+        return AK_ERR(err, AK_ERR_INTERNAL, "dst outside the slab");
+      }
+    }
+    if (!d->pending_dst.insert(dst).second) ADD_FAILURE() << "slot " << dst << " handed out twice before a sync";
+    std::vector<uint8_t> snap(d->mem.begin() + (int64_t)pg * (int64_t)d->page_bytes,
+                              d->mem.begin() + (int64_t)(pg + 1) * (int64_t)d->page_bytes);
+    if (!d->defer) {
+      memcpy(dst, snap.data(), snap.size());
+      return AK_OK;
+    }
+    memset(dst, 0xFF, d->page_bytes);  // not there yet: whoever reads it early gets NaNs
+    d->pending.push_back([dst, snap]() { memcpy(dst, snap.data(), snap.size()); });
+    return AK_OK;
+  }
 };
+
+// A tier that can only copy blobs in (reserve NULL), over another tier whose ids it
+// passes through (so kv_tier_host_slot still names the inner host tier's slots).
+struct PutOnlyTier {
+  kv_tier_t base;
+  kv_tier_t *inner;
+  int puts = 0;
+  static PutOnlyTier *of(kv_tier_t *t) { return (PutOnlyTier *)t->impl; }
+  static ak_status_t pass(kv_tier_t *t, ak_status_t st) {
+    if (st < 0) return AK_ERR(&t->err, st, "%s", kv_tier_errmsg(of(t)->inner));
+    return st;
+  }
+  static ak_status_t put(kv_tier_t *t, const void *src, size_t n, kv_backup_id_t *id_p) {
+    of(t)->puts++;
+    return pass(t, kv_tier_put(of(t)->inner, src, n, id_p));
+  }
+  static ak_status_t get(kv_tier_t *t, kv_backup_id_t id, void *dst, size_t n) {
+    return pass(t, kv_tier_get(of(t)->inner, id, dst, n));
+  }
+  static ak_status_t free_(kv_tier_t *t, kv_backup_id_t id) { return pass(t, kv_tier_free(of(t)->inner, id)); }
+  static void stats(const kv_tier_t *t, kv_tier_stats_t *s) { kv_tier_stats(((PutOnlyTier *)t->impl)->inner, s); }
+  static void destroy(kv_tier_t *t) { delete of(t); }  // the inner tier is not ours
+  static const kv_tier_ops_t ops;
+  static kv_tier_t *wrap(kv_tier_t *inner) {
+    PutOnlyTier *w = new PutOnlyTier();
+    w->base.ops = &ops;
+    w->base.impl = w;
+    ak_err_clear(&w->base.err);
+    w->inner = inner;
+    return &w->base;
+  }
+};
+const kv_tier_ops_t PutOnlyTier::ops = {"put-only", put, get, free_, stats, destroy, nullptr};
 
 // ArkVale's per-step plan for one layer of one sequence, from the rules (kvpool.h, "arkvale"):
 // candidates are logical pages [ns, N - nw), ranked by score (higher first, ties to the higher
@@ -252,6 +380,12 @@ struct OracleCase {
   bool ties_nan;          // each page's keys one of four rows per layer (pages with the same row tie)
                           // and now and then a NaN (a NaN score, which ranks lowest)
   int32_t prefill[4];     // seq 0 | seq 1 first chunk | seq 1 second chunk | seq 2
+  // fills on the device (B only)
+  bool build_digest = false;  // B's page_ops have build_digest
+  bool backup_page = false;   // B's page_ops have backup_page
+  bool reserve = true;        // B's tier can reserve (else a put-only tier over the host tier)
+  bool defer = false;         // B's fake device defers that work to its next sync
+  bool a_build_digest = false;  // A's page_ops have build_digest too (never called: A selects itself)
 };
 void PrintTo(const OracleCase &c, std::ostream *os) { *os << c.name; }
 
@@ -263,6 +397,7 @@ class Twin {
   size_t slot_bytes = 0;
   int64_t n_slots = 0;
   TierPtr tier;  // declared before the pools: destroyed after them
+  TierPtr put_only;  // with !reserve: B's tier, over `tier`
   PoolPtr a, b;
   std::vector<kv_seq_id_t> seqs;
   std::map<std::pair<int, int>, std::vector<float>> K, V;  // (seq, layer) -> [n_tok][n_kv_heads][head_dim]
@@ -274,6 +409,8 @@ class Twin {
   std::map<std::tuple<kv_seq_id_t, int, int64_t>, int> tie_pick;  // (seq, layer, page) -> row
   uint64_t applied = 0;     // recalls the test applied to B
   uint64_t tier_checks = 0; // recalls whose slab bytes were also checked with kv_tier_get
+  uint64_t fill_reads = 0;  // B's read_page calls inside kv_layer_commit (its fills)
+  uint64_t kv_checks = 0;   // tokens read back with kv_seq_read_kv from both pools
   int step_no = 0;
 
   void setup(const OracleCase &c) {
@@ -288,6 +425,9 @@ class Twin {
     da.reset(new FakeDevice(pa, c.a_digests_on_ops, true));
     db.reset(new FakeDevice(pb, true, true));  // B's batch scorer fails the test if called
     db->null_q = true;
+    db->fill_on_device(c.build_digest, c.backup_page);
+    db->defer = c.defer;
+    if (c.a_build_digest) da->fill_on_device(true, false);
     pa.page_memory = da->mem.data();
     pa.page_ops = &da->ops;
     pb.page_memory = db->mem.data();
@@ -306,6 +446,12 @@ class Twin {
     ASSERT_EQ(kv_tier_host_create(&tp, &err, &t), AK_OK) << err.msg;
     tier.reset(t);
     pb.tier = t;
+    if (!c.reserve) {
+      put_only.reset(PutOnlyTier::wrap(t));
+      pb.tier = put_only.get();
+    }
+    db->slab = slab.get();
+    db->slab_bytes = (size_t)n_slots * slot_bytes;
     kv_pool_t *x = nullptr;
     ASSERT_EQ(kv_pool_create(&pa, &err, &x), AK_OK) << err.msg;
     a.reset(x);
@@ -377,7 +523,9 @@ class Twin {
       store_kv(*da, pg_a, sl_a, k, v, n_tok);
       store_kv(*db, pg_b, sl_b, k, v, n_tok);
       ASSERT_EQ(kv_layer_commit(a.get(), l), AK_OK) << kv_pool_errmsg(a.get());
+      const int reads0 = db->reads;
       ASSERT_EQ(kv_layer_commit(b.get(), l), AK_OK) << kv_pool_errmsg(b.get());
+      fill_reads += (uint64_t)(db->reads - reads0);
       // the caller's last query of each sequence at this layer: that of its last token
       int64_t t = 0;
       for (size_t i = 0; i < ids.size(); i++) {
@@ -415,6 +563,7 @@ class Twin {
         ASSERT_EQ(std::vector<int32_t>(ta, ta + na), std::vector<int32_t>(tb, tb + nb)) << "seq " << ids[i];
       }
     }
+    db->sync();  // the worker waits for its stream before it tells the pool
     if (abort) {
       kv_step_abort(a.get());
       kv_step_abort(b.get());
@@ -459,6 +608,7 @@ class Twin {
     const int ns = row.n_sink, nw = row.n_window, k = kv_pool_topk_pages(b.get());
     std::vector<float> score((size_t)N, std::numeric_limits<float>::quiet_NaN());
     const std::vector<float> &q = db->last_q.at({seq, l});
+    db->sync();  // the scores and the gather run on the stream after the fills
     ak_err_t err;
     ASSERT_EQ(db->score_with(seq, l, q.data(), N - nw, score.data(), &err), AK_OK) << err.msg;
     std::vector<std::pair<int, int>> pairs = plan_recalls(score, row.phys, (int)N, ns, nw, k);
@@ -535,6 +685,23 @@ class Twin {
                 ASSERT_TRUE(same_bits(pb_[half + off], vr[tru])) << "B page " << j << " V token " << t;
               }
         }
+      }
+      // every token reads back (evicted pages from their backups) as it was fed, in both
+      // pools; a few (seq, layer) per step to keep it quick
+      for (int l = kFullLayers; l < kLayers; l++) {
+        if ((step_no + s + l) % 4) continue;
+        const std::vector<float> &kr = K[{s, l}], &vr = V[{s, l}];
+        for (kv_pool_t *pool : {a.get(), b.get()}) {
+          std::vector<float> kk((size_t)n_tok * kRow, 7.f), vv((size_t)n_tok * kRow, 7.f);
+          ASSERT_EQ(kv_seq_read_kv(pool, s, l, 0, n_tok, kk.data(), vv.data()), AK_OK) << kv_pool_errmsg(pool);
+          for (size_t e = 0; e < kk.size(); e++) {
+            ASSERT_TRUE(same_bits(kk[e], kr[e])) << (pool == a.get() ? "A" : "B") << " layer " << l << " K token "
+                                                 << e / kRow;
+            ASSERT_TRUE(same_bits(vv[e], vr[e])) << (pool == a.get() ? "A" : "B") << " layer " << l << " V token "
+                                                 << e / kRow;
+          }
+        }
+        kv_checks += (uint64_t)n_tok;
       }
       kv_seq_stats_t sa, sb;
       ASSERT_EQ(kv_seq_get_stats(a.get(), s, &sa), AK_OK);
@@ -626,14 +793,30 @@ TEST_P(KvSelectOnDeviceOracle, SameTablesBytesAndCountsAsThePoolsOwnSelection) {
   EXPECT_EQ((uint64_t)tw.db->writes + tw.applied, sb.work.recalls);
   EXPECT_EQ(tw.db->batches, 0);
   EXPECT_GT(tw.db->scores, 0);  // evictions and compaction scored with q == NULL
-  EXPECT_EQ((uint64_t)tw.db->puts, sb.work.backups);
+  EXPECT_GT(tw.kv_checks, 0u);
+  // B's fills: digests built where the pages are or put there; pages copied into reserved
+  // slots or fetched and put; a page's bytes come to the host only for what is not done there
+  const uint64_t n_backups = sb.work.backups;
+  ASSERT_GT(n_backups, 0u);
+  const bool dev_digest = c.build_digest, dev_backup = c.backup_page && c.reserve;
+  EXPECT_EQ((uint64_t)tw.db->builds, dev_digest ? n_backups : 0) << "build_digest calls";
+  EXPECT_EQ((uint64_t)tw.db->puts, dev_digest ? 0 : n_backups) << "put_digest calls";
+  EXPECT_EQ((uint64_t)tw.db->backups, dev_backup ? n_backups : 0) << "backup_page calls";
+  EXPECT_EQ(tw.fill_reads, dev_digest && dev_backup ? 0 : n_backups) << "read_page calls to fill";
+  EXPECT_EQ((uint64_t)tw.da->builds, 0u) << "build_digest on a pool that selects itself";
+  if (c.defer && (dev_digest || dev_backup)) EXPECT_GT(tw.db->syncs_with_work, 0);  // not vacuous
+  kv_tier_stats_t ts;
+  kv_tier_stats(tw.tier.get(), &ts);
+  EXPECT_EQ(ts.puts, n_backups) << "tier puts (reserves included)";
+  EXPECT_EQ(ts.bytes_put, n_backups * tw.slot_bytes);
+  if (tw.put_only) EXPECT_EQ((uint64_t)PutOnlyTier::of(tw.put_only.get())->puts, n_backups);
   for (kv_seq_id_t s : tw.seqs) {
     EXPECT_EQ(kv_seq_release(tw.a.get(), s), AK_OK);
     EXPECT_EQ(kv_seq_release(tw.b.get(), s), AK_OK);
   }
-  kv_tier_stats_t ts;
   kv_tier_stats(tw.tier.get(), &ts);
   EXPECT_EQ(ts.n_used, 0);
+  EXPECT_EQ(ts.frees, n_backups);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -644,6 +827,25 @@ INSTANTIATE_TEST_SUITE_P(
                       OracleCase{"Page8OpsDigests", 8, 7, 2, 1, 0, true, false, {70, 60, 40, 90}},
                       OracleCase{"Page4TiesAndNaN", 4, 6, 1, 2, 2, false, true, {37, 30, 20, 45}},
                       OracleCase{"Page8TiesAndNaNOpsDigests", 8, 7, 2, 1, 0, true, true, {70, 60, 40, 90}}),
+    [](const ::testing::TestParamInfo<OracleCase> &i) { return std::string(i.param.name); });
+
+// The same comparison when B fills on the device. Fields: name, page_tokens, budget, sinks,
+// window, topk, A's digests on ops, ties/NaN, prefills, build_digest, backup_page, reserve,
+// defer, A's build_digest.
+INSTANTIATE_TEST_SUITE_P(
+    FillsOnTheDevice, KvSelectOnDeviceOracle,
+    ::testing::Values(
+        OracleCase{"Page4DigestAndCopyDeferred", 4, 6, 1, 2, 2, false, false, {37, 30, 20, 45}, true, true, true, true,
+                   true},
+        OracleCase{"Page4DigestAndCopyAtOnce", 4, 6, 1, 2, 2, true, false, {37, 30, 20, 45}, true, true, true, false},
+        OracleCase{"Page8TiesAndNaNDigestAndCopyDeferred", 8, 7, 2, 1, 0, true, true, {70, 60, 40, 90}, true, true,
+                   true, true},
+        OracleCase{"Page4CopyOnlyDeferred", 4, 6, 1, 2, 2, false, false, {37, 30, 20, 45}, false, true, true, true},
+        OracleCase{"Page8DigestOnlyDeferred", 8, 7, 2, 1, 0, false, false, {70, 60, 40, 90}, true, false, true, true},
+        OracleCase{"Page4DigestAndCopyTierWithoutReserve", 4, 6, 1, 2, 2, false, false, {37, 30, 20, 45}, true, true,
+                   false, true},
+        OracleCase{"Page8CopyOnlyTierWithoutReserve", 8, 7, 2, 1, 0, true, true, {70, 60, 40, 90}, false, true, false,
+                   false}),
     [](const ::testing::TestParamInfo<OracleCase> &i) { return std::string(i.param.name); });
 
 // --- kv_layer_apply_recalls: refusals change nothing ---
@@ -659,10 +861,12 @@ struct Solo {
   std::mt19937 rng{99};
   std::normal_distribution<float> nd;
 
-  void setup() {
+  // build, backup: the device fills (build_digest, backup_page)
+  void setup(bool build = false, bool backup = false) {
     p = dev_params(4, 6, 1, 2, 2, 128);
     dev.reset(new FakeDevice(p, true, false));
     dev->null_q = true;
+    dev->fill_on_device(build, backup);
     p.page_memory = dev->mem.data();
     p.page_ops = &dev->ops;
     p.select_on_device = 1;
@@ -679,6 +883,8 @@ struct Solo {
     ASSERT_EQ(kv_tier_host_create(&tp, &err, &t), AK_OK) << err.msg;
     tier.reset(t);
     p.tier = t;
+    dev->slab = slab.get();
+    dev->slab_bytes = cap;
     kv_pool_t *x = nullptr;
     ASSERT_EQ(kv_pool_create(&p, &err, &x), AK_OK) << err.msg;
     pool.reset(x);
@@ -1086,5 +1292,72 @@ TEST_F(KvSelectOnDevice, PageTableArgumentChecks) {
   EXPECT_EQ(kv_seq_page_table(pool, s, 1, nullptr, &n), AK_ERR_INVALID_ARG);
   EXPECT_EQ(kv_seq_page_table(pool, s, 1, &ph, nullptr), AK_ERR_INVALID_ARG);
   EXPECT_EQ(kv_seq_release(pool, s), AK_OK);
+}
+// --- a fill done on the device fails ---
+
+// build_digest or backup_page fails at a layer's commit: the commit returns its status with
+// its message, no tier slot stays held for it (the tier holds exactly the backups the pool
+// records), and after kv_step_abort the pool is consistent and the retried step succeeds.
+TEST_F(KvSelectOnDevice, AFailedDeviceFillFailsTheCommitAndHoldsNoSlot) {
+  for (int which = 0; which < 2; which++) {
+    SCOPED_TRACE(which ? "backup_page fails" : "build_digest fails");
+    Solo so;
+    ASSERT_NO_FATAL_FAILURE(so.setup(true, true));
+    kv_pool_t *pool = so.pool.get();
+    kv_seq_id_t s = -1;
+    ASSERT_EQ(kv_seq_create(pool, &s), AK_OK);
+    ASSERT_NO_FATAL_FAILURE(so.step({s}, {22}));  // 5 full pages of 4 in layers 1 and 2
+    ASSERT_EQ(so.dev->builds, 10);
+    ASSERT_EQ(so.dev->backups, 10);
+    // the next prompt chunk fills 3 more pages per layer; the second fill of layer 1 fails
+    if (which)
+      so.dev->fail_backup_at = so.dev->backups + 1;
+    else
+      so.dev->fail_build_at = so.dev->builds + 1;
+    std::vector<kv_seq_id_t> ids{s};
+    std::vector<int32_t> n_new{12};
+    kv_batch_t bt{1, ids.data(), n_new.data()};
+    ASSERT_EQ(kv_step_begin(pool, &bt), AK_OK) << kv_pool_errmsg(pool);
+    int64_t n_tok = 0;
+    kv_step_positions(pool, &n_tok);
+    ASSERT_EQ(n_tok, 12);
+    std::vector<float> k((size_t)n_tok * kRow, 0.5f), v((size_t)n_tok * kRow, -0.5f);
+    const int32_t *pg, *sl;
+    ASSERT_EQ(kv_layer_slots(pool, 0, &pg, &sl), AK_OK);
+    store_kv(*so.dev, pg, sl, k, v, n_tok);
+    ASSERT_EQ(kv_layer_commit(pool, 0), AK_OK) << kv_pool_errmsg(pool);  // a full layer: nothing to fill
+    ASSERT_EQ(kv_layer_slots(pool, 1, &pg, &sl), AK_OK);
+    store_kv(*so.dev, pg, sl, k, v, n_tok);
+    EXPECT_EQ(kv_layer_commit(pool, 1), AK_ERR_CUDA);
+    EXPECT_NE(std::string(kv_pool_errmsg(pool)).find("injected"), std::string::npos) << kv_pool_errmsg(pool);
+    kv_seq_stats_t ss;
+    ASSERT_EQ(kv_seq_get_stats(pool, s, &ss), AK_OK);
+    kv_tier_stats_t ts;
+    kv_tier_stats(so.tier.get(), &ts);
+    EXPECT_EQ(ts.n_used, ss.n_pages_backed_up) << "a slot is held for a backup the pool does not record";
+    EXPECT_EQ(ss.n_pages_backed_up, 11);  // the first new page of layer 1 made it
+    EXPECT_EQ(so.dev->reads, 0) << "device fills fetch no page bytes";
+    so.dev->sync();
+    kv_step_abort(pool);
+    ASSERT_EQ(kv_pool_check(pool), AK_OK) << kv_pool_errmsg(pool);
+    kv_tier_stats(so.tier.get(), &ts);
+    EXPECT_EQ(ts.n_used, 10) << "the aborted step's backups are given back";
+    EXPECT_EQ(kv_seq_n_tokens(pool, s), 22);
+    // retried (the fake fails once), then a decode step
+    ASSERT_NO_FATAL_FAILURE(so.step({s}, {12}));
+    ASSERT_NO_FATAL_FAILURE(so.step({s}, {1}));
+    ASSERT_EQ(kv_seq_get_stats(pool, s, &ss), AK_OK);
+    kv_tier_stats(so.tier.get(), &ts);
+    EXPECT_EQ(ss.n_pages_backed_up, 16);  // 8 full pages of 35 tokens, in 2 layers
+    EXPECT_EQ(ts.n_used, 16);
+    EXPECT_EQ(so.dev->reads, 0);
+    EXPECT_EQ(so.dev->puts, 0);
+    // the backups hold the pages: every token reads back
+    std::vector<float> kk((size_t)35 * kRow);
+    EXPECT_EQ(kv_seq_read_kv(pool, s, 1, 0, 35, kk.data(), nullptr), AK_OK) << kv_pool_errmsg(pool);
+    EXPECT_EQ(kv_seq_release(pool, s), AK_OK);
+    kv_tier_stats(so.tier.get(), &ts);
+    EXPECT_EQ(ts.n_used, 0);
+  }
 }
 }  // namespace

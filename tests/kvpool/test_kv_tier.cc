@@ -1,13 +1,16 @@
 // Tests for kvpool/kv_tier_host.c: the backup-tier wrappers and the host tier —
 // round trips, full tier, stale and double-freed ids, size checks, bad params, exact
 // stats, no leak after destroy, and unwinding when an allocation fails at create; a slab
-// the caller owns (blobs at slot * slot_bytes, never freed by the tier).
+// the caller owns (blobs at slot * slot_bytes, never freed by the tier); kv_tier_reserve
+// (a put whose bytes the caller writes at the slot it hands out), and its refusal by a
+// tier without it (a fake tier built here over the public vtable).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
@@ -500,6 +503,375 @@ TEST(KvTierHost, CallerSlabIsNotFreedWhenCreateFails) {
   }
   EXPECT_EQ(n_failed, 3) << "struct, slot table and free stack: the slab is not allocated";
   memset(slab.get(), 0, cap);  // still ours (ASan: not freed by an unwinding create)
+}
+
+// --- kv_tier_reserve: a put without the copy ---
+
+// The stats as a comparable value (the struct has no padding-free ==).
+std::vector<uint64_t> stats_of(const kv_tier_t *t) {
+  kv_tier_stats_t s;
+  kv_tier_stats(t, &s);
+  return {(uint64_t)s.n_slots, (uint64_t)s.n_used, s.bytes_used, s.bytes_capacity, s.puts,
+          s.gets,              s.frees,             s.bytes_put,  s.bytes_got};
+}
+
+// A host tier over a caller slab of n slots of slot bytes (0xAB everywhere at first).
+struct SlabTier {
+  size_t slot = 0;
+  int64_t n = 0;
+  SlabPtr slab;
+  TierPtr t;
+  void make(size_t slot_bytes, int64_t n_slots) {
+    slot = slot_bytes;
+    n = n_slots;
+    slab.reset((unsigned char *)malloc(slot * (size_t)n));
+    ASSERT_TRUE(slab);
+    memset(slab.get(), 0xAB, slot * (size_t)n);
+    kv_tier_host_params_t p = kv_tier_host_params_default();
+    p.capacity_bytes = slot * (size_t)n;
+    p.slot_bytes = slot;
+    p.slab = slab.get();
+    kv_tier_t *raw = nullptr;
+    ak_err_t err;
+    ASSERT_EQ(kv_tier_host_create(&p, &err, &raw), AK_OK) << err.msg;
+    t.reset(raw);
+  }
+  unsigned char *at(kv_backup_id_t id) const { return slab.get() + kv_tier_host_slot(id) * (int64_t)slot; }
+};
+
+TEST(KvTierReserve, HandsOutTheSlotOfTheIdInTheCallerSlab) {
+  SlabTier st;
+  ASSERT_NO_FATAL_FAILURE(st.make(96 + 5, 9));  // odd slot size: no alignment assumption
+  kv_tier_t *t = st.t.get();
+  std::mt19937 rng(31);
+  std::vector<std::vector<unsigned char>> blobs;
+  std::vector<kv_backup_id_t> ids;
+  uint64_t bytes = 0;
+  for (int i = 0; i < 9; i++) {
+    // full slots, partial ones (a partial last page), one byte; every third one a plain put
+    const size_t len = i % 4 == 0 ? st.slot : i % 4 == 1 ? 1 : 1 + rng() % st.slot;
+    blobs.push_back(random_bytes(rng, len));
+    kv_backup_id_t id = KV_BACKUP_NONE;
+    if (i % 3 == 2) {
+      ASSERT_EQ(kv_tier_put(t, blobs.back().data(), len, &id), AK_OK) << kv_tier_errmsg(t);
+    } else {
+      void *dst = nullptr;
+      ASSERT_EQ(kv_tier_reserve(t, len, &id, &dst), AK_OK) << kv_tier_errmsg(t);
+      EXPECT_STREQ(kv_tier_errmsg(t), "");
+      ASSERT_GE(id, 0);
+      EXPECT_EQ(kv_tier_host_slot(id), i) << "reserve takes the free slots in put's order";
+      ASSERT_EQ(dst, (void *)st.at(id)) << "blob " << i << ": not slot " << kv_tier_host_slot(id) << " of the slab";
+      // the bytes past len are the slot's rest: a reserve writes nothing there itself
+      EXPECT_EQ(((unsigned char *)dst)[len - 1], 0xAB) << "reserve wrote into the slot";
+      memcpy(dst, blobs.back().data(), len);
+    }
+    bytes += len;
+    ids.push_back(id);
+    kv_tier_stats_t s;
+    kv_tier_stats(t, &s);
+    EXPECT_EQ(s.puts, (uint64_t)i + 1) << "a reserve counts as a put";
+    EXPECT_EQ(s.bytes_put, bytes);
+    EXPECT_EQ(s.n_used, i + 1);
+    EXPECT_EQ(s.bytes_used, bytes);
+    EXPECT_EQ(s.gets, 0u);
+  }
+  // each blob reads back from its id, reserved or put, and sits at its slot
+  for (int i = 8; i >= 0; i--) {
+    const size_t len = blobs[i].size();
+    std::vector<unsigned char> out(len + 1, 0);  // room for the too-large get below
+    ASSERT_EQ(kv_tier_get(t, ids[i], out.data(), len), AK_OK) << kv_tier_errmsg(t);
+    EXPECT_EQ(std::vector<unsigned char>(out.begin(), out.begin() + (long)len), blobs[i]) << "blob " << i;
+    EXPECT_EQ(memcmp(st.at(ids[i]), blobs[i].data(), len), 0) << "blob " << i;
+    if (len < st.slot) {  // a reserved blob's size is what was reserved: get must ask for it exactly
+      EXPECT_EQ(kv_tier_get(t, ids[i], out.data(), len + 1), AK_ERR_INVALID_ARG);
+    }
+  }
+  kv_tier_stats_t s;
+  kv_tier_stats(t, &s);
+  EXPECT_EQ(s.gets, 9u);
+  // freeing a reserved blob is a free like any other
+  for (kv_backup_id_t id : ids) ASSERT_EQ(kv_tier_free(t, id), AK_OK) << kv_tier_errmsg(t);
+  kv_tier_stats(t, &s);
+  EXPECT_EQ(s.n_used, 0);
+  EXPECT_EQ(s.bytes_used, 0u);
+  EXPECT_EQ(s.frees, 9u);
+  EXPECT_EQ(s.puts, 9u);
+  EXPECT_EQ(s.bytes_put, bytes);
+}
+
+TEST(KvTierReserve, TheTiersOwnSlabToo) {
+  TierPtr t = make_host(3 * 64, 64);
+  ASSERT_TRUE(t);
+  std::vector<unsigned char> b(64);
+  for (size_t i = 0; i < b.size(); i++) b[i] = (unsigned char)(i * 7 + 1);
+  kv_backup_id_t ids[3];
+  void *dst[3];
+  for (int i = 0; i < 3; i++) {
+    ASSERT_EQ(kv_tier_reserve(t.get(), 64, &ids[i], &dst[i]), AK_OK) << kv_tier_errmsg(t.get());
+    ASSERT_NE(dst[i], nullptr);
+    memcpy(dst[i], b.data(), 64);
+    b[0]++;
+  }
+  // consecutive slots of one slab
+  EXPECT_EQ((unsigned char *)dst[1] - (unsigned char *)dst[0], 64);
+  EXPECT_EQ((unsigned char *)dst[2] - (unsigned char *)dst[1], 64);
+  std::vector<unsigned char> out(64);
+  ASSERT_EQ(kv_tier_get(t.get(), ids[2], out.data(), 64), AK_OK);
+  EXPECT_EQ(out[0], (unsigned char)(1 + 2));
+  EXPECT_TRUE(std::equal(out.begin() + 1, out.end(), b.begin() + 1));
+}
+
+TEST(KvTierReserve, FullIsPoolFullAndChangesNothing) {
+  SlabTier st;
+  ASSERT_NO_FATAL_FAILURE(st.make(48, 3));
+  kv_tier_t *t = st.t.get();
+  std::vector<unsigned char> b(48, 0x11);
+  kv_backup_id_t a = KV_BACKUP_NONE, c = KV_BACKUP_NONE, d = KV_BACKUP_NONE;
+  void *da = nullptr, *dd = nullptr;
+  ASSERT_EQ(kv_tier_reserve(t, 48, &a, &da), AK_OK);
+  memset(da, 0x22, 48);
+  ASSERT_EQ(kv_tier_put(t, b.data(), 20, &c), AK_OK);
+  ASSERT_EQ(kv_tier_reserve(t, 30, &d, &dd), AK_OK);
+  memset(dd, 0x33, 30);
+  const std::vector<uint64_t> before = stats_of(t);
+  const std::vector<unsigned char> slab0(st.slab.get(), st.slab.get() + 48 * 3);
+
+  for (size_t n : {size_t(1), size_t(48)}) {
+    kv_backup_id_t id = 777;
+    void *dst = &id;
+    EXPECT_EQ(kv_tier_reserve(t, n, &id, &dst), AK_ERR_POOL_FULL) << n;
+    EXPECT_EQ(id, 777) << "id_p written on failure";
+    EXPECT_EQ(dst, (void *)&id) << "dst_p written on failure";
+    const std::string msg = kv_tier_errmsg(t);
+    EXPECT_NE(msg.find("host tier full: 3 of 3 slots (144 bytes)"), std::string::npos) << msg;
+    EXPECT_EQ(stats_of(t), before) << "a failed reserve is not counted";
+  }
+  // put fails the same way: reserves hold their slots like puts
+  kv_backup_id_t id = 777;
+  EXPECT_EQ(kv_tier_put(t, b.data(), 48, &id), AK_ERR_POOL_FULL);
+  EXPECT_EQ(id, 777);
+  EXPECT_EQ(stats_of(t), before);
+  EXPECT_TRUE(std::equal(slab0.begin(), slab0.end(), st.slab.get())) << "the slab changed";
+  // the blobs held are intact
+  std::vector<unsigned char> out(48);
+  ASSERT_EQ(kv_tier_get(t, a, out.data(), 48), AK_OK);
+  EXPECT_EQ(out, std::vector<unsigned char>(48, 0x22));
+  ASSERT_EQ(kv_tier_get(t, c, out.data(), 20), AK_OK);
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + 20, b.begin()));
+  ASSERT_EQ(kv_tier_get(t, d, out.data(), 30), AK_OK);
+  EXPECT_EQ(std::vector<unsigned char>(out.begin(), out.begin() + 30), std::vector<unsigned char>(30, 0x33));
+  // room again after one free: the freed slot
+  const int64_t freed_slot = kv_tier_host_slot(c);
+  ASSERT_EQ(kv_tier_free(t, c), AK_OK);
+  void *dst = nullptr;
+  ASSERT_EQ(kv_tier_reserve(t, 48, &id, &dst), AK_OK) << kv_tier_errmsg(t);
+  EXPECT_EQ(kv_tier_host_slot(id), freed_slot);
+  EXPECT_EQ(dst, (void *)st.at(id));
+}
+
+TEST(KvTierReserve, BadArgumentsAreInvalidArgAndChangeNothing) {
+  SlabTier st;
+  ASSERT_NO_FATAL_FAILURE(st.make(64, 2));
+  kv_tier_t *t = st.t.get();
+  kv_backup_id_t held = KV_BACKUP_NONE;
+  void *held_dst = nullptr;
+  ASSERT_EQ(kv_tier_reserve(t, 64, &held, &held_dst), AK_OK);
+  const std::vector<uint64_t> before = stats_of(t);
+  struct Case {
+    const char *what;
+    size_t n_bytes;
+    bool null_id, null_dst;
+    const char *msg;
+  } cases[] = {
+      {"n_bytes > slot_bytes", 65, false, false, "n_bytes=65 exceeds slot_bytes=64"},
+      {"n_bytes far past slot_bytes", SIZE_MAX, false, false, "exceeds slot_bytes=64"},
+      {"n_bytes 0", 0, false, false, "n_bytes is 0"},
+      {"id_p NULL", 8, true, false, "id_p or dst_p is NULL"},
+      {"dst_p NULL", 8, false, true, "id_p or dst_p is NULL"},
+      {"both NULL", 8, true, true, "id_p or dst_p is NULL"},
+  };
+  for (const Case &c : cases) {
+    kv_backup_id_t id = 555;
+    void *dst = &id;
+    EXPECT_EQ(kv_tier_reserve(t, c.n_bytes, c.null_id ? nullptr : &id, c.null_dst ? nullptr : &dst),
+              AK_ERR_INVALID_ARG)
+        << c.what;
+    const std::string msg = kv_tier_errmsg(t);
+    EXPECT_NE(msg.find(c.msg), std::string::npos) << c.what << ": " << msg;
+    EXPECT_NE(msg.find("kv_"), std::string::npos) << c.what << ": the function is named: " << msg;
+    EXPECT_EQ(id, 555) << c.what;
+    EXPECT_EQ(dst, (void *)&id) << c.what;
+    EXPECT_EQ(stats_of(t), before) << c.what;
+  }
+  kv_backup_id_t id = 555;
+  void *dst = nullptr;
+  EXPECT_EQ(kv_tier_reserve(nullptr, 8, &id, &dst), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(id, 555);
+  EXPECT_EQ(dst, nullptr);
+  // the one free slot is still there, and the held blob is untouched by it all
+  ASSERT_EQ(kv_tier_reserve(t, 64, &id, &dst), AK_OK) << kv_tier_errmsg(t);
+  EXPECT_STREQ(kv_tier_errmsg(t), "") << "a successful reserve clears the last error";
+  EXPECT_NE(id, held);
+  EXPECT_NE(dst, held_dst);
+}
+
+TEST(KvTierReserve, FreeThenReserveReusesTheSlotWithANewId) {
+  SlabTier st;
+  ASSERT_NO_FATAL_FAILURE(st.make(40, 1));  // one slot: reuse is certain
+  kv_tier_t *t = st.t.get();
+  kv_backup_id_t old_id = KV_BACKUP_NONE, new_id = KV_BACKUP_NONE;
+  void *d0 = nullptr, *d1 = nullptr;
+  ASSERT_EQ(kv_tier_reserve(t, 40, &old_id, &d0), AK_OK);
+  memset(d0, 1, 40);
+  ASSERT_EQ(kv_tier_free(t, old_id), AK_OK);
+  ASSERT_EQ(kv_tier_reserve(t, 25, &new_id, &d1), AK_OK) << kv_tier_errmsg(t);
+  EXPECT_NE(new_id, old_id);
+  EXPECT_EQ(kv_tier_host_slot(new_id), kv_tier_host_slot(old_id));
+  EXPECT_EQ(d1, d0) << "the same slot, the same address";
+  memset(d1, 2, 25);
+  std::vector<unsigned char> out(40, 0);
+  EXPECT_EQ(kv_tier_get(t, old_id, out.data(), 40), AK_ERR_NOT_FOUND);
+  EXPECT_NE(std::string(kv_tier_errmsg(t)).find("stale"), std::string::npos) << kv_tier_errmsg(t);
+  EXPECT_EQ(kv_tier_get(t, old_id, out.data(), 25), AK_ERR_NOT_FOUND);
+  EXPECT_EQ(kv_tier_free(t, old_id), AK_ERR_NOT_FOUND);
+  EXPECT_EQ(out, std::vector<unsigned char>(40, 0)) << "dst written on failure";
+  ASSERT_EQ(kv_tier_get(t, new_id, out.data(), 25), AK_OK) << "the stale free dropped the new blob";
+  EXPECT_EQ(std::vector<unsigned char>(out.begin(), out.begin() + 25), std::vector<unsigned char>(25, 2));
+
+  // reserve / free cycles, a blob never filled included: every id distinct, only the last live
+  std::set<kv_backup_id_t> ids{old_id, new_id};
+  kv_backup_id_t cur = new_id;
+  for (int i = 0; i < 50; i++) {
+    ASSERT_EQ(kv_tier_free(t, cur), AK_OK);
+    void *d = nullptr;
+    if (i % 2) {
+      ASSERT_EQ(kv_tier_reserve(t, 40, &cur, &d), AK_OK);
+      EXPECT_EQ(d, d0);
+    } else {
+      ASSERT_EQ(kv_tier_put(t, out.data(), 40, &cur), AK_OK);
+    }
+    EXPECT_TRUE(ids.insert(cur).second) << "id " << cur << " handed out twice";
+  }
+  for (kv_backup_id_t id : ids)
+    EXPECT_EQ(kv_tier_get(t, id, out.data(), 40), id == cur ? AK_OK : AK_ERR_NOT_FOUND) << id;
+  kv_tier_stats_t s;
+  kv_tier_stats(t, &s);
+  EXPECT_EQ(s.puts, 52u);
+  EXPECT_EQ(s.frees, 51u);
+  EXPECT_EQ(s.n_used, 1);
+}
+
+TEST(KvTierReserve, NeverAllocates) {
+  TierPtr t = make_host(4 * 64, 64);
+  ASSERT_TRUE(t);
+  const int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
+  ak_alloc_fail_after(1);  // any allocation from here on fails
+  kv_backup_id_t ids[4];
+  for (auto &id : ids) {
+    void *d = nullptr;
+    EXPECT_EQ(kv_tier_reserve(t.get(), 64, &id, &d), AK_OK);
+  }
+  for (auto id : ids) EXPECT_EQ(kv_tier_free(t.get(), id), AK_OK);
+  ak_alloc_fail_after(0);
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+}
+
+// A tier without addressable memory (as a remote one will be): put/get/free/stats/destroy
+// over a map, reserve left NULL. Built from the public base (kv_tier.h) like any tier.
+struct CopyOnlyTier {
+  kv_tier_t base;
+  std::map<kv_backup_id_t, std::vector<unsigned char>> blobs;
+  kv_backup_id_t next_id = 100;
+  kv_tier_stats_t st{};
+  int calls = 0;  // of any op but stats and destroy
+
+  static CopyOnlyTier *of(kv_tier_t *t) { return (CopyOnlyTier *)t->impl; }
+  static ak_status_t put(kv_tier_t *t, const void *src, size_t n, kv_backup_id_t *id_p) {
+    CopyOnlyTier *c = of(t);
+    c->calls++;
+    const unsigned char *b = (const unsigned char *)src;
+    c->blobs[c->next_id].assign(b, b + n);
+    *id_p = c->next_id++;
+    c->st.puts++;
+    c->st.bytes_put += n;
+    c->st.n_used++;
+    c->st.bytes_used += n;
+    return AK_OK;
+  }
+  static ak_status_t get(kv_tier_t *t, kv_backup_id_t id, void *dst, size_t n) {
+    CopyOnlyTier *c = of(t);
+    c->calls++;
+    auto it = c->blobs.find(id);
+    if (it == c->blobs.end()) return AK_ERR(&t->err, AK_ERR_NOT_FOUND, "no blob %lld", (long long)id);
+    if (n != it->second.size()) return AK_ERR(&t->err, AK_ERR_INVALID_ARG, "size %zu", n);
+    memcpy(dst, it->second.data(), n);
+    c->st.gets++;
+    c->st.bytes_got += n;
+    return AK_OK;
+  }
+  static ak_status_t free_(kv_tier_t *t, kv_backup_id_t id) {
+    CopyOnlyTier *c = of(t);
+    c->calls++;
+    auto it = c->blobs.find(id);
+    if (it == c->blobs.end()) return AK_ERR(&t->err, AK_ERR_NOT_FOUND, "no blob %lld", (long long)id);
+    c->st.n_used--;
+    c->st.bytes_used -= it->second.size();
+    c->st.frees++;
+    c->blobs.erase(it);
+    return AK_OK;
+  }
+  static void stats(const kv_tier_t *t, kv_tier_stats_t *s) {
+    const CopyOnlyTier *c = (const CopyOnlyTier *)t->impl;
+    *s = c->st;
+    s->n_slots = 1000;
+    s->bytes_capacity = 1000 * 64;
+  }
+  static void destroy(kv_tier_t *t) { delete of(t); }
+  static const kv_tier_ops_t ops;
+
+  static kv_tier_t *create() {
+    CopyOnlyTier *c = new CopyOnlyTier();
+    c->base.ops = &ops;
+    c->base.impl = c;
+    ak_err_clear(&c->base.err);
+    return &c->base;
+  }
+};
+const kv_tier_ops_t CopyOnlyTier::ops = {"copy-only", put, get, free_, stats, destroy, nullptr};
+
+TEST(KvTierReserve, ATierWithoutReserveIsUnsupported) {
+  TierPtr t(CopyOnlyTier::create());
+  CopyOnlyTier *c = CopyOnlyTier::of(t.get());
+  ASSERT_EQ(t->ops->reserve, nullptr);
+  EXPECT_STREQ(kv_tier_name(t.get()), "copy-only");
+  std::vector<unsigned char> b(64, 9), out(64, 0);
+  kv_backup_id_t held = KV_BACKUP_NONE;
+  ASSERT_EQ(kv_tier_put(t.get(), b.data(), 64, &held), AK_OK);
+  const int calls0 = c->calls;
+  const std::vector<uint64_t> before = stats_of(t.get());
+
+  kv_backup_id_t id = 555;
+  void *dst = &id;
+  EXPECT_EQ(kv_tier_reserve(t.get(), 64, &id, &dst), AK_ERR_UNSUPPORTED);
+  const std::string msg = kv_tier_errmsg(t.get());
+  EXPECT_NE(msg.find("copy-only"), std::string::npos) << "the tier is named: " << msg;
+  EXPECT_NE(msg.find("put"), std::string::npos) << "what to use instead: " << msg;
+  EXPECT_EQ(id, 555);
+  EXPECT_EQ(dst, (void *)&id);
+  EXPECT_EQ(c->calls, calls0) << "the tier was called";
+  EXPECT_EQ(stats_of(t.get()), before);
+  // arguments are checked first, as for any tier
+  EXPECT_EQ(kv_tier_reserve(t.get(), 0, &id, &dst), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(kv_tier_reserve(t.get(), 64, nullptr, &dst), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(kv_tier_reserve(t.get(), 64, &id, nullptr), AK_ERR_INVALID_ARG);
+  // the tier still works through put, and a success clears the message
+  kv_backup_id_t id2 = KV_BACKUP_NONE;
+  ASSERT_EQ(kv_tier_put(t.get(), b.data(), 64, &id2), AK_OK);
+  EXPECT_STREQ(kv_tier_errmsg(t.get()), "");
+  ASSERT_EQ(kv_tier_get(t.get(), held, out.data(), 64), AK_OK);
+  EXPECT_EQ(out, b);
+  EXPECT_EQ(kv_tier_free(t.get(), held), AK_OK);
+  EXPECT_EQ(kv_tier_free(t.get(), id2), AK_OK);
 }
 
 }  // namespace
