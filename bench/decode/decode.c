@@ -338,7 +338,7 @@ static void dec_row_fail(dec_row_t *row, ak_status_t st, const char *msg) {
 static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_row_t *row) {
   const wk_hparams_t *hp = wk_model_cuda_hparams(model);
   int32_t B = (int32_t)a->batch;
-  int64_t max_tokens = row->ctx + a->n_warmup + a->n_steps + 1;
+  int64_t max_tokens = row->ctx + a->n_warmup + a->n_steps + DEC_PROFILE_STEPS + 1;
   ak_err_t err;
   ak_err_clear(&err);
   ak_status_t st = AK_OK;
