@@ -340,15 +340,13 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
   /* the last row of each sequence: its query is the one the pool's evictions use */
   int32_t *last_row = ak->last_row;
   for (int64_t t = 0; t < n_tok; t++) last_row[tok_seq_idx[t]] = (int32_t)t;
-  int any = 0, max_seq = -1;
+  int any = 0, max_seq = -1, runs = 1; /* runs: the step's rows are the sequences' slots, in order */
   for (int32_t i = 0; i < S; i++) {
     kv_select_row_t row;
     ak_status_t st = kv_layer_select_row(pool, l, i, &row);
     if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
     h_row[i] = row.seq;
-    WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_last_q + ((int64_t)l * ak->max_seqs + row.seq) * ak->q_row,
-                                     d_q + (int64_t)last_row[i] * ak->q_row, sizeof(float) * (size_t)ak->q_row,
-                                     cudaMemcpyDeviceToDevice, ak->stream));
+    runs &= last_row[i] == i && row.seq == h_row[0] + i;
     h_np[i] = 0;
     if (!row.selects) continue;
     if (row.n_pages > maxp)
@@ -362,6 +360,17 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
     if (row.seq > max_seq) max_seq = row.seq;
     if (ak->sel_rows == 0) /* the step's page -> query rows: the same for every budgeted layer */
       for (int64_t j = 0; j + 1 < row.n_pages; j++) ak->h_sel_seq[(int64_t)row.seq * maxp + j] = last_row[i];
+  }
+  /* keep each sequence's last query: one copy when a decode batch's rows line up with
+   * the sequences' slots (the common case), else one per sequence */
+  float *lq = ak->d_last_q + (int64_t)l * ak->max_seqs * ak->q_row;
+  if (runs) {
+    WK_CUDA_TRY(err, cudaMemcpyAsync(lq + (int64_t)h_row[0] * ak->q_row, d_q, sizeof(float) * (size_t)(S * ak->q_row),
+                                     cudaMemcpyDeviceToDevice, ak->stream));
+  } else {
+    for (int32_t i = 0; i < S; i++)
+      WK_CUDA_TRY(err, cudaMemcpyAsync(lq + (int64_t)h_row[i] * ak->q_row, d_q + (int64_t)last_row[i] * ak->q_row,
+                                       sizeof(float) * (size_t)ak->q_row, cudaMemcpyDeviceToDevice, ak->stream));
   }
   if (!any) {
     wk_marks(ak, 0);
