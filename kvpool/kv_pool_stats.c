@@ -11,7 +11,9 @@ static kv_seq_t *kv_stats_seq(const kv_pool_t *pool, kv_seq_id_t seq) {
 }
 
 static size_t kv_layer_digest_bytes(const kv_pool_t *pool, const kv_layer_t *L) {
-  return sizeof(float) * (size_t)L->digest_cap * (size_t)pool->p.n_kv_heads * (size_t)pool->digest_floats;
+  /* digests built where the pages are (build_digest) have no host array: count them */
+  int64_t pages = L->digest ? L->digest_cap : L->n_digests;
+  return sizeof(float) * (size_t)pages * (size_t)pool->p.n_kv_heads * (size_t)pool->digest_floats;
 }
 
 ak_status_t kv_seq_get_stats(const kv_pool_t *pool, kv_seq_id_t seq, kv_seq_stats_t *stats_p) {

@@ -157,13 +157,13 @@ static ak_status_t kv_digest_reserve(kv_pool_t *pool, kv_layer_t *L, int64_t n_p
 ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64_t from, int64_t to) {
   kv_layer_t *L = &s->layers[layer];
   const kv_pool_params_t *p = &pool->p;
-  AK_TRY(kv_digest_reserve(pool, L, to));
   int64_t per_page = (int64_t)p->n_kv_heads * pool->digest_floats;
   const kv_page_ops_t *ops = p->page_memory ? p->page_ops : NULL;
   /* where the pages are, digests and backups can be made there without the bytes
    * coming to the host */
   int dev_digest = p->select_on_device && ops && ops->build_digest; /* nothing else reads host digests then */
   int dev_backup = pool->has_backup && ops && ops->backup_page && pool->tier->ops->reserve;
+  if (!dev_digest) AK_TRY(kv_digest_reserve(pool, L, to)); /* else no host copy at all (GBs at 30k x 7B) */
   int32_t seq = (int32_t)(s - pool->seqs);
   for (int64_t j = from; j < to; j++) {
     int32_t pg = L->phys[j];
