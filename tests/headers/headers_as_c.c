@@ -4,6 +4,8 @@
 #include "ak_gguf.h"
 #include "ak_log.h"
 #include "ak_quant.h"
+#include "ak_rpc_client.h"
+#include "ak_rpc_server.h"
 #include "ak_status.h"
 #include "ak_threadpool.h"
 #include "arkvale/v1/common.pb-c.h"
