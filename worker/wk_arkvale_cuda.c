@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ak_alloc.h"
+#include "wk_cuda_try.h"
 
 struct wk_arkvale_cuda {
   wk_hparams_t hp;
@@ -65,12 +66,6 @@ struct wk_arkvale_cuda {
   size_t slab_bytes;
   kv_tier_t *tier;
 };
-
-#define WK_CUDA_TRY(err, call)                                                                        \
-  do {                                                                                                \
-    cudaError_t wk_e_ = (call);                                                                       \
-    if (wk_e_ != cudaSuccess) return AK_ERR(err, AK_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(wk_e_)); \
-  } while (0)
 
 void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak) {
   if (!ak) return;

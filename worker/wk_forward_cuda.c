@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "ak_alloc.h"
+#include "wk_cuda_try.h"
 #include "kn_cuda.h"
 #include "wk_arkvale_cuda.h"
 
@@ -75,12 +76,6 @@ static double wk_now_us(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
-
-#define WK_CUDA_TRY(err, call)                                                                        \
-  do {                                                                                                \
-    cudaError_t wk_e_ = (call);                                                                       \
-    if (wk_e_ != cudaSuccess) return AK_ERR(err, AK_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(wk_e_)); \
-  } while (0)
 
 static ak_status_t wk_dbuf_alloc(wk_dbuf_t *b, size_t n_bytes, ak_err_t *err) {
   b->n_bytes = n_bytes;
