@@ -27,5 +27,6 @@
 #include "wk_forward.h"
 #include "wk_model.h"
 #include "wk_sampler.h"
+#include "wk_service.h"
 
 int ak_headers_as_c_compiled(void) { return 1; }
