@@ -1,0 +1,532 @@
+/* co_service.c: create (tokenizer, worker Info + Warmup, scheduler, server), the
+ * Generation handlers that answer on the CQ threads, and Generate's validation and
+ * tokenization before a request is posted to the scheduler thread (co_service_loop.c).
+ * Every INVALID_ARGUMENT message starts with the field's path in the request. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "ak_gguf.h"
+#include "ak_log.h"
+#include "co_chat.h"
+#include "co_service_internal.h"
+#include "pb_buf.h"
+
+#define CO_SVC_METHOD(name) "/arkvale.v1.Generation/" name
+
+co_service_params_t co_service_params_default(void) {
+  co_service_params_t p;
+  memset(&p, 0, sizeof p);
+  p.listen_addr = "127.0.0.1:0";
+  p.n_rpc_threads = 2;
+  p.max_queue = 64;
+  p.max_new_tokens = 4096;
+  p.default_max_new_tokens = 256;
+  p.max_batch_tokens = 512;
+  p.step_deadline_ms = 60000;
+  return p;
+}
+
+int64_t co_svc_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* --- validation helpers --- */
+
+/* The byte offset of the first ill-formed UTF-8 sequence, or -1 when well formed
+ * (no overlongs, surrogates or code points above U+10FFFF). */
+static int64_t co_svc_utf8_bad_at(const char *s, size_t n) {
+  const unsigned char *b = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < n) {
+    unsigned c = b[i];
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c < 0x80) { i++; continue; }
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else return (int64_t)i;
+    if (i + len > n) return (int64_t)i;
+    if (b[i + 1] < lo || b[i + 1] > hi) return (int64_t)i;
+    for (size_t k = 2; k < len; k++)
+      if (b[i + k] < 0x80 || b[i + k] > 0xBF) return (int64_t)i;
+    i += len;
+  }
+  return -1;
+}
+
+static ak_status_t co_svc_check_utf8(const char *field, const char *s, ak_err_t *err) {
+  int64_t at = co_svc_utf8_bad_at(s, strlen(s));
+  if (at >= 0) return ak_err_set(err, AK_ERR_INVALID_ARG, "%s: not valid UTF-8 at byte %" PRId64, field, at);
+  return AK_OK;
+}
+
+/* Tokenizes text into a new array (*ids_p, malloc'd). */
+static ak_status_t co_svc_encode(const co_service_t *s, const char *field, const char *text, int add_bos,
+                                 int parse_special, ak_err_t *err, int32_t **ids_p, int64_t *n_p) {
+  size_t n_bytes = strlen(text);
+  int64_t cap = (int64_t)n_bytes + 4, n = 0;
+  int32_t *ids = malloc((size_t)cap * sizeof *ids);
+  if (!ids) return ak_err_set(err, AK_ERR_NO_MEMORY, "%s: out of memory", field);
+  ak_err_t e;
+  ak_status_t st = co_tokenizer_encode(s->tok, text, n_bytes, add_bos, parse_special, ids, cap, &n, &e);
+  if (st == AK_ERR_RANGE) {
+    int32_t *bigger = realloc(ids, (size_t)n * sizeof *ids);
+    if (!bigger) {
+      free(ids);
+      return ak_err_set(err, AK_ERR_NO_MEMORY, "%s: out of memory", field);
+    }
+    ids = bigger, cap = n;
+    st = co_tokenizer_encode(s->tok, text, n_bytes, add_bos, parse_special, ids, cap, &n, &e);
+  }
+  if (st != AK_OK) {
+    free(ids);
+    return ak_err_set(err, st, "%s: %s", field, e.msg);
+  }
+  *ids_p = ids, *n_p = n;
+  return AK_OK;
+}
+
+/* A Prompt (any form) to token ids, as Generate and CountTokens charge it. */
+static ak_status_t co_svc_prompt_ids(const co_service_t *s, const Arkvale__V1__Prompt *pr, ak_err_t *err,
+                                     int32_t **ids_p, int64_t *n_p) {
+  if (!pr) return ak_err_set(err, AK_ERR_INVALID_ARG, "prompt: required");
+  switch (pr->kind_case) {
+    case ARKVALE__V1__PROMPT__KIND_TEXT:
+      AK_TRY(co_svc_check_utf8("prompt.text", pr->text, err));
+      return co_svc_encode(s, "prompt.text", pr->text, 1, 1, err, ids_p, n_p);
+    case ARKVALE__V1__PROMPT__KIND_TOKEN_IDS: {
+      const Arkvale__V1__TokenIds *t = pr->token_ids;
+      if (!t || t->n_ids == 0) return ak_err_set(err, AK_ERR_INVALID_ARG, "prompt.token_ids.ids: empty");
+      for (size_t i = 0; i < t->n_ids; i++)
+        if (t->ids[i] < 0 || t->ids[i] >= s->n_vocab)
+          return ak_err_set(err, AK_ERR_INVALID_ARG, "prompt.token_ids.ids[%zu]: %d is outside [0, %d)", i,
+                            t->ids[i], s->n_vocab);
+      int32_t *ids = malloc(t->n_ids * sizeof *ids);
+      if (!ids) return ak_err_set(err, AK_ERR_NO_MEMORY, "prompt.token_ids: out of memory");
+      memcpy(ids, t->ids, t->n_ids * sizeof *ids);
+      *ids_p = ids, *n_p = (int64_t)t->n_ids;
+      return AK_OK;
+    }
+    case ARKVALE__V1__PROMPT__KIND_CHAT: {
+      const Arkvale__V1__Chat *c = pr->chat;
+      if (!c || c->n_messages == 0) return ak_err_set(err, AK_ERR_INVALID_ARG, "prompt.chat.messages: empty");
+      co_chat_msg_t *msgs = calloc(c->n_messages, sizeof *msgs);
+      if (!msgs) return ak_err_set(err, AK_ERR_NO_MEMORY, "prompt.chat: out of memory");
+      char field[96];
+      ak_status_t st = AK_OK;
+      for (size_t i = 0; i < c->n_messages && st == AK_OK; i++) {
+        const Arkvale__V1__ChatMessage *m = c->messages[i];
+        snprintf(field, sizeof field, "prompt.chat.messages[%zu].role", i);
+        if (!m->role) st = ak_err_set(err, AK_ERR_INVALID_ARG, "%s: required", field);
+        else if (strcmp(m->role, "system") && strcmp(m->role, "user") && strcmp(m->role, "assistant"))
+          st = ak_err_set(err, AK_ERR_INVALID_ARG, "%s: \"%.32s\" is not system, user or assistant", field, m->role);
+        if (st != AK_OK) break;
+        snprintf(field, sizeof field, "prompt.chat.messages[%zu].content", i);
+        if (!m->content) st = ak_err_set(err, AK_ERR_INVALID_ARG, "%s: required", field);
+        else if ((st = co_svc_check_utf8(field, m->content, err)) != AK_OK) break;
+        else if (strstr(m->content, "<|im_start|>") || strstr(m->content, "<|im_end|>"))
+          st = ak_err_set(err, AK_ERR_INVALID_ARG, "%s: contains a chat template marker", field);
+        msgs[i].role = m->role, msgs[i].content = m->content;
+      }
+      int add_gen = c->has_add_generation_prompt ? c->add_generation_prompt : 1;
+      size_t n_bytes = 0;
+      char *text = NULL;
+      if (st == AK_OK) {
+        ak_err_t e;
+        char probe[1];
+        co_chat_apply(msgs, (int64_t)c->n_messages, add_gen, probe, sizeof probe, &n_bytes, &e);
+        text = malloc(n_bytes + 1);
+        if (!text) st = ak_err_set(err, AK_ERR_NO_MEMORY, "prompt.chat: out of memory");
+        else if ((st = co_chat_apply(msgs, (int64_t)c->n_messages, add_gen, text, n_bytes + 1, &n_bytes, &e)) !=
+                 AK_OK)
+          ak_err_set(err, st, "prompt.chat: %s", e.msg);
+      }
+      if (st == AK_OK) st = co_svc_encode(s, "prompt.chat", text, 1, 1, err, ids_p, n_p);
+      free(text);
+      free(msgs);
+      return st;
+    }
+    default:
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "prompt: exactly one of text, token_ids, chat must be set");
+  }
+}
+
+static ak_status_t co_svc_check_sampling(const Arkvale__V1__SamplingParams *sp, ak_err_t *err) {
+  if (!sp) return AK_OK;
+  if (sp->has_temperature && (!isfinite(sp->temperature) || sp->temperature < 0))
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "sampling.temperature: %g is not a finite value >= 0",
+                      (double)sp->temperature);
+  if (sp->has_top_p && !(sp->top_p > 0 && sp->top_p <= 1))
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "sampling.top_p: %g is outside (0, 1]", (double)sp->top_p);
+  if (sp->has_min_p && !(sp->min_p >= 0 && sp->min_p < 1))
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "sampling.min_p: %g is outside [0, 1)", (double)sp->min_p);
+  if (sp->has_repeat_penalty && !(isfinite(sp->repeat_penalty) && sp->repeat_penalty > 0))
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "sampling.repeat_penalty: %g is not a finite value > 0",
+                      (double)sp->repeat_penalty);
+  return AK_OK;
+}
+
+static void co_svc_req_free(co_svc_req_t *r) {
+  if (!r) return;
+  co_stop_destroy(r->stop);
+  co_detok_destroy(r->detok);
+  free(r->prompt);
+  free(r);
+}
+
+/* Validates and tokenizes a Generate request into a new co_svc_req_t. */
+static ak_status_t co_svc_req_build(co_service_t *s, const Arkvale__V1__GenerateRequest *q, ak_err_t *err,
+                                    co_svc_req_t **r_p) {
+  if (q->request_id) {
+    size_t n = strlen(q->request_id);
+    if (n == 0 || n >= CO_SVC_REQUEST_ID_BYTES)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "request_id: %zu bytes, must be 1..128", n);
+    for (size_t i = 0; i < n; i++)
+      if (q->request_id[i] < 0x20 || q->request_id[i] > 0x7e)
+        return ak_err_set(err, AK_ERR_INVALID_ARG, "request_id: byte %zu is not printable ASCII", i);
+  }
+  AK_TRY(co_svc_check_sampling(q->sampling, err));
+  const Arkvale__V1__StoppingCriteria *sc = q->stopping;
+  int32_t max_new = s->p.default_max_new_tokens;
+  if (sc && sc->has_max_new_tokens) {
+    if (sc->max_new_tokens < 1 || sc->max_new_tokens > (uint32_t)s->max_new_limit)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "stopping.max_new_tokens: %u is outside [1, %d]",
+                        sc->max_new_tokens, s->max_new_limit);
+    max_new = (int32_t)sc->max_new_tokens;
+  }
+  if (sc && sc->n_stop > CO_STOP_MAX_STRINGS)
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "stopping.stop: %zu strings, at most %d", sc->n_stop,
+                      CO_STOP_MAX_STRINGS);
+  for (size_t i = 0; sc && i < sc->n_stop; i++) {
+    size_t n = strlen(sc->stop[i]);
+    if (n < 1 || n > CO_STOP_MAX_BYTES)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "stopping.stop[%zu]: %zu bytes, must be 1..%d", i, n,
+                        CO_STOP_MAX_BYTES);
+    char field[48];
+    snprintf(field, sizeof field, "stopping.stop[%zu]", i);
+    AK_TRY(co_svc_check_utf8(field, sc->stop[i], err));
+  }
+  if (q->kv) {
+    if (q->kv->has_policy && q->kv->policy != ARKVALE__V1__KV_POLICY__KV_POLICY_UNSPECIFIED &&
+        q->kv->policy != s->policy)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "kv.policy: %d is not served (only %d)", (int)q->kv->policy,
+                        (int)s->policy);
+    if (q->kv->has_budget_tokens && s->policy != ARKVALE__V1__KV_POLICY__KV_POLICY_FULL)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "kv.budget_tokens: only the worker's budget is served");
+  }
+  int32_t *ids = NULL;
+  int64_t n_ids = 0;
+  AK_TRY(co_svc_prompt_ids(s, q->prompt, err, &ids, &n_ids));
+  if (n_ids < 1 || n_ids >= s->context_tokens) {
+    free(ids);
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "prompt: %" PRId64 " tokens, must be 1..%d", n_ids,
+                      s->context_tokens - 1);
+  }
+  if (max_new > s->context_tokens - n_ids) max_new = (int32_t)(s->context_tokens - n_ids);
+  co_svc_req_t *r = calloc(1, sizeof *r);
+  if (!r) {
+    free(ids);
+    return ak_err_set(err, AK_ERR_NO_MEMORY, "out of memory");
+  }
+  r->prompt = ids, r->n_prompt = (int32_t)n_ids, r->max_new = max_new;
+  if (q->sampling) r->sampling = *q->sampling, r->has_sampling = 1;
+  r->ignore_eos = sc && sc->has_ignore_eos && sc->ignore_eos;
+  r->return_logprobs = q->has_return_logprobs && q->return_logprobs;
+  r->arrival_us = co_svc_now_us();
+  atomic_init(&r->abort_requested, 0);
+  ak_status_t st = co_detok_create(s->tok, err, &r->detok);
+  if (st == AK_OK && sc && sc->n_stop > 0)
+    st = co_stop_create((const char *const *)sc->stop, (int)sc->n_stop, err, &r->stop);
+  if (st != AK_OK) {
+    co_svc_req_free(r);
+    return st;
+  }
+  *r_p = r;
+  return AK_OK;
+}
+
+void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char *msg) {
+  pthread_mutex_lock(&s->mu);
+  for (co_svc_req_t **pp = &s->live; *pp; pp = &(*pp)->live_next)
+    if (*pp == r) {
+      *pp = r->live_next;
+      break;
+    }
+  pthread_mutex_unlock(&s->mu);
+  ak_rpc_writer_finish(r->w, st, msg);
+  co_svc_req_free(r);
+}
+
+/* --- handlers (CQ threads) --- */
+
+static void co_svc_on_generate(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  const Arkvale__V1__GenerateRequest *q = (const Arkvale__V1__GenerateRequest *)req;
+  ak_err_t err;
+  ak_err_clear(&err);
+  co_svc_req_t *r = NULL;
+  ak_status_t st = co_svc_req_build(s, q, &err, &r);
+  if (st != AK_OK) {
+    ak_rpc_writer_finish(w, st, err.msg);
+    return;
+  }
+  r->w = w;
+  pthread_mutex_lock(&s->mu);
+  r->id = ++s->next_id;
+  if (q->request_id) snprintf(r->request_id, sizeof r->request_id, "%s", q->request_id);
+  else snprintf(r->request_id, sizeof r->request_id, "req-%" PRId64, r->id);
+  for (co_svc_req_t *o = s->live; o && st == AK_OK; o = o->live_next)
+    if (!strcmp(o->request_id, r->request_id))
+      st = ak_err_set(&err, AK_ERR_INVALID_ARG, "request_id: \"%s\" is already running", r->request_id);
+  if (st == AK_OK && s->stopping) st = ak_err_set(&err, AK_ERR_PEER, "the coordinator is shutting down");
+  if (st == AK_OK) {
+    r->live_next = s->live, s->live = r;
+    if (s->inbox_tail) s->inbox_tail->next = r;
+    else s->inbox_head = r;
+    s->inbox_tail = r;
+    pthread_cond_signal(&s->cv);
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (st != AK_OK) {
+    ak_rpc_writer_finish(w, st, err.msg);
+    co_svc_req_free(r);
+  }
+}
+
+static void co_svc_on_abort(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  const Arkvale__V1__AbortRequest *q = (const Arkvale__V1__AbortRequest *)req;
+  Arkvale__V1__AbortResponse r = ARKVALE__V1__ABORT_RESPONSE__INIT;
+  r.has_found = 1;
+  if (!q->request_id) {
+    ak_rpc_writer_finish(w, AK_ERR_INVALID_ARG, "request_id: required");
+    return;
+  }
+  pthread_mutex_lock(&s->mu);
+  for (co_svc_req_t *o = s->live; o; o = o->live_next)
+    if (!strcmp(o->request_id, q->request_id)) {
+      atomic_store(&o->abort_requested, 1);
+      r.found = 1;
+    }
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  ak_err_t err;
+  ak_status_t st = ak_rpc_writer_write(w, &r.base, &err);
+  ak_rpc_writer_finish(w, st, st == AK_OK ? NULL : err.msg);
+}
+
+static void co_svc_on_count(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  const Arkvale__V1__CountTokensRequest *q = (const Arkvale__V1__CountTokensRequest *)req;
+  ak_err_t err;
+  ak_err_clear(&err);
+  int32_t *ids = NULL;
+  int64_t n = 0;
+  ak_status_t st = co_svc_prompt_ids(s, q->prompt, &err, &ids, &n);
+  free(ids);
+  if (st == AK_OK) {
+    Arkvale__V1__CountTokensResponse r = ARKVALE__V1__COUNT_TOKENS_RESPONSE__INIT;
+    r.has_n_tokens = 1, r.n_tokens = (uint32_t)n;
+    st = ak_rpc_writer_write(w, &r.base, &err);
+  }
+  ak_rpc_writer_finish(w, st, st == AK_OK ? NULL : err.msg);
+}
+
+static void co_svc_on_tokenize(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  const Arkvale__V1__TokenizeRequest *q = (const Arkvale__V1__TokenizeRequest *)req;
+  ak_err_t err;
+  ak_err_clear(&err);
+  const char *text = q->text ? q->text : "";
+  int add_bos = q->has_add_special_tokens ? q->add_special_tokens : 1;
+  int32_t *ids = NULL;
+  int64_t n = 0;
+  ak_status_t st = co_svc_check_utf8("text", text, &err);
+  if (st == AK_OK) st = co_svc_encode(s, "text", text, add_bos, 1, &err, &ids, &n);
+  if (st == AK_OK) {
+    Arkvale__V1__TokenizeResponse r = ARKVALE__V1__TOKENIZE_RESPONSE__INIT;
+    r.n_token_ids = (size_t)n, r.token_ids = ids;
+    st = ak_rpc_writer_write(w, &r.base, &err);
+  }
+  free(ids);
+  ak_rpc_writer_finish(w, st, st == AK_OK ? NULL : err.msg);
+}
+
+static void co_svc_on_model_info(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  (void)req;
+  Arkvale__V1__GetModelInfoResponse r = ARKVALE__V1__GET_MODEL_INFO_RESPONSE__INIT;
+  Arkvale__V1__KvConfig kv = ARKVALE__V1__KV_CONFIG__INIT;
+  Arkvale__V1__KvPolicy pol = s->policy;
+  r.model_id = s->model_id;
+  r.has_n_vocab = 1, r.n_vocab = (uint32_t)s->n_vocab;
+  r.has_context_tokens = 1, r.context_tokens = (uint32_t)s->context_tokens;
+  r.has_max_prompt_tokens = 1, r.max_prompt_tokens = (uint32_t)(s->context_tokens - 1);
+  r.has_max_new_tokens = 1, r.max_new_tokens = (uint32_t)s->max_new_limit;
+  r.has_page_tokens = 1, r.page_tokens = (uint32_t)s->page_tokens;
+  kv.has_policy = 1, kv.policy = pol;
+  r.default_kv = &kv;
+  r.n_allowed_policies = 1, r.allowed_policies = &pol;
+  ak_err_t err;
+  ak_status_t st = ak_rpc_writer_write(w, &r.base, &err);
+  ak_rpc_writer_finish(w, st, st == AK_OK ? NULL : err.msg);
+}
+
+/* --- create / destroy --- */
+
+static ak_status_t co_svc_worker_call(co_service_t *s, const char *method, const ProtobufCMessage *req,
+                                      const ProtobufCMessageDescriptor *d, ak_err_t *err, ProtobufCMessage **resp_p) {
+  ak_err_t e;
+  ak_err_clear(&e);
+  ak_status_t st = ak_rpc_client_unary(s->worker, method, req, d, CO_SVC_MAX_MSG_BYTES, s->p.step_deadline_ms, &e,
+                                       NULL, resp_p);
+  if (st != AK_OK) return ak_err_set(err, st, "worker %s %s: %s", s->p.worker_addr, method, e.msg);
+  return AK_OK;
+}
+
+static ak_status_t co_svc_connect_worker(co_service_t *s, ak_err_t *err) {
+  ProtobufCMessage *m = NULL;
+  Arkvale__V1__InfoRequest iq = ARKVALE__V1__INFO_REQUEST__INIT;
+  AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Info", &iq.base, &arkvale__v1__info_response__descriptor, err,
+                            &m));
+  const Arkvale__V1__InfoResponse *info = (const Arkvale__V1__InfoResponse *)m;
+  ak_status_t st = AK_OK;
+  if (info->protocol_revision != 1 || info->n_layers < 1 || info->page_tokens < 1 || info->context_tokens < 2 ||
+      info->n_vocab < 1 || info->n_supported_policies < 1)
+    st = ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Info revision %u / layers %u / page %u / context %u",
+                    s->p.worker_addr, info->protocol_revision, info->n_layers, info->page_tokens,
+                    info->context_tokens);
+  else if ((int64_t)info->n_vocab != co_tokenizer_n_vocab(s->tok))
+    st = ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: n_vocab %u, the tokenizer has %" PRId64,
+                    s->p.worker_addr, info->n_vocab, co_tokenizer_n_vocab(s->tok));
+  if (st == AK_OK) {
+    snprintf(s->model_id, sizeof s->model_id, "%s", info->model_id ? info->model_id : "");
+    s->n_vocab = (int32_t)info->n_vocab, s->n_layers = (int32_t)info->n_layers;
+    s->context_tokens = (int32_t)info->context_tokens, s->page_tokens = (int32_t)info->page_tokens;
+    s->policy = info->supported_policies[0];
+  }
+  pb_msg_free(m);
+  AK_TRY(st);
+
+  Arkvale__V1__WarmupRequest wq = ARKVALE__V1__WARMUP_REQUEST__INIT;
+  wq.has_max_batch_tokens = 1, wq.max_batch_tokens = (uint32_t)s->p.max_batch_tokens;
+  m = NULL;
+  AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Warmup", &wq.base, &arkvale__v1__warmup_response__descriptor, err,
+                            &m));
+  const Arkvale__V1__WarmupResponse *wr = (const Arkvale__V1__WarmupResponse *)m;
+  int64_t cap = (int64_t)wr->capacity_pages;
+  co_sched_params_t sp = co_sched_params_default();
+  sp.shape.n_layers = s->n_layers, sp.shape.n_full_layers = 0, sp.shape.page_tokens = s->page_tokens;
+  sp.n_groups = 1, sp.group_capacity_pages = &cap;
+  sp.max_running_seqs = wr->max_seqs > 0 ? (int32_t)wr->max_seqs : 1;
+  sp.max_batch_tokens = (int32_t)wr->max_batch_tokens;
+  sp.max_queue = s->p.max_queue;
+  sp.max_seq_tokens = s->context_tokens;
+  if (sp.max_batch_tokens < sp.max_running_seqs + 2) sp.max_running_seqs = sp.max_batch_tokens - 2;
+  pb_msg_free(m);
+  if (sp.max_running_seqs < 1)
+    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Warmup gave %d batch tokens", s->p.worker_addr,
+                      sp.max_batch_tokens);
+  return co_sched_create(&sp, err, &s->sched);
+}
+
+ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_service_t **svc_p) {
+  if (!p || !p->model_path || !p->worker_addr || !svc_p)
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: model_path and worker_addr are required");
+  if (p->max_new_tokens < 1 || p->default_max_new_tokens < 1 || p->max_batch_tokens < 3 || p->max_queue < 1 ||
+      p->n_rpc_threads < 1)
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: a limit below its minimum");
+  co_service_t *s = calloc(1, sizeof *s);
+  if (!s) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
+  s->p = *p;
+  if (!s->p.listen_addr) s->p.listen_addr = "127.0.0.1:0";
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  ak_gguf_t *g = NULL;
+  ak_status_t st = ak_gguf_open(p->model_path, err, &g);
+  if (st != AK_OK) goto err_free;
+  st = co_tokenizer_create_from_gguf(g, err, &s->tok);
+  ak_gguf_close(g);
+  if (st != AK_OK) goto err_free;
+  if ((st = ak_rpc_client_create(p->worker_addr, err, &s->worker)) != AK_OK) goto err_free_tok;
+  if ((st = co_svc_connect_worker(s, err)) != AK_OK) goto err_free_client;
+  s->max_new_limit = p->max_new_tokens < s->context_tokens - 1 ? p->max_new_tokens : s->context_tokens - 1;
+  if (s->p.default_max_new_tokens > s->max_new_limit) s->p.default_max_new_tokens = s->max_new_limit;
+
+  if ((st = ak_rpc_server_create(s->p.listen_addr, p->n_rpc_threads, err, &s->srv)) != AK_OK) goto err_free_sched;
+  const ak_rpc_method_t methods[] = {
+      {CO_SVC_METHOD("Generate"), AK_RPC_SERVER_STREAMING, &arkvale__v1__generate_request__descriptor,
+       CO_SVC_MAX_MSG_BYTES, CO_SVC_MAX_MSG_BYTES, co_svc_on_generate, s},
+      {CO_SVC_METHOD("Abort"), AK_RPC_UNARY, &arkvale__v1__abort_request__descriptor, CO_SVC_MAX_MSG_BYTES,
+       CO_SVC_MAX_MSG_BYTES, co_svc_on_abort, s},
+      {CO_SVC_METHOD("CountTokens"), AK_RPC_UNARY, &arkvale__v1__count_tokens_request__descriptor,
+       CO_SVC_MAX_MSG_BYTES, CO_SVC_MAX_MSG_BYTES, co_svc_on_count, s},
+      {CO_SVC_METHOD("Tokenize"), AK_RPC_UNARY, &arkvale__v1__tokenize_request__descriptor, CO_SVC_MAX_MSG_BYTES,
+       CO_SVC_MAX_MSG_BYTES, co_svc_on_tokenize, s},
+      {CO_SVC_METHOD("GetModelInfo"), AK_RPC_UNARY, &arkvale__v1__get_model_info_request__descriptor,
+       CO_SVC_MAX_MSG_BYTES, CO_SVC_MAX_MSG_BYTES, co_svc_on_model_info, s},
+  };
+  for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+    if ((st = ak_rpc_server_register(s->srv, &methods[i], err)) != AK_OK) goto err_free_server;
+  if (pthread_create(&s->thread, NULL, co_svc_loop, s) != 0) {
+    st = ak_err_set(err, AK_ERR_INTERNAL, "co_service_create: cannot start the scheduler thread");
+    goto err_free_server;
+  }
+  s->thread_started = 1;
+  if ((st = ak_rpc_server_start(s->srv, err)) != AK_OK) goto err_stop_thread;
+  *svc_p = s;
+  return AK_OK;
+
+err_stop_thread:
+  pthread_mutex_lock(&s->mu);
+  s->stopping = 1;
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  pthread_join(s->thread, NULL);
+err_free_server:
+  ak_rpc_server_destroy(s->srv);
+err_free_sched:
+  co_sched_destroy(s->sched);
+err_free_client:
+  ak_rpc_client_destroy(s->worker);
+err_free_tok:
+  co_tokenizer_destroy(s->tok);
+err_free:
+  pthread_cond_destroy(&s->cv);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+  return st;
+}
+
+int co_service_port(const co_service_t *svc) { return ak_rpc_server_port(svc->srv); }
+
+void co_service_destroy(co_service_t *s) {
+  if (!s) return;
+  /* The server cancels every open call first, so the loop sees cancelled writers and
+   * ends their requests; destroy returns once every handler's call has finished, which
+   * needs the scheduler thread still running. */
+  pthread_mutex_lock(&s->mu);
+  s->stopping = 1;
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  ak_rpc_server_destroy(s->srv);
+  if (s->thread_started) pthread_join(s->thread, NULL);
+  co_sched_destroy(s->sched);
+  ak_rpc_client_destroy(s->worker);
+  co_tokenizer_destroy(s->tok);
+  pthread_cond_destroy(&s->cv);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}

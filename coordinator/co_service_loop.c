@@ -1,0 +1,319 @@
+/* co_service_loop.c: the scheduler thread of co_service (co_service.h, "Threads").
+ * It owns co_sched and every request once it left the inbox; one Worker.Step at a time
+ * (one group of one rank), so the loop blocks on the worker and nothing else. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "ak_log.h"
+#include "co_service_internal.h"
+#include "pb_buf.h"
+
+#define CO_SVC_IDLE_WAIT_MS 20 /* poll for cancellation while nothing runs */
+
+static co_svc_req_t *co_svc_find(co_service_t *s, int64_t id) {
+  for (co_svc_req_t *r = s->running; r; r = r->next)
+    if (r->id == id) return r;
+  return NULL;
+}
+
+static void co_svc_unlink(co_service_t *s, co_svc_req_t *r) {
+  for (co_svc_req_t **pp = &s->running; *pp; pp = &(*pp)->next)
+    if (*pp == r) {
+      *pp = r->next;
+      r->next = NULL;
+      return;
+    }
+}
+
+/* Ends a running request with an error (not a normal finish). */
+static void co_svc_fail(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char *msg) {
+  co_sched_abort(s->sched, r->id); /* NOT_FOUND when it already left: fine */
+  co_svc_unlink(s, r);
+  co_svc_req_end(s, r, st, msg);
+}
+
+/* Ends a request normally: the held-back text, the finish reason and the usage. */
+static void co_svc_finish(co_service_t *s, co_svc_req_t *r, Arkvale__V1__FinishReason why, const char *stop) {
+  Arkvale__V1__GenerateResponse m = ARKVALE__V1__GENERATE_RESPONSE__INIT;
+  Arkvale__V1__Usage u = ARKVALE__V1__USAGE__INIT;
+  char *text = NULL;
+  if (why != ARKVALE__V1__FINISH_REASON__FINISH_REASON_STOP_STRING) {
+    /* what the decoder and the stop matcher still hold */
+    const char *t = NULL, *t2 = NULL;
+    size_t n = 0, n2 = 0;
+    co_detok_flush(r->detok, &t, &n);
+    int stopped = 0;
+    text = malloc(n + 1 + CO_STOP_MAX_BYTES * 2);
+    size_t len = 0;
+    if (r->stop) {
+      if (n) co_stop_push(r->stop, t, n, &t2, &n2, &stopped);
+      if (text && n2) memcpy(text + len, t2, n2), len += n2;
+      if (!stopped) {
+        co_stop_flush(r->stop, &t2, &n2);
+        if (text && n2 && len + n2 <= n + CO_STOP_MAX_BYTES * 2) memcpy(text + len, t2, n2), len += n2;
+      }
+    } else if (text && n) memcpy(text, t, n), len = n;
+    if (text) text[len] = 0;
+  }
+  int64_t now = co_svc_now_us();
+  m.request_id = r->request_id;
+  m.text = text ? text : "";
+  m.has_finish_reason = 1, m.finish_reason = why;
+  if (stop) m.stop_matched = (char *)stop;
+  u.has_prompt_tokens = 1, u.prompt_tokens = (uint32_t)r->n_prompt;
+  u.has_completion_tokens = 1, u.completion_tokens = (uint32_t)r->n_generated;
+  u.has_queue_us = 1, u.queue_us = (uint64_t)(r->admitted_us - r->arrival_us);
+  u.has_time_to_first_token_us = 1, u.time_to_first_token_us = (uint64_t)(r->first_token_us - r->arrival_us);
+  u.has_total_us = 1, u.total_us = (uint64_t)(now - r->arrival_us);
+  m.usage = &u;
+  ak_err_t err;
+  ak_status_t st = ak_rpc_writer_write(r->w, &m.base, &err);
+  free(text);
+  co_svc_unlink(s, r);
+  co_svc_req_end(s, r, st, st == AK_OK ? NULL : err.msg);
+}
+
+/* One sampled token of r: detokenize, stop conditions, write. Returns the finish
+ * reason (UNSPECIFIED: keep going); *stop_p the matched stop string. */
+static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *r, int32_t tok, int has_lp, float lp,
+                                                 const char **stop_p) {
+  Arkvale__V1__FinishReason why = ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+  r->n_generated++;
+  r->last_token = tok;
+  if (r->n_generated == 1) r->first_token_us = co_svc_now_us();
+  int eos = !r->ignore_eos && co_tokenizer_is_eog(s->tok, tok);
+  const char *t = NULL;
+  size_t n = 0;
+  int stopped = 0;
+  if (!eos && co_detok_push(r->detok, tok, &t, &n) != AK_OK) n = 0;
+  if (r->stop && !eos) {
+    const char *e = NULL;
+    size_t ne = 0;
+    co_stop_push(r->stop, t, n, &e, &ne, &stopped);
+    t = e, n = ne;
+  }
+  if (eos) why = ARKVALE__V1__FINISH_REASON__FINISH_REASON_EOS;
+  else if (stopped) why = ARKVALE__V1__FINISH_REASON__FINISH_REASON_STOP_STRING;
+  else if (r->n_generated >= r->max_new)
+    why = r->n_prompt + r->n_generated >= s->context_tokens ? ARKVALE__V1__FINISH_REASON__FINISH_REASON_CONTEXT_LIMIT
+                                                             : ARKVALE__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+  *stop_p = NULL;
+  /* co_stop does not say which string matched yet: stop_matched stays unset */
+  Arkvale__V1__GenerateResponse m = ARKVALE__V1__GENERATE_RESPONSE__INIT;
+  char *text = malloc(n + 1);
+  if (text) {
+    if (n) memcpy(text, t, n);
+    text[n] = 0;
+  }
+  m.request_id = r->request_id;
+  m.n_token_ids = 1, m.token_ids = &tok;
+  m.text = text ? text : "";
+  if (r->return_logprobs && has_lp) m.n_logprobs = 1, m.logprobs = &lp;
+  ak_err_t err;
+  ak_rpc_writer_write(r->w, &m.base, &err); /* a cancelled writer is seen next loop */
+  free(text);
+  return why;
+}
+
+/* Takes the inbox (under mu) into co_sched; refused requests end at once. Returns
+ * whether the service is stopping. */
+static int co_svc_take_inbox(co_service_t *s, int wait_ms) {
+  pthread_mutex_lock(&s->mu);
+  if (!s->inbox_head && !s->stopping && wait_ms > 0) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)wait_ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L, ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+  }
+  co_svc_req_t *in = s->inbox_head;
+  s->inbox_head = s->inbox_tail = NULL;
+  int stopping = s->stopping;
+  pthread_mutex_unlock(&s->mu);
+  while (in) {
+    co_svc_req_t *r = in;
+    in = in->next, r->next = NULL;
+    co_sched_req_t q = {r->id, r->n_prompt, r->max_new, 0, r->arrival_us};
+    ak_status_t st = stopping ? AK_ERR_PEER : s->group_dead ? AK_ERR_PEER : co_sched_submit(s->sched, &q);
+    if (st != AK_OK) {
+      char msg[AK_ERR_MSG_BYTES];
+      snprintf(msg, sizeof msg, "%s", stopping ? "the coordinator is shutting down"
+                                      : s->group_dead ? "no live worker group"
+                                      : st == AK_ERR_POOL_FULL ? "queue full: retry later"
+                                                               : co_sched_errmsg(s->sched));
+      co_svc_req_end(s, r, st, msg);
+      continue;
+    }
+    r->next = s->running, s->running = r;
+  }
+  return stopping;
+}
+
+/* Aborted (Abort) or cancelled (client gone, deadline, shutdown) requests leave. */
+static void co_svc_reap_cancelled(co_service_t *s, int stopping) {
+  co_svc_req_t *r = s->running;
+  while (r) {
+    co_svc_req_t *next = r->next;
+    if (stopping) co_svc_fail(s, r, AK_ERR_PEER, "the coordinator is shutting down");
+    else if (atomic_load(&r->abort_requested)) co_svc_fail(s, r, AK_ERR_PEER, "request aborted");
+    else if (ak_rpc_writer_cancelled(r->w)) co_svc_fail(s, r, AK_ERR_PEER, "cancelled");
+    r = next;
+  }
+}
+
+static void co_svc_release(co_service_t *s, const int64_t *ids, int32_t n) {
+  Arkvale__V1__ReleaseRequest q = ARKVALE__V1__RELEASE_REQUEST__INIT;
+  uint64_t *u = malloc((size_t)(n > 0 ? n : 1) * sizeof *u);
+  if (!u) return;
+  for (int32_t i = 0; i < n; i++) u[i] = (uint64_t)ids[i];
+  q.n_seq_ids = (size_t)n, q.seq_ids = u;
+  ak_err_t err;
+  ProtobufCMessage *m = NULL;
+  ak_status_t st = ak_rpc_client_unary(s->worker, "/arkvale.v1.Worker/Release", &q.base,
+                                       &arkvale__v1__release_response__descriptor, CO_SVC_MAX_MSG_BYTES,
+                                       s->p.step_deadline_ms, &err, NULL, &m);
+  if (st != AK_OK) ak_log_write(AK_LOG_WARN, __func__, "worker %s Release: %s", s->p.worker_addr, err.msg);
+  pb_msg_free(m);
+  free(u);
+}
+
+/* The worker failed a step: every running request ends UNAVAILABLE. */
+static void co_svc_group_failed(co_service_t *s, const char *why) {
+  ak_log_write(AK_LOG_ERROR, __func__, "worker %s: %s", s->p.worker_addr, why);
+  const int64_t *failed = NULL;
+  int32_t n_failed = 0;
+  co_sched_group_dead(s->sched, 0, &failed, &n_failed);
+  s->group_dead = 1;
+  char msg[AK_ERR_MSG_BYTES];
+  snprintf(msg, sizeof msg, "worker failed: %s", why);
+  while (s->running) co_svc_fail(s, s->running, AK_ERR_PEER, msg);
+}
+
+/* Builds, sends and answers one Step for `plan`. */
+static void co_svc_run_step(co_service_t *s, const co_sched_plan_t *plan) {
+  int32_t n = plan->n_items;
+  Arkvale__V1__StepRequest q = ARKVALE__V1__STEP_REQUEST__INIT;
+  Arkvale__V1__NewSequence *nsv = calloc((size_t)n, sizeof *nsv);
+  Arkvale__V1__ContinuingSequence *csv = calloc((size_t)n, sizeof *csv);
+  Arkvale__V1__NewSequence **nsp = calloc((size_t)n, sizeof *nsp);
+  Arkvale__V1__ContinuingSequence **csp = calloc((size_t)n, sizeof *csp);
+  uint64_t *drops = calloc((size_t)plan->n_drops + 1, sizeof *drops);
+  co_sched_result_t *res = calloc((size_t)n, sizeof *res);
+  if (!nsv || !csv || !nsp || !csp || !drops || !res) {
+    co_svc_group_failed(s, "out of memory building a step");
+    goto out;
+  }
+  for (int32_t i = 0; i < plan->n_drops; i++) drops[i] = (uint64_t)plan->drops[i];
+  q.has_step_id = 1, q.step_id = ++s->step_id;
+  q.n_drop_seq_ids = (size_t)plan->n_drops, q.drop_seq_ids = drops;
+  q.new_seqs = nsp, q.continuing_seqs = csp;
+  for (int32_t i = 0; i < n; i++) {
+    const co_sched_item_t *it = &plan->items[i];
+    co_svc_req_t *r = co_svc_find(s, it->id);
+    if (!r) {
+      co_svc_group_failed(s, "a planned sequence has no request");
+      goto out;
+    }
+    int32_t *toks = it->is_prefill ? r->prompt + it->pos0 : &r->last_token;
+    if (it->is_new) {
+      Arkvale__V1__NewSequence *ns = &nsv[q.n_new_seqs];
+      arkvale__v1__new_sequence__init(ns);
+      ns->has_seq_id = 1, ns->seq_id = (uint64_t)r->id;
+      if (r->has_sampling) ns->sampling = &r->sampling;
+      ns->n_token_ids = (size_t)it->n_tokens, ns->token_ids = toks;
+      ns->has_sample = 1, ns->sample = it->samples;
+      ns->has_return_logprob = 1, ns->return_logprob = r->return_logprobs;
+      ns->has_max_seq_tokens = 1, ns->max_seq_tokens = (uint32_t)(r->n_prompt + r->max_new);
+      nsp[q.n_new_seqs++] = ns;
+      if (!r->admitted_us) r->admitted_us = co_svc_now_us();
+    } else {
+      Arkvale__V1__ContinuingSequence *cs = &csv[q.n_continuing_seqs];
+      arkvale__v1__continuing_sequence__init(cs);
+      cs->has_seq_id = 1, cs->seq_id = (uint64_t)r->id;
+      cs->n_token_ids = (size_t)it->n_tokens, cs->token_ids = toks;
+      cs->has_sample = 1, cs->sample = it->samples;
+      cs->has_return_logprob = 1, cs->return_logprob = r->return_logprobs;
+      csp[q.n_continuing_seqs++] = cs;
+    }
+    res[i].id = it->id;
+  }
+  ak_err_t err;
+  ak_err_clear(&err);
+  ProtobufCMessage *m = NULL;
+  ak_status_t st = ak_rpc_client_unary(s->worker, "/arkvale.v1.Worker/Step", &q.base,
+                                       &arkvale__v1__step_response__descriptor, CO_SVC_MAX_MSG_BYTES,
+                                       s->p.step_deadline_ms, &err, NULL, &m);
+  if (st != AK_OK) {
+    co_svc_group_failed(s, err.msg);
+    goto out;
+  }
+  const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)m;
+  /* Apply every sample, deciding who finishes; then step_done; then end them. */
+  Arkvale__V1__FinishReason *why = calloc((size_t)n, sizeof *why);
+  const char **stops = calloc((size_t)n, sizeof *stops);
+  if (!why || !stops) {
+    free(why), free(stops), pb_msg_free(m);
+    co_svc_group_failed(s, "out of memory answering a step");
+    goto out;
+  }
+  for (int32_t i = 0; i < n; i++) {
+    const co_sched_item_t *it = &plan->items[i];
+    if (!it->samples) continue;
+    const Arkvale__V1__SampledToken *tk = NULL;
+    for (size_t k = 0; k < sr->n_samples; k++)
+      if (sr->samples[k]->seq_id == (uint64_t)it->id) tk = sr->samples[k];
+    if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab) {
+      free(why), free(stops), pb_msg_free(m);
+      co_svc_group_failed(s, "the Step response lacks a sample or has a bad token id");
+      goto out;
+    }
+    co_svc_req_t *r = co_svc_find(s, it->id);
+    why[i] = co_svc_on_token(s, r, tk->token_id, tk->has_logprob, tk->logprob, &stops[i]);
+    res[i].n_sampled_tokens = 1;
+    res[i].finished = why[i] != ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+  }
+  pb_msg_free(m);
+  st = co_sched_step_done(s->sched, 0, res, n, NULL, NULL);
+  if (st != AK_OK) co_svc_group_failed(s, co_sched_errmsg(s->sched));
+  else
+    for (int32_t i = 0; i < n; i++)
+      if (why[i] != ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) {
+        co_svc_req_t *r = co_svc_find(s, plan->items[i].id);
+        if (r) co_svc_finish(s, r, why[i], stops[i]);
+      }
+  free(why);
+  free(stops);
+out:
+  free(nsv), free(csv), free(nsp), free(csp), free(drops), free(res);
+}
+
+void *co_svc_loop(void *arg) {
+  co_service_t *s = arg;
+  int idle = 0;
+  for (;;) {
+    int stopping = co_svc_take_inbox(s, idle ? CO_SVC_IDLE_WAIT_MS : 0);
+    co_svc_reap_cancelled(s, stopping);
+    if (s->group_dead) {
+      if (stopping) break;
+      idle = 1;
+      continue;
+    }
+    co_sched_plan_t plan;
+    ak_status_t st = co_sched_plan_step(s->sched, 0, co_svc_now_us(), &plan);
+    if (st != AK_OK) {
+      co_svc_group_failed(s, co_sched_errmsg(s->sched));
+      continue;
+    }
+    if (plan.n_items > 0) {
+      co_svc_run_step(s, &plan);
+      idle = 0;
+      continue;
+    }
+    if (plan.n_drops > 0) co_svc_release(s, plan.drops, plan.n_drops);
+    if (stopping) break;
+    idle = 1;
+  }
+  return NULL;
+}
