@@ -15,6 +15,7 @@
 #include "co_metrics.h"
 #include "co_metrics_http.h"
 #include "co_sched.h"
+#include "co_service.h"
 #include "co_stop.h"
 #include "co_tokenizer.h"
 #include "kernels.h"
