@@ -49,6 +49,8 @@ ak_status_t ak_rpc_status_from_grpc(grpc_status_code code) {
     case GRPC_STATUS_UNIMPLEMENTED: return AK_ERR_UNSUPPORTED;
     case GRPC_STATUS_RESOURCE_EXHAUSTED: return AK_ERR_OVER_BUDGET;
     case GRPC_STATUS_DEADLINE_EXCEEDED: return AK_ERR_TIMEOUT;
+    case GRPC_STATUS_ALREADY_EXISTS: return AK_ERR_EXISTS;
+    case GRPC_STATUS_FAILED_PRECONDITION: return AK_ERR_PRECONDITION;
     case GRPC_STATUS_UNAVAILABLE:
     case GRPC_STATUS_CANCELLED: return AK_ERR_PEER;
     default: return AK_ERR_INTERNAL;

@@ -35,8 +35,9 @@ void ak_rpc_client_destroy(ak_rpc_client_t *client);
 /* The ak_status_t for a gRPC code, the inverse of pb_status_to_grpc where it is one
  * to one: INVALID_ARGUMENT -> INVALID_ARG, NOT_FOUND, OUT_OF_RANGE -> RANGE,
  * UNIMPLEMENTED -> UNSUPPORTED, RESOURCE_EXHAUSTED -> OVER_BUDGET, DEADLINE_EXCEEDED
- * -> TIMEOUT, UNAVAILABLE and CANCELLED -> PEER (the call may be retried elsewhere),
- * everything else -> INTERNAL. */
+ * -> TIMEOUT, ALREADY_EXISTS -> EXISTS, FAILED_PRECONDITION -> PRECONDITION,
+ * UNAVAILABLE and CANCELLED -> PEER (the call may be retried elsewhere: a peer that
+ * cancels our call is going away), everything else -> INTERNAL. */
 ak_status_t ak_rpc_status_from_grpc(grpc_status_code code);
 
 /* Called per streamed message (owned by the call: valid during the callback only).

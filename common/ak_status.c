@@ -15,6 +15,9 @@ const char *ak_status_str(ak_status_t st) {
     case AK_ERR_OVER_BUDGET: return "AK_ERR_OVER_BUDGET";
     case AK_ERR_POOL_FULL: return "AK_ERR_POOL_FULL";
     case AK_ERR_RANGE: return "AK_ERR_RANGE";
+    case AK_ERR_CANCELLED: return "AK_ERR_CANCELLED";
+    case AK_ERR_EXISTS: return "AK_ERR_EXISTS";
+    case AK_ERR_PRECONDITION: return "AK_ERR_PRECONDITION";
     case AK_ERR_NO_MEMORY: return "AK_ERR_NO_MEMORY";
     case AK_ERR_IO: return "AK_ERR_IO";
     case AK_ERR_CUDA: return "AK_ERR_CUDA";

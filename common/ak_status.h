@@ -30,6 +30,10 @@ typedef enum {
   AK_ERR_OVER_BUDGET = -104, /* a request asks for more than its limits allow */
   AK_ERR_POOL_FULL = -105,   /* no free KV pages now: the scheduler may retry later */
   AK_ERR_RANGE = -106,       /* an index or length outside what exists */
+  AK_ERR_CANCELLED = -107,   /* the request was aborted, or its client went away */
+  AK_ERR_EXISTS = -108,      /* a named thing (request id, sequence) already exists */
+  AK_ERR_PRECONDITION = -109, /* well formed, but not in the current state (a stale
+                               * step_id, a call out of order): do not retry as is */
 
   /* the worker process failed */
   AK_ERR_NO_MEMORY = -200,

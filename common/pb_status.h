@@ -18,6 +18,9 @@ extern "C" {
  *   INVALID_ARG, FORMAT                     INVALID_ARGUMENT   (fix the request)
  *   NOT_FOUND                               NOT_FOUND
  *   RANGE                                   OUT_OF_RANGE
+ *   CANCELLED                               CANCELLED          (Abort, client gone)
+ *   EXISTS                                  ALREADY_EXISTS
+ *   PRECONDITION                            FAILED_PRECONDITION
  *   UNSUPPORTED                             UNIMPLEMENTED
  *   OVER_BUDGET, POOL_FULL, NO_MEMORY       RESOURCE_EXHAUSTED (gRPC's own code for
  *                                                               over-size messages)

@@ -289,7 +289,7 @@ static void co_svc_on_generate(void *user, const ProtobufCMessage *req, ak_rpc_w
   else snprintf(r->request_id, sizeof r->request_id, "req-%" PRId64, r->id);
   for (co_svc_req_t *o = s->live; o && st == AK_OK; o = o->live_next)
     if (!strcmp(o->request_id, r->request_id))
-      st = ak_err_set(&err, AK_ERR_INVALID_ARG, "request_id: \"%s\" is already running", r->request_id);
+      st = ak_err_set(&err, AK_ERR_EXISTS, "request_id: \"%s\" is already running", r->request_id);
   if (st == AK_OK && s->stopping) st = ak_err_set(&err, AK_ERR_PEER, "the coordinator is shutting down");
   if (st == AK_OK) {
     r->live_next = s->live, s->live = r;

@@ -18,9 +18,11 @@
  *                      write a GenerateResponse; a finished stream ends with its usage
  *                      and finish reason. Drops without a batch go out as Release.
  *
- * Departures from generation.proto to settle: an aborted stream ends UNAVAILABLE
- * (pb_status has no CANCELLED), a duplicate request_id is INVALID_ARGUMENT (no
- * ALREADY_EXISTS), only the worker's one policy at its Warmup budget is served (a
+ * Status codes beyond validation: an aborted stream ends CANCELLED, a request_id
+ * already running is ALREADY_EXISTS, shutdown and a dead group are UNAVAILABLE.
+ *
+ * Departures from generation.proto to settle: only the worker's one policy at its
+ * Warmup budget is served (a
  * request's kv must be absent or name it), client deadlines are seen only as
  * cancellation, a failed Step fails every running request (UNAVAILABLE) and the group
  * stays dead.

@@ -24,8 +24,9 @@
  * and run all or nothing: on an error no sequence gained tokens and the step's new
  * sequences do not exist. Status codes (through pb_status):
  *   malformed (no tokens, token id out of range, duplicate seq_id, a KvConfig other
- *   than the Warmup's, more rows than max_batch_tokens, Step before Warmup,
- *   a step_id not above the last)                            INVALID_ARGUMENT
+ *   than the Warmup's, more rows than max_batch_tokens, Step before Warmup)
+ *                                                            INVALID_ARGUMENT
+ *   a step_id not above the last (stale or replayed)         FAILED_PRECONDITION
  *   a continuing seq_id that is not live                     NOT_FOUND, naming the id
  *   past a sequence's max_seq_tokens                         OUT_OF_RANGE
  *   no free KV pages or sequence slots                       RESOURCE_EXHAUSTED
@@ -33,8 +34,7 @@
  *                                                            then FAILED and refuses
  *                                                            Warmup/Step/Release with
  *                                                            UNAVAILABLE
- * worker.proto asks FAILED_PRECONDITION for a stale step_id and INVALID_ARGUMENT for an
- * unknown seq_id; pb_status has no FAILED_PRECONDITION, and NOT_FOUND lets the
+ * worker.proto asks INVALID_ARGUMENT for an unknown seq_id; NOT_FOUND lets the
  * coordinator tell "this worker lost my sequence" from "I sent garbage".
  *
  * Warmup: the pool's policy and budget are fixed when the engine is created (flags of

@@ -290,7 +290,7 @@ void wk_svc_run_step(wk_service_t *s, const Arkvale__V1__StepRequest *q, ak_rpc_
     goto finish;
   }
   if (has_last && q->step_id <= last) {
-    st = AK_ERR(&err, AK_ERR_INVALID_ARG, "step_id %" PRIu64 " is not above the last one (%" PRIu64 ")", q->step_id,
+    st = AK_ERR(&err, AK_ERR_PRECONDITION, "step_id %" PRIu64 " is not above the last one (%" PRIu64 ")", q->step_id,
                 last);
     goto finish;
   }

@@ -352,3 +352,15 @@ TEST(RpcServer, RegisterChecksAndDestroyUnstarted) {
   ak_rpc_server_destroy(s);
   EXPECT_EQ(ak_rpc_server_create("256.1.1.1:1", 1, &err, &s), AK_ERR_IO);
 }
+
+TEST(AkRpcStatus, MapsGrpcCodesBack) {
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_OK), AK_OK);
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_INVALID_ARGUMENT), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_ALREADY_EXISTS), AK_ERR_EXISTS);
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_FAILED_PRECONDITION), AK_ERR_PRECONDITION);
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_DEADLINE_EXCEEDED), AK_ERR_TIMEOUT);
+  // a peer that cancels our call is going away: retry elsewhere
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_CANCELLED), AK_ERR_PEER);
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_UNAVAILABLE), AK_ERR_PEER);
+  EXPECT_EQ(ak_rpc_status_from_grpc(GRPC_STATUS_DATA_LOSS), AK_ERR_INTERNAL);
+}

@@ -14,6 +14,14 @@ TEST(AkStatus, NamesEveryCode) {
   EXPECT_STREQ(ak_status_str(AK_OK), "AK_OK");
   EXPECT_STREQ(ak_status_str(AK_ERR_FORMAT), "AK_ERR_FORMAT");
   EXPECT_STREQ(ak_status_str(AK_ERR_POOL_FULL), "AK_ERR_POOL_FULL");
+  EXPECT_STREQ(ak_status_str(AK_ERR_CANCELLED), "AK_ERR_CANCELLED");
+  EXPECT_STREQ(ak_status_str(AK_ERR_EXISTS), "AK_ERR_EXISTS");
+  EXPECT_STREQ(ak_status_str(AK_ERR_PRECONDITION), "AK_ERR_PRECONDITION");
+  // existing values keep their numbers (they cross process boundaries in logs)
+  EXPECT_EQ((int)AK_ERR_RANGE, -106);
+  EXPECT_EQ((int)AK_ERR_CANCELLED, -107);
+  EXPECT_EQ((int)AK_ERR_NO_MEMORY, -200);
+  EXPECT_EQ((int)AK_ERR_TIMEOUT, -301);
   EXPECT_STREQ(ak_status_str((ak_status_t)-12345), "AK_ERR_UNKNOWN");
 }
 

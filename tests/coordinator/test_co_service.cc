@@ -320,12 +320,43 @@ TEST_F(CoServiceTest, AbortEndsTheStream) {
   ASSERT_NE(m.get(), nullptr);
   EXPECT_TRUE(((const Arkvale__V1__AbortResponse *)m.get())->found);
   EXPECT_NE(s.st, AK_OK);
+  EXPECT_EQ(s.code, GRPC_STATUS_CANCELLED) << s.msg;
   EXPECT_LT(s.tokens.size(), 200u);
   EXPECT_TRUE(WorkerDrains());
   // unknown id: found = false
   MsgPtr m2;
   EXPECT_EQ(Call("Abort", &q.base, &arkvale__v1__abort_response__descriptor, &m2), AK_OK);
   EXPECT_FALSE(((const Arkvale__V1__AbortResponse *)m2.get())->found);
+}
+
+TEST_F(CoServiceTest, DuplicateRequestIdIsAlreadyExists) {
+  GenReq g(200);
+  g.set_ids(prompt_ids(20, 5));
+  g.set_id("twice");
+  Stream s;
+  std::atomic<int> seen{0};
+  s.seen = &seen;
+  std::thread t([&] { Generate(g, &s); });
+  while (seen.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  GenReq g2(4);
+  g2.set_ids(prompt_ids(20, 6));
+  g2.set_id("twice");
+  Stream dup;
+  Generate(g2, &dup);
+  EXPECT_EQ(dup.code, GRPC_STATUS_ALREADY_EXISTS) << dup.msg;
+  EXPECT_NE(dup.msg.find("request_id"), std::string::npos) << dup.msg;
+  EXPECT_EQ(dup.n_msgs, 0);
+  Arkvale__V1__AbortRequest q = ARKVALE__V1__ABORT_REQUEST__INIT;
+  q.request_id = (char *)"twice";
+  MsgPtr m;
+  EXPECT_EQ(Call("Abort", &q.base, &arkvale__v1__abort_response__descriptor, &m), AK_OK);
+  t.join();
+  EXPECT_EQ(s.code, GRPC_STATUS_CANCELLED) << s.msg;
+  EXPECT_TRUE(WorkerDrains());
+  // once the first has left, the id is free again
+  Stream again;
+  Generate(g2, &again);
+  EXPECT_EQ(again.st, AK_OK) << again.msg;
 }
 
 TEST_F(CoServiceTest, StopStringEndsAndIsNotSent) {

@@ -298,7 +298,7 @@ TEST_F(WkServiceTest, BadStepsAreRefusedAndChangeNothing) {
   {  // a step_id not above the last
     StepBuilder b(1);
     b.add_cont(5, {1});
-    expect_code(b, GRPC_STATUS_INVALID_ARGUMENT, "not above");
+    expect_code(b, GRPC_STATUS_FAILED_PRECONDITION, "not above");
   }
   {  // bytes that are not a StepRequest
     const char junk[] = "\xff\xff\xff\xff garbage";
