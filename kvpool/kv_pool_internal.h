@@ -203,6 +203,8 @@ ak_status_t kv_select_on_fill(kv_pool_t *pool, kv_seq_t *s, int32_t layer, int64
  * policy restricts attention (returns 1 then, 0 = attend every resident page). */
 ak_status_t kv_select_for_view(kv_pool_t *pool, kv_seq_t *s, int32_t layer, const float *q, int64_t n_pages_before,
                                int *restricted_p);
+/* AK_ERR_INVALID_ARG outside a step, AK_ERR_RANGE for a bad layer (kv_step.c). */
+ak_status_t kv_layer_check_open(kv_pool_t *pool, int32_t layer_idx);
 /* select_on_device: counts a selection the caller makes (kv_select_device.c). */
 void kv_select_count_device(kv_pool_t *pool, kv_seq_t *s);
 /* Frees a layer's backups and digests (release). */

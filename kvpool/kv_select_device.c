@@ -12,9 +12,7 @@ void kv_select_count_device(kv_pool_t *pool, kv_seq_t *s) { KV_COUNT(pool, s, n_
 
 /* The step's i-th sequence, for a layer of an open step. */
 static ak_status_t kv_step_seq(kv_pool_t *pool, int32_t layer_idx, int32_t i, kv_seq_t **s_p) {
-  if (!pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "no step is open");
-  if (layer_idx < 0 || layer_idx >= pool->p.n_layers)
-    return AK_ERR(&pool->err, AK_ERR_RANGE, "layer %d outside [0, %d)", layer_idx, pool->p.n_layers);
+  AK_TRY(kv_layer_check_open(pool, layer_idx));
   if (i < 0 || i >= pool->step_n_seqs)
     return AK_ERR(&pool->err, AK_ERR_RANGE, "step sequence %d outside [0, %d)", i, pool->step_n_seqs);
   *s_p = &pool->seqs[pool->step_seqs[i]];

@@ -156,7 +156,7 @@ static int64_t kv_layer_tok0(const kv_pool_t *pool, const kv_seq_t *s, int32_t l
   return s->n_tokens;
 }
 
-static ak_status_t kv_layer_check_open(kv_pool_t *pool, int32_t layer_idx) {
+ak_status_t kv_layer_check_open(kv_pool_t *pool, int32_t layer_idx) {
   if (!pool->in_step) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "no step is open");
   if (layer_idx < 0 || layer_idx >= pool->p.n_layers)
     return AK_ERR(&pool->err, AK_ERR_RANGE, "layer %d outside [0, %d)", layer_idx, pool->p.n_layers);
