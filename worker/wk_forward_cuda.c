@@ -269,7 +269,10 @@ ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_par
   return wk_arkvale_cuda_tier(fw->ak, kp, err, tier_p);
 }
 
-void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled) { kn_cuda_blas_use_gemv(fw->blas, enabled); }
+ak_status_t wk_forward_cuda_set_decode_gemm(wk_forward_cuda_t *fw, kn_cuda_decode_gemm_t mode, ak_err_t *err) {
+  if (!fw) return AK_ERR(err, AK_ERR_INVALID_ARG, "fw is NULL");
+  return kn_cuda_blas_set_decode_gemm(fw->blas, mode, err);
+}
 
 ak_status_t wk_forward_cuda_profile(wk_forward_cuda_t *fw, int enabled, ak_err_t *err) {
   if (!enabled) {

@@ -25,6 +25,7 @@
 
 #include <stdint.h>
 
+#include "kn_cuda.h"
 #include "kvpool.h"
 #include "wk_forward.h"
 #include "wk_model_cuda.h"
@@ -66,8 +67,9 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
  * kernel at a time (to compare). */
 void wk_forward_cuda_use_graphs(wk_forward_cuda_t *fw, int enabled);
 
-/* Decode-sized GEMMs through the GEMV kernel (default) or cuBLASLt alone (to compare). */
-void wk_forward_cuda_use_gemv(wk_forward_cuda_t *fw, int enabled);
+/* Which kernel takes decode-sized GEMMs (kn_cuda_decode_gemm_t: AUTO by default,
+ * or one forced, to compare). */
+ak_status_t wk_forward_cuda_set_decode_gemm(wk_forward_cuda_t *fw, kn_cuda_decode_gemm_t mode, ak_err_t *err);
 
 /* Where a step's GPU time goes, from CUDA events (milliseconds, summed over layers):
  * tables = the K/V store and the page tables' upload (and, selecting on the device, the

@@ -143,7 +143,8 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   if (st < 0) goto fail;
   st = kv_pool_create(&kp, &err, &pool);
   if (st < 0) goto fail;
-  wk_forward_cuda_use_gemv(fw, !a->no_gemv);
+  st = wk_forward_cuda_set_decode_gemm(fw, (kn_cuda_decode_gemm_t)a->gemm_mode, &err);
+  if (st < 0) goto fail;
   wk_forward_cuda_use_graphs(fw, !a->no_graphs);
   st = kn_cuda_host_alloc(logits_bytes, &err, (void **)&logits, NULL);
   if (st < 0) goto fail;
@@ -293,7 +294,7 @@ int main(int argc, char **argv) {
          !dec_any_arkvale(&a) ? ""
          : a.select_host      ? "; ArkVale decides on the host (digests scored on the device)"
                               : "; ArkVale decides on the device (score, plan, gather per layer)");
-  printf("decode GEMMs: %s; CUDA graphs %s\n", a.no_gemv ? "cuBLASLt" : "GEMV kernel (<= 8 rows)",
+  printf("decode GEMMs: %s; CUDA graphs %s\n", dec_gemm_desc[a.gemm_mode],
          a.no_graphs ? "off" : "on");
   printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the host.\n",
          (long long)a.batch);

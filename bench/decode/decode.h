@@ -28,7 +28,7 @@ typedef struct {
   double bandwidth_gbs; /* GB/s (1e9 bytes) the bound divides by */
   const char *out_path; /* NULL: bench/results/decode-<date>.md */
   int no_write;
-  int no_gemv;          /* --gemm cublas: decode GEMMs through cuBLASLt alone */
+  int gemm_mode;        /* --gemm: a kn_cuda_decode_gemm_t (0 auto) */
   int no_graphs;        /* --graphs off: kernels launched one by one */
   int64_t budgets[DEC_MAX_BUDGETS]; /* --kv-budget, tokens: 0 = the full cache; else ArkVale */
   int n_budgets;
@@ -87,5 +87,9 @@ int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *i
 int dec_default_out(const char *date, char *out, size_t out_bytes);
 void dec_budget_list(const dec_args_t *a, char *out, size_t out_bytes);
 int dec_any_arkvale(const dec_args_t *a);
+
+/* --gemm values, by kn_cuda_decode_gemm_t, and what each means (decode_args.c) */
+extern const char *const dec_gemm_names[3];
+extern const char *const dec_gemm_desc[3];
 
 #endif

@@ -8,6 +8,12 @@
 #include "decode.h"
 #include "wk_model_cuda.h"
 
+const char *const dec_gemm_names[3] = {"auto", "cublas", "fma"};
+const char *const dec_gemm_desc[3] = {
+    "kn_cuda_gemm's choice: the FMA GEMV for <= 8 rows and weights <= 8M elements, cuBLASLt otherwise",
+    "cuBLASLt for every GEMM",
+    "the GEMV kernel (kn_cuda_gemv.cu) for <= 8 rows, cuBLASLt otherwise"};
+
 void dec_usage(FILE *f) {
   fprintf(f,
           "usage: bench_decode [options]   (run from the repository root, on a GPU host)\n"
@@ -17,7 +23,8 @@ void dec_usage(FILE *f) {
           "  --ctx N[,N...]       cached tokens per sequence before the timed steps\n"
           "                       (default 10240,20480,30720)\n"
           "  --steps N            timed decode steps (default 32)\n"
-          "  --gemm gemv|cublas   decode GEMMs: the GEMV kernel for <= 8 rows (default) or cuBLASLt\n"
+          "  --gemm auto|cublas|fma  decode GEMMs (<= 8 rows): kn_cuda_gemm's choice (default),\n"
+          "                       cuBLASLt or the GEMV kernel forced\n"
           "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
           "  --kv-budget T[,T...] tokens per layer and sequence, up to %d, each 0..%d: 0 = the full\n"
           "                       cache, else ArkVale with that budget (its synthetic fill goes in\n"
@@ -143,10 +150,12 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
       for (int k = 0; r == 0 && k < n; k++) r = dec_parse_int(f, items[k], 1, 1 << 24, &a->ctx[a->n_ctx++]);
     } else if (!strcmp(f, "--batch")) r = dec_parse_int(f, v, 1, 4096, &a->batch);
     else if (!strcmp(f, "--gemm")) {
-      if (!strcmp(v, "gemv")) a->no_gemv = 0;
-      else if (!strcmp(v, "cublas")) a->no_gemv = 1;
+      int m = -1;
+      for (int k = 0; k < 3; k++)
+        if (!strcmp(v, dec_gemm_names[k])) m = k;
+      if (m >= 0) a->gemm_mode = m;
       else {
-        fprintf(stderr, "bench_decode: --gemm expects gemv or cublas, got '%s'\n", v);
+        fprintf(stderr, "bench_decode: --gemm expects auto, cublas or fma, got '%s'\n", v);
         r = -1;
       }
     }

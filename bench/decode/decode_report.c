@@ -258,7 +258,7 @@ int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *i
           a->no_graphs ? "off (--graphs off)"
                        : "on for full-cache rows (each decode step replayed from a graph); ArkVale steps launch their "
                          "kernels directly");
-  fprintf(f, "- decode GEMMs: %s\n", a->no_gemv ? "cuBLASLt (--gemm cublas)" : "the GEMV kernel for <= 8 rows (kn_cuda_gemv.cu), cuBLASLt otherwise");
+  fprintf(f, "- decode GEMMs (--gemm %s): %s\n", dec_gemm_names[a->gemm_mode], dec_gemm_desc[a->gemm_mode]);
   fprintf(f, "- **KV filled synthetically; prefill not timed**: each sequence's ctx tokens are committed to the "
              "pool's tables without a forward pass (one kv_step_begin/kv_step_end for a full row, %d-token chunks "
              "for an ArkVale row); the pages keep their random fill\n",

@@ -160,10 +160,18 @@ typedef struct {
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
 } kn_cuda_gemm_args_t;
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
-/* Calls of 1..8 rows (decode steps) with n_in % 8 == 0, 16-byte aligned x and W, and
- * W of at most 8M elements go to a weight-streaming GEMV kernel (kn_cuda_gemv.cu)
- * unless this turns it off (to compare the two; default on). */
-void kn_cuda_blas_use_gemv(kn_cuda_blas_t *blas, int enabled);
+/* Calls of 1..8 rows (decode steps) with n_in % 8 == 0 and 16-byte aligned x and W
+ * may go to the weight-streaming GEMV kernel (kn_cuda_gemv.cu, one warp per output row)
+ * instead of cuBLASLt. AUTO (the default) picks by weight size: the GEMV up to 8M
+ * elements, cuBLASLt above, as measured on the H100 (bench_cuda_gemv); CUBLAS and FMA
+ * force one for every call (benchmarks, tests). */
+typedef enum {
+  KN_CUDA_DECODE_GEMM_AUTO = 0,
+  KN_CUDA_DECODE_GEMM_CUBLAS = 1,
+  KN_CUDA_DECODE_GEMM_FMA = 2,
+} kn_cuda_decode_gemm_t;
+ak_status_t kn_cuda_blas_set_decode_gemm(kn_cuda_blas_t *blas, kn_cuda_decode_gemm_t mode, ak_err_t *err);
+
 
 /* A fused projection: W's rows are n_parts consecutive blocks (Q|K|V, gate|up), part p
  * ([rows[p], n_in]) written to its own y[p] ([n_tok, rows[p]], y_dtype). One weight

@@ -70,12 +70,28 @@ struct kn_cuda_blas {
   void *workspace; // [KN_GEMM_WORKSPACE_BYTES] device
   size_t workspace_bytes;
   kn_gemm_plan_t plans[KN_GEMM_CACHE_SLOTS];
-  int no_gemv; // kn_cuda_blas_use_gemv(blas, 0): every call through cuBLASLt
+  kn_cuda_decode_gemm_t decode_gemm; // which kernel takes 1..8-row calls
 };
 
-extern "C" void kn_cuda_blas_use_gemv(kn_cuda_blas_t *blas, int enabled) {
-  if (blas) blas->no_gemv = !enabled;
+extern "C" ak_status_t kn_cuda_blas_set_decode_gemm(kn_cuda_blas_t *blas, kn_cuda_decode_gemm_t mode, ak_err_t *err) {
+  if (!blas) return AK_ERR(err, AK_ERR_INVALID_ARG, "blas is NULL");
+  if (mode < KN_CUDA_DECODE_GEMM_AUTO || mode > KN_CUDA_DECODE_GEMM_FMA)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "decode GEMM mode %d is not a kn_cuda_decode_gemm_t", (int)mode);
+  blas->decode_gemm = mode;
+  return AK_OK;
 }
+
+// The kernel a validated call goes to: a GEMV kernel for decode-sized calls it can take
+// (kn_gemv_applies), cuBLASLt otherwise. AUTO: the FMA GEMV for weights of at most
+// KN_GEMV_MAX_WEIGHT_ELEMS (the small model's layers, where it measured fastest),
+// cuBLASLt above (bench/results/gemv-2026-11-25.md: at 7B shapes cuBLASLt streams the
+// weights at 2.3-2.8 TB/s on the H100, the GEMV lower).
+static kn_cuda_decode_gemm_t kn_gemm_route(const kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a) {
+  if (blas->decode_gemm == KN_CUDA_DECODE_GEMM_CUBLAS || !kn_gemv_applies(a)) return KN_CUDA_DECODE_GEMM_CUBLAS;
+  if (blas->decode_gemm != KN_CUDA_DECODE_GEMM_AUTO) return blas->decode_gemm;
+  return a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS ? KN_CUDA_DECODE_GEMM_FMA : KN_CUDA_DECODE_GEMM_CUBLAS;
+}
+
 
 extern "C" ak_status_t kn_cuda_blas_create(kn_cuda_stream_t stream, ak_err_t *err, kn_cuda_blas_t **blas_p) {
   if (!blas_p) return AK_ERR(err, AK_ERR_INVALID_ARG, "blas_p is NULL");
@@ -219,7 +235,8 @@ extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_arg
   AK_TRY(kn_gemm_validate(blas, args, err));
   if (args->n_tok == 0) return AK_OK;
   /* decode-sized: a weight-streaming GEMV beats cuBLASLt's split-K kernels */
-  if (!blas->no_gemv && kn_gemv_applies(args)) return kn_gemv_run(args, NULL, blas->stream, err);
+  kn_cuda_decode_gemm_t route = kn_gemm_route(blas, args);
+  if (route != KN_CUDA_DECODE_GEMM_CUBLAS) return kn_gemv_run(args, NULL, blas->stream, err);
 
   kn_gemm_key_t key;
   memset(&key, 0, sizeof(key));
@@ -257,7 +274,8 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
                                .accumulate = args->accumulate};
   AK_TRY(kn_gemm_validate(blas, &whole, err));
   if (args->n_tok == 0) return AK_OK;
-  if (!blas->no_gemv && kn_gemv_applies(&whole)) {
+  kn_cuda_decode_gemm_t route = kn_gemm_route(blas, &whole);
+  if (route != KN_CUDA_DECODE_GEMM_CUBLAS) {
     kn_gemv_split_t split;
     memset(&split, 0, sizeof split);
     split.n_parts = args->n_parts;

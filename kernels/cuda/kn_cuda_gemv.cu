@@ -28,15 +28,6 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
   }
 }
 
-// Up to three outputs over consecutive row ranges of W (a fused Q|K|V or gate|up
-// weight): row r of W with begin[p] <= r < begin[p + 1] goes to y[p][t * ld[p] + r - begin[p]].
-template <typename TY>
-struct kn_gemv_parts_t {
-  TY *y[KN_GEMV_MAX_PARTS];
-  int64_t begin[KN_GEMV_MAX_PARTS + 1];
-  int n_parts;
-};
-
 template <int NT, typename TY>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
                                                               const __nv_bfloat16 *__restrict__ w,
@@ -92,19 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
 template <int NT, typename TY>
 cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
-  memset(&out, 0, sizeof out);
-  if (split) {
-    out.n_parts = split->n_parts;
-    out.begin[0] = 0;
-    for (int p = 0; p < split->n_parts; p++) {
-      out.y[p] = static_cast<TY *>(split->y[p]);
-      out.begin[p + 1] = out.begin[p] + split->rows[p];
-    }
-  } else {
-    out.n_parts = 1;
-    out.y[0] = static_cast<TY *>(a->y);
-    out.begin[1] = a->n_out;
-  }
+  kn_gemv_parts_fill(&out, a, split);
   dim3 grid((unsigned)((a->n_out + kWarps - 1) / kWarps)), block(kWarps * 32);
   kn_gemv_kernel<NT, TY><<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16 *>(a->x),
                                                      static_cast<const __nv_bfloat16 *>(a->w), out, a->n_in,
@@ -122,12 +101,8 @@ cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, const kn_gemv_split_
 
 int kn_gemv_applies(const kn_cuda_gemm_args_t *a) {
   uintptr_t mask = (uintptr_t)a->x | (uintptr_t)a->w;
-  /* Measured on the H100 with CUDA graphs (notes/device-runs.md): the GEMV wins on small
-   * weights (the 135M model's layers, <= 2.7M elements: 763 against ~391 tok/s before)
-   * and loses to cuBLASLt on 7B-sized ones (>= 16.8M elements: llama3-8b ctx 1024,
-   * 8.26 against 7.71 ms a step). */
   return a->n_tok >= 1 && a->n_tok <= KN_GEMV_MAX_TOK && a->n_in % 8 == 0 && (mask & 15) == 0 &&
-         a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS && a->n_out <= (int64_t)kWarps * 0x7fffffff;
+         a->n_out <= (int64_t)kWarps * 0x7fffffff;
 }
 
 ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream,

@@ -2,6 +2,8 @@
 #ifndef KN_CUDA_GEMV_CUH
 #define KN_CUDA_GEMV_CUH
 
+#include <string.h>
+
 #include "kn_cuda_internal.cuh"
 
 #define KN_GEMV_MAX_TOK 8
@@ -17,10 +19,38 @@ typedef struct {
   void *y[KN_GEMV_MAX_PARTS];
 } kn_gemv_split_t;
 
-// 1 if the GEMV path takes these (already validated) arguments: 1..8 rows, n_in a
-// multiple of 8, x and W 16-byte aligned, and W no larger than KN_GEMV_MAX_WEIGHT_ELEMS.
+// Up to three outputs over consecutive row ranges of W (a fused Q|K|V or gate|up
+// weight): row r of W with begin[p] <= r < begin[p + 1] goes to
+// y[p][t * (begin[p + 1] - begin[p]) + r - begin[p]]. The GEMV kernel's argument.
+template <typename TY>
+struct kn_gemv_parts_t {
+  TY *y[KN_GEMV_MAX_PARTS];
+  int64_t begin[KN_GEMV_MAX_PARTS + 1];
+  int n_parts;
+};
+
+// split NULL: the one output args->y over all n_out rows.
+template <typename TY>
+static inline void kn_gemv_parts_fill(kn_gemv_parts_t<TY> *out, const kn_cuda_gemm_args_t *a,
+                                      const kn_gemv_split_t *split) {
+  memset(out, 0, sizeof *out);
+  if (split) {
+    out->n_parts = split->n_parts;
+    for (int p = 0; p < split->n_parts; p++) {
+      out->y[p] = static_cast<TY *>(split->y[p]);
+      out->begin[p + 1] = out->begin[p] + split->rows[p];
+    }
+  } else {
+    out->n_parts = 1;
+    out->y[0] = static_cast<TY *>(a->y);
+    out->begin[1] = a->n_out;
+  }
+}
+
+// 1 if a GEMV kernel can take these (already validated) arguments: 1..8 rows, n_in a
+// multiple of 8, x and W 16-byte aligned.
 int kn_gemv_applies(const kn_cuda_gemm_args_t *args);
-// split NULL: one output, args->y.
+// The FMA GEMV (kn_cuda_gemv.cu), one warp per output row. split NULL: one output, args->y.
 ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
                         ak_err_t *err);
 

@@ -112,6 +112,7 @@ std::vector<Case> gpu_cases() {
     out.push_back({n_tok, 576, 3 * 1536, "fused3"});  // three 1536-row projections of one x, fused
     out.push_back({n_tok, 1536, 576, "down"});
     out.push_back({n_tok, 97, 33, "odd"});            // odd leading dimensions: 2-byte aligned rows
+    if (n_tok <= 8) out.push_back({n_tok, 4104, 33, "tail"});  // n_in % 32 == 8, n_out % 16 == 1
   }
   out.push_back({512, 4096, 4096, "big"});
   return out;
@@ -234,10 +235,18 @@ TEST_P(KnCudaGemmGpu, F32) { check(GetParam(), KN_CUDA_F32, false, 0); }
 // The same shapes with the GEMV path off: cuBLASLt alone (the reference the GEMV's
 // speed is measured against).
 TEST_P(KnCudaGemmGpu, F32CublasOnly) {
-  kn_cuda_blas_use_gemv(blas_.get(), 0);
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), KN_CUDA_DECODE_GEMM_CUBLAS, &err), AK_OK) << err.msg;
   check(GetParam(), KN_CUDA_F32, false, 0);
 }
 TEST_P(KnCudaGemmGpu, Bf16) { check(GetParam(), KN_CUDA_BF16, false, 0); }
+// The GEMV forced for every call it can take (1..8 aligned rows; the rest still
+// cuBLASLt), whatever AUTO would pick for the size.
+TEST_P(KnCudaGemmGpu, F32Fma) {
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), KN_CUDA_DECODE_GEMM_FMA, &err), AK_OK) << err.msg;
+  check(GetParam(), KN_CUDA_F32, false, 0);
+}
 TEST_P(KnCudaGemmGpu, F32Accumulate) { check(GetParam(), KN_CUDA_F32, true, 0); }
 // Operands one element past an allocation's start: 2- and 4-byte aligned pointers,
 // which cuBLASLt must be told about (its default assumes 256).
@@ -367,7 +376,11 @@ TEST(KnCudaGemmArgs, EmptyBatchIsANoOp) {
 // A fused projection split into its parts gives each part exactly what a GEMM on that
 // part's rows gives (the GEMV path for 4 rows, one cuBLASLt call per part for 17).
 TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
+  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA})
   for (int64_t n_tok : {4, 17}) {
+    SCOPED_TRACE("decode GEMM mode " + std::to_string(mode));
+    ak_err_t mode_err{};
+    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &mode_err), AK_OK);
     const int64_t n_in = 576, rows[3] = {576, 192, 192}, n_out = 960;
     std::mt19937_64 rng(77 + n_tok);
     Bf16Mat x(n_tok * n_in, 2.0f, rng), w(n_out * n_in, 0.05f, rng);
@@ -405,3 +418,4 @@ TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
     EXPECT_EQ(a, b) << "n_tok " << n_tok;
   }
 }
+
