@@ -2,7 +2,11 @@
 // and prefill tokens in one call (semantics: kernels/cpu/kn_attention.c, the oracle).
 //
 // Flash-decoding. A work item is (query token t, KV head h); its keys [0, kv_len) are
-// cut into chunks of KN_ATTN_CHUNK_TOKENS, one block per (item, chunk):
+// cut into chunks of `chunk` keys, one block per (item, chunk). chunk is
+// KN_ATTN_CHUNK_TOKENS (256) unless that makes fewer than KN_ATTN_MIN_BLOCKS blocks
+// (a decode of one or two sequences at short context): then it halves, down to
+// KN_ATTN_MIN_CHUNK_TOKENS, so that the keys spread over the SMs instead of one block
+// walking 256 rows in 8 dependent steps (llama3-8b, batch 1, 1k keys: 32 blocks).
 //
 //   grid  = n_tok * n_kv_heads * n_chunks blocks (1-D; chunk is the fastest index)
 //   block = KN_ATTN_THREADS (4 warps), split into row teams of head_dim / 8 lanes;
@@ -23,8 +27,11 @@
 //                of single-chunk tokens return at once.
 //
 // Workspace (only when a token can have more than one chunk):
-//   n_chunks = max_kv_len <= KN_ATTN_CHUNK_TOKENS ? 1 : ceil(max_kv_len / KN_ATTN_CHUNK_TOKENS)
+//   n_chunks = max_kv_len <= chunk ? 1 : ceil(max_kv_len / chunk)
 //   bytes    = n_chunks > 1 ? n_tok * n_heads * n_chunks * (head_dim + 2) * 4 : 0
+// kn_cuda_attention_workspace_bytes returns at least that for the call and for any call
+// with fewer tokens and a smaller max_kv_len (a smaller grid may take smaller chunks),
+// so a buffer sized once for the largest step serves every step.
 //   layout   = acc [n_tok][n_heads][n_chunks][head_dim] f32,
 //              then ml [n_tok][n_heads][n_chunks][2] f32 (max in log2 units, sum).
 // max_kv_len only sizes the split: a token longer than n_chunks chunks gets its
@@ -43,7 +50,9 @@
 #include "kn_cuda_internal.cuh"
 
 enum {
-  KN_ATTN_CHUNK_TOKENS = 256, // keys per block (the split granularity)
+  KN_ATTN_CHUNK_TOKENS = 256, // keys per block (the split granularity) on a full grid
+  KN_ATTN_MIN_CHUNK_TOKENS = 64,
+  KN_ATTN_MIN_BLOCKS = 528,   // 4 blocks per SM of an H100 (132 SMs)
   KN_ATTN_WARPS = 4,
   KN_ATTN_THREADS = KN_ATTN_WARPS * 32,
   KN_ATTN_MAX_GT = 8,         // query heads per block pass
@@ -55,12 +64,21 @@ enum {
 typedef struct {
   kn_cuda_attn_args_t a;
   int32_t n_chunks; // chunks per token at most (the grid's split)
+  int32_t chunk;    // keys per chunk
   float *ws_acc;    // [n_tok][n_heads][n_chunks][head_dim] f32, NULL when n_chunks == 1
   float *ws_ml;     // [n_tok][n_heads][n_chunks][2] f32: max (log2 units), sum
 } kn_attn_launch_t;
 
-static int32_t kn_attn_n_chunks(int32_t max_kv_len) {
-  return max_kv_len <= KN_ATTN_CHUNK_TOKENS ? 1 : (int32_t)kn_ceil_div(max_kv_len, KN_ATTN_CHUNK_TOKENS);
+static int32_t kn_attn_n_chunks(int32_t max_kv_len, int32_t chunk) {
+  return max_kv_len <= chunk ? 1 : (int32_t)kn_ceil_div(max_kv_len, chunk);
+}
+
+// Keys per chunk for a call (see the header comment).
+static int32_t kn_attn_chunk(int64_t n_tok, int32_t n_kv_heads, int32_t max_kv_len) {
+  int32_t chunk = KN_ATTN_CHUNK_TOKENS;
+  while (chunk > KN_ATTN_MIN_CHUNK_TOKENS && n_tok * n_kv_heads * kn_attn_n_chunks(max_kv_len, chunk) < KN_ATTN_MIN_BLOCKS)
+    chunk /= 2;
+  return chunk;
 }
 
 // Token t's kv length, clamped to its sequence's view (0 for a bad sequence index).
@@ -79,9 +97,9 @@ __device__ __forceinline__ int32_t kn_attn_tok_len(const kn_cuda_attn_args_t &a,
 
 // Chunks token t uses: 1 for kv_len <= one chunk (kv_len 0 included: chunk 0 writes the
 // zeros), never more than the grid's n_chunks (the last one takes the remainder).
-__device__ __forceinline__ int32_t kn_attn_tok_chunks(int32_t len, int32_t n_chunks) {
-  if (len <= KN_ATTN_CHUNK_TOKENS) return 1;
-  int32_t n = (len + KN_ATTN_CHUNK_TOKENS - 1) / KN_ATTN_CHUNK_TOKENS;
+__device__ __forceinline__ int32_t kn_attn_tok_chunks(int32_t len, int32_t n_chunks, int32_t chunk) {
+  if (len <= chunk) return 1;
+  int32_t n = (len + chunk - 1) / chunk;
   return n < n_chunks ? n : n_chunks;
 }
 
@@ -129,10 +147,10 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS) kn_attn_chunk_kernel(c
   const int64_t t = item / a.n_kv_heads;
   const int32_t kvh = (int32_t)(item % a.n_kv_heads);
   const int32_t len = kn_attn_tok_len(a, t);
-  const int32_t n_tok_chunks = kn_attn_tok_chunks(len, L.n_chunks);
+  const int32_t n_tok_chunks = kn_attn_tok_chunks(len, L.n_chunks, L.chunk);
   if (c >= n_tok_chunks) return; // block-uniform: before any barrier
-  const int32_t j_begin = c * KN_ATTN_CHUNK_TOKENS;
-  const int32_t j_end = c == n_tok_chunks - 1 ? len : j_begin + KN_ATTN_CHUNK_TOKENS;
+  const int32_t j_begin = c * L.chunk;
+  const int32_t j_end = c == n_tok_chunks - 1 ? len : j_begin + L.chunk;
 
   const int lane = threadIdx.x % 32;
   const int team = (threadIdx.x / 32) * TEAMS_PER_WARP + lane / LANES;
@@ -275,7 +293,7 @@ static __global__ void kn_attn_merge_kernel(const __grid_constant__ kn_attn_laun
   const kn_cuda_attn_args_t &a = L.a;
   const int64_t th = blockIdx.x; // t * n_heads + query head
   const int64_t t = th / a.n_heads;
-  const int32_t n_tok_chunks = kn_attn_tok_chunks(kn_attn_tok_len(a, t), L.n_chunks);
+  const int32_t n_tok_chunks = kn_attn_tok_chunks(kn_attn_tok_len(a, t), L.n_chunks, L.chunk);
   if (n_tok_chunks <= 1) return;
   const int hd = a.head_dim, d = threadIdx.x;
   const float *ml = L.ws_ml + th * L.n_chunks * 2;       // [n_chunks][2]
@@ -319,10 +337,19 @@ static void kn_attn_launch_hd(const kn_attn_launch_t &L, int64_t n_blocks, cudaS
 static bool kn_attn_head_dim_ok(int32_t hd) { return hd == 64 || hd == 128 || hd == 256; }
 
 extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a) {
-  if (!a || a->n_tok < 1 || a->n_heads < 1 || a->head_dim < 1 || a->max_kv_len < 0) return 0;
-  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len);
-  if (n_chunks <= 1) return 0;
-  return (size_t)a->n_tok * (size_t)a->n_heads * (size_t)n_chunks * (size_t)(a->head_dim + 2) * sizeof(float);
+  if (!a || a->n_tok < 1 || a->n_heads < 1 || a->n_kv_heads < 1 || a->head_dim < 1 || a->max_kv_len < 0) return 0;
+  const size_t row_bytes = (size_t)(a->head_dim + 2) * sizeof(float);
+  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len));
+  size_t bytes = n_chunks > 1 ? (size_t)a->n_tok * (size_t)a->n_heads * (size_t)n_chunks * row_bytes : 0;
+  // A call with fewer tokens or keys that takes chunks below 256 has fewer than
+  // 2 * KN_ATTN_MIN_BLOCKS blocks (its grid at twice the chunk had fewer than
+  // KN_ATTN_MIN_BLOCKS), so fewer than that many (token, query head, chunk) partials
+  // times the group; never more than n_tok * n_heads * ceil(max_kv_len / 64).
+  const int64_t most = a->n_tok * a->n_heads * kn_attn_n_chunks(a->max_kv_len, KN_ATTN_MIN_CHUNK_TOKENS);
+  const int64_t small = (int64_t)2 * KN_ATTN_MIN_BLOCKS * (a->n_heads / a->n_kv_heads > 0 ? a->n_heads / a->n_kv_heads : 1);
+  const int64_t n_small = a->max_kv_len > KN_ATTN_MIN_CHUNK_TOKENS ? (most < small ? most : small) : 0;
+  if ((size_t)n_small * row_bytes > bytes) bytes = (size_t)n_small * row_bytes;
+  return bytes;
 }
 
 // Messages name the public op, not the helper.
@@ -371,7 +398,7 @@ static ak_status_t kn_attn_check(const kn_cuda_attn_args_t *a, const void *works
                   kv->k_base, kv->v_base, (long long)kv->head_stride_elems, (long long)kv->page_stride_elems);
   if (a->max_kv_len < 0)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "max_kv_len=%d < 0", a->max_kv_len);
-  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len);
+  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len));
   if (a->n_tok * a->n_kv_heads * n_chunks > INT32_MAX || a->n_tok * a->n_heads > INT32_MAX)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld x n_heads=%d x %lld chunks exceeds the grid",
                   (long long)a->n_tok, a->n_heads, (long long)n_chunks);
@@ -389,7 +416,8 @@ extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *
   AK_TRY(kn_attn_check(args, workspace, workspace_bytes, err));
   kn_attn_launch_t L;
   L.a = *args;
-  L.n_chunks = kn_attn_n_chunks(args->max_kv_len);
+  L.chunk = kn_attn_chunk(args->n_tok, args->n_kv_heads, args->max_kv_len);
+  L.n_chunks = kn_attn_n_chunks(args->max_kv_len, L.chunk);
   const int64_t n_th = args->n_tok * args->n_heads;
   L.ws_acc = L.n_chunks > 1 ? (float *)workspace : nullptr;
   L.ws_ml = L.n_chunks > 1 ? (float *)workspace + n_th * L.n_chunks * args->head_dim : nullptr;

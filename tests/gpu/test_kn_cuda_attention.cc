@@ -395,16 +395,48 @@ class KnCudaAttentionArgs : public ::testing::Test {
 };
 
 TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
-  // n_chunks = ceil(max_kv_len / 256); no workspace while one chunk covers every token.
+  // chunk = 256 keys, halved (down to 64) while the grid n_tok * n_kv_heads * n_chunks
+  // has fewer than 528 blocks; n_chunks = ceil(max_kv_len / chunk); no workspace while
+  // one chunk covers every token. Here n_tok 3, n_kv_heads 2: always chunks of 64.
+  const size_t row = (128 + 2) * 4;
   a_.max_kv_len = 0;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), 0u);
-  a_.max_kv_len = 256;
+  a_.max_kv_len = 64;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), 0u);
+  a_.max_kv_len = 65;
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 2 * row);
   a_.max_kv_len = 257;
-  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 2 * (128 + 2) * 4);
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 5 * row);
   a_.max_kv_len = 4099;
-  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 17 * (128 + 2) * 4);
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 65 * row);
+  // A full grid keeps chunks of 256: 64 tokens x 2 KV heads x 17 chunks = 2176 blocks.
+  a_.n_tok = 64;
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)64 * 6 * 17 * row);
+  // 16 x 2 x 17 = 544 blocks take chunks of 256 (1632 partials), but a call with fewer
+  // tokens may take smaller chunks: the size covers it (2 x 528 blocks x a group of 3).
+  a_.n_tok = 16;
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)2 * 528 * 3 * row);
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(nullptr), 0u);
+}
+
+// Every smaller call fits in the workspace sized for a larger one (the forward pass
+// allocates once for its largest step).
+TEST_F(KnCudaAttentionArgs, WorkspaceCoversSmallerCalls) {
+  for (int32_t kvh : {1, 2, 8, 32})
+    for (int64_t n_tok : {1, 4, 16, 64, 512}) {
+      a_.n_kv_heads = kvh;
+      a_.n_heads = kvh * 4;
+      a_.n_tok = n_tok;
+      a_.max_kv_len = 32768;
+      const size_t big = kn_cuda_attention_workspace_bytes(&a_);
+      for (int64_t t = 1; t <= n_tok; t = t * 2 + 1)
+        for (int32_t len : {0, 63, 64, 65, 300, 1024, 5000, 32768}) {
+          a_.n_tok = t;
+          a_.max_kv_len = len;
+          EXPECT_LE(kn_cuda_attention_workspace_bytes(&a_), big)
+              << "kv heads " << kvh << ", " << t << " of " << n_tok << " tokens, max_kv_len " << len;
+        }
+    }
 }
 
 TEST_F(KnCudaAttentionArgs, NullArgs) {
@@ -491,8 +523,8 @@ TEST_F(KnCudaAttentionArgs, MaxKvLen) {
 }
 
 TEST_F(KnCudaAttentionArgs, WorkspaceTooSmall) {
-  const size_t need = kn_cuda_attention_workspace_bytes(&a_); // 3 * 6 * 4 * 130 * 4
-  ASSERT_EQ(need, (size_t)3 * 6 * 4 * 130 * 4);
+  const size_t need = kn_cuda_attention_workspace_bytes(&a_); // 16 chunks of 64 keys
+  ASSERT_EQ(need, (size_t)3 * 6 * 16 * 130 * 4);
   std::string msg = "workspace of 64 bytes, needs " + std::to_string(need);
   expect_fail(AK_ERR_INVALID_ARG, msg.c_str(), ws_, 64);
   msg = "workspace of 0 bytes, needs " + std::to_string(need);
