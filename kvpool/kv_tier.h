@@ -131,6 +131,14 @@ typedef struct {
                           * caller's memory (pinned and device-mapped for the CUDA backend, so
                           * that a kernel can gather recalls from it), which must outlive the
                           * tier and is never freed by it */
+  size_t alias_slab_bytes; /* BENCHMARKS ONLY. 0: the slab holds every slot. Otherwise (a caller
+                          * slab only) the slab is this many bytes, fewer than capacity_bytes,
+                          * and slot i's blob lives in slab slot i % (alias_slab_bytes /
+                          * slot_bytes): blobs of aliased slots overwrite each other, so a get
+                          * may return another blob's bytes. For speed runs over synthetic K/V
+                          * that back up more pages than host memory holds (bench_decode's
+                          * throughput rows); the accounting (slots, capacity, full) stays
+                          * that of capacity_bytes */
 } kv_tier_host_params_t;
 
 /* Both fields are 0 and must be set. */
@@ -143,7 +151,8 @@ kv_tier_host_params_t kv_tier_host_params_default(void);
 ak_status_t kv_tier_host_create(const kv_tier_host_params_t *p, ak_err_t *err, kv_tier_t **tier_p);
 
 /* The slot a host tier's id names: its blob starts at byte slot * slot_bytes of the slab
- * (-1 for KV_BACKUP_NONE). Says nothing about whether the id is still valid. */
+ * (-1 for KV_BACKUP_NONE). Says nothing about whether the id is still valid. With
+ * alias_slab_bytes the blob is at slab slot (slot % (alias_slab_bytes / slot_bytes)). */
 int64_t kv_tier_host_slot(kv_backup_id_t id);
 
 #ifdef __cplusplus

@@ -74,7 +74,8 @@ typedef struct {
   kv_tier_t base; /* first: a kv_tier_t * is a kv_tier_host_t * */
   size_t slot_bytes;
   int64_t n_slots;
-  unsigned char *slab;   /* [n_slots][slot_bytes] bytes */
+  unsigned char *slab;   /* [n_slab_slots][slot_bytes] bytes */
+  int64_t n_slab_slots;  /* n_slots, or fewer with alias_slab_bytes (slot i at i % n_slab_slots) */
   int owns_slab;         /* 0: the caller's (kv_tier_host_params_t.slab) */
   kv_host_slot_t *slots; /* [n_slots] */
   int32_t *free_stack;   /* [n_slots] slot indices, top at n_free - 1 */
@@ -114,7 +115,7 @@ static ak_status_t kv_host_reserve(kv_tier_t *tier, size_t n_bytes, kv_backup_id
                   (long long)h->st.n_used, (long long)h->n_slots, (size_t)h->n_slots * h->slot_bytes);
   int32_t slot_idx = h->free_stack[--h->n_free];
   kv_host_slot_t *s = &h->slots[slot_idx];
-  *dst_p = h->slab + (int64_t)slot_idx * (int64_t)h->slot_bytes;
+  *dst_p = h->slab + (int64_t)slot_idx % h->n_slab_slots * (int64_t)h->slot_bytes;
   s->n_bytes = n_bytes;
   h->st.n_used++;
   h->st.bytes_used += n_bytes;
@@ -141,7 +142,7 @@ static ak_status_t kv_host_get(kv_tier_t *tier, kv_backup_id_t id, void *dst, si
   if (n_bytes != s->n_bytes)
     return AK_ERR(&tier->err, AK_ERR_INVALID_ARG, "id %lld holds %llu bytes, get asked for %zu", (long long)id,
                   (unsigned long long)s->n_bytes, n_bytes);
-  memcpy(dst, h->slab + slot_idx * (int64_t)h->slot_bytes, n_bytes);
+  memcpy(dst, h->slab + slot_idx % h->n_slab_slots * (int64_t)h->slot_bytes, n_bytes);
   h->st.gets++;
   h->st.bytes_got += n_bytes;
   return AK_OK;
@@ -205,6 +206,18 @@ ak_status_t kv_tier_host_create(const kv_tier_host_params_t *p, ak_err_t *err, k
   if (n_slots > (size_t)INT32_MAX)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "capacity_bytes=%zu / slot_bytes=%zu = %zu slots exceeds 2^31-1",
                   p->capacity_bytes, p->slot_bytes, n_slots);
+  size_t n_slab_slots = n_slots;
+  if (p->alias_slab_bytes) {
+    if (!p->slab)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "alias_slab_bytes=%zu needs the caller's slab (slab is NULL)",
+                    p->alias_slab_bytes);
+    n_slab_slots = p->alias_slab_bytes / p->slot_bytes;
+    if (n_slab_slots < 1 || n_slab_slots >= n_slots)
+      return AK_ERR(err, AK_ERR_INVALID_ARG,
+                    "alias_slab_bytes=%zu must hold at least one slot of %zu bytes and fewer than the %zu slots "
+                    "of capacity_bytes=%zu",
+                    p->alias_slab_bytes, p->slot_bytes, n_slots, p->capacity_bytes);
+  }
 
   kv_tier_host_t *h = ak_host_alloc(sizeof *h, 1);
   if (!h) return AK_ERR(err, AK_ERR_NO_MEMORY, "host tier struct");
@@ -212,6 +225,7 @@ ak_status_t kv_tier_host_create(const kv_tier_host_params_t *p, ak_err_t *err, k
   h->base.impl = h;
   h->slot_bytes = p->slot_bytes;
   h->n_slots = (int64_t)n_slots;
+  h->n_slab_slots = (int64_t)n_slab_slots;
   h->owns_slab = p->slab == NULL;
   h->slab = h->owns_slab ? ak_host_alloc(n_slots * p->slot_bytes, 0) : p->slab;
   if (!h->slab) goto err_free_struct;

@@ -875,3 +875,71 @@ TEST(KvTierReserve, ATierWithoutReserveIsUnsupported) {
 }
 
 }  // namespace
+
+// alias_slab_bytes (benchmarks): the accounting is capacity_bytes' slots, the bytes live
+// in a smaller slab at slot % slab slots, so aliased blobs overwrite each other; nothing
+// is written outside the slab.
+TEST(KvTierHost, AliasedSlabMapsSlotsModuloAndKeepsTheAccounting) {
+  const size_t slot = 64;
+  const int n = 10, n_slab = 3;
+  std::vector<unsigned char> mem(slot * n_slab + 32, 0xCD);  // 32 guard bytes after the slab
+  kv_tier_host_params_t p = kv_tier_host_params_default();
+  EXPECT_EQ(p.alias_slab_bytes, 0u);
+  p.capacity_bytes = slot * n;
+  p.slot_bytes = slot;
+  p.slab = mem.data();
+  p.alias_slab_bytes = slot * n_slab + 5;  // a remainder below one slot is not used
+  kv_tier_t *raw = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(kv_tier_host_create(&p, &err, &raw), AK_OK) << err.msg;
+  TierPtr t(raw);
+  kv_tier_stats_t st;
+  kv_tier_stats(t.get(), &st);
+  EXPECT_EQ(st.n_slots, n);
+  EXPECT_EQ(st.bytes_capacity, slot * n);
+  std::vector<kv_backup_id_t> ids;
+  for (int i = 0; i < n; i++) {
+    std::vector<unsigned char> blob(slot, (unsigned char)(i + 1));
+    kv_backup_id_t id = KV_BACKUP_NONE;
+    ASSERT_EQ(kv_tier_put(t.get(), blob.data(), slot, &id), AK_OK) << kv_tier_errmsg(t.get());
+    EXPECT_EQ(kv_tier_host_slot(id), i);
+    ids.push_back(id);
+  }
+  kv_backup_id_t extra;
+  EXPECT_EQ(kv_tier_put(t.get(), mem.data(), slot, &extra), AK_ERR_POOL_FULL) << "full at capacity_bytes' slots";
+  // slab slot j holds the last blob put at a slot i with i % 3 == j: blobs 9, 7 and 8
+  for (int j = 0; j < n_slab; j++) {
+    int last = j + n_slab * ((n - 1 - j) / n_slab);
+    EXPECT_EQ(mem[j * slot], (unsigned char)(last + 1)) << "slab slot " << j;
+  }
+  for (size_t b = slot * n_slab; b < mem.size(); b++) EXPECT_EQ(mem[b], 0xCD) << "byte " << b << " past the slab";
+  // a get returns what the aliased slab slot holds: blob 0's slot now has blob 9's bytes
+  std::vector<unsigned char> out(slot);
+  ASSERT_EQ(kv_tier_get(t.get(), ids[0], out.data(), slot), AK_OK);
+  EXPECT_EQ(out[0], (unsigned char)10);
+  // reserve hands out the aliased address too
+  ASSERT_EQ(kv_tier_free(t.get(), ids[4]), AK_OK);
+  kv_backup_id_t rid = KV_BACKUP_NONE;
+  void *dst = nullptr;
+  ASSERT_EQ(kv_tier_reserve(t.get(), slot, &rid, &dst), AK_OK) << kv_tier_errmsg(t.get());
+  EXPECT_EQ(dst, mem.data() + (kv_tier_host_slot(rid) % n_slab) * slot);
+}
+
+TEST(KvTierHost, AliasedSlabRefusesBadSizes) {
+  std::vector<unsigned char> mem(1024);
+  kv_tier_host_params_t p = kv_tier_host_params_default();
+  p.capacity_bytes = 640;
+  p.slot_bytes = 64;
+  p.alias_slab_bytes = 128;
+  kv_tier_t *raw = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(kv_tier_host_create(&p, &err, &raw), AK_ERR_INVALID_ARG) << "an aliased slab must be the caller's";
+  EXPECT_NE(std::string(err.msg).find("needs the caller's slab"), std::string::npos) << err.msg;
+  p.slab = mem.data();
+  p.alias_slab_bytes = 63;
+  EXPECT_EQ(kv_tier_host_create(&p, &err, &raw), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("alias_slab_bytes=63"), std::string::npos) << err.msg;
+  p.alias_slab_bytes = 640;  // not smaller than the capacity: nothing to alias
+  EXPECT_EQ(kv_tier_host_create(&p, &err, &raw), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(raw, nullptr);
+}
