@@ -64,6 +64,7 @@ struct wk_arkvale_cuda {
   /* the tier's pinned slab */
   void *slab_host, *slab_dev;
   size_t slab_bytes;
+  int64_t slab_slots;     /* pages the slab holds; tier slot s lives at s % slab_slots */
   kv_tier_t *tier;
 };
 
@@ -285,17 +286,23 @@ ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, 
   return AK_OK;
 }
 
-ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, ak_err_t *err,
-                                 kv_tier_t **tier_p) {
+ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, size_t alias_slab_bytes,
+                                 ak_err_t *err, kv_tier_t **tier_p) {
   if (!ak->select) return AK_ERR(err, AK_ERR_INVALID_ARG, "the device tier is for select_on_device pools");
   if (ak->tier) return AK_ERR(err, AK_ERR_INVALID_ARG, "the device tier exists already (one pool per forward)");
   size_t bytes = kv_pool_tier_bytes(kp);
-  AK_TRY(kn_cuda_host_alloc(bytes, err, &ak->slab_host, &ak->slab_dev));
-  ak->slab_bytes = bytes;
+  size_t slab = alias_slab_bytes ? alias_slab_bytes : bytes;
+  if (alias_slab_bytes && (alias_slab_bytes < ak->page_bytes || alias_slab_bytes >= bytes))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "alias_slab_bytes=%zu must hold a page of %zu bytes and be below the "
+                  "tier's %zu", alias_slab_bytes, ak->page_bytes, bytes);
+  AK_TRY(kn_cuda_host_alloc(slab, err, &ak->slab_host, &ak->slab_dev));
+  ak->slab_bytes = slab;
+  ak->slab_slots = (int64_t)(slab / ak->page_bytes);
   kv_tier_host_params_t tp = kv_tier_host_params_default();
   tp.capacity_bytes = bytes;
   tp.slot_bytes = ak->page_bytes;
   tp.slab = ak->slab_host;
+  tp.alias_slab_bytes = alias_slab_bytes;
   AK_TRY(kv_tier_host_create(&tp, err, &ak->tier));
   *tier_p = ak->tier;
   return AK_OK;
@@ -350,7 +357,10 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
     h_np[i] = (int32_t)row.n_pages;
     memcpy(h_phys + (int64_t)i * maxp, row.phys, sizeof(int32_t) * (size_t)row.n_pages);
     int32_t *bs = h_bslot + (int64_t)i * maxp;
-    for (int64_t j = 0; j < row.n_pages; j++) bs[j] = (int32_t)kv_tier_host_slot(row.backup[j]);
+    for (int64_t j = 0; j < row.n_pages; j++) { /* the slab slot (slots alias past an aliased slab) */
+      int64_t slot = kv_tier_host_slot(row.backup[j]);
+      bs[j] = slot < 0 ? -1 : (int32_t)(slot % ak->slab_slots);
+    }
     any = 1;
     if (row.seq > max_seq) max_seq = row.seq;
     if (ak->sel_rows == 0) /* the step's page -> query rows: the same for every budgeted layer */

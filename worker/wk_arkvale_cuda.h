@@ -52,9 +52,11 @@ ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int
 ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, void *dst_host, ak_err_t *err);
 
 /* select_on_device: the backup tier for the pool (kv_pool_params_t.tier), a host tier
- * over pinned memory the gather kernel reads. Owned by ak (destroy the pool first). */
-ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, ak_err_t *err,
-                                 kv_tier_t **tier_p);
+ * over pinned memory the gather kernel reads. Owned by ak (destroy the pool first).
+ * alias_slab_bytes 0: the pinned slab holds every slot; otherwise (benchmarks over
+ * synthetic K/V only) a slab of that many bytes whose slots alias (kv_tier.h). */
+ak_status_t wk_arkvale_cuda_tier(wk_arkvale_cuda_t *ak, const kv_pool_params_t *kp, size_t alias_slab_bytes,
+                                 ak_err_t *err, kv_tier_t **tier_p);
 
 /* A new step: forgets the last step's recall lists. */
 void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak);

@@ -110,7 +110,7 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
                     "tier needs select_on_device = -1");
         goto err_destroy;
       }
-      st = wk_forward_cuda_device_tier(e->fw_cuda, &kp, err, &kp.tier);
+      st = wk_forward_cuda_device_tier(e->fw_cuda, &kp, 0, err, &kp.tier);
     }
     if (st >= 0) st = kv_pool_create(&kp, err, &e->pool);
     if (st < 0) goto err_destroy;

@@ -263,10 +263,10 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
   return AK_OK;
 }
 
-ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_params_t *kp, ak_err_t *err,
-                                        kv_tier_t **tier_p) {
+ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_params_t *kp, size_t alias_slab_bytes,
+                                        ak_err_t *err, kv_tier_t **tier_p) {
   if (!fw->ak) return AK_ERR(err, AK_ERR_INVALID_ARG, "call wk_forward_cuda_page_ops for an arkvale pool first");
-  return wk_arkvale_cuda_tier(fw->ak, kp, err, tier_p);
+  return wk_arkvale_cuda_tier(fw->ak, kp, alias_slab_bytes, err, tier_p);
 }
 
 ak_status_t wk_forward_cuda_set_decode_gemm(wk_forward_cuda_t *fw, kn_cuda_decode_gemm_t mode, ak_err_t *err) {

@@ -54,9 +54,11 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
 
 /* For a select_on_device arkvale pool (after wk_forward_cuda_page_ops for it): the
  * backup tier to put in kv_pool_params_t.tier, host memory pinned and mapped so that
- * recalls are one gather kernel per layer. Owned by fw; destroy the pool first. */
-ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_params_t *kp, ak_err_t *err,
-                                        kv_tier_t **tier_p);
+ * recalls are one gather kernel per layer. Owned by fw; destroy the pool first.
+ * alias_slab_bytes: 0 for a real pool; bench_decode's synthetic throughput rows may cap
+ * the pinned memory, its slots then alias (wk_arkvale_cuda_tier, kv_tier.h). */
+ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_params_t *kp, size_t alias_slab_bytes,
+                                        ak_err_t *err, kv_tier_t **tier_p);
 
 /* Runs the batch and appends its tokens to each sequence in `pool`; logits (when
  * wanted) are copied to the host array. On failure the pool is as before the call. */

@@ -20,8 +20,11 @@
  * ArkVale, every digest once), with the full row of its context (the speed-up), and
  * ArkVale rows report their recalls per budgeted layer, sequence and step.
  *
+ * With --kv-limit-gib each row's batch is the most sequences whose pages fit the cap
+ * (Figure 9b: throughput under a KV memory limit), and "vs full" compares tokens/s.
+ *
  * Not here: prefill time, accuracy (random K/V and weights: the recalls are not a real
- * model's), the throughput-under-a-memory-cap experiment (Figure 9b). */
+ * model's). */
 #include <cuda_runtime_api.h>
 #include <errno.h>
 #include <stdint.h>
@@ -65,12 +68,27 @@ static void dec_row_fail(dec_row_t *row, ak_status_t st, const char *msg) {
   snprintf(row->note, sizeof row->note, "%s", msg);
 }
 
+/* Decode steps a row runs past its context (warm-up, timed, profiled, one spare). */
+static int64_t dec_max_tokens(const dec_args_t *a, int64_t ctx) {
+  return ctx + a->n_warmup + a->n_steps + DEC_PROFILE_STEPS + 1;
+}
+
+int64_t dec_row_pages(const dec_args_t *a, const wk_hparams_t *hp, int64_t ctx, int64_t budget, int64_t batch) {
+  int64_t max_tokens = dec_max_tokens(a, ctx), page = a->page_tokens;
+  int64_t seq_pages = kv_pages_for_tokens(max_tokens, (int32_t)page);
+  if (budget <= 0) return batch * seq_pages * hp->n_layers;
+  kv_pool_params_t kp = kv_pool_params_default(); /* n_full_layers: the pool's default */
+  int64_t budgeted = hp->n_layers - kp.n_full_layers;
+  return batch * (seq_pages * kp.n_full_layers + (budget / page + kv_pages_for_tokens(a->fill_chunk, (int32_t)page) + 2) *
+                                                     budgeted);
+}
+
 /* Pool, forward, synthetic fill, warm-up and timed steps for one row. Frees all it
  * allocated before returning, whatever happened (the next row needs the memory). */
 static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_row_t *row) {
   const wk_hparams_t *hp = wk_model_cuda_hparams(model);
-  int32_t B = (int32_t)a->batch;
-  int64_t max_tokens = row->ctx + a->n_warmup + a->n_steps + DEC_PROFILE_STEPS + 1;
+  int32_t B = (int32_t)row->batch;
+  int64_t max_tokens = dec_max_tokens(a, row->ctx);
   ak_err_t err;
   ak_err_clear(&err);
   ak_status_t st = AK_OK;
@@ -98,12 +116,9 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   kp.page_tokens = (int32_t)a->page_tokens;
   kp.max_seqs = B;
   kp.max_seq_tokens = (int32_t)max_tokens;
-  kp.n_pages = (int64_t)B * kv_pages_for_tokens(max_tokens, kp.page_tokens) * hp->n_layers;
-  if (row->budget > 0) { /* full layers + budgeted layers at budget, plus one fill chunk in flight */
-    int64_t budgeted = hp->n_layers - kp.n_full_layers;
-    kp.n_pages = (int64_t)B * (kv_pages_for_tokens(max_tokens, kp.page_tokens) * kp.n_full_layers +
-                               (row->budget / kp.page_tokens + DEC_FILL_CHUNK / kp.page_tokens + 2) * budgeted);
-  }
+  /* full: every layer's pages; ArkVale: full layers + budgeted layers at budget, plus
+   * one fill chunk in flight */
+  kp.n_pages = dec_row_pages(a, hp, row->ctx, row->budget, B);
   kp.dtype = KN_F16;
   kp.check_every_step = 0; /* a Debug build would check every table each step: not what we time */
   row->kv_alloc_bytes = (size_t)kp.n_pages * kv_page_bytes(&kp);
@@ -139,7 +154,14 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   if (st < 0) goto fail;
   kp.select_on_device = row->budget > 0 && !a->select_host;
   st = wk_forward_cuda_page_ops(fw, pages, &kp, &err, &kp.page_ops);
-  if (st >= 0 && kp.select_on_device) st = wk_forward_cuda_device_tier(fw, &kp, &err, &kp.tier);
+  if (st >= 0 && kp.select_on_device) {
+    row->tier_bytes = kv_pool_tier_bytes(&kp);
+    row->slab_bytes = row->tier_bytes;
+    if (a->host_slab_gib > 0 && (double)row->tier_bytes > a->host_slab_gib * DEC_GIB)
+      row->slab_bytes = (size_t)(a->host_slab_gib * DEC_GIB);
+    st = wk_forward_cuda_device_tier(fw, &kp, row->slab_bytes < row->tier_bytes ? row->slab_bytes : 0, &err,
+                                     &kp.tier);
+  }
   if (st < 0) goto fail;
   st = kv_pool_create(&kp, &err, &pool);
   if (st < 0) goto fail;
@@ -163,7 +185,7 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   /* ArkVale: in chunks, each committed (pages digested and backed up) and the
    * sequences compacted to their budget, so the pool stays within its budget */
   for (int64_t done_tok = 0; done_tok < row->ctx;) {
-    int64_t chunk = row->budget > 0 ? DEC_FILL_CHUNK : row->ctx;
+    int64_t chunk = row->budget > 0 ? a->fill_chunk : row->ctx;
     if (chunk > row->ctx - done_tok) chunk = row->ctx - done_tok;
     for (int32_t i = 0; i < B; i++) n_new[i] = (int32_t)chunk;
     st = kv_step_begin(pool, &fill);
@@ -296,8 +318,14 @@ int main(int argc, char **argv) {
                               : "; ArkVale decides on the device (score, plan, gather per layer)");
   printf("decode GEMMs: %s; CUDA graphs %s\n", dec_gemm_desc[a.gemm_mode],
          a.no_graphs ? "off" : "on");
-  printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the host.\n",
-         (long long)a.batch);
+  if (a.kv_limit_gib > 0)
+    printf("KV filled synthetically; prefill not timed. Each row decodes as many sequences as its pages fit in %.1f "
+           "GiB, one token each per step, logits to the host; vs_full compares tokens/s.\n",
+           a.kv_limit_gib);
+  else
+    printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the "
+           "host.\n",
+           (long long)a.batch);
 
   double t_start = dec_now_ms();
   int n_rows = a.n_shapes * a.n_ctx * a.n_budgets, any_error = 0;
@@ -330,7 +358,22 @@ int main(int argc, char **argv) {
         row->ctx = a.ctx[c];
         row->budget = a.budgets[k];
         row->weight_bytes = weight_bytes;
-        if (st < 0) {
+        row->batch = a.batch;
+        if (st >= 0 && a.kv_limit_gib > 0) { /* the most sequences whose pages fit the cap */
+          const wk_hparams_t *hp = wk_model_cuda_hparams(model);
+          kv_pool_params_t kp = kv_pool_params_default();
+          kp.n_kv_heads = hp->n_kv_heads;
+          kp.head_dim = hp->head_dim;
+          kp.page_tokens = (int32_t)a.page_tokens;
+          kp.dtype = KN_F16;
+          double seq_bytes = (double)dec_row_pages(&a, hp, row->ctx, row->budget, 1) * (double)kv_page_bytes(&kp);
+          row->batch = (int64_t)(a.kv_limit_gib * DEC_GIB / seq_bytes);
+          if (row->batch > 4096) row->batch = 4096;
+        }
+        if (st >= 0 && row->batch < 1) {
+          row->status = DEC_ROW_NO_FIT;
+          snprintf(row->note, sizeof row->note, "one sequence's pages exceed --kv-limit-gib %.1f", a.kv_limit_gib);
+        } else if (st < 0) {
           dec_row_fail(row, st, err.msg);
         } else {
           double t1 = dec_now_ms();

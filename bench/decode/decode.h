@@ -33,10 +33,13 @@ typedef struct {
   int64_t budgets[DEC_MAX_BUDGETS]; /* --kv-budget, tokens: 0 = the full cache; else ArkVale */
   int n_budgets;
   int select_host;
-  int keys_skewed;      /* --kv-keys skewed: each page's K/V scaled by its own factor */      /* --kv-select host: ArkVale decides on the host (default: on the device) */
+  int keys_skewed;      /* --kv-keys skewed: each page's K/V scaled by its own factor */
+  double kv_limit_gib;  /* --kv-limit-gib: each row's batch is the most sequences whose pages fit (0: --batch) */
+  int64_t fill_chunk;   /* --fill-chunk: tokens per synthetic-fill step of an ArkVale row */
+  double host_slab_gib; /* --host-slab-gib: pinned backup memory cap; beyond it tier slots alias (0: no cap) */
 } dec_args_t;
 
-/* Tokens per synthetic-fill step of an ArkVale row. */
+/* Tokens per synthetic-fill step of an ArkVale row (default of --fill-chunk). */
 #define DEC_FILL_CHUNK 2048
 /* Steps run after the timed ones with CUDA events around each phase (not timed: the
  * events cost a little and keep the full cache off its graph). */
@@ -48,6 +51,9 @@ typedef struct {
   const char *shape;
   int64_t ctx;
   int64_t budget;          /* tokens per budgeted layer and sequence; 0 = the full cache */
+  int64_t batch;           /* sequences decoding together (--batch, or what --kv-limit-gib admits) */
+  size_t tier_bytes;       /* ArkVale on the device: the backup tier's capacity */
+  size_t slab_bytes;       /* ... and the pinned memory behind it (< tier_bytes: slots alias) */
   dec_row_status_t status;
   char note[AK_ERR_MSG_BYTES]; /* why it did not fit or failed */
   double median_ms, p10_ms, p90_ms, min_ms, max_ms;
@@ -72,6 +78,11 @@ typedef struct {
   char date[32];
   char cmdline[2048];
 } dec_info_t;
+
+/* Pages a row's pool allocates for `batch` sequences (decode.c): every layer's pages for
+ * the whole context (full), or the full layers' and, for each budgeted layer, the budget
+ * plus one fill chunk plus 2 pages (ArkVale). */
+int64_t dec_row_pages(const dec_args_t *a, const wk_hparams_t *hp, int64_t ctx, int64_t budget, int64_t batch);
 
 /* decode_args.c: 0 ok, 1 help printed, -1 bad flag (message printed). */
 int dec_parse_args(int argc, char **argv, dec_args_t *a);

@@ -20,6 +20,12 @@ void dec_usage(FILE *f) {
           "  --shape NAME[,NAME]  synthetic model shape, repeatable: llama2-7b, longchat-7b, llama3-8b,\n"
           "                       smollm2-135m (default longchat-7b)\n"
           "  --batch B            sequences decoding together, one token each per step (default 4)\n"
+          "  --kv-limit-gib G     instead of --batch: each row decodes as many sequences as its KV pages\n"
+          "                       fit in G GiB (the paper's Figure 9b: throughput under a KV memory cap)\n"
+          "  --fill-chunk T       tokens per synthetic-fill step of an ArkVale row (default %d); the\n"
+          "                       pool holds budget + T tokens per budgeted layer while filling\n"
+          "  --host-slab-gib H    cap the pinned backup memory at H GiB; a tier needing more has its\n"
+          "                       slots alias (synthetic K/V only: speed is what is measured)\n"
           "  --ctx N[,N...]       cached tokens per sequence before the timed steps\n"
           "                       (default 10240,20480,30720)\n"
           "  --steps N            timed decode steps (default 32)\n"
@@ -42,7 +48,7 @@ void dec_usage(FILE *f) {
           "  --bandwidth-gbs X    memory bandwidth of the bound, GB/s (default 3350: H100 SXM HBM3)\n"
           "  --out PATH           results file (default bench/results/decode-<date>.md)\n"
           "  --no-write           print only, write no results file\n",
-          DEC_MAX_BUDGETS, 1 << 24);
+          DEC_FILL_CHUNK, DEC_MAX_BUDGETS, 1 << 24);
 }
 
 /* Strict integer: the whole string, in [lo, hi]. Prints a message naming the flag. */
@@ -86,6 +92,7 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
   a->n_warmup = 4;
   a->page_tokens = 32;
   a->bandwidth_gbs = 3350.0;
+  a->fill_chunk = DEC_FILL_CHUNK;
   int ctx_given = 0, budget_given = 0;
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
@@ -99,7 +106,8 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     if (strcmp(f, "--shape") && strcmp(f, "--batch") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
         strcmp(f, "--warmup") && strcmp(f, "--page-tokens") && strcmp(f, "--device") &&
         strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm") &&
-        strcmp(f, "--graphs") && strcmp(f, "--kv-budget") && strcmp(f, "--kv-select") && strcmp(f, "--kv-keys")) {
+        strcmp(f, "--graphs") && strcmp(f, "--kv-budget") && strcmp(f, "--kv-select") && strcmp(f, "--kv-keys") &&
+        strcmp(f, "--kv-limit-gib") && strcmp(f, "--fill-chunk") && strcmp(f, "--host-slab-gib")) {
       fprintf(stderr, "bench_decode: unknown flag '%s' (--help lists them)\n", f);
       return -1;
     }
@@ -149,6 +157,17 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
       r = dec_split(f, v, items, DEC_MAX_CTX, &n);
       for (int k = 0; r == 0 && k < n; k++) r = dec_parse_int(f, items[k], 1, 1 << 24, &a->ctx[a->n_ctx++]);
     } else if (!strcmp(f, "--batch")) r = dec_parse_int(f, v, 1, 4096, &a->batch);
+    else if (!strcmp(f, "--fill-chunk")) r = dec_parse_int(f, v, 1, 1 << 20, &a->fill_chunk);
+    else if (!strcmp(f, "--kv-limit-gib") || !strcmp(f, "--host-slab-gib")) {
+      char *end = NULL;
+      errno = 0;
+      double g = strtod(v, &end);
+      if (errno || !end || *end || !(g > 0) || g > 1e6) {
+        fprintf(stderr, "bench_decode: %s expects a positive number of GiB, got '%s'\n", f, v);
+        r = -1;
+      } else if (!strcmp(f, "--kv-limit-gib")) a->kv_limit_gib = g;
+      else a->host_slab_gib = g;
+    }
     else if (!strcmp(f, "--gemm")) {
       int m = -1;
       for (int k = 0; k < 3; k++)
