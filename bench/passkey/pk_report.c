@@ -94,8 +94,10 @@ void pk_report_errors(FILE *f, const pk_results_t *res) {
 }
 
 /* Mean decode time per answer and kvpool's recall/eviction counts of each row. */
-static void pk_report_costs(FILE *f, const pk_results_t *res) {
-  fprintf(f, "| policy | budget | context | branch ms | decode ms / answer | recalls / answer | evictions / answer |\n");
+/* cuda: each cell prefilled itself (its prefill time in the column kv_seq_branch's takes on the CPU). */
+static void pk_report_costs(FILE *f, const pk_results_t *res, int cuda) {
+  fprintf(f, "| policy | budget | context | %s ms | decode ms / answer | recalls / answer | evictions / answer |\n",
+          cuda ? "prefill" : "branch");
   fprintf(f, "|---|---:|---:|---:|---:|---:|---:|\n");
   for (int32_t pi = 0; pi < res->n_policies; pi++)
     for (int32_t bi = 0; bi < pk_row_budgets(res, pi); bi++)
@@ -127,6 +129,7 @@ int pk_report_write(const char *path, const pk_results_t *res, const pk_report_m
     return -1;
   }
   fprintf(f, "# passkey retrieval (ArkVale Table 1 protocol) — %s\n\n", meta->date);
+  fprintf(f, "Device: %s\n\n", meta->device ? meta->device : "cpu");
   fprintf(f, "Command: `%s` (run from the repository root)\n\n", meta->command);
   fprintf(f, "Accuracy (%%) over the depths, greedy answer containing the passkey; "
              "`–` = budget >= context (the policy would evict nothing: identical to full, not run).\n\n");
@@ -135,7 +138,7 @@ int pk_report_write(const char *path, const pk_results_t *res, const pk_report_m
   fprintf(f, "- model: %s\n", meta->model);
   fprintf(f, "%s", meta->settings);
   fprintf(f, "- wall time: %.1f s\n", meta->wall_s);
-  fprintf(f, "\n## Machine\n\n- CPU: %s\n", meta->machine);
+  fprintf(f, "\n## Machine\n\n- CPU: %s\n- device: %s\n", meta->machine, meta->device ? meta->device : "cpu");
 
   fprintf(f, "\n## Prompts\n\n| context | cases | prompt tokens (min–max) | prefill s / case |\n|---:|---:|---|---:|\n");
   for (int32_t ci = 0; ci < res->n_ctx; ci++) {
@@ -153,7 +156,7 @@ int pk_report_write(const char *path, const pk_results_t *res, const pk_report_m
   fprintf(f, "\n## Per depth\n\n1 = right, 0 = wrong, E = error, - = skipped; depths in order 0, 1/N, ..., (N-1)/N.\n\n");
   pk_report_depths(f, res);
   fprintf(f, "\n## Cost per answer\n\n");
-  pk_report_costs(f, res);
+  pk_report_costs(f, res, meta->device && !strncmp(meta->device, "cuda", 4));
   fprintf(f, "\n## Errors\n\n");
   pk_report_errors(f, res);
   fprintf(f, "\n## Answers of the full policy\n\n| context | depth | passkey | answer |\n|---:|---:|---:|---|\n");

@@ -30,6 +30,7 @@ typedef struct {
   const char *command;   /* the command line */
   const char *date;      /* "YYYY-MM-DD HH:MM" */
   const char *machine;   /* lscpu's model name */
+  const char *device;    /* "cpu", or "cuda: <card>" (bench_cuda_probe) */
   const char *model;     /* path and name */
   const char *settings;  /* one markdown list of the other settings */
   double wall_s;

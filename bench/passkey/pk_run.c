@@ -1,4 +1,5 @@
-/* pk_run: prefill once, branch per policy, decode greedily (pk_run.h). */
+/* pk_run: prefill once and branch per policy (CPU), or prefill per policy (CUDA);
+ * decode greedily (pk_run.h). */
 #include "pk_run.h"
 
 #include <stdio.h>
@@ -24,6 +25,8 @@ struct pk_runner {
   co_tokenizer_t *tok;
   kv_pool_t *src;                               /* full, track_token_attn: each case's prefill */
   kv_pool_t *dst[PK_MAX_POLICIES][PK_MAX_BUDGETS]; /* created at first use, then reused */
+  wk_engine_t *eng[PK_MAX_POLICIES][PK_MAX_BUDGETS]; /* CUDA, instead of src and dst: one engine
+                                                      * per cell (full: [pi][0]), at first use */
   char dst_err[PK_MAX_POLICIES][PK_MAX_BUDGETS][AK_ERR_MSG_BYTES]; /* a create that failed */
   float *prompt_logits; /* [n_vocab] the prompt's last token: every policy's first answer token */
   float *logits;        /* [n_vocab] decode steps */
@@ -83,7 +86,10 @@ static kv_pool_params_t pk_pool_params(const pk_runner_t *r, kv_policy_t policy,
 void pk_runner_destroy(pk_runner_t *r) {
   if (!r) return;
   for (int i = 0; i < PK_MAX_POLICIES; i++)
-    for (int j = 0; j < PK_MAX_BUDGETS; j++) kv_pool_destroy(r->dst[i][j]);
+    for (int j = 0; j < PK_MAX_BUDGETS; j++) {
+      kv_pool_destroy(r->dst[i][j]);
+      wk_engine_destroy(r->eng[i][j]);
+    }
   kv_pool_destroy(r->src);
   ak_host_free(r->prompt_logits, r->logits_bytes);
   ak_host_free(r->logits, r->logits_bytes);
@@ -116,7 +122,6 @@ ak_status_t pk_runner_create(const pk_run_params_t *p, ak_err_t *err, pk_runner_
     goto err_destroy;
   }
   if ((st = kn_cpu_create(p->n_threads, err, &r->cpu)) < 0) goto err_destroy;
-  if ((st = wk_forward_create(r->model, r->cpu, p->max_batch_tokens, err, &r->fw)) < 0) goto err_destroy;
   if ((st = co_tokenizer_create_from_gguf(wk_model_gguf(r->model), err, &r->tok)) < 0) goto err_destroy;
   r->logits_bytes = sizeof(float) * (size_t)hp->n_vocab;
   r->prompt_logits = ak_host_alloc(r->logits_bytes, 0);
@@ -125,6 +130,17 @@ ak_status_t pk_runner_create(const pk_run_params_t *p, ak_err_t *err, pk_runner_
     st = AK_ERR(err, AK_ERR_NO_MEMORY, "logits (%zu bytes)", r->logits_bytes);
     goto err_destroy;
   }
+  if (p->device == WK_DEVICE_CUDA) {
+    /* The model above gives the tokenizer and the shapes; each cell's engine loads its own. */
+    for (int32_t i = 0; i < p->n_policies; i++)
+      if (p->policies[i].policy == KV_POLICY_H2O || p->policies[i].policy == KV_POLICY_TOVA) {
+        st = AK_ERR(err, AK_ERR_UNSUPPORTED, "policy %s does not run on the GPU", p->policies[i].name);
+        goto err_destroy;
+      }
+    *r_p = r;
+    return AK_OK;
+  }
+  if ((st = wk_forward_create(r->model, r->cpu, p->max_batch_tokens, err, &r->fw)) < 0) goto err_destroy;
   kv_pool_params_t kp = pk_pool_params(r, KV_POLICY_FULL, p->src_page_tokens, 0);
   /* Token attention costs prefill time; only h2o and tova need it. */
   for (int32_t i = 0; i < p->n_policies; i++)
@@ -152,9 +168,10 @@ static ak_status_t pk_pool_expect_empty(kv_pool_t *pool, const char *what, ak_er
   return AK_OK;
 }
 
-/* Greedy answer of `seq` in `pool`, its first token from the prompt's logits. */
-static ak_status_t pk_decode(pk_runner_t *r, kv_pool_t *pool, kv_seq_id_t seq, int32_t passkey, pk_cell_t *c,
-                             ak_err_t *err) {
+/* Greedy answer of `seq` in `pool` (through `eng` on CUDA, else the CPU forward), its
+ * first token from the prompt's logits. */
+static ak_status_t pk_decode(pk_runner_t *r, wk_engine_t *eng, kv_pool_t *pool, kv_seq_id_t seq, int32_t passkey,
+                             pk_cell_t *c, ak_err_t *err) {
   const int32_t n_vocab = wk_model_hparams(r->model)->n_vocab;
   int32_t gen[PK_MAX_GEN_TOKENS];
   int32_t n_gen = 0, one = 1;
@@ -166,7 +183,12 @@ static ak_status_t pk_decode(pk_runner_t *r, kv_pool_t *pool, kv_seq_id_t seq, i
     if (n_gen == r->p.n_gen_tokens) break;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one}, .tokens = &tok,
                             .logits = r->logits};
-    AK_TRY(wk_forward_run(r->fw, pool, &b, err));
+    if (eng) {
+      ak_status_t st = wk_engine_step(eng, &b);
+      if (st < 0) return AK_ERR(err, st, "decode step: %s", wk_engine_errmsg(eng));
+    } else {
+      AK_TRY(wk_forward_run(r->fw, pool, &b, err));
+    }
     tok = (int32_t)kn_argmax(r->logits, n_vocab);
   }
   c->decode_s += pk_now_s() - t0;
@@ -210,7 +232,7 @@ static ak_status_t pk_run_branch(pk_runner_t *r, int32_t pi, int32_t bi, kv_seq_
     pk_cell_fail(c, e.msg);
     return pk_pool_expect_empty(pool, pol->name, &e) < 0 ? AK_ERR_INTERNAL : AK_OK;
   }
-  st = pk_decode(r, pool, seq, passkey, c, &e);
+  st = pk_decode(r, NULL, pool, seq, passkey, c, &e);
   if (st < 0) pk_cell_fail(c, e.msg);
   kv_seq_stats_t ss;
   if (kv_seq_get_stats(pool, seq, &ss) == AK_OK) c->recalls = (int64_t)ss.work.recalls, c->evictions = (int64_t)ss.work.evictions;
@@ -220,6 +242,88 @@ static ak_status_t pk_run_branch(pk_runner_t *r, int32_t pi, int32_t bi, kv_seq_
     pk_cell_fail(c, e.msg);
     return st;
   }
+  return AK_OK;
+}
+
+/* --- CUDA: every cell prefills through its own engine --- */
+
+/* The engine of one (policy, budget) on the GPU: a pool for one sequence of up to
+ * max_ctx_tokens, shaped as pk_pool_params shapes the CPU pools. */
+static ak_status_t pk_engine_create(const pk_runner_t *r, const pk_policy_t *pol, int32_t budget_tokens,
+                                    ak_err_t *err, wk_engine_t **eng_p) {
+  kv_pool_params_t kp = kv_pool_params_default();
+  kp.policy = pol->policy;
+  kp.budget_tokens = pol->policy == KV_POLICY_FULL ? 0 : budget_tokens;
+  kp.check_every_step = r->p.check_every_step;
+  kp.select_on_device = r->p.kv_select;
+  wk_engine_params_t ep = wk_engine_params_default();
+  ep.model_path = r->p.model_path;
+  ep.device = WK_DEVICE_CUDA;
+  ep.n_threads = r->p.n_threads;
+  ep.page_tokens = pol->page_tokens;
+  ep.max_seq_tokens = r->p.max_ctx_tokens;
+  ep.max_seqs = 1;
+  ep.max_batch_tokens = r->p.max_batch_tokens;
+  ep.kv_policy = &kp;
+  return wk_engine_create(&ep, err, eng_p);
+}
+
+/* One cell on the GPU: prefill the prompt in the cell's engine (which brings the
+ * sequence down to its budget), decode, release. A failure is the cell's; the return
+ * is an error only when the pool kept pages after the release. prefill_s_p gets the
+ * prefill's wall time (0 if it did not run). */
+static ak_status_t pk_run_cuda_cell(pk_runner_t *r, int32_t pi, int32_t bi, const int32_t *ids, int64_t n_ids,
+                                    int32_t passkey, pk_cell_t *c, double *prefill_s_p, ak_err_t *err) {
+  const pk_policy_t *pol = &r->pols[pi];
+  ak_err_t e;
+  ak_err_clear(&e);
+  *prefill_s_p = 0;
+  if (!r->eng[pi][bi] && !r->dst_err[pi][bi][0] && pk_engine_create(r, pol, r->budgets[bi], &e, &r->eng[pi][bi]) < 0)
+    snprintf(r->dst_err[pi][bi], sizeof r->dst_err[pi][bi], "wk_engine_create: %.400s", e.msg);
+  wk_engine_t *eng = r->eng[pi][bi];
+  if (!eng) return pk_cell_fail(c, r->dst_err[pi][bi]), AK_OK;
+  kv_pool_t *pool = wk_engine_kvpool(eng);
+  kv_seq_id_t seq;
+  if (wk_engine_seq_create(eng, &seq) < 0) {
+    snprintf(e.msg, sizeof e.msg, "wk_engine_seq_create: %s", wk_engine_errmsg(eng));
+    return pk_cell_fail(c, e.msg), AK_OK;
+  }
+  double t0 = pk_now_s();
+  ak_status_t st = wk_engine_prefill(eng, seq, ids, n_ids, r->prompt_logits);
+  *prefill_s_p = c->branch_s = pk_now_s() - t0;
+  if (st < 0) {
+    snprintf(e.msg, sizeof e.msg, "wk_engine_prefill: %s", wk_engine_errmsg(eng));
+    pk_cell_fail(c, e.msg);
+  } else if (pk_decode(r, eng, pool, seq, passkey, c, &e) < 0) {
+    pk_cell_fail(c, e.msg);
+  }
+  kv_seq_stats_t ss;
+  if (pol->policy != KV_POLICY_FULL && kv_seq_get_stats(pool, seq, &ss) == AK_OK)
+    c->recalls = (int64_t)ss.work.recalls, c->evictions = (int64_t)ss.work.evictions;
+  if ((st = wk_engine_seq_release(eng, seq)) < 0)
+    return AK_ERR(err, st, "%s: wk_engine_seq_release: %s", pol->name, wk_engine_errmsg(eng));
+  return pk_pool_expect_empty(pool, pol->name, err);
+}
+
+static ak_status_t pk_runner_case_cuda(pk_runner_t *r, const int32_t *ids, int64_t n_ids, int32_t ctx_tokens,
+                                       int32_t passkey, pk_cell_t *cells, double *prefill_s_p, ak_err_t *err) {
+  const int32_t n_bud = r->p.n_budgets;
+  double sum_s = 0;
+  int n_prefills = 0;
+  for (int32_t pi = 0; pi < r->p.n_policies; pi++) {
+    int full = r->pols[pi].policy == KV_POLICY_FULL;
+    for (int32_t bi = 0; bi < (full ? 1 : n_bud); bi++) {
+      pk_cell_t *c = &cells[pi * n_bud + bi];
+      if (!full && r->budgets[bi] >= ctx_tokens) {
+        c->status = PK_CELL_SKIPPED;
+        continue;
+      }
+      double s = 0;
+      AK_TRY(pk_run_cuda_cell(r, pi, bi, ids, n_ids, passkey, c, &s, err));
+      if (s > 0) sum_s += s, n_prefills++;
+    }
+  }
+  *prefill_s_p = n_prefills ? sum_s / n_prefills : 0;
   return AK_OK;
 }
 
@@ -233,6 +337,7 @@ ak_status_t pk_runner_case(pk_runner_t *r, const int32_t *ids, int64_t n_ids, in
     memset(&cells[i], 0, sizeof cells[i]);
     cells[i].recalls = cells[i].evictions = -1;
   }
+  if (r->p.device == WK_DEVICE_CUDA) return pk_runner_case_cuda(r, ids, n_ids, ctx_tokens, passkey, cells, prefill_s_p, err);
 
   kv_seq_id_t src_seq;
   ak_status_t st = kv_seq_create(r->src, &src_seq);
@@ -274,7 +379,8 @@ ak_status_t pk_runner_case(pk_runner_t *r, const int32_t *ids, int64_t n_ids, in
     if (r->pols[pi].policy != KV_POLICY_FULL) continue;
     ak_err_t e;
     ak_err_clear(&e);
-    if (pk_decode(r, r->src, src_seq, passkey, &cells[pi * n_bud], &e) < 0) pk_cell_fail(&cells[pi * n_bud], e.msg);
+    if (pk_decode(r, NULL, r->src, src_seq, passkey, &cells[pi * n_bud], &e) < 0)
+      pk_cell_fail(&cells[pi * n_bud], e.msg);
     break; /* one full row is enough: its decode grows the source sequence */
   }
   if ((st = kv_seq_release(r->src, src_seq)) < 0) return AK_ERR(err, st, "kv_seq_release: %s", kv_pool_errmsg(r->src));

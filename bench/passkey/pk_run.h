@@ -1,10 +1,19 @@
-/* pk_run: runs passkey cases on the CPU backend. Each case's prompt is prefilled
- * once into a source pool (policy full; token attention tracked when h2o or tova
- * run, since only they need it); every budgeted
- * policy then continues that prefill in its own pool through kv_seq_branch and
- * greedy-decodes the answer, and the full policy decodes on the source itself.
- * Pools are created once per (policy, page size, budget) and reused by every case;
- * each must hold 0 pages after a case releases its sequence.
+/* pk_run: runs passkey cases.
+ *
+ * CPU backend: each case's prompt is prefilled once into a source pool (policy full;
+ * token attention tracked when h2o or tova run, since only they need it); every
+ * budgeted policy then continues that prefill in its own pool through kv_seq_branch
+ * and greedy-decodes the answer, and the full policy decodes on the source itself.
+ *
+ * CUDA backend (WK_DEVICE_CUDA): the GPU pools live in device memory, where
+ * kv_seq_branch cannot write (it stores pages from the host), so every (policy, budget)
+ * prefills the prompt itself through its own wk_engine on the GPU and comes down to its
+ * budget at the end (wk_engine_prefill's kv_seq_compact) -- the state kv_seq_branch
+ * produces, since a prefill keeps every page resident and attends over all of it.
+ * h2o and tova do not run on the GPU (the caller leaves them out).
+ *
+ * Pools (engines) are created once per (policy, page size, budget) and reused by every
+ * case; each must hold 0 pages after a case releases its sequence.
  *
  * Not here: the prompt text (pk_prompt.h), flags and the report (passkey.c).
  * One owning thread. */
@@ -16,6 +25,7 @@
 #include "ak_status.h"
 #include "co_tokenizer.h"
 #include "kvpool.h"
+#include "wk_engine.h"
 #include "wk_model.h"
 
 #ifdef __cplusplus
@@ -45,6 +55,9 @@ typedef struct {
   int32_t max_batch_tokens; /* prefill chunk (rows of one forward call) */
   int32_t src_page_tokens;  /* page size of the source (prefill) pool */
   int check_every_step;     /* kvpool's invariant check at every step (slow) */
+  wk_device_t device;       /* WK_DEVICE_CPU (default) or WK_DEVICE_CUDA */
+  int32_t kv_select;        /* CUDA, arkvale: where it selects (wk_engine_params_t.kv_policy's
+                             * select_on_device: 0 = the engine picks the device, -1 = host) */
   const pk_policy_t *policies; /* [n_policies] */
   int32_t n_policies;
   const int32_t *budgets;   /* [n_budgets >= 1] tokens, for every policy but full */
@@ -63,7 +76,8 @@ typedef struct {
   int correct;
   char answer[PK_ANSWER_BYTES]; /* the decoded answer, NUL-terminated, maybe cut */
   char errmsg[AK_ERR_MSG_BYTES];
-  double branch_s, decode_s;    /* wall time of kv_seq_branch and of the decode steps */
+  double branch_s, decode_s;    /* wall time of kv_seq_branch (CUDA: of the cell's own
+                                 * prefill) and of the decode steps */
   int64_t recalls, evictions;   /* kv_seq_get_stats of the branched sequence (-1: unknown) */
 } pk_cell_t;
 
@@ -81,7 +95,8 @@ int pk_runner_n_threads(const pk_runner_t *r);
  * cells: [n_policies][n_budgets] (the full policy fills its row's first cell only).
  * A failure of one cell is recorded in that cell; the return is an error (with err)
  * only when the case itself cannot run (prefill failed) or a pool kept pages after a
- * release. prefill_s_p gets the prefill's wall time. */
+ * release. prefill_s_p gets the prefill's wall time (CUDA: the mean of the cells' own
+ * prefills; a cell's prefill that fails is that cell's error). */
 ak_status_t pk_runner_case(pk_runner_t *r, const int32_t *ids, int64_t n_ids, int32_t ctx_tokens,
                            int32_t passkey, pk_cell_t *cells, double *prefill_s_p, ak_err_t *err);
 
