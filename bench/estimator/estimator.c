@@ -24,6 +24,15 @@
  * The head-mean settings mix heads differently on the two sides (probabilities on the
  * true side, raw scores on the estimate), which the per-head setting avoids.
  *
+ * --device cuda runs the model on the GPU (wk_engine, bf16 weights, f16 pages in device
+ * memory) and reads the same things back: the keys through the pool's page_ops, the
+ * queries from the pool, which keeps them when it is an arkvale pool with no budget --
+ * every page resident and attended, exactly the full cache, but the forward brings each
+ * layer's queries to the host for it (a full pool on the GPU keeps none). Everything
+ * measured is then computed on the host by the same code as for the CPU run.
+ * --forced decodes the text's next tokens instead of the greedy ones, so that runs on
+ * two devices see the same tokens and differ only by their arithmetic.
+ *
  * It is a measurement tool, not a policy: it never changes the cache. The keys it digests
  * are read back from the pool (f16 storage rounded), as the pool's own digests would see
  * them up to that rounding. Also checked on every page: sphere-max and cuboid-max scores
@@ -40,10 +49,12 @@
 #include <time.h>
 
 #include "ak_alloc.h"
+#include "bench_device.h"
 #include "bench_util.h"
 #include "co_tokenizer.h"
 #include "kv_digest.h"
 #include "kvpool.h"
+#include "wk_engine.h"
 #include "wk_forward.h"
 #include "wk_model.h"
 
@@ -72,6 +83,7 @@ typedef struct {
   int n_texts;
   const char *out_path; /* NULL: bench/results/estimator-<date>.md */
   int no_write;
+  int forced;           /* decode the text's next tokens, not the greedy ones */
 } est_args_t;
 
 /* ------------------------------------------------------------------ flags */
@@ -80,9 +92,11 @@ static void est_usage(FILE *f) {
   fprintf(f,
           "usage: bench_estimator [options]   (run from the repository root)\n"
           "  --model PATH        GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf)\n"
-          "  --device cpu|cuda   backend (default cpu; cuda is not built yet)\n"
+          "  --device cpu|cuda   backend (default cpu; cuda: the model on the GPU, measured on the host)\n"
           "  --ctx N             prompt tokens prefilled before decoding (default 2048)\n"
           "  --steps N           greedy decode steps, each one measured (default 32)\n"
+          "  --forced            decode the text's next tokens instead of the greedy ones (the same\n"
+          "                      tokens on every device: compare a CPU and a GPU run)\n"
           "  --page-tokens N     tokens per page, 1..256 (default 32)\n"
           "  --skip-layers N     layers 0..N-1 not measured (the full layers; default 2)\n"
           "  --k-max N           largest k, 1..%d (default 40)\n"
@@ -129,6 +143,10 @@ static int est_parse_args(int argc, char **argv, est_args_t *a) {
     if (!strcmp(f, "-h") || !strcmp(f, "--help")) return est_usage(stdout), 1;
     if (!strcmp(f, "--no-write")) {
       a->no_write = 1;
+      continue;
+    }
+    if (!strcmp(f, "--forced")) {
+      a->forced = 1;
       continue;
     }
     if (strcmp(f, "--model") && strcmp(f, "--device") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
@@ -499,6 +517,8 @@ typedef struct {
   int64_t n_text_tokens;
   int32_t n_threads;
   const char *isa;
+  const char *device;  /* "cpu" or "cuda: <card>" */
+  const char *decoded; /* the decoded tokens as text */
   double prefill_s, decode_s, measure_s, total_s;
   char date[32];
 } est_run_info_t;
@@ -524,12 +544,22 @@ static int est_write_results(const char *path, const est_args_t *a, const est_st
   fprintf(f, "- command: `%s` (from the repository root)\n", ri->cmdline);
   fprintf(f, "- commit: %s (plus uncommitted changes, if any)\n", commit);
   fprintf(f, "- model: %s (%s)\n", a->model, ri->model_name);
-  fprintf(f, "- device: %s, %d threads, ISA %s\n", a->device, ri->n_threads, ri->isa);
+  if (!strcmp(a->device, "cuda"))
+    fprintf(f, "- device: %s; bf16 weights, f16 KV pages in device memory (the full cache as an arkvale pool "
+               "with no budget, so that the queries come back to the host); measured on the host, %d threads, "
+               "ISA %s\n", ri->device, ri->n_threads, ri->isa);
+  else
+    fprintf(f, "- device: %s, %d threads, ISA %s\n", a->device, ri->n_threads, ri->isa);
   fprintf(f, "- machine: %s; load average at the end: %s\n", cpu, load);
   fprintf(f, "- prompt: %lld tokens of %s (%lld tokens in the text%s)\n", (long long)a->ctx_tokens, ri->texts_used,
-          (long long)ri->n_text_tokens, ri->n_text_tokens < a->ctx_tokens ? "; REPEATED to fill the context" : "");
-  fprintf(f, "- decode: %lld greedy steps, each measured in layers %lld..%d: %lld (layer, step) selections\n",
-          (long long)a->n_steps, (long long)a->skip_layers, s->n_layers - 1, (long long)s->n_selections);
+          (long long)ri->n_text_tokens,
+          ri->n_text_tokens < a->ctx_tokens + (a->forced ? a->n_steps : 0) ? "; REPEATED to fill the context" : "");
+  fprintf(f, "- decode: %lld %s steps, each measured in layers %lld..%d: %lld (layer, step) selections\n",
+          (long long)a->n_steps, a->forced ? "forced (the text's next tokens)" : "greedy", (long long)a->skip_layers,
+          s->n_layers - 1, (long long)s->n_selections);
+  fprintf(f, "- decoded: `");
+  for (const char *c = ri->decoded; *c; c++) fputc(*c == '\n' ? ' ' : *c == '`' ? '\'' : *c, f);
+  fprintf(f, "`\n");
   fprintf(f, "- pages of %lld tokens; at the last step %lld filled pages\n", (long long)a->page_tokens,
           (long long)((a->ctx_tokens + a->n_steps) / a->page_tokens));
   fprintf(f, "- time: %.1f s total (prefill %.1f s, decode %.1f s, measurement %.1f s)\n\n", ri->total_s,
@@ -597,9 +627,18 @@ int main(int argc, char **argv) {
   est_args_t a;
   int pr = est_parse_args(argc, argv, &a);
   if (pr != 0) return pr > 0 ? 0 : 2;
-  if (!strcmp(a.device, "cuda")) {
-    fprintf(stderr, "bench_estimator: --device cuda: not built with the CUDA backend yet\n");
-    return 1;
+  const int cuda = !strcmp(a.device, "cuda");
+  char device_desc[320] = "cpu";
+  if (cuda) { /* before anything loads: a machine without a GPU fails at once */
+    ak_err_t derr;
+    ak_err_clear(&derr);
+    char card[256];
+    ak_status_t dst = bench_cuda_probe(card, sizeof card, &derr);
+    if (dst < 0) {
+      fprintf(stderr, "bench_estimator: --device cuda: %s\n", derr.msg);
+      return dst == AK_ERR_UNSUPPORTED ? 2 : 1;
+    }
+    snprintf(device_desc, sizeof device_desc, "cuda: %s", card);
   }
   double t_start = bench_now_s();
 
@@ -609,16 +648,20 @@ int main(int argc, char **argv) {
     snprintf(cmdline + u, sizeof cmdline - u, "%s%s", i ? " " : "", argv[i]);
   }
 
-  /* Model, CPU backend, a full-policy pool for one sequence, forward pass: wired here
-   * rather than through wk_engine so that the pool knows the query-head count
-   * (kv_seq_last_query returns n_heads rows). */
+  /* CPU: model, CPU backend, a full-policy pool for one sequence (with the query-head
+   * count, so that kv_seq_last_query returns n_heads rows) and the forward pass, wired
+   * here. CUDA: the host model gives the tokenizer and the shapes, a wk_engine on the
+   * GPU runs the model (see the top of the file for its pool). */
   enum { EST_CHUNK_TOKENS = 512 };
   ak_err_t err;
   ak_err_clear(&err);
   wk_model_t *model = NULL;
   kn_cpu_t *cpu = NULL;
-  kv_pool_t *pool = NULL;
+  kv_pool_t *pool = NULL; /* CPU: ours; CUDA: the engine's */
   wk_forward_t *fw = NULL;
+  wk_engine_t *eng = NULL;
+  int32_t *gen = NULL;
+  char *decoded = NULL;
   co_tokenizer_t *tok = NULL;
   int32_t *ids = NULL;
   float *logits = NULL;
@@ -651,6 +694,25 @@ int main(int argc, char **argv) {
     rc = 2;
     goto done;
   }
+  if (cuda) {
+    kv_pool_params_t kp = kv_pool_params_default();
+    kp.policy = KV_POLICY_ARKVALE; /* with no budget: the full cache, queries kept (see the top) */
+    kp.budget_tokens = 0;
+    wk_engine_params_t ep = wk_engine_params_default();
+    ep.model_path = a.model;
+    ep.device = WK_DEVICE_CUDA;
+    ep.n_threads = (int32_t)a.n_threads;
+    ep.page_tokens = (int32_t)a.page_tokens;
+    ep.max_seq_tokens = (int32_t)(a.ctx_tokens + a.n_steps);
+    ep.max_seqs = 1;
+    ep.max_batch_tokens = EST_CHUNK_TOKENS;
+    ep.kv_policy = &kp;
+    if (wk_engine_create(&ep, &err, &eng) < 0) {
+      fprintf(stderr, "bench_estimator: %s\n", err.msg);
+      goto done;
+    }
+    pool = wk_engine_kvpool(eng);
+  }
   kv_pool_params_t kp = kv_pool_params_default();
   kp.policy = KV_POLICY_FULL;
   kp.n_layers = hp->n_layers;
@@ -661,38 +723,46 @@ int main(int argc, char **argv) {
   kp.max_seqs = 1;
   kp.max_seq_tokens = (int32_t)(a.ctx_tokens + a.n_steps);
   kp.n_pages = kv_pages_for_tokens(kp.max_seq_tokens, kp.page_tokens) * kp.n_layers;
-  if (kv_pool_create(&kp, &err, &pool) < 0 || wk_forward_create(model, cpu, EST_CHUNK_TOKENS, &err, &fw) < 0) {
+  if (!cuda && (kv_pool_create(&kp, &err, &pool) < 0 || wk_forward_create(model, cpu, EST_CHUNK_TOKENS, &err, &fw) < 0)) {
     fprintf(stderr, "bench_estimator: %s\n", err.msg);
     goto done;
   }
 
-  ids = malloc(sizeof(int32_t) * (size_t)a.ctx_tokens);
+  /* --forced: the steps' tokens follow the prompt in the text */
+  const int64_t n_text_want = a.ctx_tokens + (a.forced ? a.n_steps : 0);
+  ids = malloc(sizeof(int32_t) * (size_t)n_text_want);
   logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
+  gen = malloc(sizeof(int32_t) * (size_t)a.n_steps);
   char texts_used[4096];
   int64_t n_text_tokens = 0;
-  if (!ids || !logits || est_state_init(&s, hp, &a, a.ctx_tokens + a.n_steps) < 0) {
+  if (!ids || !logits || !gen || est_state_init(&s, hp, &a, a.ctx_tokens + a.n_steps) < 0) {
     fprintf(stderr, "bench_estimator: out of memory\n");
     goto done;
   }
-  int br = bench_text_tokens("bench_estimator", a.texts, a.n_texts, tok, a.ctx_tokens, ids, &n_text_tokens, texts_used, sizeof texts_used);
+  int br = bench_text_tokens("bench_estimator", a.texts, a.n_texts, tok, n_text_want, ids, &n_text_tokens, texts_used,
+                             sizeof texts_used);
   if (br) {
     rc = br;
     goto done;
   }
-  if (n_text_tokens < a.ctx_tokens)
-    fprintf(stderr, "bench_estimator: the text holds %lld tokens; repeated to fill --ctx %lld\n",
-            (long long)n_text_tokens, (long long)a.ctx_tokens);
+  if (n_text_tokens < n_text_want)
+    fprintf(stderr, "bench_estimator: the text holds %lld tokens; repeated to fill %lld\n",
+            (long long)n_text_tokens, (long long)n_text_want);
 
   kv_seq_id_t seq;
   if (kv_seq_create(pool, &seq) < 0) {
     fprintf(stderr, "bench_estimator: %s\n", kv_pool_errmsg(pool));
     goto done;
   }
-  fprintf(stderr, "bench_estimator: prefill %lld tokens, then %lld decode steps, layers %lld..%d, %d threads\n",
-          (long long)a.ctx_tokens, (long long)a.n_steps, (long long)a.skip_layers, hp->n_layers - 1,
-          kn_cpu_n_threads(cpu));
+  fprintf(stderr, "bench_estimator: %s, prefill %lld tokens, then %lld %s decode steps, layers %lld..%d, %d threads\n",
+          device_desc, (long long)a.ctx_tokens, (long long)a.n_steps, a.forced ? "forced" : "greedy",
+          (long long)a.skip_layers, hp->n_layers - 1, kn_cpu_n_threads(cpu));
   double t0 = bench_now_s();
-  for (int64_t off = 0; off < a.ctx_tokens; off += EST_CHUNK_TOKENS) {
+  if (eng && wk_engine_prefill(eng, seq, ids, a.ctx_tokens, logits) < 0) {
+    fprintf(stderr, "bench_estimator: prefill: %s\n", wk_engine_errmsg(eng));
+    goto done;
+  }
+  for (int64_t off = 0; !eng && off < a.ctx_tokens; off += EST_CHUNK_TOKENS) {
     int32_t n = (int32_t)(a.ctx_tokens - off < EST_CHUNK_TOKENS ? a.ctx_tokens - off : EST_CHUNK_TOKENS);
     int last = off + n == a.ctx_tokens;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &n}, .tokens = ids + off,
@@ -705,11 +775,17 @@ int main(int argc, char **argv) {
     int32_t token = 0;
     for (int32_t v = 1; v < hp->n_vocab; v++)
       if (logits[v] > logits[token]) token = v;
+    if (a.forced) token = ids[a.ctx_tokens + step];
+    gen[step] = token;
     int32_t one = 1;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one}, .tokens = &token,
                             .logits = logits};
     double t1 = bench_now_s();
-    if (wk_forward_run(fw, pool, &b, &err) < 0) goto forward_error;
+    if (eng && wk_engine_step(eng, &b) < 0) {
+      fprintf(stderr, "bench_estimator: decode step %lld: %s\n", (long long)step, wk_engine_errmsg(eng));
+      goto done;
+    }
+    if (!eng && wk_forward_run(fw, pool, &b, &err) < 0) goto forward_error;
     double t2 = bench_now_s();
     int64_t n_tok = kv_seq_n_tokens(pool, seq);
     for (int32_t l = (int32_t)a.skip_layers; l < hp->n_layers; l++)
@@ -719,10 +795,19 @@ int main(int argc, char **argv) {
     t_measure += t3 - t2;
   }
 
+  /* The decoded tokens as text, for comparing the traces of two runs. */
+  size_t decoded_cap = (size_t)a.n_steps * 64 + 1, n_decoded = 0;
+  decoded = malloc(decoded_cap);
+  if (!decoded || co_tokenizer_decode(tok, gen, a.n_steps, 0, decoded, decoded_cap - 1, &n_decoded, &err) < 0) {
+    fprintf(stderr, "bench_estimator: detokenizing the decoded tokens: %s\n", decoded ? err.msg : "out of memory");
+    goto done;
+  }
+  decoded[n_decoded] = '\0';
+  printf("decoded (%s): %s\n", a.forced ? "forced" : "greedy", decoded);
   est_run_info_t ri = {.cmdline = cmdline, .texts_used = texts_used, .model_name = hp->name,
                        .n_text_tokens = n_text_tokens, .n_threads = kn_cpu_n_threads(cpu),
-                       .isa = kn_isa_name(kn_cpu_isa(cpu)), .prefill_s = t_prefill,
-                       .decode_s = t_decode, .measure_s = t_measure};
+                       .isa = kn_isa_name(kn_cpu_isa(cpu)), .device = device_desc, .decoded = decoded,
+                       .prefill_s = t_prefill, .decode_s = t_decode, .measure_s = t_measure};
   ri.total_s = bench_now_s() - t_start;
   time_t now = time(NULL);
   strftime(ri.date, sizeof ri.date, "%Y-%m-%d", localtime(&now));
@@ -759,11 +844,14 @@ forward_error:
   fprintf(stderr, "bench_estimator: %s\n", err.msg);
 done:
   est_state_free(&s);
+  free(decoded);
+  free(gen);
   free(logits);
   free(ids);
   co_tokenizer_destroy(tok);
   wk_forward_destroy(fw);
-  kv_pool_destroy(pool);
+  if (!eng) kv_pool_destroy(pool);
+  wk_engine_destroy(eng);
   kn_cpu_destroy(cpu);
   wk_model_free(model);
   return rc;
