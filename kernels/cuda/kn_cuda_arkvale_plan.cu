@@ -12,72 +12,137 @@
 //               n_missing) of them, taken in ascending page order
 //   recalls     the missing top pages in ranking order, each into the next victim's page
 //   view        every resident page after the swaps, in logical order
-// One 1024-thread block per sequence. The table is copied to shared memory, the
-// candidates are bitonic-sorted there, and every "the n-th such page" of the rules is a
-// block-wide prefix count, so no step walks the pages on one thread (a serial walk over
-// global memory cost ~0.2 ms per layer at 1k pages).
+// Since the victims are exactly the worst min(n_missing, n_resident_others) resident
+// candidates outside the top, every victim is used and n_recalls = that minimum.
+//
+// One 1024-thread block per sequence; E = pow2(stride) / 1024 (at least 1) candidates
+// per thread, position i = e * 1024 + threadIdx.x held in registers as one 64-bit key
+// (kn_plan_key). The bitonic sort exchanges at distance < 32 through warp shuffles, at
+// 32..512 through a shared double buffer (one barrier per step), at >= 1024 between a
+// thread's own registers: ~15 barriers at 1k candidates instead of one per step (55).
+// Every "the n-th such page" of the rules is then a block-wide rank from ballots and one
+// barrier (kn_plan_rank2), two flags at a time: one pass in ranking order, one in
+// logical order. Scores and the table are read from global memory once, coalesced.
 #include "kn_cuda_internal.cuh"
 
 namespace {
 
 constexpr int kThreads = 1024;
+constexpr int kWarps = kThreads / 32;
 
-// 1 if entry a ranks above entry b (pads, index < 0, rank below everything).
-__device__ __forceinline__ bool kn_plan_above(float sa, int32_t a, float sb, int32_t b) {
-  if (a < 0) return false;
-  if (b < 0) return true;
-  bool na = isnan(sa), nb = isnan(sb);
-  if (na != nb) return nb;
-  if (na) return a > b;
-  return sa > sb || (sa == sb && a > b);
+typedef unsigned long long kn_plan_key_t;
+
+// The ranking as one unsigned key, larger ranks higher: the score's order-preserving
+// bits (NaN -> 0 below every number, -0 as +0 so they tie), then page + 1 so that ties go
+// to the higher page. Integer-only, so flush-to-zero cannot merge subnormals. Pads are 0,
+// below every candidate (whose low word is >= 1).
+__device__ __forceinline__ kn_plan_key_t kn_plan_key(float x, int32_t page) {
+  const uint32_t b = __float_as_uint(x), mag = b & 0x7fffffffu;
+  uint32_t u;
+  if (mag > 0x7f800000u) u = 0;
+  else if (mag == 0) u = 0x80000000u;
+  else u = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return ((kn_plan_key_t)u << 32) | (uint32_t)(page + 1);
+}
+__device__ __forceinline__ int32_t kn_plan_page(kn_plan_key_t key) { return (int32_t)(uint32_t)key - 1; }
+
+// Compare-exchange seen from one side: keep the larger or the smaller key.
+__device__ __forceinline__ kn_plan_key_t kn_plan_cx(kn_plan_key_t mine, kn_plan_key_t other, bool keep_max) {
+  return keep_max ? (mine > other ? mine : other) : (mine < other ? mine : other);
 }
 
-// Exclusive prefix count of flag(i) over i in [lo, hi): rank[i] for every flagged i;
-// returns the count. Each thread takes a contiguous chunk, so ranks follow i. Every
-// thread of the block must call it (it synchronizes).
-template <class F>
-__device__ int32_t kn_plan_scan(F flag, int32_t lo, int32_t hi, int32_t *rank, int32_t *sums) {
-  const int32_t n = hi > lo ? hi - lo : 0;
-  const int32_t per = (n + kThreads - 1) / kThreads;
-  const int32_t i0 = lo + (int32_t)threadIdx.x * per;
-  const int32_t i1 = min(i0 + per, hi);
-  int32_t local = 0;
-  for (int32_t i = i0; i < i1; i++) local += flag(i) ? 1 : 0;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  int32_t x = local;
-  for (int o = 1; o < 32; o <<= 1) {
-    int32_t y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) sums[w] = x;
-  __syncthreads();
-  if (w == 0) {
-    int32_t t = sums[lane];
-    for (int o = 1; o < 32; o <<= 1) {
-      int32_t y = __shfl_up_sync(0xffffffffu, t, o);
-      if (lane >= o) t += y;
+// One bitonic step at distance J * 1024: between this thread's elements e and e | J.
+template <int E, int J>
+__device__ __forceinline__ void kn_plan_step_regs(kn_plan_key_t (&v)[E], int32_t size, int ne) {
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    if ((e & J) == 0 && (e | J) < E && e < ne) {
+      const bool up = ((e * kThreads + (int32_t)threadIdx.x) & size) == 0;  // this run sorts best first
+      const kn_plan_key_t lo = v[e], hi = v[e | J];
+      const kn_plan_key_t mx = lo > hi ? lo : hi, mn = lo > hi ? hi : lo;
+      v[e] = up ? mx : mn;
+      v[e | J] = up ? mn : mx;
     }
-    sums[lane] = t;
   }
-  __syncthreads();
-  int32_t run = x - local + (w > 0 ? sums[w - 1] : 0);
-  for (int32_t i = i0; i < i1; i++)
-    if (flag(i)) rank[i] = run++;
-  const int32_t total = sums[kThreads / 32 - 1];
-  __syncthreads();
-  return total;
 }
 
-struct PlanSmem {
-  float *key;      // [P] sorted scores
-  int32_t *idx;    // [P] sorted candidates (-1 pads)
-  int32_t *ph;     // [stride] the table, updated here and written back
-  int32_t *rank_a; // [P] rank of a missing top entry
-  int32_t *rank_b; // [max(P, stride)] scratch ranks
-  int32_t *vict;   // [P] victims in ascending page order
-  int32_t *sums;   // [32]
-  unsigned char *mark;  // [stride] 1 top, 2 stays
-};
+// Bitonic sort, best first, of positions [0, Pc) (Pc a power of two), position
+// e * kThreads + threadIdx.x in v[e]; buf is [2][E * kThreads]. Every thread calls it.
+template <int E>
+__device__ void kn_plan_sort(kn_plan_key_t (&v)[E], int32_t Pc, kn_plan_key_t *buf) {
+  const int32_t t = threadIdx.x;
+  const int ne = Pc > kThreads ? Pc / kThreads : 1;  // elements that hold candidates
+  int b = 0;
+  for (int32_t size = 2; size <= Pc; size <<= 1) {
+    int32_t j = size >> 1;
+    for (; j >= kThreads; j >>= 1) {
+      if (j == kThreads) kn_plan_step_regs<E, 1>(v, size, ne);
+      else if (j == 2 * kThreads) kn_plan_step_regs<E, 2>(v, size, ne);
+      else kn_plan_step_regs<E, 4>(v, size, ne);
+    }
+    // double buffer: a write to buf b comes after the barrier that follows every read
+    // of it two steps back
+    for (; j >= 32; j >>= 1) {
+      kn_plan_key_t *x = buf + b * (E * kThreads);
+#pragma unroll
+      for (int e = 0; e < E; e++)
+        if (e < ne) x[e * kThreads + t] = v[e];
+      __syncthreads();
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        if (e < ne) {
+          const int32_t i = e * kThreads + t;
+          v[e] = kn_plan_cx(v[e], x[e * kThreads + (t ^ j)], ((i & j) == 0) == ((i & size) == 0));
+        }
+      }
+      b ^= 1;
+    }
+    for (; j >= 1; j >>= 1) {
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        if (e < ne) {
+          const int32_t i = e * kThreads + t;
+          const kn_plan_key_t o = __shfl_xor_sync(0xffffffffu, v[e], j);
+          v[e] = kn_plan_cx(v[e], o, ((i & j) == 0) == ((i & size) == 0));
+        }
+      }
+    }
+  }
+}
+
+// Exclusive ranks of two flag sets over the positions e * kThreads + threadIdx.x, in
+// that order, and their totals (each <= 65535: they share a word). cnt is [E * kWarps].
+// One barrier; every thread calls it.
+template <int E>
+__device__ void kn_plan_rank2(const bool (&fa)[E], const bool (&fb)[E], int32_t (&ra)[E], int32_t (&rb)[E],
+                              int32_t *total_a, int32_t *total_b, uint32_t *cnt) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const uint32_t below = (1u << lane) - 1u;
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    const uint32_t ma = __ballot_sync(0xffffffffu, fa[e]), mb = __ballot_sync(0xffffffffu, fb[e]);
+    ra[e] = __popc(ma & below);
+    rb[e] = __popc(mb & below);
+    if (lane == 0) cnt[e * kWarps + w] = (uint32_t)__popc(ma) | ((uint32_t)__popc(mb) << 16);
+  }
+  __syncthreads();
+  uint32_t base = 0;  // both counts over the earlier elements
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    const uint32_t x = cnt[e * kWarps + lane];
+    uint32_t inc = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, inc, o);
+      if (lane >= o) inc += y;
+    }
+    const uint32_t before = base + __shfl_sync(0xffffffffu, inc - x, w);
+    ra[e] += (int32_t)(before & 0xffffu);
+    rb[e] += (int32_t)(before >> 16);
+    base += __shfl_sync(0xffffffffu, inc, 31);
+  }
+  *total_a = (int32_t)(base & 0xffffu);
+  *total_b = (int32_t)(base >> 16);
+}
 
 __host__ __device__ inline int32_t kn_plan_pow2(int32_t n) {
   int32_t P = 1;
@@ -85,130 +150,156 @@ __host__ __device__ inline int32_t kn_plan_pow2(int32_t n) {
   return P;
 }
 
-__device__ PlanSmem kn_plan_carve(unsigned char *base, int32_t P, int32_t stride) {
-  PlanSmem m;
-  int32_t R = P > stride ? P : stride;
-  m.key = reinterpret_cast<float *>(base);
-  m.idx = reinterpret_cast<int32_t *>(m.key + P);
-  m.ph = m.idx + P;
-  m.rank_a = m.ph + stride;
-  m.rank_b = m.rank_a + P;
-  m.vict = m.rank_b + R;
-  m.sums = m.vict + P;
-  m.mark = reinterpret_cast<unsigned char *>(m.sums + 32);
-  return m;
+// Elements per thread for a stride (the kernel's template argument).
+__host__ __device__ inline int kn_plan_elems(int32_t stride) {
+  const int32_t P = kn_plan_pow2(stride);
+  return P > kThreads ? P / kThreads : 1;
 }
 
+// Shared memory, in bytes from the base:
+//   [0, 16 E kThreads)   sort buffers [2][E * kThreads] u64; after the sort, reused as
+//                        tag, rec_p, vict, rec_at [stride] i32 each (16 stride bytes)
+//   then ph [stride] i32 (the table as read), cnt_a, cnt_b [E * kWarps] u32
+template <int E>
 __global__ void __launch_bounds__(kThreads) kn_arkvale_plan_kernel(kn_cuda_arkvale_plan_args_t a) {
   extern __shared__ __align__(16) unsigned char kn_plan_smem[];
   const int s = blockIdx.x;
+  const int32_t t = threadIdx.x;
   const int32_t stride = a.stride;
   const int32_t N = min(a.n_pages[s], stride);
   if (N <= 0) {  // no selection: nothing to recall, the view is the caller's
-    for (int32_t q = threadIdx.x; q < a.k; q += blockDim.x) {
+    for (int32_t q = t; q < a.k; q += kThreads) {
       a.recall_page[(int64_t)s * a.k + q] = a.recall_phys[(int64_t)s * a.k + q] = -1;
       if (a.recall_victim) a.recall_victim[(int64_t)s * a.k + q] = -1;
       if (a.recall_src) a.recall_src[(int64_t)s * a.k + q] = nullptr;
     }
-    if (threadIdx.x == 0) a.view_len[s] = 0;
+    if (t == 0) a.view_len[s] = 0;
     return;
   }
   const float *score = a.scores + (int64_t)(a.score_row ? a.score_row[s] : s) * stride;
   int32_t *phys = a.phys + (int64_t)s * stride;
   const int32_t c0 = a.n_sink, c1 = N - a.n_window;
   const int32_t n_cand = c1 > c0 ? c1 - c0 : 0;
-  const int32_t P = kn_plan_pow2(stride);
-  PlanSmem m = kn_plan_carve(kn_plan_smem, P, stride);
+  kn_plan_key_t *buf = reinterpret_cast<kn_plan_key_t *>(kn_plan_smem);
+  int32_t *ph = reinterpret_cast<int32_t *>(buf + 2 * E * kThreads);
+  uint32_t *cnt_a = reinterpret_cast<uint32_t *>(ph + stride), *cnt_b = cnt_a + E * kWarps;
+  // after the sort: tag[j] of candidate j is 0 unchanged, 1 victim, 2 + q the q-th
+  // recall; rec_p[q] its page, vict[q] the q-th victim, rec_at[q] its place in the view
+  int32_t *tag = reinterpret_cast<int32_t *>(kn_plan_smem), *rec_p = tag + stride, *vict = rec_p + stride,
+          *rec_at = vict + stride;
 
-  for (int32_t i = threadIdx.x; i < P; i += blockDim.x) {
-    bool real = i < n_cand;
-    m.idx[i] = real ? c0 + i : -1;
-    m.key[i] = real ? score[c0 + i] : 0.f;
+  // candidate position i = e * kThreads + t in v[e]; logical page j = e * kThreads + t in own[e]
+  kn_plan_key_t v[E];
+  int32_t own[E];
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    const int32_t i = e * kThreads + t;
+    v[e] = i < n_cand ? kn_plan_key(score[c0 + i], c0 + i) : 0;
+    own[e] = i < N ? phys[i] : -1;
   }
-  for (int32_t j = threadIdx.x; j < N; j += blockDim.x) {
-    m.ph[j] = phys[j];
-    m.mark[j] = 0;
-  }
+#pragma unroll
+  for (int e = 0; e < E; e++)
+    if (e * kThreads + t < N) ph[e * kThreads + t] = own[e];
   __syncthreads();
-  // bitonic sort of the candidates, best first (the pads sort last)
-  const int32_t Pc = kn_plan_pow2(n_cand);
-  for (int32_t size = 2; size <= Pc; size <<= 1) {
-    for (int32_t step = size >> 1; step > 0; step >>= 1) {
-      for (int32_t i = threadIdx.x; i < Pc; i += blockDim.x) {
-        int32_t j = i ^ step;
-        if (j > i) {
-          bool up = (i & size) == 0;  // this half sorts best first
-          bool j_above = kn_plan_above(m.key[j], m.idx[j], m.key[i], m.idx[i]);
-          if (j_above == up) {
-            float tk = m.key[i]; m.key[i] = m.key[j]; m.key[j] = tk;
-            int32_t ti = m.idx[i]; m.idx[i] = m.idx[j]; m.idx[j] = ti;
-          }
-        }
+  kn_plan_sort<E>(v, kn_plan_pow2(n_cand), buf);
+
+  // ranking order: the missing top pages (ranked in recall order) and the resident
+  // candidates outside the top (the first n_stay stay, the rest are the victims)
+  const int32_t k = min(a.k, n_cand);
+  bool fa[E], fb[E];
+  int32_t ra[E], rb[E], n_missing, n_others;
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    const int32_t i = e * kThreads + t;
+    const bool real = i < n_cand, res = real && ph[kn_plan_page(v[e])] >= 0;
+    fa[e] = real && i < k && !res;
+    fb[e] = i >= k && res;
+  }
+  kn_plan_rank2<E>(fa, fb, ra, rb, &n_missing, &n_others, cnt_a);  // its barrier ends the sort's reads of buf
+  const int32_t n_stay = n_others - n_missing;
+  const int32_t n_rec = min(n_missing, n_others);
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    if (e * kThreads + t < n_cand) {
+      const int32_t p = kn_plan_page(v[e]);
+      int32_t tg = 0;
+      if (fa[e] && ra[e] < n_rec) {
+        tg = 2 + ra[e];
+        rec_p[ra[e]] = p;
+      } else if (fb[e] && rb[e] >= n_stay) {
+        tg = 1;
       }
-      __syncthreads();
+      tag[p] = tg;
     }
   }
-  const int32_t k = a.k < n_cand ? a.k : n_cand;
-  for (int32_t i = threadIdx.x; i < k; i += blockDim.x) {
-    m.mark[m.idx[i]] = 1;
-    m.rank_a[i] = -1;  // stays -1 unless the page is missing
-  }
-  // the missing top pages, in ranking order
-  const int32_t n_missing =
-      kn_plan_scan([&](int32_t i) { return m.ph[m.idx[i]] < 0; }, 0, k, m.rank_a, m.sums);
-  // resident candidates outside the top, best first: the first n_stay stay
-  auto other = [&](int32_t i) { return m.ph[m.idx[i]] >= 0; };
-  const int32_t n_others = kn_plan_scan(other, k, n_cand, m.rank_b, m.sums);
-  const int32_t n_stay = n_others - n_missing;
-  for (int32_t i = k + threadIdx.x; i < n_cand; i += blockDim.x)
-    if (other(i) && m.rank_b[i] < n_stay) m.mark[m.idx[i]] = 2;
-  __syncthreads();
-  // victims: resident candidates neither top nor staying, ascending page order
-  const int32_t n_vict = kn_plan_scan([&](int32_t j) { return m.ph[j] >= 0 && m.mark[j] == 0; }, c0,
-                                      c1 > c0 ? c1 : c0, m.rank_b, m.sums);
-  for (int32_t j = c0 + threadIdx.x; j < c1; j += blockDim.x)
-    if (m.ph[j] >= 0 && m.mark[j] == 0) m.vict[m.rank_b[j]] = j;
-  __syncthreads();
-  // recalls: the r-th missing page takes the r-th victim's physical page (flags were
-  // taken above: the swaps below touch disjoint pages)
-  const int32_t n_rec = n_missing < n_vict ? n_missing : n_vict;
   int32_t *rec_page = a.recall_page + (int64_t)s * a.k, *rec_phys = a.recall_phys + (int64_t)s * a.k;
   int32_t *rec_vict = a.recall_victim ? a.recall_victim + (int64_t)s * a.k : nullptr;
   const void **rec_src = a.recall_src ? a.recall_src + (int64_t)s * a.k : nullptr;
-  const int32_t *bslot = a.backup_slot ? a.backup_slot + (int64_t)s * stride : nullptr;
-  for (int32_t i = threadIdx.x; i < k; i += blockDim.x) {
-    int32_t r = m.idx[i], q = m.rank_a[i];
-    if (q < 0 || q >= n_rec) continue;
-    int32_t v = m.vict[q], pg = m.ph[v];
-    rec_page[q] = r;
-    rec_phys[q] = pg;
-    if (rec_vict) rec_vict[q] = v;
-    if (rec_src) rec_src[q] = bslot ? a.tier_base + (int64_t)bslot[r] * a.slot_bytes : nullptr;
-    m.ph[r] = pg;
-    m.ph[v] = -1;
-  }
-  for (int32_t q = n_rec + threadIdx.x; q < a.k; q += blockDim.x) {
+  for (int32_t q = n_rec + t; q < a.k; q += kThreads) {
     rec_page[q] = rec_phys[q] = -1;
     if (rec_vict) rec_vict[q] = -1;
     if (rec_src) rec_src[q] = nullptr;
   }
   __syncthreads();
-  // the table and the view, logical order
+
+  // logical order: the victims (ascending page order) and the resident pages after the
+  // swaps (their place in the view)
   int32_t *view = a.view + (a.view_ptr ? (int64_t)a.view_ptr[s] : (int64_t)s * stride);
-  const int32_t n_view = kn_plan_scan([&](int32_t j) { return m.ph[j] >= 0; }, 0, N, m.rank_b, m.sums);
-  for (int32_t j = threadIdx.x; j < N; j += blockDim.x) {
-    phys[j] = m.ph[j];
-    if (m.ph[j] >= 0) view[m.rank_b[j]] = m.ph[j];
+  bool fv[E], fw[E];
+  int32_t tg[E], rv[E], rw[E], n_vict, n_view;
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    const int32_t j = e * kThreads + t;
+    tg[e] = j >= c0 && j < c1 ? tag[j] : 0;
+    fv[e] = tg[e] == 1;
+    fw[e] = j < N && (tg[e] >= 2 || (tg[e] == 0 && own[e] >= 0));
   }
-  if (threadIdx.x == 0) a.view_len[s] = n_view;
+  kn_plan_rank2<E>(fv, fw, rv, rw, &n_vict, &n_view, cnt_b);
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    const int32_t j = e * kThreads + t;
+    if (fv[e]) {
+      vict[rv[e]] = j;
+      phys[j] = -1;
+    } else if (tg[e] >= 2) {
+      rec_at[tg[e] - 2] = rw[e];
+    } else if (fw[e]) {
+      view[rw[e]] = own[e];
+    }
+  }
+  __syncthreads();
+
+  // recalls: the q-th missing page takes the q-th victim's physical page (n_vict == n_rec)
+  const int32_t *bslot = a.backup_slot ? a.backup_slot + (int64_t)s * stride : nullptr;
+  for (int32_t q = t; q < n_rec; q += kThreads) {
+    const int32_t r = rec_p[q], vv = vict[q], pg = ph[vv];
+    rec_page[q] = r;
+    rec_phys[q] = pg;
+    if (rec_vict) rec_vict[q] = vv;
+    if (rec_src) rec_src[q] = bslot ? a.tier_base + (int64_t)bslot[r] * a.slot_bytes : nullptr;
+    phys[r] = pg;
+    view[rec_at[q]] = pg;
+  }
+  if (t == 0) a.view_len[s] = n_view;
+  (void)n_vict;
+}
+
+template <int E>
+cudaError_t kn_arkvale_plan_launch(const kn_cuda_arkvale_plan_args_t *a, size_t smem, cudaStream_t stream) {
+  if (smem > 48 * 1024) {  // opting in above the default is needed only there
+    cudaError_t e = cudaFuncSetAttribute(kn_arkvale_plan_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+  }
+  kn_arkvale_plan_kernel<E><<<a->n_seqs, kThreads, smem, stream>>>(*a);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
 extern "C" size_t kn_cuda_arkvale_plan_smem_bytes(int32_t stride) {
-  int32_t P = kn_plan_pow2(stride), R = P > stride ? P : stride;
-  // key, idx, rank_a, vict [P]; ph [stride]; rank_b [R]; sums [32]; mark [stride]
-  return (size_t)P * 16 + (size_t)stride * 4 + (size_t)R * 4 + 32 * 4 + (size_t)stride;
+  const size_t E = (size_t)kn_plan_elems(stride);
+  // sort buffers (and, after the sort, four [stride] i32 arrays), ph, cnt_a and cnt_b
+  return E * kThreads * 16 + (size_t)stride * 4 + E * kWarps * 4 * 2;
 }
 
 extern "C" ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *a, kn_cuda_stream_t stream,
@@ -224,9 +315,14 @@ extern "C" ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *a
                   a->n_sink, a->n_window, a->k, KN_CUDA_PLAN_MAX_PAGES);
   if (a->backup_slot && (!a->tier_base || a->slot_bytes < 1 || !a->recall_src))
     return AK_ERR(err, AK_ERR_INVALID_ARG, "backup_slot needs tier_base, slot_bytes >= 1 and recall_src");
-  size_t smem = kn_cuda_arkvale_plan_smem_bytes(a->stride);
-  KN_CUDA_TRY(err, cudaFuncSetAttribute(kn_arkvale_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  kn_arkvale_plan_kernel<<<a->n_seqs, kThreads, smem, kn_stream(stream)>>>(*a);
-  KN_CUDA_LAUNCHED(err);
+  const size_t smem = kn_cuda_arkvale_plan_smem_bytes(a->stride);
+  switch (kn_plan_elems(a->stride)) {
+    case 1: KN_CUDA_TRY(err, (kn_arkvale_plan_launch<1>(a, smem, kn_stream(stream)))); break;
+    case 2: KN_CUDA_TRY(err, (kn_arkvale_plan_launch<2>(a, smem, kn_stream(stream)))); break;
+    case 4: KN_CUDA_TRY(err, (kn_arkvale_plan_launch<4>(a, smem, kn_stream(stream)))); break;
+    case 8: KN_CUDA_TRY(err, (kn_arkvale_plan_launch<8>(a, smem, kn_stream(stream)))); break;
+    default: return AK_ERR(err, AK_ERR_INVALID_ARG, "stride=%d: no kernel for %d pages per thread", a->stride,
+                           kn_plan_elems(a->stride));
+  }
   return AK_OK;
 }
