@@ -18,8 +18,8 @@
 // One 1024-thread block per sequence; E = pow2(stride) / 1024 (at least 1) candidates
 // per thread, position i = e * 1024 + threadIdx.x held in registers as one 64-bit key
 // (kn_plan_key). The bitonic sort exchanges at distance < 32 through warp shuffles, at
-// 32..512 through a shared double buffer (one barrier per step), at >= 1024 between a
-// thread's own registers: ~15 barriers at 1k candidates instead of one per step (55).
+// 32..512 through a shared double buffer (one barrier per two steps), at >= 1024 between a
+// thread's own registers: 9 barriers at 1k candidates instead of one per step (55).
 // Every "the n-th such page" of the rules is then a block-wide rank from ballots and one
 // barrier (kn_plan_rank2), two flags at a time: one pass in ranking order, one in
 // logical order. Scores and the table are read from global memory once, coalesced.
@@ -80,21 +80,32 @@ __device__ void kn_plan_sort(kn_plan_key_t (&v)[E], int32_t Pc, kn_plan_key_t *b
       else if (j == 2 * kThreads) kn_plan_step_regs<E, 2>(v, size, ne);
       else kn_plan_step_regs<E, 4>(v, size, ne);
     }
-    // double buffer: a write to buf b comes after the barrier that follows every read
-    // of it two steps back
-    for (; j >= 32; j >>= 1) {
+    // Through shared memory, two steps (j, h = j / 2) per barrier where both are >= 32:
+    // each thread reads its group of four (i, i ^ j, i ^ h, i ^ j ^ h) and computes its
+    // own result of both steps. Double buffer: a write to buf b comes after the barrier
+    // that follows every read of it one exchange back.
+    while (j >= 32) {
       kn_plan_key_t *x = buf + b * (E * kThreads);
 #pragma unroll
       for (int e = 0; e < E; e++)
         if (e < ne) x[e * kThreads + t] = v[e];
       __syncthreads();
+      const int32_t h = j >> 1;
 #pragma unroll
       for (int e = 0; e < E; e++) {
         if (e < ne) {
           const int32_t i = e * kThreads + t;
-          v[e] = kn_plan_cx(v[e], x[e * kThreads + (t ^ j)], ((i & j) == 0) == ((i & size) == 0));
+          const bool up = (i & size) == 0, keep_max_j = ((i & j) == 0) == up;
+          const kn_plan_key_t mine = kn_plan_cx(v[e], x[e * kThreads + (t ^ j)], keep_max_j);
+          if (h >= 32) {
+            const kn_plan_key_t pair = kn_plan_cx(x[e * kThreads + (t ^ h)], x[e * kThreads + (t ^ j ^ h)], keep_max_j);
+            v[e] = kn_plan_cx(mine, pair, ((i & h) == 0) == up);
+          } else {
+            v[e] = mine;
+          }
         }
       }
+      j = h >= 32 ? h >> 1 : h;  // after a single step (j == 32), h goes on through the shuffles
       b ^= 1;
     }
     for (; j >= 1; j >>= 1) {
