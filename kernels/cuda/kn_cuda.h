@@ -311,7 +311,8 @@ ak_status_t kn_cuda_gather_pages(const kn_cuda_gather_args_t *args, kn_cuda_stre
 
 /* ArkVale's decision for one layer of a decode step, per sequence, on the device
  * (kn_cuda_arkvale_plan.cu; kvpool's kv_select_for_view is the oracle): ranks the
- * candidates [n_sink, n_pages - n_window) by score (ties to the higher page), takes the
+ * candidates [n_sink, n_pages - n_window) by score (ties, -0 with +0 included, to the
+ * higher page; NaN below everything; subnormals as they are, never flushed), takes the
  * top k, pairs each missing one (ranking order) with a victim (the resident candidates
  * outside the top and outside the best that stay, ascending page order), updates phys
  * in place, and writes the recalls and the resident view in logical order. A sequence
@@ -344,6 +345,9 @@ typedef struct {
   int64_t slot_bytes;
   const void **recall_src;  /* [n_seqs][k] tier_base + slot * slot_bytes, NULL past the last */
 } kn_cuda_arkvale_plan_args_t;
+/* Dynamic shared memory one block (one sequence) uses at this stride: 16 bytes per
+ * pow2(stride) (at least 16 KiB) + 4 per page, ~162 KiB at KN_CUDA_PLAN_MAX_PAGES; the
+ * launcher opts in above 48 KiB itself. */
 size_t kn_cuda_arkvale_plan_smem_bytes(int32_t stride);
 ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
