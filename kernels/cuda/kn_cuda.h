@@ -249,8 +249,14 @@ ak_status_t kn_cuda_kv_store(const kn_cuda_kv_store_args_t *args, kn_cuda_stream
 /* --- ArkVale ops (semantics: kvpool/kv_digest.h, the CPU oracle) --- */
 
 /* Digests of n_pages filled pages: page_ids[p]'s K (the pool layout above) -> digest
- * p, [n_pages][n_kv_heads][kv_digest_floats(kind, head_dim)] f32. kind is a
- * kv_digest_kind_t value (0..6). */
+ * p, [n_pages][n_kv_heads][kv_digest_floats(kind, head_dim)] elements of digest_dtype.
+ * kind is a kv_digest_kind_t value (0..6).
+ * digest_dtype F32 (0, what a zeroed struct means) for every kind; F16 or BF16 only for
+ * the cuboid kinds (4..6, else AK_ERR_UNSUPPORTED) and only equal to kv_dtype (else
+ * AK_ERR_INVALID_ARG). Each ub is then rounded up and each lb down to digest_dtype
+ * from the f32 value (kn_cuda_digest_narrow): cuboid-max (the min/max of keys of that
+ * dtype) is exact; cuboid-center/-mean (c +- r, not a key) grow by at most one 16-bit
+ * ulp per bound, never shrink. */
 typedef struct {
   int32_t kind;
   const void *k_base;
@@ -261,19 +267,34 @@ typedef struct {
   int32_t n_kv_heads;
   int32_t head_dim;
   const int32_t *page_ids;       /* [n_pages] */
-  float *digests;                /* [n_pages][n_kv_heads][digest floats] */
+  void *digests;                 /* [n_pages][n_kv_heads][digest floats] digest_dtype, 4-byte
+                                  * aligned (16-bit: 2-byte) */
+  kn_cuda_dtype_t digest_dtype;  /* F32 (default), or F16 / BF16 = kv_dtype for cuboid kinds */
   int64_t n_pages;
 } kn_cuda_digest_build_args_t;
 ak_status_t kn_cuda_digest_build(const kn_cuda_digest_build_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+/* Host: n_pages cuboid digests (kind 4..6) in kv_digest's f32 layout (src, host
+ * [n_pages][n_kv_heads][2 * head_dim] f32) -> the same layout in digest_dtype (dst,
+ * host, F16 or BF16 bits), each ub rounded toward +inf and each lb toward -inf (exact
+ * when representable; NaN stays NaN), as kn_cuda_digest_build rounds: the same keys
+ * give the same bits either way, and the box never shrinks. For put_digest paths that
+ * digest on the host. AK_ERR_UNSUPPORTED for another kind or dtype, AK_ERR_INVALID_ARG
+ * for bad shapes or NULL pointers (dst untouched then). No CUDA call. */
+ak_status_t kn_cuda_digest_narrow(int32_t kind, kn_cuda_dtype_t digest_dtype, const float *src, int64_t n_pages,
+                                  int32_t n_kv_heads, int32_t head_dim, void *dst, ak_err_t *err);
 
 /* Scores of every page of every sequence of a layer in one launch: page p of the
  * batch belongs to sequence page_seq[p] and is scored against that sequence's query
  * q [n_seqs][n_heads][head_dim]; scores[p] aggregates its query heads by mean (agg 0)
- * or max (agg 1), exactly as kv_digest_score. */
+ * or max (agg 1), exactly as kv_digest_score on the digests widened to f32.
+ * digest_dtype F32 (0, the default) for every kind; F16 or BF16 (half the bytes of
+ * the scan) for the cuboid kinds only (else AK_ERR_UNSUPPORTED). */
 typedef struct {
   int32_t kind;
   int32_t agg;
-  const float *digests;          /* [n_pages][n_kv_heads][digest floats] */
+  const void *digests;           /* [n_pages][n_kv_heads][digest floats] digest_dtype, 16-byte
+                                  * aligned */
+  kn_cuda_dtype_t digest_dtype;  /* F32 (default), F16 or BF16 (cuboid kinds) */
   const int32_t *page_seq;       /* [n_pages] */
   const float *q;                /* [n_seqs][n_heads][head_dim] */
   float *scores;                 /* [n_pages] */

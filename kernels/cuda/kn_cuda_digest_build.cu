@@ -3,6 +3,18 @@
 // oracle: min/max in f32, centres, radii and means in double, rounded to f32 once.
 // Not the hot path (one call per page that fills), so plain and exact over fast.
 //
+// Output: rows in kv_digest.h's layout, f32 for every kind, or for the cuboid kinds
+// optionally 16-bit in the page's dtype (digest_dtype, f16 or bf16): the per-step scan
+// (kn_cuda_digest_score) then reads half the bytes. A 16-bit row is the f32 row with
+// each ub rounded toward +inf and each lb toward -inf, so the box never shrinks:
+//
+//   one KV head, 16-bit:  | ub[d] (rounded up) | lb[d] (rounded down) |   4 d bytes
+//
+// cuboid-max's bounds are keys of that dtype, so they are exact; cuboid-center/-mean
+// (c -+ r) move by at most one 16-bit ulp. kn_cuda_digest_narrow (host, below) rounds
+// the CPU's f32 digests the same way, so a digest built here and one built on the host
+// from the same keys are the same bits (kv_digest.c computes the same f32 values).
+//
 // Launch: one 128-thread block per (page, KV head) item, grid-stride over items.
 //   cuboid-*, centroid: thread i owns dimensions i, i + 128, ...; it walks the page's
 //                       tokens for each (coalesced: a token row is head_dim contiguous
@@ -11,19 +23,30 @@
 //                       tokens t = warp, warp + 4, ... and reduces ||c - k_t||^2 over
 //                       its lanes in double; thread 0 folds the 4 warps' min, max, sum.
 #include <math.h>
+#include <string.h>
 
 #include "kn_cuda_digest.cuh"
 #include "kn_cuda_internal.cuh"
 
 namespace {
 
+// A cuboid bound stored as O: f32 as is; 16-bit rounded outward (ub up, lb down).
+// Host and device (the CUDA conversions are both), so kn_cuda_digest_narrow agrees.
+__host__ __device__ inline void kn_db_st_ub(float *p, float v) { *p = v; }
+__host__ __device__ inline void kn_db_st_lb(float *p, float v) { *p = v; }
+__host__ __device__ inline void kn_db_st_ub(__half *p, float v) { *p = __float2half_ru(v); }
+__host__ __device__ inline void kn_db_st_lb(__half *p, float v) { *p = __float2half_rd(v); }
+__host__ __device__ inline void kn_db_st_ub(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_ru(v); }
+__host__ __device__ inline void kn_db_st_lb(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rd(v); }
+
 constexpr int KN_DB_THREADS = 128;
 constexpr int KN_DB_WARPS = KN_DB_THREADS / 32;
 constexpr int64_t KN_DB_MAX_BLOCKS = 1 << 20;
 
 // kh: token 0 of one KV head of one page; token t, dimension i at kh[t * head_dim + i].
-template <typename T>
-__device__ void kn_db_cuboid(int kind, const T *kh, int n_tokens, int head_dim, float *ub, float *lb) {
+// ub, lb: [head_dim] O (f32, or 16-bit rounded outward).
+template <typename T, typename O>
+__device__ void kn_db_cuboid(int kind, const T *kh, int n_tokens, int head_dim, O *ub, O *lb) {
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
     float mx = kn_ld(kh + i), mn = mx;
     for (int t = 1; t < n_tokens; t++) {
@@ -32,8 +55,8 @@ __device__ void kn_db_cuboid(int kind, const T *kh, int n_tokens, int head_dim, 
       if (v < mn) mn = v;
     }
     if (kind == KN_DIGEST_CUBOID_MAX) {
-      ub[i] = mx;
-      lb[i] = mn;
+      kn_db_st_ub(ub + i, mx);
+      kn_db_st_lb(lb + i, mn);
       continue;
     }
     const double c = ((double)mx + (double)mn) / 2.0;
@@ -51,8 +74,9 @@ __device__ void kn_db_cuboid(int kind, const T *kh, int n_tokens, int head_dim, 
       }
       r = (dmin + dmax) / 2.0;
     }
-    ub[i] = (float)(c + r);
-    lb[i] = (float)(c - r);
+    // f32 first (kv_digest.c's values), then outward to O: what the host path stores.
+    kn_db_st_ub(ub + i, (float)(c + r));
+    kn_db_st_lb(lb + i, (float)(c - r));
   }
 }
 
@@ -128,12 +152,13 @@ __device__ void kn_db_sphere(int kind, const T *kh, int n_tokens, int head_dim, 
 
 // k_base: the pool's K, page pg / head g / token t / dim i at
 //   k_base[pg * page_stride + g * head_stride + t * head_dim + i], T = half or bf16.
-// digests: [n_pages][n_kv_heads][kn_digest_floats(kind, head_dim)] f32.
-template <typename T>
+// digests: [n_pages][n_kv_heads][kn_digest_floats(kind, head_dim)] O: f32 for every
+// kind, T (16-bit) for the cuboid kinds only (the check refuses the others).
+template <typename T, typename O>
 __global__ void __launch_bounds__(KN_DB_THREADS)
     kn_digest_build_kernel(int kind, const T *__restrict__ k_base, int64_t page_stride, int64_t head_stride,
                            int page_tokens, int n_kv_heads, int head_dim, const int32_t *__restrict__ page_ids,
-                           float *__restrict__ digests, int64_t n_pages) {
+                           O *__restrict__ digests, int64_t n_pages) {
   extern __shared__ float c_s[];  // [head_dim], sphere kinds only
   const int n_floats = kn_digest_floats(kind, head_dim);
   const int64_t n_items = n_pages * n_kv_heads;
@@ -141,24 +166,28 @@ __global__ void __launch_bounds__(KN_DB_THREADS)
     const int64_t p = item / n_kv_heads;
     const int g = (int)(item - p * n_kv_heads);
     const T *kh = k_base + (int64_t)page_ids[p] * page_stride + (int64_t)g * head_stride;
-    float *o = digests + item * n_floats;
-    if (kn_digest_is_cuboid(kind))
+    O *o = digests + item * n_floats;
+    if constexpr (sizeof(O) == 2) {
       kn_db_cuboid(kind, kh, page_tokens, head_dim, o, o + head_dim);
-    else if (kn_digest_is_sphere(kind))
-      kn_db_sphere(kind, kh, page_tokens, head_dim, o, c_s);
-    else
-      kn_db_centroid(kh, page_tokens, head_dim, o);
+    } else {
+      if (kn_digest_is_cuboid(kind))
+        kn_db_cuboid(kind, kh, page_tokens, head_dim, o, o + head_dim);
+      else if (kn_digest_is_sphere(kind))
+        kn_db_sphere(kind, kh, page_tokens, head_dim, o, c_s);
+      else
+        kn_db_centroid(kh, page_tokens, head_dim, o);
+    }
   }
 }
 
-template <typename T>
+template <typename T, typename O>
 cudaError_t kn_digest_build_launch(const kn_cuda_digest_build_args_t *a, cudaStream_t stream) {
   const int64_t n_items = a->n_pages * a->n_kv_heads;
   const int n_blocks = (int)(n_items < KN_DB_MAX_BLOCKS ? n_items : KN_DB_MAX_BLOCKS);
-  const size_t smem_bytes = (size_t)a->head_dim * sizeof(float);
-  kn_digest_build_kernel<T><<<n_blocks, KN_DB_THREADS, smem_bytes, stream>>>(
+  const size_t smem_bytes = sizeof(O) == 2 ? 0 : (size_t)a->head_dim * sizeof(float);
+  kn_digest_build_kernel<T, O><<<n_blocks, KN_DB_THREADS, smem_bytes, stream>>>(
       a->kind, (const T *)a->k_base, a->page_stride_elems, a->head_stride_elems, a->page_tokens, a->n_kv_heads,
-      a->head_dim, a->page_ids, a->digests, a->n_pages);
+      a->head_dim, a->page_ids, (O *)a->digests, a->n_pages);
   return cudaGetLastError();
 }
 
@@ -170,6 +199,18 @@ ak_status_t kn_digest_build_check(const kn_cuda_digest_build_args_t *a, ak_err_t
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest kind=%d is not a kv_digest_kind_t (0..6)", a->kind);
   if (a->kv_dtype != KN_CUDA_F16 && a->kv_dtype != KN_CUDA_BF16)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "kv_dtype=%d: KV pages are F16 or BF16", (int)a->kv_dtype);
+  if (a->digest_dtype != KN_CUDA_F32 && a->digest_dtype != KN_CUDA_F16 && a->digest_dtype != KN_CUDA_BF16)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest_dtype=%d is not F32 (0), F16 (1) or BF16 (2)",
+                         (int)a->digest_dtype);
+  if (a->digest_dtype != KN_CUDA_F32 && !kn_digest_is_cuboid(a->kind))
+    return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, fn,
+                         "digest_dtype=%d with digest kind=%d: 16-bit digests are for the cuboid kinds (4..6) only",
+                         (int)a->digest_dtype, a->kind);
+  // 16-bit digests of keys of another dtype would round every bound, max included.
+  if (a->digest_dtype != KN_CUDA_F32 && a->digest_dtype != a->kv_dtype)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn,
+                         "digest_dtype=%d differs from kv_dtype=%d: a 16-bit digest must have its pages' dtype",
+                         (int)a->digest_dtype, (int)a->kv_dtype);
   if (a->n_pages < 0) return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "n_pages=%lld < 0", (long long)a->n_pages);
   if (a->page_tokens < 1)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "page_tokens=%d must be >= 1", a->page_tokens);
@@ -190,10 +231,11 @@ ak_status_t kn_digest_build_check(const kn_cuda_digest_build_args_t *a, ak_err_t
   if (!a->k_base || !a->page_ids || !a->digests)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "k_base=%p, page_ids=%p, digests=%p: all are required",
                          a->k_base, (const void *)a->page_ids, (void *)a->digests);
-  if ((uintptr_t)a->k_base % 2 || (uintptr_t)a->page_ids % 4 || (uintptr_t)a->digests % 4)
+  const uintptr_t dg_align = a->digest_dtype == KN_CUDA_F32 ? 4 : 2;
+  if ((uintptr_t)a->k_base % 2 || (uintptr_t)a->page_ids % 4 || (uintptr_t)a->digests % dg_align)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn,
-                         "k_base=%p (2-byte), page_ids=%p, digests=%p (4-byte) are misaligned", a->k_base,
-                         (const void *)a->page_ids, (void *)a->digests);
+                         "k_base=%p (2-byte), page_ids=%p (4-byte), digests=%p (%d-byte) are misaligned", a->k_base,
+                         (const void *)a->page_ids, a->digests, (int)dg_align);
   return AK_OK;
 }
 
@@ -204,12 +246,66 @@ extern "C" ak_status_t kn_cuda_digest_build(const kn_cuda_digest_build_args_t *a
   AK_TRY(kn_digest_build_check(args, err));
   if (args->n_pages == 0) return AK_OK;
   cudaStream_t s = kn_stream(stream);
+  const bool narrow = args->digest_dtype != KN_CUDA_F32;  // = kv_dtype (checked)
   switch (args->kv_dtype) {
-    case KN_CUDA_F16: KN_CUDA_TRY(err, kn_digest_build_launch<__half>(args, s)); break;
-    case KN_CUDA_BF16: KN_CUDA_TRY(err, kn_digest_build_launch<__nv_bfloat16>(args, s)); break;
+    case KN_CUDA_F16:
+      if (narrow)
+        KN_CUDA_TRY(err, (kn_digest_build_launch<__half, __half>(args, s)));
+      else
+        KN_CUDA_TRY(err, (kn_digest_build_launch<__half, float>(args, s)));
+      break;
+    case KN_CUDA_BF16:
+      if (narrow)
+        KN_CUDA_TRY(err, (kn_digest_build_launch<__nv_bfloat16, __nv_bfloat16>(args, s)));
+      else
+        KN_CUDA_TRY(err, (kn_digest_build_launch<__nv_bfloat16, float>(args, s)));
+      break;
     default:
       return ak_err_set_fn(err, AK_ERR_INVALID_ARG, __func__, "kv_dtype=%d: KV pages are F16 or BF16",
                            (int)args->kv_dtype);
   }
+  return AK_OK;
+}
+
+namespace {
+
+template <typename O>
+void kn_digest_narrow_rows(const float *src, int64_t n_heads, int32_t head_dim, uint16_t *dst) {
+  for (int64_t h = 0; h < n_heads; h++) {
+    const float *s = src + h * 2 * head_dim;
+    uint16_t *d = dst + h * 2 * head_dim;
+    for (int32_t i = 0; i < head_dim; i++) {
+      O ub, lb;
+      kn_db_st_ub(&ub, s[i]);
+      kn_db_st_lb(&lb, s[head_dim + i]);
+      memcpy(d + i, &ub, 2);
+      memcpy(d + head_dim + i, &lb, 2);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" ak_status_t kn_cuda_digest_narrow(int32_t kind, kn_cuda_dtype_t digest_dtype, const float *src,
+                                             int64_t n_pages, int32_t n_kv_heads, int32_t head_dim, void *dst,
+                                             ak_err_t *err) {
+  if (!kn_digest_is_cuboid(kind) || (digest_dtype != KN_CUDA_F16 && digest_dtype != KN_CUDA_BF16))
+    return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, __func__,
+                         "digest kind=%d, digest_dtype=%d: 16-bit digests are cuboid kinds (4..6) in F16 (1) or "
+                         "BF16 (2)",
+                         kind, (int)digest_dtype);
+  if (n_pages < 0 || n_kv_heads < 1 || n_kv_heads > KN_DIGEST_MAX_HEADS || head_dim < 1 ||
+      head_dim > KN_DIGEST_MAX_HEAD_DIM)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, __func__,
+                         "n_pages=%lld, n_kv_heads=%d, head_dim=%d: n_pages >= 0, the others in [1, %d]",
+                         (long long)n_pages, n_kv_heads, head_dim, KN_DIGEST_MAX_HEADS);
+  if (n_pages == 0) return AK_OK;
+  if (!src || !dst) return ak_err_set_fn(err, AK_ERR_INVALID_ARG, __func__, "src=%p, dst=%p: both are required",
+                                         (const void *)src, dst);
+  const int64_t n_heads = n_pages * n_kv_heads;
+  if (digest_dtype == KN_CUDA_F16)
+    kn_digest_narrow_rows<__half>(src, n_heads, head_dim, (uint16_t *)dst);
+  else
+    kn_digest_narrow_rows<__nv_bfloat16>(src, n_heads, head_dim, (uint16_t *)dst);
   return AK_OK;
 }

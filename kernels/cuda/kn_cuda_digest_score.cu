@@ -3,27 +3,38 @@
 // kvpool/kv_digest.c (kv_score_one / kv_score_page; kinds and layout in
 // kn_cuda_digest.cuh). Not here: choosing pages (kn_cuda_topk).
 //
-// Memory-bound: a page's digest is read once (cuboid, head_dim 128, 8 KV heads: 8 KiB)
-// and q (n_heads * head_dim f32) is reused by every page of its sequence.
+// Memory-bound: a page's digest is read once and q (n_heads * head_dim f32) is reused
+// by every page of its sequence. What is read, per page and KV head (d = head_dim):
+//
+//   f32 (every kind)         | ub[d] or c[d] or mean[d] | lb[d] or r or - |  4 x 2d B (cuboid)
+//   f16 / bf16 (cuboid only) | ub[d]                    | lb[d]           |  2 x 2d B
+//
+// The 16-bit rows (kn_cuda_digest_build's digest_dtype: the pages' dtype, bounds
+// rounded outward) halve the bytes of the scan: cuboid, head_dim 128, 32 KV heads is
+// 16 KiB a page instead of 32 KiB. They are widened to f32 in registers (exact), so the
+// arithmetic is the f32 path's.
 //
 // Launch: blocks of 8 warps, 1, 2 or 4 consecutive pages per warp (by n_pages).
 //   - The block first copies q of its first page's sequence into shared memory when
 //     it fits in 48 KiB (n_heads * head_dim <= 12288); pages of that sequence read q
 //     there, pages of other sequences (a block straddling two) read it through L1.
-//   - A warp scores one page at a time. KV heads are spread over lanes: LPH lanes per
-//     KV head (head_dim / 4, at most 32), each lane holding 4 dimensions per float4
-//     (head_dim 256: 2 float4), so head_dim 64 scores 2 KV heads per pass. Digest rows
-//     are read with 16-byte loads (cuboid, centroid; sphere rows are head_dim + 1
-//     floats, not 16-byte aligned, so they are read as floats).
-//   - The digest rows of 8 (head_dim 256: 4) passes of KV heads are loaded together,
-//     so that a page costs one DRAM round trip, not one per KV head (measured on an
-//     H100 at 4 x 1000 pages, 8 KV heads: one load at a time was latency-bound).
+//   - A warp scores one page at a time. Every digest load is 16 bytes: E = 4 f32 or 8
+//     16-bit elements. KV heads are spread over lanes: LPH lanes per KV head
+//     (head_dim / E, at most 32), each lane holding E dimensions per vector (V vectors
+//     when head_dim > 32 E), so a pass covers 32 / LPH KV heads (f32 head_dim 64: 2;
+//     16-bit head_dim 128: 2, 64: 4). Sphere rows are head_dim + 1 floats, not 16-byte
+//     aligned, so they are read as 4 floats per vector.
+//   - The digest rows of NB = 8 / V passes of KV heads are loaded together (raw 16-byte
+//     vectors, widened at use), so that a page costs one DRAM round trip per NB passes,
+//     not one per KV head (measured on an H100 at 4 x 1000 pages, 8 KV heads: one load
+//     at a time was latency-bound). Each lane has 2 * 8 loads of 16 B in flight with
+//     either element size, so 16-bit rows cover twice the KV heads per round trip.
 //   - For each query head of the KV head's group (GQA: h / (n_heads / n_kv_heads)),
 //     the lanes' partial sums are reduced with shuffles (the batch's reductions
 //     interleaved); the page aggregate (mean or max) is kept per lane group and
 //     combined at the end.
-// f32 throughout as the CPU; the summation order differs (tree over dimensions), so
-// scores agree to rounding (~1e-6 of sum |q_i d_i|), not bit for bit.
+// f32 arithmetic throughout as the CPU; the summation order differs (tree over
+// dimensions), so scores agree to rounding (~1e-6 of sum |q_i d_i|), not bit for bit.
 #include <math.h>
 
 #include "kn_cuda_digest.cuh"
@@ -34,17 +45,50 @@ namespace {
 constexpr int KN_DS_WARPS = 8;
 constexpr size_t KN_DS_Q_SMEM_MAX_BYTES = 48 * 1024;  // the default dynamic limit, no opt-in
 
-// digests: [n_pages][n_kv_heads][F] f32; q: [n_seqs][n_heads][D] f32; scores: [n_pages].
-template <int D>
+// 16 bytes of digest elements T, widened to f32 (exactly).
+template <typename T>
+__device__ __forceinline__ void kn_ds_widen(uint4 x, float *out);
+template <>
+__device__ __forceinline__ void kn_ds_widen<float>(uint4 x, float *out) {
+  out[0] = __uint_as_float(x.x), out[1] = __uint_as_float(x.y);
+  out[2] = __uint_as_float(x.z), out[3] = __uint_as_float(x.w);
+}
+template <>
+__device__ __forceinline__ void kn_ds_widen<__half>(uint4 x, float *out) {
+  const unsigned w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    __half2 h;
+    memcpy(&h, &w[k], 4);
+    const float2 f = __half22float2(h);
+    out[2 * k] = f.x, out[2 * k + 1] = f.y;
+  }
+}
+template <>
+__device__ __forceinline__ void kn_ds_widen<__nv_bfloat16>(uint4 x, float *out) {
+  const unsigned w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {  // bf16 is the top half of an f32
+    out[2 * k] = __uint_as_float(w[k] << 16);
+    out[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+  }
+}
+
+// digests: [n_pages][n_kv_heads][F] T (float: every kind; half / bf16: cuboid kinds);
+// q: [n_seqs][n_heads][D] f32; scores: [n_pages].
+template <int D, typename T>
 __global__ void __launch_bounds__(KN_DS_WARPS * 32)
-    kn_digest_score_kernel(int kind, int agg, const float *__restrict__ digests, const int32_t *__restrict__ page_seq,
+    kn_digest_score_kernel(int kind, int agg, const T *__restrict__ digests, const int32_t *__restrict__ page_seq,
                            const float *__restrict__ q, float *__restrict__ scores, int64_t n_pages, int n_seqs,
                            int n_heads, int n_kv_heads, int cache_q, int pages_per_warp) {
-  constexpr int LPH = D / 4 < 32 ? D / 4 : 32;  // lanes per KV head
+  constexpr int E = 16 / (int)sizeof(T);        // elements per 16-byte vector
+  constexpr int LPH = D / E < 32 ? D / E : 32;  // lanes per KV head
   constexpr int HPW = 32 / LPH;                 // KV heads per warp pass
-  constexpr int V = D / (4 * LPH);              // float4 per lane per vector
+  constexpr int V = D / (E * LPH);              // vectors per lane per row
+  constexpr int QE = E / 4;                     // float4 of q per vector
   constexpr int Q4 = D / 4;                     // float4 per query head
   constexpr int NB = 8 / V;                     // KV-head passes loaded together
+  constexpr bool F32 = sizeof(T) == 4;
   extern __shared__ float4 q_s[];               // [n_heads][D / 4], when cache_q
 
   const int64_t page0 = (int64_t)blockIdx.x * KN_DS_WARPS * pages_per_warp;
@@ -63,8 +107,9 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
   const int sub = lane / LPH;  // which KV head of a pass
   const int sl = lane % LPH;   // lane within that KV head
   const int group = n_heads / n_kv_heads;
-  const int n_floats = kn_digest_floats(kind, D);
-  const bool cuboid = kn_digest_is_cuboid(kind), sphere = kn_digest_is_sphere(kind);
+  const int n_floats = kn_digest_floats(kind, D);  // elements per KV head
+  // 16-bit digests are cuboid (the check refuses the rest): the other branches fold away.
+  const bool cuboid = !F32 || kn_digest_is_cuboid(kind), sphere = F32 && kn_digest_is_sphere(kind);
 
   for (int j = 0; j < pages_per_warp; j++) {
     const int64_t p = page0 + (int64_t)warp * pages_per_warp + j;
@@ -75,43 +120,37 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
       continue;
     }
     const float4 *q4 = s == seq0 ? q_s : (const float4 *)(q + (int64_t)s * n_heads * D);
-    const float *dpage = digests + p * n_kv_heads * n_floats;
+    const T *dpage = digests + p * n_kv_heads * n_floats;
     float acc = agg == 1 ? -INFINITY : 0.f;
 
     // NB passes of KV heads at a time: all their digest rows are loaded before the
     // first use, so a page costs one DRAM round trip per NB * HPW KV heads, not one
     // per KV head (the scan is latency-bound otherwise).
     for (int g0 = 0; g0 < n_kv_heads; g0 += HPW * NB) {
-      float a[NB][4 * V], b[NB][4 * V], r[NB];  // cuboid: ub, lb; others: c (or mean) in a
+      uint4 a[NB][V], b[NB][V];  // raw rows: cuboid ub, lb; others c (or mean) in a
+      float r[NB];
       bool active[NB];
 #pragma unroll
       for (int nb = 0; nb < NB; nb++) {
         const int g = g0 + nb * HPW + sub;
         active[nb] = g < n_kv_heads;
-        const float *row = dpage + (int64_t)g * n_floats;
+        const T *row = dpage + (int64_t)g * n_floats;
         r[nb] = 0.f;
 #pragma unroll
         for (int v = 0; v < V; v++) {
-          const int i = 4 * (v * LPH + sl);
-          if (!active[nb]) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) a[nb][4 * v + e] = b[nb][4 * v + e] = 0.f;
-          } else if (sphere) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) a[nb][4 * v + e] = __ldg(row + i + e);
+          const int i = E * (v * LPH + sl);
+          a[nb][v] = b[nb][v] = make_uint4(0u, 0u, 0u, 0u);
+          if (!active[nb]) continue;
+          if (sphere) {  // f32 only
+            const float *fr = (const float *)row + i;
+            a[nb][v] = make_uint4(__float_as_uint(__ldg(fr)), __float_as_uint(__ldg(fr + 1)),
+                                  __float_as_uint(__ldg(fr + 2)), __float_as_uint(__ldg(fr + 3)));
           } else {
-            const float4 x = __ldg((const float4 *)(row + i));
-            a[nb][4 * v] = x.x, a[nb][4 * v + 1] = x.y, a[nb][4 * v + 2] = x.z, a[nb][4 * v + 3] = x.w;
-            if (cuboid) {
-              const float4 y = __ldg((const float4 *)(row + D + i));
-              b[nb][4 * v] = y.x, b[nb][4 * v + 1] = y.y, b[nb][4 * v + 2] = y.z, b[nb][4 * v + 3] = y.w;
-            } else {
-#pragma unroll
-              for (int e = 0; e < 4; e++) b[nb][4 * v + e] = 0.f;
-            }
+            a[nb][v] = __ldg((const uint4 *)(row + i));
+            if (cuboid) b[nb][v] = __ldg((const uint4 *)(row + D + i));
           }
         }
-        if (active[nb] && sphere) r[nb] = __ldg(row + D);
+        if (active[nb] && sphere) r[nb] = __ldg((const float *)row + D);
       }
 
       for (int hh = 0; hh < group; hh++) {  // group is warp-uniform: every lane shuffles
@@ -123,15 +162,21 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
           const float4 *qh = q4 + (int64_t)((g0 + nb * HPW + sub) * group + hh) * Q4;
 #pragma unroll
           for (int v = 0; v < V; v++) {
-            const float4 x = qh[v * LPH + sl];
-            const float qv[4] = {x.x, x.y, x.z, x.w};
+            float qv[E], av[E], bv[E];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
+            for (int k = 0; k < QE; k++) {
+              const float4 x = qh[(v * LPH + sl) * QE + k];
+              qv[4 * k] = x.x, qv[4 * k + 1] = x.y, qv[4 * k + 2] = x.z, qv[4 * k + 3] = x.w;
+            }
+            kn_ds_widen<T>(a[nb][v], av);
+            if (cuboid) kn_ds_widen<T>(b[nb][v], bv);
+#pragma unroll
+            for (int e = 0; e < E; e++) {
               if (cuboid) {
-                const float u = qv[e] * a[nb][4 * v + e], l = qv[e] * b[nb][4 * v + e];
+                const float u = qv[e] * av[e], l = qv[e] * bv[e];
                 part[nb] += u > l ? u : l;
               } else {
-                part[nb] += qv[e] * a[nb][4 * v + e];
+                part[nb] += qv[e] * av[e];
                 qq[nb] += qv[e] * qv[e];
               }
             }
@@ -153,7 +198,7 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
         }
       }
     }
-    // Combine the HPW lane groups (head_dim 64: two KV heads per pass).
+    // Combine the HPW lane groups (several KV heads per pass).
 #pragma unroll
     for (int off = LPH; off < 32; off <<= 1) {
       const float o = __shfl_xor_sync(0xffffffffu, acc, off);
@@ -163,7 +208,7 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
   }
 }
 
-template <int D>
+template <int D, typename T>
 cudaError_t kn_digest_score_launch(const kn_cuda_digest_score_args_t *a, cudaStream_t stream) {
   const size_t q_bytes = (size_t)a->n_heads * D * sizeof(float);
   const int cache_q = q_bytes <= KN_DS_Q_SMEM_MAX_BYTES;
@@ -172,10 +217,29 @@ cudaError_t kn_digest_score_launch(const kn_cuda_digest_score_args_t *a, cudaStr
   // 4 x 1000 pages: 2 per warp 20 us, 1 per warp 32 us; 4 x 40: 16.7 vs 8.3 us).
   const int ppw = a->n_pages <= 1024 ? 1 : a->n_pages <= 16384 ? 2 : 4;
   const int64_t n_blocks = kn_ceil_div(a->n_pages, (int64_t)KN_DS_WARPS * ppw);
-  kn_digest_score_kernel<D><<<(unsigned)n_blocks, KN_DS_WARPS * 32, cache_q ? q_bytes : 0, stream>>>(
-      a->kind, a->agg, a->digests, a->page_seq, a->q, a->scores, a->n_pages, a->n_seqs, a->n_heads, a->n_kv_heads,
-      cache_q, ppw);
+  kn_digest_score_kernel<D, T><<<(unsigned)n_blocks, KN_DS_WARPS * 32, cache_q ? q_bytes : 0, stream>>>(
+      a->kind, a->agg, (const T *)a->digests, a->page_seq, a->q, a->scores, a->n_pages, a->n_seqs, a->n_heads,
+      a->n_kv_heads, cache_q, ppw);
   return cudaGetLastError();
+}
+
+// head_dim dispatch for one digest element type; messages name the public op.
+template <typename T>
+ak_status_t kn_digest_score_run(const kn_cuda_digest_score_args_t *a, cudaStream_t stream, ak_err_t *err) {
+  const char *fn = "kn_cuda_digest_score";
+  cudaError_t ce;
+  switch (a->head_dim) {
+    case 64: ce = kn_digest_score_launch<64, T>(a, stream); break;
+    case 128: ce = kn_digest_score_launch<128, T>(a, stream); break;
+    case 256: ce = kn_digest_score_launch<256, T>(a, stream); break;
+    default:
+      return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, fn, "head_dim=%d: the GPU scorer has 64, 128 and 256",
+                           a->head_dim);
+  }
+  if (ce != cudaSuccess)
+    return ak_err_set_fn(err, AK_ERR_CUDA, fn, "kn_digest_score_kernel<%d> (digest_dtype=%d): %s", a->head_dim,
+                         (int)a->digest_dtype, cudaGetErrorString(ce));
+  return AK_OK;
 }
 
 ak_status_t kn_digest_score_check(const kn_cuda_digest_score_args_t *a, ak_err_t *err) {
@@ -185,6 +249,13 @@ ak_status_t kn_digest_score_check(const kn_cuda_digest_score_args_t *a, ak_err_t
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest kind=%d is not a kv_digest_kind_t (0..6)", a->kind);
   if (a->agg != 0 && a->agg != 1)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "agg=%d is neither 0 (mean) nor 1 (max)", a->agg);
+  if (a->digest_dtype != KN_CUDA_F32 && a->digest_dtype != KN_CUDA_F16 && a->digest_dtype != KN_CUDA_BF16)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest_dtype=%d is not F32 (0), F16 (1) or BF16 (2)",
+                         (int)a->digest_dtype);
+  if (a->digest_dtype != KN_CUDA_F32 && !kn_digest_is_cuboid(a->kind))
+    return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, fn,
+                         "digest_dtype=%d with digest kind=%d: 16-bit digests are for the cuboid kinds (4..6) only",
+                         (int)a->digest_dtype, a->kind);
   if (a->n_pages < 0 || a->n_pages > (int64_t)INT32_MAX * KN_DS_WARPS)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "n_pages=%lld outside [0, 2^31 * %d)", (long long)a->n_pages,
                          KN_DS_WARPS);
@@ -206,8 +277,9 @@ ak_status_t kn_digest_score_check(const kn_cuda_digest_score_args_t *a, ak_err_t
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digests=%p, page_seq=%p, q=%p, scores=%p: all are required",
                          (const void *)a->digests, (const void *)a->page_seq, (const void *)a->q,
                          (void *)a->scores);
-  // 16-byte loads of digest rows and q rows (every row offset is a multiple of 4 floats
-  // for cuboid and centroid, and q's for every kind).
+  // 16-byte loads of digest rows and q rows: every row offset is a multiple of 16 bytes
+  // (f32 cuboid and centroid rows: 4 floats; 16-bit cuboid rows: 2 * head_dim * 2 B
+  // with head_dim 64..256), and q's for every kind.
   if ((uintptr_t)a->digests % 16 || (uintptr_t)a->q % 16 || (uintptr_t)a->page_seq % 4 || (uintptr_t)a->scores % 4)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn,
                          "digests=%p, q=%p (16-byte), page_seq=%p, scores=%p (4-byte) are misaligned",
@@ -222,13 +294,12 @@ extern "C" ak_status_t kn_cuda_digest_score(const kn_cuda_digest_score_args_t *a
   AK_TRY(kn_digest_score_check(args, err));
   if (args->n_pages == 0) return AK_OK;
   cudaStream_t s = kn_stream(stream);
-  switch (args->head_dim) {
-    case 64: KN_CUDA_TRY(err, kn_digest_score_launch<64>(args, s)); break;
-    case 128: KN_CUDA_TRY(err, kn_digest_score_launch<128>(args, s)); break;
-    case 256: KN_CUDA_TRY(err, kn_digest_score_launch<256>(args, s)); break;
+  switch (args->digest_dtype) {
+    case KN_CUDA_F32: return kn_digest_score_run<float>(args, s, err);
+    case KN_CUDA_F16: return kn_digest_score_run<__half>(args, s, err);
+    case KN_CUDA_BF16: return kn_digest_score_run<__nv_bfloat16>(args, s, err);
     default:
-      return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, __func__, "head_dim=%d: the GPU scorer has 64, 128 and 256",
-                           args->head_dim);
+      return ak_err_set_fn(err, AK_ERR_INVALID_ARG, __func__, "digest_dtype=%d is not F32, F16 or BF16",
+                           (int)args->digest_dtype);
   }
-  return AK_OK;
 }
