@@ -4,22 +4,33 @@
 // KnCudaArkvaleGpu (ctest label `gpu`) compares with the CPU oracles:
 //   - digest build: every kind, f16/bf16 pages, head_dim 64/128 (and 17), page sizes
 //     1/16/32/64, pages scattered in a pool of K and V: kv_digest_build on the same
-//     page contents converted to f32, |gpu - cpu| <= 1e-5 * max(|cpu|, 1e-3).
+//     page contents converted to f32, |gpu - cpu| <= 1e-5 * max(|cpu|, 1e-3). 16-bit
+//     digests (cuboid kinds, digest_dtype = the pages' f16 or bf16): bit for bit the
+//     CPU's f32 digest narrowed by kn_cuda_digest_narrow (ub up, lb down), and for
+//     cuboid-max exactly the f32 digest (lossless).
 //   - digest score: every kind, mean and max, GQA 1/3/8, head_dim 64/128/256, three
 //     sequences whose pages interleave: kv_digest_score_pages page by page,
-//     |gpu - cpu| <= 1e-5 * max(|cpu|, sum_i |q_i| |d_i|) (the rounding scale).
+//     |gpu - cpu| <= 1e-5 * max(|cpu|, sum_i |q_i| |d_i|) (the rounding scale). 16-bit
+//     digests (cuboid kinds, f16 and bf16, more KV heads than one load batch covers):
+//     the same check against kv_digest_score_pages on the 16-bit digests widened to
+//     f32 (for cuboid-max of f16/bf16 keys: the f32 digests themselves).
 //   - top-k: segments of 0, 1, 17, 97, 1000, 5000, 20000 scores in one launch, k 1, 8,
 //     40, 1024, random and heavily tied scores (with -0/+0): a CPU sort by (score desc,
 //     index desc), exactly, -1 past the segment.
 //   - gather: mapped pinned (kn_cuda_host_alloc) and device sources, page sizes 16 B to
 //     128 KiB: exact bytes, and destination pages not named stay poisoned.
 // KnCudaArkvaleArgs runs everywhere (no label): every class of bad argument gets its
-// status and message before any CUDA call (pointers are host dummies).
+// status and message before any CUDA call (pointers are host dummies), 16-bit digests
+// of non-cuboid kinds or of another dtype than the pages' included.
+// KnCudaArkvaleNarrow runs everywhere (host only): kn_cuda_digest_narrow rounds each
+// ub up and each lb down to the nearest f16 / bf16 (checked against ak_quant's
+// conversions and the neighbouring values), exact when representable, in the layout.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -78,12 +89,15 @@ struct BuildCase {
   int head_dim;
   int page_tokens;
   int n_kv_heads;
+  bool narrow = false;  // 16-bit digests in the pages' dtype (cuboid kinds)
 };
+
+float widen(kn_cuda_dtype_t dt, uint16_t h) { return dt == KN_CUDA_F16 ? ak_f16_to_f32(h) : ak_bf16_to_f32(h); }
 
 void check_build(const BuildCase &c, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << "kind " << kv_digest_kind_name((kv_digest_kind_t)c.kind) << " dtype "
                                   << c.dtype << " head_dim " << c.head_dim << " page_tokens " << c.page_tokens
-                                  << " n_kv_heads " << c.n_kv_heads);
+                                  << " n_kv_heads " << c.n_kv_heads << (c.narrow ? " 16-bit digests" : ""));
   const int n_pool = 11, n_pages = 7;
   // Pool page [K or V][n_kv_heads][page_tokens][head_dim]: K first, V after it.
   const int64_t head_stride = (int64_t)c.page_tokens * c.head_dim;
@@ -108,8 +122,9 @@ void check_build(const BuildCase &c, uint64_t seed) {
   const size_t page_floats = (size_t)c.n_kv_heads * nf;
   auto d_pool = to_dev(pool);
   auto d_ids = to_dev(ids);
-  DevBuf d_dg(n_pages * page_floats * sizeof(float));
-  ASSERT_EQ(cudaMemset(d_dg.ptr, 0xff, d_dg.n_bytes), cudaSuccess);  // NaN poison
+  const size_t elem_bytes = c.narrow ? sizeof(uint16_t) : sizeof(float);
+  DevBuf d_dg(n_pages * page_floats * elem_bytes);
+  ASSERT_EQ(cudaMemset(d_dg.ptr, 0xff, d_dg.n_bytes), cudaSuccess);  // NaN poison (f32, f16 and bf16)
   kn_cuda_digest_build_args_t a{};
   a.kind = c.kind;
   a.k_base = d_pool->ptr;
@@ -120,12 +135,19 @@ void check_build(const BuildCase &c, uint64_t seed) {
   a.n_kv_heads = c.n_kv_heads;
   a.head_dim = c.head_dim;
   a.page_ids = d_ids->as<int32_t>();
-  a.digests = d_dg.as<float>();
+  a.digests = d_dg.ptr;
+  a.digest_dtype = c.narrow ? c.dtype : KN_CUDA_F32;
   a.n_pages = n_pages;
   ak_err_t err{};
   ASSERT_EQ(kn_cuda_digest_build(&a, nullptr, &err), AK_OK) << err.msg;
   sync_ok();
-  auto got = from_dev<float>(d_dg, n_pages * page_floats);
+  std::vector<float> got;
+  std::vector<uint16_t> got16;
+  if (c.narrow)
+    got16 = from_dev<uint16_t>(d_dg, n_pages * page_floats);
+  else
+    got = from_dev<float>(d_dg, n_pages * page_floats);
+  std::vector<uint16_t> ref16(page_floats);
 
   std::vector<float> keys((size_t)c.page_tokens * c.n_kv_heads * c.head_dim), ref(page_floats);
   for (int p = 0; p < n_pages; p++) {
@@ -140,6 +162,23 @@ void check_build(const BuildCase &c, uint64_t seed) {
               AK_OK)
         << err.msg;
     int bad = 0;
+    if (c.narrow) {
+      // Bit for bit what the host path stores (the CPU's f32 digest narrowed outward),
+      // and for cuboid-max the f32 digest itself: the min/max of 16-bit keys is one.
+      ASSERT_EQ(kn_cuda_digest_narrow(c.kind, c.dtype, ref.data(), 1, c.n_kv_heads, c.head_dim, ref16.data(), &err),
+                AK_OK)
+          << err.msg;
+      for (size_t e = 0; e < page_floats && bad < 5; e++) {
+        const uint16_t g = got16[p * page_floats + e];
+        if (g != ref16[e] || (c.kind == KV_DIGEST_CUBOID_MAX && widen(c.dtype, g) != ref[e])) {
+          ADD_FAILURE() << "page " << p << " element " << e << ": gpu 0x" << std::hex << g << " cpu 0x" << ref16[e]
+                        << std::dec << " (" << widen(c.dtype, g) << " vs f32 " << ref[e] << ")";
+          bad++;
+        }
+      }
+      if (bad) return;
+      continue;
+    }
     for (size_t e = 0; e < page_floats && bad < 5; e++) {
       const float g = got[p * page_floats + e], r = ref[e];
       if (!(std::fabs(g - r) <= 1e-5f * std::max(std::fabs(r), 1e-3f))) {
@@ -159,6 +198,17 @@ TEST(KnCudaArkvaleGpu, DigestBuildMatchesCpuEveryKind) {
         for (int pt : {1, 16, 32, 64}) check_build({kind, dt, hd, pt, 3}, seed++);
 }
 
+TEST(KnCudaArkvaleGpu, DigestBuild16BitCuboidIsTheNarrowedCpuDigest) {
+  uint64_t seed = 50;
+  for (int kind = KV_DIGEST_CUBOID_MAX; kind <= KV_DIGEST_CUBOID_MEAN; kind++)
+    for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) {
+      for (int hd : {64, 128})
+        for (int pt : {1, 16, 32}) check_build({kind, dt, hd, pt, 3, true}, seed++);
+      check_build({kind, dt, 17, 7, 1, true}, seed++);   // odd: 2-byte rows only
+      check_build({kind, dt, 200, 5, 8, true}, seed++);  // head_dim > the block's 128 threads
+    }
+}
+
 TEST(KnCudaArkvaleGpu, DigestBuildOddShapes) {
   uint64_t seed = 100;
   for (int kind = 0; kind < KV_DIGEST_N_KINDS; kind++) {
@@ -176,12 +226,14 @@ struct ScoreCase {
   int head_dim;
   int n_kv_heads;
   int group;
+  kn_cuda_dtype_t digest_dtype = KN_CUDA_F32;  // F16 / BF16: cuboid kinds
 };
 
 void check_score(const ScoreCase &c, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << "kind " << kv_digest_kind_name((kv_digest_kind_t)c.kind) << " agg " << c.agg
                                   << " head_dim " << c.head_dim << " n_kv_heads " << c.n_kv_heads << " group "
-                                  << c.group);
+                                  << c.group << " digest_dtype " << c.digest_dtype);
+  const bool narrow = c.digest_dtype != KN_CUDA_F32;
   const int n_seqs = 3, n_pages = 97, page_tokens = 16;
   const int n_heads = c.n_kv_heads * c.group;
   std::mt19937_64 rng(seed);
@@ -192,7 +244,11 @@ void check_score(const ScoreCase &c, uint64_t seed) {
   std::vector<float> dg(n_pages * page_floats), keys((size_t)page_tokens * c.n_kv_heads * c.head_dim);
   ak_err_t err{};
   for (int p = 0; p < n_pages; p++) {
-    for (size_t e = 0; e < keys.size(); e++) keys[e] = 0.5f * (float)(e % c.head_dim % 7) - 1.f + nd(rng);
+    for (size_t e = 0; e < keys.size(); e++) {
+      keys[e] = 0.5f * (float)(e % c.head_dim % 7) - 1.f + nd(rng);
+      if (c.digest_dtype == KN_CUDA_F16) keys[e] = ak_f16_to_f32(ak_f32_to_f16(keys[e]));  // keys of 16-bit pages
+      if (c.digest_dtype == KN_CUDA_BF16) keys[e] = ak_bf16_to_f32(ak_f32_to_bf16(keys[e]));
+    }
     ASSERT_EQ(kv_digest_build((kv_digest_kind_t)c.kind, keys.data(), page_tokens, c.n_kv_heads, c.head_dim, &err,
                               dg.data() + p * page_floats),
               AK_OK)
@@ -200,11 +256,26 @@ void check_score(const ScoreCase &c, uint64_t seed) {
   }
   std::vector<float> q((size_t)n_seqs * n_heads * c.head_dim);
   for (auto &x : q) x = nd(rng);
+  // 16-bit: what the device stores (exactly dg for cuboid-max), and the f32 digests the
+  // reference scores are those values widened.
+  std::vector<uint16_t> dg16;
+  if (narrow) {
+    dg16.resize(dg.size());
+    ASSERT_EQ(kn_cuda_digest_narrow(c.kind, c.digest_dtype, dg.data(), n_pages, c.n_kv_heads, c.head_dim, dg16.data(),
+                                    &err),
+              AK_OK)
+        << err.msg;
+    for (size_t e = 0; e < dg.size(); e++) {
+      const float w = widen(c.digest_dtype, dg16[e]);
+      if (c.kind == KV_DIGEST_CUBOID_MAX) ASSERT_EQ(w, dg[e]) << "element " << e << ": cuboid-max is lossless";
+      dg[e] = w;
+    }
+  }
   // Sequences in runs that straddle the 16-page blocks, plus scattered pages.
   std::vector<int32_t> page_seq(n_pages);
   for (int p = 0; p < n_pages; p++) page_seq[p] = p < 40 ? 0 : p < 70 ? 1 : p < 90 ? 2 : (int)(rng() % n_seqs);
 
-  auto d_dg = to_dev(dg);
+  auto d_dg = narrow ? to_dev(dg16) : to_dev(dg);
   auto d_q = to_dev(q);
   auto d_seq = to_dev(page_seq);
   DevBuf d_sc(n_pages * sizeof(float));
@@ -212,7 +283,8 @@ void check_score(const ScoreCase &c, uint64_t seed) {
   kn_cuda_digest_score_args_t a{};
   a.kind = c.kind;
   a.agg = c.agg;
-  a.digests = d_dg->as<float>();
+  a.digests = d_dg->ptr;
+  a.digest_dtype = c.digest_dtype;
   a.page_seq = d_seq->as<int32_t>();
   a.q = d_q->as<float>();
   a.scores = d_sc.as<float>();
@@ -265,6 +337,24 @@ TEST(KnCudaArkvaleGpu, DigestScoreOddKvHeadsAndUncachedQuery) {
     }
 }
 
+TEST(KnCudaArkvaleGpu, DigestScore16BitCuboidMatchesCpu) {
+  uint64_t seed = 2500;
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16})
+    for (int kind = KV_DIGEST_CUBOID_MAX; kind <= KV_DIGEST_CUBOID_MEAN; kind++)
+      for (int agg : {0, 1}) {
+        for (int hd : {64, 128, 256})
+          for (int group : {1, 3, 8}) check_score({kind, agg, hd, 2, group, dt}, seed++);
+        // Partial passes (head_dim 64: 4 KV heads a pass, 32 a load batch; 128: 2 and
+        // 16; 256: 1 and 8), more than one batch, and q too big to cache.
+        check_score({kind, agg, 64, 5, 3, dt}, seed++);
+        check_score({kind, agg, 64, 33, 1, dt}, seed++);
+        check_score({kind, agg, 128, 17, 2, dt}, seed++);
+        check_score({kind, agg, 128, 32, 1, dt}, seed++);  // LongChat-7B's shape
+        check_score({kind, agg, 256, 9, 1, dt}, seed++);
+        check_score({kind, agg, 128, 16, 8, dt}, seed++);  // 64 KiB of q: not cached
+      }
+}
+
 TEST(KnCudaArkvaleGpu, DigestScoreBadSequenceRanksLast) {
   const int hd = 64, nkv = 1, nf = 2 * hd;
   std::vector<float> dg(2 * nf, 1.f), q(hd, 1.f);
@@ -275,7 +365,7 @@ TEST(KnCudaArkvaleGpu, DigestScoreBadSequenceRanksLast) {
   DevBuf d_sc(2 * sizeof(float));
   kn_cuda_digest_score_args_t a{};
   a.kind = KV_DIGEST_CUBOID_MEAN;
-  a.digests = d_dg->as<float>();
+  a.digests = d_dg->ptr;
   a.page_seq = d_seq->as<int32_t>();
   a.q = d_q->as<float>();
   a.scores = d_sc.as<float>();
@@ -290,6 +380,19 @@ TEST(KnCudaArkvaleGpu, DigestScoreBadSequenceRanksLast) {
   auto got = from_dev<float>(d_sc, 2);
   EXPECT_EQ(got[0], (float)hd);
   EXPECT_EQ(got[1], -INFINITY);
+  // The same with 16-bit digests of 1.0.
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) {
+    std::vector<uint16_t> dg16(2 * nf, dt == KN_CUDA_F16 ? ak_f32_to_f16(1.f) : ak_f32_to_bf16(1.f));
+    auto d_dg16 = to_dev(dg16);
+    a.digests = d_dg16->ptr;
+    a.digest_dtype = dt;
+    ASSERT_EQ(cudaMemset(d_sc.ptr, 0, d_sc.n_bytes), cudaSuccess);
+    ASSERT_EQ(kn_cuda_digest_score(&a, nullptr, &err), AK_OK) << err.msg;
+    sync_ok();
+    got = from_dev<float>(d_sc, 2);
+    EXPECT_EQ(got[0], (float)hd) << "digest_dtype " << dt;
+    EXPECT_EQ(got[1], -INFINITY) << "digest_dtype " << dt;
+  }
 }
 
 // --- top-k ---
@@ -557,6 +660,26 @@ TEST(KnCudaArkvaleArgs, DigestBuild) {
   EXPECT_EQ(op(&a, nullptr, &err), AK_OK) << err.msg;  // nothing to do, no CUDA call
 }
 
+TEST(KnCudaArkvaleArgs, DigestBuild16Bit) {
+  auto op = kn_cuda_digest_build;
+  auto a = good_build();  // bf16 pages
+  a.digest_dtype = (kn_cuda_dtype_t)5;
+  expect_bad(op, a, AK_ERR_INVALID_ARG, "digest_dtype=5");
+  for (int kind = 0; kind < KV_DIGEST_CUBOID_MAX; kind++) {  // no 16-bit centroids or spheres
+    a = good_build(), a.digest_dtype = KN_CUDA_BF16, a.kind = kind;
+    expect_bad(op, a, AK_ERR_UNSUPPORTED, "cuboid kinds");
+  }
+  a = good_build(), a.digest_dtype = KN_CUDA_F16;  // f16 digests of bf16 keys: not the pages' dtype
+  expect_bad(op, a, AK_ERR_INVALID_ARG, "digest_dtype=1 differs from kv_dtype=2");
+  a = good_build(), a.kv_dtype = KN_CUDA_F16, a.digest_dtype = KN_CUDA_BF16;
+  expect_bad(op, a, AK_ERR_INVALID_ARG, "digest_dtype=2 differs from kv_dtype=1");
+  a = good_build(), a.digest_dtype = KN_CUDA_BF16, a.digests = g_bytes + 1;
+  expect_bad(op, a, AK_ERR_INVALID_ARG, "(2-byte) are misaligned");
+  ak_err_t err{};
+  a = good_build(), a.digest_dtype = KN_CUDA_BF16, a.n_pages = 0, a.digests = nullptr;
+  EXPECT_EQ(op(&a, nullptr, &err), AK_OK) << err.msg;
+}
+
 TEST(KnCudaArkvaleArgs, DigestScore) {
   ak_err_t err{};
   EXPECT_EQ(kn_cuda_digest_score(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
@@ -586,6 +709,132 @@ TEST(KnCudaArkvaleArgs, DigestScore) {
   expect_bad(op, a, AK_ERR_INVALID_ARG, "misaligned");
   a = good_score(), a.n_pages = 0, a.digests = nullptr, a.q = nullptr, a.page_seq = nullptr, a.scores = nullptr;
   EXPECT_EQ(op(&a, nullptr, &err), AK_OK) << err.msg;
+}
+
+TEST(KnCudaArkvaleArgs, DigestScore16Bit) {
+  auto op = kn_cuda_digest_score;
+  auto a = good_score();
+  a.digest_dtype = (kn_cuda_dtype_t)3;
+  expect_bad(op, a, AK_ERR_INVALID_ARG, "digest_dtype=3");
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16})
+    for (int kind = 0; kind < KV_DIGEST_CUBOID_MAX; kind++) {
+      a = good_score(), a.digest_dtype = dt, a.kind = kind;
+      expect_bad(op, a, AK_ERR_UNSUPPORTED, "cuboid kinds");
+    }
+  a = good_score(), a.digest_dtype = KN_CUDA_F16, a.digests = g_bytes + 8;  // 16-byte loads of 8 halves
+  expect_bad(op, a, AK_ERR_INVALID_ARG, "misaligned");
+  a = good_score(), a.digest_dtype = KN_CUDA_BF16, a.head_dim = 96;
+  expect_bad(op, a, AK_ERR_UNSUPPORTED, "head_dim=96");
+  ak_err_t err{};
+  a = good_score(), a.digest_dtype = KN_CUDA_F16, a.n_pages = 0, a.digests = nullptr;
+  EXPECT_EQ(op(&a, nullptr, &err), AK_OK) << err.msg;
+}
+
+// --- kn_cuda_digest_narrow (host) ---
+
+// The neighbours of a 16-bit float (f16 and bf16 both: sign | exponent | mantissa,
+// magnitudes ordered as integers); callers do not step past an infinity.
+uint16_t next_up16(uint16_t h) { return h == 0x8000 ? 0x0001 : (h & 0x8000) ? h - 1 : h + 1; }
+uint16_t next_down16(uint16_t h) { return h == 0x0000 ? 0x8001 : (h & 0x8000) ? h + 1 : h - 1; }
+
+void check_narrow_values(kn_cuda_dtype_t dt, const std::vector<float> &xs) {
+  SCOPED_TRACE(testing::Message() << "digest_dtype " << dt);
+  const uint16_t inf_bits = dt == KN_CUDA_F16 ? 0x7c00 : 0x7f80;
+  const int hd = 1024;  // one head: ub = the values, lb = the same values
+  std::vector<float> src(2 * hd);
+  std::vector<uint16_t> dst(2 * hd);
+  int bad = 0;
+  for (size_t at = 0; at < xs.size() && bad < 5; at += hd) {
+    for (int i = 0; i < hd; i++) src[i] = src[hd + i] = xs[(at + i) % xs.size()];
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_digest_narrow(KV_DIGEST_CUBOID_MEAN, dt, src.data(), 1, 1, hd, dst.data(), &err), AK_OK)
+        << err.msg;
+    for (int i = 0; i < hd && bad < 5; i++) {
+      const float x = src[i];
+      const uint16_t u = dst[i], l = dst[hd + i];
+      const float wu = widen(dt, u), wl = widen(dt, l);
+      bool ok;
+      if (std::isnan(x)) {
+        ok = std::isnan(wu) && std::isnan(wl);
+      } else {
+        // ub: the least value >= x; lb: the greatest value <= x (exact when x is one).
+        ok = wu >= x && wl <= x;
+        if (ok && wu != x) ok = (u & 0x7fff) != inf_bits ? widen(dt, next_down16(u)) < x : wl < x;
+        if (ok && wl != x) ok = (l & 0x7fff) != inf_bits ? widen(dt, next_up16(l)) > x : wu > x;
+        // A value of the dtype is kept (the min/max of 16-bit keys: cuboid-max is lossless).
+        const uint16_t rne = dt == KN_CUDA_F16 ? ak_f32_to_f16(x) : ak_f32_to_bf16(x);
+        if (ok && widen(dt, rne) == x) ok = wu == x && wl == x;
+      }
+      if (!ok) {
+        uint32_t xb;
+        memcpy(&xb, &x, 4);
+        ADD_FAILURE() << "x " << x << " (f32 0x" << std::hex << xb << "): ub 0x" << u << ", lb 0x" << l << std::dec
+                      << " = " << wu << ", " << wl;
+        bad++;
+      }
+    }
+  }
+}
+
+TEST(KnCudaArkvaleNarrow, RoundsUbUpAndLbDown) {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> mant(1.f, 2.f);
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) {
+    std::vector<float> xs = {0.f, -0.f, 1.f, -1.f, INFINITY, -INFINITY, NAN, 65504.f, -65504.f, 65519.f, 65520.f,
+                             70000.f, -70000.f, 1e-8f, -1e-8f, 0x1p-24f, -0x1p-24f, 0x1p-25f, 0x1p-14f, 0x1p-133f,
+                             -0x1p-133f, 3e38f, -3e38f, FLT_MAX, -FLT_MAX, 1.f + 0x1p-11f, 1.f + 0x1p-8f};
+    const int lo = dt == KN_CUDA_F16 ? -30 : -140, hi = dt == KN_CUDA_F16 ? 18 : 128;
+    for (int e = lo; e <= hi; e++)
+      for (int k = 0; k < 40; k++) {
+        const float m = std::ldexp(mant(rng), e);
+        xs.push_back((rng() & 1) ? m : -m);
+      }
+    for (int k = 0; k < 4000; k++) {  // values of the dtype, and their f32 neighbours
+      const uint16_t h = (uint16_t)rng();
+      const float w = widen(dt, h);
+      if (std::isnan(w)) continue;
+      xs.push_back(w);
+      xs.push_back(std::nextafter(w, INFINITY));
+      xs.push_back(std::nextafter(w, -INFINITY));
+    }
+    check_narrow_values(dt, xs);
+  }
+}
+
+TEST(KnCudaArkvaleNarrow, KeepsTheLayout) {
+  // pages x KV heads x [ub[d] | lb[d]]: every value between 1 and the next 16-bit one,
+  // so an ub reads back as that next value and an lb as 1.
+  const int n_pages = 2, nkv = 3, hd = 5, n = n_pages * nkv * 2 * hd;
+  std::vector<float> src(n);
+  for (int k = 0; k < n; k++) src[k] = 1.f + (float)(k + 1) * 0x1p-20f;
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) {
+    std::vector<uint16_t> dst(n, 0xffff);
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_digest_narrow(KV_DIGEST_CUBOID_MAX, dt, src.data(), n_pages, nkv, hd, dst.data(), &err), AK_OK)
+        << err.msg;
+    const float up = dt == KN_CUDA_F16 ? 1.f + 0x1p-10f : 1.f + 0x1p-7f;
+    for (int k = 0; k < n; k++) EXPECT_EQ(widen(dt, dst[k]), k % (2 * hd) < hd ? up : 1.f) << "element " << k;
+  }
+}
+
+TEST(KnCudaArkvaleNarrow, Refusals) {
+  std::vector<float> src(2 * 64, 1.f);
+  std::vector<uint16_t> dst(2 * 64);
+  ak_err_t err{};
+  for (int kind : {0, 1, 2, 3, 7}) {
+    EXPECT_EQ(kn_cuda_digest_narrow(kind, KN_CUDA_F16, src.data(), 1, 1, 64, dst.data(), &err), AK_ERR_UNSUPPORTED);
+    EXPECT_TRUE(has(err, "kn_cuda_digest_narrow")) << err.msg;
+  }
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_F32, src.data(), 1, 1, 64, dst.data(), &err), AK_ERR_UNSUPPORTED);
+  EXPECT_TRUE(has(err, "digest_dtype=0")) << err.msg;
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_F16, src.data(), -1, 1, 64, dst.data(), &err), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_F16, src.data(), 1, 0, 64, dst.data(), &err), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_F16, src.data(), 1, 1, 1025, dst.data(), &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "head_dim=1025")) << err.msg;
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_BF16, nullptr, 1, 1, 64, dst.data(), &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "both are required")) << err.msg;
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_BF16, src.data(), 1, 1, 64, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(kn_cuda_digest_narrow(6, KN_CUDA_BF16, nullptr, 0, 1, 64, nullptr, &err), AK_OK) << err.msg;
 }
 
 TEST(KnCudaArkvaleArgs, Topk) {
