@@ -7,7 +7,14 @@
  * for (the plan leaves it alone). Every layer has its own table and its own recall list
  *   [page S * k][victim S * k]
  * so that nothing a later layer stages overwrites what an earlier one still reads; the
- * step ends with a stream synchronization before the next step restages them. */
+ * step ends with a stream synchronization before the next step restages them.
+ *
+ * Digests are stored in the pages' dtype (f16) for the cuboid kinds (quest's cuboid-max,
+ * arkvale's default cuboid-mean), f32 for the others: the per-step scan reads every
+ * digest of a layer, and 16-bit rows halve it. Both ways a page can be digested store
+ * the same bits: kn_cuda_digest_build from the device pages, or put_digest's host f32
+ * digest narrowed by kn_cuda_digest_narrow (ub rounded up, lb down; exact for
+ * cuboid-max). */
 #include "wk_arkvale_cuda.h"
 
 #include <cuda_runtime_api.h>
@@ -25,12 +32,16 @@ struct wk_arkvale_cuda {
   int64_t q_row;          /* n_heads * head_dim */
   int32_t digest_kind;
   int32_t score_agg;
-  int64_t digest_floats;  /* per page, all KV heads */
+  kn_cuda_dtype_t kv_dtype;     /* the pages' element type */
+  kn_cuda_dtype_t digest_dtype; /* kv_dtype for cuboid kinds, else F32 */
+  int64_t digest_elems;   /* per page, all KV heads */
+  size_t digest_row_bytes; /* per page */
   char *pages;
   size_t page_bytes;
   /* estimates */
-  float *digests;         /* [n_layers][max_seqs][maxp][digest_floats] */
+  void *digests;          /* [n_layers][max_seqs][maxp][digest_elems] digest_dtype */
   size_t digests_bytes;
+  uint16_t *h_narrow;     /* [digest_elems] put_digest's 16-bit staging (16-bit digests) */
   float *d_q;             /* [max_seqs][q_row]: host queries of a score call */
   float *d_scores;        /* [max_seqs * maxp] */
   int32_t *d_page_seq;    /* [max_seqs * maxp] */
@@ -78,6 +89,7 @@ void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak) {
   kn_cuda_free(ak->d_scores, sizeof(float) * rows);
   kn_cuda_free(ak->d_page_seq, sizeof(int32_t) * rows);
   kn_cuda_host_free(ak->h_page_seq, ak->h_bytes);
+  if (ak->h_narrow) ak_host_free(ak->h_narrow, sizeof(uint16_t) * (size_t)ak->digest_elems);
   if (ak->select) {
     size_t L = (size_t)ak->hp.n_layers, sk = (size_t)ak->max_seqs * (size_t)ak->k_max;
     kn_cuda_free(ak->d_last_q, sizeof(float) * L * (size_t)ak->max_seqs * (size_t)ak->q_row);
@@ -115,6 +127,10 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
   ak->digest_kind = kp->policy == KV_POLICY_QUEST ? KV_DIGEST_CUBOID_MAX : (int32_t)kp->digest;
   ak->score_agg = (int32_t)kp->score_agg;
   ak->pages = page_memory;
+  ak->kv_dtype = KN_CUDA_F16; /* the GPU pages are f16 (wk_engine) */
+  ak->digest_dtype = ak->digest_kind >= KV_DIGEST_CUBOID_MAX && ak->digest_kind <= KV_DIGEST_CUBOID_MEAN
+                         ? ak->kv_dtype
+                         : KN_CUDA_F32;
   ak->page_bytes = kv_page_bytes(kp);
   ak->page_tokens = kp->page_tokens;
   ak->head_stride_elems = (int64_t)kp->page_tokens * hp->head_dim;
@@ -125,10 +141,19 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
     st = AK_ERR(err, AK_ERR_INVALID_ARG, "digest kind %d", ak->digest_kind);
     goto fail;
   }
-  ak->digest_floats = (int64_t)hp->n_kv_heads * per_head;
+  ak->digest_elems = (int64_t)hp->n_kv_heads * per_head;
+  ak->digest_row_bytes =
+      (size_t)ak->digest_elems * (ak->digest_dtype == KN_CUDA_F32 ? sizeof(float) : sizeof(uint16_t));
   size_t rows = (size_t)ak->max_seqs * (size_t)ak->maxp;
-  ak->digests_bytes = (size_t)hp->n_layers * rows * (size_t)ak->digest_floats * sizeof(float);
-  if ((st = kn_cuda_malloc(ak->digests_bytes, err, (void **)&ak->digests)) < 0) goto fail;
+  ak->digests_bytes = (size_t)hp->n_layers * rows * ak->digest_row_bytes;
+  if ((st = kn_cuda_malloc(ak->digests_bytes, err, &ak->digests)) < 0) goto fail;
+  if (ak->digest_dtype != KN_CUDA_F32) {
+    ak->h_narrow = ak_host_alloc(sizeof(uint16_t) * (size_t)ak->digest_elems, 1);
+    if (!ak->h_narrow) {
+      st = AK_ERR(err, AK_ERR_NO_MEMORY, "digest staging");
+      goto fail;
+    }
+  }
   if ((st = kn_cuda_malloc(sizeof(float) * (size_t)ak->max_seqs * (size_t)ak->q_row, err, (void **)&ak->d_q)) < 0)
     goto fail;
   if ((st = kn_cuda_malloc(sizeof(float) * rows, err, (void **)&ak->d_scores)) < 0) goto fail;
@@ -195,9 +220,9 @@ fail:
   return st;
 }
 
-static float *wk_digest_row(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx) {
+static void *wk_digest_row(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx) {
   int64_t row = ((int64_t)layer * ak->max_seqs + seq) * ak->maxp + page_idx;
-  return ak->digests + row * ak->digest_floats;
+  return (char *)ak->digests + (size_t)row * ak->digest_row_bytes;
 }
 
 ak_status_t wk_arkvale_cuda_put_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t j,
@@ -205,9 +230,15 @@ ak_status_t wk_arkvale_cuda_put_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32
   if (seq < 0 || seq >= ak->max_seqs || layer < 0 || layer >= ak->hp.n_layers || j < 0 || j >= ak->maxp)
     return AK_ERR(err, AK_ERR_RANGE, "digest of sequence %d layer %d page %lld outside the device store", seq, layer,
                   (long long)j);
-  WK_CUDA_TRY(err, cudaMemcpyAsync(wk_digest_row(ak, seq, layer, j), digest, sizeof(float) * (size_t)ak->digest_floats,
-                                   cudaMemcpyHostToDevice, ak->stream));
-  WK_CUDA_TRY(err, cudaStreamSynchronize(ak->stream)); /* `digest` is the pool's scratch */
+  const void *src = digest;
+  if (ak->digest_dtype != KN_CUDA_F32) { /* what kn_cuda_digest_build would store for the same keys */
+    AK_TRY(kn_cuda_digest_narrow(ak->digest_kind, ak->digest_dtype, digest, 1, ak->hp.n_kv_heads, ak->hp.head_dim,
+                                 ak->h_narrow, err));
+    src = ak->h_narrow;
+  }
+  WK_CUDA_TRY(err, cudaMemcpyAsync(wk_digest_row(ak, seq, layer, j), src, ak->digest_row_bytes, cudaMemcpyHostToDevice,
+                                   ak->stream));
+  WK_CUDA_TRY(err, cudaStreamSynchronize(ak->stream)); /* `digest` is the pool's scratch, h_narrow ours */
   return AK_OK;
 }
 
@@ -242,7 +273,8 @@ ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t 
   WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_page_seq, ak->h_page_seq, sizeof(int32_t) * (size_t)rows,
                                    cudaMemcpyHostToDevice, ak->stream));
   kn_cuda_digest_score_args_t a = {.kind = ak->digest_kind, .agg = ak->score_agg,
-                                   .digests = wk_digest_row(ak, 0, layer, 0), .page_seq = ak->d_page_seq,
+                                   .digests = wk_digest_row(ak, 0, layer, 0), .digest_dtype = ak->digest_dtype,
+                                   .page_seq = ak->d_page_seq,
                                    .q = d_q, .scores = ak->d_scores, .n_pages = rows,
                                    .n_seqs = q ? n : ak->max_seqs, .n_heads = ak->hp.n_heads,
                                    .n_kv_heads = ak->hp.n_kv_heads, .head_dim = ak->hp.head_dim};
@@ -268,12 +300,13 @@ ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int
   }
   int32_t *slot = ak->ring_h + ak->ring_head;
   *slot = page_id;
-  kn_cuda_digest_build_args_t a = {.kind = ak->digest_kind, .k_base = ak->pages, .kv_dtype = KN_CUDA_F16,
+  kn_cuda_digest_build_args_t a = {.kind = ak->digest_kind, .k_base = ak->pages, .kv_dtype = ak->kv_dtype,
                                    .page_stride_elems = ak->page_stride_elems,
                                    .head_stride_elems = ak->head_stride_elems, .page_tokens = ak->page_tokens,
                                    .n_kv_heads = ak->hp.n_kv_heads, .head_dim = ak->hp.head_dim,
                                    .page_ids = ak->ring_d + ak->ring_head,
-                                   .digests = wk_digest_row(ak, seq, layer, j), .n_pages = 1};
+                                   .digests = wk_digest_row(ak, seq, layer, j), .digest_dtype = ak->digest_dtype,
+                                   .n_pages = 1};
   AK_TRY(kn_cuda_digest_build(&a, (kn_cuda_stream_t)ak->stream, err));
   ak->ring_head++;
   return AK_OK;
@@ -402,7 +435,8 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
   kn_cuda_stream_t stream = (kn_cuda_stream_t)ak->stream;
   if (ak->marks) cudaEventRecord(ak->marks[0], ak->stream);
   kn_cuda_digest_score_args_t sc = {.kind = ak->digest_kind, .agg = ak->score_agg,
-                                    .digests = wk_digest_row(ak, 0, l, 0), .page_seq = ak->d_sel_seq, .q = d_q,
+                                    .digests = wk_digest_row(ak, 0, l, 0), .digest_dtype = ak->digest_dtype,
+                                    .page_seq = ak->d_sel_seq, .q = d_q,
                                     .scores = ak->d_scores, .n_pages = ak->sel_rows, .n_seqs = (int32_t)n_tok,
                                     .n_heads = ak->hp.n_heads, .n_kv_heads = ak->hp.n_kv_heads,
                                     .head_dim = ak->hp.head_dim};

@@ -8,7 +8,9 @@
  * step's synchronization (wk_arkvale_cuda_apply), before kv_step_end.
  *
  * Device state (all fixed at create, nothing allocated in a step):
- *   digests   [n_layers][max_seqs][max_pages] rows of n_kv_heads * digest floats
+ *   digests   [n_layers][max_seqs][max_pages] rows of n_kv_heads * digest floats, in
+ *             the pages' dtype (f16) for the cuboid kinds (half the bytes the per-step
+ *             scan reads; bounds rounded outward, exact for cuboid-max), f32 otherwise
  *   last_q    [n_layers][max_seqs][n_heads * head_dim]: each sequence's last query per
  *             budgeted layer (what the pool's evictions score against, q == NULL)
  *   per layer a copy of the selecting rows' page tables and backup slots, and the plan's
@@ -38,7 +40,9 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
 void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak);
 
 /* page_ops' put_digest and score_pages_batch (kvpool.h): q is host [n][n_heads *
- * head_dim], or NULL for each sequence's last query kept on the device. */
+ * head_dim], or NULL for each sequence's last query kept on the device. put_digest
+ * narrows a cuboid digest to the store's 16 bits on the host (kn_cuda_digest_narrow),
+ * so it stores what build_digest would from the same pages. */
 ak_status_t wk_arkvale_cuda_put_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx,
                                        const float *digest, ak_err_t *err);
 ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t n, const int32_t *seqs,
