@@ -13,7 +13,10 @@
 //   5     cuboid-center   2 d                   ub[d], lb[d]
 //   6     cuboid-mean     2 d                   ub[d], lb[d]
 //
-// A page's digest is its KV heads' digests in order; pages are consecutive.
+// A page's digest is its KV heads' digests in order; pages are consecutive. Elements
+// are f32 as in kv_digest.h, or for the cuboid kinds optionally 16-bit in the pages'
+// dtype (digest_dtype: the same counts at 2 bytes, ub rounded up and lb down; see
+// kn_cuda_digest_build.cu), which halves what kn_cuda_digest_score reads.
 #ifndef KN_CUDA_DIGEST_CUH
 #define KN_CUDA_DIGEST_CUH
 
