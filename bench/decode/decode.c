@@ -247,8 +247,10 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   if (row->budget > 0) { /* full layers read everything; budgeted ones their budget and every digest */
     int64_t n_full = kp.n_full_layers, budgeted = hp->n_layers - n_full;
     double attended = mean_kv_len < (double)row->budget ? mean_kv_len : (double)row->budget;
+    /* wk_arkvale_cuda keeps cuboid digests in the pages' f16, the other kinds in f32 */
+    int cuboid = kp.digest >= KV_DIGEST_CUBOID_MAX && kp.digest <= KV_DIGEST_CUBOID_MEAN;
     double digest_bytes = (mean_kv_len / (double)kp.page_tokens) * hp->n_kv_heads *
-                          kv_digest_floats(kp.digest, hp->head_dim) * 4.0;
+                          kv_digest_floats(kp.digest, hp->head_dim) * (cuboid ? 2.0 : 4.0);
     row->kv_read_bytes = (double)B * (mean_kv_len * layer_token_bytes * n_full +
                                       (attended * layer_token_bytes + digest_bytes) * budgeted);
     kv_pool_stats_t ps;

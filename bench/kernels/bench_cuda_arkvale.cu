@@ -1,5 +1,5 @@
 // bench_cuda_arkvale: microbenchmark of the ArkVale CUDA ops at decode shapes —
-// digest-scan bandwidth (kn_cuda_digest_score, cuboid-mean, every page of a layer),
+// digest-scan bandwidth (kn_cuda_digest_score, cuboid-mean in f32 and in f16, every page of a layer),
 // top-k latency (kn_cuda_topk, one segment per sequence) and recall bandwidth
 // (kn_cuda_gather_pages from mapped pinned host memory and from device memory).
 // Times are CUDA-event means over --iters launches after a warm-up; one table out.
@@ -107,6 +107,11 @@ int main(int argc, char **argv) {
   char name[128];
   snprintf(name, sizeof name, "digest_score cuboid-mean (%ld x %ld pages)", batch, pages);
   printf("%-44s %12.2f %9.2f TB/s\n", name, us, dg_floats * 4 / (us * 1e-6) / 1e12);
+  /* the engine's store: cuboid digests in the pages' f16 (the zeroed buffer is valid f16) */
+  sa.digest_dtype = KN_CUDA_F16;
+  us = time_us([&] { BENCH_OK(kn_cuda_digest_score(&sa, (kn_cuda_stream_t)s, &err_)); }, (int)iters, s);
+  snprintf(name, sizeof name, "digest_score cuboid-mean f16 (%ld x %ld pages)", batch, pages);
+  printf("%-44s %12.2f %9.2f TB/s\n", name, us, dg_floats * 2 / (us * 1e-6) / 1e12);
 
   BENCH_CHECK(cudaMemcpy(sc, h_sc.data(), n_pages * 4, cudaMemcpyHostToDevice));
   kn_cuda_topk_args_t ta = {};
