@@ -26,6 +26,7 @@ co_service_params_t co_service_params_default(void) {
   p.default_max_new_tokens = 256;
   p.max_batch_tokens = 512;
   p.step_deadline_ms = 60000;
+  p.canary_period_ms = 5000;
   return p;
 }
 
@@ -265,6 +266,10 @@ void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char
       break;
     }
   pthread_mutex_unlock(&s->mu);
+  co_svc_metric_end(s, st);
+  if (r->n_generated >= 2)
+    co_svc_metric_observe(s, s->mid.tpot,
+                          (double)(r->last_token_us - r->first_token_us) / 1e6 / (double)(r->n_generated - 1));
   ak_rpc_writer_finish(r->w, st, msg);
   co_svc_req_free(r);
 }
@@ -279,6 +284,7 @@ static void co_svc_on_generate(void *user, const ProtobufCMessage *req, ak_rpc_w
   co_svc_req_t *r = NULL;
   ak_status_t st = co_svc_req_build(s, q, &err, &r);
   if (st != AK_OK) {
+    co_svc_metric_end(s, st);
     ak_rpc_writer_finish(w, st, err.msg);
     return;
   }
@@ -300,6 +306,7 @@ static void co_svc_on_generate(void *user, const ProtobufCMessage *req, ak_rpc_w
   }
   pthread_mutex_unlock(&s->mu);
   if (st != AK_OK) {
+    co_svc_metric_end(s, st);
     ak_rpc_writer_finish(w, st, err.msg);
     co_svc_req_free(r);
   }
@@ -396,7 +403,9 @@ static ak_status_t co_svc_worker_call(co_service_t *s, const char *method, const
   return AK_OK;
 }
 
-static ak_status_t co_svc_connect_worker(co_service_t *s, ak_err_t *err) {
+/* Info: the first time it sets the model facts; later (a revive) the worker must serve
+ * the same model shape. */
+static ak_status_t co_svc_worker_info(co_service_t *s, ak_err_t *err) {
   ProtobufCMessage *m = NULL;
   Arkvale__V1__InfoRequest iq = ARKVALE__V1__INFO_REQUEST__INIT;
   AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Info", &iq.base, &arkvale__v1__info_response__descriptor, err,
@@ -411,34 +420,75 @@ static ak_status_t co_svc_connect_worker(co_service_t *s, ak_err_t *err) {
   else if ((int64_t)info->n_vocab != co_tokenizer_n_vocab(s->tok))
     st = ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: n_vocab %u, the tokenizer has %" PRId64,
                     s->p.worker_addr, info->n_vocab, co_tokenizer_n_vocab(s->tok));
-  if (st == AK_OK) {
+  else if (s->n_layers && ((int32_t)info->n_layers != s->n_layers || (int32_t)info->page_tokens != s->page_tokens ||
+                           (int32_t)info->context_tokens != s->context_tokens ||
+                           info->supported_policies[0] != s->policy))
+    st = ak_err_set(err, AK_ERR_UNSUPPORTED,
+                    "worker %s came back with layers %u / page %u / context %u / policy %d, not %d / %d / %d / %d",
+                    s->p.worker_addr, info->n_layers, info->page_tokens, info->context_tokens,
+                    (int)info->supported_policies[0], s->n_layers, s->page_tokens, s->context_tokens,
+                    (int)s->policy);
+  if (st == AK_OK && !s->n_layers) {
     snprintf(s->model_id, sizeof s->model_id, "%s", info->model_id ? info->model_id : "");
     s->n_vocab = (int32_t)info->n_vocab, s->n_layers = (int32_t)info->n_layers;
     s->context_tokens = (int32_t)info->context_tokens, s->page_tokens = (int32_t)info->page_tokens;
     s->policy = info->supported_policies[0];
   }
   pb_msg_free(m);
-  AK_TRY(st);
+  return st;
+}
 
+ak_status_t co_svc_worker_warmup(co_service_t *s, ak_err_t *err, int64_t *cap_pages_p, int32_t *max_seqs_p) {
+  AK_TRY(co_svc_worker_info(s, err));
   Arkvale__V1__WarmupRequest wq = ARKVALE__V1__WARMUP_REQUEST__INIT;
   wq.has_max_batch_tokens = 1, wq.max_batch_tokens = (uint32_t)s->p.max_batch_tokens;
-  m = NULL;
+  ProtobufCMessage *m = NULL;
   AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Warmup", &wq.base, &arkvale__v1__warmup_response__descriptor, err,
                             &m));
   const Arkvale__V1__WarmupResponse *wr = (const Arkvale__V1__WarmupResponse *)m;
   int64_t cap = (int64_t)wr->capacity_pages;
+  int32_t max_seqs = wr->max_seqs > 0 ? (int32_t)wr->max_seqs : 1;
+  int32_t batch = (int32_t)wr->max_batch_tokens;
+  pb_msg_free(m);
+  co_kv_shape_t shape = {s->n_layers, 0, s->page_tokens};
+  /* The canary: one prompt token and one sampled one, alone in its own Step. */
+  s->canary_pages = co_kv_seq_pages_peak(&shape, 0, 1, 1);
+  s->worker_max_seqs = max_seqs;
+  s->canary_reserved = max_seqs >= 2 && cap > s->canary_pages;
+  if (s->canary_reserved) cap -= s->canary_pages, max_seqs--;
+  if (max_seqs > batch - 2) max_seqs = batch - 2;
+  if (max_seqs < 1 || cap < 1)
+    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Warmup gave %d batch tokens, %" PRId64 " pages",
+                      s->p.worker_addr, batch, cap);
+  *cap_pages_p = cap;
+  if (max_seqs_p) *max_seqs_p = max_seqs;
+  s->worker_batch_tokens = batch;
+  return AK_OK;
+}
+
+ak_status_t co_svc_worker_release(co_service_t *s, const uint64_t *ids, size_t n, int all, ak_err_t *err) {
+  Arkvale__V1__ReleaseRequest q = ARKVALE__V1__RELEASE_REQUEST__INIT;
+  q.n_seq_ids = n, q.seq_ids = (uint64_t *)ids;
+  if (all) q.has_all = 1, q.all = 1;
+  ProtobufCMessage *m = NULL;
+  AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Release", &q.base, &arkvale__v1__release_response__descriptor,
+                            err, &m));
+  co_svc_metric_kv(s, ((const Arkvale__V1__ReleaseResponse *)m)->kv);
+  pb_msg_free(m);
+  return AK_OK;
+}
+
+static ak_status_t co_svc_connect_worker(co_service_t *s, ak_err_t *err) {
+  int64_t cap = 0;
+  int32_t max_seqs = 0;
+  AK_TRY(co_svc_worker_warmup(s, err, &cap, &max_seqs));
   co_sched_params_t sp = co_sched_params_default();
   sp.shape.n_layers = s->n_layers, sp.shape.n_full_layers = 0, sp.shape.page_tokens = s->page_tokens;
   sp.n_groups = 1, sp.group_capacity_pages = &cap;
-  sp.max_running_seqs = wr->max_seqs > 0 ? (int32_t)wr->max_seqs : 1;
-  sp.max_batch_tokens = (int32_t)wr->max_batch_tokens;
+  sp.max_running_seqs = max_seqs;
+  sp.max_batch_tokens = s->worker_batch_tokens;
   sp.max_queue = s->p.max_queue;
   sp.max_seq_tokens = s->context_tokens;
-  if (sp.max_batch_tokens < sp.max_running_seqs + 2) sp.max_running_seqs = sp.max_batch_tokens - 2;
-  pb_msg_free(m);
-  if (sp.max_running_seqs < 1)
-    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Warmup gave %d batch tokens", s->p.worker_addr,
-                      sp.max_batch_tokens);
   return co_sched_create(&sp, err, &s->sched);
 }
 
@@ -446,16 +496,29 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   if (!p || !p->model_path || !p->worker_addr || !svc_p)
     return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: model_path and worker_addr are required");
   if (p->max_new_tokens < 1 || p->default_max_new_tokens < 1 || p->max_batch_tokens < 3 || p->max_queue < 1 ||
-      p->n_rpc_threads < 1)
+      p->n_rpc_threads < 1 || p->canary_period_ms < 1)
     return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: a limit below its minimum");
   co_service_t *s = calloc(1, sizeof *s);
   if (!s) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
   s->p = *p;
   if (!s->p.listen_addr) s->p.listen_addr = "127.0.0.1:0";
+  if (strlen(p->worker_addr) >= sizeof s->worker_addr || strlen(s->p.listen_addr) >= sizeof s->listen_addr) {
+    free(s);
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: an address longer than %zu bytes",
+                      sizeof s->worker_addr - 1);
+  }
+  /* The caller's strings need not outlive create: logs and metric labels use these. */
+  snprintf(s->worker_addr, sizeof s->worker_addr, "%s", p->worker_addr);
+  snprintf(s->listen_addr, sizeof s->listen_addr, "%s", s->p.listen_addr);
+  s->p.worker_addr = s->worker_addr, s->p.listen_addr = s->listen_addr;
+  s->p.model_path = NULL; /* read at create only */
+  atomic_init(&s->metrics_warned, 0);
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   ak_gguf_t *g = NULL;
-  ak_status_t st = ak_gguf_open(p->model_path, err, &g);
+  ak_status_t st = co_svc_metrics_init(s, err);
+  if (st != AK_OK) goto err_free;
+  st = ak_gguf_open(p->model_path, err, &g);
   if (st != AK_OK) goto err_free;
   st = co_tokenizer_create_from_gguf(g, err, &s->tok);
   ak_gguf_close(g);
@@ -480,6 +543,7 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   };
   for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
     if ((st = ak_rpc_server_register(s->srv, &methods[i], err)) != AK_OK) goto err_free_server;
+  if ((st = co_svc_health_register(s, err)) != AK_OK) goto err_free_server;
   if (pthread_create(&s->thread, NULL, co_svc_loop, s) != 0) {
     st = ak_err_set(err, AK_ERR_INTERNAL, "co_service_create: cannot start the scheduler thread");
     goto err_free_server;
@@ -492,6 +556,7 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
 err_stop_thread:
   pthread_mutex_lock(&s->mu);
   s->stopping = 1;
+  co_svc_health_shutdown_locked(s);
   pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
   pthread_join(s->thread, NULL);
@@ -504,6 +569,7 @@ err_free_client:
 err_free_tok:
   co_tokenizer_destroy(s->tok);
 err_free:
+  if (s->own_metrics) co_metrics_destroy(s->metrics);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -512,13 +578,17 @@ err_free:
 
 int co_service_port(const co_service_t *svc) { return ak_rpc_server_port(svc->srv); }
 
+co_metrics_t *co_service_metrics(const co_service_t *svc) { return svc->metrics; }
+
 void co_service_destroy(co_service_t *s) {
   if (!s) return;
   /* The server cancels every open call first, so the loop sees cancelled writers and
    * ends their requests; destroy returns once every handler's call has finished, which
-   * needs the scheduler thread still running. */
+   * needs the scheduler thread still running. Watch calls are ended here: nothing
+   * else would finish them. */
   pthread_mutex_lock(&s->mu);
   s->stopping = 1;
+  co_svc_health_shutdown_locked(s);
   pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
   ak_rpc_server_destroy(s->srv);
@@ -526,6 +596,7 @@ void co_service_destroy(co_service_t *s) {
   co_sched_destroy(s->sched);
   ak_rpc_client_destroy(s->worker);
   co_tokenizer_destroy(s->tok);
+  if (s->own_metrics) co_metrics_destroy(s->metrics);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
   free(s);

@@ -1,6 +1,7 @@
 /* co_service: the public arkvale.v1.Generation service (proto/arkvale/v1/
  * generation.proto) over ONE worker group of one rank. A first cut of
- * arkvale-coordinator, minus flag parsing, health and metrics.
+ * arkvale-coordinator, minus flag parsing and the metrics' HTTP port; with the
+ * standard grpc.health.v1.Health service and the metrics families.
  *
  * At create: loads the tokenizer from the model's GGUF, connects to the worker, calls
  * Info and Warmup, sizes a co_sched from the worker's answer, starts one scheduler
@@ -18,20 +19,56 @@
  *                      write a GenerateResponse; a finished stream ends with its usage
  *                      and finish reason. Drops without a batch go out as Release.
  *
+ * Health (grpc.health.v1, proto/grpc/health/v1/health.proto): SERVING only while the
+ * group has passed Warmup and answered a real one-token canary: a new sequence of one
+ * token in its own Worker.Step, sampled, then Released. The canary runs on the
+ * scheduler thread (it owns step_id; the worker refuses a stale one) between steps,
+ * every canary_period_ms, busy or idle; the first at start. A failed Step, canary or
+ * Release makes the group dead and the service NOT_SERVING; a dead group is retried
+ * every canary_period_ms (a new channel, Release all, Info, Warmup, canary) and comes
+ * back SERVING. Check: "" (the server) or "arkvale.v1.Generation"; any other name is
+ * NOT_FOUND. Watch streams the status now, then every change, until the client leaves
+ * or shutdown (NOT_SERVING, then UNAVAILABLE); an unknown name gets SERVICE_UNKNOWN and
+ * stays open, as the standard says. So that a canary always fits, one sequence slot
+ * and one page per layer are kept out of what co_sched may admit (when the worker has
+ * at least 2 slots; with 1, the canary waits for an empty group).
+ * Not yet: a Step hanging up to step_deadline_ms keeps the last status that long.
+ *
+ * Metrics (co_metrics; co_service_metrics returns the registry for rendering):
+ *   arkvale_requests_total{code}                 Generate calls by final gRPC code
+ *   arkvale_queue_depth, arkvale_running_requests  co_sched's, refreshed every loop
+ *   arkvale_time_to_first_token_seconds          histogram, from arrival
+ *   arkvale_time_per_output_token_seconds        histogram, one per request with >= 2
+ *                                                tokens: (last - first) / (n - 1)
+ *   arkvale_generated_tokens_total, arkvale_prompt_tokens_total
+ *   arkvale_serving                              1 SERVING, 0 NOT_SERVING
+ *   arkvale_worker_kv_pages_resident{worker}     the pool's used pages, after each reply
+ *   arkvale_worker_kv_backup_pages{worker}       pages in the backup tier, likewise
+ *   arkvale_worker_kv_pages_backed_up_total{worker}, ..._recalled_total{worker}
+ *                                                sums of the Steps' kvpool deltas
+ *   arkvale_worker_steps_total{worker}           Steps answered (canaries included)
+ *
+ * Deadlines: a client's gRPC deadline cancels its call on the server; the request
+ * leaves co_sched at the next loop (queued or running), and a running sequence is in
+ * the next Step's drops (or a Release when nothing else runs). The client sees
+ * DEADLINE_EXCEEDED from gRPC; the server cannot tell a deadline from a cancel through
+ * ak_rpc_writer (common/ has no accessor yet), so such calls count as CANCELLED.
+ *
  * Status codes beyond validation: an aborted stream ends CANCELLED, a request_id
  * already running is ALREADY_EXISTS, shutdown and a dead group are UNAVAILABLE.
  *
  * Departures from generation.proto to settle: only the worker's one policy at its
  * Warmup budget is served (a
- * request's kv must be absent or name it), client deadlines are seen only as
- * cancellation, a failed Step fails every running request (UNAVAILABLE) and the group
- * stays dead.
+ * request's kv must be absent or name it), a failed Step fails every running request
+ * (UNAVAILABLE) and the group is dead until its revive succeeds.
  *
- * Thread-safety: create/destroy from one thread; co_service_port from any. */
+ * Thread-safety: create/destroy from one thread; co_service_port and
+ * co_service_metrics from any. */
 #ifndef CO_SERVICE_H
 #define CO_SERVICE_H
 #include <stdint.h>
 #include "ak_status.h"
+#include "co_metrics.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -49,6 +86,10 @@ typedef struct {
   int32_t default_max_new_tokens;  /* when a request gives none (default 256) */
   int32_t max_batch_tokens;        /* tokens per Step asked of Warmup (default 512) */
   int64_t step_deadline_ms;        /* per Worker call (default 60000) */
+  int64_t canary_period_ms;        /* health canary, and a dead group's revive tries
+                                    * (default 5000; >= 1) */
+  co_metrics_t *metrics;           /* the registry to add the families to (not owned;
+                                    * must outlive the service); NULL: one of its own */
 } co_service_params_t;
 
 co_service_params_t co_service_params_default(void);
@@ -60,6 +101,10 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
 
 /* The bound TCP port. */
 int co_service_port(const co_service_t *svc);
+
+/* The metrics registry (params.metrics, or the service's own): render it with
+ * co_metrics_render or serve it with co_metrics_http. Valid until destroy. */
+co_metrics_t *co_service_metrics(const co_service_t *svc);
 
 /* Stops the server (open streams are cancelled), ends every request, joins the
  * scheduler thread and frees everything. Sequences left on the worker are released

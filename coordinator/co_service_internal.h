@@ -9,13 +9,17 @@
 #include "ak_rpc_server.h"
 #include "arkvale/v1/generation.pb-c.h"
 #include "arkvale/v1/worker.pb-c.h"
+#include "co_metrics.h"
 #include "co_sched.h"
 #include "co_service.h"
 #include "co_stop.h"
 #include "co_tokenizer.h"
+#include "grpc/health/v1/health.pb-c.h"
 
 #define CO_SVC_MAX_MSG_BYTES ((size_t)4 << 20)
 #define CO_SVC_REQUEST_ID_BYTES 129 /* 128 printable ASCII + NUL */
+/* Canary seq_ids live above every request id (co_sched ids count up from 1). */
+#define CO_SVC_CANARY_SEQ_ID_BASE (UINT64_C(1) << 62)
 
 /* One Generate request, from its handler to its stream's end. Created on a CQ thread,
  * then owned by the scheduler thread (only `abort_requested` is touched by others,
@@ -36,12 +40,26 @@ typedef struct co_svc_req {
   co_detok_t *detok;
   int32_t last_token;            /* the token to feed back at the next decode step */
   int32_t n_generated;
-  int64_t arrival_us, admitted_us, first_token_us;
+  int64_t arrival_us, admitted_us, first_token_us, last_token_us;
   atomic_int abort_requested;
 } co_svc_req_t;
 
+/* One grpc.health.v1 Watch call, open until shutdown or the client leaves. */
+typedef struct co_svc_watch {
+  struct co_svc_watch *next;
+  ak_rpc_writer_t *w;
+  int known;        /* the service name is served (else SERVICE_UNKNOWN, never updated) */
+} co_svc_watch_t;
+
+/* Family ids in s->metrics (co_service_metrics.c). */
+typedef struct {
+  int32_t requests, queue_depth, running, ttft, tpot, gen_tokens, prompt_tokens, serving;
+  int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps;
+} co_svc_metric_ids_t;
+
 struct co_service {
-  co_service_params_t p;
+  co_service_params_t p;         /* its addresses point at the copies below */
+  char worker_addr[256], listen_addr[256];
   co_tokenizer_t *tok;
   ak_rpc_client_t *worker;
   ak_rpc_server_t *srv;
@@ -58,12 +76,27 @@ struct co_service {
   co_svc_req_t *live;
   int64_t next_id;
   int stopping;
+  /* health (under mu): what Check answers and Watch streams */
+  int serving;                   /* 1 SERVING, 0 NOT_SERVING */
+  co_svc_watch_t *watchers;
   pthread_t thread;
   int thread_started;
   /* scheduler thread only */
   co_svc_req_t *running;
   uint64_t step_id;
   int group_dead;
+  int64_t last_canary_us;        /* last canary attempt (0: due now) */
+  int64_t last_revive_us;        /* last attempt to bring a dead group back */
+  uint64_t n_canaries;
+  int canary_reserved;           /* a sequence slot and canary_pages kept out of co_sched */
+  int64_t canary_pages;
+  int32_t worker_max_seqs;       /* the worker's max_seqs at its last Warmup */
+  int32_t worker_batch_tokens;   /* the worker's max_batch_tokens at its last Warmup */
+  /* metrics: thread-safe registry; the ids are written once at create */
+  co_metrics_t *metrics;
+  int own_metrics;
+  atomic_int metrics_warned;     /* a failed update was logged */
+  co_svc_metric_ids_t mid;
 };
 
 int64_t co_svc_now_us(void);
@@ -72,5 +105,42 @@ void *co_svc_loop(void *arg);
 /* Ends a request's stream with `st` and frees it (scheduler thread, or a CQ thread
  * before the request reached the inbox). Removes it from the live list. */
 void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char *msg);
+
+/* --- the worker session (co_service.c) --- */
+/* Info (checked against what create saw, once known) and Warmup; the capacity left to
+ * co_sched after the canary's reservation in *cap_pages_p, and sequence slots in
+ * *max_seqs_p. Any thread that owns s->worker (create, then the scheduler thread). */
+ak_status_t co_svc_worker_warmup(co_service_t *s, ak_err_t *err, int64_t *cap_pages_p, int32_t *max_seqs_p);
+/* Release of ids[n] (or of every sequence with `all`); the pool's counters go to the
+ * metrics. Scheduler thread. */
+ak_status_t co_svc_worker_release(co_service_t *s, const uint64_t *ids, size_t n, int all, ak_err_t *err);
+/* The worker failed (a Step, the canary): every running request ends UNAVAILABLE, the
+ * group is dead, the service NOT_SERVING. Scheduler thread (co_service_loop.c). */
+void co_svc_group_failed(co_service_t *s, const char *why);
+
+/* --- health (co_service_health.c) --- */
+/* Registers /grpc.health.v1.Health/Check and /Watch on s->srv. */
+ak_status_t co_svc_health_register(co_service_t *s, ak_err_t *err);
+/* Sets SERVING (1) or NOT_SERVING (0); on a change, every Watch gets it. Any thread. */
+void co_svc_health_publish(co_service_t *s, int serving, const char *why);
+/* Ends Watch calls whose client left (scheduler thread, every loop). */
+void co_svc_health_sweep(co_service_t *s);
+/* At destroy, before the server stops: NOT_SERVING to every Watch, then ends them.
+ * Call with s->mu held and s->stopping set. */
+void co_svc_health_shutdown_locked(co_service_t *s);
+/* Scheduler thread, between steps: the canary when it is due; a dead group's revive
+ * when its period has passed. */
+void co_svc_health_tick(co_service_t *s, int64_t now_us);
+
+/* --- metrics (co_service_metrics.c) --- */
+ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err);
+/* A Generate call ended with st (every path, validation included). */
+void co_svc_metric_end(co_service_t *s, ak_status_t st);
+void co_svc_metric_observe(co_service_t *s, int32_t id, double v);
+void co_svc_metric_add(co_service_t *s, int32_t id, double v);
+/* The worker's KV pool after a Step (with its step deltas) or a Release. */
+void co_svc_metric_kv(co_service_t *s, const Arkvale__V1__KvCounters *kv);
+/* Queue depth and running requests from co_sched (scheduler thread). */
+void co_svc_metric_sched(co_service_t *s);
 
 #endif

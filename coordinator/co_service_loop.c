@@ -82,7 +82,12 @@ static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *
   Arkvale__V1__FinishReason why = ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
   r->n_generated++;
   r->last_token = tok;
-  if (r->n_generated == 1) r->first_token_us = co_svc_now_us();
+  r->last_token_us = co_svc_now_us();
+  if (r->n_generated == 1) {
+    r->first_token_us = r->last_token_us;
+    co_svc_metric_observe(s, s->mid.ttft, (double)(r->first_token_us - r->arrival_us) / 1e6);
+  }
+  co_svc_metric_add(s, s->mid.gen_tokens, 1.0);
   int eos = !r->ignore_eos && co_tokenizer_is_eog(s->tok, tok);
   const char *t = NULL;
   size_t n = 0;
@@ -166,23 +171,20 @@ static void co_svc_reap_cancelled(co_service_t *s, int stopping) {
 }
 
 static void co_svc_release(co_service_t *s, const int64_t *ids, int32_t n) {
-  Arkvale__V1__ReleaseRequest q = ARKVALE__V1__RELEASE_REQUEST__INIT;
   uint64_t *u = malloc((size_t)(n > 0 ? n : 1) * sizeof *u);
-  if (!u) return;
-  for (int32_t i = 0; i < n; i++) u[i] = (uint64_t)ids[i];
-  q.n_seq_ids = (size_t)n, q.seq_ids = u;
   ak_err_t err;
-  ProtobufCMessage *m = NULL;
-  ak_status_t st = ak_rpc_client_unary(s->worker, "/arkvale.v1.Worker/Release", &q.base,
-                                       &arkvale__v1__release_response__descriptor, CO_SVC_MAX_MSG_BYTES,
-                                       s->p.step_deadline_ms, &err, NULL, &m);
-  if (st != AK_OK) ak_log_write(AK_LOG_WARN, __func__, "worker %s Release: %s", s->p.worker_addr, err.msg);
-  pb_msg_free(m);
+  if (!u) {
+    ak_log_write(AK_LOG_WARN, __func__, "worker %s: out of memory releasing %d sequences", s->p.worker_addr, n);
+    return;
+  }
+  for (int32_t i = 0; i < n; i++) u[i] = (uint64_t)ids[i];
+  /* A worker that cannot be reached fails the next Step or canary: the group dies then. */
+  if (co_svc_worker_release(s, u, (size_t)n, 0, &err) != AK_OK)
+    ak_log_write(AK_LOG_WARN, __func__, "%s", err.msg);
   free(u);
 }
 
-/* The worker failed a step: every running request ends UNAVAILABLE. */
-static void co_svc_group_failed(co_service_t *s, const char *why) {
+void co_svc_group_failed(co_service_t *s, const char *why) {
   ak_log_write(AK_LOG_ERROR, __func__, "worker %s: %s", s->p.worker_addr, why);
   const int64_t *failed = NULL;
   int32_t n_failed = 0;
@@ -191,6 +193,8 @@ static void co_svc_group_failed(co_service_t *s, const char *why) {
   char msg[AK_ERR_MSG_BYTES];
   snprintf(msg, sizeof msg, "worker failed: %s", why);
   while (s->running) co_svc_fail(s, s->running, AK_ERR_PEER, msg);
+  s->last_revive_us = co_svc_now_us(); /* the first revive a canary period later */
+  co_svc_health_publish(s, 0, msg);
 }
 
 /* Builds, sends and answers one Step for `plan`. */
@@ -219,6 +223,7 @@ static void co_svc_run_step(co_service_t *s, const co_sched_plan_t *plan) {
       goto out;
     }
     int32_t *toks = it->is_prefill ? r->prompt + it->pos0 : &r->last_token;
+    if (it->is_prefill) co_svc_metric_add(s, s->mid.prompt_tokens, (double)it->n_tokens);
     if (it->is_new) {
       Arkvale__V1__NewSequence *ns = &nsv[q.n_new_seqs];
       arkvale__v1__new_sequence__init(ns);
@@ -252,6 +257,8 @@ static void co_svc_run_step(co_service_t *s, const co_sched_plan_t *plan) {
     goto out;
   }
   const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)m;
+  co_svc_metric_kv(s, sr->kv);
+  co_svc_metric_add(s, s->mid.steps, 1.0);
   /* Apply every sample, deciding who finishes; then step_done; then end them. */
   Arkvale__V1__FinishReason *why = calloc((size_t)n, sizeof *why);
   const char **stops = calloc((size_t)n, sizeof *stops);
@@ -297,7 +304,10 @@ void *co_svc_loop(void *arg) {
   for (;;) {
     int stopping = co_svc_take_inbox(s, idle ? CO_SVC_IDLE_WAIT_MS : 0);
     co_svc_reap_cancelled(s, stopping);
+    co_svc_health_sweep(s);
+    if (!stopping) co_svc_health_tick(s, co_svc_now_us());
     if (s->group_dead) {
+      co_svc_metric_sched(s);
       if (stopping) break;
       idle = 1;
       continue;
@@ -308,6 +318,7 @@ void *co_svc_loop(void *arg) {
       co_svc_group_failed(s, co_sched_errmsg(s->sched));
       continue;
     }
+    co_svc_metric_sched(s); /* after admission */
     if (plan.n_items > 0) {
       co_svc_run_step(s, &plan);
       idle = 0;

@@ -3,13 +3,19 @@
 // default model. GetModelInfo; Tokenize round trip; greedy tokens through Generate equal
 // the in-process engine's; four concurrent streams complete; malformed requests are
 // INVALID_ARGUMENT naming the field; a cancelled stream and an Abort free the worker's
-// sequence within a few steps.
+// sequence within a few steps. grpc.health.v1: SERVING after the first canary,
+// NOT_SERVING when the worker goes away and SERVING again when it comes back, Watch
+// sees the flips; client deadlines (queued and streaming) end DEADLINE_EXCEEDED and
+// free the worker's sequence; the metrics families after requests.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,7 +24,9 @@ extern "C" {
 #include "ak_rpc_client.h"
 #include "arkvale/v1/generation.pb-c.h"
 #include "arkvale/v1/worker.pb-c.h"
+#include "co_metrics.h"
 #include "co_service.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "pb_buf.h"
 #include "wk_service.h"
 }
@@ -95,25 +103,44 @@ class CoServiceTest : public ::testing::Test {
   co_service_t *co_ = nullptr;
   ak_rpc_client_t *cli_ = nullptr, *wcli_ = nullptr;
   int32_t max_queue_ = 64;
+  int64_t canary_period_ms_ = 200;
+  int worker_job_delay_ms_ = 0;  // > 0: every worker job waits this long first (slow steps)
+  std::string waddr_;
+
+  static void SlowJob(void *user) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(*(int *)user));
+  }
 
   void SetUp() override { Start(); }
 
   void Start() {
     if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
-    wk_service_params_t wp = wk_service_params_default();
-    wp.engine = engine_params();
-    ak_err_t err;
-    ASSERT_EQ(wk_service_create(&wp, &err, &wk_), AK_OK) << err.msg;
-    std::string waddr = "127.0.0.1:" + std::to_string(wk_service_port(wk_));
+    ASSERT_NO_FATAL_FAILURE(StartWorker(0));
     co_service_params_t cp = co_service_params_default();
     cp.model_path = model_path();
-    cp.worker_addr = waddr.c_str();
+    cp.worker_addr = waddr_.c_str();
     cp.max_batch_tokens = kBatch;
     cp.max_queue = max_queue_;
+    cp.canary_period_ms = canary_period_ms_;
+    ak_err_t err;
     ASSERT_EQ(co_service_create(&cp, &err, &co_), AK_OK) << err.msg;
     std::string caddr = "127.0.0.1:" + std::to_string(co_service_port(co_));
     ASSERT_EQ(ak_rpc_client_create(caddr.c_str(), &err, &cli_), AK_OK) << err.msg;
-    ASSERT_EQ(ak_rpc_client_create(waddr.c_str(), &err, &wcli_), AK_OK) << err.msg;
+  }
+
+  // A worker on `port` (0: a free one), and wcli_ to it.
+  void StartWorker(int port) {
+    wk_service_params_t wp = wk_service_params_default();
+    wp.engine = engine_params();
+    std::string listen = "127.0.0.1:" + std::to_string(port);
+    wp.listen_addr = listen.c_str();
+    if (worker_job_delay_ms_ > 0) wp.test_before_job = SlowJob, wp.test_user = &worker_job_delay_ms_;
+    ak_err_t err;
+    ASSERT_EQ(wk_service_create(&wp, &err, &wk_), AK_OK) << err.msg;
+    waddr_ = "127.0.0.1:" + std::to_string(wk_service_port(wk_));
+    ak_rpc_client_destroy(wcli_);
+    wcli_ = nullptr;
+    ASSERT_EQ(ak_rpc_client_create(waddr_.c_str(), &err, &wcli_), AK_OK) << err.msg;
   }
 
   void TearDown() override { Stop(); }
@@ -141,12 +168,64 @@ class CoServiceTest : public ::testing::Test {
     return st;
   }
 
-  void Generate(const GenReq &g, Stream *s) {
+  void Generate(const GenReq &g, Stream *s, int64_t deadline_ms = 120000) {
     ak_err_t err;
     ak_err_clear(&err);
     s->st = ak_rpc_client_stream(cli_, "/arkvale.v1.Generation/Generate", &g.req.base,
-                                 &arkvale__v1__generate_response__descriptor, kMax, 120000, OnMsg, s, &err, &s->code);
+                                 &arkvale__v1__generate_response__descriptor, kMax, deadline_ms, OnMsg, s, &err,
+                                 &s->code);
     s->msg = err.msg;
+  }
+
+  // grpc.health.v1 Check: the status, or -1 with *code set when the call failed.
+  int HealthCheck(const char *service, grpc_status_code *code = nullptr) {
+    Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    q.service = (char *)service;
+    ak_err_t err;
+    ProtobufCMessage *r = nullptr;
+    grpc_status_code c;
+    ak_rpc_client_unary(cli_, "/grpc.health.v1.Health/Check", &q.base,
+                        &grpc__health__v1__health_check_response__descriptor, kMax, 10000, &err, &c, &r);
+    MsgPtr keep(r);
+    if (code) *code = c;
+    return r ? (int)((const Grpc__Health__V1__HealthCheckResponse *)r)->status : -1;
+  }
+
+  // Polls Check("") until it answers `want` (at most timeout_ms).
+  bool WaitHealth(int want, int timeout_ms = 15000) {
+    for (int t = 0; t < timeout_ms; t += 20) {
+      if (HealthCheck("") == want) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+  std::string Scrape() {
+    ak_err_t err;
+    char *text = nullptr;
+    size_t len = 0;
+    EXPECT_EQ(co_metrics_render(co_service_metrics(co_), &err, &text, &len), AK_OK) << err.msg;
+    std::string out(text ? text : "", len);
+    co_metrics_text_free(text);
+    return out;
+  }
+
+  // The value of the sample line `series` ("name" or "name{labels}") in a scrape; NaN
+  // when absent.
+  static double Sample(const std::string &text, const std::string &series) {
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+      if (line.compare(0, series.size() + 1, series + " ") == 0) return std::stod(line.substr(series.size() + 1));
+    return std::nan("");
+  }
+
+  // Polls the scrape until `series` equals v (at most ~5 s).
+  bool WaitSample(const std::string &series, double v) {
+    for (int i = 0; i < 250; i++) {
+      if (Sample(Scrape(), series) == v) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
   }
 
   std::vector<int32_t> Tokenize(const std::string &text) {
@@ -452,4 +531,263 @@ TEST_F(CoServiceTest, DestroyWithAnOpenStream) {
   t.join();
   EXPECT_NE(s.st, AK_OK);
   EXPECT_TRUE(WorkerDrains());
+}
+
+// --- grpc.health.v1 ---
+
+namespace {
+
+const int kServing = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+const int kNotServing = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+const int kServiceUnknown = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+
+// What one Watch call delivered; the callback may run while the test thread reads.
+struct Watch {
+  std::mutex mu;
+  std::vector<int> statuses;
+  std::atomic<bool> stop{false};
+  ak_status_t st = AK_OK;
+  grpc_status_code code = GRPC_STATUS_OK;
+  std::string msg;
+  std::vector<int> Get() {
+    std::lock_guard<std::mutex> g(mu);
+    return statuses;
+  }
+  bool WaitFor(size_t n, int timeout_ms = 15000) {
+    for (int t = 0; t < timeout_ms; t += 10) {
+      if (Get().size() >= n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+};
+
+int OnWatch(void *user, const ProtobufCMessage *m) {
+  auto *w = (Watch *)user;
+  std::lock_guard<std::mutex> g(w->mu);
+  w->statuses.push_back((int)((const Grpc__Health__V1__HealthCheckResponse *)m)->status);
+  return w->stop.load();
+}
+
+void RunWatch(ak_rpc_client_t *cli, const char *service, Watch *w, int64_t deadline_ms) {
+  Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  q.service = (char *)service;
+  ak_err_t err;
+  ak_err_clear(&err);
+  w->st = ak_rpc_client_stream(cli, "/grpc.health.v1.Health/Watch", &q.base,
+                               &grpc__health__v1__health_check_response__descriptor, kMax, deadline_ms, OnWatch, w,
+                               &err, &w->code);
+  w->msg = err.msg;
+}
+
+}  // namespace
+
+TEST_F(CoServiceTest, HealthServingAfterTheFirstCanary) {
+  ASSERT_TRUE(WaitHealth(kServing)) << "Check(\"\") never answered SERVING";
+  EXPECT_EQ(HealthCheck("arkvale.v1.Generation"), kServing);
+  grpc_status_code code;
+  EXPECT_EQ(HealthCheck("no.such.Service", &code), -1);
+  EXPECT_EQ(code, GRPC_STATUS_NOT_FOUND);
+  // canaries leave nothing behind on the worker, and requests still run beside them
+  std::this_thread::sleep_for(std::chrono::milliseconds(3 * canary_period_ms_));
+  GenReq g(12);
+  g.set_ids(prompt_ids(16, 9));
+  Stream s;
+  Generate(g, &s);
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens.size(), 12u);
+  EXPECT_TRUE(WorkerDrains());
+  EXPECT_EQ(HealthCheck(""), kServing);
+  EXPECT_GE(Sample(Scrape(), "arkvale_worker_steps_total{worker=\"" + waddr_ + "\"}"), 12 + 2);
+}
+
+TEST_F(CoServiceTest, HealthFlipsWhenTheWorkerStopsAndComesBack) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  Watch w;
+  std::thread wt([&] { RunWatch(cli_, "", &w, 60000); });
+  ASSERT_TRUE(w.WaitFor(1));
+  EXPECT_EQ(w.Get()[0], kServing);
+
+  // The worker goes away: the next canary fails.
+  int port = wk_service_port(wk_);
+  wk_service_destroy(wk_);
+  wk_ = nullptr;
+  ASSERT_TRUE(WaitHealth(kNotServing)) << "still SERVING with the worker gone";
+  ASSERT_TRUE(w.WaitFor(2));
+  EXPECT_EQ(w.Get()[1], kNotServing);
+  EXPECT_EQ(Sample(Scrape(), "arkvale_serving"), 0);
+  GenReq g(4);
+  g.set_ids(prompt_ids(10, 1));
+  Stream refused;
+  Generate(g, &refused);
+  EXPECT_EQ(refused.code, GRPC_STATUS_UNAVAILABLE) << refused.msg;
+
+  // It comes back on the same port: the coordinator reconnects, warms it up, canaries.
+  ASSERT_NO_FATAL_FAILURE(StartWorker(port));
+  ASSERT_TRUE(WaitHealth(kServing, 30000)) << "not SERVING again after the worker came back";
+  ASSERT_TRUE(w.WaitFor(3));
+  EXPECT_EQ(w.Get()[2], kServing);
+  Stream s;
+  Generate(g, &s);
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens.size(), 4u);
+  EXPECT_TRUE(WorkerDrains());
+
+  // The Watch ends when its client leaves.
+  w.stop = true;
+  co_service_destroy(co_);  // or at shutdown, whichever comes first
+  co_ = nullptr;
+  wt.join();
+  EXPECT_NE(w.st, AK_OK);
+  EXPECT_EQ(w.Get().back(), kNotServing) << "shutdown sends NOT_SERVING before it ends the Watch";
+}
+
+TEST_F(CoServiceTest, HealthWatchOfAnUnknownServiceStaysOpen) {
+  Watch w;
+  std::thread wt([&] { RunWatch(cli_, "no.such.Service", &w, 60000); });
+  ASSERT_TRUE(w.WaitFor(1));
+  EXPECT_EQ(w.Get()[0], kServiceUnknown);
+  ASSERT_TRUE(WaitHealth(kServing));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(w.Get().size(), 1u) << "an unknown service gets no updates";
+  // The client leaves: the coordinator ends the call (sweep) and keeps serving.
+  w.stop = true;
+  Watch w2;
+  std::thread wt2([&] { RunWatch(cli_, "", &w2, 500); });  // a deadline ends this one
+  wt2.join();
+  EXPECT_EQ(w2.code, GRPC_STATUS_DEADLINE_EXCEEDED) << w2.msg;
+  ASSERT_EQ(w2.Get().size(), 1u);
+  EXPECT_EQ(w2.Get()[0], kServing);
+  co_service_destroy(co_);
+  co_ = nullptr;
+  wt.join();
+  EXPECT_EQ(w.code, GRPC_STATUS_UNAVAILABLE) << w.msg;
+}
+
+// --- client deadlines ---
+
+TEST_F(CoServiceTest, DeadlineWhileStreamingDropsTheSequence) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  // The deadline: twice what a 4-token request takes here, so that it passes after the
+  // first tokens and long before 200 (sanitizer builds are many times slower).
+  GenReq probe(4);
+  probe.set_ids(prompt_ids(20, 6));
+  Stream ps;
+  auto t0 = std::chrono::steady_clock::now();
+  Generate(probe, &ps);
+  ASSERT_EQ(ps.st, AK_OK) << ps.msg;
+  int64_t probe_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  GenReq g(200);
+  g.set_ids(prompt_ids(20, 7));
+  Stream s;
+  Generate(g, &s, 2 * probe_ms + 100);
+  EXPECT_EQ(s.code, GRPC_STATUS_DEADLINE_EXCEEDED) << s.msg;
+  EXPECT_GT(s.n_msgs, 0) << "the deadline should pass mid-stream";
+  EXPECT_LT(s.tokens.size(), 200u);
+  // dropped within a step or two: poll for at most 1 s plus the probe's time (a decode
+  // step here is ~10-50 ms; the probe's is a prefill and 4 of them)
+  bool drained = false;
+  for (int64_t i = 0; i < (1000 + probe_ms) / 20 && !drained; i++) {
+    drained = WorkerSeqs() == 0;
+    if (!drained) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(drained) << "the worker still holds " << WorkerSeqs() << " sequences";
+  EXPECT_TRUE(WaitSample("arkvale_running_requests", 0));
+}
+
+TEST_F(CoServiceTest, DeadlineWhileQueuedLeavesTheQueue) {
+  Stop();
+  worker_job_delay_ms_ = 20;  // 200 tokens take seconds: the queue stays as it is
+  Start();
+  ASSERT_TRUE(WaitHealth(kServing));
+  // Long streams until one waits in the queue (the group's sequence slots are full).
+  const int kLong = kMaxSeqs;
+  std::vector<std::unique_ptr<GenReq>> reqs;
+  std::vector<Stream> streams(kLong);
+  std::vector<std::thread> th;
+  for (int i = 0; i < kLong; i++) {
+    reqs.emplace_back(new GenReq(200));
+    reqs.back()->set_ids(prompt_ids(12, 20 + i));
+    reqs.back()->set_id("long-" + std::to_string(i));
+    th.emplace_back([&, i] { Generate(*reqs[i], &streams[i]); });
+  }
+  bool full = false;
+  for (int i = 0; i < 500 && !full; i++) {
+    std::string m = Scrape();
+    full = Sample(m, "arkvale_queue_depth") >= 1 &&
+           Sample(m, "arkvale_queue_depth") + Sample(m, "arkvale_running_requests") == kLong;
+    if (!full) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(full) << Scrape();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // admission settles
+  double queued = Sample(Scrape(), "arkvale_queue_depth");
+  GenReq g(8);
+  g.set_ids(prompt_ids(12, 30));
+  Stream s;
+  Generate(g, &s, 300);
+  EXPECT_EQ(s.code, GRPC_STATUS_DEADLINE_EXCEEDED) << s.msg;
+  EXPECT_EQ(s.n_msgs, 0);
+  // it left the queue (the server ends it as CANCELLED: it cannot tell a deadline from
+  // a cancel); the depth is back to what the long streams hold
+  EXPECT_TRUE(WaitSample("arkvale_requests_total{code=\"CANCELLED\"}", 1)) << Scrape();
+  EXPECT_TRUE(WaitSample("arkvale_queue_depth", queued)) << Scrape();
+  for (int i = 0; i < kLong; i++) {
+    Arkvale__V1__AbortRequest q = ARKVALE__V1__ABORT_REQUEST__INIT;
+    std::string id = "long-" + std::to_string(i);
+    q.request_id = (char *)id.c_str();
+    MsgPtr m;
+    EXPECT_EQ(Call("Abort", &q.base, &arkvale__v1__abort_response__descriptor, &m), AK_OK);
+  }
+  for (auto &t : th) t.join();
+  for (auto &st : streams) EXPECT_EQ(st.code, GRPC_STATUS_CANCELLED) << st.msg;
+  EXPECT_TRUE(WorkerDrains());
+}
+
+// --- metrics ---
+
+TEST_F(CoServiceTest, MetricsAfterRequests) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  std::vector<int32_t> ids = prompt_ids(18, 11);
+  GenReq g(8);
+  g.set_ids(ids);
+  Stream s;
+  Generate(g, &s);
+  ASSERT_EQ(s.st, AK_OK) << s.msg;
+  GenReq bad(4);
+  bad.set_text("hello");
+  bad.sampling.has_top_p = 1, bad.sampling.top_p = 2.0f;
+  Stream sb;
+  Generate(bad, &sb);
+  EXPECT_EQ(sb.code, GRPC_STATUS_INVALID_ARGUMENT);
+  ASSERT_TRUE(WorkerDrains());
+  std::string worker = "{worker=\"" + waddr_ + "\"}";
+  // the Release of the finished sequence answers with the pool: 0 pages
+  EXPECT_TRUE(WaitSample("arkvale_worker_kv_pages_resident" + worker, 0)) << Scrape();
+  std::string m = Scrape();
+  EXPECT_EQ(Sample(m, "arkvale_requests_total{code=\"OK\"}"), 1) << m;
+  EXPECT_EQ(Sample(m, "arkvale_requests_total{code=\"INVALID_ARGUMENT\"}"), 1) << m;
+  EXPECT_EQ(Sample(m, "arkvale_generated_tokens_total"), 8);
+  EXPECT_EQ(Sample(m, "arkvale_prompt_tokens_total"), (double)ids.size());
+  EXPECT_EQ(Sample(m, "arkvale_time_to_first_token_seconds_count"), 1);
+  EXPECT_GT(Sample(m, "arkvale_time_to_first_token_seconds_sum"), 0);
+  EXPECT_EQ(Sample(m, "arkvale_time_to_first_token_seconds_bucket{le=\"+Inf\"}"), 1);
+  EXPECT_EQ(Sample(m, "arkvale_time_per_output_token_seconds_count"), 1);
+  EXPECT_EQ(Sample(m, "arkvale_queue_depth"), 0);
+  EXPECT_EQ(Sample(m, "arkvale_running_requests"), 0);
+  EXPECT_EQ(Sample(m, "arkvale_serving"), 1);
+  EXPECT_EQ(Sample(m, "arkvale_worker_kv_backup_pages" + worker), 0);
+  EXPECT_EQ(Sample(m, "arkvale_worker_kv_pages_recalled_total" + worker), 0) << "the full policy never recalls";
+  EXPECT_EQ(Sample(m, "arkvale_worker_kv_pages_backed_up_total" + worker), 0);
+  EXPECT_GE(Sample(m, "arkvale_worker_steps_total" + worker), 8 + 1) << "8 tokens and at least one canary";
+  EXPECT_NE(m.find("# TYPE arkvale_time_per_output_token_seconds histogram"), std::string::npos);
+  // a cancelled stream counts as CANCELLED, and its tokens count too
+  GenReq g2(200);
+  g2.set_ids(prompt_ids(20, 12));
+  Stream sc;
+  sc.cancel_after = 3;
+  Generate(g2, &sc);
+  EXPECT_TRUE(WorkerDrains());
+  EXPECT_TRUE(WaitSample("arkvale_requests_total{code=\"CANCELLED\"}", 1)) << Scrape();
+  EXPECT_GE(Sample(Scrape(), "arkvale_generated_tokens_total"), 8 + 3);
 }

@@ -1,0 +1,244 @@
+/* co_service_health.c: the standard grpc.health.v1.Health service of co_service
+ * (co_service.h, "Health"), and what decides its answer on the scheduler thread: the
+ * one-token canary, and bringing a dead group back.
+ *
+ * The status lives in s->serving under s->mu. Check reads it; each Watch call sits in
+ * s->watchers and gets a message whenever publish changes it. Nothing here blocks a
+ * completion-queue thread: writes only queue (ak_rpc_writer_write).
+ * Not for: Generate's steps (co_service_loop.c). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ak_log.h"
+#include "co_service_internal.h"
+#include "pb_buf.h"
+
+#define CO_SVC_HEALTH_METHOD(name) "/grpc.health.v1.Health/" name
+#define CO_SVC_SERVED_NAME "arkvale.v1.Generation"
+
+typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus co_svc_serving_t;
+#define CO_SVC_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+#define CO_SVC_NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+#define CO_SVC_SERVICE_UNKNOWN GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
+
+/* "" is the server as a whole (the standard's convention). */
+static int co_svc_health_known(const char *service) {
+  return !service || !*service || !strcmp(service, CO_SVC_SERVED_NAME);
+}
+
+static co_svc_serving_t co_svc_health_status_locked(const co_service_t *s) {
+  return s->serving && !s->stopping ? CO_SVC_SERVING : CO_SVC_NOT_SERVING;
+}
+
+static ak_status_t co_svc_health_send(ak_rpc_writer_t *w, co_svc_serving_t status, ak_err_t *err) {
+  Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  r.status = status;
+  return ak_rpc_writer_write(w, &r.base, err);
+}
+
+/* --- handlers (CQ threads) --- */
+
+static void co_svc_on_health_check(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  const Grpc__Health__V1__HealthCheckRequest *q = (const Grpc__Health__V1__HealthCheckRequest *)req;
+  ak_err_t err;
+  ak_err_clear(&err);
+  if (!co_svc_health_known(q->service)) {
+    ak_err_set(&err, AK_ERR_NOT_FOUND, "service \"%.64s\" is not served here (\"\" or \"" CO_SVC_SERVED_NAME "\")",
+               q->service);
+    ak_rpc_writer_finish(w, AK_ERR_NOT_FOUND, err.msg);
+    return;
+  }
+  pthread_mutex_lock(&s->mu);
+  co_svc_serving_t status = co_svc_health_status_locked(s);
+  pthread_mutex_unlock(&s->mu);
+  ak_status_t st = co_svc_health_send(w, status, &err);
+  ak_rpc_writer_finish(w, st, st == AK_OK ? NULL : err.msg);
+}
+
+static void co_svc_on_health_watch(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+  co_service_t *s = user;
+  const Grpc__Health__V1__HealthCheckRequest *q = (const Grpc__Health__V1__HealthCheckRequest *)req;
+  ak_err_t err;
+  ak_err_clear(&err);
+  co_svc_watch_t *wt = calloc(1, sizeof *wt);
+  if (!wt) {
+    ak_rpc_writer_finish(w, AK_ERR_NO_MEMORY, "Watch: out of memory");
+    return;
+  }
+  wt->w = w;
+  wt->known = co_svc_health_known(q->service);
+  ak_status_t st;
+  pthread_mutex_lock(&s->mu);
+  if (s->stopping) {
+    co_svc_health_send(w, wt->known ? CO_SVC_NOT_SERVING : CO_SVC_SERVICE_UNKNOWN, &err);
+    st = ak_err_set(&err, AK_ERR_PEER, "the coordinator is shutting down");
+  } else {
+    /* An unknown name gets SERVICE_UNKNOWN and the call stays open (the standard: the
+     * service may be added later; here it never is, so it ends at shutdown). */
+    st = co_svc_health_send(w, wt->known ? co_svc_health_status_locked(s) : CO_SVC_SERVICE_UNKNOWN, &err);
+    if (st == AK_OK) {
+      wt->next = s->watchers, s->watchers = wt;
+      wt = NULL;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (wt) {
+    free(wt);
+    ak_rpc_writer_finish(w, st, err.msg);
+  }
+}
+
+ak_status_t co_svc_health_register(co_service_t *s, ak_err_t *err) {
+  const ak_rpc_method_t methods[] = {
+      {CO_SVC_HEALTH_METHOD("Check"), AK_RPC_UNARY, &grpc__health__v1__health_check_request__descriptor,
+       CO_SVC_MAX_MSG_BYTES, CO_SVC_MAX_MSG_BYTES, co_svc_on_health_check, s},
+      {CO_SVC_HEALTH_METHOD("Watch"), AK_RPC_SERVER_STREAMING, &grpc__health__v1__health_check_request__descriptor,
+       CO_SVC_MAX_MSG_BYTES, CO_SVC_MAX_MSG_BYTES, co_svc_on_health_watch, s},
+  };
+  for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+    AK_TRY(ak_rpc_server_register(s->srv, &methods[i], err));
+  return AK_OK;
+}
+
+/* --- the status and its watchers --- */
+
+void co_svc_health_publish(co_service_t *s, int serving, const char *why) {
+  pthread_mutex_lock(&s->mu);
+  int changed = s->serving != serving;
+  s->serving = serving;
+  if (changed && !s->stopping) {
+    co_svc_serving_t status = co_svc_health_status_locked(s);
+    for (co_svc_watch_t **pp = &s->watchers; *pp;) {
+      co_svc_watch_t *wt = *pp;
+      ak_err_t err;
+      if (wt->known && co_svc_health_send(wt->w, status, &err) != AK_OK) {
+        /* the client left (or the write cannot go out): end the call */
+        *pp = wt->next;
+        ak_rpc_writer_finish(wt->w, AK_ERR_CANCELLED, err.msg);
+        free(wt);
+        continue;
+      }
+      pp = &wt->next;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (changed) {
+    ak_log_write(serving ? AK_LOG_INFO : AK_LOG_WARN, __func__, "coordinator port %d: %s (%s)", ak_rpc_server_port(s->srv),
+                 serving ? "SERVING" : "NOT_SERVING", why);
+    ak_err_t err;
+    co_metrics_set(s->metrics, s->mid.serving, NULL, serving ? 1.0 : 0.0, &err);
+  }
+}
+
+void co_svc_health_sweep(co_service_t *s) {
+  pthread_mutex_lock(&s->mu);
+  for (co_svc_watch_t **pp = &s->watchers; *pp;) {
+    co_svc_watch_t *wt = *pp;
+    if (ak_rpc_writer_cancelled(wt->w)) {
+      *pp = wt->next;
+      ak_rpc_writer_finish(wt->w, AK_ERR_CANCELLED, "cancelled");
+      free(wt);
+      continue;
+    }
+    pp = &wt->next;
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+void co_svc_health_shutdown_locked(co_service_t *s) {
+  while (s->watchers) {
+    co_svc_watch_t *wt = s->watchers;
+    s->watchers = wt->next;
+    ak_err_t err;
+    if (wt->known && s->serving) co_svc_health_send(wt->w, CO_SVC_NOT_SERVING, &err);
+    ak_rpc_writer_finish(wt->w, AK_ERR_PEER, "the coordinator is shutting down");
+    free(wt);
+  }
+}
+
+/* --- the canary and the revive (scheduler thread) --- */
+
+/* One new sequence of one token in its own Step, sampled greedily, then Released. */
+static ak_status_t co_svc_canary(co_service_t *s, ak_err_t *err) {
+  uint64_t id = CO_SVC_CANARY_SEQ_ID_BASE + ++s->n_canaries;
+  int32_t tok = co_tokenizer_bos(s->tok);
+  if (tok < 0 || tok >= s->n_vocab) tok = 0;
+  Arkvale__V1__SamplingParams sp = ARKVALE__V1__SAMPLING_PARAMS__INIT;
+  sp.has_temperature = 1, sp.temperature = 0.0f;
+  Arkvale__V1__NewSequence ns = ARKVALE__V1__NEW_SEQUENCE__INIT;
+  ns.has_seq_id = 1, ns.seq_id = id;
+  ns.sampling = &sp;
+  ns.n_token_ids = 1, ns.token_ids = &tok;
+  ns.has_sample = 1, ns.sample = 1;
+  ns.has_max_seq_tokens = 1, ns.max_seq_tokens = 2;
+  Arkvale__V1__NewSequence *nsp = &ns;
+  Arkvale__V1__StepRequest q = ARKVALE__V1__STEP_REQUEST__INIT;
+  q.has_step_id = 1, q.step_id = ++s->step_id;
+  q.n_new_seqs = 1, q.new_seqs = &nsp;
+  ak_err_t e;
+  ak_err_clear(&e);
+  ProtobufCMessage *m = NULL;
+  ak_status_t st = ak_rpc_client_unary(s->worker, "/arkvale.v1.Worker/Step", &q.base,
+                                       &arkvale__v1__step_response__descriptor, CO_SVC_MAX_MSG_BYTES,
+                                       s->p.step_deadline_ms, &e, NULL, &m);
+  if (st != AK_OK)
+    return ak_err_set(err, st, "canary Step %" PRIu64 ": %s", q.step_id, e.msg);
+  const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)m;
+  if (sr->n_samples != 1 || sr->samples[0]->seq_id != id || sr->samples[0]->token_id < 0 ||
+      sr->samples[0]->token_id >= s->n_vocab)
+    st = ak_err_set(err, AK_ERR_PEER, "canary Step %" PRIu64 " answered %zu samples, not one valid token",
+                    q.step_id, sr->n_samples);
+  co_svc_metric_kv(s, sr->kv);
+  co_svc_metric_add(s, s->mid.steps, 1.0);
+  pb_msg_free(m);
+  /* Released even after a bad answer: the worker may hold it. */
+  ak_status_t rst = co_svc_worker_release(s, &id, 1, 0, &e);
+  if (st == AK_OK && rst != AK_OK) st = ak_err_set(err, rst, "canary Release: %s", e.msg);
+  return st;
+}
+
+/* A fresh channel (the old one may sit in reconnect backoff), Release all (sequences
+ * of a worker that lived through the failure), Info, Warmup, then the group is live
+ * again and its canary due. */
+static void co_svc_revive(co_service_t *s) {
+  ak_err_t err;
+  ak_err_clear(&err);
+  ak_rpc_client_destroy(s->worker);
+  s->worker = NULL;
+  int64_t cap = 0;
+  ak_status_t st = ak_rpc_client_create(s->p.worker_addr, &err, &s->worker);
+  if (st == AK_OK) st = co_svc_worker_release(s, NULL, 0, 1, &err);
+  if (st == AK_OK) st = co_svc_worker_warmup(s, &err, &cap, NULL);
+  if (st == AK_OK && (st = co_sched_group_revive(s->sched, 0, cap)) != AK_OK)
+    ak_err_set(&err, st, "%s", co_sched_errmsg(s->sched));
+  if (st != AK_OK) {
+    ak_log_write(AK_LOG_INFO, __func__, "worker %s is still down: %s", s->p.worker_addr, err.msg);
+    return;
+  }
+  ak_log_write(AK_LOG_INFO, __func__, "worker %s is back: %" PRId64 " pages", s->p.worker_addr, cap);
+  s->group_dead = 0;
+  s->last_canary_us = 0;
+}
+
+void co_svc_health_tick(co_service_t *s, int64_t now_us) {
+  int64_t period_us = s->p.canary_period_ms * 1000;
+  if (s->group_dead) {
+    if (now_us - s->last_revive_us < period_us) return;
+    s->last_revive_us = now_us;
+    co_svc_revive(s);
+    if (s->group_dead) return;
+  }
+  if (s->last_canary_us && now_us - s->last_canary_us < period_us) return;
+  if (!s->canary_reserved) {
+    /* no slot kept for it: only into an empty group */
+    co_sched_group_stats_t gs;
+    if (co_sched_group_stats(s->sched, 0, &gs) != AK_OK || gs.n_running > 0 || gs.n_pending_drops > 0) return;
+  }
+  s->last_canary_us = now_us;
+  ak_err_t err;
+  ak_err_clear(&err);
+  if (co_svc_canary(s, &err) == AK_OK) co_svc_health_publish(s, 1, "the canary answered");
+  else co_svc_group_failed(s, err.msg);
+}
