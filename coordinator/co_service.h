@@ -47,6 +47,8 @@
  *   arkvale_worker_kv_pages_backed_up_total{worker}, ..._recalled_total{worker}
  *                                                sums of the Steps' kvpool deltas
  *   arkvale_worker_steps_total{worker}           Steps answered (canaries included)
+ *   arkvale_worker_canaries_total{worker}        canaries answered
+ *   arkvale_health_watchers                      open Watch calls
  *
  * Deadlines: a client's gRPC deadline cancels its call on the server; the request
  * leaves co_sched at the next loop (queued or running), and a running sequence is in

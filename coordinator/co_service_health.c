@@ -81,6 +81,8 @@ static void co_svc_on_health_watch(void *user, const ProtobufCMessage *req, ak_r
     if (st == AK_OK) {
       wt->next = s->watchers, s->watchers = wt;
       wt = NULL;
+      s->n_watchers++;
+      co_svc_metric_watchers_locked(s);
     }
   }
   pthread_mutex_unlock(&s->mu);
@@ -118,10 +120,12 @@ void co_svc_health_publish(co_service_t *s, int serving, const char *why) {
         *pp = wt->next;
         ak_rpc_writer_finish(wt->w, AK_ERR_CANCELLED, err.msg);
         free(wt);
+        s->n_watchers--;
         continue;
       }
       pp = &wt->next;
     }
+    co_svc_metric_watchers_locked(s);
   }
   pthread_mutex_unlock(&s->mu);
   if (changed) {
@@ -134,16 +138,19 @@ void co_svc_health_publish(co_service_t *s, int serving, const char *why) {
 
 void co_svc_health_sweep(co_service_t *s) {
   pthread_mutex_lock(&s->mu);
+  int32_t before = s->n_watchers;
   for (co_svc_watch_t **pp = &s->watchers; *pp;) {
     co_svc_watch_t *wt = *pp;
     if (ak_rpc_writer_cancelled(wt->w)) {
       *pp = wt->next;
       ak_rpc_writer_finish(wt->w, AK_ERR_CANCELLED, "cancelled");
       free(wt);
+      s->n_watchers--;
       continue;
     }
     pp = &wt->next;
   }
+  if (s->n_watchers != before) co_svc_metric_watchers_locked(s);
   pthread_mutex_unlock(&s->mu);
 }
 
@@ -156,6 +163,8 @@ void co_svc_health_shutdown_locked(co_service_t *s) {
     ak_rpc_writer_finish(wt->w, AK_ERR_PEER, "the coordinator is shutting down");
     free(wt);
   }
+  s->n_watchers = 0;
+  co_svc_metric_watchers_locked(s);
 }
 
 /* --- the canary and the revive (scheduler thread) --- */
@@ -239,6 +248,9 @@ void co_svc_health_tick(co_service_t *s, int64_t now_us) {
   s->last_canary_us = now_us;
   ak_err_t err;
   ak_err_clear(&err);
-  if (co_svc_canary(s, &err) == AK_OK) co_svc_health_publish(s, 1, "the canary answered");
-  else co_svc_group_failed(s, err.msg);
+  if (co_svc_canary(s, &err) == AK_OK) {
+    co_svc_metric_add(s, s->mid.canaries, 1.0);
+    co_svc_health_publish(s, 1, "the canary answered");
+  } else
+    co_svc_group_failed(s, err.msg);
 }

@@ -54,7 +54,7 @@ typedef struct co_svc_watch {
 /* Family ids in s->metrics (co_service_metrics.c). */
 typedef struct {
   int32_t requests, queue_depth, running, ttft, tpot, gen_tokens, prompt_tokens, serving;
-  int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps;
+  int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps, canaries, watchers;
 } co_svc_metric_ids_t;
 
 struct co_service {
@@ -79,6 +79,7 @@ struct co_service {
   /* health (under mu): what Check answers and Watch streams */
   int serving;                   /* 1 SERVING, 0 NOT_SERVING */
   co_svc_watch_t *watchers;
+  int32_t n_watchers;
   pthread_t thread;
   int thread_started;
   /* scheduler thread only */
@@ -140,6 +141,8 @@ void co_svc_metric_observe(co_service_t *s, int32_t id, double v);
 void co_svc_metric_add(co_service_t *s, int32_t id, double v);
 /* The worker's KV pool after a Step (with its step deltas) or a Release. */
 void co_svc_metric_kv(co_service_t *s, const Arkvale__V1__KvCounters *kv);
+/* The open Watch calls (s->mu held). */
+void co_svc_metric_watchers_locked(co_service_t *s);
 /* Queue depth and running requests from co_sched (scheduler thread). */
 void co_svc_metric_sched(co_service_t *s);
 

@@ -71,6 +71,10 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err) {
        CO_METRIC_COUNTER, worker, 1, NULL, 0},
       {&s->mid.steps, "arkvale_worker_steps_total", "Worker Steps answered (health canaries included)",
        CO_METRIC_COUNTER, worker, 1, NULL, 0},
+      {&s->mid.canaries, "arkvale_worker_canaries_total", "Health canaries the worker answered",
+       CO_METRIC_COUNTER, worker, 1, NULL, 0},
+      {&s->mid.watchers, "arkvale_health_watchers", "Open grpc.health.v1 Watch calls", CO_METRIC_GAUGE, NULL, 0,
+       NULL, 0},
   };
   for (size_t i = 0; i < sizeof fams / sizeof fams[0]; i++)
     AK_TRY(co_metrics_family(s->metrics, fams[i].name, fams[i].help, fams[i].kind, fams[i].labels,
@@ -80,10 +84,11 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err) {
   const int32_t zero_counters[] = {s->mid.gen_tokens, s->mid.prompt_tokens};
   for (size_t i = 0; i < sizeof zero_counters / sizeof zero_counters[0]; i++)
     AK_TRY(co_metrics_inc(s->metrics, zero_counters[i], NULL, 0.0, err));
-  const int32_t zero_worker[] = {s->mid.kv_backed_up, s->mid.kv_recalled, s->mid.steps};
+  const int32_t zero_worker[] = {s->mid.kv_backed_up, s->mid.kv_recalled, s->mid.steps, s->mid.canaries};
   for (size_t i = 0; i < sizeof zero_worker / sizeof zero_worker[0]; i++)
     AK_TRY(co_metrics_inc(s->metrics, zero_worker[i], wl, 0.0, err));
   AK_TRY(co_metrics_set(s->metrics, s->mid.serving, NULL, 0.0, err));
+  AK_TRY(co_metrics_set(s->metrics, s->mid.watchers, NULL, 0.0, err));
   AK_TRY(co_metrics_set(s->metrics, s->mid.queue_depth, NULL, 0.0, err));
   return co_metrics_set(s->metrics, s->mid.running, NULL, 0.0, err);
 }
@@ -102,7 +107,13 @@ void co_svc_metric_observe(co_service_t *s, int32_t id, double v) {
 void co_svc_metric_add(co_service_t *s, int32_t id, double v) {
   ak_err_t err;
   const char *wl[] = {s->p.worker_addr};
-  co_svc_metric_failed(s, co_metrics_inc(s->metrics, id, id == s->mid.steps ? wl : NULL, v, &err), &err);
+  int per_worker = id == s->mid.steps || id == s->mid.canaries;
+  co_svc_metric_failed(s, co_metrics_inc(s->metrics, id, per_worker ? wl : NULL, v, &err), &err);
+}
+
+void co_svc_metric_watchers_locked(co_service_t *s) {
+  ak_err_t err;
+  co_svc_metric_failed(s, co_metrics_set(s->metrics, s->mid.watchers, NULL, (double)s->n_watchers, &err), &err);
 }
 
 void co_svc_metric_kv(co_service_t *s, const Arkvale__V1__KvCounters *kv) {

@@ -650,14 +650,17 @@ TEST_F(CoServiceTest, HealthWatchOfAnUnknownServiceStaysOpen) {
   ASSERT_TRUE(WaitHealth(kServing));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(w.Get().size(), 1u) << "an unknown service gets no updates";
-  // The client leaves: the coordinator ends the call (sweep) and keeps serving.
-  w.stop = true;
+  EXPECT_EQ(Sample(Scrape(), "arkvale_health_watchers"), 1);
+  // A client that leaves (here by its deadline): the loop's sweep ends its call.
   Watch w2;
-  std::thread wt2([&] { RunWatch(cli_, "", &w2, 500); });  // a deadline ends this one
+  std::thread wt2([&] { RunWatch(cli_, "", &w2, 500); });
+  ASSERT_TRUE(w2.WaitFor(1));
+  EXPECT_EQ(Sample(Scrape(), "arkvale_health_watchers"), 2);
   wt2.join();
   EXPECT_EQ(w2.code, GRPC_STATUS_DEADLINE_EXCEEDED) << w2.msg;
   ASSERT_EQ(w2.Get().size(), 1u);
   EXPECT_EQ(w2.Get()[0], kServing);
+  EXPECT_TRUE(WaitSample("arkvale_health_watchers", 1)) << "the left Watch was not swept";
   co_service_destroy(co_);
   co_ = nullptr;
   wt.join();
@@ -722,6 +725,17 @@ TEST_F(CoServiceTest, DeadlineWhileQueuedLeavesTheQueue) {
   ASSERT_TRUE(full) << Scrape();
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // admission settles
   double queued = Sample(Scrape(), "arkvale_queue_depth");
+  // The group is full, yet the canary has its slot and pages: it keeps answering.
+  std::string canaries = "arkvale_worker_canaries_total{worker=\"" + waddr_ + "\"}";
+  double n_canaries = Sample(Scrape(), canaries);
+  bool more = false;
+  for (int i = 0; i < 250 && !more; i++) {
+    more = Sample(Scrape(), canaries) >= n_canaries + 2;
+    if (!more) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(more) << Scrape();
+  EXPECT_EQ(HealthCheck(""), kServing);
+  EXPECT_EQ(Sample(Scrape(), "arkvale_queue_depth"), queued);
   GenReq g(8);
   g.set_ids(prompt_ids(12, 30));
   Stream s;
