@@ -22,6 +22,7 @@
 
 extern "C" {
 #include "ak_rpc_client.h"
+#include "ak_rpc_server.h"
 #include "arkvale/v1/generation.pb-c.h"
 #include "arkvale/v1/worker.pb-c.h"
 #include "co_metrics.h"
@@ -804,4 +805,140 @@ TEST_F(CoServiceTest, MetricsAfterRequests) {
   EXPECT_TRUE(WorkerDrains());
   EXPECT_TRUE(WaitSample("arkvale_requests_total{code=\"CANCELLED\"}", 1)) << Scrape();
   EXPECT_GE(Sample(Scrape(), "arkvale_generated_tokens_total"), 8 + 3);
+}
+
+// --- a worker whose process answers while its engine is dead ---
+
+namespace {
+
+// A fake arkvale.v1.Worker on ak_rpc_server: Info and Warmup as a SmolLM2 worker would
+// answer, Release always, and Step either samples token 42 for every sequence that asks
+// (a live engine) or fails INTERNAL (a dead engine: the process still answers).
+struct FakeWorker {
+  ak_rpc_server_t *srv = nullptr;
+  std::atomic<bool> engine_dead{false};
+  std::atomic<int> n_steps{0};
+
+  static void Info(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
+    Arkvale__V1__InfoResponse r = ARKVALE__V1__INFO_RESPONSE__INIT;
+    Arkvale__V1__KvPolicy pol = ARKVALE__V1__KV_POLICY__KV_POLICY_FULL;
+    r.has_protocol_revision = 1, r.protocol_revision = 1;
+    r.model_id = (char *)"fake";
+    r.has_n_vocab = 1, r.n_vocab = 49152;
+    r.has_n_layers = 1, r.n_layers = 30;
+    r.has_context_tokens = 1, r.context_tokens = (uint32_t)kMaxSeqTokens;
+    r.has_page_tokens = 1, r.page_tokens = (uint32_t)kPageTokens;
+    r.n_supported_policies = 1, r.supported_policies = &pol;
+    ak_err_t err;
+    ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
+  }
+  static void Warmup(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
+    Arkvale__V1__WarmupResponse r = ARKVALE__V1__WARMUP_RESPONSE__INIT;
+    r.has_capacity_pages = 1, r.capacity_pages = 4 * 30 * (kMaxSeqTokens / kPageTokens);
+    r.has_max_seqs = 1, r.max_seqs = (uint32_t)kMaxSeqs;
+    r.has_max_batch_tokens = 1, r.max_batch_tokens = (uint32_t)kBatch;
+    ak_err_t err;
+    ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
+  }
+  static void Step(void *user, const ProtobufCMessage *req, ak_rpc_writer_t *w) {
+    auto *f = (FakeWorker *)user;
+    auto *q = (const Arkvale__V1__StepRequest *)req;
+    f->n_steps++;
+    if (f->engine_dead) {
+      ak_rpc_writer_finish(w, AK_ERR_INTERNAL, "engine failed: a device error");
+      return;
+    }
+    std::vector<Arkvale__V1__SampledToken> toks;
+    toks.reserve(q->n_new_seqs + q->n_continuing_seqs);
+    for (size_t i = 0; i < q->n_new_seqs; i++)
+      if (q->new_seqs[i]->sample) toks.push_back(ARKVALE__V1__SAMPLED_TOKEN__INIT), toks.back().seq_id = q->new_seqs[i]->seq_id;
+    for (size_t i = 0; i < q->n_continuing_seqs; i++)
+      if (q->continuing_seqs[i]->sample)
+        toks.push_back(ARKVALE__V1__SAMPLED_TOKEN__INIT), toks.back().seq_id = q->continuing_seqs[i]->seq_id;
+    std::vector<Arkvale__V1__SampledToken *> ptrs;
+    for (auto &t : toks) t.has_seq_id = 1, t.has_token_id = 1, t.token_id = 42, ptrs.push_back(&t);
+    Arkvale__V1__StepResponse r = ARKVALE__V1__STEP_RESPONSE__INIT;
+    r.has_step_id = 1, r.step_id = q->step_id;
+    r.n_samples = ptrs.size(), r.samples = ptrs.data();
+    ak_err_t err;
+    ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
+  }
+  static void Release(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
+    Arkvale__V1__ReleaseResponse r = ARKVALE__V1__RELEASE_RESPONSE__INIT;
+    ak_err_t err;
+    ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
+  }
+
+  void Start() {
+    ak_err_t err;
+    ASSERT_EQ(ak_rpc_server_create("127.0.0.1:0", 1, &err, &srv), AK_OK) << err.msg;
+    const ak_rpc_method_t methods[] = {
+        {"/arkvale.v1.Worker/Info", AK_RPC_UNARY, &arkvale__v1__info_request__descriptor, kMax, kMax, Info, this},
+        {"/arkvale.v1.Worker/Warmup", AK_RPC_UNARY, &arkvale__v1__warmup_request__descriptor, kMax, kMax, Warmup,
+         this},
+        {"/arkvale.v1.Worker/Step", AK_RPC_UNARY, &arkvale__v1__step_request__descriptor, kMax, kMax, Step, this},
+        {"/arkvale.v1.Worker/Release", AK_RPC_UNARY, &arkvale__v1__release_request__descriptor, kMax, kMax, Release,
+         this},
+    };
+    for (auto &m : methods) ASSERT_EQ(ak_rpc_server_register(srv, &m, &err), AK_OK) << err.msg;
+    ASSERT_EQ(ak_rpc_server_start(srv, &err), AK_OK) << err.msg;
+  }
+  ~FakeWorker() { ak_rpc_server_destroy(srv); }
+};
+
+int CheckStatus(ak_rpc_client_t *cli) {
+  Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  q.service = (char *)"";
+  ak_err_t err;
+  ProtobufCMessage *r = nullptr;
+  ak_rpc_client_unary(cli, "/grpc.health.v1.Health/Check", &q.base,
+                      &grpc__health__v1__health_check_response__descriptor, kMax, 10000, &err, nullptr, &r);
+  MsgPtr keep(r);
+  return r ? (int)((const Grpc__Health__V1__HealthCheckResponse *)r)->status : -1;
+}
+
+bool WaitStatus(ak_rpc_client_t *cli, int want) {
+  for (int t = 0; t < 15000; t += 10) {
+    if (CheckStatus(cli) == want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST(CoServiceHealth, EngineDeadWhileTheProcessAnswers) {
+  if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (the tokenizer comes from it)";
+  FakeWorker fw;
+  ASSERT_NO_FATAL_FAILURE(fw.Start());
+  std::string waddr = "127.0.0.1:" + std::to_string(ak_rpc_server_port(fw.srv));
+  co_service_params_t cp = co_service_params_default();
+  cp.model_path = model_path();
+  cp.worker_addr = waddr.c_str();
+  cp.max_batch_tokens = kBatch;
+  cp.canary_period_ms = 50;
+  ak_err_t err;
+  co_service_t *co = nullptr;
+  ASSERT_EQ(co_service_create(&cp, &err, &co), AK_OK) << err.msg;
+  std::string caddr = "127.0.0.1:" + std::to_string(co_service_port(co));
+  ak_rpc_client_t *cli = nullptr;
+  ASSERT_EQ(ak_rpc_client_create(caddr.c_str(), &err, &cli), AK_OK) << err.msg;
+  EXPECT_TRUE(WaitStatus(cli, kServing));
+
+  // The engine dies; Info, Warmup and Release still answer. The canary's Step fails, so
+  // the group is dead; each revive passes Info and Warmup but never a canary.
+  fw.engine_dead = true;
+  EXPECT_TRUE(WaitStatus(cli, kNotServing));
+  int steps = fw.n_steps.load();
+  for (int i = 0; i < 10; i++) {
+    EXPECT_EQ(CheckStatus(cli), kNotServing) << i;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  EXPECT_GT(fw.n_steps.load(), steps) << "revives should keep trying the canary";
+
+  // The engine recovers: the next revive's canary passes.
+  fw.engine_dead = false;
+  EXPECT_TRUE(WaitStatus(cli, kServing));
+  ak_rpc_client_destroy(cli);
+  co_service_destroy(co);
 }
