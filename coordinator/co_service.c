@@ -529,6 +529,7 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   if (s->p.default_max_new_tokens > s->max_new_limit) s->p.default_max_new_tokens = s->max_new_limit;
 
   if ((st = ak_rpc_server_create(s->p.listen_addr, p->n_rpc_threads, err, &s->srv)) != AK_OK) goto err_free_sched;
+  s->port = ak_rpc_server_port(s->srv);
   const ak_rpc_method_t methods[] = {
       {CO_SVC_METHOD("Generate"), AK_RPC_SERVER_STREAMING, &arkvale__v1__generate_request__descriptor,
        CO_SVC_MAX_MSG_BYTES, CO_SVC_MAX_MSG_BYTES, co_svc_on_generate, s},
@@ -576,7 +577,7 @@ err_free:
   return st;
 }
 
-int co_service_port(const co_service_t *svc) { return ak_rpc_server_port(svc->srv); }
+int co_service_port(const co_service_t *svc) { return svc->port; }
 
 co_metrics_t *co_service_metrics(const co_service_t *svc) { return svc->metrics; }
 

@@ -129,7 +129,7 @@ void co_svc_health_publish(co_service_t *s, int serving, const char *why) {
   }
   pthread_mutex_unlock(&s->mu);
   if (changed) {
-    ak_log_write(serving ? AK_LOG_INFO : AK_LOG_WARN, __func__, "coordinator port %d: %s (%s)", ak_rpc_server_port(s->srv),
+    ak_log_write(serving ? AK_LOG_INFO : AK_LOG_WARN, __func__, "coordinator port %d: %s (%s)", s->port,
                  serving ? "SERVING" : "NOT_SERVING", why);
     ak_err_t err;
     co_metrics_set(s->metrics, s->mid.serving, NULL, serving ? 1.0 : 0.0, &err);

@@ -62,7 +62,9 @@ struct co_service {
   char worker_addr[256], listen_addr[256];
   co_tokenizer_t *tok;
   ak_rpc_client_t *worker;
-  ak_rpc_server_t *srv;
+  ak_rpc_server_t *srv;           /* CQ threads and create/destroy only: destroy frees it
+                                  * while the scheduler thread still runs */
+  int port;                      /* the bound port, for anyone */
   co_sched_t *sched;
   /* from the worker's Info / Warmup */
   char model_id[256];
