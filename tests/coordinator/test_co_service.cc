@@ -5,7 +5,8 @@
 // INVALID_ARGUMENT naming the field; a cancelled stream and an Abort free the worker's
 // sequence within a few steps. grpc.health.v1: SERVING after the first canary,
 // NOT_SERVING when the worker goes away and SERVING again when it comes back, Watch
-// sees the flips; client deadlines (queued and streaming) end DEADLINE_EXCEEDED and
+// sees the flips, and a fake worker whose process answers while its engine fails keeps
+// it NOT_SERVING; client deadlines (queued and streaming) end DEADLINE_EXCEEDED and
 // free the worker's sequence; the metrics families after requests.
 #include <gtest/gtest.h>
 
@@ -685,7 +686,9 @@ TEST_F(CoServiceTest, DeadlineWhileStreamingDropsTheSequence) {
   GenReq g(200);
   g.set_ids(prompt_ids(20, 7));
   Stream s;
+  std::string steps = "arkvale_worker_steps_total{worker=\"" + waddr_ + "\"}";
   Generate(g, &s, 2 * probe_ms + 100);
+  double steps_at_deadline = Sample(Scrape(), steps);
   EXPECT_EQ(s.code, GRPC_STATUS_DEADLINE_EXCEEDED) << s.msg;
   EXPECT_GT(s.n_msgs, 0) << "the deadline should pass mid-stream";
   EXPECT_LT(s.tokens.size(), 200u);
@@ -697,6 +700,10 @@ TEST_F(CoServiceTest, DeadlineWhileStreamingDropsTheSequence) {
     if (!drained) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(drained) << "the worker still holds " << WorkerSeqs() << " sequences";
+  // Steps since: the one in flight when the server's deadline fires (its timer runs
+  // from the request's arrival, a little after the client's), then the drop goes out as
+  // a Release (nothing else runs); a canary may slip in. A few, not the ~200 left.
+  EXPECT_LE(Sample(Scrape(), steps) - steps_at_deadline, 4);
   EXPECT_TRUE(WaitSample("arkvale_running_requests", 0));
 }
 
@@ -851,7 +858,8 @@ struct FakeWorker {
     std::vector<Arkvale__V1__SampledToken> toks;
     toks.reserve(q->n_new_seqs + q->n_continuing_seqs);
     for (size_t i = 0; i < q->n_new_seqs; i++)
-      if (q->new_seqs[i]->sample) toks.push_back(ARKVALE__V1__SAMPLED_TOKEN__INIT), toks.back().seq_id = q->new_seqs[i]->seq_id;
+      if (q->new_seqs[i]->sample)
+        toks.push_back(ARKVALE__V1__SAMPLED_TOKEN__INIT), toks.back().seq_id = q->new_seqs[i]->seq_id;
     for (size_t i = 0; i < q->n_continuing_seqs; i++)
       if (q->continuing_seqs[i]->sample)
         toks.push_back(ARKVALE__V1__SAMPLED_TOKEN__INIT), toks.back().seq_id = q->continuing_seqs[i]->seq_id;
