@@ -91,7 +91,8 @@ typedef struct {
   int64_t canary_period_ms;        /* health canary, and a dead group's revive tries
                                     * (default 5000; >= 1) */
   co_metrics_t *metrics;           /* the registry to add the families to (not owned;
-                                    * must outlive the service); NULL: one of its own */
+                                    * must outlive the service; one service per registry:
+                                    * the family names are fixed); NULL: one of its own */
 } co_service_params_t;
 
 co_service_params_t co_service_params_default(void);
