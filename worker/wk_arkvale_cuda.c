@@ -63,6 +63,12 @@ struct wk_arkvale_cuda {
   const void **d_src;     /* [max_seqs * k_max] */
   int32_t *d_vlen;        /* [max_seqs] */
   uint8_t *planned;       /* [n_layers] */
+  /* what wk_arkvale_cuda_stage found for each layer of the step, for the launch */
+  uint8_t *lay_on, *lay_any, *lay_runs; /* [n_layers]: a budgeted selecting layer; any sequence selects; rows line up */
+  int32_t lay_S, lay_k, sel_layer;
+  int64_t lay_n_tok;
+  int32_t n_sink, n_window;
+  int64_t fill_ops;       /* build_digest + backup_page calls, ever */
   int32_t *last_row;      /* [max_seqs] host: each step sequence's last row */
   int32_t step_S, step_k;
   cudaEvent_t *marks;     /* profiling: [4], or NULL */
@@ -104,6 +110,7 @@ void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak) {
     kn_cuda_free(ak->d_vlen, sizeof(int32_t) * (size_t)ak->max_seqs);
     kn_cuda_host_free(ak->ring_h, sizeof(int32_t) * (size_t)ak->ring_n);
     ak_host_free(ak->planned, L);
+    ak_host_free(ak->lay_on, 3 * L);
     ak_host_free(ak->last_row, sizeof(int32_t) * (size_t)ak->max_seqs);
   }
   ak_host_free(ak, sizeof *ak);
@@ -207,8 +214,13 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
                                  (void **)&ak->ring_d)) < 0)
       goto fail;
     ak->planned = ak_host_alloc(L, 1);
+    ak->lay_on = ak_host_alloc(3 * L, 1);
+    ak->lay_any = ak->lay_on ? ak->lay_on + L : NULL;
+    ak->lay_runs = ak->lay_on ? ak->lay_on + 2 * L : NULL;
+    ak->n_sink = kp->n_sink_pages;
+    ak->n_window = kp->n_window_pages;
     ak->last_row = ak_host_alloc(sizeof(int32_t) * (size_t)ak->max_seqs, 1);
-    if (!ak->planned || !ak->last_row) {
+    if (!ak->planned || !ak->last_row || !ak->lay_on) {
       st = AK_ERR(err, AK_ERR_NO_MEMORY, "planned flags");
       goto fail;
     }
@@ -309,6 +321,7 @@ ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int
                                    .n_pages = 1};
   AK_TRY(kn_cuda_digest_build(&a, (kn_cuda_stream_t)ak->stream, err));
   ak->ring_head++;
+  ak->fill_ops++;
   return AK_OK;
 }
 
@@ -316,6 +329,7 @@ ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, 
   if (!dst_host || page_id < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "page %d to %p", page_id, dst_host);
   WK_CUDA_TRY(err, cudaMemcpyAsync(dst_host, ak->pages + (size_t)page_id * ak->page_bytes, ak->page_bytes,
                                    cudaMemcpyDeviceToHost, ak->stream));
+  ak->fill_ops++;
   return AK_OK;
 }
 
@@ -354,15 +368,21 @@ static void wk_marks(wk_arkvale_cuda_t *ak, int from) {
 void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak) {
   if (!ak || !ak->select) return;
   memset(ak->planned, 0, (size_t)ak->hp.n_layers);
+  memset(ak->lay_on, 0, 3 * (size_t)ak->hp.n_layers);
   ak->sel_rows = 0;
+  ak->sel_layer = -1;
   ak->step_S = 0;
 }
 
-ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t l, int32_t n_seqs,
-                                  const int32_t *tok_seq_idx, int64_t n_tok, const float *d_q,
-                                  const int32_t *d_indptr, int32_t *d_indices, ak_err_t *err) {
+/* Host half of a budgeted layer: the layer's table (n_pages, score rows, phys, backup
+ * slots) into its pinned staging, the step's page -> query rows on the first selecting
+ * layer, and what the device half needs to know (lay_*). Nothing on the stream. */
+ak_status_t wk_arkvale_cuda_stage(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t l, int32_t n_seqs,
+                                  const int32_t *tok_seq_idx, int64_t n_tok, ak_err_t *err) {
   const kv_pool_params_t *kp = kv_pool_params(pool);
-  if (!ak->select || !kp->select_on_device || l < kp->n_full_layers) return AK_OK;
+  if (!ak->select) return AK_OK; /* a host-selecting pool: nothing staged (and no lay_* arrays) */
+  ak->lay_on[l] = 0;
+  if (!kp->select_on_device || l < kp->n_full_layers) return AK_OK;
   if (!ak->tier || kp->tier != ak->tier)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "a select_on_device pool needs this forward's tier (kv_pool_params_t.tier)");
   int32_t S = n_seqs, k = kv_pool_topk_pages(pool);
@@ -370,7 +390,7 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
     return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / top-k %d exceed %d / %d", l, S, k, ak->max_seqs,
                   ak->k_max);
   int64_t maxp = ak->maxp;
-  int32_t *h = ak->h_tab + (int64_t)l * ak->tab_ints, *d = ak->d_tab + (int64_t)l * ak->tab_ints;
+  int32_t *h = ak->h_tab + (int64_t)l * ak->tab_ints;
   int32_t *h_np = h, *h_row = h + S, *h_phys = h + 2 * S, *h_bslot = h_phys + (int64_t)S * maxp;
   /* the last row of each sequence: its query is the one the pool's evictions use */
   int32_t *last_row = ak->last_row;
@@ -399,52 +419,101 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
     if (ak->sel_rows == 0) /* the step's page -> query rows: the same for every budgeted layer */
       for (int64_t j = 0; j + 1 < row.n_pages; j++) ak->h_sel_seq[(int64_t)row.seq * maxp + j] = last_row[i];
   }
+  if (any && ak->sel_rows == 0) {
+    /* rows of sequences not selecting, and past each one's filled pages, score nothing */
+    int64_t rows = (int64_t)(max_seq + 1) * maxp;
+    for (int32_t sq = 0; sq <= max_seq; sq++) {
+      int64_t from = 0;
+      for (int32_t i = 0; i < S; i++)
+        if (h_row[i] == sq && h_np[i] > 0) from = h_np[i] - 1;
+      for (int64_t j = from; j < maxp; j++) ak->h_sel_seq[(int64_t)sq * maxp + j] = -1;
+    }
+    ak->sel_rows = rows;
+    ak->sel_layer = l; /* the layer whose upload carries the rows (the direct path) */
+  }
+  ak->lay_on[l] = 1;
+  ak->lay_any[l] = (uint8_t)any;
+  ak->lay_runs[l] = (uint8_t)runs;
+  ak->lay_S = S;
+  ak->lay_k = k;
+  ak->lay_n_tok = n_tok;
+  if (any) {
+    ak->planned[l] = 1;
+    ak->step_S = S;
+    ak->step_k = k;
+  }
+  return AK_OK;
+}
+
+ak_status_t wk_arkvale_cuda_upload(wk_arkvale_cuda_t *ak, ak_err_t *err) {
+  if (!ak || !ak->select) return AK_OK;
+  if (ak->sel_rows > 0)
+    WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_sel_seq, ak->h_sel_seq, sizeof(int32_t) * (size_t)ak->sel_rows,
+                                     cudaMemcpyHostToDevice, ak->stream));
+  WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_tab, ak->h_tab, sizeof(int32_t) * (size_t)ak->hp.n_layers * (size_t)ak->tab_ints,
+                                   cudaMemcpyHostToDevice, ak->stream));
+  return AK_OK;
+}
+
+int64_t wk_arkvale_cuda_fill_ops(const wk_arkvale_cuda_t *ak) { return ak ? ak->fill_ops : 0; }
+
+int64_t wk_arkvale_cuda_graph_key(const wk_arkvale_cuda_t *ak) {
+  if (!ak || !ak->select) return 0;
+  uint64_t h = 1469598103934665603ull; /* FNV-1a over what the launches bake in */
+  int64_t v[4] = {ak->lay_S, ak->lay_k, ak->sel_rows, ak->lay_n_tok};
+  for (int i = 0; i < 4; i++) h = (h ^ (uint64_t)v[i]) * 1099511628211ull;
+  for (int32_t l = 0; l < ak->hp.n_layers; l++) {
+    h = (h ^ (uint64_t)(ak->lay_on[l] | ak->lay_any[l] << 1 | ak->lay_runs[l] << 2)) * 1099511628211ull;
+    if (!ak->lay_on[l]) continue;
+    const int32_t *h_row = ak->h_tab + (int64_t)l * ak->tab_ints + ak->lay_S;
+    for (int32_t i = 0; i < ak->lay_S; i++) h = (h ^ (uint64_t)(uint32_t)h_row[i]) * 1099511628211ull;
+  }
+  for (int32_t i = 0; i < ak->lay_S; i++) h = (h ^ (uint64_t)(uint32_t)ak->last_row[i]) * 1099511628211ull;
+  return (int64_t)(h >> 1);
+}
+
+ak_status_t wk_arkvale_cuda_launch(wk_arkvale_cuda_t *ak, int32_t l, const float *d_q, const int32_t *d_indptr,
+                                   int32_t *d_indices, int upload, ak_err_t *err) {
+  if (!ak->select || !ak->lay_on[l]) return AK_OK;
+  int32_t S = ak->lay_S, k = ak->lay_k;
+  int64_t maxp = ak->maxp;
+  const int32_t *h = ak->h_tab + (int64_t)l * ak->tab_ints, *h_row = h + S;
+  int32_t *d = ak->d_tab + (int64_t)l * ak->tab_ints;
   /* keep each sequence's last query: one copy when a decode batch's rows line up with
    * the sequences' slots (the common case), else one per sequence */
   float *lq = ak->d_last_q + (int64_t)l * ak->max_seqs * ak->q_row;
-  if (runs) {
+  if (ak->lay_runs[l]) {
     WK_CUDA_TRY(err, cudaMemcpyAsync(lq + (int64_t)h_row[0] * ak->q_row, d_q, sizeof(float) * (size_t)(S * ak->q_row),
                                      cudaMemcpyDeviceToDevice, ak->stream));
   } else {
     for (int32_t i = 0; i < S; i++)
-      WK_CUDA_TRY(err, cudaMemcpyAsync(lq + (int64_t)h_row[i] * ak->q_row, d_q + (int64_t)last_row[i] * ak->q_row,
+      WK_CUDA_TRY(err, cudaMemcpyAsync(lq + (int64_t)h_row[i] * ak->q_row, d_q + (int64_t)ak->last_row[i] * ak->q_row,
                                        sizeof(float) * (size_t)ak->q_row, cudaMemcpyDeviceToDevice, ak->stream));
   }
-  if (!any) {
+  if (!ak->lay_any[l]) {
     wk_marks(ak, 0);
     return AK_OK;
   }
-  if (ak->sel_rows == 0) {
-    /* rows of sequences not selecting, and past each one's filled pages, score nothing */
-    int64_t rows = (int64_t)(max_seq + 1) * maxp;
-    for (int32_t s = 0; s <= max_seq; s++) {
-      int used = 0;
-      for (int32_t i = 0; i < S; i++) used |= h_row[i] == s && h_np[i] > 0;
-      int64_t from = 0;
-      if (used)
-        for (int32_t i = 0; i < S; i++)
-          if (h_row[i] == s) from = h_np[i] - 1;
-      for (int64_t j = from; j < maxp; j++) ak->h_sel_seq[(int64_t)s * maxp + j] = -1;
-    }
-    WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_sel_seq, ak->h_sel_seq, sizeof(int32_t) * (size_t)rows,
+  if (upload) {
+    if (l == ak->sel_layer)
+      WK_CUDA_TRY(err, cudaMemcpyAsync(ak->d_sel_seq, ak->h_sel_seq, sizeof(int32_t) * (size_t)ak->sel_rows,
+                                       cudaMemcpyHostToDevice, ak->stream));
+    WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)(2 * S + 2 * (int64_t)S * maxp),
                                      cudaMemcpyHostToDevice, ak->stream));
-    ak->sel_rows = rows;
   }
-  WK_CUDA_TRY(err, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)(2 * S + 2 * (int64_t)S * maxp),
-                                   cudaMemcpyHostToDevice, ak->stream));
   kn_cuda_stream_t stream = (kn_cuda_stream_t)ak->stream;
   if (ak->marks) cudaEventRecord(ak->marks[0], ak->stream);
   kn_cuda_digest_score_args_t sc = {.kind = ak->digest_kind, .agg = ak->score_agg,
                                     .digests = wk_digest_row(ak, 0, l, 0), .digest_dtype = ak->digest_dtype,
-                                    .page_seq = ak->d_sel_seq, .q = d_q,
-                                    .scores = ak->d_scores, .n_pages = ak->sel_rows, .n_seqs = (int32_t)n_tok,
+                                    .page_seq = ak->d_sel_seq, .q = d_q, .scores = ak->d_scores,
+                                    .n_pages = ak->sel_rows, .n_seqs = (int32_t)ak->lay_n_tok,
                                     .n_heads = ak->hp.n_heads, .n_kv_heads = ak->hp.n_kv_heads,
                                     .head_dim = ak->hp.head_dim};
   AK_TRY(kn_cuda_digest_score(&sc, stream, err));
   if (ak->marks) cudaEventRecord(ak->marks[1], ak->stream);
   int32_t *rec_page = ak->d_rec + (int64_t)l * ak->rec_ints, *rec_vict = rec_page + (int64_t)S * k;
   kn_cuda_arkvale_plan_args_t pa = {.scores = ak->d_scores, .phys = d + 2 * S, .n_pages = d, .stride = (int32_t)maxp,
-                                    .n_seqs = S, .n_sink = kp->n_sink_pages, .n_window = kp->n_window_pages, .k = k,
+                                    .n_seqs = S, .n_sink = ak->n_sink, .n_window = ak->n_window, .k = k,
                                     .recall_page = rec_page, .recall_phys = ak->d_rphys, .view = d_indices,
                                     .view_len = ak->d_vlen, .score_row = d + S, .view_ptr = d_indptr,
                                     .recall_victim = rec_vict, .backup_slot = d + 2 * S + (int64_t)S * maxp,
@@ -460,10 +529,14 @@ ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_
   if (ak->marks) cudaEventRecord(ak->marks[3], ak->stream);
   WK_CUDA_TRY(err, cudaMemcpyAsync(ak->h_rec + (int64_t)l * ak->rec_ints, rec_page,
                                    sizeof(int32_t) * 2 * (size_t)S * (size_t)k, cudaMemcpyDeviceToHost, ak->stream));
-  ak->planned[l] = 1;
-  ak->step_S = S;
-  ak->step_k = k;
   return AK_OK;
+}
+
+ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t l, int32_t n_seqs,
+                                  const int32_t *tok_seq_idx, int64_t n_tok, const float *d_q,
+                                  const int32_t *d_indptr, int32_t *d_indices, ak_err_t *err) {
+  AK_TRY(wk_arkvale_cuda_stage(ak, pool, l, n_seqs, tok_seq_idx, n_tok, err));
+  return wk_arkvale_cuda_launch(ak, l, d_q, d_indptr, d_indices, 1, err);
 }
 
 ak_status_t wk_arkvale_cuda_apply(wk_arkvale_cuda_t *ak, kv_pool_t *pool, ak_err_t *err) {

@@ -74,6 +74,22 @@ void wk_arkvale_cuda_step_begin(wk_arkvale_cuda_t *ak);
 ak_status_t wk_arkvale_cuda_layer(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t layer, int32_t n_seqs,
                                   const int32_t *tok_seq_idx, int64_t n_tok, const float *d_q,
                                   const int32_t *d_indptr, int32_t *d_indices, ak_err_t *err);
+/* The same in two halves, so that a decode step's launches can be captured into a CUDA
+ * graph: stage (host only: the layer's tables into pinned staging, nothing on the
+ * stream) for every layer, upload (one copy of every layer's tables), then launch
+ * (device only; upload 0: the tables are up already) inside the captured step. A layer
+ * of a pool that does not select on the device, or below n_full_layers, does nothing.
+ * graph_key: a digest of what the launches bake in (sequences, top-k, rows, which
+ * layers select): a graph captured under another key must be captured again. */
+ak_status_t wk_arkvale_cuda_stage(wk_arkvale_cuda_t *ak, kv_pool_t *pool, int32_t layer, int32_t n_seqs,
+                                  const int32_t *tok_seq_idx, int64_t n_tok, ak_err_t *err);
+ak_status_t wk_arkvale_cuda_upload(wk_arkvale_cuda_t *ak, ak_err_t *err);
+ak_status_t wk_arkvale_cuda_launch(wk_arkvale_cuda_t *ak, int32_t layer, const float *d_q, const int32_t *d_indptr,
+                                   int32_t *d_indices, int upload, ak_err_t *err);
+int64_t wk_arkvale_cuda_graph_key(const wk_arkvale_cuda_t *ak);
+/* Page fills (build_digest, backup_page) launched so far: a graph step must make none. */
+int64_t wk_arkvale_cuda_fill_ops(const wk_arkvale_cuda_t *ak);
+
 /* Profiling: when marks is non-NULL (4 cudaEvent_t), the next wk_arkvale_cuda_layer
  * records them on the stream after its copies, the scoring, the plan and the gather (all
  * four are recorded whether or not the layer selected). NULL turns it off. */

@@ -53,15 +53,18 @@ struct wk_forward_cuda {
   wk_arkvale_cuda_t *ak; /* digests, estimates and device selections (arkvale, quest) */
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
-  /* the graph path (full pools): every layer's tables staged before any kernel, then
-   * the whole step replayed from one CUDA graph */
+  /* the graph path (full pools, and arkvale deciding on the device in a step that fills
+   * no page): every layer's tables staged before any kernel, then the whole step
+   * replayed from one CUDA graph */
   kn_cuda_attn_args_t *pre_attn;      /* [n_layers] */
   kn_cuda_kv_store_args_t *pre_store; /* [n_layers] */
   float *logits_host;                 /* pinned [max(T, max_seqs), n_vocab]: the graph's copy target */
   size_t logits_host_bytes;
   cudaGraphExec_t graph;
-  int64_t graph_key[6];               /* n_tok, n_seqs, logits, logits_all, split workspace, pages */
+  int64_t graph_key[8];               /* n_tok, n_seqs, logits, logits_all, split workspace, pages,
+                                       * every layer's attention split, ArkVale's launches */
   int use_graphs;
+  int64_t graph_launches, graph_captures;
   /* profiling: per layer 6 events (table start, the 4 ArkVale marks, attention end) then
    * the step's start and end */
   cudaEvent_t *ev;
@@ -445,6 +448,10 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
   const int32_t *page, *slot;
   ak_status_t st = kv_layer_slots(pool, l, &page, &slot);
   if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  if (fw->ak) { /* a step that fills no page: the commit only books (checked by the caller) */
+    st = kv_layer_commit(pool, l);
+    if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  }
   kn_attn_args_t v;
   memset(&v, 0, sizeof v);
   st = kv_layer_view(pool, l, NULL, fw->hp.n_heads, &v);
@@ -502,6 +509,8 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
   a->kv.indptr = d + o.indptr;
   a->kv.indices = d + o.indices;
   a->kv.last_page_len = d + o.last_len;
+  a->max_kv_len = max_kv_len; /* this layer's own split (ArkVale's budgeted layers attend fewer keys) */
+  if (fw->ak) AK_TRY(wk_arkvale_cuda_stage(fw->ak, pool, l, S, v.tok_seq_idx, n_tok, err));
   return AK_OK;
 }
 
@@ -535,6 +544,11 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
   if (pre) { /* tables staged and uploaded before the step's first kernel */
     AK_TRY(kn_cuda_kv_store(&fw->pre_store[l], wk_stream(fw), err));
     a = fw->pre_attn[l];
+    if (fw->ak) { /* ArkVale's decision, its tables up already (wk_arkvale_cuda_upload) */
+      wk_region_t o = wk_region(fw);
+      int32_t *d = (int32_t *)fw->region.ptr + 2 * (int64_t)fw->max_tok + (int64_t)l * fw->region_ints;
+      AK_TRY(wk_arkvale_cuda_launch(fw->ak, l, fw->q.ptr, d + o.indptr, d + o.indices, 0, err));
+    }
   } else {
     AK_TRY(wk_layer_table(fw, pool, l, n_tok, &a, err));
   }
@@ -626,24 +640,39 @@ static ak_status_t wk_step_kernels(wk_forward_cuda_t *fw, kv_pool_t *pool, const
   return AK_OK;
 }
 
-/* The graph path: a decode batch (one token per sequence) on a full pool. Every
- * layer's tables are staged first and go up in one copy; the kernels then replay from
- * a CUDA graph, captured again only when the step's shape changes (batch size, logits,
- * or the attention's split into chunks as the context grows). */
+/* The graph path: a decode batch (one token per sequence) on a full pool, or on an
+ * arkvale pool deciding on the device in a step that fills no page. Every layer's
+ * tables (and ArkVale's) are staged first and go up in one copy each; the kernels then
+ * replay from a CUDA graph, captured again only when the step's shape changes (batch
+ * size, logits, a layer's attention split as the context grows, the sequences ArkVale
+ * selects for). */
 static ak_status_t wk_step_graph(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
                                  int64_t n_tok, ak_err_t *err) {
   int32_t max_kv_len = 0;
+  int64_t fills = wk_arkvale_cuda_fill_ops(fw->ak);
   for (int32_t l = 0; l < fw->hp.n_layers; l++) AK_TRY(wk_layer_table_host(fw, pool, l, n_tok, &max_kv_len, err));
-  for (int32_t l = 0; l < fw->hp.n_layers; l++) fw->pre_attn[l].max_kv_len = max_kv_len;
-  size_t ws = kn_cuda_attention_workspace_bytes(&fw->pre_attn[0]);
+  if (wk_arkvale_cuda_fill_ops(fw->ak) != fills) /* they went on the stream before this step's K/V */
+    return AK_ERR(err, AK_ERR_INTERNAL, "a page filled while staging a graph step (the step was judged fill-free)");
+  size_t ws = 0;
+  uint64_t split_hash = 1469598103934665603ull;
+  for (int32_t l = 0; l < fw->hp.n_layers; l++) {
+    size_t w = kn_cuda_attention_workspace_bytes(&fw->pre_attn[l]);
+    if (w > ws) ws = w;
+    int32_t chunk = 0, n_chunks = 0;
+    kn_cuda_attention_split(&fw->pre_attn[l], &chunk, &n_chunks);
+    split_hash = (split_hash ^ (uint64_t)chunk) * 1099511628211ull;
+    split_hash = (split_hash ^ (uint64_t)n_chunks) * 1099511628211ull;
+  }
   if (ws > fw->attn_ws.n_bytes)
     return AK_ERR(err, AK_ERR_INTERNAL, "attention workspace of %zu bytes, the step needs %zu", fw->attn_ws.n_bytes,
                   ws);
   size_t used = sizeof(int32_t) * (size_t)(2 * (int64_t)fw->max_tok + (int64_t)fw->hp.n_layers * fw->region_ints);
   WK_CUDA_TRY(err, cudaMemcpyAsync(fw->region.ptr, fw->stage, used, cudaMemcpyHostToDevice, fw->stream));
+  AK_TRY(wk_arkvale_cuda_upload(fw->ak, err));
   /* the page memory is baked into the graph too: a pool over other pages re-captures */
-  int64_t key[6] = {n_tok, b->seqs.n_seqs, b->logits ? 1 : 0, b->logits_all, (int64_t)ws,
-                    (int64_t)(intptr_t)fw->pre_attn[0].kv.k_base};
+  int64_t key[8] = {n_tok, b->seqs.n_seqs, b->logits ? 1 : 0, b->logits_all, (int64_t)ws,
+                    (int64_t)(intptr_t)fw->pre_attn[0].kv.k_base, (int64_t)(split_hash >> 1),
+                    wk_arkvale_cuda_graph_key(fw->ak)};
   if (!fw->graph || memcmp(key, fw->graph_key, sizeof key) != 0) {
     if (fw->graph) cudaGraphExecDestroy(fw->graph);
     fw->graph = NULL;
@@ -663,12 +692,32 @@ static ak_status_t wk_step_graph(wk_forward_cuda_t *fw, kv_pool_t *pool, const w
       return AK_ERR(err, AK_ERR_CUDA, "graph instantiate: %s", cudaGetErrorString(ce));
     }
     memcpy(fw->graph_key, key, sizeof key);
+    fw->graph_captures++;
   }
   WK_CUDA_TRY(err, cudaGraphLaunch(fw->graph, fw->stream));
+  fw->graph_launches++;
   return AK_OK;
 }
 
 void wk_forward_cuda_use_graphs(wk_forward_cuda_t *fw, int enabled) { fw->use_graphs = enabled; }
+
+void wk_forward_cuda_graph_counts(const wk_forward_cuda_t *fw, int64_t *launches, int64_t *captures) {
+  if (launches) *launches = fw ? fw->graph_launches : 0;
+  if (captures) *captures = fw ? fw->graph_captures : 0;
+}
+
+/* 1 if a decode step on this pool can replay from a graph: a full pool whose views need
+ * no queries, or an arkvale pool deciding on the device through this forward, when no
+ * token of the step completes a page (a fill digests and backs up on the stream between
+ * a layer's K/V store and its view, which a captured step cannot hold). */
+static int wk_graph_step_ok(const wk_forward_cuda_t *fw, kv_pool_t *pool, const int32_t *pos, int64_t n_tok) {
+  const kv_pool_params_t *kp = kv_pool_params(pool);
+  if (kp->policy == KV_POLICY_FULL && !kv_pool_wants_queries(pool)) return !fw->ak;
+  if (!fw->ak || kp->policy != KV_POLICY_ARKVALE || !kp->select_on_device) return 0;
+  for (int64_t t = 0; t < n_tok; t++)
+    if ((pos[t] + 1) % kp->page_tokens == 0) return 0;
+  return 1;
+}
 
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
                                 ak_err_t *err) {
@@ -684,8 +733,7 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
 
   memcpy(fw->stage, b->tokens, sizeof(int32_t) * (size_t)n_tok);
   memcpy(fw->stage + fw->max_tok, pos, sizeof(int32_t) * (size_t)n_tok);
-  int graph = fw->use_graphs && !fw->ev && n_tok == b->seqs.n_seqs && kv_pool_params(pool)->policy == KV_POLICY_FULL &&
-              !kv_pool_wants_queries(pool);
+  int graph = fw->use_graphs && !fw->ev && n_tok == b->seqs.n_seqs && wk_graph_step_ok(fw, pool, pos, n_tok);
   cudaError_t ce;
   double t_logits = wk_now_us();
   wk_ev(fw, fw->hp.n_layers * WK_EV_PER_LAYER);

@@ -68,6 +68,10 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
 /* Decode steps on full pools replayed from a CUDA graph (default) or launched one
  * kernel at a time (to compare). */
 void wk_forward_cuda_use_graphs(wk_forward_cuda_t *fw, int enabled);
+/* Steps replayed from a graph, and graph captures, since create (the graph path runs
+ * decode steps of full pools, and of arkvale pools deciding on the device when the step
+ * fills no page). */
+void wk_forward_cuda_graph_counts(const wk_forward_cuda_t *fw, int64_t *launches, int64_t *captures);
 
 /* Which kernel takes decode-sized GEMMs (kn_cuda_decode_gemm_t: AUTO by default,
  * or one forced, to compare). */

@@ -225,6 +225,10 @@ typedef struct {
   kn_cuda_paged_kv_t kv;
 } kn_cuda_attn_args_t;
 size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *args);
+/* The split a call with these args launches: keys per chunk and chunks per token at
+ * most (the grid is n_tok * n_kv_heads * n_chunks blocks). A captured launch is only
+ * valid while these stay the same. 0s for args the call would refuse. */
+void kn_cuda_attention_split(const kn_cuda_attn_args_t *args, int32_t *chunk_tokens, int32_t *n_chunks);
 ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *workspace, size_t workspace_bytes,
                               kn_cuda_stream_t stream, ak_err_t *err);
 

@@ -352,6 +352,16 @@ extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a
   return bytes;
 }
 
+extern "C" void kn_cuda_attention_split(const kn_cuda_attn_args_t *a, int32_t *chunk_tokens, int32_t *n_chunks) {
+  int32_t c = 0, n = 0;
+  if (a && a->n_tok >= 1 && a->n_kv_heads >= 1 && a->max_kv_len >= 0) {
+    c = kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len);
+    n = kn_attn_n_chunks(a->max_kv_len, c);
+  }
+  if (chunk_tokens) *chunk_tokens = c;
+  if (n_chunks) *n_chunks = n;
+}
+
 // Messages name the public op, not the helper.
 #define KN_ATTN_ERR(err, st, ...) ak_err_set_fn((err), (st), "kn_cuda_attention", __VA_ARGS__)
 

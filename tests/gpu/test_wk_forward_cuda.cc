@@ -45,7 +45,8 @@ std::vector<int32_t> varied(int n, int salt) {
   return ids;
 }
 
-// The GPU side: model, a full pool over device pages, the forward pass.
+// The GPU side: model, a pool over device pages (full; or ArkVale deciding on the
+// device with `budget` > 0), the forward pass.
 struct Gpu {
   wk_model_t *host_model = nullptr;
   wk_model_cuda_t *model = nullptr;
@@ -55,7 +56,7 @@ struct Gpu {
   wk_forward_cuda_t *fw = nullptr;
   int32_t n_vocab = 0;
 
-  explicit Gpu(int32_t max_tok) {
+  explicit Gpu(int32_t max_tok, int32_t budget = 0) {
     ak_err_t err;
     ak_err_clear(&err);
     EXPECT_EQ(wk_model_load(model_path(), nullptr, &err, &host_model), AK_OK) << err.msg;
@@ -76,12 +77,19 @@ struct Gpu {
     EXPECT_EQ(kn_cuda_malloc(pages_bytes, &err, &pages), AK_OK) << err.msg;
     kp.page_memory = pages;
     kp.check_every_step = 1;
-    EXPECT_EQ(kv_pool_create(&kp, &err, &pool), AK_OK) << err.msg;
     EXPECT_EQ(wk_forward_cuda_create(model, &kp, max_tok, &err, &fw), AK_OK) << err.msg;
+    if (budget > 0) {  // page_ops and the pinned tier come from the forward
+      kp.policy = KV_POLICY_ARKVALE;
+      kp.budget_tokens = budget;
+      kp.select_on_device = 1;
+      EXPECT_EQ(wk_forward_cuda_page_ops(fw, pages, &kp, &err, &kp.page_ops), AK_OK) << err.msg;
+      EXPECT_EQ(wk_forward_cuda_device_tier(fw, &kp, 0, &err, &kp.tier), AK_OK) << err.msg;
+    }
+    EXPECT_EQ(kv_pool_create(&kp, &err, &pool), AK_OK) << err.msg;
   }
   ~Gpu() {
+    kv_pool_destroy(pool);  // first: its backups live in the forward's tier
     wk_forward_cuda_destroy(fw);
-    kv_pool_destroy(pool);
     kn_cuda_free(pages, pages_bytes);
     wk_model_cuda_free(model);
     wk_model_free(host_model);
@@ -536,4 +544,72 @@ TEST(WkForwardCudaGpu, GraphReplayEqualsDirectLaunches) {
     ASSERT_EQ(direct.step(da, ones, 2, toks, 0, ld.data()), AK_OK);
     ASSERT_EQ(lg, ld) << "step " << s;
   }
+}
+
+// ArkVale deciding on the device replays its decode steps from a graph too (the steps
+// that complete a page run directly): the same logits bit for bit, the same page tables
+// and counts as the same pool with graphs off, over 70 steps of two sequences past a
+// 256-token budget (recalls made, re-captures as the split grows), and the graph path
+// really replayed most steps.
+TEST(WkForwardCudaGpu, ArkvaleGraphReplayEqualsDirectLaunches) {
+  REQUIRE_GPU();
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
+  {
+    Gpu graph(512, 256), direct(512, 256);
+    wk_forward_cuda_use_graphs(direct.fw, 0);
+    int64_t V = graph.n_vocab;
+    std::vector<int32_t> pa = varied(500, 31), pb = varied(470, 32);
+    kv_seq_id_t ga[2], da[2];
+    for (int i = 0; i < 2; i++) {
+      ASSERT_EQ(kv_seq_create(graph.pool, &ga[i]), AK_OK);
+      ASSERT_EQ(kv_seq_create(direct.pool, &da[i]), AK_OK);
+    }
+    std::vector<float> lg(2 * V), ld(2 * V);
+    for (int i = 0; i < 2; i++) {  // prefill one at a time (a prefill step never replays)
+      int32_t n = i == 0 ? 500 : 470;
+      const int32_t *toks = i == 0 ? pa.data() : pb.data();
+      ASSERT_EQ(graph.step(&ga[i], &n, 1, toks, 0, &lg[i * V]), AK_OK);
+      ASSERT_EQ(direct.step(&da[i], &n, 1, toks, 0, &ld[i * V]), AK_OK);
+      ASSERT_EQ(kv_seq_compact(graph.pool, ga[i]), AK_OK) << kv_pool_errmsg(graph.pool);
+      ASSERT_EQ(kv_seq_compact(direct.pool, da[i]), AK_OK);
+    }
+    ASSERT_EQ(lg, ld);
+    int32_t ones[2] = {1, 1};
+    for (int s = 0; s < 70; s++) {
+      int32_t toks[2] = {argmax(&lg[0], V), argmax(&lg[V], V)};
+      ASSERT_EQ(graph.step(ga, ones, 2, toks, 0, lg.data()), AK_OK);
+      ASSERT_EQ(direct.step(da, ones, 2, toks, 0, ld.data()), AK_OK);
+      ASSERT_EQ(lg, ld) << "step " << s;
+    }
+    int64_t launches = 0, captures = 0, dl = 0;
+    wk_forward_cuda_graph_counts(graph.fw, &launches, &captures);
+    wk_forward_cuda_graph_counts(direct.fw, &dl, nullptr);
+    EXPECT_EQ(dl, 0);
+    EXPECT_GE(launches, 60) << "70 steps, 8 of them complete a page (16 tokens) of one of the sequences";
+    EXPECT_LT(2 * captures, launches) << "a graph is replayed several times between captures";
+    int32_t n_layers = 0;
+    for (int i = 0; i < 2; i++) {
+      kv_seq_stats_t a, b;
+      ASSERT_EQ(kv_seq_get_stats(graph.pool, ga[i], &a), AK_OK);
+      ASSERT_EQ(kv_seq_get_stats(direct.pool, da[i], &b), AK_OK);
+      EXPECT_EQ(a.work.recalls, b.work.recalls);
+      EXPECT_EQ(a.work.evictions, b.work.evictions);
+      EXPECT_EQ(a.work.n_selects, b.work.n_selects);
+      EXPECT_GT(a.work.recalls, 0u) << "seq " << i;
+      n_layers = kv_pool_params(graph.pool)->n_layers;
+      for (int l = 0; l < n_layers; l++) {
+        const int32_t *tg, *td;
+        int64_t ng, nd;
+        ASSERT_EQ(kv_seq_page_table(graph.pool, ga[i], l, &tg, &ng), AK_OK);
+        ASSERT_EQ(kv_seq_page_table(direct.pool, da[i], l, &td, &nd), AK_OK);
+        ASSERT_EQ(ng, nd);
+        EXPECT_EQ(std::vector<int32_t>(tg, tg + ng), std::vector<int32_t>(td, td + nd)) << "seq " << i << " layer " << l;
+      }
+      printf("seq %d: %llu recalls, %llu selections; graph launches %lld, captures %lld\n", i,
+             (unsigned long long)a.work.recalls, (unsigned long long)a.work.n_selects, (long long)launches,
+             (long long)captures);
+    }
+  }
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
 }
