@@ -1,17 +1,24 @@
-/* arkvale generate: run the model in-process on one prompt and stream the text.
+/* arkvale generate: run the model in-process on one prompt and stream the text, or
+ * (--server) send the same prompt and sampling flags to a running arkvale-coordinator
+ * and stream its answer (arkvale_remote.c).
  *
  *   arkvale generate -m MODEL -p PROMPT [--chat] [--system TEXT] [-n N] [--temp T]
  *                    [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]
  *                    [--seed S] [--stop STR]... [--ignore-eos] [--threads T] [--ctx N]
+ *   arkvale generate --server HOST:PORT -p PROMPT [the same prompt, sampling and stop
+ *                    flags] [--kv-policy NAME] [--kv-budget TOKENS] [--timeout S]
  *
  * Text goes to stdout as it is sampled (whole UTF-8 characters only); prompt and
- * generation speed go to stderr. */
+ * generation speed go to stderr. With --server, flags that only shape the local engine
+ * (-m, --device, --threads, --ctx, --page-tokens, the --kv-* knobs but policy and
+ * budget, --kv-stats) are refused: the request has no field for them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ak_alloc.h"
 #include "arkvale_cli.h"
+#include "arkvale_remote.h"
 #include "co_chat.h"
 #include "co_stop.h"
 #include "co_tokenizer.h"
@@ -29,11 +36,18 @@ typedef struct {
   int32_t page_tokens;
   wk_device_t device;
   int kv_report;       /* --kv-stats */
+  /* --server: where to send the request instead; the flags below only matter then */
+  const char *server;
+  int64_t timeout_ms;        /* --timeout, as milliseconds; 0 = none */
+  int has_n_new;             /* -n given (else the server's default) */
+  int has_kv_policy, has_kv_budget;
+  const char *local_only;    /* the first flag given that only the local engine reads */
 } gen_args_t;
 
 static void gen_usage(FILE *f) {
   fprintf(f,
           "usage: arkvale generate -m MODEL -p PROMPT [options]\n"
+          "       arkvale generate --server HOST:PORT -p PROMPT [options]\n"
           "  -m, --model PATH       GGUF model file\n"
           "  -p, --prompt TEXT      the prompt (or the user message with --chat)\n"
           "  --chat                 wrap the prompt in the model's chat template\n"
@@ -47,10 +61,18 @@ static void gen_usage(FILE *f) {
           "  --ignore-eos           do not stop at end-of-generation tokens\n"
           "  -t, --threads N        CPU threads (default: all)\n"
           "  --ctx N                context length (default: the model's)\n"
-          "  --kv-stats             print where the KV pages are after the run\n",
+          "  --kv-stats             print where the KV pages are after the run\n"
+          "Remote (instead of -m):\n"
+          "  --server HOST:PORT     send the request to arkvale-coordinator and stream its answer;\n"
+          "                         the prompt, --chat/--system, sampling, --stop, --ignore-eos, -n\n"
+          "                         (default: the server's), --kv-policy and --kv-budget are sent;\n"
+          "                         raw text prompts are tokenized with special tokens parsed\n"
+          "  --timeout S            deadline of the whole stream in seconds (default none)\n",
           CO_STOP_MAX_STRINGS);
   ak_cli_kv_usage(f);
 }
+
+static int gen_flag_is_local_only(const char *o);
 
 static int gen_parse(int argc, char **argv, gen_args_t *a) {
   memset(a, 0, sizeof *a);
@@ -67,13 +89,24 @@ static int gen_parse(int argc, char **argv, gen_args_t *a) {
     int kvr = ak_cli_kv_flag(o, v, &a->kv, &a->page_tokens, &a->device);
     if (kvr < 0) return -1;
     if (kvr > 0) {
+      if (!strcmp(o, "--kv-policy")) a->has_kv_policy = 1;
+      else if (!strcmp(o, "--kv-budget")) a->has_kv_budget = 1;
+      else if (!a->local_only) a->local_only = o;
       i++;
       continue;
     }
+    if (!a->local_only && gen_flag_is_local_only(o)) a->local_only = o;
     if (!strcmp(o, "-m") || !strcmp(o, "--model")) a->model = v;
+    else if (!strcmp(o, "--server")) a->server = v;
+    else if (!strcmp(o, "--timeout")) {
+      float sec = 0;
+      r = ak_cli_parse_f32(o, v, 0.001f, 1e6f, &sec);
+      a->timeout_ms = (int64_t)(sec * 1000.0f + 0.5f);
+    }
     else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
     else if (!strcmp(o, "--system")) a->system = v;
-    else if (!strcmp(o, "-n") || !strcmp(o, "--n-predict")) r = ak_cli_parse_i64(o, v, 0, 1 << 20, &a->n_new);
+    else if (!strcmp(o, "-n") || !strcmp(o, "--n-predict"))
+      r = ak_cli_parse_i64(o, v, 0, 1 << 20, &a->n_new), a->has_n_new = 1;
     else if (!strcmp(o, "--temp")) r = ak_cli_parse_f32(o, v, 0, 100, &a->sp.temperature);
     else if (!strcmp(o, "--top-k")) r = ak_cli_parse_i64(o, v, 0, 1 << 24, &iv), a->sp.top_k = (int32_t)iv;
     else if (!strcmp(o, "--top-p")) r = ak_cli_parse_f32(o, v, 1e-6f, 1, &a->sp.top_p);
@@ -111,10 +144,36 @@ static int gen_parse(int argc, char **argv, gen_args_t *a) {
       i++;
     }
   }
+  if (a->server) {
+    if (a->local_only) {
+      fprintf(stderr,
+              "arkvale generate: %s cannot be used with --server: it configures the local engine, and the "
+              "server's request has no field for it (only --kv-policy and --kv-budget travel)\n",
+              a->local_only);
+      return -1;
+    }
+    if (!a->server[0] || !a->prompt) {
+      fprintf(stderr, "arkvale generate: --server HOST:PORT and -p PROMPT are required\n");
+      return gen_usage(stderr), -1;
+    }
+    return 0;
+  }
+  if (a->timeout_ms > 0) {
+    fprintf(stderr, "arkvale generate: --timeout needs --server (it is the deadline of the remote call)\n");
+    return -1;
+  }
   if (!a->model || !a->prompt) {
-    fprintf(stderr, "arkvale generate: -m MODEL and -p PROMPT are required\n");
+    fprintf(stderr, "arkvale generate: -m MODEL and -p PROMPT are required (or --server HOST:PORT)\n");
     return gen_usage(stderr), -1;
   }
+  return 0;
+}
+
+/* Flags outside ak_cli_kv_flag that only the in-process engine reads. */
+static int gen_flag_is_local_only(const char *o) {
+  static const char *const local[] = {"-m", "--model", "-t", "--threads", "--ctx", "--kv-stats"};
+  for (size_t i = 0; i < sizeof local / sizeof local[0]; i++)
+    if (!strcmp(o, local[i])) return 1;
   return 0;
 }
 
@@ -198,6 +257,14 @@ int ak_cli_generate(int argc, char **argv) {
   gen_args_t a;
   int pr = gen_parse(argc, argv, &a);
   if (pr != 0) return pr > 0 ? 0 : 2;
+  if (a.server) {
+    ak_cli_remote_t r = {.server = a.server, .prompt = a.prompt, .system = a.system, .chat = a.chat,
+                         .ignore_eos = a.ignore_eos, .n_new_tokens = a.has_n_new ? a.n_new : -1, .sp = a.sp,
+                         .stops = a.stops, .n_stops = a.n_stops,
+                         .kv_policy = a.has_kv_policy ? (int)a.kv.policy : -1,
+                         .kv_budget_tokens = a.has_kv_budget ? a.kv.budget_tokens : -1, .timeout_ms = a.timeout_ms};
+    return ak_cli_generate_remote(&r);
+  }
 
   ak_err_t err;
   ak_err_clear(&err);
