@@ -33,6 +33,8 @@ packages=(
   libgrpc-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev grpc-proto
   libucx-dev ucx-utils libgloo-dev iproute2
   libcjson-dev libmicrohttpd-dev
+  # the Python client example and its test (tools/python)
+  python3-grpcio python3-protobuf python3-grpc-tools
 )
 missing=()
 for p in "${packages[@]}"; do
