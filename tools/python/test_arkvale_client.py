@@ -166,14 +166,20 @@ def main():
             return 1
         target = "127.0.0.1:" + line.split()[1]
         prog = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2)
-        return 0 if prog.result.wasSuccessful() else 1
+        ok = prog.result.wasSuccessful()
     finally:
         server.stdin.close()  # the helper shuts down at end of file
         try:
-            server.wait(timeout=60)
+            rc = server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+            rc = "killed: no shutdown within 60 s"
+    # A clean shutdown (and, in a sanitizer build, no leak report) after every call.
+    if rc != 0:
+        print("the test server did not shut down cleanly (exit %s)" % rc, file=sys.stderr)
+        return 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
