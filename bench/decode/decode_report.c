@@ -254,7 +254,7 @@ int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *i
                 : "Decisions on the device (select_on_device): per layer, digest scoring, the top-k / victim plan and "
                   "page-table update, and one gather of the recalls from pinned, device-mapped host memory; no host "
                   "round trip inside a step (the pool learns the swaps after it).",
-            DEC_FILL_CHUNK);
+            (int)a->fill_chunk);
     if (a->keys_skewed)
       fprintf(f, "- **Recalls are an optimistic case for ArkVale**: pages carry fixed importance, so the ranking "
                  "barely moves between steps and few pages are recalled (a real model sits between this and "
@@ -266,8 +266,12 @@ int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *i
   }
   fprintf(f, "- CUDA graphs: %s\n",
           a->no_graphs ? "off (--graphs off)"
-                       : "on for full-cache rows (each decode step replayed from a graph); ArkVale steps launch their "
-                         "kernels directly");
+                       : a->select_host
+                             ? "on for full-cache rows (each decode step replayed from a graph); ArkVale deciding on "
+                               "the host launches its kernels directly"
+                             : "on: full-cache and ArkVale rows replay each decode step from a graph (an ArkVale step "
+                               "that completes a page, 1 in page-tokens, runs its kernels directly); the phase table "
+                               "runs without graphs");
   fprintf(f, "- decode GEMMs (--gemm %s): %s\n", dec_gemm_names[a->gemm_mode], dec_gemm_desc[a->gemm_mode]);
   fprintf(f, "- **KV filled synthetically; prefill not timed**: each sequence's ctx tokens are committed to the "
              "pool's tables without a forward pass (one kv_step_begin/kv_step_end for a full row, %lld-token chunks "
