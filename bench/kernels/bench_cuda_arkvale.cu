@@ -19,23 +19,7 @@ extern "C" {
 #include "kn_cuda.h"
 }
 
-#define BENCH_CHECK(x)                                                                   \
-  do {                                                                                   \
-    cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                             \
-      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                           \
-    }                                                                                    \
-  } while (0)
-#define BENCH_OK(x)                                                        \
-  do {                                                                     \
-    ak_err_t err_ = {};                                                    \
-    (void)err_;                                                            \
-    if ((x) != AK_OK) {                                                    \
-      fprintf(stderr, "%s:%d: %s failed\n", __FILE__, __LINE__, #x);       \
-      exit(1);                                                             \
-    }                                                                      \
-  } while (0)
+#include "bench_cuda_check.h"
 
 template <typename F>
 static double time_us(F f, int iters, cudaStream_t s) {
@@ -55,6 +39,7 @@ static double time_us(F f, int iters, cudaStream_t s) {
 }
 
 int main(int argc, char **argv) {
+  ak_err_t err_ = {};
   long pages = 1000, page_bytes = 64 * 1024, batch = 4, kv_heads = 8, group = 4, head_dim = 128, k = 40, iters = 200;
   for (int i = 1; i + 1 < argc; i += 2) {
     long v = atol(argv[i + 1]);
@@ -103,27 +88,27 @@ int main(int argc, char **argv) {
   sa.kind = 6, sa.agg = 0, sa.digests = dg, sa.page_seq = seq, sa.q = q, sa.scores = sc;
   sa.n_pages = n_pages, sa.n_seqs = (int)batch, sa.n_heads = (int)n_heads, sa.n_kv_heads = (int)kv_heads;
   sa.head_dim = (int)head_dim;
-  double us = time_us([&] { BENCH_OK(kn_cuda_digest_score(&sa, (kn_cuda_stream_t)s, &err_)); }, (int)iters, s);
+  double us = time_us([&] { BENCH_OK(kn_cuda_digest_score(&sa, (kn_cuda_stream_t)s, &err_), err_); }, (int)iters, s);
   char name[128];
   snprintf(name, sizeof name, "digest_score cuboid-mean (%ld x %ld pages)", batch, pages);
   printf("%-44s %12.2f %9.2f TB/s\n", name, us, dg_floats * 4 / (us * 1e-6) / 1e12);
   /* the engine's store: cuboid digests in the pages' f16 (the zeroed buffer is valid f16) */
   sa.digest_dtype = KN_CUDA_F16;
-  us = time_us([&] { BENCH_OK(kn_cuda_digest_score(&sa, (kn_cuda_stream_t)s, &err_)); }, (int)iters, s);
+  us = time_us([&] { BENCH_OK(kn_cuda_digest_score(&sa, (kn_cuda_stream_t)s, &err_), err_); }, (int)iters, s);
   snprintf(name, sizeof name, "digest_score cuboid-mean f16 (%ld x %ld pages)", batch, pages);
   printf("%-44s %12.2f %9.2f TB/s\n", name, us, dg_floats * 2 / (us * 1e-6) / 1e12);
 
   BENCH_CHECK(cudaMemcpy(sc, h_sc.data(), n_pages * 4, cudaMemcpyHostToDevice));
   kn_cuda_topk_args_t ta = {};
   ta.scores = sc, ta.seg_ptr = seg, ta.n_segs = (int)batch, ta.k = (int)k, ta.out_idx = out;
-  us = time_us([&] { BENCH_OK(kn_cuda_topk(&ta, (kn_cuda_stream_t)s, &err_)); }, (int)iters, s);
+  us = time_us([&] { BENCH_OK(kn_cuda_topk(&ta, (kn_cuda_stream_t)s, &err_), err_); }, (int)iters, s);
   snprintf(name, sizeof name, "topk k=%ld (%ld x %ld scores)", k, batch, pages);
   printf("%-44s %12.2f %12s\n", name, us, "-");
 
   // Gather: pages x page_bytes from pinned host memory, then from device memory.
   const size_t bytes = (size_t)pages * page_bytes;
   void *h, *hd, *dsrc, *dst;
-  BENCH_OK(kn_cuda_host_alloc(bytes, &err_, &h, &hd));
+  BENCH_OK(kn_cuda_host_alloc(bytes, &err_, &h, &hd), err_);
   memset(h, 1, bytes);
   BENCH_CHECK(cudaMalloc(&dsrc, bytes));
   BENCH_CHECK(cudaMalloc(&dst, bytes));
@@ -141,7 +126,7 @@ int main(int argc, char **argv) {
     BENCH_CHECK(cudaMemcpy(dpg, h_dpg.data(), pages * 4, cudaMemcpyHostToDevice));
     kn_cuda_gather_args_t ga = {};
     ga.src_ptrs = ptrs, ga.dst_base = dst, ga.dst_page = dpg, ga.n_pages = pages, ga.page_bytes = (size_t)page_bytes;
-    us = time_us([&] { BENCH_OK(kn_cuda_gather_pages(&ga, (kn_cuda_stream_t)s, &err_)); }, (int)(iters / 4 + 1), s);
+    us = time_us([&] { BENCH_OK(kn_cuda_gather_pages(&ga, (kn_cuda_stream_t)s, &err_), err_); }, (int)(iters / 4 + 1), s);
     snprintf(name, sizeof name, "gather %s (%ld x %ld B)", from_host ? "pinned" : "device", pages, page_bytes);
     printf("%-44s %12.2f %9.2f GB/s\n", name, us, bytes / (us * 1e-6) / 1e9);
   }

@@ -16,21 +16,7 @@ extern "C" {
 #include "kn_cuda.h"
 }
 
-#define GV_CHECK(x)                                                                      \
-  do {                                                                                   \
-    cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                             \
-      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                           \
-    }                                                                                    \
-  } while (0)
-#define GV_OK(x)                                                                  \
-  do {                                                                            \
-    if ((x) != AK_OK) {                                                           \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #x, err.msg); \
-      exit(1);                                                                    \
-    }                                                                             \
-  } while (0)
+#include "bench_cuda_check.h"
 
 struct gv_shape {
   long n_in, n_out;
@@ -77,14 +63,14 @@ int main(int argc, char **argv) {
     return 1;
   }
   cudaDeviceProp prop;
-  GV_CHECK(cudaGetDeviceProperties(&prop, 0));
+  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t s;
-  GV_CHECK(cudaStreamCreate(&s));
+  BENCH_CHECK(cudaStreamCreate(&s));
   kn_cuda_blas_t *blas = NULL;
-  GV_OK(kn_cuda_blas_create((kn_cuda_stream_t)s, &err, &blas));
+  BENCH_OK(kn_cuda_blas_create((kn_cuda_stream_t)s, &err, &blas), err);
   cudaEvent_t e0, e1;
-  GV_CHECK(cudaEventCreate(&e0));
-  GV_CHECK(cudaEventCreate(&e1));
+  BENCH_CHECK(cudaEventCreate(&e0));
+  BENCH_CHECK(cudaEventCreate(&e1));
 
   char date[32];
   time_t now = time(NULL);
@@ -109,15 +95,15 @@ int main(int argc, char **argv) {
   for (const gv_shape &sh : kShapes) {
     size_t w_bytes = (size_t)sh.n_in * sh.n_out * 2;
     void *dw = NULL, *dx = NULL, *dy = NULL;
-    GV_OK(kn_cuda_malloc(w_bytes, &err, &dw));
-    GV_OK(kn_cuda_malloc((size_t)8 * sh.n_in * 2, &err, &dx));
-    GV_OK(kn_cuda_malloc((size_t)8 * sh.n_out * 4, &err, &dy));
-    GV_CHECK(cudaMemset(dw, 0x3c, w_bytes));
-    GV_CHECK(cudaMemset(dx, 0x3c, (size_t)8 * sh.n_in * 2));
+    BENCH_OK(kn_cuda_malloc(w_bytes, &err, &dw), err);
+    BENCH_OK(kn_cuda_malloc((size_t)8 * sh.n_in * 2, &err, &dx), err);
+    BENCH_OK(kn_cuda_malloc((size_t)8 * sh.n_out * 4, &err, &dy), err);
+    BENCH_CHECK(cudaMemset(dw, 0x3c, w_bytes));
+    BENCH_CHECK(cudaMemset(dx, 0x3c, (size_t)8 * sh.n_in * 2));
     for (int t = 0; t < n_toks; t++) {
       double us[3] = {0};
       for (int mode = 0; mode <= 2; mode++) {
-        GV_OK(kn_cuda_blas_set_decode_gemm(blas, (kn_cuda_decode_gemm_t)mode, &err));
+        BENCH_OK(kn_cuda_blas_set_decode_gemm(blas, (kn_cuda_decode_gemm_t)mode, &err), err);
         kn_cuda_gemm_args_t a = {};
         a.x = dx;
         a.w = dw;
@@ -126,13 +112,13 @@ int main(int argc, char **argv) {
         a.n_tok = toks[t];
         a.n_in = sh.n_in;
         a.n_out = sh.n_out;
-        for (int i = 0; i < 3; i++) GV_OK(kn_cuda_gemm(blas, &a, &err));
-        GV_CHECK(cudaEventRecord(e0, s));
-        for (int i = 0; i < iters; i++) GV_OK(kn_cuda_gemm(blas, &a, &err));
-        GV_CHECK(cudaEventRecord(e1, s));
-        GV_CHECK(cudaEventSynchronize(e1));
+        for (int i = 0; i < 3; i++) BENCH_OK(kn_cuda_gemm(blas, &a, &err), err);
+        BENCH_CHECK(cudaEventRecord(e0, s));
+        for (int i = 0; i < iters; i++) BENCH_OK(kn_cuda_gemm(blas, &a, &err), err);
+        BENCH_CHECK(cudaEventRecord(e1, s));
+        BENCH_CHECK(cudaEventSynchronize(e1));
         float ms = 0;
-        GV_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        BENCH_CHECK(cudaEventElapsedTime(&ms, e0, e1));
         us[mode] = 1e3 * ms / iters;
       }
       // auto's time equals one of the forced kernels': name the closest

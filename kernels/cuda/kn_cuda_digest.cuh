@@ -20,6 +20,8 @@
 #ifndef KN_CUDA_DIGEST_CUH
 #define KN_CUDA_DIGEST_CUH
 
+#include "kn_cuda_internal.cuh"
+
 enum {
   KN_DIGEST_CENTROID = 0,
   KN_DIGEST_SPHERE_MAX = 1,
@@ -44,6 +46,18 @@ __host__ __device__ static inline bool kn_digest_is_sphere(int kind) {
 // kv_digest_floats for a valid kind.
 __host__ __device__ static inline int kn_digest_floats(int kind, int head_dim) {
   return kn_digest_is_cuboid(kind) ? 2 * head_dim : kn_digest_is_sphere(kind) ? head_dim + 1 : head_dim;
+}
+
+// The digest element type both ops accept: F32 for every kind, F16 / BF16 for the
+// cuboid kinds (kn_cuda_digest_build also wants it to equal the pages' dtype).
+static inline ak_status_t kn_digest_check_dtype(int kind, kn_cuda_dtype_t dt, const char *fn, ak_err_t *err) {
+  if (dt != KN_CUDA_F32 && dt != KN_CUDA_F16 && dt != KN_CUDA_BF16)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest_dtype=%d is not F32 (0), F16 (1) or BF16 (2)", (int)dt);
+  if (dt != KN_CUDA_F32 && !kn_digest_is_cuboid(kind))
+    return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, fn,
+                         "digest_dtype=%d with digest kind=%d: 16-bit digests are for the cuboid kinds (4..6) only",
+                         (int)dt, kind);
+  return AK_OK;
 }
 
 #endif

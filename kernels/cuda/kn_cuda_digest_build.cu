@@ -199,13 +199,7 @@ ak_status_t kn_digest_build_check(const kn_cuda_digest_build_args_t *a, ak_err_t
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest kind=%d is not a kv_digest_kind_t (0..6)", a->kind);
   if (a->kv_dtype != KN_CUDA_F16 && a->kv_dtype != KN_CUDA_BF16)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "kv_dtype=%d: KV pages are F16 or BF16", (int)a->kv_dtype);
-  if (a->digest_dtype != KN_CUDA_F32 && a->digest_dtype != KN_CUDA_F16 && a->digest_dtype != KN_CUDA_BF16)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest_dtype=%d is not F32 (0), F16 (1) or BF16 (2)",
-                         (int)a->digest_dtype);
-  if (a->digest_dtype != KN_CUDA_F32 && !kn_digest_is_cuboid(a->kind))
-    return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, fn,
-                         "digest_dtype=%d with digest kind=%d: 16-bit digests are for the cuboid kinds (4..6) only",
-                         (int)a->digest_dtype, a->kind);
+  AK_TRY(kn_digest_check_dtype(a->kind, a->digest_dtype, fn, err));
   // 16-bit digests of keys of another dtype would round every bound, max included.
   if (a->digest_dtype != KN_CUDA_F32 && a->digest_dtype != a->kv_dtype)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn,

@@ -249,13 +249,7 @@ ak_status_t kn_digest_score_check(const kn_cuda_digest_score_args_t *a, ak_err_t
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest kind=%d is not a kv_digest_kind_t (0..6)", a->kind);
   if (a->agg != 0 && a->agg != 1)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "agg=%d is neither 0 (mean) nor 1 (max)", a->agg);
-  if (a->digest_dtype != KN_CUDA_F32 && a->digest_dtype != KN_CUDA_F16 && a->digest_dtype != KN_CUDA_BF16)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "digest_dtype=%d is not F32 (0), F16 (1) or BF16 (2)",
-                         (int)a->digest_dtype);
-  if (a->digest_dtype != KN_CUDA_F32 && !kn_digest_is_cuboid(a->kind))
-    return ak_err_set_fn(err, AK_ERR_UNSUPPORTED, fn,
-                         "digest_dtype=%d with digest kind=%d: 16-bit digests are for the cuboid kinds (4..6) only",
-                         (int)a->digest_dtype, a->kind);
+  AK_TRY(kn_digest_check_dtype(a->kind, a->digest_dtype, fn, err));
   if (a->n_pages < 0 || a->n_pages > (int64_t)INT32_MAX * KN_DS_WARPS)
     return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "n_pages=%lld outside [0, 2^31 * %d)", (long long)a->n_pages,
                          KN_DS_WARPS);
