@@ -156,7 +156,8 @@ static int co_svc_take_inbox(co_service_t *s, int wait_ms) {
   return stopping;
 }
 
-/* Aborted (Abort) or cancelled (client gone, deadline) requests leave with CANCELLED
+/* Aborted (Abort) or cancelled (client gone) requests leave with CANCELLED, those past
+ * their deadline with DEADLINE_EXCEEDED
  * (a cancelled client never reads it, but the writer needs one status); at shutdown
  * they end UNAVAILABLE: another coordinator may serve them. */
 static void co_svc_reap_cancelled(co_service_t *s, int stopping) {
@@ -165,6 +166,8 @@ static void co_svc_reap_cancelled(co_service_t *s, int stopping) {
     co_svc_req_t *next = r->next;
     if (stopping) co_svc_fail(s, r, AK_ERR_PEER, "the coordinator is shutting down");
     else if (atomic_load(&r->abort_requested)) co_svc_fail(s, r, AK_ERR_CANCELLED, "request aborted");
+    else if (ak_rpc_writer_cancelled(r->w) && ak_rpc_writer_deadline_passed(r->w))
+      co_svc_fail(s, r, AK_ERR_TIMEOUT, "deadline exceeded");
     else if (ak_rpc_writer_cancelled(r->w)) co_svc_fail(s, r, AK_ERR_CANCELLED, "cancelled");
     r = next;
   }
