@@ -265,6 +265,7 @@ void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char
       *pp = r->live_next;
       break;
     }
+  if (s->draining && !s->live) pthread_cond_broadcast(&s->drained_cv);
   pthread_mutex_unlock(&s->mu);
   co_svc_metric_end(s, st);
   if (r->n_generated >= 2)
@@ -296,7 +297,8 @@ static void co_svc_on_generate(void *user, const ProtobufCMessage *req, ak_rpc_w
   for (co_svc_req_t *o = s->live; o && st == AK_OK; o = o->live_next)
     if (!strcmp(o->request_id, r->request_id))
       st = ak_err_set(&err, AK_ERR_EXISTS, "request_id: \"%s\" is already running", r->request_id);
-  if (st == AK_OK && s->stopping) st = ak_err_set(&err, AK_ERR_PEER, "the coordinator is shutting down");
+  if (st == AK_OK && (s->stopping || s->draining))
+    st = ak_err_set(&err, AK_ERR_PEER, "the coordinator is %s", s->stopping ? "shutting down" : "draining");
   if (st == AK_OK) {
     r->live_next = s->live, s->live = r;
     if (s->inbox_tail) s->inbox_tail->next = r;
@@ -515,6 +517,7 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   atomic_init(&s->metrics_warned, 0);
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
+  pthread_cond_init(&s->drained_cv, NULL);
   ak_gguf_t *g = NULL;
   ak_status_t st = co_svc_metrics_init(s, err);
   if (st != AK_OK) goto err_free;
@@ -571,6 +574,7 @@ err_free_tok:
   co_tokenizer_destroy(s->tok);
 err_free:
   if (s->own_metrics) co_metrics_destroy(s->metrics);
+  pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -580,6 +584,26 @@ err_free:
 int co_service_port(const co_service_t *svc) { return svc->port; }
 
 co_metrics_t *co_service_metrics(const co_service_t *svc) { return svc->metrics; }
+
+ak_status_t co_service_drain(co_service_t *s, int64_t timeout_ms, ak_err_t *err, int32_t *n_left_p) {
+  co_svc_health_drain(s);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t ns = (int64_t)ts.tv_nsec + (timeout_ms > 0 ? timeout_ms : 0) % 1000 * 1000000;
+  ts.tv_sec += (time_t)((timeout_ms > 0 ? timeout_ms : 0) / 1000 + ns / 1000000000);
+  ts.tv_nsec = (long)(ns % 1000000000);
+  pthread_mutex_lock(&s->mu);
+  while (s->live && pthread_cond_timedwait(&s->drained_cv, &s->mu, &ts) == 0) {
+  }
+  int32_t n_left = 0;
+  for (co_svc_req_t *r = s->live; r; r = r->live_next) n_left++;
+  pthread_mutex_unlock(&s->mu);
+  if (n_left_p) *n_left_p = n_left;
+  if (n_left > 0)
+    return ak_err_set(err, AK_ERR_TIMEOUT, "co_service_drain: %d requests still open after %" PRId64 " ms", n_left,
+                      timeout_ms);
+  return AK_OK;
+}
 
 void co_service_destroy(co_service_t *s) {
   if (!s) return;
@@ -598,6 +622,7 @@ void co_service_destroy(co_service_t *s) {
   ak_rpc_client_destroy(s->worker);
   co_tokenizer_destroy(s->tok);
   if (s->own_metrics) co_metrics_destroy(s->metrics);
+  pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
   free(s);

@@ -64,8 +64,8 @@
  * request's kv must be absent or name it), a failed Step fails every running request
  * (UNAVAILABLE) and the group is dead until its revive succeeds.
  *
- * Thread-safety: create/destroy from one thread; co_service_port and
- * co_service_metrics from any. */
+ * Thread-safety: create/destroy from one thread; co_service_port, co_service_metrics
+ * and co_service_drain from any. */
 #ifndef CO_SERVICE_H
 #define CO_SERVICE_H
 #include <stdint.h>
@@ -108,6 +108,14 @@ int co_service_port(const co_service_t *svc);
 /* The metrics registry (params.metrics, or the service's own): render it with
  * co_metrics_render or serve it with co_metrics_http. Valid until destroy. */
 co_metrics_t *co_service_metrics(const co_service_t *svc);
+
+/* Graceful stop, first half: from now on a new Generate ends UNAVAILABLE ("draining")
+ * and health reports NOT_SERVING (Watch calls are told); requests already queued or
+ * running go on to their end. Waits up to timeout_ms (<= 0: no wait) for every one to
+ * finish: AK_OK when none is left, AK_ERR_TIMEOUT otherwise, with how many are left in
+ * *n_left_p (may be NULL; written on every return). co_service_destroy then ends the
+ * rest UNAVAILABLE. The service stays draining: there is no undo. Any thread, once. */
+ak_status_t co_service_drain(co_service_t *svc, int64_t timeout_ms, ak_err_t *err, int32_t *n_left_p);
 
 /* Stops the server (open streams are cancelled), ends every request, joins the
  * scheduler thread and frees everything. Sequences left on the worker are released

@@ -28,7 +28,7 @@ static int co_svc_health_known(const char *service) {
 }
 
 static co_svc_serving_t co_svc_health_status_locked(const co_service_t *s) {
-  return s->serving && !s->stopping ? CO_SVC_SERVING : CO_SVC_NOT_SERVING;
+  return s->serving && !s->stopping && !s->draining ? CO_SVC_SERVING : CO_SVC_NOT_SERVING;
 }
 
 static ak_status_t co_svc_health_send(ak_rpc_writer_t *w, co_svc_serving_t status, ak_err_t *err) {
@@ -106,34 +106,50 @@ ak_status_t co_svc_health_register(co_service_t *s, ak_err_t *err) {
 
 /* --- the status and its watchers --- */
 
+/* Sends `status` to every Watch of a served name; a Watch whose write fails (the
+ * client left) is ended. s->mu held. */
+static void co_svc_health_broadcast_locked(co_service_t *s, co_svc_serving_t status) {
+  for (co_svc_watch_t **pp = &s->watchers; *pp;) {
+    co_svc_watch_t *wt = *pp;
+    ak_err_t err;
+    if (wt->known && co_svc_health_send(wt->w, status, &err) != AK_OK) {
+      /* the client left (or the write cannot go out): end the call */
+      *pp = wt->next;
+      ak_rpc_writer_finish(wt->w, AK_ERR_CANCELLED, err.msg);
+      free(wt);
+      s->n_watchers--;
+      continue;
+    }
+    pp = &wt->next;
+  }
+  co_svc_metric_watchers_locked(s);
+}
+
 void co_svc_health_publish(co_service_t *s, int serving, const char *why) {
   pthread_mutex_lock(&s->mu);
+  co_svc_serving_t before = co_svc_health_status_locked(s);
   int changed = s->serving != serving;
   s->serving = serving;
-  if (changed && !s->stopping) {
-    co_svc_serving_t status = co_svc_health_status_locked(s);
-    for (co_svc_watch_t **pp = &s->watchers; *pp;) {
-      co_svc_watch_t *wt = *pp;
-      ak_err_t err;
-      if (wt->known && co_svc_health_send(wt->w, status, &err) != AK_OK) {
-        /* the client left (or the write cannot go out): end the call */
-        *pp = wt->next;
-        ak_rpc_writer_finish(wt->w, AK_ERR_CANCELLED, err.msg);
-        free(wt);
-        s->n_watchers--;
-        continue;
-      }
-      pp = &wt->next;
-    }
-    co_svc_metric_watchers_locked(s);
-  }
+  co_svc_serving_t after = co_svc_health_status_locked(s);
+  if (after != before && !s->stopping) co_svc_health_broadcast_locked(s, after);
+  int draining = s->draining;
   pthread_mutex_unlock(&s->mu);
   if (changed) {
-    ak_log_write(serving ? AK_LOG_INFO : AK_LOG_WARN, __func__, "coordinator port %d: %s (%s)", s->port,
-                 serving ? "SERVING" : "NOT_SERVING", why);
+    ak_log_write(serving ? AK_LOG_INFO : AK_LOG_WARN, __func__, "coordinator port %d: %s (%s)%s", s->port,
+                 serving ? "SERVING" : "NOT_SERVING", why, draining ? ", draining: reported NOT_SERVING" : "");
     ak_err_t err;
-    co_metrics_set(s->metrics, s->mid.serving, NULL, serving ? 1.0 : 0.0, &err);
+    co_metrics_set(s->metrics, s->mid.serving, NULL, serving && !draining ? 1.0 : 0.0, &err);
   }
+}
+
+void co_svc_health_drain(co_service_t *s) {
+  pthread_mutex_lock(&s->mu);
+  co_svc_serving_t before = co_svc_health_status_locked(s);
+  s->draining = 1;
+  if (before != CO_SVC_NOT_SERVING && !s->stopping) co_svc_health_broadcast_locked(s, CO_SVC_NOT_SERVING);
+  pthread_mutex_unlock(&s->mu);
+  ak_err_t err;
+  co_metrics_set(s->metrics, s->mid.serving, NULL, 0.0, &err);
 }
 
 void co_svc_health_sweep(co_service_t *s) {

@@ -78,6 +78,8 @@ struct co_service {
   co_svc_req_t *live;
   int64_t next_id;
   int stopping;
+  int draining;                  /* co_service_drain: new Generate calls UNAVAILABLE */
+  pthread_cond_t drained_cv;     /* signalled when the live list empties while draining */
   /* health (under mu): what Check answers and Watch streams */
   int serving;                   /* 1 SERVING, 0 NOT_SERVING */
   co_svc_watch_t *watchers;
@@ -126,6 +128,8 @@ void co_svc_group_failed(co_service_t *s, const char *why);
 ak_status_t co_svc_health_register(co_service_t *s, ak_err_t *err);
 /* Sets SERVING (1) or NOT_SERVING (0); on a change, every Watch gets it. Any thread. */
 void co_svc_health_publish(co_service_t *s, int serving, const char *why);
+/* co_service_drain: sets s->draining and tells every Watch NOT_SERVING. Any thread. */
+void co_svc_health_drain(co_service_t *s);
 /* Ends Watch calls whose client left (scheduler thread, every loop). */
 void co_svc_health_sweep(co_service_t *s);
 /* At destroy, before the server stops: NOT_SERVING to every Watch, then ends them.
