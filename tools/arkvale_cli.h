@@ -11,6 +11,7 @@
 
 int ak_cli_generate(int argc, char **argv);
 int ak_cli_bench(int argc, char **argv);
+int ak_cli_serve(int argc, char **argv);
 
 /* Strict number parsing: the whole string must be a number within [lo, hi];
  * otherwise prints "arkvale: <flag> expects ..." and returns -1. */

@@ -7,9 +7,13 @@
 // once a worker restarts on the same port; SIGTERM drains (new requests UNAVAILABLE,
 // the open stream finishes) and exits 0, and a drain timeout ends a long stream
 // UNAVAILABLE; the coordinator's bad flags exit 2, an unreachable worker exits 1.
+// `arkvale serve`: from a config file with flags over it, SERVING, a request, SIGTERM
+// stops both children and exits 0; bad config keys and values exit 2 naming them.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -325,4 +329,94 @@ TEST(CoordinatorProcess, UnreachableWorkerExits1AfterTheConnectTimeout) {
   int64_t took = now_ms() - t0;
   EXPECT_GE(took, 700);
   EXPECT_LT(took, 10000);
+}
+
+namespace {
+
+// A config file in the test's temporary directory.
+std::string WriteConfig(const std::string &name, const std::string &json) {
+  const char *tmp = getenv("TMPDIR");
+  std::string path = std::string(tmp && *tmp ? tmp : "/tmp") + "/arkvale_serve_" + std::to_string(getpid()) + "_" +
+                     name + ".json";
+  std::ofstream(path) << json;
+  return path;
+}
+
+bool Alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+
+}  // namespace
+
+TEST(ArkvaleServe, ConfigAndFlagsThenServesThenStopsOnSigterm) {
+  if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
+  // the file's listen port is overridden by the flag; its worker section is used
+  std::string cfg = WriteConfig("ok", std::string("{\"model\": \"") + model_path() +
+                                          "\", \"listen\": \"127.0.0.1:1\", \"metrics_port\": 0,"
+                                          " \"worker\": {\"threads\": 2, \"max_seqs\": 4, \"max_seq_tokens\": 256,"
+                                          " \"page_tokens\": 16, \"max_batch_tokens\": 64},"
+                                          " \"coordinator\": {\"max_batch_tokens\": 64, \"drain_timeout_ms\": 5000}}");
+  Proc serve;
+  ASSERT_TRUE(serve.Start(AK_ARKVALE_BIN, {"serve", "--config", cfg, "--listen", "127.0.0.1:0",
+                                           "--coordinator-canary-period-ms", "200"}));
+  std::string line = serve.WaitLine("serving on ", kStartMs);
+  ASSERT_FALSE(line.empty()) << "arkvale serve never printed \"serving on\"";
+  std::string addr = line.substr(line.find("serving on ") + 11);
+  addr = addr.substr(0, addr.find(' '));
+  int wpid = 0, cpid = 0;
+  ASSERT_NE(line.find("pid "), std::string::npos) << line;
+  sscanf(line.c_str() + line.find("worker "), "worker %*s pid %d, coordinator pid %d", &wpid, &cpid);
+  EXPECT_TRUE(Alive(wpid) && Alive(cpid)) << line;
+  EXPECT_NE(line.find("/metrics"), std::string::npos) << line;
+
+  ak_rpc_client_t *cli = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(ak_rpc_client_create(addr.c_str(), &err, &cli), AK_OK) << err.msg;
+  GenReq g(prompt_ids(12, 8), 5);
+  Stream s;
+  s.st = ak_rpc_client_stream(cli, "/arkvale.v1.Generation/Generate", &g.req.base,
+                              &arkvale__v1__generate_response__descriptor, kMax, 60000, OnMsg, &s, &err, &s.code);
+  EXPECT_EQ(s.st, AK_OK) << err.msg;
+  EXPECT_EQ(s.tokens.size(), 5u);
+  ak_rpc_client_destroy(cli);
+
+  serve.Signal(SIGTERM);
+  EXPECT_EQ(serve.Wait(20000), 0);
+  EXPECT_FALSE(Alive(wpid)) << "the worker outlived arkvale serve";
+  EXPECT_FALSE(Alive(cpid)) << "the coordinator outlived arkvale serve";
+  unlink(cfg.c_str());
+}
+
+TEST(ArkvaleServe, BadConfigExits2NamingTheKey) {
+  struct Case {
+    const char *json, *want;
+  };
+  const Case cases[] = {
+      {"{\"model\": \"m.gguf\", \"worker\": {\"thread\": 2}}", "worker.thread: unknown key"},
+      {"{\"model\": \"m.gguf\", \"metrics_port\": \"9090\"}", "metrics_port: wants an integer"},
+      {"{\"model\": \"m.gguf\", \"coordinator\": {\"max_queue\": -3}}", "coordinator.max_queue"},
+      {"{\"model\": \"m.gguf\",\n \"listen\": }", "malformed JSON at line 2"},
+      {"{\"worker\": {}}", "no model"},
+  };
+  int k = 0;
+  for (const Case &c : cases) {
+    std::string cfg = WriteConfig("bad" + std::to_string(k++), c.json);
+    std::string errfile = cfg + ".err";
+    pid_t pid = fork();
+    if (pid == 0) {
+      FILE *f = freopen(errfile.c_str(), "w", stderr);
+      (void)f;
+      execl(AK_ARKVALE_BIN, AK_ARKVALE_BIN, "serve", "--config", cfg.c_str(), (char *)nullptr);
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << c.json;
+    std::ifstream in(errfile);
+    std::string msg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(msg.find(c.want), std::string::npos) << "want '" << c.want << "' in: " << msg;
+    unlink(cfg.c_str());
+    unlink(errfile.c_str());
+  }
+  Proc p;
+  ASSERT_TRUE(p.Start(AK_ARKVALE_BIN, {"serve", "--model", "m.gguf", "--worker-threads", "two"}));
+  EXPECT_EQ(p.Wait(10000), 2);
 }
