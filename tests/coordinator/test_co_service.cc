@@ -7,7 +7,9 @@
 // NOT_SERVING when the worker goes away and SERVING again when it comes back, Watch
 // sees the flips, and a fake worker whose process answers while its engine fails keeps
 // it NOT_SERVING; client deadlines (queued and streaming) end DEADLINE_EXCEEDED and
-// free the worker's sequence; the metrics families after requests.
+// free the worker's sequence; the metrics families after requests; co_service_drain
+// (new requests UNAVAILABLE, NOT_SERVING, open streams finish or a timeout leaves them
+// to destroy).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -642,6 +644,72 @@ TEST_F(CoServiceTest, HealthFlipsWhenTheWorkerStopsAndComesBack) {
   wt.join();
   EXPECT_NE(w.st, AK_OK);
   EXPECT_EQ(w.Get().back(), kNotServing) << "shutdown sends NOT_SERVING before it ends the Watch";
+}
+
+// co_service_drain: new requests UNAVAILABLE ("draining"), health NOT_SERVING (Check
+// and Watch), the open stream runs to its end, drain returns AK_OK with none left.
+TEST_F(CoServiceTest, DrainLetsTheOpenStreamFinishAndRefusesNewOnes) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  Watch w;
+  std::thread wt([&] { RunWatch(cli_, "", &w, 60000); });
+  ASSERT_TRUE(w.WaitFor(1));
+  GenReq g(60);
+  g.set_ids(prompt_ids(12, 3));
+  Stream s;
+  std::atomic<int> seen{0};
+  s.seen = &seen;
+  std::thread t([&] { Generate(g, &s); });
+  while (seen.load() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ak_status_t dst = AK_ERR_INTERNAL;
+  int32_t n_left = -1;
+  std::thread dt([&] {
+    ak_err_t err;
+    dst = co_service_drain(co_, 60000, &err, &n_left);
+  });
+  ASSERT_TRUE(WaitHealth(kNotServing, 5000)) << "still SERVING while draining";
+  GenReq g2(2);
+  g2.set_ids(prompt_ids(8, 4));
+  Stream refused;
+  Generate(g2, &refused);
+  dt.join();
+  t.join();
+  EXPECT_EQ(refused.code, GRPC_STATUS_UNAVAILABLE) << refused.msg;
+  EXPECT_NE(refused.msg.find("draining"), std::string::npos) << refused.msg;
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens.size(), 60u);
+  EXPECT_EQ(dst, AK_OK);
+  EXPECT_EQ(n_left, 0);
+  ASSERT_TRUE(w.WaitFor(2));
+  EXPECT_EQ(w.Get()[1], kNotServing);
+  EXPECT_EQ(Sample(Scrape(), "arkvale_serving"), 0);
+  // the canary keeps running while draining: health stays NOT_SERVING
+  std::this_thread::sleep_for(std::chrono::milliseconds(2 * canary_period_ms_));
+  EXPECT_EQ(HealthCheck(""), kNotServing);
+  w.stop = true;
+  Stop();
+  wt.join();
+}
+
+// A drain that times out reports how many are left; destroy ends them UNAVAILABLE.
+TEST_F(CoServiceTest, DrainTimeoutLeavesTheRestToDestroy) {
+  GenReq g(200);
+  g.set_ids(prompt_ids(12, 5));
+  Stream s;
+  std::atomic<int> seen{0};
+  s.seen = &seen;
+  std::thread t([&] { Generate(g, &s); });
+  while (seen.load() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ak_err_t err;
+  int32_t n_left = -1;
+  EXPECT_EQ(co_service_drain(co_, 50, &err, &n_left), AK_ERR_TIMEOUT);
+  EXPECT_EQ(n_left, 1);
+  EXPECT_NE(std::string(err.msg).find("1 requests still open"), std::string::npos) << err.msg;
+  co_service_destroy(co_);
+  co_ = nullptr;
+  t.join();
+  EXPECT_EQ(s.code, GRPC_STATUS_UNAVAILABLE) << s.msg;
+  EXPECT_LT(s.tokens.size(), 200u);
+  EXPECT_TRUE(WorkerDrains());
 }
 
 TEST_F(CoServiceTest, HealthWatchOfAnUnknownServiceStaysOpen) {
