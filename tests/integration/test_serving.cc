@@ -6,12 +6,18 @@
 // NOT_SERVING within a few canary periods of `kill -9` on the worker, SERVING again
 // once a worker restarts on the same port; SIGTERM drains (new requests UNAVAILABLE,
 // the open stream finishes) and exits 0, and a drain timeout ends a long stream
-// UNAVAILABLE; the coordinator's bad flags exit 2, an unreachable worker exits 1.
+// UNAVAILABLE; Abort, a client cancel and a deadline free the worker's sequence and
+// pages (its Health, the coordinator's /metrics); the coordinator's bad flags exit 2, an unreachable worker exits 1.
 // `arkvale serve`: from a config file with flags over it, SERVING, a request, SIGTERM
 // stops both children and exits 0; bad config keys and values exit 2 naming them.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <sstream>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -22,6 +28,7 @@
 extern "C" {
 #include "ak_rpc_client.h"
 #include "arkvale/v1/generation.pb-c.h"
+#include "arkvale/v1/worker.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pb_buf.h"
 }
@@ -44,6 +51,7 @@ struct Stream {
   int n_msgs = 0;
   int finish_reason = -1;
   std::atomic<int> seen{0};
+  int cancel_after = 0;  // > 0: the client cancels after this many messages
   ak_status_t st = AK_OK;
   grpc_status_code code = GRPC_STATUS_OK;
   std::string msg;
@@ -56,7 +64,35 @@ int OnMsg(void *user, const ProtobufCMessage *m) {
   for (size_t i = 0; i < r->n_token_ids; i++) s->tokens.push_back(r->token_ids[i]);
   if (r->has_finish_reason) s->finish_reason = r->finish_reason;
   s->seen.store(s->n_msgs);
-  return 0;
+  return s->cancel_after > 0 && s->n_msgs >= s->cancel_after;
+}
+
+// GET http://127.0.0.1:port/path; the body, or "" on failure.
+std::string HttpGet(int port, const char *path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  struct sockaddr_in a = {};
+  a.sin_family = AF_INET, a.sin_port = htons((uint16_t)port), a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+    std::string req = std::string("GET ") + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, req.data(), req.size()) == (ssize_t)req.size()) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, (size_t)n);
+    }
+  }
+  close(fd);
+  size_t body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+// The value of `series` in Prometheus text; -1 when absent.
+double Sample(const std::string &text, const std::string &series) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.compare(0, series.size() + 1, series + " ") == 0) return std::stod(line.substr(series.size() + 1));
+  return -1;
 }
 
 // A greedy GenerateRequest over token ids that owns its storage.
@@ -83,7 +119,7 @@ struct GenReq {
 class ServingTest : public ::testing::Test {
  protected:
   Proc worker_, coord_;
-  int wport_ = 0, cport_ = 0;
+  int wport_ = 0, cport_ = 0, mport_ = 0;
   ak_rpc_client_t *cli_ = nullptr;
 
   void SetUp() override {
@@ -116,7 +152,8 @@ class ServingTest : public ::testing::Test {
     ASSERT_TRUE(coord_.Start(AK_COORDINATOR_BIN, args));
     cport_ = coord_.WaitPort("listening on ", kStartMs);
     ASSERT_GT(cport_, 0) << "arkvale-coordinator printed no port";
-    EXPECT_GT(coord_.WaitPort("metrics on ", 5000), 0);
+    mport_ = coord_.WaitPort("metrics on ", 5000);
+    EXPECT_GT(mport_, 0);
     ak_err_t err;
     std::string target = "127.0.0.1:" + std::to_string(cport_);
     ASSERT_EQ(ak_rpc_client_create(target.c_str(), &err, &cli_), AK_OK) << err.msg;
@@ -147,6 +184,28 @@ class ServingTest : public ::testing::Test {
                         &grpc__health__v1__health_check_response__descriptor, kMax, 5000, &err, &c, &r);
     MsgPtr keep(r);
     return r ? (int)((const Grpc__Health__V1__HealthCheckResponse *)r)->status : -1;
+  }
+
+  // Polls until the worker holds no sequence (its Health) and the coordinator's
+  // metrics show 0 KV pages resident on it (at most timeout_ms).
+  bool WorkerFreed(int timeout_ms = 5000) {
+    ak_rpc_client_t *w = nullptr;
+    ak_err_t err;
+    std::string target = "127.0.0.1:" + std::to_string(wport_);
+    if (ak_rpc_client_create(target.c_str(), &err, &w) != AK_OK) return false;
+    std::string series = "arkvale_worker_kv_pages_resident{worker=\"" + target + "\"}";
+    bool freed = false;
+    for (int64_t end = now_ms() + timeout_ms; !freed && now_ms() < end;) {
+      Arkvale__V1__HealthRequest q = ARKVALE__V1__HEALTH_REQUEST__INIT;
+      ProtobufCMessage *r = nullptr;
+      ak_rpc_client_unary(w, "/arkvale.v1.Worker/Health", &q.base, &arkvale__v1__health_response__descriptor, kMax,
+                          5000, &err, nullptr, &r);
+      MsgPtr keep(r);
+      freed = r && ((const Arkvale__V1__HealthResponse *)r)->n_seqs == 0 && Sample(HttpGet(mport_, "/metrics"), series) == 0;
+      if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ak_rpc_client_destroy(w);
+    return freed;
   }
 
   bool WaitHealth(int want, int timeout_ms) {
@@ -235,6 +294,47 @@ TEST_F(ServingTest, MalformedRequestsAreInvalidArgumentAndTheServerKeepsServing)
   Generate(g, &s);
   EXPECT_EQ(s.st, AK_OK) << s.msg;
   EXPECT_EQ(s.tokens.size(), 3u);
+}
+
+TEST_F(ServingTest, AbortCancelAndDeadlineFreeTheWorkerPages) {
+  ASSERT_NO_FATAL_FAILURE(StartBoth());
+  // Abort by request_id mid-stream
+  GenReq g(prompt_ids(40, 1), 200);
+  g.req.request_id = (char *)"abort-me";
+  Stream s;
+  std::thread t([&] { Generate(g, &s); });
+  for (int64_t end = now_ms() + 30000; s.seen.load() < 2 && now_ms() < end;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  Arkvale__V1__AbortRequest aq = ARKVALE__V1__ABORT_REQUEST__INIT;
+  aq.request_id = (char *)"abort-me";
+  ak_err_t err;
+  ProtobufCMessage *ar = nullptr;
+  EXPECT_EQ(ak_rpc_client_unary(cli_, "/arkvale.v1.Generation/Abort", &aq.base, &arkvale__v1__abort_response__descriptor,
+                                kMax, 10000, &err, nullptr, &ar),
+            AK_OK)
+      << err.msg;
+  MsgPtr keep(ar);
+  EXPECT_TRUE(ar && ((const Arkvale__V1__AbortResponse *)ar)->found);
+  t.join();
+  EXPECT_EQ(s.code, GRPC_STATUS_CANCELLED) << s.msg;
+  EXPECT_TRUE(WorkerFreed()) << "pages held after Abort";
+
+  // the client cancels its call
+  GenReq g2(prompt_ids(40, 2), 200);
+  Stream c;
+  c.cancel_after = 3;
+  Generate(g2, &c);
+  EXPECT_EQ(c.code, GRPC_STATUS_CANCELLED) << c.msg;
+  EXPECT_TRUE(WorkerFreed()) << "pages held after a client cancel";
+
+  // the client's deadline passes mid-stream
+  GenReq g3(prompt_ids(40, 3), 200);
+  Stream d;
+  Generate(g3, &d, 150);
+  EXPECT_EQ(d.code, GRPC_STATUS_DEADLINE_EXCEEDED) << d.msg;
+  EXPECT_LT(d.tokens.size(), 200u);
+  EXPECT_TRUE(WorkerFreed()) << "pages held after a deadline";
+  EXPECT_EQ(HealthCheck(), kServing);
 }
 
 TEST_F(ServingTest, HealthFollowsAKilledAndRestartedWorker) {
