@@ -4,6 +4,7 @@
 #include "ak_rpc_server.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
@@ -43,6 +44,7 @@ struct ak_rpc_writer {
   grpc_metadata_array request_md;
   grpc_byte_buffer *recv_buf;
   int close_cancelled; /* written by RECV_CLOSE_ON_SERVER */
+  int arrived;         /* a client's call (not only a pending request): in srv->n_calls */
   rpc_tag_t t_request, t_recv, t_close, t_send;
   ProtobufCMessage *req;
 
@@ -68,13 +70,16 @@ struct ak_rpc_server {
   pthread_mutex_t mu; /* guards below */
   pthread_cond_t cv;
   int shutting_down, shutdown_done;
+  int shutdown_notified; /* grpc_server_shutdown_and_notify was called (once) */
   int n_live; /* call structs allocated, pending requests included */
+  int n_calls; /* of which calls that arrived and are not freed yet */
 };
 
 /* --- call lifetime --- */
 
 static void call_free(ak_rpc_writer_t *c) {
   ak_rpc_server_t *s = c->srv;
+  int arrived = c->arrived;
   for (rpc_out_t *o = c->q_head, *next; o; o = next) {
     next = o->next;
     grpc_byte_buffer_destroy(o->buf);
@@ -91,6 +96,7 @@ static void call_free(ak_rpc_writer_t *c) {
   free(c);
   pthread_mutex_lock(&s->mu);
   s->n_live--;
+  if (arrived) s->n_calls--;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
 }
@@ -216,6 +222,7 @@ static void on_request(ak_rpc_writer_t *c, int ok) {
   ak_rpc_server_t *s = c->srv;
   pthread_mutex_lock(&s->mu);
   int rearm = ok && !s->shutting_down;
+  if (ok) c->arrived = 1, s->n_calls++;
   pthread_mutex_unlock(&s->mu);
   if (rearm) server_request_one(s);
   if (!ok) { /* the server is shutting down: this request never got a call */
@@ -371,12 +378,42 @@ ak_status_t ak_rpc_server_start(ak_rpc_server_t *s, ak_err_t *err) {
 
 int ak_rpc_server_port(const ak_rpc_server_t *s) { return s ? s->port : 0; }
 
-void ak_rpc_server_destroy(ak_rpc_server_t *s) {
-  if (!s) return;
+/* Stops accepting new calls, once (shutdown and destroy both come here). */
+static void server_stop_accepting(ak_rpc_server_t *s) {
   pthread_mutex_lock(&s->mu);
   s->shutting_down = 1;
+  int first = !s->shutdown_notified;
+  s->shutdown_notified = 1;
   pthread_mutex_unlock(&s->mu);
-  grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+  if (first) grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+}
+
+ak_status_t ak_rpc_server_shutdown(ak_rpc_server_t *s, int64_t grace_ms, ak_err_t *err) {
+  if (!s) return AK_OK;
+  server_stop_accepting(s);
+  if (!s->started || s->n_threads < 1) return AK_OK; /* destroy collects the tag */
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  int64_t ns = (int64_t)until.tv_nsec + (grace_ms > 0 ? grace_ms : 0) % 1000 * 1000000;
+  until.tv_sec += (time_t)((grace_ms > 0 ? grace_ms : 0) / 1000 + ns / 1000000000);
+  until.tv_nsec = (long)(ns % 1000000000);
+  /* Not gRPC's shutdown notification: that also waits for every client connection
+   * to go, which idle clients take their time over. A call is freed once its status
+   * went out and the client closed the stream. */
+  pthread_mutex_lock(&s->mu);
+  while (s->n_calls > 0 && pthread_cond_timedwait(&s->cv, &s->mu, &until) == 0) {
+  }
+  int done = s->n_calls == 0;
+  pthread_mutex_unlock(&s->mu);
+  if (!done)
+    return ak_err_set(err, AK_ERR_TIMEOUT, "ak_rpc_server_shutdown: calls still open after %" PRId64 " ms",
+                      grace_ms);
+  return AK_OK;
+}
+
+void ak_rpc_server_destroy(ak_rpc_server_t *s) {
+  if (!s) return;
+  server_stop_accepting(s);
   grpc_server_cancel_all_calls(s->server);
   if (s->started && s->n_threads > 0) {
     /* Pending requests fail, calls see cancellation, handlers finish: wait for all. */

@@ -77,6 +77,13 @@ ak_status_t ak_rpc_server_start(ak_rpc_server_t *srv, ak_err_t *err);
 /* The bound TCP port. */
 int ak_rpc_server_port(const ak_rpc_server_t *srv);
 
+/* Graceful stop, before destroy: stops accepting new calls (clients see UNAVAILABLE)
+ * and waits up to grace_ms for the calls in progress to end on their own, their last
+ * messages and statuses delivered and the streams closed, so that destroy
+ * cancels only what is still open. AK_OK when every call ended, AK_ERR_TIMEOUT
+ * otherwise. Must not be called from a handler; at most once. Accepts NULL. */
+ak_status_t ak_rpc_server_shutdown(ak_rpc_server_t *srv, int64_t grace_ms, ak_err_t *err);
+
 /* Stops accepting, cancels every call (clients see CANCELLED or UNAVAILABLE; writers
  * report ak_rpc_writer_cancelled), waits until every handler has finished its call,
  * drains the completion queue, joins the threads and frees everything. Must not be

@@ -15,6 +15,7 @@
 #include "pb_buf.h"
 
 #define CO_SVC_METHOD(name) "/arkvale.v1.Generation/" name
+#define CO_SVC_SHUTDOWN_GRACE_MS 2000 /* destroy: open calls' time to end before cancel */
 
 co_service_params_t co_service_params_default(void) {
   co_service_params_t p;
@@ -607,15 +608,21 @@ ak_status_t co_service_drain(co_service_t *s, int64_t timeout_ms, ak_err_t *err,
 
 void co_service_destroy(co_service_t *s) {
   if (!s) return;
-  /* The server cancels every open call first, so the loop sees cancelled writers and
-   * ends their requests; destroy returns once every handler's call has finished, which
-   * needs the scheduler thread still running. Watch calls are ended here: nothing
-   * else would finish them. */
+  /* The loop ends every request when it sees stopping; then the server cancels what
+   * is still open, so the loop sees cancelled writers and ends their requests; destroy
+   * returns once every handler's call has finished, which needs the scheduler thread
+   * still running. Watch calls are ended here: nothing else would finish them. */
   pthread_mutex_lock(&s->mu);
   s->stopping = 1;
   co_svc_health_shutdown_locked(s);
   pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
+  /* The loop ends every request UNAVAILABLE at its next turn; let those statuses (and
+   * the last messages of streams a drain let finish) reach their clients before the
+   * server cancels what is left. */
+  ak_err_t err;
+  if (s->thread_started && ak_rpc_server_shutdown(s->srv, CO_SVC_SHUTDOWN_GRACE_MS, &err) != AK_OK)
+    ak_log_write(AK_LOG_WARN, __func__, "coordinator port %d: %s: cancelling them", s->port, err.msg);
   ak_rpc_server_destroy(s->srv);
   if (s->thread_started) pthread_join(s->thread, NULL);
   co_sched_destroy(s->sched);

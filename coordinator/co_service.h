@@ -117,8 +117,9 @@ co_metrics_t *co_service_metrics(const co_service_t *svc);
  * rest UNAVAILABLE. The service stays draining: there is no undo. Any thread, once. */
 ak_status_t co_service_drain(co_service_t *svc, int64_t timeout_ms, ak_err_t *err, int32_t *n_left_p);
 
-/* Stops the server (open streams are cancelled), ends every request, joins the
- * scheduler thread and frees everything. Sequences left on the worker are released
+/* Stops the server: every open request ends UNAVAILABLE ("shutting down"), with up to
+ * 2 s for those statuses and a drain's last messages to reach their clients before
+ * the remaining calls are cancelled; joins the scheduler thread and frees everything. Sequences left on the worker are released
  * best-effort. Accepts NULL. */
 void co_service_destroy(co_service_t *svc);
 

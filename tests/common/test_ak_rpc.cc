@@ -337,6 +337,50 @@ TEST_F(RpcTest, ServerDestroyWithStreamOpen) {
   EXPECT_EQ(cancels_seen_.load(), 1);
 }
 
+// ak_rpc_server_shutdown: a call in progress ends on its own and its answer arrives;
+// a call that arrives after is refused.
+TEST_F(RpcTest, ShutdownLetsACallInProgressAnswer) {
+  grpc_status_code code = GRPC_STATUS_UNKNOWN;
+  MsgPtr m;
+  ak_status_t st = AK_ERR_INTERNAL;
+  std::thread client([&] { st = Health(20000, &code, &m, kSlow); });  // answers after 2 s
+  for (int i = 0; i < 500; i++) {  // until the handler runs (it spawns its thread)
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (!threads_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ak_err_t err;
+  EXPECT_EQ(ak_rpc_server_shutdown(srv_, 10000, &err), AK_OK) << err.msg;
+  client.join();
+  EXPECT_EQ(st, AK_OK) << last_err_.msg;
+  ASSERT_TRUE(m);
+  EXPECT_EQ(((const Arkvale__V1__HealthResponse *)m.get())->n_seqs, 7u);
+  EXPECT_EQ(cancels_seen_.load(), 0);
+  MsgPtr again;
+  EXPECT_NE(Health(5000, &code, &again), AK_OK);
+  EXPECT_EQ(code, GRPC_STATUS_UNAVAILABLE);
+}
+
+// A call that does not end within the grace: AK_ERR_TIMEOUT; destroy cancels it.
+TEST_F(RpcTest, ShutdownTimesOutOnAnEndlessStream) {
+  StreamSink sink;
+  grpc_status_code code = GRPC_STATUS_OK;
+  ak_err_t err, serr;
+  ak_status_t st = AK_OK;
+  std::thread client([&] { st = Generate(cli_, -1, &sink, &code, &err); });
+  for (int i = 0; i < 500 && sink.n < 5; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_GE(sink.n.load(), 5);
+  EXPECT_EQ(ak_rpc_server_shutdown(srv_, 100, &serr), AK_ERR_TIMEOUT);
+  EXPECT_NE(std::string(serr.msg).find("still open"), std::string::npos) << serr.msg;
+  ak_rpc_server_destroy(srv_);
+  srv_ = nullptr;
+  client.join();
+  EXPECT_EQ(st, AK_ERR_PEER) << err.msg;
+  EXPECT_EQ(cancels_seen_.load(), 1);
+}
+
 TEST(RpcServer, RegisterChecksAndDestroyUnstarted) {
   ak_rpc_server_t *s = nullptr;
   ak_err_t err;
