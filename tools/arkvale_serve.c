@@ -259,7 +259,11 @@ static int sv_spawn(sv_child_t *ch, const char *bin, char **argv) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL); /* the child takes its own signals */
-    /* A launcher killed with -9 leaves no orphans: the child gets SIGTERM (a drain). */
+    /* Its own process group: a terminal's Ctrl-C reaches the launcher only, which
+     * stops the coordinator before the worker (both at once would fail the streams
+     * the coordinator is draining). A launcher killed with -9 leaves no orphans: the
+     * child gets SIGTERM (a drain). */
+    setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);
     dup2(fds[1], 1);

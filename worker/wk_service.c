@@ -360,6 +360,10 @@ void wk_service_destroy(wk_service_t *s) {
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   if (s->thread_started) pthread_join(s->thread, NULL);
+  /* Answered calls may still be sending: let them close before destroy cancels. */
+  ak_err_t err;
+  if (s->thread_started && ak_rpc_server_shutdown(s->srv, 2000, &err) != AK_OK)
+    AK_LOG_WARN("rank 0 port %d: %s: cancelling them", ak_rpc_server_port(s->srv), err.msg);
   ak_rpc_server_destroy(s->srv);
   if (s->seqs)
     for (int32_t i = 0; i < s->kv.max_seqs; i++)
