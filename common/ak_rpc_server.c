@@ -490,11 +490,9 @@ int ak_rpc_writer_cancelled(const ak_rpc_writer_t *w) {
 }
 
 int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w) {
-  if (!w) return 0;
-  gpr_timespec deadline = w->details.deadline; /* set when the call arrived, read-only since */
-  if (gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) == 0) return 0;
-  gpr_timespec now = gpr_now(deadline.clock_type);
-  return gpr_time_cmp(now, deadline) >= 0;
+  gpr_timespec d = w->details.deadline; /* written before the handler ran, then fixed */
+  if (gpr_time_cmp(d, gpr_inf_future(d.clock_type)) == 0) return 0;
+  return gpr_time_cmp(gpr_now(d.clock_type), d) >= 0;
 }
 
 void ak_rpc_writer_finish(ak_rpc_writer_t *w, ak_status_t st, const char *msg) {

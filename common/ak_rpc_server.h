@@ -105,6 +105,10 @@ int ak_rpc_writer_cancelled(const ak_rpc_writer_t *w);
  * handler can finish (and count) the call as DEADLINE_EXCEEDED (AK_ERR_TIMEOUT). */
 int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w);
 
+/* Non-zero when the call has a deadline and it has passed: tells a call ended by its
+ * deadline (finish it AK_ERR_TIMEOUT) from one its client cancelled. Any thread. */
+int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w);
+
 /* Ends the call with status pb_status_to_grpc(st) and `msg` (may be NULL; copied),
  * sent after the queued messages. A unary call finished AK_OK without a response is
  * sent as INTERNAL. After this call `w` is no longer the caller's. */

@@ -53,8 +53,8 @@
  * Deadlines: a client's gRPC deadline cancels its call on the server; the request
  * leaves co_sched at the next loop (queued or running), and a running sequence is in
  * the next Step's drops (or a Release when nothing else runs). The client sees
- * DEADLINE_EXCEEDED from gRPC; the server cannot tell a deadline from a cancel through
- * ak_rpc_writer (common/ has no accessor yet), so such calls count as CANCELLED.
+ * DEADLINE_EXCEEDED from gRPC, and the call is finished (and counted) as
+ * DEADLINE_EXCEEDED too (ak_rpc_writer_deadline_passed tells it from a cancel).
  *
  * Status codes beyond validation: an aborted stream ends CANCELLED, a request_id
  * already running is ALREADY_EXISTS, shutdown and a dead group are UNAVAILABLE.

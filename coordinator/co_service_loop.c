@@ -157,8 +157,8 @@ static int co_svc_take_inbox(co_service_t *s, int wait_ms) {
 }
 
 /* Aborted (Abort) or cancelled (client gone) requests leave with CANCELLED, those past
- * their deadline with DEADLINE_EXCEEDED
- * (a cancelled client never reads it, but the writer needs one status); at shutdown
+ * their deadline with DEADLINE_EXCEEDED (the client has its own status already; these
+ * are for the writer and the metrics); at shutdown
  * they end UNAVAILABLE: another coordinator may serve them. */
 static void co_svc_reap_cancelled(co_service_t *s, int stopping) {
   co_svc_req_t *r = s->running;

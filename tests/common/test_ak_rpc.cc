@@ -46,6 +46,7 @@ class RpcTest : public ::testing::Test {
   std::mutex mu_;
   std::vector<std::thread> threads_;  // handler workers, joined at teardown
   std::atomic<int> cancels_seen_{0};
+  std::atomic<int> deadlines_seen_{0};  // cancelled calls whose deadline had passed
   std::atomic<int> stream_msgs_sent_{0};
 
   void SetUp() override {
@@ -119,7 +120,10 @@ class RpcTest : public ::testing::Test {
     self->Spawn([self, w] {
       for (int i = 0; i < 200 && !ak_rpc_writer_cancelled(w); i++)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      if (ak_rpc_writer_cancelled(w)) self->cancels_seen_++;
+      if (ak_rpc_writer_cancelled(w)) {
+        if (ak_rpc_writer_deadline_passed(w)) self->deadlines_seen_++;
+        self->cancels_seen_++;
+      }
       OnHealth(self, nullptr, w);
     });
   }
@@ -136,6 +140,7 @@ class RpcTest : public ::testing::Test {
       ak_status_t st = AK_OK;
       for (int64_t i = 0; n < 0 || i < n; i++) {
         if (ak_rpc_writer_cancelled(w)) {
+          if (ak_rpc_writer_deadline_passed(w)) self->deadlines_seen_++;
           self->cancels_seen_++;
           st = AK_ERR_PEER;
           break;
@@ -307,6 +312,7 @@ TEST_F(RpcTest, DeadlineExceeded) {
   // The handler's writer sees the deadline too (it polls every 10 ms).
   for (int i = 0; i < 300 && cancels_seen_ == 0; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(cancels_seen_.load(), 1);
+  EXPECT_EQ(deadlines_seen_.load(), 1) << "ak_rpc_writer_deadline_passed";
 }
 
 TEST_F(RpcTest, ClientCancelMidStreamSeenByWriter) {
@@ -319,6 +325,7 @@ TEST_F(RpcTest, ClientCancelMidStreamSeenByWriter) {
   EXPECT_EQ(sink.n.load(), 20);
   for (int i = 0; i < 300 && cancels_seen_ == 0; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(cancels_seen_.load(), 1);
+  EXPECT_EQ(deadlines_seen_.load(), 0) << "a cancel within the deadline is not a deadline";
 }
 
 TEST_F(RpcTest, ServerDestroyWithStreamOpen) {

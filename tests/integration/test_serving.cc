@@ -334,6 +334,9 @@ TEST_F(ServingTest, AbortCancelAndDeadlineFreeTheWorkerPages) {
   EXPECT_EQ(d.code, GRPC_STATUS_DEADLINE_EXCEEDED) << d.msg;
   EXPECT_LT(d.tokens.size(), 200u);
   EXPECT_TRUE(WorkerFreed()) << "pages held after a deadline";
+  std::string m = HttpGet(mport_, "/metrics");
+  EXPECT_EQ(Sample(m, "arkvale_requests_total{code=\"CANCELLED\"}"), 2) << m;
+  EXPECT_EQ(Sample(m, "arkvale_requests_total{code=\"DEADLINE_EXCEEDED\"}"), 1) << m;
   EXPECT_EQ(HealthCheck(), kServing);
 }
 
