@@ -9,7 +9,8 @@
 // UNAVAILABLE; Abort, a client cancel and a deadline free the worker's sequence and
 // pages (its Health, the coordinator's /metrics); the coordinator's bad flags exit 2, an unreachable worker exits 1.
 // `arkvale serve`: from a config file with flags over it, SERVING, a request, SIGTERM
-// stops both children and exits 0; bad config keys and values exit 2 naming them.
+// stops both children and exits 0 (SIGINT too); a child killed -9 stops the other and
+// the launcher exits 1; bad config keys and values exit 2 naming them.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -486,6 +487,34 @@ TEST(ArkvaleServe, ConfigAndFlagsThenServesThenStopsOnSigterm) {
   EXPECT_FALSE(Alive(wpid)) << "the worker outlived arkvale serve";
   EXPECT_FALSE(Alive(cpid)) << "the coordinator outlived arkvale serve";
   unlink(cfg.c_str());
+}
+
+// A child that dies on its own: the launcher stops the other and exits 1. SIGINT (a
+// terminal's Ctrl-C) is not needed for that; it is tested as the stop signal here.
+TEST(ArkvaleServe, ADeadChildStopsTheOtherAndExits1) {
+  if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
+  Proc serve;
+  ASSERT_TRUE(serve.Start(AK_ARKVALE_BIN, {"serve", "--model", model_path(), "--listen", "127.0.0.1:0",
+                                           "--worker-threads", "1", "--worker-max-seq-tokens", "128",
+                                           "--coordinator-canary-period-ms", "200"}));
+  std::string line = serve.WaitLine("serving on ", kStartMs);
+  ASSERT_FALSE(line.empty());
+  int wpid = 0, cpid = 0;
+  sscanf(line.c_str() + line.find("worker "), "worker %*s pid %d, coordinator pid %d", &wpid, &cpid);
+  ASSERT_TRUE(Alive(wpid) && Alive(cpid)) << line;
+  kill(wpid, SIGKILL);
+  EXPECT_EQ(serve.Wait(20000), 1);
+  EXPECT_FALSE(Alive(cpid)) << "the coordinator outlived arkvale serve";
+
+  Proc again;
+  ASSERT_TRUE(again.Start(AK_ARKVALE_BIN, {"serve", "--model", model_path(), "--listen", "127.0.0.1:0",
+                                           "--worker-threads", "1", "--worker-max-seq-tokens", "128"}));
+  line = again.WaitLine("serving on ", kStartMs);
+  ASSERT_FALSE(line.empty());
+  sscanf(line.c_str() + line.find("worker "), "worker %*s pid %d, coordinator pid %d", &wpid, &cpid);
+  again.Signal(SIGINT);
+  EXPECT_EQ(again.Wait(20000), 0);
+  EXPECT_FALSE(Alive(wpid) || Alive(cpid)) << "a child outlived arkvale serve after SIGINT";
 }
 
 TEST(ArkvaleServe, BadConfigExits2NamingTheKey) {
