@@ -103,6 +103,14 @@ static int parse_workers(co_main_opts_t *o, const char *v) {
             n, CO_MAIN_MAX_WORKERS);
     return 2;
   }
+  if (o->worker_list) {
+    /* --worker given twice is a list too */
+    fprintf(stderr,
+            "arkvale-coordinator: --worker: given again ('%s' after '%s'); this coordinator serves one worker "
+            "group of one rank (give exactly %d address)\n",
+            v, o->worker_list, CO_MAIN_MAX_WORKERS);
+    return 2;
+  }
   o->worker_list = v;
   o->svc.worker_addr = o->worker_addr;
   return 0;

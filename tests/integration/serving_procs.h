@@ -24,7 +24,8 @@ inline int64_t now_ms() {
       .count();
 }
 
-// One child process with its stdout on a pipe (stderr is inherited: ctest keeps it).
+// One child process with its stdout on a pipe (stderr is inherited, ctest keeps it,
+// unless merged).
 struct Proc {
   pid_t pid = -1;
   int out_fd = -1;
@@ -36,12 +37,14 @@ struct Proc {
   Proc &operator=(const Proc &) = delete;
   ~Proc() { Kill(); }
 
-  bool Start(const char *bin, const std::vector<std::string> &args) {
+  // merge_stderr: stderr goes to the same pipe (to read a child's error message).
+  bool Start(const char *bin, const std::vector<std::string> &args, bool merge_stderr = false) {
     int fds[2];
     if (pipe(fds) != 0) return false;
     pid = fork();
     if (pid == 0) {
       dup2(fds[1], 1);
+      if (merge_stderr) dup2(fds[1], 2);
       close(fds[0]);
       close(fds[1]);
       std::vector<char *> argv;

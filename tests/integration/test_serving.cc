@@ -407,18 +407,26 @@ TEST_F(ServingTest, DrainTimeoutEndsALongStreamUnavailable) {
   EXPECT_LT(took, 5000) << "the drain timeout was not honoured";
 }
 
-TEST(CoordinatorProcess, BadFlagsExit2) {
-  const std::vector<std::vector<std::string>> bad = {
-      {"--model", "m.gguf", "--worker", "127.0.0.1:1", "--max-queue", "lots"},
-      {"--model", "m.gguf", "--worker", "127.0.0.1:1,127.0.0.1:2"},
-      {"--model", "m.gguf"},
-      {"--model", "m.gguf", "--worker", "127.0.0.1:1", "--no-such-flag", "1"},
-      {"--worker"},
+TEST(CoordinatorProcess, BadFlagsExit2NamingTheFlag) {
+  struct Case {
+    std::vector<std::string> args;
+    const char *want;  // in the message
   };
-  for (const auto &args : bad) {
+  const std::vector<Case> bad = {
+      {{"--model", "m.gguf", "--worker", "127.0.0.1:1", "--max-queue", "lots"}, "--max-queue"},
+      {{"--model", "m.gguf", "--worker", "127.0.0.1:1,127.0.0.1:2"}, "--worker: 2 addresses"},
+      {{"--model", "m.gguf", "--worker", "127.0.0.1:1", "--worker", "127.0.0.1:2"}, "--worker: given again"},
+      {{"--model", "m.gguf", "--worker", "no-port"}, "--worker: 'no-port'"},
+      {{"--model", "m.gguf", "--worker", "127.0.0.1:1", "--metrics-port", "70000"}, "--metrics-port"},
+      {{"--model", "m.gguf"}, "--worker is required"},
+      {{"--model", "m.gguf", "--worker", "127.0.0.1:1", "--no-such-flag", "1"}, "unknown flag --no-such-flag"},
+      {{"--worker"}, "--worker needs a value"},
+  };
+  for (const auto &c : bad) {
     Proc p;
-    ASSERT_TRUE(p.Start(AK_COORDINATOR_BIN, args));
-    EXPECT_EQ(p.Wait(10000), 2) << args.back();
+    ASSERT_TRUE(p.Start(AK_COORDINATOR_BIN, c.args, true));
+    EXPECT_FALSE(p.WaitLine(c.want, 10000).empty()) << "no '" << c.want << "' in the output";
+    EXPECT_EQ(p.Wait(10000), 2) << c.want;
   }
 }
 
@@ -428,7 +436,8 @@ TEST(CoordinatorProcess, UnreachableWorkerExits1AfterTheConnectTimeout) {
   int64_t t0 = now_ms();
   // port 1 on loopback: nothing listens there
   ASSERT_TRUE(p.Start(AK_COORDINATOR_BIN,
-                      {"--model", model_path(), "--worker", "127.0.0.1:1", "--connect-timeout-ms", "800"}));
+                      {"--model", model_path(), "--worker", "127.0.0.1:1", "--connect-timeout-ms", "800"}, true));
+  EXPECT_FALSE(p.WaitLine("worker 127.0.0.1:1 unreachable after", 15000).empty()) << "no clear message";
   EXPECT_EQ(p.Wait(15000), 1);
   int64_t took = now_ms() - t0;
   EXPECT_GE(took, 700);
