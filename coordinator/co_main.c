@@ -54,6 +54,8 @@ static void usage(FILE *f) {
           "  --max-batch-tokens N         tokens per worker Step (default %d)\n"
           "  --step-deadline-ms N         per worker call (default %" PRId64 ")\n"
           "  --canary-period-ms N         health canary period and revive tries (default %" PRId64 ")\n"
+          "  --health-stale-ms N          NOT_SERVING after this long without a worker answer, even\n"
+          "                               while a Step hangs (default 0: 3 canary periods, >= 10000)\n"
           "  --rpc-threads N              gRPC completion-queue threads (default %d)\n"
           "  --drain-timeout-ms N         on SIGTERM, how long open streams may run (default 30000)\n"
           "  --connect-timeout-ms N       at start, how long to retry the worker (default 60000)\n",
@@ -158,6 +160,7 @@ static int parse_flags(int argc, char **argv, co_main_opts_t *o) {
           {"--max-batch-tokens", 3, 1 << 30},  {"--step-deadline-ms", 1, INT64_C(1) << 40},
           {"--canary-period-ms", 1, INT64_C(1) << 40}, {"--rpc-threads", 1, 256},
           {"--drain-timeout-ms", 0, INT64_C(1) << 40}, {"--connect-timeout-ms", 0, INT64_C(1) << 40},
+          {"--health-stale-ms", 0, INT64_C(1) << 40},
       };
       size_t k = 0, n = sizeof nums / sizeof nums[0];
       while (k < n && strcmp(f, nums[k].flag)) k++;
@@ -178,7 +181,8 @@ static int parse_flags(int argc, char **argv, co_main_opts_t *o) {
         case 6: o->svc.canary_period_ms = x; break;
         case 7: o->svc.n_rpc_threads = (int32_t)x; break;
         case 8: o->drain_timeout_ms = x; break;
-        default: o->connect_timeout_ms = x; break;
+        case 9: o->connect_timeout_ms = x; break;
+        default: o->svc.health_stale_ms = x; break;
       }
     }
   }

@@ -519,6 +519,10 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   pthread_cond_init(&s->drained_cv, NULL);
+  pthread_cond_init(&s->watchdog_cv, NULL);
+  s->stale_us = (p->health_stale_ms > 0 ? p->health_stale_ms
+                                        : (3 * p->canary_period_ms > 10000 ? 3 * p->canary_period_ms : 10000)) *
+                1000;
   ak_gguf_t *g = NULL;
   ak_status_t st = co_svc_metrics_init(s, err);
   if (st != AK_OK) goto err_free;
@@ -554,6 +558,11 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
     goto err_free_server;
   }
   s->thread_started = 1;
+  if (pthread_create(&s->watchdog, NULL, co_svc_health_watchdog, s) != 0) {
+    st = ak_err_set(err, AK_ERR_INTERNAL, "co_service_create: cannot start the health watchdog thread");
+    goto err_stop_thread;
+  }
+  s->watchdog_started = 1;
   if ((st = ak_rpc_server_start(s->srv, err)) != AK_OK) goto err_stop_thread;
   *svc_p = s;
   return AK_OK;
@@ -563,8 +572,10 @@ err_stop_thread:
   s->stopping = 1;
   co_svc_health_shutdown_locked(s);
   pthread_cond_signal(&s->cv);
+  pthread_cond_signal(&s->watchdog_cv);
   pthread_mutex_unlock(&s->mu);
   pthread_join(s->thread, NULL);
+  if (s->watchdog_started) pthread_join(s->watchdog, NULL);
 err_free_server:
   ak_rpc_server_destroy(s->srv);
 err_free_sched:
@@ -575,6 +586,7 @@ err_free_tok:
   co_tokenizer_destroy(s->tok);
 err_free:
   if (s->own_metrics) co_metrics_destroy(s->metrics);
+  pthread_cond_destroy(&s->watchdog_cv);
   pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
@@ -616,7 +628,9 @@ void co_service_destroy(co_service_t *s) {
   s->stopping = 1;
   co_svc_health_shutdown_locked(s);
   pthread_cond_signal(&s->cv);
+  pthread_cond_signal(&s->watchdog_cv);
   pthread_mutex_unlock(&s->mu);
+  if (s->watchdog_started) pthread_join(s->watchdog, NULL);
   /* The loop ends every request UNAVAILABLE at its next turn; let those statuses (and
    * the last messages of streams a drain let finish) reach their clients before the
    * server cancels what is left. */
@@ -629,6 +643,7 @@ void co_service_destroy(co_service_t *s) {
   ak_rpc_client_destroy(s->worker);
   co_tokenizer_destroy(s->tok);
   if (s->own_metrics) co_metrics_destroy(s->metrics);
+  pthread_cond_destroy(&s->watchdog_cv);
   pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);

@@ -32,7 +32,9 @@
  * stays open, as the standard says. So that a canary always fits, one sequence slot
  * and one page per layer are kept out of what co_sched may admit (when the worker has
  * at least 2 slots; with 1, the canary waits for an empty group).
- * Not yet: a Step hanging up to step_deadline_ms keeps the last status that long.
+ * A Step that hangs (up to step_deadline_ms) holds the scheduler thread and so the
+ * canary: a watchdog thread reports NOT_SERVING once the worker's last good Step answer
+ * is older than health_stale_ms; the next canary that answers brings SERVING back.
  *
  * Metrics (co_metrics; co_service_metrics returns the registry for rendering):
  *   arkvale_requests_total{code}                 Generate calls by final gRPC code
@@ -90,6 +92,10 @@ typedef struct {
   int64_t step_deadline_ms;        /* per Worker call (default 60000) */
   int64_t canary_period_ms;        /* health canary, and a dead group's revive tries
                                     * (default 5000; >= 1) */
+  int64_t health_stale_ms;         /* NOT_SERVING once the worker has answered no Step
+                                    * (canary or batch) for this long, even while a Step
+                                    * hangs (a watchdog thread pushes it to Watch); 0
+                                    * (default): 3 canary periods, at least 10000 */
   co_metrics_t *metrics;           /* the registry to add the families to (not owned;
                                     * must outlive the service; one service per registry:
                                     * the family names are fixed); NULL: one of its own */

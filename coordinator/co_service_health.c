@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "ak_log.h"
 #include "co_service_internal.h"
 #include "pb_buf.h"
@@ -265,8 +266,40 @@ void co_svc_health_tick(co_service_t *s, int64_t now_us) {
   ak_err_t err;
   ak_err_clear(&err);
   if (co_svc_canary(s, &err) == AK_OK) {
+    pthread_mutex_lock(&s->mu);
+    s->last_answer_us = co_svc_now_us();
+    pthread_mutex_unlock(&s->mu);
     co_svc_metric_add(s, s->mid.canaries, 1.0);
     co_svc_health_publish(s, 1, "the canary answered");
   } else
     co_svc_group_failed(s, err.msg);
+}
+
+/* --- the staleness watchdog (its own thread: the scheduler thread may be stuck in a
+ * Step, which is the case it exists for) --- */
+
+void *co_svc_health_watchdog(void *arg) {
+  co_service_t *s = arg;
+  int64_t period_ms = s->p.canary_period_ms;
+  pthread_mutex_lock(&s->mu);
+  while (!s->stopping) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + period_ms % 1000 * 1000000;
+    ts.tv_sec += (time_t)(period_ms / 1000 + ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    pthread_cond_timedwait(&s->watchdog_cv, &s->mu, &ts);
+    if (s->stopping) break;
+    int64_t age_us = co_svc_now_us() - s->last_answer_us;
+    if (s->serving && s->last_answer_us && age_us > s->stale_us) {
+      pthread_mutex_unlock(&s->mu);
+      char why[128];
+      snprintf(why, sizeof why, "the worker has not answered a Step for %" PRId64 " ms (health_stale_ms %" PRId64 ")",
+               age_us / 1000, s->stale_us / 1000);
+      co_svc_health_publish(s, 0, why);
+      pthread_mutex_lock(&s->mu);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
 }

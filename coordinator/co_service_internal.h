@@ -84,8 +84,14 @@ struct co_service {
   int serving;                   /* 1 SERVING, 0 NOT_SERVING */
   co_svc_watch_t *watchers;
   int32_t n_watchers;
+  int64_t last_answer_us;        /* (under mu) the worker's last good Step answer, canary
+                                  * or not (0: none yet): the watchdog's clock */
+  int64_t stale_us;              /* health_stale_ms resolved */
   pthread_t thread;
   int thread_started;
+  pthread_t watchdog;            /* staleness (co_service_health.c), woken by watchdog_cv */
+  pthread_cond_t watchdog_cv;
+  int watchdog_started;
   /* scheduler thread only */
   co_svc_req_t *running;
   uint64_t step_id;
@@ -138,6 +144,10 @@ void co_svc_health_shutdown_locked(co_service_t *s);
 /* Scheduler thread, between steps: the canary when it is due; a dead group's revive
  * when its period has passed. */
 void co_svc_health_tick(co_service_t *s, int64_t now_us);
+/* The watchdog thread's body: every canary period, NOT_SERVING when the worker's last
+ * good Step answer (a canary's or a batch's: with one slot a busy group runs no
+ * canary) is older than s->stale_us. Ends when s->stopping is set (watchdog_cv). */
+void *co_svc_health_watchdog(void *arg);
 
 /* --- metrics (co_service_metrics.c) --- */
 ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err);

@@ -260,6 +260,9 @@ static void co_svc_run_step(co_service_t *s, const co_sched_plan_t *plan) {
     goto out;
   }
   const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)m;
+  pthread_mutex_lock(&s->mu);
+  s->last_answer_us = co_svc_now_us();
+  pthread_mutex_unlock(&s->mu);
   co_svc_metric_kv(s, sr->kv);
   co_svc_metric_add(s, s->mid.steps, 1.0);
   /* Apply every sample, deciding who finishes; then step_done; then end them. */

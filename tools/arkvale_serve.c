@@ -68,6 +68,7 @@ static const sv_setting_t sv_settings[] = {
     {"coordinator", "max_batch_tokens", SV_INT, SV_TO_COORD, "--max-batch-tokens", NULL},
     {"coordinator", "step_deadline_ms", SV_INT, SV_TO_COORD, "--step-deadline-ms", NULL},
     {"coordinator", "canary_period_ms", SV_INT, SV_TO_COORD, "--canary-period-ms", NULL},
+    {"coordinator", "health_stale_ms", SV_INT, SV_TO_COORD, "--health-stale-ms", NULL},
     {"coordinator", "rpc_threads", SV_INT, SV_TO_COORD, "--rpc-threads", NULL},
     {"coordinator", "drain_timeout_ms", SV_INT, SV_TO_COORD, "--drain-timeout-ms", "30000"},
     {"coordinator", "connect_timeout_ms", SV_INT, SV_TO_COORD, "--connect-timeout-ms", NULL},

@@ -9,7 +9,7 @@
 // it NOT_SERVING; client deadlines (queued and streaming) end DEADLINE_EXCEEDED and
 // free the worker's sequence; the metrics families after requests; co_service_drain
 // (new requests UNAVAILABLE, NOT_SERVING, open streams finish or a timeout leaves them
-// to destroy).
+// to destroy); a hung Step turns health NOT_SERVING through the watchdog.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -108,6 +108,7 @@ class CoServiceTest : public ::testing::Test {
   ak_rpc_client_t *cli_ = nullptr, *wcli_ = nullptr;
   int32_t max_queue_ = 64;
   int64_t canary_period_ms_ = 200;
+  int64_t health_stale_ms_ = 0;  // co_service's default
   int worker_job_delay_ms_ = 0;  // > 0: every worker job waits this long first (slow steps)
   std::string waddr_;
 
@@ -126,6 +127,7 @@ class CoServiceTest : public ::testing::Test {
     cp.max_batch_tokens = kBatch;
     cp.max_queue = max_queue_;
     cp.canary_period_ms = canary_period_ms_;
+    cp.health_stale_ms = health_stale_ms_;
     ak_err_t err;
     ASSERT_EQ(co_service_create(&cp, &err, &co_), AK_OK) << err.msg;
     std::string caddr = "127.0.0.1:" + std::to_string(co_service_port(co_));
@@ -710,6 +712,29 @@ TEST_F(CoServiceTest, DrainTimeoutLeavesTheRestToDestroy) {
   EXPECT_EQ(s.code, GRPC_STATUS_UNAVAILABLE) << s.msg;
   EXPECT_LT(s.tokens.size(), 200u);
   EXPECT_TRUE(WorkerDrains());
+}
+
+// A worker Step that hangs holds the scheduler thread (and so the canary): the
+// watchdog reports NOT_SERVING once nothing has answered for health_stale_ms, and the
+// next canary after the Step returns brings SERVING back.
+TEST_F(CoServiceTest, HealthNotServingWhileAStepHangs) {
+  Stop();
+  health_stale_ms_ = 400;
+  worker_job_delay_ms_ = 1;  // installs the hook; raised below (the worker reads it per job)
+  ASSERT_NO_FATAL_FAILURE(Start());
+  ASSERT_TRUE(WaitHealth(kServing));
+  worker_job_delay_ms_ = 2000;  // the next Step (a canary, the group is idle) hangs 2 s
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WaitHealth(kNotServing, 1900)) << "still SERVING while a Step hangs";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1900));
+  EXPECT_EQ(Sample(Scrape(), "arkvale_serving"), 0);
+  worker_job_delay_ms_ = 1;
+  ASSERT_TRUE(WaitHealth(kServing, 10000)) << "not SERVING again after the Step returned";
+  GenReq g(3);
+  g.set_ids(prompt_ids(8, 2));
+  Stream s;
+  Generate(g, &s);
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
 }
 
 TEST_F(CoServiceTest, HealthWatchOfAnUnknownServiceStaysOpen) {
