@@ -335,7 +335,12 @@ TEST_F(ServingTest, AbortCancelAndDeadlineFreeTheWorkerPages) {
   EXPECT_EQ(d.code, GRPC_STATUS_DEADLINE_EXCEEDED) << d.msg;
   EXPECT_LT(d.tokens.size(), 200u);
   EXPECT_TRUE(WorkerFreed()) << "pages held after a deadline";
-  std::string m = HttpGet(mport_, "/metrics");
+  // counted by their final codes (the deadline's once the loop reaps it: poll)
+  std::string m;
+  for (int64_t end = now_ms() + 5000; now_ms() < end; std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
+    m = HttpGet(mport_, "/metrics");
+    if (Sample(m, "arkvale_requests_total{code=\"DEADLINE_EXCEEDED\"}") == 1) break;
+  }
   EXPECT_EQ(Sample(m, "arkvale_requests_total{code=\"CANCELLED\"}"), 2) << m;
   EXPECT_EQ(Sample(m, "arkvale_requests_total{code=\"DEADLINE_EXCEEDED\"}"), 1) << m;
   EXPECT_EQ(HealthCheck(), kServing);
