@@ -3,7 +3,8 @@
  * connect to the worker (retried until --connect-timeout-ms: a launcher may start both
  * at once and the worker loads its model first), serve until SIGTERM or SIGINT, then
  * drain: stop admitting (a new Generate is UNAVAILABLE, health NOT_SERVING), let the
- * open streams finish for up to --drain-timeout-ms, end the rest UNAVAILABLE, exit 0.
+ * open streams finish for up to --drain-timeout-ms (a second signal cuts it short),
+ * end the rest UNAVAILABLE, exit 0.
  *
  * Exit codes: 0 after a drain (or a signal before serving), 1 when it cannot start
  * (worker unreachable past the timeout, a missing model, an address that cannot be
@@ -26,7 +27,7 @@
 #include "co_service.h"
 
 #define CO_MAIN_MAX_WORKERS 1 /* what co_service serves: one group of one rank */
-#define CO_MAIN_RETRY_MS 250  /* between connection attempts at start */
+#define CO_MAIN_RETRY_MS 250  /* between connection attempts at start; a drain slice */
 
 typedef struct {
   co_service_params_t svc;
@@ -274,10 +275,22 @@ int main(int argc, char **argv) {
   AK_LOG_INFO("coordinator: port %d, worker %s", co_service_port(svc), o.worker_addr);
 
   sigwait(&sigs, &sig);
-  AK_LOG_INFO("coordinator: signal %d: draining (up to %" PRId64 " ms)", sig, o.drain_timeout_ms);
+  AK_LOG_INFO("coordinator: signal %d: draining (up to %" PRId64 " ms; a second signal stops at once)", sig,
+              o.drain_timeout_ms);
+  /* The drain in slices, so that a second SIGTERM/SIGINT cuts it short. */
   int32_t n_left = 0;
-  if (co_service_drain(svc, o.drain_timeout_ms, &err, &n_left) != AK_OK)
-    AK_LOG_WARN("coordinator: %s: ending them UNAVAILABLE", err.msg);
+  int64_t t0 = now_ms();
+  for (;;) {
+    int64_t left = o.drain_timeout_ms - (now_ms() - t0);
+    st = co_service_drain(svc, left < CO_MAIN_RETRY_MS ? left : CO_MAIN_RETRY_MS, &err, &n_left);
+    if (st == AK_OK || left <= CO_MAIN_RETRY_MS) break;
+    struct timespec zero = {0, 0};
+    if ((sig = sigtimedwait(&sigs, NULL, &zero)) > 0) {
+      AK_LOG_WARN("coordinator: signal %d: drain cut short with %d requests open", sig, n_left);
+      break;
+    }
+  }
+  if (st != AK_OK) AK_LOG_WARN("coordinator: %d requests still open: ending them UNAVAILABLE", n_left);
   co_metrics_http_stop(http);
   co_service_destroy(svc);
   AK_LOG_INFO("coordinator: stopped");

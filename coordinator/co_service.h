@@ -120,7 +120,8 @@ co_metrics_t *co_service_metrics(const co_service_t *svc);
  * running go on to their end. Waits up to timeout_ms (<= 0: no wait) for every one to
  * finish: AK_OK when none is left, AK_ERR_TIMEOUT otherwise, with how many are left in
  * *n_left_p (may be NULL; written on every return). co_service_destroy then ends the
- * rest UNAVAILABLE. The service stays draining: there is no undo. Any thread, once. */
+ * rest UNAVAILABLE. The service stays draining: there is no undo. Any thread; may be
+ * called again (to wait in slices). */
 ak_status_t co_service_drain(co_service_t *svc, int64_t timeout_ms, ak_err_t *err, int32_t *n_left_p);
 
 /* Stops the server: every open request ends UNAVAILABLE ("shutting down"), with up to

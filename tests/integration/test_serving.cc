@@ -2,12 +2,13 @@
 // processes on loopback ports, driven by a gRPC client (common/ak_rpc_client).
 // Greedy output through the server equals the in-process engine's; 16 concurrent
 // streams of mixed lengths complete; malformed requests (bytes that do not parse, bad
-// fields) are INVALID_ARGUMENT and the server keeps serving; health is SERVING, then
-// NOT_SERVING within a few canary periods of `kill -9` on the worker, SERVING again
-// once a worker restarts on the same port; SIGTERM drains (new requests UNAVAILABLE,
-// the open stream finishes) and exits 0, and a drain timeout ends a long stream
-// UNAVAILABLE; Abort, a client cancel and a deadline free the worker's sequence and
-// pages (its Health, the coordinator's /metrics); the coordinator's bad flags exit 2, an unreachable worker exits 1.
+// fields) are INVALID_ARGUMENT and the server keeps serving; Abort, a client cancel and
+// a deadline free the worker's sequence and pages (its Health, the coordinator's
+// /metrics); health is SERVING, then NOT_SERVING within a few canary periods of
+// `kill -9` on the worker, SERVING again once a worker restarts on the same port;
+// SIGTERM drains (new requests UNAVAILABLE, the open stream finishes) and exits 0, and
+// a drain timeout or a second signal ends a long stream UNAVAILABLE; the coordinator's
+// bad flags exit 2 naming the flag, an unreachable worker exits 1.
 // `arkvale serve`: from a config file with flags over it, SERVING, a request, SIGTERM
 // stops both children and exits 0 (SIGINT too); a child killed -9 stops the other and
 // the launcher exits 1; bad config keys and values exit 2 naming them.
@@ -410,6 +411,23 @@ TEST_F(ServingTest, DrainTimeoutEndsALongStreamUnavailable) {
   EXPECT_EQ(s.code, GRPC_STATUS_UNAVAILABLE) << s.msg;
   EXPECT_LT(s.tokens.size(), 240u);
   EXPECT_LT(took, 5000) << "the drain timeout was not honoured";
+}
+
+TEST_F(ServingTest, ASecondSignalCutsTheDrainShort) {
+  ASSERT_NO_FATAL_FAILURE(StartBoth({"--drain-timeout-ms", "60000"}));
+  GenReq g(prompt_ids(10, 9), 240);
+  Stream s;
+  std::thread t([&] { Generate(g, &s); });
+  for (int64_t end = now_ms() + 30000; s.seen.load() < 1 && now_ms() < end;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  coord_.Signal(SIGTERM);
+  ASSERT_TRUE(WaitHealth(kNotServing, 5000));
+  int64_t t0 = now_ms();
+  coord_.Signal(SIGINT);
+  EXPECT_EQ(coord_.Wait(10000), 0);
+  t.join();
+  EXPECT_EQ(s.code, GRPC_STATUS_UNAVAILABLE) << s.msg;
+  EXPECT_LT(now_ms() - t0, 5000) << "the second signal did not cut the drain short";
 }
 
 TEST(CoordinatorProcess, BadFlagsExit2NamingTheFlag) {
