@@ -324,14 +324,17 @@ static int sv_wait_port(sv_child_t *ch, const char *key, int64_t timeout_ms) {
   }
 }
 
-/* SIGTERM, then up to timeout_ms, then SIGKILL. Its exit code. */
-static int sv_stop(sv_child_t *ch, int64_t timeout_ms) {
+/* SIGTERM, then up to timeout_ms, then SIGKILL. A SIGTERM/SIGINT to the launcher
+ * meanwhile is passed on (a second one cuts the coordinator's drain short). Its exit
+ * code. */
+static int sv_stop(sv_child_t *ch, int64_t timeout_ms, const sigset_t *sigs) {
   if (ch->pid <= 0) return 0;
   if (!sv_reap(ch, 0)) {
     kill(ch->pid, SIGTERM);
     for (int64_t end = sv_now_ms() + timeout_ms; !sv_reap(ch, 0) && sv_now_ms() < end;) {
       struct timespec ts = {0, 10 * 1000000L};
-      nanosleep(&ts, NULL);
+      int sig = sigtimedwait(sigs, NULL, &ts);
+      if (sig == SIGTERM || sig == SIGINT) kill(ch->pid, SIGTERM);
     }
     if (!ch->exited) {
       fprintf(stderr, "arkvale serve: %s (pid %d) did not stop in %" PRId64 " ms: killing it\n", ch->name,
@@ -521,8 +524,8 @@ int ak_cli_serve(int argc, char **argv) {
 out:
   ak_rpc_client_destroy(cli);
   {
-    int cc = sv_stop(&coord, drain_ms + 10000);
-    int wc = sv_stop(&worker, 30000);
+    int cc = sv_stop(&coord, drain_ms + 10000, &sigs);
+    int wc = sv_stop(&worker, 30000, &sigs);
     if (rc == 0 && (cc != 0 || wc != 0)) {
       fprintf(stderr, "arkvale serve: children exited with %d (coordinator) and %d (worker)\n", cc, wc);
       rc = 1;
