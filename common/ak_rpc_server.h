@@ -100,11 +100,6 @@ ak_status_t ak_rpc_writer_write(ak_rpc_writer_t *w, const ProtobufCMessage *msg,
 /* Non-zero once the client cancelled, its deadline passed, the connection broke or the
  * server is shutting down: a streaming handler polls it between messages. */
 int ak_rpc_writer_cancelled(const ak_rpc_writer_t *w);
-/* Non-zero once the call's deadline (the client's, as the server received it) has
- * passed; 0 for a call without one. Tells a deadline from a client's cancel, so that a
- * handler can finish (and count) the call as DEADLINE_EXCEEDED (AK_ERR_TIMEOUT). */
-int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w);
-
 /* Non-zero when the call has a deadline and it has passed: tells a call ended by its
  * deadline (finish it AK_ERR_TIMEOUT) from one its client cancelled. Any thread. */
 int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w);
