@@ -1,6 +1,6 @@
-/* bench_serve main: flags; the direct engine step first (alone on the CPUs); then the
- * servers (in-process unless --server); the round trip; the load run; the steady
- * closed-loop run at batch B; the report. Exit 0 after a report (failed streams are in
+/* bench_serve main: flags; the servers (in-process unless --server); the round trip;
+ * the load run; rounds of the direct engine step and the steady closed-loop run at
+ * batch B; the report. Exit 0 after a report (failed streams are in
  * it), 1 on a runtime failure (an unreachable server: the message names the address),
  * 2 on a bad flag (the message names it). */
 #include <stdio.h>
@@ -20,14 +20,6 @@ int main(int argc, char **argv) {
   }
   if (m) fclose(m);
 
-  sv_engine_t engine;
-  memset(&engine, 0, sizeof engine);
-  if (!a.no_overhead) {
-    fprintf(stderr, SV_PROG ": engine step: batch %d, prompt %d, %d steps...\n", (int)a.batch,
-            (int)a.steady_prompt_tokens, (int)a.steady_tokens);
-    if (sv_engine_measure(&a, &engine) != 0) return 1;
-  }
-
   sv_local_t *local = NULL;
   char addr[256];
   if (a.server) {
@@ -42,7 +34,10 @@ int main(int argc, char **argv) {
   sv_run_t load, steady_run;
   memset(&load, 0, sizeof load), memset(&steady_run, 0, sizeof steady_run);
   sv_rtt_t rtt;
-  sv_steady_t steady;
+  int32_t R = a.no_overhead ? 0 : a.rounds;
+  sv_engine_t engine[100];
+  sv_steady_t steady[100];
+  memset(engine, 0, sizeof engine), memset(steady, 0, sizeof steady);
   rc = 1;
   if (ak_rpc_client_create(addr, &err, &cli) < 0) {
     fprintf(stderr, SV_PROG ": cannot reach a coordinator at %s: %s\n", addr, err.msg);
@@ -54,18 +49,27 @@ int main(int argc, char **argv) {
   if (sv_load_run(cli, &a, a.n_requests, a.rate_rps, a.concurrency, a.prompt_tokens, a.output_tokens, a.seed, 0,
                   &load) != 0)
     goto done;
-  if (!a.no_overhead) {
-    fprintf(stderr, SV_PROG ": steady run: %d streams of %d tokens...\n", (int)a.batch, (int)a.steady_tokens);
+  /* Engine step and steady run interleaved, round by round: other load on a shared
+   * machine then falls on both sides alike rather than on whichever ran first. The
+   * in-process servers sit idle (blocked, not spinning) while the engine runs. */
+  for (int32_t i = 0; i < R; i++) {
+    fprintf(stderr, SV_PROG ": round %d/%d: engine step (batch %d, prompt %d, %d steps)...\n", (int)i + 1, (int)R,
+            (int)a.batch, (int)a.steady_prompt_tokens, (int)a.steady_tokens);
+    if (sv_engine_measure(&a, &engine[i]) != 0) goto done;
+    fprintf(stderr, SV_PROG ": round %d/%d: steady run (%d streams of %d tokens)...\n", (int)i + 1, (int)R,
+            (int)a.batch, (int)a.steady_tokens);
     sv_range_t p = {a.steady_prompt_tokens, a.steady_prompt_tokens}, o = {a.steady_tokens, a.steady_tokens};
-    if (sv_load_run(cli, &a, a.batch, 0, a.batch, p, o, a.seed + 1, 1, &steady_run) != 0) goto done;
-    sv_steady_compute(&steady_run, a.batch, &steady);
+    if (sv_load_run(cli, &a, a.batch, 0, a.batch, p, o, a.seed + 1 + (uint64_t)i, 1, &steady_run) != 0) goto done;
+    sv_steady_compute(&steady_run, a.batch, &steady[i]);
+    sv_run_free(&steady_run);
   }
   sv_report_t rep = {.a = &a,
                      .addr = addr,
                      .load = &load,
                      .rtt = &rtt,
-                     .engine = a.no_overhead ? NULL : &engine,
-                     .steady = a.no_overhead ? NULL : &steady};
+                     .n_rounds = R,
+                     .engine = engine,
+                     .steady = steady};
   rc = sv_report_write(&rep);
 
 done:

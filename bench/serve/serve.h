@@ -44,6 +44,7 @@ typedef struct {
   int32_t page_tokens;         /* --page-tokens (in-process worker and engine) */
   int32_t max_batch_tokens;    /* --max-batch-tokens (in-process worker and coordinator) */
   int32_t rtt_calls;           /* --rtt-calls */
+  int32_t rounds;              /* --rounds: engine step / steady run pairs, interleaved */
   int64_t timeout_ms;          /* --timeout-ms: per stream */
   int no_overhead;             /* --no-overhead: skip the steady run and the engine step */
   int no_write;                /* --no-write */
@@ -135,8 +136,9 @@ typedef struct {
   const char *addr;
   const sv_run_t *load;
   const sv_rtt_t *rtt;
-  const sv_engine_t *engine; /* NULL: not measured */
-  const sv_steady_t *steady; /* NULL: not measured */
+  int32_t n_rounds;          /* 0: not measured (--no-overhead) */
+  const sv_engine_t *engine; /* [n_rounds] */
+  const sv_steady_t *steady; /* [n_rounds] */
 } sv_report_t;
 
 /* The table on stdout; the results file unless --no-write. 0 ok, 1 the file failed. */

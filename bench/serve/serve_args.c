@@ -33,6 +33,8 @@ static void sv_usage(FILE *f) {
           "  --threads N               engine compute threads, in-process (default 0: one per CPU)\n"
           "  --page-tokens N           KV page size, in-process (default 32)\n"
           "  --max-batch-tokens N      token rows per step, in-process (default 512)\n"
+          "  --rounds N                engine step / steady run pairs, interleaved; the overhead\n"
+          "                            is taken on their medians (default 5)\n"
           "  --rtt-calls N             GetModelInfo calls for the round trip (default 200)\n"
           "  --timeout-ms N            deadline of each stream (default 600000)\n"
           "  --no-overhead             skip the steady run and the engine step\n"
@@ -127,6 +129,7 @@ static void sv_args_default(sv_args_t *a) {
   a->page_tokens = 32;
   a->max_batch_tokens = 512;
   a->rtt_calls = 200;
+  a->rounds = 5;
   a->timeout_ms = 600000;
 }
 
@@ -197,6 +200,8 @@ int sv_args_parse(int argc, char **argv, sv_args_t *a) {
       rc = sv_i32(f, v, 1, 4096, &a->page_tokens);
     } else if (!strcmp(f, "--max-batch-tokens")) {
       rc = sv_i32(f, v, 1, 1 << 20, &a->max_batch_tokens);
+    } else if (!strcmp(f, "--rounds")) {
+      rc = sv_i32(f, v, 1, 100, &a->rounds);
     } else if (!strcmp(f, "--rtt-calls")) {
       rc = sv_i32(f, v, 1, 1000000, &a->rtt_calls);
     } else if (!strcmp(f, "--timeout-ms")) {
