@@ -19,6 +19,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (m) fclose(m);
+  char loadavg[64];
+  sv_loadavg(loadavg, sizeof loadavg);
 
   sv_local_t *local = NULL;
   char addr[256];
@@ -59,8 +61,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, SV_PROG ": round %d/%d: steady run (%d streams of %d tokens)...\n", (int)i + 1, (int)R,
             (int)a.batch, (int)a.steady_tokens);
     sv_range_t p = {a.steady_prompt_tokens, a.steady_prompt_tokens}, o = {a.steady_tokens, a.steady_tokens};
+    double steps0 = sv_local_steps(local);
     if (sv_load_run(cli, &a, a.batch, 0, a.batch, p, o, a.seed + 1 + (uint64_t)i, 1, &steady_run) != 0) goto done;
+    double steps1 = sv_local_steps(local);
     sv_steady_compute(&steady_run, a.batch, &steady[i]);
+    if (steps0 >= 0 && steps1 > steps0) {
+      int64_t n_tok = 0;
+      for (int32_t k = 0; k < steady_run.n_reqs; k++) n_tok += steady_run.reqs[k].n_tokens;
+      steady[i].tokens_per_step = (double)n_tok / (steps1 - steps0);
+    }
     sv_run_free(&steady_run);
   }
   sv_report_t rep = {.a = &a,
@@ -69,7 +78,8 @@ int main(int argc, char **argv) {
                      .rtt = &rtt,
                      .n_rounds = R,
                      .engine = engine,
-                     .steady = steady};
+                     .steady = steady,
+                     .loadavg_start = loadavg};
   rc = sv_report_write(&rep);
 
 done:

@@ -80,6 +80,11 @@ typedef struct sv_local sv_local_t;
 int sv_local_start(const sv_args_t *a, char *addr, size_t addr_bytes, sv_local_t **local_p);
 void sv_local_stop(sv_local_t *local);
 
+/* Worker.Step calls the in-process coordinator has made so far, health canaries not
+ * counted (from its metrics: arkvale_worker_steps_total - arkvale_worker_canaries_total);
+ * -1 when they cannot be read. */
+double sv_local_steps(sv_local_t *local);
+
 /* --- serve_load.c --- */
 
 /* What one Generate stream saw, times in seconds from the run's start. */
@@ -127,6 +132,7 @@ typedef struct {
   int ok;
   int32_t batch, n_steps;
   double mean_ms, p50_ms; /* p50: median gap between consecutive tokens of a stream */
+  double tokens_per_step; /* the whole run's tokens / Worker.Step calls (in-process); 0 unknown */
 } sv_steady_t;
 
 void sv_steady_compute(const sv_run_t *run, int32_t batch, sv_steady_t *out);
@@ -139,9 +145,13 @@ typedef struct {
   int32_t n_rounds;          /* 0: not measured (--no-overhead) */
   const sv_engine_t *engine; /* [n_rounds] */
   const sv_steady_t *steady; /* [n_rounds] */
+  const char *loadavg_start; /* /proc/loadavg before the run */
 } sv_report_t;
 
 /* The table on stdout; the results file unless --no-write. 0 ok, 1 the file failed. */
 int sv_report_write(const sv_report_t *r);
+
+/* /proc/loadavg's first three fields, or "unknown". */
+void sv_loadavg(char *out, size_t n);
 
 #endif

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "co_metrics.h"
 #include "co_service.h"
 #include "serve.h"
 #include "wk_engine.h"
@@ -163,4 +164,30 @@ void sv_local_stop(sv_local_t *l) {
   co_service_destroy(l->co);
   wk_service_destroy(l->wk);
   free(l);
+}
+
+/* The value of the first sample of `family` in Prometheus text; -1 if absent. */
+static double sv_metric_first(const char *text, const char *family) {
+  size_t n = strlen(family);
+  for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+    if (strncmp(p, family, n) != 0 || (p[n] != '{' && p[n] != ' ')) continue;
+    const char *e = strchr(p, '\n'), *sp = p + n;
+    for (const char *q = p + n; *q && q != e; q++)
+      if (*q == ' ') sp = q;
+    return strtod(sp, NULL);
+  }
+  return -1;
+}
+
+double sv_local_steps(sv_local_t *l) {
+  if (!l) return -1;
+  char *text = NULL;
+  size_t len = 0;
+  ak_err_t err;
+  if (co_metrics_render(co_service_metrics(l->co), &err, &text, &len) < 0) return -1;
+  double steps = sv_metric_first(text, "arkvale_worker_steps_total");
+  double canaries = sv_metric_first(text, "arkvale_worker_canaries_total");
+  co_metrics_text_free(text);
+  if (steps < 0) return -1;
+  return steps - (canaries > 0 ? canaries : 0);
 }

@@ -151,8 +151,8 @@ static void sv_table(FILE *f, const sv_report_t *r, const sv_summary_t *s) {
     return;
   }
   /* Per round, then the medians over rounds of each side's mean step. */
-  fprintf(f, "| round | engine direct, mean ms | p50 ms | server steady, mean ms | p50 ms | overhead (means) |\n"
-          "| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  fprintf(f, "| round | engine direct, mean ms | p50 ms | server steady, mean ms | p50 ms | overhead (means) | "
+          "tokens / Worker.Step |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   double em[100], sm[100], ep[100], sp[100];
   int32_t n_e = 0, n_s = 0;
   for (int32_t i = 0; i < r->n_rounds; i++) {
@@ -163,13 +163,15 @@ static void sv_table(FILE *f, const sv_report_t *r, const sv_summary_t *s) {
     else fprintf(f, "failed | | ");
     if (st->ok) fprintf(f, "%.2f | %.2f | ", st->mean_ms, st->p50_ms), sm[n_s] = st->mean_ms, sp[n_s++] = st->p50_ms;
     else fprintf(f, "no window | | ");
-    if (e->ok && st->ok) fprintf(f, "%+.1f%% |\n", 100.0 * (st->mean_ms - e->mean_ms) / e->mean_ms);
-    else fprintf(f, "|\n");
+    if (e->ok && st->ok) fprintf(f, "%+.1f%% | ", 100.0 * (st->mean_ms - e->mean_ms) / e->mean_ms);
+    else fprintf(f, "| ");
+    if (st->tokens_per_step > 0) fprintf(f, "%.2f |\n", st->tokens_per_step);
+    else fprintf(f, "n/a |\n");
   }
   if (n_e > 0 && n_s > 0) {
     double e_mean = sv_quantile(em, n_e, 0.5), s_mean = sv_quantile(sm, n_s, 0.5);
     double e_p50 = sv_quantile(ep, n_e, 0.5), s_p50 = sv_quantile(sp, n_s, 0.5);
-    fprintf(f, "| median of rounds | %.2f | %.2f | %.2f | %.2f | %+.1f%% |\n", e_mean, e_p50, s_mean, s_p50,
+    fprintf(f, "| median of rounds | %.2f | %.2f | %.2f | %.2f | %+.1f%% | |\n", e_mean, e_p50, s_mean, s_p50,
             100.0 * (s_mean - e_mean) / e_mean);
     fprintf(f, "\nOverhead at batch %d: %+.2f ms per step (%+.1f%%) on the medians of the rounds' mean steps, "
             "%+.2f ms (%+.1f%%) on their median steps; the issue's target is < 5%%.\n", (int)a->batch,
@@ -184,18 +186,21 @@ static void sv_table(FILE *f, const sv_report_t *r, const sv_summary_t *s) {
           "steady window runs from the last stream's first token to the first stream's last token, steps = "
           "tokens in the window / %d; p50 is the median gap between a stream's tokens. Both at a prompt of %d "
           "tokens then %d one-token steps per sequence (the engine's first 2 untimed); rounds alternate engine "
-          "and server.\n", (int)a->batch, (int)e0->n_threads, (int)a->batch, (int)a->batch,
+          "and server. tokens / Worker.Step: the steady run's tokens over the Steps the in-process coordinator "
+          "sent meanwhile (its metrics, canaries excluded; prefill included): near B when every step carried "
+          "the whole batch.\n", (int)a->batch, (int)e0->n_threads, (int)a->batch, (int)a->batch,
           (int)a->steady_prompt_tokens, (int)a->steady_tokens);
   if (a->server)
     fprintf(f, "The engine ran here with --threads %d; the server's engine may run elsewhere with other "
             "settings: compare with care.\n", (int)e0->n_threads);
 }
 
-static void sv_loadavg(char *out, size_t n) {
+void sv_loadavg(char *out, size_t n) {
   snprintf(out, n, "unknown");
   FILE *f = fopen("/proc/loadavg", "r");
   if (!f) return;
-  if (fgets(out, (int)n, f)) out[strcspn(out, "\n")] = 0;
+  double l1, l5, l15;
+  if (fscanf(f, "%lf %lf %lf", &l1, &l5, &l15) == 3) snprintf(out, n, "%.2f %.2f %.2f", l1, l5, l15);
   fclose(f);
 }
 
@@ -223,8 +228,8 @@ int sv_report_write(const sv_report_t *r) {
     return 1;
   }
   fprintf(f, "# bench_serve: %s\n\n", stamp);
-  fprintf(f, "- machine: %s, %ld online CPUs; load average at the end: %s\n", cpu, sysconf(_SC_NPROCESSORS_ONLN),
-          load);
+  fprintf(f, "- machine: %s, %ld online CPUs; load average (1, 5, 15 min) before the run: %s, after: %s\n", cpu,
+          sysconf(_SC_NPROCESSORS_ONLN), r->loadavg_start ? r->loadavg_start : "unknown", load);
   if (r->a->note) fprintf(f, "- note: %s\n", r->a->note);
   fprintf(f, "- commit: %s\n- model: %s\n- command: `%s`\n\n", commit, r->a->model, r->a->command);
   sv_table(f, r, &s);
