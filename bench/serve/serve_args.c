@@ -34,7 +34,7 @@ static void sv_usage(FILE *f) {
           "  --page-tokens N           KV page size, in-process (default 32)\n"
           "  --max-batch-tokens N      token rows per step, in-process (default 512)\n"
           "  --rounds N                engine step / steady run pairs, interleaved; the overhead\n"
-          "                            is taken on their medians (default 5)\n"
+          "                            is the median of the pairs' (default 5)\n"
           "  --rtt-calls N             GetModelInfo calls for the round trip (default 200)\n"
           "  --timeout-ms N            deadline of each stream (default 600000)\n"
           "  --no-overhead             skip the steady run and the engine step\n"

@@ -153,8 +153,8 @@ static void sv_table(FILE *f, const sv_report_t *r, const sv_summary_t *s) {
   /* Per round, then the medians over rounds of each side's mean step. */
   fprintf(f, "| round | engine direct, mean ms | p50 ms | server steady, mean ms | p50 ms | overhead (means) | "
           "tokens / Worker.Step |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-  double em[100], sm[100], ep[100], sp[100];
-  int32_t n_e = 0, n_s = 0;
+  double em[100], sm[100], ep[100], sp[100], ov[100];
+  int32_t n_e = 0, n_s = 0, n_ov = 0;
   for (int32_t i = 0; i < r->n_rounds; i++) {
     const sv_engine_t *e = &r->engine[i];
     const sv_steady_t *st = &r->steady[i];
@@ -163,22 +163,29 @@ static void sv_table(FILE *f, const sv_report_t *r, const sv_summary_t *s) {
     else fprintf(f, "failed | | ");
     if (st->ok) fprintf(f, "%.2f | %.2f | ", st->mean_ms, st->p50_ms), sm[n_s] = st->mean_ms, sp[n_s++] = st->p50_ms;
     else fprintf(f, "no window | | ");
-    if (e->ok && st->ok) fprintf(f, "%+.1f%% | ", 100.0 * (st->mean_ms - e->mean_ms) / e->mean_ms);
-    else fprintf(f, "| ");
+    if (e->ok && st->ok) {
+      ov[n_ov] = 100.0 * (st->mean_ms - e->mean_ms) / e->mean_ms;
+      fprintf(f, "%+.1f%% | ", ov[n_ov++]);
+    } else {
+      fprintf(f, "| ");
+    }
     if (st->tokens_per_step > 0) fprintf(f, "%.2f |\n", st->tokens_per_step);
     else fprintf(f, "n/a |\n");
   }
-  if (n_e > 0 && n_s > 0) {
+  if (n_ov > 0) {
     double e_mean = sv_quantile(em, n_e, 0.5), s_mean = sv_quantile(sm, n_s, 0.5);
     double e_p50 = sv_quantile(ep, n_e, 0.5), s_p50 = sv_quantile(sp, n_s, 0.5);
-    fprintf(f, "| median of rounds | %.2f | %.2f | %.2f | %.2f | %+.1f%% | |\n", e_mean, e_p50, s_mean, s_p50,
-            100.0 * (s_mean - e_mean) / e_mean);
-    fprintf(f, "\nOverhead at batch %d: %+.2f ms per step (%+.1f%%) on the medians of the rounds' mean steps, "
-            "%+.2f ms (%+.1f%%) on their median steps; the issue's target is < 5%%.\n", (int)a->batch,
-            s_mean - e_mean, 100.0 * (s_mean - e_mean) / e_mean, s_p50 - e_p50, 100.0 * (s_p50 - e_p50) / e_p50);
+    fprintf(f, "| median of rounds | %.2f | %.2f | %.2f | %.2f | %+.1f%% (paired) | |\n", e_mean, e_p50, s_mean,
+            s_p50, sv_quantile(ov, n_ov, 0.5));
+    /* sv_quantile sorted ov: its ends are the spread. */
+    fprintf(f, "\nOverhead at batch %d: %+.1f%%, the median over %d rounds of each round's server step against "
+            "the engine step measured just before it (per-round spread %+.1f%% .. %+.1f%%). The medians of each "
+            "side taken apart: engine %.2f ms, server %.2f ms per step (%+.2f ms, %+.1f%%). The issue's target is "
+            "< 5%%.\n", (int)a->batch, sv_quantile(ov, n_ov, 0.5), (int)n_ov, ov[0], ov[n_ov - 1], e_mean, s_mean,
+            s_mean - e_mean, 100.0 * (s_mean - e_mean) / e_mean);
   } else {
-    fprintf(f, "\nNo overhead figure: a side failed in every round (a stream failed, or the server never ran all "
-            "%d streams in one step).\n", (int)a->batch);
+    fprintf(f, "\nNo overhead figure: no round where both sides succeeded (a stream failed, or the server never "
+            "ran all %d streams in one step).\n", (int)a->batch);
   }
   const sv_engine_t *e0 = &r->engine[0];
   fprintf(f, "\nEngine direct: wk_engine_step over %d decode rows plus wk_sampler per sequence, as the worker "
