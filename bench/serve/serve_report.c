@@ -40,25 +40,35 @@ void sv_steady_compute(const sv_run_t *run, int32_t batch, sv_steady_t *out) {
     if (r->t_tok[r->n_tokens - 1] < t_hi) t_hi = r->t_tok[r->n_tokens - 1];
   }
   if (n_ok != batch || t_hi <= t_lo) return; /* never all B decoding at once */
-  int64_t n_in = 0, n_gaps = 0, cap = 0;
+  /* Per stream, its first and last token inside [t_lo, t_hi]: every step between them
+   * ran all B streams, so their time over the index difference is the step time,
+   * without the edge bias of counting tokens in a time window (a step's B tokens reach
+   * their streams spread over a fraction of a millisecond). */
+  int64_t n_gaps = 0, cap = 0, step_sum = 0;
+  double per_step_sum = 0;
   for (int32_t i = 0; i < run->n_reqs; i++) cap += run->reqs[i].n_tokens;
   double *gaps = malloc(sizeof *gaps * (size_t)(cap > 0 ? cap : 1));
   if (!gaps) return;
   for (int32_t i = 0; i < run->n_reqs; i++) {
     const sv_req_t *r = &run->reqs[i];
+    int32_t first = -1, last = -1;
     for (int32_t k = 0; k < r->n_tokens; k++) {
-      if (r->t_tok[k] <= t_lo || r->t_tok[k] > t_hi) continue;
-      n_in++;
-      if (k > 0 && r->t_tok[k - 1] >= t_lo) gaps[n_gaps++] = (r->t_tok[k] - r->t_tok[k - 1]) * 1e3;
+      if (r->t_tok[k] < t_lo || r->t_tok[k] > t_hi) continue;
+      if (first < 0) first = k;
+      if (last >= 0) gaps[n_gaps++] = (r->t_tok[k] - r->t_tok[last]) * 1e3;
+      last = k;
     }
+    if (first < 0 || last <= first) {
+      free(gaps);
+      return; /* a window shorter than one step */
+    }
+    per_step_sum += (r->t_tok[last] - r->t_tok[first]) * 1e3 / (last - first);
+    step_sum += last - first;
   }
-  double steps = (double)n_in / batch;
-  if (steps >= 1) {
-    out->ok = 1;
-    out->n_steps = (int32_t)lround(steps);
-    out->mean_ms = (t_hi - t_lo) * 1e3 / steps;
-    out->p50_ms = n_gaps > 0 ? sv_quantile(gaps, n_gaps, 0.5) : out->mean_ms;
-  }
+  out->ok = 1;
+  out->n_steps = (int32_t)(step_sum / run->n_reqs);
+  out->mean_ms = per_step_sum / run->n_reqs;
+  out->p50_ms = sv_quantile(gaps, n_gaps, 0.5);
   free(gaps);
 }
 
@@ -190,12 +200,13 @@ static void sv_table(FILE *f, const sv_report_t *r, const sv_summary_t *s) {
   const sv_engine_t *e0 = &r->engine[0];
   fprintf(f, "\nEngine direct: wk_engine_step over %d decode rows plus wk_sampler per sequence, as the worker "
           "runs a step, %d threads, in this process with no gRPC. Server: %d closed-loop Generate streams; the "
-          "steady window runs from the last stream's first token to the first stream's last token, steps = "
-          "tokens in the window / %d; p50 is the median gap between a stream's tokens. Both at a prompt of %d "
-          "tokens then %d one-token steps per sequence (the engine's first 2 untimed); rounds alternate engine "
+          "steady window runs from the last stream's first token to the first stream's last token; per stream, "
+          "the time between its first and last token in the window over the steps between them, averaged over "
+          "the streams; p50 is the median gap between a stream's consecutive tokens in the window. Both at a "
+          "prompt of %d tokens then %d one-token steps per sequence (the engine's first 2 untimed); rounds alternate engine "
           "and server. tokens / Worker.Step: the steady run's tokens over the Steps the in-process coordinator "
           "sent meanwhile (its metrics, canaries excluded; prefill included): near B when every step carried "
-          "the whole batch.\n", (int)a->batch, (int)e0->n_threads, (int)a->batch, (int)a->batch,
+          "the whole batch.\n", (int)a->batch, (int)e0->n_threads, (int)a->batch,
           (int)a->steady_prompt_tokens, (int)a->steady_tokens);
   if (a->server)
     fprintf(f, "The engine ran here with --threads %d; the server's engine may run elsewhere with other "
