@@ -135,9 +135,20 @@ static void sv_args_default(sv_args_t *a) {
 
 int sv_args_parse(int argc, char **argv, sv_args_t *a) {
   sv_args_default(a);
+  /* The command line for the results file, an argument with a space or quote in single
+   * quotes (a quote inside one as '\'') so that it pastes back into a shell. */
   size_t u = 0;
-  for (int i = 0; i < argc && u < sizeof a->command; i++)
-    u += (size_t)snprintf(a->command + u, sizeof a->command - u, "%s%s", i ? " " : "", argv[i]);
+  for (int i = 0; i < argc && u + 8 < sizeof a->command; i++) {
+    int quote = argv[i][0] == 0 || strpbrk(argv[i], " \t'\"$`\\;&|()<>*?") != NULL;
+    if (i) a->command[u++] = ' ';
+    if (quote) a->command[u++] = '\'';
+    for (const char *c = argv[i]; *c && u + 6 < sizeof a->command; c++) {
+      if (*c == '\'') memcpy(a->command + u, "'\\''", 4), u += 4;
+      else a->command[u++] = *c;
+    }
+    if (quote) a->command[u++] = '\'';
+  }
+  a->command[u < sizeof a->command ? u : sizeof a->command - 1] = 0;
 
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
