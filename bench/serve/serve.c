@@ -57,14 +57,20 @@ int main(int argc, char **argv) {
   for (int32_t i = 0; i < R; i++) {
     fprintf(stderr, SV_PROG ": round %d/%d: engine step (batch %d, prompt %d, %d steps)...\n", (int)i + 1, (int)R,
             (int)a.batch, (int)a.steady_prompt_tokens, (int)a.steady_tokens);
+    sv_cpu_t c0, c1, c2;
+    sv_cpu_sample(&c0);
     if (sv_engine_measure(&a, &engine[i]) != 0) goto done;
+    sv_cpu_sample(&c1);
+    engine[i].others_pct = sv_cpu_others_pct(&c0, &c1);
     fprintf(stderr, SV_PROG ": round %d/%d: steady run (%d streams of %d tokens)...\n", (int)i + 1, (int)R,
             (int)a.batch, (int)a.steady_tokens);
     sv_range_t p = {a.steady_prompt_tokens, a.steady_prompt_tokens}, o = {a.steady_tokens, a.steady_tokens};
     double steps0 = sv_local_steps(local);
     if (sv_load_run(cli, &a, a.batch, 0, a.batch, p, o, a.seed + 1 + (uint64_t)i, 1, &steady_run) != 0) goto done;
     double steps1 = sv_local_steps(local);
+    sv_cpu_sample(&c2);
     sv_steady_compute(&steady_run, a.batch, &steady[i]);
+    steady[i].others_pct = sv_cpu_others_pct(&c1, &c2);
     if (steps0 >= 0 && steps1 > steps0) {
       int64_t n_tok = 0;
       for (int32_t k = 0; k < steady_run.n_reqs; k++) n_tok += steady_run.reqs[k].n_tokens;

@@ -66,6 +66,7 @@ typedef struct {
   int ok;
   int32_t batch, n_steps, prompt_tokens, n_threads;
   double mean_ms, p50_ms, min_ms; /* per step */
+  double others_pct;              /* CPU the rest of the machine used meanwhile (sv_cpu_*) */
 } sv_engine_t;
 
 /* 0 ok, 1 failure (message on stderr). */
@@ -133,7 +134,20 @@ typedef struct {
   int32_t batch, n_steps;
   double mean_ms, p50_ms; /* p50: median gap between consecutive tokens of a stream */
   double tokens_per_step; /* the whole run's tokens / Worker.Step calls (in-process); 0 unknown */
+  double others_pct;      /* CPU the rest of the machine used meanwhile (sv_cpu_*) */
 } sv_steady_t;
+
+/* Other processes' share of the machine's CPU time over an interval: busy time of all
+ * CPUs in /proc/stat (steal included) minus this process's (/proc/self/stat), over the
+ * total, in percent; -1 where /proc cannot be read. A round is "quiet" when both of its
+ * sides stay under SV_QUIET_PCT: on a shared machine other work slows either side. */
+#define SV_QUIET_PCT 10.0
+typedef struct {
+  unsigned long long busy, total, self; /* clock ticks */
+  int ok;
+} sv_cpu_t;
+void sv_cpu_sample(sv_cpu_t *c);
+double sv_cpu_others_pct(const sv_cpu_t *before, const sv_cpu_t *after);
 
 void sv_steady_compute(const sv_run_t *run, int32_t batch, sv_steady_t *out);
 

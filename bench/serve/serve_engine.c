@@ -191,3 +191,35 @@ double sv_local_steps(sv_local_t *l) {
   if (steps < 0) return -1;
   return steps - (canaries > 0 ? canaries : 0);
 }
+
+void sv_cpu_sample(sv_cpu_t *c) {
+  memset(c, 0, sizeof *c);
+  unsigned long long v[10] = {0};
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return;
+  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+                 &v[5], &v[6], &v[7], &v[8], &v[9]);
+  fclose(f);
+  if (n < 8) return;
+  /* user nice system idle iowait irq softirq steal (guest time is inside user) */
+  c->busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+  c->total = c->busy + v[3] + v[4];
+  f = fopen("/proc/self/stat", "r");
+  if (!f) return;
+  char buf[1024];
+  size_t len = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[len] = 0;
+  char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+  unsigned long long ut, st;
+  if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return;
+  c->self = ut + st;
+  c->ok = 1;
+}
+
+double sv_cpu_others_pct(const sv_cpu_t *a, const sv_cpu_t *b) {
+  if (!a->ok || !b->ok || b->total <= a->total) return -1;
+  double others = (double)(b->busy - a->busy) - (double)(b->self - a->self);
+  if (others < 0) others = 0;
+  return 100.0 * others / (double)(b->total - a->total);
+}
