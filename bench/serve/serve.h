@@ -127,8 +127,9 @@ void sv_run_free(sv_run_t *run);
 
 /* --- serve_report.c --- */
 
-/* The steady-batch run's per-step time: the window where all B streams decode (from
- * the last first token to the first last token), its tokens / B = steps. */
+/* The steady-batch run's per-step time: inside the window where all B streams decode
+ * (from the last first token to the first last token), each stream's time between its
+ * first and last token there over the steps between them, averaged over the streams. */
 typedef struct {
   int ok;
   int32_t batch, n_steps;
