@@ -1,4 +1,4 @@
-/* co_service.c: create (tokenizer, worker Info + Warmup, scheduler, server), the
+/* co_service.c: create (tokenizer, the groups' Info + Warmup on every rank, scheduler, server), the
  * Generation handlers that answer on the CQ threads, and Generate's validation and
  * tokenization before a request is posted to the scheduler thread (co_service_loop.c).
  * Every INVALID_ARGUMENT message starts with the field's path in the request. */
@@ -396,108 +396,177 @@ static void co_svc_on_model_info(void *user, const ProtobufCMessage *req, ak_rpc
 
 /* --- create / destroy --- */
 
-static ak_status_t co_svc_worker_call(co_service_t *s, const char *method, const ProtobufCMessage *req,
-                                      const ProtobufCMessageDescriptor *d, ak_err_t *err, ProtobufCMessage **resp_p) {
-  ak_err_t e;
-  ak_err_clear(&e);
-  ak_status_t st = ak_rpc_client_unary(s->worker, method, req, d, CO_SVC_MAX_MSG_BYTES, s->p.step_deadline_ms, &e,
-                                       NULL, resp_p);
-  if (st != AK_OK) return ak_err_set(err, st, "worker %s %s: %s", s->p.worker_addr, method, e.msg);
-  return AK_OK;
-}
-
-/* Info: the first time it sets the model facts; later (a revive) the worker must serve
- * the same model shape. */
-static ak_status_t co_svc_worker_info(co_service_t *s, ak_err_t *err) {
-  ProtobufCMessage *m = NULL;
-  Arkvale__V1__InfoRequest iq = ARKVALE__V1__INFO_REQUEST__INIT;
-  AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Info", &iq.base, &arkvale__v1__info_response__descriptor, err,
-                            &m));
-  const Arkvale__V1__InfoResponse *info = (const Arkvale__V1__InfoResponse *)m;
-  ak_status_t st = AK_OK;
+/* Info's checks for one rank's answer: the first time it sets the model facts; later
+ * (another rank, a revive) the worker must serve the same model shape. */
+static ak_status_t co_svc_info_check(co_service_t *s, const co_svc_rank_t *r, const Arkvale__V1__InfoResponse *info,
+                                     ak_err_t *err) {
   if (info->protocol_revision != 1 || info->n_layers < 1 || info->page_tokens < 1 || info->context_tokens < 2 ||
       info->n_vocab < 1 || info->n_supported_policies < 1)
-    st = ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Info revision %u / layers %u / page %u / context %u",
-                    s->p.worker_addr, info->protocol_revision, info->n_layers, info->page_tokens,
-                    info->context_tokens);
-  else if ((int64_t)info->n_vocab != co_tokenizer_n_vocab(s->tok))
-    st = ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: n_vocab %u, the tokenizer has %" PRId64,
-                    s->p.worker_addr, info->n_vocab, co_tokenizer_n_vocab(s->tok));
-  else if (s->n_layers && ((int32_t)info->n_layers != s->n_layers || (int32_t)info->page_tokens != s->page_tokens ||
-                           (int32_t)info->context_tokens != s->context_tokens ||
-                           info->supported_policies[0] != s->policy))
-    st = ak_err_set(err, AK_ERR_UNSUPPORTED,
-                    "worker %s came back with layers %u / page %u / context %u / policy %d, not %d / %d / %d / %d",
-                    s->p.worker_addr, info->n_layers, info->page_tokens, info->context_tokens,
-                    (int)info->supported_policies[0], s->n_layers, s->page_tokens, s->context_tokens,
-                    (int)s->policy);
-  if (st == AK_OK && !s->n_layers) {
+    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Info revision %u / layers %u / page %u / context %u",
+                      r->addr, info->protocol_revision, info->n_layers, info->page_tokens, info->context_tokens);
+  if ((int64_t)info->n_vocab != co_tokenizer_n_vocab(s->tok))
+    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: n_vocab %u, the tokenizer has %" PRId64, r->addr,
+                      info->n_vocab, co_tokenizer_n_vocab(s->tok));
+  if (s->n_layers && ((int32_t)info->n_layers != s->n_layers || (int32_t)info->page_tokens != s->page_tokens ||
+                      (int32_t)info->context_tokens != s->context_tokens ||
+                      info->supported_policies[0] != s->policy))
+    return ak_err_set(err, AK_ERR_UNSUPPORTED,
+                      "worker %s has layers %u / page %u / context %u / policy %d, not %d / %d / %d / %d as the "
+                      "first worker",
+                      r->addr, info->n_layers, info->page_tokens, info->context_tokens,
+                      (int)info->supported_policies[0], s->n_layers, s->page_tokens, s->context_tokens,
+                      (int)s->policy);
+  if (!s->n_layers) {
     snprintf(s->model_id, sizeof s->model_id, "%s", info->model_id ? info->model_id : "");
     s->n_vocab = (int32_t)info->n_vocab, s->n_layers = (int32_t)info->n_layers;
     s->context_tokens = (int32_t)info->context_tokens, s->page_tokens = (int32_t)info->page_tokens;
     s->policy = info->supported_policies[0];
   }
-  pb_msg_free(m);
+  return AK_OK;
+}
+
+/* One call to every rank of g; on success every rank's resp is set (the caller frees
+ * them with co_svc_group_free_resps). */
+static ak_status_t co_svc_group_call(co_service_t *s, co_svc_group_t *g, const char *method,
+                                     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+                                     ak_err_t *err) {
+  co_svc_fan_call(s, &g, 1, method, &req, d);
+  ak_status_t st = co_svc_group_status(g, err);
+  if (st != AK_OK) co_svc_group_free_resps(g);
   return st;
 }
 
-ak_status_t co_svc_worker_warmup(co_service_t *s, ak_err_t *err, int64_t *cap_pages_p, int32_t *max_seqs_p) {
-  AK_TRY(co_svc_worker_info(s, err));
+ak_status_t co_svc_worker_warmup(co_service_t *s, co_svc_group_t *g, ak_err_t *err, int64_t *cap_pages_p) {
+  Arkvale__V1__InfoRequest iq = ARKVALE__V1__INFO_REQUEST__INIT;
+  AK_TRY(co_svc_group_call(s, g, "/arkvale.v1.Worker/Info", &iq.base, &arkvale__v1__info_response__descriptor, err));
+  ak_status_t st = AK_OK;
+  for (int32_t k = 0; k < g->n_ranks && st == AK_OK; k++)
+    st = co_svc_info_check(s, &g->ranks[k], (const Arkvale__V1__InfoResponse *)g->ranks[k].resp, err);
+  co_svc_group_free_resps(g);
+  if (st != AK_OK) return st;
   Arkvale__V1__WarmupRequest wq = ARKVALE__V1__WARMUP_REQUEST__INIT;
   wq.has_max_batch_tokens = 1, wq.max_batch_tokens = (uint32_t)s->p.max_batch_tokens;
-  ProtobufCMessage *m = NULL;
-  AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Warmup", &wq.base, &arkvale__v1__warmup_response__descriptor, err,
-                            &m));
-  const Arkvale__V1__WarmupResponse *wr = (const Arkvale__V1__WarmupResponse *)m;
-  int64_t cap = (int64_t)wr->capacity_pages;
-  int32_t max_seqs = wr->max_seqs > 0 ? (int32_t)wr->max_seqs : 1;
-  int32_t batch = (int32_t)wr->max_batch_tokens;
-  pb_msg_free(m);
+  AK_TRY(co_svc_group_call(s, g, "/arkvale.v1.Worker/Warmup", &wq.base, &arkvale__v1__warmup_response__descriptor,
+                           err));
+  /* The group holds what its smallest rank holds. */
+  int64_t cap = INT64_MAX;
+  int32_t max_seqs = INT32_MAX, batch = INT32_MAX;
+  for (int32_t k = 0; k < g->n_ranks; k++) {
+    const Arkvale__V1__WarmupResponse *wr = (const Arkvale__V1__WarmupResponse *)g->ranks[k].resp;
+    int32_t ms = wr->max_seqs > 0 ? (int32_t)wr->max_seqs : 1;
+    if ((int64_t)wr->capacity_pages < cap) cap = (int64_t)wr->capacity_pages;
+    if (ms < max_seqs) max_seqs = ms;
+    if ((int32_t)wr->max_batch_tokens < batch) batch = (int32_t)wr->max_batch_tokens;
+  }
+  co_svc_group_free_resps(g);
   co_kv_shape_t shape = {s->n_layers, 0, s->page_tokens};
   /* The canary: one prompt token and one sampled one, alone in its own Step. */
-  s->canary_pages = co_kv_seq_pages_peak(&shape, 0, 1, 1);
-  s->worker_max_seqs = max_seqs;
-  s->canary_reserved = max_seqs >= 2 && cap > s->canary_pages;
-  if (s->canary_reserved) cap -= s->canary_pages, max_seqs--;
+  g->canary_pages = co_kv_seq_pages_peak(&shape, 0, 1, 1);
+  g->worker_max_seqs = max_seqs;
+  g->canary_reserved = max_seqs >= 2 && cap > g->canary_pages;
+  if (g->canary_reserved) cap -= g->canary_pages, max_seqs--;
   if (max_seqs > batch - 2) max_seqs = batch - 2;
   if (max_seqs < 1 || cap < 1)
-    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Warmup gave %d batch tokens, %" PRId64 " pages",
-                      s->p.worker_addr, batch, cap);
+    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker group %d (%s): Warmup gave %d batch tokens, %" PRId64 " pages",
+                      g->idx, g->ranks[0].addr, batch, cap);
   *cap_pages_p = cap;
-  if (max_seqs_p) *max_seqs_p = max_seqs;
-  s->worker_batch_tokens = batch;
+  g->max_seqs = max_seqs;
+  g->batch_tokens = batch;
   return AK_OK;
 }
 
-ak_status_t co_svc_worker_release(co_service_t *s, const uint64_t *ids, size_t n, int all, ak_err_t *err) {
+ak_status_t co_svc_worker_release(co_service_t *s, co_svc_group_t *g, const uint64_t *ids, size_t n, int all,
+                                  ak_err_t *err) {
   Arkvale__V1__ReleaseRequest q = ARKVALE__V1__RELEASE_REQUEST__INIT;
   q.n_seq_ids = n, q.seq_ids = (uint64_t *)ids;
   if (all) q.has_all = 1, q.all = 1;
-  ProtobufCMessage *m = NULL;
-  AK_TRY(co_svc_worker_call(s, "/arkvale.v1.Worker/Release", &q.base, &arkvale__v1__release_response__descriptor,
-                            err, &m));
-  co_svc_metric_kv(s, ((const Arkvale__V1__ReleaseResponse *)m)->kv);
-  pb_msg_free(m);
+  AK_TRY(co_svc_group_call(s, g, "/arkvale.v1.Worker/Release", &q.base, &arkvale__v1__release_response__descriptor,
+                           err));
+  for (int32_t k = 0; k < g->n_ranks; k++)
+    co_svc_metric_kv(s, &g->ranks[k], ((const Arkvale__V1__ReleaseResponse *)g->ranks[k].resp)->kv);
+  co_svc_group_free_resps(g);
   return AK_OK;
 }
 
-static ak_status_t co_svc_connect_worker(co_service_t *s, ak_err_t *err) {
-  int64_t cap = 0;
-  int32_t max_seqs = 0;
-  AK_TRY(co_svc_worker_warmup(s, err, &cap, &max_seqs));
-  co_sched_params_t sp = co_sched_params_default();
-  sp.shape.n_layers = s->n_layers, sp.shape.n_full_layers = 0, sp.shape.page_tokens = s->page_tokens;
-  sp.n_groups = 1, sp.group_capacity_pages = &cap;
-  sp.max_running_seqs = max_seqs;
-  sp.max_batch_tokens = s->worker_batch_tokens;
-  sp.max_queue = s->p.max_queue;
-  sp.max_seq_tokens = s->context_tokens;
-  return co_sched_create(&sp, err, &s->sched);
+static ak_status_t co_svc_connect_workers(co_service_t *s, ak_err_t *err) {
+  int64_t *caps = calloc((size_t)s->n_groups, sizeof *caps);
+  if (!caps) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
+  ak_status_t st = AK_OK;
+  int32_t max_seqs = INT32_MAX, batch = INT32_MAX;
+  for (int32_t g = 0; g < s->n_groups && st == AK_OK; g++) {
+    st = co_svc_worker_warmup(s, &s->groups[g], err, &caps[g]);
+    if (st != AK_OK) break;
+    if (s->groups[g].max_seqs < max_seqs) max_seqs = s->groups[g].max_seqs;
+    if (s->groups[g].batch_tokens < batch) batch = s->groups[g].batch_tokens;
+  }
+  if (st == AK_OK) {
+    co_sched_params_t sp = co_sched_params_default();
+    sp.shape.n_layers = s->n_layers, sp.shape.n_full_layers = 0, sp.shape.page_tokens = s->page_tokens;
+    sp.n_groups = s->n_groups, sp.group_capacity_pages = caps;
+    sp.max_running_seqs = max_seqs;
+    sp.max_batch_tokens = batch;
+    sp.max_queue = s->p.max_queue;
+    sp.max_seq_tokens = s->context_tokens;
+    st = co_sched_create(&sp, err, &s->sched);
+  }
+  free(caps);
+  return st;
+}
+
+/* Copies the group list (or worker_addr as one group of one rank) into s->groups,
+ * checking it. */
+static ak_status_t co_svc_groups_copy(co_service_t *s, const co_service_params_t *p, ak_err_t *err) {
+  co_service_group_t one;
+  const char *one_addr[1] = {p->worker_addr};
+  const co_service_group_t *gs = p->groups;
+  int32_t n = p->n_groups;
+  if (n == 0) {
+    if (!p->worker_addr)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: worker_addr or groups is required");
+    one.rank_addrs = one_addr, one.n_ranks = 1;
+    gs = &one, n = 1;
+  }
+  if (n < 0 || n > CO_SERVICE_MAX_GROUPS || !gs)
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: n_groups %d is outside 1..%d", n,
+                      CO_SERVICE_MAX_GROUPS);
+  s->groups = calloc((size_t)n, sizeof *s->groups);
+  if (!s->groups) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
+  s->n_groups = n;
+  for (int32_t g = 0; g < n; g++) {
+    co_svc_group_t *grp = &s->groups[g];
+    grp->idx = g;
+    if (gs[g].n_ranks < 1 || gs[g].n_ranks > CO_SERVICE_MAX_RANKS || !gs[g].rank_addrs)
+      return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: groups[%d]: %d ranks, must be 1..%d", g,
+                        gs[g].n_ranks, CO_SERVICE_MAX_RANKS);
+    grp->ranks = calloc((size_t)gs[g].n_ranks, sizeof *grp->ranks);
+    if (!grp->ranks) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
+    grp->n_ranks = gs[g].n_ranks;
+    for (int32_t k = 0; k < grp->n_ranks; k++) {
+      const char *a = gs[g].rank_addrs[k];
+      if (!a || !*a || strlen(a) >= sizeof grp->ranks[k].addr)
+        return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: groups[%d].rank_addrs[%d]: empty or over %zu bytes",
+                          g, k, sizeof grp->ranks[k].addr - 1);
+      for (int32_t g2 = 0; g2 <= g; g2++)
+        for (int32_t k2 = 0; k2 < (g2 == g ? k : s->groups[g2].n_ranks); k2++)
+          if (!strcmp(s->groups[g2].ranks[k2].addr, a))
+            return ak_err_set(err, AK_ERR_INVALID_ARG,
+                              "co_service_create: groups[%d].rank_addrs[%d]: %s is already groups[%d] rank %d", g, k,
+                              a, g2, k2);
+      snprintf(grp->ranks[k].addr, sizeof grp->ranks[k].addr, "%s", a);
+    }
+  }
+  return AK_OK;
+}
+
+static void co_svc_groups_free(co_service_t *s) {
+  for (int32_t g = 0; s->groups && g < s->n_groups; g++) free(s->groups[g].ranks);
+  free(s->groups);
+  s->groups = NULL;
 }
 
 ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_service_t **svc_p) {
-  if (!p || !p->model_path || !p->worker_addr || !svc_p)
-    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: model_path and worker_addr are required");
+  if (!p || !p->model_path || !svc_p)
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: model_path is required");
   if (p->max_new_tokens < 1 || p->default_max_new_tokens < 1 || p->max_batch_tokens < 3 || p->max_queue < 1 ||
       p->n_rpc_threads < 1 || p->canary_period_ms < 1)
     return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: a limit below its minimum");
@@ -505,34 +574,43 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   if (!s) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
   s->p = *p;
   if (!s->p.listen_addr) s->p.listen_addr = "127.0.0.1:0";
-  if (strlen(p->worker_addr) >= sizeof s->worker_addr || strlen(s->p.listen_addr) >= sizeof s->listen_addr) {
+  if (strlen(s->p.listen_addr) >= sizeof s->listen_addr) {
     free(s);
-    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: an address longer than %zu bytes",
-                      sizeof s->worker_addr - 1);
+    return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: a listen address longer than %zu bytes",
+                      sizeof s->listen_addr - 1);
+  }
+  ak_status_t st = co_svc_groups_copy(s, p, err);
+  if (st != AK_OK) {
+    co_svc_groups_free(s);
+    free(s);
+    return st;
   }
   /* The caller's strings need not outlive create: logs and metric labels use these. */
-  snprintf(s->worker_addr, sizeof s->worker_addr, "%s", p->worker_addr);
+  snprintf(s->worker_addr, sizeof s->worker_addr, "%s", s->groups[0].ranks[0].addr);
   snprintf(s->listen_addr, sizeof s->listen_addr, "%s", s->p.listen_addr);
   s->p.worker_addr = s->worker_addr, s->p.listen_addr = s->listen_addr;
+  s->p.groups = NULL; /* s->groups holds the copy */
   s->p.model_path = NULL; /* read at create only */
   atomic_init(&s->metrics_warned, 0);
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   pthread_cond_init(&s->drained_cv, NULL);
   pthread_cond_init(&s->watchdog_cv, NULL);
+  pthread_mutex_init(&s->fan_mu, NULL);
+  pthread_cond_init(&s->fan_cv, NULL);
   s->stale_us = (p->health_stale_ms > 0 ? p->health_stale_ms
                                         : (3 * p->canary_period_ms > 10000 ? 3 * p->canary_period_ms : 10000)) *
                 1000;
   ak_gguf_t *g = NULL;
-  ak_status_t st = co_svc_metrics_init(s, err);
+  st = co_svc_metrics_init(s, err);
   if (st != AK_OK) goto err_free;
   st = ak_gguf_open(p->model_path, err, &g);
   if (st != AK_OK) goto err_free;
   st = co_tokenizer_create_from_gguf(g, err, &s->tok);
   ak_gguf_close(g);
   if (st != AK_OK) goto err_free;
-  if ((st = ak_rpc_client_create(p->worker_addr, err, &s->worker)) != AK_OK) goto err_free_tok;
-  if ((st = co_svc_connect_worker(s, err)) != AK_OK) goto err_free_client;
+  if ((st = co_svc_ranks_start(s, err)) != AK_OK) goto err_free_tok;
+  if ((st = co_svc_connect_workers(s, err)) != AK_OK) goto err_stop_ranks;
   s->max_new_limit = p->max_new_tokens < s->context_tokens - 1 ? p->max_new_tokens : s->context_tokens - 1;
   if (s->p.default_max_new_tokens > s->max_new_limit) s->p.default_max_new_tokens = s->max_new_limit;
 
@@ -580,12 +658,15 @@ err_free_server:
   ak_rpc_server_destroy(s->srv);
 err_free_sched:
   co_sched_destroy(s->sched);
-err_free_client:
-  ak_rpc_client_destroy(s->worker);
+err_stop_ranks:
+  co_svc_ranks_stop(s);
 err_free_tok:
   co_tokenizer_destroy(s->tok);
 err_free:
   if (s->own_metrics) co_metrics_destroy(s->metrics);
+  co_svc_groups_free(s);
+  pthread_cond_destroy(&s->fan_cv);
+  pthread_mutex_destroy(&s->fan_mu);
   pthread_cond_destroy(&s->watchdog_cv);
   pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);
@@ -640,9 +721,12 @@ void co_service_destroy(co_service_t *s) {
   ak_rpc_server_destroy(s->srv);
   if (s->thread_started) pthread_join(s->thread, NULL);
   co_sched_destroy(s->sched);
-  ak_rpc_client_destroy(s->worker);
+  co_svc_ranks_stop(s);
   co_tokenizer_destroy(s->tok);
   if (s->own_metrics) co_metrics_destroy(s->metrics);
+  co_svc_groups_free(s);
+  pthread_cond_destroy(&s->fan_cv);
+  pthread_mutex_destroy(&s->fan_mu);
   pthread_cond_destroy(&s->watchdog_cv);
   pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);

@@ -1,11 +1,25 @@
 /* co_service: the public arkvale.v1.Generation service (proto/arkvale/v1/
- * generation.proto) over ONE worker group of one rank. A first cut of
+ * generation.proto) over N data-parallel worker groups of R ranks each. The core of
  * arkvale-coordinator, minus flag parsing and the metrics' HTTP port; with the
  * standard grpc.health.v1.Health service and the metrics families.
  *
- * At create: loads the tokenizer from the model's GGUF, connects to the worker, calls
- * Info and Warmup, sizes a co_sched from the worker's answer, starts one scheduler
- * thread and the server.
+ * At create: loads the tokenizer from the model's GGUF, connects to every rank of
+ * every group, calls Info and Warmup on each (every rank must serve the same model
+ * shape; a group's capacity is the minimum over its ranks), sizes a co_sched of
+ * n_groups groups (sequence slots and batch tokens: the minimum over all groups),
+ * starts one scheduler thread and the server.
+ *
+ * Groups and ranks: every Worker call of a group (Step, canary, Release, Info, Warmup)
+ * goes to all of its ranks at once, with the same step_id (one counter per group: a
+ * worker refuses a step_id not above its last); rank 0's answer drives the requests,
+ * every rank's KV counters go to its own metrics. A failure of any rank kills the
+ * group: its running requests end UNAVAILABLE (those its workers had not seen yet go
+ * back to the queue), the other groups keep serving, and the dead group is revived
+ * on its own (every rank: new channel, Release all, Info, Warmup, then a canary).
+ * Each loop plans every live group and sends their Steps in parallel (one caller
+ * thread per rank beyond the first; the scheduler thread makes one of the calls
+ * itself), then waits for all of them: the groups step in lock-step, so a slow group
+ * slows the others' step rate (a dead one fails fast).
  *
  * Threads:
  *   CQ threads:        GetModelInfo, Tokenize, CountTokens, Abort answered at once;
@@ -19,8 +33,8 @@
  *                      write a GenerateResponse; a finished stream ends with its usage
  *                      and finish reason. Drops without a batch go out as Release.
  *
- * Health (grpc.health.v1, proto/grpc/health/v1/health.proto): SERVING only while the
- * group has passed Warmup and answered a real one-token canary: a new sequence of one
+ * Health (grpc.health.v1, proto/grpc/health/v1/health.proto): SERVING while at least
+ * one group has passed Warmup and answered a real one-token canary (its own, per group): a new sequence of one
  * token in its own Worker.Step, sampled, then Released. The canary runs on the
  * scheduler thread (it owns step_id; the worker refuses a stale one) between steps,
  * every canary_period_ms, busy or idle; the first at start. A failed Step, canary or
@@ -64,7 +78,7 @@
  * Departures from generation.proto to settle: only the worker's one policy at its
  * Warmup budget is served (a
  * request's kv must be absent or name it), a failed Step fails every running request
- * (UNAVAILABLE) and the group is dead until its revive succeeds.
+ * of its group (UNAVAILABLE) and the group is dead until its revive succeeds.
  *
  * Thread-safety: create/destroy from one thread; co_service_port, co_service_metrics
  * and co_service_drain from any. */
@@ -79,9 +93,22 @@ extern "C" {
 
 typedef struct co_service co_service_t;
 
+#define CO_SERVICE_MAX_GROUPS 64
+#define CO_SERVICE_MAX_RANKS 64 /* per group */
+
+/* One data-parallel worker group: its ranks' addresses, rank 0 first (rank 0's Step
+ * answer is the one used). Every address is distinct across the service. */
+typedef struct {
+  const char *const *rank_addrs; /* [n_ranks] "host:port" */
+  int32_t n_ranks;               /* 1..CO_SERVICE_MAX_RANKS */
+} co_service_group_t;
+
 typedef struct {
   const char *model_path;          /* the GGUF the worker serves (tokenizer); required */
-  const char *worker_addr;         /* "host:port" of rank 0 of the group; required */
+  const char *worker_addr;         /* "host:port": one group of one rank (when n_groups
+                                    * is 0); otherwise ignored */
+  const co_service_group_t *groups; /* [n_groups] data-parallel groups (copied at create) */
+  int32_t n_groups;                /* 0: worker_addr alone; else 1..CO_SERVICE_MAX_GROUPS */
   const char *listen_addr;         /* default "127.0.0.1:0" (a free port: co_service_port) */
   int32_t n_rpc_threads;           /* completion-queue threads (default 2) */
   int32_t max_queue;               /* waiting requests before RESOURCE_EXHAUSTED (default 64) */
@@ -103,8 +130,10 @@ typedef struct {
 
 co_service_params_t co_service_params_default(void);
 
-/* Errors: the tokenizer's (a missing model), the worker's (Info / Warmup failing:
- * AK_ERR_PEER when it cannot be reached), the server's (an address that cannot be
+/* Errors: the tokenizer's (a missing model), a worker's (Info / Warmup of any rank of
+ * any group failing: AK_ERR_PEER when it cannot be reached; the message names the
+ * rank's address), AK_ERR_INVALID_ARG for a bad group list (none, empty, too many, an
+ * address repeated or too long), the server's (an address that cannot be
  * bound). `*svc_p` is written only on success. */
 ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_service_t **svc_p);
 

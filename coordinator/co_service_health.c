@@ -186,8 +186,9 @@ void co_svc_health_shutdown_locked(co_service_t *s) {
 
 /* --- the canary and the revive (scheduler thread) --- */
 
-/* One new sequence of one token in its own Step, sampled greedily, then Released. */
-static ak_status_t co_svc_canary(co_service_t *s, ak_err_t *err) {
+/* One new sequence of one token in its own Step to every rank of g, sampled greedily
+ * (rank 0's sample checked), then Released. */
+static ak_status_t co_svc_canary(co_service_t *s, co_svc_group_t *g, ak_err_t *err) {
   uint64_t id = CO_SVC_CANARY_SEQ_ID_BASE + ++s->n_canaries;
   int32_t tok = co_tokenizer_bos(s->tok);
   if (tok < 0 || tok >= s->n_vocab) tok = 0;
@@ -201,78 +202,87 @@ static ak_status_t co_svc_canary(co_service_t *s, ak_err_t *err) {
   ns.has_max_seq_tokens = 1, ns.max_seq_tokens = 2;
   Arkvale__V1__NewSequence *nsp = &ns;
   Arkvale__V1__StepRequest q = ARKVALE__V1__STEP_REQUEST__INIT;
-  q.has_step_id = 1, q.step_id = ++s->step_id;
+  q.has_step_id = 1, q.step_id = ++g->step_id;
   q.n_new_seqs = 1, q.new_seqs = &nsp;
+  const ProtobufCMessage *qm = &q.base;
+  co_svc_fan_call(s, &g, 1, "/arkvale.v1.Worker/Step", &qm, &arkvale__v1__step_response__descriptor);
   ak_err_t e;
   ak_err_clear(&e);
-  ProtobufCMessage *m = NULL;
-  ak_status_t st = ak_rpc_client_unary(s->worker, "/arkvale.v1.Worker/Step", &q.base,
-                                       &arkvale__v1__step_response__descriptor, CO_SVC_MAX_MSG_BYTES,
-                                       s->p.step_deadline_ms, &e, NULL, &m);
-  if (st != AK_OK)
+  ak_status_t st = co_svc_group_status(g, &e);
+  if (st != AK_OK) {
+    co_svc_group_free_resps(g);
     return ak_err_set(err, st, "canary Step %" PRIu64 ": %s", q.step_id, e.msg);
-  const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)m;
+  }
+  const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)g->ranks[0].resp;
   if (sr->n_samples != 1 || sr->samples[0]->seq_id != id || sr->samples[0]->token_id < 0 ||
       sr->samples[0]->token_id >= s->n_vocab)
-    st = ak_err_set(err, AK_ERR_PEER, "canary Step %" PRIu64 " answered %zu samples, not one valid token",
-                    q.step_id, sr->n_samples);
-  co_svc_metric_kv(s, sr->kv);
-  co_svc_metric_add(s, s->mid.steps, 1.0);
-  pb_msg_free(m);
+    st = ak_err_set(err, AK_ERR_PEER, "canary Step %" PRIu64 ": worker %s answered %zu samples, not one valid token",
+                    q.step_id, g->ranks[0].addr, sr->n_samples);
+  for (int32_t k = 0; k < g->n_ranks; k++) {
+    co_svc_metric_kv(s, &g->ranks[k], ((const Arkvale__V1__StepResponse *)g->ranks[k].resp)->kv);
+    co_svc_metric_rank_add(s, &g->ranks[k], s->mid.steps, 1.0);
+  }
+  co_svc_group_free_resps(g);
   /* Released even after a bad answer: the worker may hold it. */
-  ak_status_t rst = co_svc_worker_release(s, &id, 1, 0, &e);
+  ak_status_t rst = co_svc_worker_release(s, g, &id, 1, 0, &e);
   if (st == AK_OK && rst != AK_OK) st = ak_err_set(err, rst, "canary Release: %s", e.msg);
   return st;
 }
 
-/* A fresh channel (the old one may sit in reconnect backoff), Release all (sequences
- * of a worker that lived through the failure), Info, Warmup, then the group is live
- * again and its canary due. */
-static void co_svc_revive(co_service_t *s) {
+/* Fresh channels (the old ones may sit in reconnect backoff), Release all (sequences
+ * of a worker that lived through the failure), Info, Warmup on every rank, then the
+ * group is live again and its canary due. */
+static void co_svc_revive(co_service_t *s, co_svc_group_t *g) {
   ak_err_t err;
   ak_err_clear(&err);
-  ak_rpc_client_destroy(s->worker);
-  s->worker = NULL;
   int64_t cap = 0;
-  ak_status_t st = ak_rpc_client_create(s->p.worker_addr, &err, &s->worker);
-  if (st == AK_OK) st = co_svc_worker_release(s, NULL, 0, 1, &err);
-  if (st == AK_OK) st = co_svc_worker_warmup(s, &err, &cap, NULL);
-  if (st == AK_OK && (st = co_sched_group_revive(s->sched, 0, cap)) != AK_OK)
+  ak_status_t st = co_svc_group_reconnect(s, g, &err);
+  if (st == AK_OK) st = co_svc_worker_release(s, g, NULL, 0, 1, &err);
+  if (st == AK_OK) st = co_svc_worker_warmup(s, g, &err, &cap);
+  if (st == AK_OK && (st = co_sched_group_revive(s->sched, g->idx, cap)) != AK_OK)
     ak_err_set(&err, st, "%s", co_sched_errmsg(s->sched));
   if (st != AK_OK) {
-    ak_log_write(AK_LOG_INFO, __func__, "worker %s is still down: %s", s->p.worker_addr, err.msg);
+    ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is still down: %s", g->idx, g->ranks[0].addr, err.msg);
     return;
   }
-  ak_log_write(AK_LOG_INFO, __func__, "worker %s is back: %" PRId64 " pages", s->p.worker_addr, cap);
-  s->group_dead = 0;
-  s->last_canary_us = 0;
+  ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is back: %" PRId64 " pages", g->idx, g->ranks[0].addr,
+               cap);
+  g->dead = 0;
+  g->last_canary_us = 0;
 }
 
-void co_svc_health_tick(co_service_t *s, int64_t now_us) {
+static void co_svc_health_tick_group(co_service_t *s, co_svc_group_t *g, int64_t now_us) {
   int64_t period_us = s->p.canary_period_ms * 1000;
-  if (s->group_dead) {
-    if (now_us - s->last_revive_us < period_us) return;
-    s->last_revive_us = now_us;
-    co_svc_revive(s);
-    if (s->group_dead) return;
+  if (g->dead) {
+    if (now_us - g->last_revive_us < period_us) return;
+    g->last_revive_us = now_us;
+    co_svc_revive(s, g);
+    if (g->dead) return;
   }
-  if (s->last_canary_us && now_us - s->last_canary_us < period_us) return;
-  if (!s->canary_reserved) {
+  if (g->last_canary_us && now_us - g->last_canary_us < period_us) return;
+  if (!g->canary_reserved) {
     /* no slot kept for it: only into an empty group */
     co_sched_group_stats_t gs;
-    if (co_sched_group_stats(s->sched, 0, &gs) != AK_OK || gs.n_running > 0 || gs.n_pending_drops > 0) return;
+    if (co_sched_group_stats(s->sched, g->idx, &gs) != AK_OK || gs.n_running > 0 || gs.n_pending_drops > 0) return;
   }
-  s->last_canary_us = now_us;
+  g->last_canary_us = now_us;
   ak_err_t err;
   ak_err_clear(&err);
-  if (co_svc_canary(s, &err) == AK_OK) {
+  if (co_svc_canary(s, g, &err) == AK_OK) {
     pthread_mutex_lock(&s->mu);
     s->last_answer_us = co_svc_now_us();
     pthread_mutex_unlock(&s->mu);
-    co_svc_metric_add(s, s->mid.canaries, 1.0);
-    co_svc_health_publish(s, 1, "the canary answered");
+    for (int32_t k = 0; k < g->n_ranks; k++) co_svc_metric_rank_add(s, &g->ranks[k], s->mid.canaries, 1.0);
+    g->serving = 1;
+    char why[96];
+    snprintf(why, sizeof why, "the canary of group %d answered", g->idx);
+    co_svc_health_refresh(s, why);
   } else
-    co_svc_group_failed(s, err.msg);
+    co_svc_group_failed(s, g, err.msg);
+}
+
+void co_svc_health_tick(co_service_t *s, int64_t now_us) {
+  for (int32_t g = 0; g < s->n_groups; g++) co_svc_health_tick_group(s, &s->groups[g], now_us);
 }
 
 /* --- the staleness watchdog (its own thread: the scheduler thread may be stuck in a
@@ -294,7 +304,7 @@ void *co_svc_health_watchdog(void *arg) {
     if (s->serving && s->last_answer_us && age_us > s->stale_us) {
       pthread_mutex_unlock(&s->mu);
       char why[128];
-      snprintf(why, sizeof why, "the worker has not answered a Step for %" PRId64 " ms (health_stale_ms %" PRId64 ")",
+      snprintf(why, sizeof why, "no worker has answered a Step for %" PRId64 " ms (health_stale_ms %" PRId64 ")",
                age_us / 1000, s->stale_us / 1000);
       co_svc_health_publish(s, 0, why);
       pthread_mutex_lock(&s->mu);

@@ -57,16 +57,61 @@ typedef struct {
   int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps, canaries, watchers;
 } co_svc_metric_ids_t;
 
+/* One rank of a group: its channel and, past the first rank of the service's fan-out,
+ * a caller thread that makes one blocking unary call per job (co_service_ranks.c). */
+typedef struct co_svc_rank {
+  char addr[256];
+  ak_rpc_client_t *client;       /* replaced by a revive (no call in progress then) */
+  pthread_t thread;
+  int thread_started;
+  /* the job (under the service's fan_mu) */
+  int has_job, quit;
+  const char *method;
+  const ProtobufCMessage *req;
+  const ProtobufCMessageDescriptor *desc;
+  /* the outcome: written by whoever ran the call, read after co_svc_fan_wait */
+  ak_status_t st;
+  ak_err_t err;
+  ProtobufCMessage *resp;        /* pb_msg_free; NULL on failure */
+} co_svc_rank_t;
+
+/* One data-parallel group. Scheduler thread only (create before it starts). */
+typedef struct {
+  int32_t idx;
+  co_svc_rank_t *ranks;          /* [n_ranks], rank 0 answers */
+  int32_t n_ranks;
+  uint64_t step_id;              /* the group's last step_id (every rank gets the same) */
+  int dead;
+  int serving;                   /* warmed up and its last canary answered */
+  int64_t last_canary_us;        /* last canary attempt (0: due now) */
+  int64_t last_revive_us;        /* last attempt to bring the dead group back */
+  int canary_reserved;           /* a sequence slot and canary_pages kept out of co_sched */
+  int64_t canary_pages;
+  int32_t max_seqs;              /* slots left to co_sched at the last Warmup (min over ranks) */
+  int32_t batch_tokens;          /* max_batch_tokens at the last Warmup (min over ranks) */
+  int32_t worker_max_seqs;       /* the ranks' max_seqs at the last Warmup (min) */
+  /* a Step in flight (co_service_loop.c) */
+  co_sched_plan_t plan;
+  int in_step;
+  Arkvale__V1__StepRequest q;
+  void *bufs[6];                 /* the request's arrays, freed after the answer */
+} co_svc_group_t;
+
 struct co_service {
   co_service_params_t p;         /* its addresses point at the copies below */
   char worker_addr[256], listen_addr[256];
+  co_svc_group_t *groups;        /* [n_groups] */
+  int32_t n_groups;
+  /* the fan-out of calls to ranks (co_service_ranks.c) */
+  pthread_mutex_t fan_mu;
+  pthread_cond_t fan_cv;         /* a job posted, or one done */
+  int32_t fan_pending;           /* posted jobs not done yet */
   co_tokenizer_t *tok;
-  ak_rpc_client_t *worker;
   ak_rpc_server_t *srv;           /* CQ threads and create/destroy only: destroy frees it
                                   * while the scheduler thread still runs */
   int port;                      /* the bound port, for anyone */
   co_sched_t *sched;
-  /* from the worker's Info / Warmup */
+  /* from the workers' Info / Warmup (all the same) */
   char model_id[256];
   int32_t n_vocab, n_layers, context_tokens, page_tokens;
   Arkvale__V1__KvPolicy policy;
@@ -81,11 +126,11 @@ struct co_service {
   int draining;                  /* co_service_drain: new Generate calls UNAVAILABLE */
   pthread_cond_t drained_cv;     /* signalled when the live list empties while draining */
   /* health (under mu): what Check answers and Watch streams */
-  int serving;                   /* 1 SERVING, 0 NOT_SERVING */
+  int serving;                   /* 1 SERVING (some group is), 0 NOT_SERVING */
   co_svc_watch_t *watchers;
   int32_t n_watchers;
-  int64_t last_answer_us;        /* (under mu) the worker's last good Step answer, canary
-                                  * or not (0: none yet): the watchdog's clock */
+  int64_t last_answer_us;        /* (under mu) the last good Step answer of any group,
+                                  * canary or not (0: none yet): the watchdog's clock */
   int64_t stale_us;              /* health_stale_ms resolved */
   pthread_t thread;
   int thread_started;
@@ -94,15 +139,7 @@ struct co_service {
   int watchdog_started;
   /* scheduler thread only */
   co_svc_req_t *running;
-  uint64_t step_id;
-  int group_dead;
-  int64_t last_canary_us;        /* last canary attempt (0: due now) */
-  int64_t last_revive_us;        /* last attempt to bring a dead group back */
   uint64_t n_canaries;
-  int canary_reserved;           /* a sequence slot and canary_pages kept out of co_sched */
-  int64_t canary_pages;
-  int32_t worker_max_seqs;       /* the worker's max_seqs at its last Warmup */
-  int32_t worker_batch_tokens;   /* the worker's max_batch_tokens at its last Warmup */
   /* metrics: thread-safe registry; the ids are written once at create */
   co_metrics_t *metrics;
   int own_metrics;
@@ -117,17 +154,39 @@ void *co_svc_loop(void *arg);
  * before the request reached the inbox). Removes it from the live list. */
 void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char *msg);
 
+/* --- ranks and their calls (co_service_ranks.c) --- */
+/* Channels and caller threads of every rank of every group (s->groups filled with
+ * addresses). On failure nothing is left running. */
+ak_status_t co_svc_ranks_start(co_service_t *s, ak_err_t *err);
+/* Stops the caller threads, closes the channels. No call in progress. */
+void co_svc_ranks_stop(co_service_t *s);
+/* Sends `req` to `method` on every rank of the groups in gs[n] at once (the scheduler
+ * thread makes one of the calls itself) and waits for all: each rank's st, err and
+ * resp are set. Any thread that owns the groups (create, then the scheduler thread). */
+void co_svc_fan_call(co_service_t *s, co_svc_group_t *const *gs, int32_t n, const char *method,
+                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc);
+/* The first failed rank of g as a status with its message (naming the rank), or AK_OK. */
+ak_status_t co_svc_group_status(const co_svc_group_t *g, ak_err_t *err);
+/* Frees every rank's response of g. */
+void co_svc_group_free_resps(co_svc_group_t *g);
+/* A fresh channel to every rank of g (a dead group: the old ones sit in reconnect
+ * backoff). */
+ak_status_t co_svc_group_reconnect(co_service_t *s, co_svc_group_t *g, ak_err_t *err);
+
 /* --- the worker session (co_service.c) --- */
-/* Info (checked against what create saw, once known) and Warmup; the capacity left to
- * co_sched after the canary's reservation in *cap_pages_p, and sequence slots in
- * *max_seqs_p. Any thread that owns s->worker (create, then the scheduler thread). */
-ak_status_t co_svc_worker_warmup(co_service_t *s, ak_err_t *err, int64_t *cap_pages_p, int32_t *max_seqs_p);
-/* Release of ids[n] (or of every sequence with `all`); the pool's counters go to the
- * metrics. Scheduler thread. */
-ak_status_t co_svc_worker_release(co_service_t *s, const uint64_t *ids, size_t n, int all, ak_err_t *err);
-/* The worker failed (a Step, the canary): every running request ends UNAVAILABLE, the
- * group is dead, the service NOT_SERVING. Scheduler thread (co_service_loop.c). */
-void co_svc_group_failed(co_service_t *s, const char *why);
+/* Info on every rank of g (checked against what create saw, once known) and Warmup;
+ * the capacity left to co_sched after the canary's reservation (minimum over ranks) in
+ * *cap_pages_p, and sequence slots in g->max_seqs. Any thread that owns the groups. */
+ak_status_t co_svc_worker_warmup(co_service_t *s, co_svc_group_t *g, ak_err_t *err, int64_t *cap_pages_p);
+/* Release of ids[n] (or of every sequence with `all`) on every rank of g; the pools'
+ * counters go to the metrics. Scheduler thread. */
+ak_status_t co_svc_worker_release(co_service_t *s, co_svc_group_t *g, const uint64_t *ids, size_t n, int all,
+                                  ak_err_t *err);
+/* A rank of g failed (a Step, the canary): g's running requests end UNAVAILABLE, g is
+ * dead, the service NOT_SERVING when no group is left. Scheduler thread. */
+void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why);
+/* SERVING when some group is (publishes a change). Scheduler thread. */
+void co_svc_health_refresh(co_service_t *s, const char *why);
 
 /* --- health (co_service_health.c) --- */
 /* Registers /grpc.health.v1.Health/Check and /Watch on s->srv. */
@@ -141,8 +200,8 @@ void co_svc_health_sweep(co_service_t *s);
 /* At destroy, before the server stops: NOT_SERVING to every Watch, then ends them.
  * Call with s->mu held and s->stopping set. */
 void co_svc_health_shutdown_locked(co_service_t *s);
-/* Scheduler thread, between steps: the canary when it is due; a dead group's revive
- * when its period has passed. */
+/* Scheduler thread, between steps, for every group: the canary when it is due; a dead
+ * group's revive when its period has passed. */
 void co_svc_health_tick(co_service_t *s, int64_t now_us);
 /* The watchdog thread's body: every canary period, NOT_SERVING when the worker's last
  * good Step answer (a canary's or a batch's: with one slot a busy group runs no
@@ -155,8 +214,10 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err);
 void co_svc_metric_end(co_service_t *s, ak_status_t st);
 void co_svc_metric_observe(co_service_t *s, int32_t id, double v);
 void co_svc_metric_add(co_service_t *s, int32_t id, double v);
-/* The worker's KV pool after a Step (with its step deltas) or a Release. */
-void co_svc_metric_kv(co_service_t *s, const Arkvale__V1__KvCounters *kv);
+/* A rank's KV pool after a Step (with its step deltas) or a Release. */
+void co_svc_metric_kv(co_service_t *s, const co_svc_rank_t *r, const Arkvale__V1__KvCounters *kv);
+/* Steps or canaries (mid.steps / mid.canaries) answered by a rank. */
+void co_svc_metric_rank_add(co_service_t *s, const co_svc_rank_t *r, int32_t id, double v);
 /* The open Watch calls (s->mu held). */
 void co_svc_metric_watchers_locked(co_service_t *s);
 /* Queue depth and running requests from co_sched (scheduler thread). */

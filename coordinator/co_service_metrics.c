@@ -80,13 +80,16 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err) {
     AK_TRY(co_metrics_family(s->metrics, fams[i].name, fams[i].help, fams[i].kind, fams[i].labels,
                              fams[i].n_labels, fams[i].bounds, fams[i].n_bounds, err, fams[i].id));
   /* Series that exist before their first event, so a scrape shows zeros. */
-  const char *wl[] = {s->p.worker_addr};
   const int32_t zero_counters[] = {s->mid.gen_tokens, s->mid.prompt_tokens};
   for (size_t i = 0; i < sizeof zero_counters / sizeof zero_counters[0]; i++)
     AK_TRY(co_metrics_inc(s->metrics, zero_counters[i], NULL, 0.0, err));
   const int32_t zero_worker[] = {s->mid.kv_backed_up, s->mid.kv_recalled, s->mid.steps, s->mid.canaries};
-  for (size_t i = 0; i < sizeof zero_worker / sizeof zero_worker[0]; i++)
-    AK_TRY(co_metrics_inc(s->metrics, zero_worker[i], wl, 0.0, err));
+  for (int32_t g = 0; g < s->n_groups; g++)
+    for (int32_t k = 0; k < s->groups[g].n_ranks; k++) {
+      const char *wl[] = {s->groups[g].ranks[k].addr};
+      for (size_t i = 0; i < sizeof zero_worker / sizeof zero_worker[0]; i++)
+        AK_TRY(co_metrics_inc(s->metrics, zero_worker[i], wl, 0.0, err));
+    }
   AK_TRY(co_metrics_set(s->metrics, s->mid.serving, NULL, 0.0, err));
   AK_TRY(co_metrics_set(s->metrics, s->mid.watchers, NULL, 0.0, err));
   AK_TRY(co_metrics_set(s->metrics, s->mid.queue_depth, NULL, 0.0, err));
@@ -106,9 +109,13 @@ void co_svc_metric_observe(co_service_t *s, int32_t id, double v) {
 
 void co_svc_metric_add(co_service_t *s, int32_t id, double v) {
   ak_err_t err;
-  const char *wl[] = {s->p.worker_addr};
-  int per_worker = id == s->mid.steps || id == s->mid.canaries;
-  co_svc_metric_failed(s, co_metrics_inc(s->metrics, id, per_worker ? wl : NULL, v, &err), &err);
+  co_svc_metric_failed(s, co_metrics_inc(s->metrics, id, NULL, v, &err), &err);
+}
+
+void co_svc_metric_rank_add(co_service_t *s, const co_svc_rank_t *r, int32_t id, double v) {
+  ak_err_t err;
+  const char *wl[] = {r->addr};
+  co_svc_metric_failed(s, co_metrics_inc(s->metrics, id, wl, v, &err), &err);
 }
 
 void co_svc_metric_watchers_locked(co_service_t *s) {
@@ -116,9 +123,9 @@ void co_svc_metric_watchers_locked(co_service_t *s) {
   co_svc_metric_failed(s, co_metrics_set(s->metrics, s->mid.watchers, NULL, (double)s->n_watchers, &err), &err);
 }
 
-void co_svc_metric_kv(co_service_t *s, const Arkvale__V1__KvCounters *kv) {
+void co_svc_metric_kv(co_service_t *s, const co_svc_rank_t *r, const Arkvale__V1__KvCounters *kv) {
   if (!kv) return;
-  const char *wl[] = {s->p.worker_addr};
+  const char *wl[] = {r->addr};
   ak_err_t err;
   if (kv->has_n_pages_used)
     co_svc_metric_failed(s, co_metrics_set(s->metrics, s->mid.kv_resident, wl, (double)kv->n_pages_used, &err), &err);
