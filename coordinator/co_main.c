@@ -1,6 +1,6 @@
 /* arkvale-coordinator: the public arkvale.v1.Generation service (co_service.h) as a
  * process, with its Prometheus metrics over HTTP (co_metrics_http.h). Flags, then
- * connect to the worker (retried until --connect-timeout-ms: a launcher may start both
+ * connect to the workers of every group (retried until --connect-timeout-ms: a launcher may start both
  * at once and the worker loads its model first), serve until SIGTERM or SIGINT, then
  * drain: stop admitting (a new Generate is UNAVAILABLE, health NOT_SERVING), let the
  * open streams finish for up to --drain-timeout-ms (a second signal cuts it short),
@@ -12,7 +12,9 @@
  *
  * Prints "listening on PORT" on stdout once serving (then "metrics on PORT" when
  * --metrics-port is given), so a launcher that passed --listen 127.0.0.1:0 learns the
- * ports. Not here: several groups or ranks (co_service serves one worker). */
+ * ports. Worker groups: each --group ADDR[,ADDR...] is one data-parallel group whose
+ * ranks are the comma-separated addresses (rank 0 first); each --worker ADDR is a
+ * group of one rank; both may repeat and mix, in the order given. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -26,13 +28,16 @@
 #include "co_metrics_http.h"
 #include "co_service.h"
 
-#define CO_MAIN_MAX_WORKERS 1 /* what co_service serves: one group of one rank */
+#define CO_MAIN_MAX_ADDRS 256 /* worker addresses over all groups */
 #define CO_MAIN_RETRY_MS 250  /* between connection attempts at start; a drain slice */
 
 typedef struct {
   co_service_params_t svc;
-  const char *worker_list;     /* --worker as given (comma-separated) */
-  char worker_addr[256];       /* its one entry */
+  char addrs[CO_MAIN_MAX_ADDRS][256];     /* every worker address, group by group */
+  const char *rank_ptrs[CO_MAIN_MAX_ADDRS]; /* addrs[i], what groups[] point into */
+  int32_t n_addrs;
+  co_service_group_t groups[CO_SERVICE_MAX_GROUPS];
+  int32_t n_groups;
   int64_t metrics_port;        /* -1: no metrics HTTP server */
   const char *metrics_bind;    /* IPv4 to bind the metrics server to */
   int64_t drain_timeout_ms;
@@ -42,9 +47,13 @@ typedef struct {
 static void usage(FILE *f) {
   co_service_params_t d = co_service_params_default();
   fprintf(f,
-          "usage: arkvale-coordinator --model PATH --worker HOST:PORT [options]\n"
-          "  --model PATH                 GGUF the worker serves (the tokenizer is read from it; required)\n"
-          "  --worker ADDR[,ADDR...]      worker rank 0 address (required; one group of one rank today)\n"
+          "usage: arkvale-coordinator --model PATH (--worker HOST:PORT | --group HOST:PORT[,HOST:PORT...])... "
+          "[options]\n"
+          "  --model PATH                 GGUF the workers serve (the tokenizer is read from it; required)\n"
+          "  --worker ADDR                a worker group of one rank (repeatable: one group each)\n"
+          "  --group ADDR[,ADDR...]       a worker group of several ranks, rank 0 first (repeatable: one\n"
+          "                               group each; at least one --worker or --group is required;\n"
+          "                               at most %d groups of %d ranks)\n"
           "  --listen ADDR                host:port to serve on (default %s: a free port)\n"
           "  --metrics-port N             serve Prometheus text at http://BIND:N/metrics (0: a free port;\n"
           "                               default: no metrics server)\n"
@@ -60,7 +69,7 @@ static void usage(FILE *f) {
           "  --rpc-threads N              gRPC completion-queue threads (default %d)\n"
           "  --drain-timeout-ms N         on SIGTERM, how long open streams may run (default 30000)\n"
           "  --connect-timeout-ms N       at start, how long to retry the worker (default 60000)\n",
-          d.listen_addr, d.max_queue, d.max_new_tokens, d.default_max_new_tokens, d.max_batch_tokens,
+          CO_SERVICE_MAX_GROUPS, CO_SERVICE_MAX_RANKS, d.listen_addr, d.max_queue, d.max_new_tokens, d.default_max_new_tokens, d.max_batch_tokens,
           d.step_deadline_ms, d.canary_period_ms, d.n_rpc_threads);
 }
 
@@ -78,44 +87,55 @@ static int64_t parse_count(const char *flag, const char *v, int64_t lo, int64_t 
   return (int64_t)x;
 }
 
-/* --worker: a comma-separated list; today exactly one entry. 0 or 2 (bad usage). */
-static int parse_workers(co_main_opts_t *o, const char *v) {
-  int n = 0;
+/* --worker ADDR (one_rank) or --group ADDR[,ADDR...]: one more group. 0, or 2 (bad
+ * usage, after a message naming the flag). */
+static int parse_group(co_main_opts_t *o, const char *flag, const char *v, int one_rank) {
+  if (o->n_groups >= CO_SERVICE_MAX_GROUPS) {
+    fprintf(stderr, "arkvale-coordinator: %s: more than %d groups\n", flag, CO_SERVICE_MAX_GROUPS);
+    return 2;
+  }
+  if (one_rank && strchr(v, ',')) {
+    fprintf(stderr,
+            "arkvale-coordinator: --worker: '%s' is several addresses: give each one-rank group its own --worker, "
+            "or the ranks of one group as --group %s\n",
+            v, v);
+    return 2;
+  }
+  int32_t first = o->n_addrs, n = 0;
   const char *p = v;
   for (;;) {
     const char *comma = strchr(p, ',');
     size_t len = comma ? (size_t)(comma - p) : strlen(p);
     if (len == 0 || !memchr(p, ':', len)) {
-      fprintf(stderr, "arkvale-coordinator: --worker: '%.*s' is not HOST:PORT\n", (int)len, p);
+      fprintf(stderr, "arkvale-coordinator: %s: '%.*s' is not HOST:PORT\n", flag, (int)len, p);
       return 2;
     }
-    if (len >= sizeof o->worker_addr) {
-      fprintf(stderr, "arkvale-coordinator: --worker: an address longer than %zu bytes\n",
-              sizeof o->worker_addr - 1);
+    if (len >= sizeof o->addrs[0]) {
+      fprintf(stderr, "arkvale-coordinator: %s: an address longer than %zu bytes\n", flag, sizeof o->addrs[0] - 1);
       return 2;
     }
-    if (n == 0) memcpy(o->worker_addr, p, len), o->worker_addr[len] = 0;
+    if (n >= CO_SERVICE_MAX_RANKS || o->n_addrs >= CO_MAIN_MAX_ADDRS) {
+      fprintf(stderr, "arkvale-coordinator: %s: more than %d ranks in a group or %d addresses in all\n", flag,
+              CO_SERVICE_MAX_RANKS, CO_MAIN_MAX_ADDRS);
+      return 2;
+    }
+    char *a = o->addrs[o->n_addrs];
+    memcpy(a, p, len), a[len] = 0;
+    for (int32_t i = 0; i < o->n_addrs; i++)
+      if (!strcmp(o->addrs[i], a)) {
+        fprintf(stderr, "arkvale-coordinator: %s: %s is given twice (a worker serves one rank of one group)\n",
+                flag, a);
+        return 2;
+      }
+    o->rank_ptrs[o->n_addrs++] = a;
     n++;
     if (!comma) break;
     p = comma + 1;
   }
-  if (n > CO_MAIN_MAX_WORKERS) {
-    fprintf(stderr,
-            "arkvale-coordinator: --worker: %d addresses given; this coordinator serves one worker group of one "
-            "rank (give exactly %d)\n",
-            n, CO_MAIN_MAX_WORKERS);
-    return 2;
-  }
-  if (o->worker_list) {
-    /* --worker given twice is a list too */
-    fprintf(stderr,
-            "arkvale-coordinator: --worker: given again ('%s' after '%s'); this coordinator serves one worker "
-            "group of one rank (give exactly %d address)\n",
-            v, o->worker_list, CO_MAIN_MAX_WORKERS);
-    return 2;
-  }
-  o->worker_list = v;
-  o->svc.worker_addr = o->worker_addr;
+  o->groups[o->n_groups].rank_addrs = &o->rank_ptrs[first];
+  o->groups[o->n_groups].n_ranks = n;
+  o->n_groups++;
+  o->svc.groups = o->groups, o->svc.n_groups = o->n_groups;
   return 0;
 }
 
@@ -145,8 +165,8 @@ static int parse_flags(int argc, char **argv, co_main_opts_t *o) {
     i++;
     if (!strcmp(f, "--model")) {
       o->svc.model_path = v;
-    } else if (!strcmp(f, "--worker")) {
-      if (parse_workers(o, v)) return 2;
+    } else if (!strcmp(f, "--worker") || !strcmp(f, "--group")) {
+      if (parse_group(o, f, v, !strcmp(f, "--worker"))) return 2;
     } else if (!strcmp(f, "--listen")) {
       o->svc.listen_addr = v;
     } else if (!strcmp(f, "--metrics-bind")) {
@@ -187,8 +207,8 @@ static int parse_flags(int argc, char **argv, co_main_opts_t *o) {
       }
     }
   }
-  if (!o->svc.model_path || !o->svc.worker_addr) {
-    fprintf(stderr, "arkvale-coordinator: %s is required\n", !o->svc.model_path ? "--model" : "--worker");
+  if (!o->svc.model_path || o->n_groups == 0) {
+    fprintf(stderr, "arkvale-coordinator: %s is required\n", !o->svc.model_path ? "--model" : "--worker or --group");
     usage(stderr);
     return 2;
   }
@@ -216,12 +236,12 @@ static ak_status_t start_service(const co_main_opts_t *o, const sigset_t *sigs, 
       if (st == AK_ERR_PEER || st == AK_ERR_TIMEOUT) {
         char last[AK_ERR_MSG_BYTES];
         snprintf(last, sizeof last, "%s", err->msg);
-        return ak_err_set(err, st, "worker %s unreachable after %d tries over %" PRId64 " ms (--connect-timeout-ms): %s",
-                          o->worker_addr, n_tries, waited, last);
+        return ak_err_set(err, st, "a worker unreachable after %d tries over %" PRId64 " ms (--connect-timeout-ms): %s",
+                          n_tries, waited, last);
       }
       return st;
     }
-    if (n_tries == 1) AK_LOG_INFO("coordinator: worker %s not ready yet, retrying: %s", o->worker_addr, err->msg);
+    if (n_tries == 1) AK_LOG_INFO("coordinator: workers not ready yet, retrying: %s", err->msg);
     int64_t wait_ms = o->connect_timeout_ms - waited;
     if (wait_ms > CO_MAIN_RETRY_MS) wait_ms = CO_MAIN_RETRY_MS;
     struct timespec ts = {(time_t)(wait_ms / 1000), (long)(wait_ms % 1000) * 1000000L};
@@ -272,7 +292,8 @@ int main(int argc, char **argv) {
   printf("listening on %d\n", co_service_port(svc));
   if (http) printf("metrics on %d\n", (int)co_metrics_http_port(http));
   fflush(stdout);
-  AK_LOG_INFO("coordinator: port %d, worker %s", co_service_port(svc), o.worker_addr);
+  AK_LOG_INFO("coordinator: port %d, %d worker groups, %d workers (group 0 rank 0: %s)", co_service_port(svc),
+              o.n_groups, o.n_addrs, o.addrs[0]);
 
   sigwait(&sigs, &sig);
   AK_LOG_INFO("coordinator: signal %d: draining (up to %" PRId64 " ms; a second signal stops at once)", sig,
