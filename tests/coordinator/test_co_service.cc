@@ -9,7 +9,11 @@
 // it NOT_SERVING; client deadlines (queued and streaming) end DEADLINE_EXCEEDED and
 // free the worker's sequence; the metrics families after requests; co_service_drain
 // (new requests UNAVAILABLE, NOT_SERVING, open streams finish or a timeout leaves them
-// to destroy); a hung Step turns health NOT_SERVING through the watchdog.
+// to destroy); a hung Step turns health NOT_SERVING through the watchdog. Two groups
+// (two in-process workers): requests spread over both; one worker stopped mid-stream
+// fails only its group's streams (UNAVAILABLE), the other group serves on and health
+// stays SERVING until every group is dead; the worker back on its port rejoins; bad
+// group lists are INVALID_ARGUMENT.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -111,6 +115,9 @@ class CoServiceTest : public ::testing::Test {
   int64_t health_stale_ms_ = 0;  // co_service's default
   int worker_job_delay_ms_ = 0;  // > 0: every worker job waits this long first (slow steps)
   std::string waddr_;
+  int n_groups_ = 1;             // 2: a second worker (wk2_, waddr2_) as a second group
+  wk_service_t *wk2_ = nullptr;
+  std::string waddr2_;
 
   static void SlowJob(void *user) {
     std::this_thread::sleep_for(std::chrono::milliseconds(*(int *)user));
@@ -124,6 +131,14 @@ class CoServiceTest : public ::testing::Test {
     co_service_params_t cp = co_service_params_default();
     cp.model_path = model_path();
     cp.worker_addr = waddr_.c_str();
+    const char *ranks[2];
+    co_service_group_t groups[2];
+    if (n_groups_ == 2) {
+      ASSERT_NO_FATAL_FAILURE(StartWorker2(0));
+      ranks[0] = waddr_.c_str(), ranks[1] = waddr2_.c_str();
+      groups[0] = {&ranks[0], 1}, groups[1] = {&ranks[1], 1};
+      cp.groups = groups, cp.n_groups = 2;
+    }
     cp.max_batch_tokens = kBatch;
     cp.max_queue = max_queue_;
     cp.canary_period_ms = canary_period_ms_;
@@ -149,6 +164,17 @@ class CoServiceTest : public ::testing::Test {
     ASSERT_EQ(ak_rpc_client_create(waddr_.c_str(), &err, &wcli_), AK_OK) << err.msg;
   }
 
+  // The second group's worker, on `port` (0: a free one).
+  void StartWorker2(int port) {
+    wk_service_params_t wp = wk_service_params_default();
+    wp.engine = engine_params();
+    std::string listen = "127.0.0.1:" + std::to_string(port);
+    wp.listen_addr = listen.c_str();
+    ak_err_t err;
+    ASSERT_EQ(wk_service_create(&wp, &err, &wk2_), AK_OK) << err.msg;
+    waddr2_ = "127.0.0.1:" + std::to_string(wk_service_port(wk2_));
+  }
+
   void TearDown() override { Stop(); }
 
   void Stop() {
@@ -156,7 +182,8 @@ class CoServiceTest : public ::testing::Test {
     ak_rpc_client_destroy(wcli_);
     co_service_destroy(co_);
     wk_service_destroy(wk_);
-    cli_ = wcli_ = nullptr, co_ = nullptr, wk_ = nullptr;
+    wk_service_destroy(wk2_);
+    cli_ = wcli_ = nullptr, co_ = nullptr, wk_ = nullptr, wk2_ = nullptr;
   }
 
   ak_status_t Call(const char *m, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d, MsgPtr *resp,
@@ -1008,6 +1035,159 @@ bool WaitStatus(ak_rpc_client_t *cli, int want) {
 }
 
 }  // namespace
+
+// Two data-parallel groups of one rank each (co_service_params_t.groups).
+class CoServiceGroupsTest : public CoServiceTest {
+ protected:
+  CoServiceGroupsTest() { n_groups_ = 2; }
+
+  // Steps a worker ran for requests (its Steps minus its canaries).
+  double BatchSteps(const std::string &addr) {
+    std::string text = Scrape();
+    return Sample(text, "arkvale_worker_steps_total{worker=\"" + addr + "\"}") -
+           Sample(text, "arkvale_worker_canaries_total{worker=\"" + addr + "\"}");
+  }
+
+  // n concurrent greedy streams of max_new tokens; each flags `seen` as it streams.
+  void RunStreams(int n, int max_new, std::vector<Stream> *out, std::vector<std::atomic<int>> *seen,
+                  std::vector<std::thread> *th, std::vector<std::unique_ptr<GenReq>> *reqs, int salt) {
+    out->resize(n);
+    for (int i = 0; i < n; i++) {
+      reqs->emplace_back(new GenReq(max_new));
+      reqs->back()->set_ids(prompt_ids(12 + i, salt + i));
+      (*out)[i].seen = &(*seen)[i];
+    }
+    for (int i = 0; i < n; i++) th->emplace_back([this, out, reqs, i] { Generate(*(*reqs)[i], &(*out)[i]); });
+  }
+};
+
+// Requests spread over both groups: each worker runs batch Steps; both answer canaries.
+TEST_F(CoServiceGroupsTest, RequestsSpreadOverBothGroups) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  std::vector<Stream> streams;
+  std::vector<std::atomic<int>> seen(4);
+  std::vector<std::thread> th;
+  std::vector<std::unique_ptr<GenReq>> reqs;
+  RunStreams(4, 24, &streams, &seen, &th, &reqs, 1);
+  for (auto &t : th) t.join();
+  for (int i = 0; i < 4; i++) {
+    EXPECT_EQ(streams[i].st, AK_OK) << i << ": " << streams[i].msg;
+    EXPECT_EQ(streams[i].tokens.size(), 24u) << i;
+  }
+  EXPECT_GT(BatchSteps(waddr_), 0) << Scrape();
+  EXPECT_GT(BatchSteps(waddr2_), 0) << Scrape();
+  EXPECT_TRUE(WorkerDrains());
+  // Both groups got their own canary (each group's own step_id sequence).
+  EXPECT_GE(Sample(Scrape(), "arkvale_worker_canaries_total{worker=\"" + waddr2_ + "\"}"), 1);
+}
+
+// The second group's worker stops mid-stream: its requests end UNAVAILABLE (no hang),
+// the first group's complete, health stays SERVING, new requests go to the live group;
+// the worker comes back on its port and its group rejoins (revive) and takes requests.
+TEST_F(CoServiceGroupsTest, AWorkerStopsMidStreamTheOtherGroupServesThenItRejoins) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  const int kN = 4, kNew = 120;
+  std::vector<Stream> streams;
+  std::vector<std::atomic<int>> seen(kN);
+  std::vector<std::thread> th;
+  std::vector<std::unique_ptr<GenReq>> reqs;
+  RunStreams(kN, kNew, &streams, &seen, &th, &reqs, 11);
+  // Every stream has tokens, so each sits on a group's worker.
+  for (int i = 0; i < kN; i++)
+    for (int t = 0; t < 1000 && seen[i].load() < 2; t++) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  int port2 = wk_service_port(wk2_);
+  double steps2 = BatchSteps(waddr2_);
+  EXPECT_GT(steps2, 0) << "the second group took none of the streams";
+  wk_service_destroy(wk2_);
+  wk2_ = nullptr;
+  for (auto &t : th) t.join();
+  int n_ok = 0, n_unavailable = 0;
+  for (int i = 0; i < kN; i++) {
+    if (streams[i].st == AK_OK) {
+      n_ok++;
+      EXPECT_EQ(streams[i].tokens.size(), (size_t)kNew) << i;
+    } else {
+      n_unavailable++;
+      EXPECT_EQ(streams[i].code, GRPC_STATUS_UNAVAILABLE) << i << ": " << streams[i].msg;
+      EXPECT_LT(streams[i].tokens.size(), (size_t)kNew) << i;
+    }
+  }
+  EXPECT_GE(n_ok, 1);
+  EXPECT_GE(n_unavailable, 1);
+  EXPECT_EQ(HealthCheck(""), kServing) << "one live group is enough to serve";
+  EXPECT_EQ(Sample(Scrape(), "arkvale_serving"), 1);
+  // New requests go to the live group.
+  {
+    GenReq g(6);
+    g.set_ids(prompt_ids(10, 30));
+    Stream s;
+    Generate(g, &s);
+    EXPECT_EQ(s.st, AK_OK) << s.msg;
+    EXPECT_EQ(s.tokens.size(), 6u);
+  }
+  EXPECT_TRUE(WorkerDrains());
+
+  // It comes back on its port: revived, canaried, and routed to again.
+  ASSERT_NO_FATAL_FAILURE(StartWorker2(port2));
+  std::string canaries2 = "arkvale_worker_canaries_total{worker=\"" + waddr2_ + "\"}";
+  double c0 = Sample(Scrape(), canaries2);
+  bool back = false;
+  for (int i = 0; i < 1500 && !back; i++) {
+    back = Sample(Scrape(), canaries2) > c0;
+    if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(back) << "the second group never answered a canary again";
+  double before = BatchSteps(waddr2_);
+  std::vector<Stream> again;
+  std::vector<std::atomic<int>> seen2(kN);
+  std::vector<std::thread> th2;
+  std::vector<std::unique_ptr<GenReq>> reqs2;
+  RunStreams(kN, 16, &again, &seen2, &th2, &reqs2, 40);
+  for (auto &t : th2) t.join();
+  for (int i = 0; i < kN; i++) EXPECT_EQ(again[i].st, AK_OK) << i << ": " << again[i].msg;
+  EXPECT_GT(BatchSteps(waddr2_), before) << "the revived group takes requests again";
+  EXPECT_EQ(HealthCheck(""), kServing);
+}
+
+// Both groups gone: NOT_SERVING and new requests UNAVAILABLE.
+TEST_F(CoServiceGroupsTest, NotServingOnlyWhenEveryGroupIsDead) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  wk_service_destroy(wk2_);
+  wk2_ = nullptr;
+  // the second group dies at its next canary; the first keeps health SERVING
+  std::this_thread::sleep_for(std::chrono::milliseconds(3 * canary_period_ms_));
+  EXPECT_EQ(HealthCheck(""), kServing);
+  wk_service_destroy(wk_);
+  wk_ = nullptr;
+  ASSERT_TRUE(WaitHealth(kNotServing)) << "still SERVING with every worker gone";
+  GenReq g(4);
+  g.set_ids(prompt_ids(10, 1));
+  Stream refused;
+  Generate(g, &refused);
+  EXPECT_EQ(refused.code, GRPC_STATUS_UNAVAILABLE) << refused.msg;
+}
+
+// A bad group list is INVALID_ARGUMENT naming it.
+TEST(CoServiceGroups, BadGroupListsAreRefused) {
+  co_service_params_t cp = co_service_params_default();
+  cp.model_path = "unused.gguf";
+  const char *a[] = {"127.0.0.1:1", "127.0.0.1:1"};
+  co_service_group_t g[2] = {{&a[0], 1}, {&a[1], 1}};
+  co_service_t *co = nullptr;
+  ak_err_t err;
+  cp.groups = g, cp.n_groups = 2;
+  EXPECT_EQ(co_service_create(&cp, &err, &co), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("already groups[0] rank 0"), std::string::npos) << err.msg;
+  g[0].n_ranks = 0;
+  EXPECT_EQ(co_service_create(&cp, &err, &co), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("groups[0]: 0 ranks"), std::string::npos) << err.msg;
+  cp.n_groups = CO_SERVICE_MAX_GROUPS + 1;
+  EXPECT_EQ(co_service_create(&cp, &err, &co), AK_ERR_INVALID_ARG);
+  cp.groups = nullptr, cp.n_groups = 0, cp.worker_addr = nullptr;
+  EXPECT_EQ(co_service_create(&cp, &err, &co), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("worker_addr or groups"), std::string::npos) << err.msg;
+  EXPECT_EQ(co, nullptr);
+}
 
 TEST(CoServiceHealth, EngineDeadWhileTheProcessAnswers) {
   if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (the tokenizer comes from it)";
