@@ -6,6 +6,8 @@
 // a deadline free the worker's sequence and pages (its Health, the coordinator's
 // /metrics); health is SERVING, then NOT_SERVING within a few canary periods of
 // `kill -9` on the worker, SERVING again once a worker restarts on the same port;
+// with two groups, kill -9 of one worker mid-stream ends only its streams UNAVAILABLE,
+// the other group's complete, health stays SERVING, and the restarted worker rejoins;
 // SIGTERM drains (new requests UNAVAILABLE, the open stream finishes) and exits 0, and
 // a drain timeout or a second signal ends a long stream UNAVAILABLE; the coordinator's
 // bad flags exit 2 naming the flag, an unreachable worker exits 1.
@@ -120,7 +122,7 @@ struct GenReq {
 
 class ServingTest : public ::testing::Test {
  protected:
-  Proc worker_, coord_;
+  Proc worker_, coord_, worker2_;  // worker2_: a second group's worker, when a test starts one
   int wport_ = 0, cport_ = 0, mport_ = 0;
   ak_rpc_client_t *cli_ = nullptr;
 
@@ -131,19 +133,22 @@ class ServingTest : public ::testing::Test {
     ak_rpc_client_destroy(cli_);
     coord_.Kill();
     worker_.Kill();
+    worker2_.Kill();
   }
 
   // The worker with the shape of wk_test::engine_params() (so its greedy tokens are
   // the in-process engine's), on `port` (0: a free one).
-  void StartWorker(int port, int max_seqs = kMaxSeqs) {
-    ASSERT_TRUE(worker_.Start(AK_WORKER_BIN, {"--model", model_path(), "--listen",
+  void StartWorker(int port, int max_seqs = kMaxSeqs) { StartWorkerInto(&worker_, port, &wport_, max_seqs); }
+
+  void StartWorkerInto(Proc *proc, int port, int *port_p, int max_seqs = kMaxSeqs) {
+    ASSERT_TRUE(proc->Start(AK_WORKER_BIN, {"--model", model_path(), "--listen",
                                               "127.0.0.1:" + std::to_string(port), "--threads", "2",
                                               "--page-tokens", std::to_string(kPageTokens), "--max-seqs",
                                               std::to_string(max_seqs), "--max-seq-tokens",
                                               std::to_string(kMaxSeqTokens), "--max-batch-tokens",
                                               std::to_string(kBatch)}));
-    wport_ = worker_.WaitPort("listening on ", kStartMs);
-    ASSERT_GT(wport_, 0) << "arkvale-worker printed no port";
+    *port_p = proc->WaitPort("listening on ", kStartMs);
+    ASSERT_GT(*port_p, 0) << "arkvale-worker printed no port";
   }
 
   void StartCoordinator(std::vector<std::string> extra = {}) {
@@ -367,6 +372,78 @@ TEST_F(ServingTest, HealthFollowsAKilledAndRestartedWorker) {
   Generate(g, &s);
   EXPECT_EQ(s.st, AK_OK) << s.msg;
   EXPECT_EQ(s.tokens.size(), 4u);
+}
+
+// Worker crash (issue 5): two groups (--worker twice), kill -9 one worker mid-stream.
+// Its in-flight streams end UNAVAILABLE (no hang), the other group's complete, the
+// coordinator stays up and SERVING and routes new requests to the live group; the
+// worker restarted on its port rejoins (its canary, then requests).
+TEST_F(ServingTest, KillOneWorkerOfTwoGroupsMidStream) {
+  int port2 = 0;
+  ASSERT_NO_FATAL_FAILURE(StartWorker(0));
+  ASSERT_NO_FATAL_FAILURE(StartWorkerInto(&worker2_, 0, &port2));
+  std::string w1 = "127.0.0.1:" + std::to_string(wport_), w2 = "127.0.0.1:" + std::to_string(port2);
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator({"--worker", w2}));
+  ASSERT_TRUE(WaitHealth(kServing, kStartMs)) << "never SERVING";
+  auto batch_steps = [&](const std::string &w) {
+    std::string m = HttpGet(mport_, "/metrics");
+    return Sample(m, "arkvale_worker_steps_total{worker=\"" + w + "\"}") -
+           Sample(m, "arkvale_worker_canaries_total{worker=\"" + w + "\"}");
+  };
+  const int kN = 4, kNew = 160;
+  std::vector<std::unique_ptr<GenReq>> reqs;
+  std::vector<Stream> streams(kN);
+  for (int i = 0; i < kN; i++) reqs.emplace_back(new GenReq(prompt_ids(10 + 3 * i, 20 + i), kNew));
+  std::vector<std::thread> th;
+  for (int i = 0; i < kN; i++) th.emplace_back([&, i] { Generate(*reqs[i], &streams[i]); });
+  for (int64_t end = now_ms() + 30000; now_ms() < end;) {
+    int started = 0;
+    for (auto &s : streams) started += s.seen.load() >= 2;
+    if (started == kN) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GT(batch_steps(w2), 0) << "the second group took none of the streams";
+  worker2_.Signal(SIGKILL);
+  EXPECT_EQ(worker2_.Wait(5000), 128 + SIGKILL);
+  int64_t t0 = now_ms();
+  for (auto &t : th) t.join();
+  printf("every stream ended %lld ms after kill -9\n", (long long)(now_ms() - t0));
+  int n_ok = 0, n_unavailable = 0;
+  for (int i = 0; i < kN; i++) {
+    if (streams[i].st == AK_OK) {
+      n_ok++;
+      EXPECT_EQ(streams[i].tokens.size(), (size_t)kNew) << i;
+    } else {
+      n_unavailable++;
+      EXPECT_EQ(streams[i].code, GRPC_STATUS_UNAVAILABLE) << i << ": " << streams[i].msg;
+    }
+  }
+  EXPECT_GE(n_ok, 1) << "the live group's streams should complete";
+  EXPECT_GE(n_unavailable, 1) << "the killed worker's streams should end UNAVAILABLE";
+  EXPECT_EQ(HealthCheck(), kServing) << "one live group is enough";
+  GenReq g(prompt_ids(10, 40), 4);
+  Stream s;
+  Generate(g, &s);
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens.size(), 4u);
+
+  // Restarted on its port: the coordinator revives the group (canary), then routes to it.
+  ASSERT_NO_FATAL_FAILURE(StartWorkerInto(&worker2_, port2, &port2));
+  std::string canaries = "arkvale_worker_canaries_total{worker=\"" + w2 + "\"}";
+  double c0 = Sample(HttpGet(mport_, "/metrics"), canaries);
+  bool back = false;
+  for (int64_t end = now_ms() + kStartMs; !back && now_ms() < end;) {
+    back = Sample(HttpGet(mport_, "/metrics"), canaries) > c0;
+    if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(back) << "the restarted worker never answered a canary";
+  double before = batch_steps(w2);
+  std::vector<Stream> again(kN);
+  std::vector<std::thread> th2;
+  for (int i = 0; i < kN; i++) th2.emplace_back([&, i] { Generate(*reqs[i], &again[i]); });
+  for (auto &t : th2) t.join();
+  for (int i = 0; i < kN; i++) EXPECT_EQ(again[i].st, AK_OK) << i << ": " << again[i].msg;
+  EXPECT_GT(batch_steps(w2), before) << "the rejoined group takes requests again";
 }
 
 TEST_F(ServingTest, SigtermDrainsThenExitsZero) {
