@@ -13,7 +13,8 @@
 // (two in-process workers): requests spread over both; one worker stopped mid-stream
 // fails only its group's streams (UNAVAILABLE), the other group serves on and health
 // stays SERVING until every group is dead; the worker back on its port rejoins; bad
-// group lists are INVALID_ARGUMENT.
+// group lists are INVALID_ARGUMENT. One group of two ranks: both answer every Step
+// (rank 0 streams, greedy equals the engine), a lost rank kills the group, it revives.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -116,6 +117,7 @@ class CoServiceTest : public ::testing::Test {
   int worker_job_delay_ms_ = 0;  // > 0: every worker job waits this long first (slow steps)
   std::string waddr_;
   int n_groups_ = 1;             // 2: a second worker (wk2_, waddr2_) as a second group
+  bool two_ranks_ = false;       // the second worker as rank 1 of the one group instead
   wk_service_t *wk2_ = nullptr;
   std::string waddr2_;
 
@@ -138,6 +140,11 @@ class CoServiceTest : public ::testing::Test {
       ranks[0] = waddr_.c_str(), ranks[1] = waddr2_.c_str();
       groups[0] = {&ranks[0], 1}, groups[1] = {&ranks[1], 1};
       cp.groups = groups, cp.n_groups = 2;
+    } else if (two_ranks_) {
+      ASSERT_NO_FATAL_FAILURE(StartWorker2(0));
+      ranks[0] = waddr_.c_str(), ranks[1] = waddr2_.c_str();
+      groups[0] = {&ranks[0], 2};
+      cp.groups = groups, cp.n_groups = 1;
     }
     cp.max_batch_tokens = kBatch;
     cp.max_queue = max_queue_;
@@ -1165,6 +1172,47 @@ TEST_F(CoServiceGroupsTest, NotServingOnlyWhenEveryGroupIsDead) {
   Stream refused;
   Generate(g, &refused);
   EXPECT_EQ(refused.code, GRPC_STATUS_UNAVAILABLE) << refused.msg;
+}
+
+// One group of two ranks (each worker here holds the whole model: tensor parallelism
+// is a later issue, the protocol is the same): every Step goes to both ranks with the
+// same step_id, rank 0's samples are streamed, and a failed rank kills the group.
+class CoServiceRanksTest : public CoServiceGroupsTest {
+ protected:
+  CoServiceRanksTest() { n_groups_ = 1, two_ranks_ = true; }
+};
+
+TEST_F(CoServiceRanksTest, EveryStepGoesToBothRanksAndARankFailureKillsTheGroup) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  std::vector<int32_t> ids = Tokenize(kPromptText);
+  std::vector<int32_t> ref = engine_greedy(ids, 12);
+  GenReq g(12);
+  g.set_text(kPromptText);
+  Stream s;
+  Generate(g, &s);
+  ASSERT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens, ref);
+  EXPECT_TRUE(WorkerDrains());
+  std::string text = Scrape();
+  double steps0 = Sample(text, "arkvale_worker_steps_total{worker=\"" + waddr_ + "\"}");
+  double steps1 = Sample(text, "arkvale_worker_steps_total{worker=\"" + waddr2_ + "\"}");
+  EXPECT_GE(steps0, 12);
+  EXPECT_EQ(steps0, steps1) << "both ranks answer every Step and canary";
+  // Rank 1 goes away: the group (the only one) dies: NOT_SERVING, requests UNAVAILABLE.
+  wk_service_destroy(wk2_);
+  wk2_ = nullptr;
+  ASSERT_TRUE(WaitHealth(kNotServing)) << "a dead rank must kill its group";
+  Stream refused;
+  Generate(g, &refused);
+  EXPECT_EQ(refused.code, GRPC_STATUS_UNAVAILABLE) << refused.msg;
+  // Back on its port: the group revives (Release all, Info, Warmup on both ranks).
+  int port2 = std::stoi(waddr2_.substr(waddr2_.rfind(':') + 1));
+  ASSERT_NO_FATAL_FAILURE(StartWorker2(port2));
+  ASSERT_TRUE(WaitHealth(kServing, 30000)) << "the group did not come back";
+  Stream again;
+  Generate(g, &again);
+  EXPECT_EQ(again.st, AK_OK) << again.msg;
+  EXPECT_EQ(again.tokens, ref);
 }
 
 // A bad group list is INVALID_ARGUMENT naming it.
