@@ -1,13 +1,17 @@
-/* arkvale serve: the local launcher. Starts one arkvale-worker (CPU by default) and
- * one arkvale-coordinator as child processes, configured from a JSON file (cJSON;
+/* arkvale serve: the local launcher. Starts `workers` arkvale-worker processes (CPU by
+ * default; default 1), each a data-parallel group of one rank, and one
+ * arkvale-coordinator (--worker per worker) as child processes, configured from a JSON file (cJSON;
  * deploy/local/arkvale.json, every key in deploy/local/README.md) with flags overriding
  * it; waits until the coordinator's grpc.health.v1 Check answers SERVING and prints
  * "serving on HOST:PORT"; on SIGTERM or SIGINT stops the coordinator first (it drains
- * its streams), then the worker, and exits 0 when both stopped cleanly. A child that
- * dies on its own stops the other and the launcher exits 1.
+ * its streams), then the workers, and exits 0 when all stopped cleanly. A child that
+ * dies on its own stops the others and the launcher exits 1 (the coordinator would
+ * serve on with the other groups, but restarting a worker is a supervisor's job).
+ * With workers > 1 the worker listen port must be 0 (each picks a free one), and a
+ * device of "cuda" gives worker i cuda:i.
  *
- * Not for: several workers or GPUs (the coordinator serves one worker today), restarts
- * of a dead child (a supervisor's job: systemd, Kubernetes). */
+ * Not for: groups of several ranks (tensor parallelism is a later issue), restarts of
+ * a dead child (a supervisor's job: systemd, Kubernetes). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -32,6 +36,7 @@
 
 #define SV_CFG_MAX_BYTES (1 << 20)
 #define SV_LINE_BYTES 256
+#define SV_MAX_WORKERS 64
 
 /* One setting: where it sits in the file (section "" = top level), its flag
  * ("--" + section + "-" + key, '_' as '-'), and the child flag it becomes. */
@@ -52,6 +57,7 @@ static const sv_setting_t sv_settings[] = {
     {"", "metrics_bind", SV_STR, SV_TO_COORD, "--metrics-bind", NULL},
     {"", "bin_dir", SV_STR, SV_TO_SERVE, NULL, NULL},
     {"", "startup_timeout_ms", SV_INT, SV_TO_SERVE, NULL, "120000"},
+    {"", "workers", SV_INT, SV_TO_SERVE, NULL, "1"},
     {"worker", "listen", SV_STR, SV_TO_WORKER, "--listen", "127.0.0.1:0"},
     {"worker", "device", SV_STR, SV_TO_WORKER, "--device", NULL},
     {"worker", "threads", SV_INT, SV_TO_WORKER, "--threads", NULL},
@@ -199,7 +205,7 @@ static int sv_load_file(sv_cfg_t *c, const char *path) {
 static void sv_usage(FILE *f) {
   fprintf(f,
           "usage: arkvale serve [--config FILE] [--SETTING VALUE ...]\n"
-          "Starts arkvale-worker and arkvale-coordinator, prints \"serving on HOST:PORT\" once\n"
+          "Starts `workers` arkvale-worker processes (one group each) and arkvale-coordinator, prints \"serving on HOST:PORT\" once\n"
           "grpc.health.v1 answers SERVING; SIGTERM/SIGINT stops both (the coordinator drains).\n"
           "  --config FILE   JSON settings (deploy/local/arkvale.json); flags override it\n"
           "settings (file key -> flag):\n");
@@ -276,6 +282,15 @@ static int sv_spawn(sv_child_t *ch, const char *bin, char **argv) {
   close(fds[1]);
   ch->pid = pid, ch->out_fd = fds[0], ch->n_buf = 0, ch->exited = 0, ch->code = 0;
   return 0;
+}
+
+static int sv_reap(sv_child_t *ch, int block);
+
+/* Reaps every child of ch[n] that exited; 1 when one has. */
+static int sv_reap_any(sv_child_t *ch, int n) {
+  int any = 0;
+  for (int i = 0; i < n; i++) any |= sv_reap(&ch[i], 0);
+  return any;
 }
 
 /* Reaps the child if it exited; 1 when it has. */
@@ -372,9 +387,9 @@ static void sv_dial_host(const char *listen, char *out, size_t n) {
 }
 
 /* argv for one child: its binary, then every setting that goes to it and is set. */
-static char **sv_child_argv(const sv_cfg_t *c, sv_to_t to, const char *bin, const char *extra_flag,
-                            const char *extra_val) {
-  char **argv = calloc(2 * SV_N_SETTINGS + 4, sizeof *argv);
+static char **sv_child_argv(const sv_cfg_t *c, sv_to_t to, const char *bin, const char *const *extra,
+                            int n_extra_pairs) {
+  char **argv = calloc(2 * SV_N_SETTINGS + 2 * (size_t)n_extra_pairs + 2, sizeof *argv);
   if (!argv) return NULL;
   int n = 0;
   argv[n++] = (char *)bin;
@@ -384,7 +399,7 @@ static char **sv_child_argv(const sv_cfg_t *c, sv_to_t to, const char *bin, cons
     if (!v || !s->child_flag || (s->to != to && s->to != SV_TO_BOTH)) continue;
     argv[n++] = (char *)s->child_flag, argv[n++] = (char *)v;
   }
-  if (extra_flag) argv[n++] = (char *)extra_flag, argv[n++] = (char *)extra_val;
+  for (int i = 0; i < 2 * n_extra_pairs; i++) argv[n++] = (char *)extra[i];
   return argv;
 }
 
@@ -440,6 +455,22 @@ int ak_cli_serve(int argc, char **argv) {
   const char *bin_dir = sv_get(&cfg, "", "bin_dir");
   int64_t startup_ms = atoll(sv_get(&cfg, "", "startup_timeout_ms"));
   int64_t drain_ms = atoll(sv_get(&cfg, "coordinator", "drain_timeout_ms"));
+  int n_workers = atoi(sv_get(&cfg, "", "workers"));
+  if (n_workers < 1 || n_workers > SV_MAX_WORKERS) {
+    fprintf(stderr, "arkvale serve: workers: %d is outside 1..%d\n", n_workers, SV_MAX_WORKERS);
+    sv_cfg_free(&cfg);
+    return 2;
+  }
+  {
+    const char *wl = sv_get(&cfg, "worker", "listen");
+    const char *colon = strrchr(wl, ':');
+    if (n_workers > 1 && (!colon || strcmp(colon, ":0"))) {
+      fprintf(stderr, "arkvale serve: workers: %d workers cannot share worker.listen %s: give port 0\n", n_workers,
+              wl);
+      sv_cfg_free(&cfg);
+      return 2;
+    }
+  }
   char wbin[PATH_MAX], cbin[PATH_MAX];
   sv_find_bin(bin_dir, "arkvale-worker", "worker", wbin, sizeof wbin);
   sv_find_bin(bin_dir, "arkvale-coordinator", "coordinator", cbin, sizeof cbin);
@@ -452,23 +483,42 @@ int ak_cli_serve(int argc, char **argv) {
   sigaddset(&sigs, SIGCHLD);
   sigprocmask(SIG_BLOCK, &sigs, NULL);
 
-  sv_child_t worker = {.name = "arkvale-worker", .pid = -1, .out_fd = -1};
+  sv_child_t workers[SV_MAX_WORKERS];
+  for (int i = 0; i < n_workers; i++) workers[i] = (sv_child_t){.name = "arkvale-worker", .pid = -1, .out_fd = -1};
   sv_child_t coord = {.name = "arkvale-coordinator", .pid = -1, .out_fd = -1};
   ak_rpc_client_t *cli = NULL;
-  char **wargv = sv_child_argv(&cfg, SV_TO_WORKER, wbin, NULL, NULL);
+  char **wargv = sv_child_argv(&cfg, SV_TO_WORKER, wbin, NULL, 0);
   char **cargv = NULL;
-  char waddr[SV_LINE_BYTES + 16], caddr[SV_LINE_BYTES + 16], host[SV_LINE_BYTES];
+  char(*waddrs)[SV_LINE_BYTES + 16] = calloc((size_t)n_workers, sizeof *waddrs);
+  const char *cextra[2 * SV_MAX_WORKERS];
+  char caddr[SV_LINE_BYTES + 16], host[SV_LINE_BYTES], dev[32];
   rc = 1;
-  if (!wargv || sv_spawn(&worker, wbin, wargv)) goto out;
-  int wport = sv_wait_port(&worker, "listening on ", startup_ms);
-  if (wport < 0) {
-    fprintf(stderr, "arkvale serve: %s (%s) did not start (%s)\n", worker.name, wbin,
-            worker.exited ? "it exited" : "no port printed in time");
+  if (!wargv || !waddrs) {
+    fprintf(stderr, "arkvale serve: out of memory\n");
     goto out;
   }
-  sv_dial_host(sv_get(&cfg, "worker", "listen"), host, sizeof host);
-  snprintf(waddr, sizeof waddr, "%s:%d", host, wport);
-  cargv = sv_child_argv(&cfg, SV_TO_COORD, cbin, "--worker", waddr);
+  int dev_idx = -1; /* wargv's --device value when it is "cuda": worker i gets cuda:i */
+  for (int k = 1; wargv[k]; k++)
+    if (!strcmp(wargv[k], "--device") && wargv[k + 1] && !strcmp(wargv[k + 1], "cuda")) dev_idx = k + 1;
+  /* Started one after the other: each loads the model, and two at once would only
+   * share the same cores. */
+  for (int i = 0; i < n_workers; i++) {
+    if (dev_idx > 0 && n_workers > 1) {
+      snprintf(dev, sizeof dev, "cuda:%d", i);
+      wargv[dev_idx] = dev; /* the child has its copy once forked */
+    }
+    if (sv_spawn(&workers[i], wbin, wargv)) goto out;
+    int wport = sv_wait_port(&workers[i], "listening on ", startup_ms);
+    if (wport < 0) {
+      fprintf(stderr, "arkvale serve: %s %d (%s) did not start (%s)\n", workers[i].name, i, wbin,
+              workers[i].exited ? "it exited" : "no port printed in time");
+      goto out;
+    }
+    sv_dial_host(sv_get(&cfg, "worker", "listen"), host, sizeof host);
+    snprintf(waddrs[i], sizeof waddrs[i], "%s:%d", host, wport);
+    cextra[2 * i] = "--worker", cextra[2 * i + 1] = waddrs[i];
+  }
+  cargv = sv_child_argv(&cfg, SV_TO_COORD, cbin, cextra, n_workers);
   if (!cargv || sv_spawn(&coord, cbin, cargv)) goto out;
   int cport = sv_wait_port(&coord, "listening on ", startup_ms);
   if (cport < 0) {
@@ -491,16 +541,18 @@ int ak_cli_serve(int argc, char **argv) {
     struct timespec ts = {0, 100 * 1000000L};
     sig = sigtimedwait(&sigs, NULL, &ts);
     if (sig == SIGTERM || sig == SIGINT) break;
-    if (sv_reap(&worker, 0) || sv_reap(&coord, 0)) break;
+    if (sv_reap_any(workers, n_workers) || sv_reap(&coord, 0)) break;
   }
   if (!serving) {
     if (sig == SIGTERM || sig == SIGINT) rc = 0;
     else
       fprintf(stderr, "arkvale serve: %s never answered SERVING within %" PRId64 " ms%s\n", caddr, startup_ms,
-              worker.exited || coord.exited ? " (a child exited)" : "");
+              sv_reap_any(workers, n_workers) || coord.exited ? " (a child exited)" : "");
     goto out;
   }
-  printf("serving on %s (worker %s pid %d, coordinator pid %d", caddr, waddr, (int)worker.pid, (int)coord.pid);
+  printf("serving on %s (", caddr);
+  for (int i = 0; i < n_workers; i++) printf("worker %s pid %d, ", waddrs[i], (int)workers[i].pid);
+  printf("coordinator pid %d", (int)coord.pid);
   if (mport > 0) printf(", metrics http://%s:%d/metrics", sv_get(&cfg, "", "metrics_bind") ? sv_get(&cfg, "", "metrics_bind") : "127.0.0.1", mport);
   printf(")\n");
   fflush(stdout);
@@ -509,12 +561,14 @@ int ak_cli_serve(int argc, char **argv) {
     sig = sigwaitinfo(&sigs, NULL);
     if (sig == SIGTERM || sig == SIGINT) {
       fprintf(stderr, "arkvale serve: signal %d: stopping the coordinator (drain up to %" PRId64
-                      " ms), then the worker\n", sig, drain_ms);
+                      " ms), then the workers\n", sig, drain_ms);
       rc = 0;
       break;
     }
-    if (sig == SIGCHLD && (sv_reap(&worker, 0) || sv_reap(&coord, 0))) {
-      sv_child_t *dead = worker.exited ? &worker : &coord;
+    if (sig == SIGCHLD && (sv_reap_any(workers, n_workers) || sv_reap(&coord, 0))) {
+      sv_child_t *dead = &coord;
+      for (int i = 0; i < n_workers; i++)
+        if (workers[i].exited) dead = &workers[i];
       fprintf(stderr, "arkvale serve: %s (pid %d) exited with %d: stopping\n", dead->name, (int)dead->pid,
               dead->code);
       break;
@@ -525,14 +579,19 @@ out:
   ak_rpc_client_destroy(cli);
   {
     int cc = sv_stop(&coord, drain_ms + 10000, &sigs);
-    int wc = sv_stop(&worker, 30000, &sigs);
-    if (rc == 0 && (cc != 0 || wc != 0)) {
-      fprintf(stderr, "arkvale serve: children exited with %d (coordinator) and %d (worker)\n", cc, wc);
-      rc = 1;
+    for (int i = 0; i < n_workers; i++)
+      if (workers[i].pid > 0) kill(workers[i].pid, SIGTERM); /* all drain at once */
+    for (int i = 0; i < n_workers; i++) {
+      int wc = sv_stop(&workers[i], 30000, &sigs);
+      if (rc == 0 && (cc != 0 || wc != 0)) {
+        fprintf(stderr, "arkvale serve: children exited with %d (coordinator) and %d (worker %d)\n", cc, wc, i);
+        rc = 1;
+      }
     }
   }
   free(wargv);
   free(cargv);
+  free(waddrs);
   sv_cfg_free(&cfg);
   return rc;
 }

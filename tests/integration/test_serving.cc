@@ -13,7 +13,8 @@
 // bad flags exit 2 naming the flag, an unreachable worker exits 1.
 // `arkvale serve`: from a config file with flags over it, SERVING, a request, SIGTERM
 // stops both children and exits 0 (SIGINT too); a child killed -9 stops the other and
-// the launcher exits 1; bad config keys and values exit 2 naming them.
+// the launcher exits 1; bad config keys and values exit 2 naming them; workers: 2
+// serves through two groups.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -599,6 +600,68 @@ TEST(ArkvaleServe, ConfigAndFlagsThenServesThenStopsOnSigterm) {
   EXPECT_FALSE(Alive(wpid)) << "the worker outlived arkvale serve";
   EXPECT_FALSE(Alive(cpid)) << "the coordinator outlived arkvale serve";
   unlink(cfg.c_str());
+}
+
+// workers: 2 starts two workers as two groups of the coordinator; both serve; SIGTERM
+// stops all three. Two workers cannot share a fixed listen port.
+TEST(ArkvaleServe, TwoWorkersAsTwoGroups) {
+  if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
+  Proc serve;
+  ASSERT_TRUE(serve.Start(AK_ARKVALE_BIN, {"serve", "--model", model_path(), "--listen", "127.0.0.1:0", "--workers",
+                                           "2", "--worker-threads", "1", "--worker-max-seq-tokens", "128",
+                                           "--metrics-port", "0", "--coordinator-canary-period-ms", "200"}));
+  std::string line = serve.WaitLine("serving on ", kStartMs);
+  ASSERT_FALSE(line.empty()) << "arkvale serve never printed \"serving on\"";
+  std::string addr = line.substr(line.find("serving on ") + 11);
+  addr = addr.substr(0, addr.find(' '));
+  size_t w1 = line.find("worker "), w2 = line.find("worker ", w1 + 1);
+  ASSERT_NE(w2, std::string::npos) << "two workers expected: " << line;
+  int pid1 = 0, pid2 = 0, cpid = 0;
+  char a1[64] = {0}, a2[64] = {0};
+  sscanf(line.c_str() + w1, "worker %63s pid %d, worker %63s pid %d, coordinator pid %d", a1, &pid1, a2, &pid2,
+         &cpid);
+  EXPECT_TRUE(Alive(pid1) && Alive(pid2) && Alive(cpid)) << line;
+  int mport = 0;
+  size_t m = line.find("metrics http://");
+  ASSERT_NE(m, std::string::npos) << line;
+  sscanf(line.c_str() + line.find(':', m + 15) + 1, "%d", &mport);
+
+  ak_rpc_client_t *cli = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(ak_rpc_client_create(addr.c_str(), &err, &cli), AK_OK) << err.msg;
+  std::vector<std::unique_ptr<GenReq>> reqs;
+  std::vector<Stream> streams(4);
+  for (int i = 0; i < 4; i++) reqs.emplace_back(new GenReq(prompt_ids(10 + i, 50 + i), 12));
+  std::vector<std::thread> th;
+  for (int i = 0; i < 4; i++)
+    th.emplace_back([&, i] {
+      ak_err_t e;
+      streams[i].st = ak_rpc_client_stream(cli, "/arkvale.v1.Generation/Generate", &reqs[i]->req.base,
+                                           &arkvale__v1__generate_response__descriptor, kMax, 60000, OnMsg,
+                                           &streams[i], &e, &streams[i].code);
+      streams[i].msg = e.msg;
+    });
+  for (auto &t : th) t.join();
+  for (int i = 0; i < 4; i++) EXPECT_EQ(streams[i].st, AK_OK) << i << ": " << streams[i].msg;
+  ak_rpc_client_destroy(cli);
+  std::string metrics = HttpGet(mport, "/metrics");
+  // the names are "a1," as printed: strip the comma
+  std::string n1(a1), n2(a2);
+  if (!n1.empty() && n1.back() == ',') n1.pop_back();
+  if (!n2.empty() && n2.back() == ',') n2.pop_back();
+  EXPECT_GE(Sample(metrics, "arkvale_worker_canaries_total{worker=\"" + n1 + "\"}"), 1) << metrics;
+  EXPECT_GE(Sample(metrics, "arkvale_worker_canaries_total{worker=\"" + n2 + "\"}"), 1) << metrics;
+
+  serve.Signal(SIGTERM);
+  EXPECT_EQ(serve.Wait(20000), 0);
+  EXPECT_FALSE(Alive(pid1) || Alive(pid2) || Alive(cpid)) << "a child outlived arkvale serve";
+
+  Proc bad;
+  ASSERT_TRUE(bad.Start(AK_ARKVALE_BIN, {"serve", "--model", model_path(), "--workers", "2", "--worker-listen",
+                                         "127.0.0.1:5999"},
+                        true));
+  EXPECT_FALSE(bad.WaitLine("cannot share worker.listen", 10000).empty());
+  EXPECT_EQ(bad.Wait(10000), 2);
 }
 
 // A child that dies on its own: the launcher stops the other and exits 1. SIGINT (a
