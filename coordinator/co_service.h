@@ -27,11 +27,15 @@
  *                      tokenized, then posted to the scheduler's inbox
  *   scheduler thread:  owns co_sched and every running request. Loop: submit the inbox
  *                      (a full queue: RESOURCE_EXHAUSTED), abort what was cancelled
- *                      (Abort, or the writer cancelled), co_sched_plan_step, one
- *                      Worker.Step (blocking unary), co_sched_step_done, then per
+ *                      (Abort, or the writer cancelled), co_sched_plan_step of every
+ *                      live group, their Worker.Steps to all their ranks at once
+ *                      (blocking unary calls, one per rank, in parallel),
+ *                      co_sched_step_done per group from rank 0's answer, then per
  *                      sampled token: detokenize, stop strings, EOS, max_new_tokens,
  *                      write a GenerateResponse; a finished stream ends with its usage
  *                      and finish reason. Drops without a batch go out as Release.
+ *   caller threads:    one per rank but the first of group 0: each makes the blocking
+ *                      call the scheduler thread hands it (co_service_ranks.c)
  *
  * Health (grpc.health.v1, proto/grpc/health/v1/health.proto): SERVING while at least
  * one group has passed Warmup and answered a real one-token canary (its own, per group): a new sequence of one
