@@ -17,6 +17,7 @@
 // serves through two groups.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <sstream>
 
@@ -396,7 +397,12 @@ TEST_F(ServingTest, KillOneWorkerOfTwoGroupsMidStream) {
   std::vector<Stream> streams(kN);
   for (int i = 0; i < kN; i++) reqs.emplace_back(new GenReq(prompt_ids(10 + 3 * i, 20 + i), kNew));
   std::vector<std::thread> th;
-  for (int i = 0; i < kN; i++) th.emplace_back([&, i] { Generate(*reqs[i], &streams[i]); });
+  std::vector<int64_t> ended_ms(kN, 0);
+  for (int i = 0; i < kN; i++)
+    th.emplace_back([&, i] {
+      Generate(*reqs[i], &streams[i]);
+      ended_ms[i] = now_ms();
+    });
   for (int64_t end = now_ms() + 30000; now_ms() < end;) {
     int started = 0;
     for (auto &s : streams) started += s.seen.load() >= 2;
@@ -404,12 +410,12 @@ TEST_F(ServingTest, KillOneWorkerOfTwoGroupsMidStream) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_GT(batch_steps(w2), 0) << "the second group took none of the streams";
+  int64_t t0 = now_ms();
   worker2_.Signal(SIGKILL);
   EXPECT_EQ(worker2_.Wait(5000), 128 + SIGKILL);
-  int64_t t0 = now_ms();
   for (auto &t : th) t.join();
-  printf("every stream ended %lld ms after kill -9\n", (long long)(now_ms() - t0));
   int n_ok = 0, n_unavailable = 0;
+  int64_t unavailable_after_ms = 0;
   for (int i = 0; i < kN; i++) {
     if (streams[i].st == AK_OK) {
       n_ok++;
@@ -417,8 +423,13 @@ TEST_F(ServingTest, KillOneWorkerOfTwoGroupsMidStream) {
     } else {
       n_unavailable++;
       EXPECT_EQ(streams[i].code, GRPC_STATUS_UNAVAILABLE) << i << ": " << streams[i].msg;
+      unavailable_after_ms = std::max(unavailable_after_ms, ended_ms[i] - t0);
     }
   }
+  printf("the killed worker's streams ended UNAVAILABLE %lld ms after kill -9; the others ran to their end "
+         "%lld ms after it\n",
+         (long long)unavailable_after_ms, (long long)(now_ms() - t0));
+  EXPECT_LT(unavailable_after_ms, 10000) << "the killed worker's streams hung";
   EXPECT_GE(n_ok, 1) << "the live group's streams should complete";
   EXPECT_GE(n_unavailable, 1) << "the killed worker's streams should end UNAVAILABLE";
   EXPECT_EQ(HealthCheck(), kServing) << "one live group is enough";
