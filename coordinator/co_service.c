@@ -16,6 +16,7 @@
 
 #define CO_SVC_METHOD(name) "/arkvale.v1.Generation/" name
 #define CO_SVC_SHUTDOWN_GRACE_MS 2000 /* destroy: open calls' time to end before cancel */
+#define CO_SVC_PROBE_MIN_MS 1000      /* a revive's Health probe: max(canary period, this) */
 
 co_service_params_t co_service_params_default(void) {
   co_service_params_t p;
@@ -427,13 +428,29 @@ static ak_status_t co_svc_info_check(co_service_t *s, const co_svc_rank_t *r, co
 
 /* One call to every rank of g; on success every rank's resp is set (the caller frees
  * them with co_svc_group_free_resps). */
-static ak_status_t co_svc_group_call(co_service_t *s, co_svc_group_t *g, const char *method,
-                                     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
-                                     ak_err_t *err) {
-  co_svc_fan_call(s, &g, 1, method, &req, d);
+static ak_status_t co_svc_group_call_within(co_service_t *s, co_svc_group_t *g, const char *method,
+                                            const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+                                            int64_t deadline_ms, ak_err_t *err) {
+  co_svc_fan_call(s, &g, 1, method, &req, d, deadline_ms);
   ak_status_t st = co_svc_group_status(g, err);
   if (st != AK_OK) co_svc_group_free_resps(g);
   return st;
+}
+
+static ak_status_t co_svc_group_call(co_service_t *s, co_svc_group_t *g, const char *method,
+                                     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+                                     ak_err_t *err) {
+  return co_svc_group_call_within(s, g, method, req, d, s->p.step_deadline_ms, err);
+}
+
+ak_status_t co_svc_worker_probe(co_service_t *s, co_svc_group_t *g, ak_err_t *err) {
+  int64_t deadline_ms = s->p.canary_period_ms > CO_SVC_PROBE_MIN_MS ? s->p.canary_period_ms : CO_SVC_PROBE_MIN_MS;
+  if (deadline_ms > s->p.step_deadline_ms) deadline_ms = s->p.step_deadline_ms;
+  Arkvale__V1__HealthRequest q = ARKVALE__V1__HEALTH_REQUEST__INIT;
+  AK_TRY(co_svc_group_call_within(s, g, "/arkvale.v1.Worker/Health", &q.base, &arkvale__v1__health_response__descriptor,
+                                  deadline_ms, err));
+  co_svc_group_free_resps(g);
+  return AK_OK;
 }
 
 ak_status_t co_svc_worker_warmup(co_service_t *s, co_svc_group_t *g, ak_err_t *err, int64_t *cap_pages_p) {

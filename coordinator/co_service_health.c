@@ -205,7 +205,8 @@ static ak_status_t co_svc_canary(co_service_t *s, co_svc_group_t *g, ak_err_t *e
   q.has_step_id = 1, q.step_id = ++g->step_id;
   q.n_new_seqs = 1, q.new_seqs = &nsp;
   const ProtobufCMessage *qm = &q.base;
-  co_svc_fan_call(s, &g, 1, "/arkvale.v1.Worker/Step", &qm, &arkvale__v1__step_response__descriptor);
+  co_svc_fan_call(s, &g, 1, "/arkvale.v1.Worker/Step", &qm, &arkvale__v1__step_response__descriptor,
+                  s->p.step_deadline_ms);
   ak_err_t e;
   ak_err_clear(&e);
   ak_status_t st = co_svc_group_status(g, &e);
@@ -229,7 +230,8 @@ static ak_status_t co_svc_canary(co_service_t *s, co_svc_group_t *g, ak_err_t *e
   return st;
 }
 
-/* Fresh channels (the old ones may sit in reconnect backoff), Release all (sequences
+/* Fresh channels (the old ones may sit in reconnect backoff), a Health probe with a
+ * short deadline (co_svc_worker_probe), Release all (sequences
  * of a worker that lived through the failure), Info, Warmup on every rank, then the
  * group is live again and its canary due. */
 static void co_svc_revive(co_service_t *s, co_svc_group_t *g) {
@@ -237,6 +239,7 @@ static void co_svc_revive(co_service_t *s, co_svc_group_t *g) {
   ak_err_clear(&err);
   int64_t cap = 0;
   ak_status_t st = co_svc_group_reconnect(s, g, &err);
+  if (st == AK_OK) st = co_svc_worker_probe(s, g, &err);
   if (st == AK_OK) st = co_svc_worker_release(s, g, NULL, 0, 1, &err);
   if (st == AK_OK) st = co_svc_worker_warmup(s, g, &err, &cap);
   if (st == AK_OK && (st = co_sched_group_revive(s->sched, g->idx, cap)) != AK_OK)
@@ -254,9 +257,17 @@ static void co_svc_revive(co_service_t *s, co_svc_group_t *g) {
 static void co_svc_health_tick_group(co_service_t *s, co_svc_group_t *g, int64_t now_us) {
   int64_t period_us = s->p.canary_period_ms * 1000;
   if (g->dead) {
-    if (now_us - g->last_revive_us < period_us) return;
-    g->last_revive_us = now_us;
+    /* Each attempt holds the scheduler thread, and so every live group, until it ends:
+     * one that times out (up to the probe's deadline) backs off, one refused at once
+     * (a restarting process) comes again next period. */
+    if (now_us - g->last_revive_us < (g->revive_wait_us > period_us ? g->revive_wait_us : period_us)) return;
     co_svc_revive(s, g);
+    int64_t end_us = co_svc_now_us();
+    if (g->dead && end_us - now_us > period_us / 2)
+      g->revive_wait_us = g->revive_wait_us * 2 > period_us ? g->revive_wait_us * 2 : 2 * period_us;
+    else g->revive_wait_us = period_us;
+    if (g->revive_wait_us > CO_SVC_REVIVE_MAX_WAIT_US) g->revive_wait_us = CO_SVC_REVIVE_MAX_WAIT_US;
+    g->last_revive_us = end_us;
     if (g->dead) return;
   }
   if (g->last_canary_us && now_us - g->last_canary_us < period_us) return;

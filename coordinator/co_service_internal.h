@@ -20,6 +20,8 @@
 #define CO_SVC_REQUEST_ID_BYTES 129 /* 128 printable ASCII + NUL */
 /* Canary seq_ids live above every request id (co_sched ids count up from 1). */
 #define CO_SVC_CANARY_SEQ_ID_BASE (UINT64_C(1) << 62)
+/* The longest wait between revive attempts of a group whose attempts time out. */
+#define CO_SVC_REVIVE_MAX_WAIT_US ((int64_t)30 * 1000000)
 
 /* One Generate request, from its handler to its stream's end. Created on a CQ thread,
  * then owned by the scheduler thread (only `abort_requested` is touched by others,
@@ -69,6 +71,7 @@ typedef struct co_svc_rank {
   const char *method;
   const ProtobufCMessage *req;
   const ProtobufCMessageDescriptor *desc;
+  int64_t deadline_ms;
   /* the outcome: written by whoever ran the call, read after co_svc_fan_wait */
   ak_status_t st;
   ak_err_t err;
@@ -84,7 +87,10 @@ typedef struct {
   int dead;
   int serving;                   /* warmed up and its last canary answered */
   int64_t last_canary_us;        /* last canary attempt (0: due now) */
-  int64_t last_revive_us;        /* last attempt to bring the dead group back */
+  int64_t last_revive_us;        /* when the last attempt to bring the dead group back ended */
+  int64_t revive_wait_us;        /* until the next attempt: the canary period, doubled (up to
+                                  * CO_SVC_REVIVE_MAX_WAIT_US) after each attempt that took
+                                  * over half a period (a host that does not answer) */
   int canary_reserved;           /* a sequence slot and canary_pages kept out of co_sched */
   int64_t canary_pages;
   int32_t max_seqs;              /* slots left to co_sched at the last Warmup (min over ranks) */
@@ -160,11 +166,12 @@ void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char
 ak_status_t co_svc_ranks_start(co_service_t *s, ak_err_t *err);
 /* Stops the caller threads, closes the channels. No call in progress. */
 void co_svc_ranks_stop(co_service_t *s);
-/* Sends `req` to `method` on every rank of the groups in gs[n] at once (the scheduler
- * thread makes one of the calls itself) and waits for all: each rank's st, err and
- * resp are set. Any thread that owns the groups (create, then the scheduler thread). */
+/* Sends reqs[i] to `method` on every rank of gs[i] (i < n) at once (the scheduler
+ * thread makes one of the calls itself) and waits for all, each call up to
+ * deadline_ms: each rank's st, err and resp are set. Any thread that owns the groups
+ * (create, then the scheduler thread). */
 void co_svc_fan_call(co_service_t *s, co_svc_group_t *const *gs, int32_t n, const char *method,
-                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc);
+                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc, int64_t deadline_ms);
 /* The first failed rank of g as a status with its message (naming the rank), or AK_OK. */
 ak_status_t co_svc_group_status(const co_svc_group_t *g, ak_err_t *err);
 /* Frees every rank's response of g. */
@@ -178,6 +185,10 @@ ak_status_t co_svc_group_reconnect(co_service_t *s, co_svc_group_t *g, ak_err_t 
  * the capacity left to co_sched after the canary's reservation (minimum over ranks) in
  * *cap_pages_p, and sequence slots in g->max_seqs. Any thread that owns the groups. */
 ak_status_t co_svc_worker_warmup(co_service_t *s, co_svc_group_t *g, ak_err_t *err, int64_t *cap_pages_p);
+/* Worker.Health on every rank of g with a short deadline (a revive's first call: a
+ * host that does not answer must not hold the scheduler thread, and so every other
+ * group, for a whole step deadline). AK_OK when every rank answered. */
+ak_status_t co_svc_worker_probe(co_service_t *s, co_svc_group_t *g, ak_err_t *err);
 /* Release of ids[n] (or of every sequence with `all`) on every rank of g; the pools'
  * counters go to the metrics. Scheduler thread. */
 ak_status_t co_svc_worker_release(co_service_t *s, co_svc_group_t *g, const uint64_t *ids, size_t n, int all,

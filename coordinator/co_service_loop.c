@@ -378,7 +378,7 @@ void *co_svc_loop(void *arg) {
     co_svc_metric_sched(s); /* after admission */
     if (n_stepping > 0) {
       co_svc_fan_call(s, stepping, n_stepping, "/arkvale.v1.Worker/Step", reqs,
-                      &arkvale__v1__step_response__descriptor);
+                      &arkvale__v1__step_response__descriptor, s->p.step_deadline_ms);
       for (int32_t i = 0; i < n_stepping; i++) co_svc_step_answer(s, stepping[i]);
       idle = 0;
       continue;

@@ -21,8 +21,9 @@ static void co_svc_rank_run(co_service_t *s, co_svc_rank_t *r) {
   ak_err_t e;
   ak_err_clear(&e);
   r->resp = NULL;
-  r->st = ak_rpc_client_unary(r->client, r->method, r->req, r->desc, CO_SVC_MAX_MSG_BYTES, s->p.step_deadline_ms,
-                              &e, NULL, &r->resp);
+  (void)s;
+  r->st = ak_rpc_client_unary(r->client, r->method, r->req, r->desc, CO_SVC_MAX_MSG_BYTES, r->deadline_ms, &e, NULL,
+                              &r->resp);
   ak_err_clear(&r->err);
   if (r->st != AK_OK) {
     ak_err_set(&r->err, r->st, "worker %s: %s", r->addr, e.msg);
@@ -93,13 +94,13 @@ void co_svc_ranks_stop(co_service_t *s) {
 }
 
 void co_svc_fan_call(co_service_t *s, co_svc_group_t *const *gs, int32_t n, const char *method,
-                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc) {
+                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc, int64_t deadline_ms) {
   co_svc_rank_t *mine = NULL; /* the call this thread makes: a rank without a thread, else the last */
   pthread_mutex_lock(&s->fan_mu);
   for (int32_t i = 0; i < n; i++)
     for (int32_t k = 0; k < gs[i]->n_ranks; k++) {
       co_svc_rank_t *r = &gs[i]->ranks[k];
-      r->method = method, r->req = reqs[i], r->desc = desc;
+      r->method = method, r->req = reqs[i], r->desc = desc, r->deadline_ms = deadline_ms;
       r->st = AK_OK, r->resp = NULL;
       if (!r->thread_started) mine = r;
     }

@@ -17,6 +17,11 @@
 // (rank 0 streams, greedy equals the engine), a lost rank kills the group, it revives.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1005,6 +1010,13 @@ struct FakeWorker {
     ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
   }
 
+  // The process answers Health (a revive probes it first) while its engine is dead.
+  static void Health(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
+    Arkvale__V1__HealthResponse r = ARKVALE__V1__HEALTH_RESPONSE__INIT;
+    ak_err_t err;
+    ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
+  }
+
   void Start() {
     ak_err_t err;
     ASSERT_EQ(ak_rpc_server_create("127.0.0.1:0", 1, &err, &srv), AK_OK) << err.msg;
@@ -1014,6 +1026,8 @@ struct FakeWorker {
          this},
         {"/arkvale.v1.Worker/Step", AK_RPC_UNARY, &arkvale__v1__step_request__descriptor, kMax, kMax, Step, this},
         {"/arkvale.v1.Worker/Release", AK_RPC_UNARY, &arkvale__v1__release_request__descriptor, kMax, kMax, Release,
+         this},
+        {"/arkvale.v1.Worker/Health", AK_RPC_UNARY, &arkvale__v1__health_request__descriptor, kMax, kMax, Health,
          this},
     };
     for (auto &m : methods) ASSERT_EQ(ak_rpc_server_register(srv, &m, &err), AK_OK) << err.msg;
@@ -1172,6 +1186,43 @@ TEST_F(CoServiceGroupsTest, NotServingOnlyWhenEveryGroupIsDead) {
   Stream refused;
   Generate(g, &refused);
   EXPECT_EQ(refused.code, GRPC_STATUS_UNAVAILABLE) << refused.msg;
+}
+
+// A dead group whose host accepts connections but never answers (a listening socket
+// nobody serves): each revive attempt is bounded by its Health probe (1 s here) and
+// backs off, so the live group keeps streaming instead of stalling a step deadline
+// per attempt.
+TEST_F(CoServiceGroupsTest, ARevivingGroupThatNeverAnswersDoesNotStallTheLiveOne) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  int port2 = wk_service_port(wk2_);
+  wk_service_destroy(wk2_);
+  wk2_ = nullptr;
+  // the second group dies at its next canary (connection refused) ...
+  std::this_thread::sleep_for(std::chrono::milliseconds(3 * canary_period_ms_));
+  // ... and only then does its port stop answering: a call to a host that accepts and
+  // never answers (a live group's Step or canary) would hold every group until its
+  // deadline, the lock-step's known limit (notes/serving-status.md)
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {};
+  a.sin_family = AF_INET, a.sin_port = htons((uint16_t)port2), a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, (struct sockaddr *)&a, sizeof a), 0) << "port " << port2 << " taken";
+  ASSERT_EQ(listen(fd, 64), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2 * canary_period_ms_));
+  auto t0 = std::chrono::steady_clock::now();
+  GenReq g(120);
+  g.set_ids(prompt_ids(12, 60));
+  Stream s;
+  Generate(g, &s);
+  double took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens.size(), 120u);
+  printf("120 tokens in %.2f s on the live group while the other one's revives time out\n", took_s);
+  EXPECT_LT(took_s, 15.0) << "the revive attempts stall the live group";
+  EXPECT_EQ(HealthCheck(""), kServing);
+  close(fd);
 }
 
 // One group of two ranks (each worker here holds the whole model: tensor parallelism
