@@ -581,6 +581,20 @@ static void co_svc_groups_free(co_service_t *s) {
   s->groups = NULL;
 }
 
+/* The last of create's unwinding and of destroy: the metrics it owns, the groups, the
+ * locks, the struct. */
+static void co_svc_free(co_service_t *s) {
+  if (s->own_metrics) co_metrics_destroy(s->metrics);
+  co_svc_groups_free(s);
+  pthread_cond_destroy(&s->fan_cv);
+  pthread_mutex_destroy(&s->fan_mu);
+  pthread_cond_destroy(&s->watchdog_cv);
+  pthread_cond_destroy(&s->drained_cv);
+  pthread_cond_destroy(&s->cv);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}
+
 ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_service_t **svc_p) {
   if (!p || !p->model_path || !svc_p)
     return ak_err_set(err, AK_ERR_INVALID_ARG, "co_service_create: model_path is required");
@@ -680,15 +694,7 @@ err_stop_ranks:
 err_free_tok:
   co_tokenizer_destroy(s->tok);
 err_free:
-  if (s->own_metrics) co_metrics_destroy(s->metrics);
-  co_svc_groups_free(s);
-  pthread_cond_destroy(&s->fan_cv);
-  pthread_mutex_destroy(&s->fan_mu);
-  pthread_cond_destroy(&s->watchdog_cv);
-  pthread_cond_destroy(&s->drained_cv);
-  pthread_cond_destroy(&s->cv);
-  pthread_mutex_destroy(&s->mu);
-  free(s);
+  co_svc_free(s);
   return st;
 }
 
@@ -740,13 +746,5 @@ void co_service_destroy(co_service_t *s) {
   co_sched_destroy(s->sched);
   co_svc_ranks_stop(s);
   co_tokenizer_destroy(s->tok);
-  if (s->own_metrics) co_metrics_destroy(s->metrics);
-  co_svc_groups_free(s);
-  pthread_cond_destroy(&s->fan_cv);
-  pthread_mutex_destroy(&s->fan_mu);
-  pthread_cond_destroy(&s->watchdog_cv);
-  pthread_cond_destroy(&s->drained_cv);
-  pthread_cond_destroy(&s->cv);
-  pthread_mutex_destroy(&s->mu);
-  free(s);
+  co_svc_free(s);
 }
