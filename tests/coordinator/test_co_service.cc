@@ -200,17 +200,7 @@ class CoServiceTest : public ::testing::Test {
 
   ak_status_t Call(const char *m, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d, MsgPtr *resp,
                    grpc_status_code *code = nullptr, std::string *msg = nullptr) {
-    ak_err_t err;
-    ak_err_clear(&err);
-    ProtobufCMessage *r = nullptr;
-    grpc_status_code c;
-    std::string path = std::string("/arkvale.v1.Generation/") + m;
-    ak_status_t st = ak_rpc_client_unary(cli_, path.c_str(), req, d, kMax, 60000, &err, &c, &r);
-    if (resp) resp->reset(r);
-    else pb_msg_free(r);
-    if (code) *code = c;
-    if (msg) *msg = err.msg;
-    return st;
+    return unary_call(cli_, "arkvale.v1.Generation", m, req, d, resp, code, msg);
   }
 
   void Generate(const GenReq &g, Stream *s, int64_t deadline_ms = 120000) {

@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <string>
 #include <vector>
 
 extern "C" {
+#include "ak_rpc_client.h"
 #include "arkvale/v1/worker.pb-c.h"
 #include "pb_buf.h"
 #include "wk_engine.h"
@@ -37,6 +39,24 @@ struct MsgDeleter {
   void operator()(ProtobufCMessage *m) const { pb_msg_free(m); }
 };
 using MsgPtr = std::unique_ptr<ProtobufCMessage, MsgDeleter>;
+
+// One unary call of `service` ("arkvale.v1.Worker", "arkvale.v1.Generation") through
+// cli: the response (when wanted) into *resp, the gRPC code and message when asked.
+inline ak_status_t unary_call(ak_rpc_client_t *cli, const char *service, const char *method,
+                              const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d, MsgPtr *resp,
+                              grpc_status_code *code, std::string *msg) {
+  ak_err_t err;
+  ak_err_clear(&err);
+  ProtobufCMessage *r = nullptr;
+  grpc_status_code c;
+  std::string path = std::string("/") + service + "/" + method;
+  ak_status_t st = ak_rpc_client_unary(cli, path.c_str(), req, d, kMax, 60000, &err, &c, &r);
+  if (resp) resp->reset(r);
+  else pb_msg_free(r);
+  if (code) *code = c;
+  if (msg) *msg = err.msg;
+  return st;
+}
 
 inline wk_engine_params_t engine_params() {
   wk_engine_params_t p = wk_engine_params_default();
