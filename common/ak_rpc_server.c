@@ -2,6 +2,7 @@
  * ak_rpc_server.h. Every outstanding batch and the handler each hold a reference on
  * the call; the last release frees it, so no path has to know which event comes last. */
 #include "ak_rpc_server.h"
+#include "ak_time.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -392,11 +393,7 @@ ak_status_t ak_rpc_server_shutdown(ak_rpc_server_t *s, int64_t grace_ms, ak_err_
   if (!s) return AK_OK;
   server_stop_accepting(s);
   if (!s->started || s->n_threads < 1) return AK_OK; /* destroy collects the tag */
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  int64_t ns = (int64_t)until.tv_nsec + (grace_ms > 0 ? grace_ms : 0) % 1000 * 1000000;
-  until.tv_sec += (time_t)((grace_ms > 0 ? grace_ms : 0) / 1000 + ns / 1000000000);
-  until.tv_nsec = (long)(ns % 1000000000);
+  struct timespec until = ak_time_realtime_after_ms(grace_ms);
   /* Not gRPC's shutdown notification: that also waits for every client connection
    * to go, which idle clients take their time over. A call is freed once its status
    * went out and the client closed the stream. */

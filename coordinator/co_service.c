@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "ak_time.h"
 #include "ak_gguf.h"
 #include "ak_log.h"
 #include "co_chat.h"
@@ -704,11 +705,7 @@ co_metrics_t *co_service_metrics(const co_service_t *svc) { return svc->metrics;
 
 ak_status_t co_service_drain(co_service_t *s, int64_t timeout_ms, ak_err_t *err, int32_t *n_left_p) {
   co_svc_health_drain(s);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  int64_t ns = (int64_t)ts.tv_nsec + (timeout_ms > 0 ? timeout_ms : 0) % 1000 * 1000000;
-  ts.tv_sec += (time_t)((timeout_ms > 0 ? timeout_ms : 0) / 1000 + ns / 1000000000);
-  ts.tv_nsec = (long)(ns % 1000000000);
+  struct timespec ts = ak_time_realtime_after_ms(timeout_ms);
   pthread_mutex_lock(&s->mu);
   while (s->live && pthread_cond_timedwait(&s->drained_cv, &s->mu, &ts) == 0) {
   }

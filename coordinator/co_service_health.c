@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "ak_time.h"
 #include "ak_log.h"
 #include "co_service_internal.h"
 #include "pb_buf.h"
@@ -304,11 +305,7 @@ void *co_svc_health_watchdog(void *arg) {
   int64_t period_ms = s->p.canary_period_ms;
   pthread_mutex_lock(&s->mu);
   while (!s->stopping) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t ns = (int64_t)ts.tv_nsec + period_ms % 1000 * 1000000;
-    ts.tv_sec += (time_t)(period_ms / 1000 + ns / 1000000000);
-    ts.tv_nsec = (long)(ns % 1000000000);
+    struct timespec ts = ak_time_realtime_after_ms(period_ms);
     pthread_cond_timedwait(&s->watchdog_cv, &s->mu, &ts);
     if (s->stopping) break;
     int64_t age_us = co_svc_now_us() - s->last_answer_us;

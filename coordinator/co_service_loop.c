@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "ak_time.h"
 #include "ak_log.h"
 #include "co_service_internal.h"
 #include "pb_buf.h"
@@ -128,10 +129,7 @@ static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *
 static int co_svc_take_inbox(co_service_t *s, int wait_ms) {
   pthread_mutex_lock(&s->mu);
   if (!s->inbox_head && !s->stopping && wait_ms > 0) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)wait_ms * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L, ts.tv_nsec %= 1000000000L;
+    struct timespec ts = ak_time_realtime_after_ms(wait_ms);
     pthread_cond_timedwait(&s->cv, &s->mu, &ts);
   }
   co_svc_req_t *in = s->inbox_head;

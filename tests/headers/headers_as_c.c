@@ -8,6 +8,7 @@
 #include "ak_rpc_server.h"
 #include "ak_status.h"
 #include "ak_threadpool.h"
+#include "ak_time.h"
 #include "arkvale/v1/common.pb-c.h"
 #include "arkvale/v1/generation.pb-c.h"
 #include "arkvale/v1/worker.pb-c.h"
