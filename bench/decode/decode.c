@@ -25,6 +25,7 @@
  *
  * Not here: prefill time, accuracy (random K/V and weights: the recalls are not a real
  * model's). */
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 #include <errno.h>
 #include <stdint.h>
@@ -213,9 +214,12 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
       rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
       tokens[i] = (int32_t)(rng % (uint64_t)hp->n_vocab);
     }
+    int profiled = a->cuda_profiler && step == a->n_warmup + a->n_steps - 1;
+    if (profiled) cudaProfilerStart();
     double t0 = dec_now_ms();
     st = wk_forward_cuda_run(fw, pool, &b, &err); /* ends with a stream synchronization */
     double t1 = dec_now_ms();
+    if (profiled) cudaProfilerStop();
     if (st < 0) goto fail;
     if (step >= a->n_warmup) step_ms[step - a->n_warmup] = t1 - t0;
   }

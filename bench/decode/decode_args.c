@@ -32,6 +32,8 @@ void dec_usage(FILE *f) {
           "  --gemm auto|cublas|fma  decode GEMMs (<= 8 rows): kn_cuda_gemm's choice (default),\n"
           "                       cuBLASLt or the GEMV kernel forced\n"
           "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
+          "  --cuda-profiler      bracket each row's last timed step with cudaProfilerStart/Stop,\n"
+          "                       so `ncu --profile-from-start off` sees one decode step per row\n"
           "  --kv-budget T[,T...] tokens per layer and sequence, up to %d, each 0..%d: 0 = the full\n"
           "                       cache, else ArkVale with that budget (its synthetic fill goes in\n"
           "                       chunks, backing up every page); each context runs every budget in\n"
@@ -101,6 +103,10 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     if (!strcmp(f, "-h") || !strcmp(f, "--help")) return dec_usage(stdout), 1;
     if (!strcmp(f, "--no-write")) {
       a->no_write = 1;
+      continue;
+    }
+    if (!strcmp(f, "--cuda-profiler")) {
+      a->cuda_profiler = 1;
       continue;
     }
     if (strcmp(f, "--shape") && strcmp(f, "--batch") && strcmp(f, "--ctx") && strcmp(f, "--steps") &&
