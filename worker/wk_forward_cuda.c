@@ -39,8 +39,10 @@ struct wk_forward_cuda {
   int32_t max_seq_tokens;
   cudaStream_t stream;
   kn_cuda_blas_t *blas;
-  /* device buffers */
-  wk_dbuf_t x, xn, q, k, v, attn, gate, up, act, rows, logits, attn_ws, region;
+  /* device buffers; q, k, v are views into qkv and gate, up into gu, each part at one
+   * spacing so that kn_cuda_gemm_split runs equal parts as one batched matmul */
+  wk_dbuf_t x, xn, qkv, gu, attn, act, rows, logits, attn_ws, region;
+  wk_dbuf_t q, k, v, gate, up;
   /* pinned staging, host view and its size */
   int32_t *stage;
   size_t stage_bytes;
@@ -93,9 +95,8 @@ static void wk_dbuf_free(wk_dbuf_t *b) {
 
 void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   if (!fw) return;
-  wk_dbuf_t *bufs[] = {&fw->x,    &fw->xn,      &fw->q,       &fw->k,       &fw->v,   &fw->attn,
-                       &fw->gate, &fw->up,      &fw->act,     &fw->rows,    &fw->logits, &fw->attn_ws,
-                       &fw->region};
+  wk_dbuf_t *bufs[] = {&fw->x,   &fw->xn,   &fw->qkv,    &fw->gu,      &fw->attn,
+                       &fw->act, &fw->rows, &fw->logits, &fw->attn_ws, &fw->region};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
@@ -136,6 +137,9 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
   size_t T = (size_t)max_batch_tokens, f4 = sizeof(float), b2 = 2;
   size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
   size_t n_out_rows = T > (size_t)fw->max_seqs ? T : (size_t)fw->max_seqs;
+  /* one part's slot of qkv / gu, 256-byte aligned (cuBLASLt's largest alignment) */
+  size_t qkv_slot = (T * (q_dim > kv_dim ? q_dim : kv_dim) * f4 + 255) / 256 * 256;
+  size_t gu_slot = (T * (size_t)hp->ffn_dim * f4 + 255) / 256 * 256;
   ak_status_t st;
   cudaError_t ce = cudaStreamCreateWithFlags(&fw->stream, cudaStreamNonBlocking);
   if (ce != cudaSuccess) {
@@ -149,9 +153,8 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
     wk_dbuf_t *b;
     size_t n_bytes;
   } plan[] = {
-      {&fw->x, T * hp->dim * f4},        {&fw->xn, T * hp->dim * b2},      {&fw->q, T * q_dim * f4},
-      {&fw->k, T * kv_dim * f4},         {&fw->v, T * kv_dim * f4},        {&fw->attn, T * q_dim * b2},
-      {&fw->gate, T * hp->ffn_dim * f4}, {&fw->up, T * hp->ffn_dim * f4},  {&fw->act, T * hp->ffn_dim * b2},
+      {&fw->x, T * hp->dim * f4},   {&fw->xn, T * hp->dim * b2},         {&fw->qkv, 3 * qkv_slot},
+      {&fw->gu, 2 * gu_slot},       {&fw->attn, T * q_dim * b2},         {&fw->act, T * hp->ffn_dim * b2},
       {&fw->rows, n_out_rows * hp->dim * f4}, {&fw->logits, n_out_rows * (size_t)hp->n_vocab * f4},
       {&fw->region, (size_t)wk_stage_ints(fw) * sizeof(int32_t)},
   };
@@ -159,6 +162,11 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
     st = wk_dbuf_alloc(plan[i].b, plan[i].n_bytes, err);
     if (st < 0) goto fail;
   }
+  fw->q = (wk_dbuf_t){(char *)fw->qkv.ptr, T * q_dim * f4};
+  fw->k = (wk_dbuf_t){(char *)fw->qkv.ptr + qkv_slot, T * kv_dim * f4};
+  fw->v = (wk_dbuf_t){(char *)fw->qkv.ptr + 2 * qkv_slot, T * kv_dim * f4};
+  fw->gate = (wk_dbuf_t){(char *)fw->gu.ptr, T * (size_t)hp->ffn_dim * f4};
+  fw->up = (wk_dbuf_t){(char *)fw->gu.ptr + gu_slot, T * (size_t)hp->ffn_dim * f4};
   /* The split workspace for the largest step: every row may see max_seq_tokens keys. */
   kn_cuda_attn_args_t a;
   memset(&a, 0, sizeof a);
@@ -531,10 +539,8 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
 
   kn_cuda_rope_args_t r = {.x = fw->q.ptr, .pos = d_pos, .n_tok = n_tok, .n_heads = hp->n_heads,
                            .head_dim = hp->head_dim, .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
-                           .freq_scale = hp->rope_freq_scale, .mode = (int32_t)hp->rope_mode};
-  AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
-  r.x = fw->k.ptr;
-  r.n_heads = hp->n_kv_heads;
+                           .freq_scale = hp->rope_freq_scale, .mode = (int32_t)hp->rope_mode,
+                           .x2 = fw->k.ptr, .n_heads2 = hp->n_kv_heads}; /* Q and K in one launch */
   AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
 
   kn_cuda_attn_args_t a;

@@ -374,7 +374,8 @@ TEST(KnCudaGemmArgs, EmptyBatchIsANoOp) {
 }  // namespace
 
 // A fused projection split into its parts gives each part exactly what a GEMM on that
-// part's rows gives (the GEMV path for 4 rows, one cuBLASLt call per part for 17).
+// part's rows gives (the GEMV path for 4 rows, one cuBLASLt call per part for 17: the
+// two equal parts' outputs lie in reverse order, so they are not one batched matmul).
 TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
   for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA})
   for (int64_t n_tok : {4, 17}) {
@@ -396,9 +397,10 @@ TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
     sa.n_tok = n_tok;
     sa.n_in = n_in;
     int64_t off = 0;
+    const int64_t y_row0[3] = {0, 768, 576};  // part 2's output before part 1's
     for (int p = 0; p < 3; p++) {
       sa.rows[p] = rows[p];
-      sa.y[p] = dsplit.bytes() + off * n_tok * 4;
+      sa.y[p] = dsplit.bytes() + y_row0[p] * n_tok * 4;
       kn_cuda_gemm_args_t g = {};
       g.x = dx.ptr;
       g.w = dw.bytes() + off * n_in * 2;
@@ -415,7 +417,77 @@ TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
     std::vector<float> a(n_tok * n_out), b(n_tok * n_out);
     ASSERT_EQ(cudaMemcpy(a.data(), dsplit.ptr, a.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
     ASSERT_EQ(cudaMemcpy(b.data(), dsep.ptr, b.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(a, b) << "n_tok " << n_tok;
+    // undo the swap of parts 1 and 2 before comparing with the separate GEMMs' layout
+    std::vector<float> a_in_order(a.begin(), a.begin() + 576 * n_tok);
+    a_in_order.insert(a_in_order.end(), a.begin() + 768 * n_tok, a.end());
+    a_in_order.insert(a_in_order.end(), a.begin() + 576 * n_tok, a.begin() + 768 * n_tok);
+    EXPECT_EQ(a_in_order, b) << "n_tok " << n_tok;
+  }
+}
+
+// Equal parts whose outputs lie at one spacing (Q|K|V of an MHA model, gate|up) go to
+// cuBLASLt as one strided-batched matmul: each part must still be x · (its rows of W)ᵀ,
+// within the per-element bound of check() against the CPU oracle, with and without
+// accumulate; the gaps between the outputs stay untouched (poison), and a different
+// spacing or part count is a different plan (the cache must not mix them up).
+TEST_F(KnCudaGemmCacheGpu, SplitEqualPartsAsOneBatchedGemmMatchTheReference) {
+  ak_err_t mode_err{};
+  ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), KN_CUDA_DECODE_GEMM_CUBLAS, &mode_err), AK_OK);
+  for (int n_parts : {2, 3})
+  for (int64_t n_tok : {1, 4, 17})
+  for (int64_t pad : {0, 40})
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE("parts " + std::to_string(n_parts) + ", n_tok " + std::to_string(n_tok) + ", pad " +
+                 std::to_string(pad) + (accumulate ? ", accumulate" : ""));
+    const int64_t n_in = 320, rows = 256, n_out = rows * n_parts;
+    const int64_t spacing = rows * n_tok + pad;  // f32 elements between the parts' outputs
+    std::mt19937_64 rng(4242 + 97 * n_tok + pad + n_parts);
+    Bf16Mat x(n_tok * n_in, 2.0f, rng), w(n_out * n_in, 1.0f / std::sqrt((float)n_in), rng);
+    std::vector<float> ref = cpu_matmul(cpu_.get(), x.vals, w.vals, n_tok, n_in, n_out);  // [n_tok][n_out]
+    std::vector<float> mag = cpu_matmul(cpu_.get(), abs_of(x.vals), abs_of(w.vals), n_tok, n_in, n_out);
+    std::vector<float> y0(spacing * n_parts, 0.0f);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    if (accumulate)
+      for (float &v : y0) v = u(rng);
+    DevBuf dx(x.bits.size() * 2), dw(w.bits.size() * 2), dy(y0.size() * 4);
+    ASSERT_EQ(cudaMemcpy(dx.ptr, x.bits.data(), dx.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dw.ptr, w.bits.data(), dw.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    if (accumulate)
+      ASSERT_EQ(cudaMemcpy(dy.ptr, y0.data(), dy.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    else
+      ASSERT_EQ(cudaMemset(dy.ptr, 0xff, dy.n_bytes), cudaSuccess);
+    kn_cuda_gemm_split_args_t sa = {};
+    sa.x = dx.ptr;
+    sa.w = dw.ptr;
+    sa.n_parts = n_parts;
+    sa.y_dtype = KN_CUDA_F32;
+    sa.n_tok = n_tok;
+    sa.n_in = n_in;
+    sa.accumulate = accumulate ? 1 : 0;
+    for (int p = 0; p < n_parts; p++) {
+      sa.rows[p] = rows;
+      sa.y[p] = dy.bytes() + p * spacing * 4;
+    }
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_gemm_split(blas_.get(), &sa, &err), AK_OK) << err.msg;
+    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    std::vector<float> y(y0.size());
+    ASSERT_EQ(cudaMemcpy(y.data(), dy.ptr, dy.n_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    int64_t n_bad = 0;
+    for (int p = 0; p < n_parts; p++) {
+      for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+          int64_t i = t * n_out + p * rows + r, yi = p * spacing + t * rows + r;
+          double want = ref[i] + (accumulate ? y0[yi] : 0.0f), bound = 1e-3 * (mag[i] + std::fabs(y0[yi])) + 1e-30;
+          if (!(std::fabs(y[yi] - want) <= bound)) n_bad++;  // NaN counts as bad
+        }
+      uint32_t bits;
+      for (int64_t g = rows * n_tok; g < spacing; g++) {  // the gap after the part
+        std::memcpy(&bits, &y[p * spacing + g], 4);
+        if (accumulate ? y[p * spacing + g] != y0[p * spacing + g] : bits != 0xffffffffu) n_bad++;
+      }
+    }
+    EXPECT_EQ(n_bad, 0);
   }
 }
 
