@@ -98,6 +98,9 @@ typedef struct {
   float freq_base;
   float freq_scale;
   int32_t mode;
+  float *x2;               /* NULL, or [n_tok, n_heads2, head_dim] f32 at the same positions
+                            * (K beside Q), rotated in the same launch */
+  int32_t n_heads2;
 } kn_cuda_rope_args_t;
 ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 

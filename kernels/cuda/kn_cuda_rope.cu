@@ -1,7 +1,10 @@
 // kn_cuda_rope: rotary position embedding in place, NORM (adjacent pairs) or NEOX
 // (halves) layout, linear position scaling, the leading rot_dims of each head.
-// One block per token: its threads first put the token's cos/sin per pair in shared
-// memory, then rotate every (head, pair). The angle follows kernels/cpu kn_rope
+// Grid (token, head group): a block takes up to KN_ROPE_THREADS / n_pairs heads of one
+// token (of x, then of x2 when given: K beside Q, one launch for both), first puts the
+// token's cos/sin per pair in shared memory, then rotates its (head, pair)s. (One block
+// per token took 6.8 us for a decode batch of 4 at 32 heads x 128 on an H200: four
+// blocks, each walking 2048 pairs.) The angle follows kernels/cpu kn_rope
 // exactly: base^(-2i/rot_dims) and pos * freq_scale * that in double, reduced to
 // [-pi, pi] before a float sincos (a float angle at position 32k is already off by
 // ~2e-3 rad); the rotation itself is rounded like the CPU's (no FMA contraction).
@@ -21,8 +24,10 @@ enum {
 template <bool NEOX>
 static __global__ void __launch_bounds__(KN_ROPE_THREADS)
     kn_rope_kernel(float *__restrict__ x,           // [n_tok, n_heads, head_dim] f32
+                   float *__restrict__ x2,          // [n_tok, n_heads2, head_dim] f32 or NULL
                    const int32_t *__restrict__ pos, // [n_tok]
-                   int32_t n_heads, int32_t head_dim, int32_t rot_dims, float freq_base, float freq_scale) {
+                   int32_t n_heads, int32_t n_heads2, int32_t heads_per_block, int32_t head_dim, int32_t rot_dims,
+                   float freq_base, float freq_scale) {
   __shared__ float cs[KN_ROPE_MAX_PAIRS], sn[KN_ROPE_MAX_PAIRS];
   const int64_t t = blockIdx.x;
   const int n_pairs = rot_dims / 2;
@@ -35,10 +40,16 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
     sn[i] = sinf((float)th);
   }
   __syncthreads();
-  float *xt = x + t * n_heads * (int64_t)head_dim;
-  const int total = n_heads * n_pairs;  // <= 2^30: checked by the caller
+  // this block's heads: groups of x first, then of x2
+  const int x_groups = (n_heads + heads_per_block - 1) / heads_per_block;
+  int g = (int)blockIdx.y, nh = n_heads;
+  float *base = x;
+  if (g >= x_groups) g -= x_groups, nh = n_heads2, base = x2;
+  const int h0 = g * heads_per_block, h1 = h0 + heads_per_block < nh ? h0 + heads_per_block : nh;
+  float *xt = base + t * nh * (int64_t)head_dim;
+  const int total = (h1 - h0) * n_pairs;  // <= 2^30: checked by the caller
   for (int j = threadIdx.x; j < total; j += blockDim.x) {
-    const int h = j / n_pairs, i = j - h * n_pairs;
+    const int h = h0 + j / n_pairs, i = j % n_pairs;
     float *xh = xt + (int64_t)h * head_dim;
     const int i0 = NEOX ? i : 2 * i, i1 = NEOX ? i + n_pairs : 2 * i + 1;
     const float x0 = xh[i0], x1 = xh[i1], c = cs[i], s = sn[i];
@@ -60,19 +71,28 @@ extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream
   if ((int64_t)a->n_heads * a->head_dim > KN_ROPE_MAX_ROW_ELEMS)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d x head_dim=%d exceeds %d", a->n_heads, a->head_dim,
                   KN_ROPE_MAX_ROW_ELEMS);
+  if (a->x2 && (a->n_heads2 < 1 || (int64_t)a->n_heads2 * a->head_dim > KN_ROPE_MAX_ROW_ELEMS))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "x2 given with n_heads2=%d: must be >= 1 and n_heads2 x head_dim <= %d",
+                  a->n_heads2, KN_ROPE_MAX_ROW_ELEMS);
   if (!(a->freq_base > 0.0f) || !(a->freq_scale > 0.0f))
     return AK_ERR(err, AK_ERR_INVALID_ARG, "freq_base=%g freq_scale=%g must be > 0", (double)a->freq_base,
                   (double)a->freq_scale);
-  const dim3 grid((unsigned)a->n_tok), block(KN_ROPE_THREADS);
+  const int32_t n_pairs = a->rot_dims / 2, n_heads2 = a->x2 ? a->n_heads2 : 0;
+  const int32_t hpb = n_pairs >= KN_ROPE_THREADS ? 1 : KN_ROPE_THREADS / n_pairs;
+  const int64_t n_groups = kn_ceil_div((int64_t)a->n_heads, hpb) + kn_ceil_div((int64_t)n_heads2, hpb);
+  if (n_groups > 65535)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d + n_heads2=%d make %lld head groups (at most 65535)",
+                  a->n_heads, n_heads2, (long long)n_groups);
+  const dim3 grid((unsigned)a->n_tok, (unsigned)n_groups), block(KN_ROPE_THREADS);
   cudaStream_t s = kn_stream(stream);
   switch (a->mode) {
     case KN_ROPE_MODE_NORM:
-      kn_rope_kernel<false><<<grid, block, 0, s>>>(a->x, a->pos, a->n_heads, a->head_dim, a->rot_dims,
-                                                   a->freq_base, a->freq_scale);
+      kn_rope_kernel<false><<<grid, block, 0, s>>>(a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
+                                                   a->rot_dims, a->freq_base, a->freq_scale);
       break;
     case KN_ROPE_MODE_NEOX:
-      kn_rope_kernel<true><<<grid, block, 0, s>>>(a->x, a->pos, a->n_heads, a->head_dim, a->rot_dims,
-                                                  a->freq_base, a->freq_scale);
+      kn_rope_kernel<true><<<grid, block, 0, s>>>(a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
+                                                  a->rot_dims, a->freq_base, a->freq_scale);
       break;
     default:
       return AK_ERR(err, AK_ERR_INVALID_ARG, "mode=%d is not 0 (NORM) or 2 (NEOX)", (int)a->mode);

@@ -279,15 +279,33 @@ TEST_F(KnCudaOpsGpu, RopeMatchesCpuUpTo32kPositions) {
           ak_err_t err{};
           ASSERT_EQ(kn_rope(cpu_.get(), &ca, &err), AK_OK) << err.msg;
 
-          DevBuf d_x(n * 4), d_pos(pos.size() * 4);
+          // a second tensor (K beside Q) rotated in the same launch, with its own head count
+          const int32_t n_heads2 = s.n_heads / 2 + 1;
+          const size_t n2 = (size_t)(n_tok * n_heads2 * s.head_dim);
+          std::vector<float> x2 = randn(n2, 1.0f, rng), ref2 = x2;
+          kn_rope_args_t ca2 = ca;
+          ca2.x = ref2.data();
+          ca2.n_heads = n_heads2;
+          ASSERT_EQ(kn_rope(cpu_.get(), &ca2, &err), AK_OK) << err.msg;
+
+          DevBuf d_x(n * 4), d_x2(n2 * 4), d_pos(pos.size() * 4);
           to_dev(d_x.ptr, x);
+          to_dev(d_x2.ptr, x2);
           to_dev(d_pos.ptr, pos);
           kn_cuda_rope_args_t a = {d_x.as<float>(), d_pos.as<int32_t>(), n_tok, s.n_heads, s.head_dim, s.rot_dims,
                                    base, freq_scale, mode};
-          ASSERT_EQ(kn_cuda_rope(&a, stream(), &err), AK_OK) << err.msg;
+          ASSERT_EQ(kn_cuda_rope(&a, stream(), &err), AK_OK) << err.msg;  // x alone
           sync();
           std::vector<float> out = from_dev<float>(d_x.ptr, n);
           EXPECT_LE(rel_err(out, ref), 1e-5);
+          to_dev(d_x.ptr, x);
+          a.x2 = d_x2.as<float>();
+          a.n_heads2 = n_heads2;
+          ASSERT_EQ(kn_cuda_rope(&a, stream(), &err), AK_OK) << err.msg;  // x and x2 in one launch
+          sync();
+          std::vector<float> out_fused = from_dev<float>(d_x.ptr, n), out2 = from_dev<float>(d_x2.ptr, n2);
+          EXPECT_EQ(memcmp(out_fused.data(), out.data(), n * 4), 0) << "x differs when x2 rides along";
+          EXPECT_LE(rel_err(out2, ref2), 1e-5);
           // The dims past rot_dims are untouched, bit for bit.
           for (int64_t r = 0; r < n_tok * s.n_heads; r++)
             for (int32_t d = s.rot_dims; d < s.head_dim; d++) {
@@ -680,6 +698,10 @@ TEST(KnCudaOpsArgs, RopeRefusesBadArguments) {
   a.head_dim = 2048;
   a.rot_dims = 2048;  // more pairs than the kernel keeps in shared memory
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.x2 = kFakeF;  // a second tensor needs its head count
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_heads2=0")) << err.msg;
   a = ok;
   a.freq_base = 0.0f;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
