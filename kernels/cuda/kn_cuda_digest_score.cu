@@ -24,11 +24,13 @@
 //     when head_dim > 32 E), so a pass covers 32 / LPH KV heads (f32 head_dim 64: 2;
 //     16-bit head_dim 128: 2, 64: 4). Sphere rows are head_dim + 1 floats, not 16-byte
 //     aligned, so they are read as 4 floats per vector.
-//   - The digest rows of NB = 8 / V passes of KV heads are loaded together (raw 16-byte
-//     vectors, widened at use), so that a page costs one DRAM round trip per NB passes,
-//     not one per KV head (measured on an H100 at 4 x 1000 pages, 8 KV heads: one load
-//     at a time was latency-bound). Each lane has 2 * 8 loads of 16 B in flight with
-//     either element size, so 16-bit rows cover twice the KV heads per round trip.
+//   - A page is cut into chunks of NB2 = 4 / V passes of KV heads, whose digest rows
+//     are loaded together (raw 16-byte vectors, widened at use), and a warp's chunks
+//     (all its pages) are software-pipelined over two register buffers: the next
+//     chunk's rows are in flight while this one is scored. Each lane keeps 2 * 4 loads
+//     of 16 B in flight with either element size, all the time (one load at a time
+//     was latency-bound; a whole batch loaded and then scored left DRAM idle while
+//     the warps computed).
 //   - For each query head of the KV head's group (GQA: h / (n_heads / n_kv_heads)),
 //     the lanes' partial sums are reduced with shuffles (the batch's reductions
 //     interleaved); the page aggregate (mean or max) is kept per lane group and
@@ -74,6 +76,17 @@ __device__ __forceinline__ void kn_ds_widen<__nv_bfloat16>(uint4 x, float *out) 
   }
 }
 
+// One chunk's raw digest rows in registers (cuboid ub in a, lb in b; others c or mean
+// in a, a sphere's radius in r), which of its NB2 passes hold a KV head, and the page's
+// sequence (-1: a bad page table).
+template <int NB2, int V>
+struct KnDsBuf {
+  uint4 a[NB2][V], b[NB2][V];
+  float r[NB2];
+  bool active[NB2];
+  int s;
+};
+
 // digests: [n_pages][n_kv_heads][F] T (float: every kind; half / bf16: cuboid kinds);
 // q: [n_seqs][n_heads][D] f32; scores: [n_pages].
 template <int D, typename T>
@@ -87,7 +100,7 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
   constexpr int V = D / (E * LPH);              // vectors per lane per row
   constexpr int QE = E / 4;                     // float4 of q per vector
   constexpr int Q4 = D / 4;                     // float4 per query head
-  constexpr int NB = 8 / V;                     // KV-head passes loaded together
+  constexpr int NB2 = 4 / V > 0 ? 4 / V : 1;     // KV-head passes per chunk (one buffer)
   constexpr bool F32 = sizeof(T) == 4;
   extern __shared__ float4 q_s[];               // [n_heads][D / 4], when cache_q
 
@@ -111,54 +124,58 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
   // 16-bit digests are cuboid (the check refuses the rest): the other branches fold away.
   const bool cuboid = !F32 || kn_digest_is_cuboid(kind), sphere = F32 && kn_digest_is_sphere(kind);
 
-  for (int j = 0; j < pages_per_warp; j++) {
-    const int64_t p = page0 + (int64_t)warp * pages_per_warp + j;
-    if (p >= n_pages) break;  // warp-uniform
-    const int s = page_seq[p];
-    if (s < 0 || s >= n_seqs) {  // a bad page table: rank the page last rather than read out of bounds
-      if (lane == 0) scores[p] = -INFINITY;
-      continue;
-    }
-    const float4 *q4 = s == seq0 ? q_s : (const float4 *)(q + (int64_t)s * n_heads * D);
+  // A warp's pages, each cut into chunks of HPW * NB2 KV heads, walked as one list of
+  // chunks with two register buffers: chunk c + 1's rows are in flight while chunk c is
+  // scored, so the loads of a warp never stop for its arithmetic (loading NB passes,
+  // then scoring them, left DRAM idle during every warp's arithmetic: 1.9 TB/s on an
+  // H100 at 4 x 962 pages of 32 KV heads x 128, 16-bit rows).
+  const int64_t pw0 = page0 + (int64_t)warp * pages_per_warp;
+  const int64_t pw1 = pw0 + pages_per_warp < n_pages ? pw0 + pages_per_warp : n_pages;
+  const int n_cg = (n_kv_heads + HPW * NB2 - 1) / (HPW * NB2);  // chunks per page
+  const int64_t n_ch = pw1 > pw0 ? (pw1 - pw0) * n_cg : 0;
+  KnDsBuf<NB2, V> b0, b1;
+  float acc = 0.f;
+  auto load = [&](KnDsBuf<NB2, V> &B, int64_t c) {
+    const int64_t p = pw0 + c / n_cg;
+    const int g0 = (int)(c % n_cg) * HPW * NB2;
+    const int sq = page_seq[p];
+    B.s = sq >= 0 && sq < n_seqs ? sq : -1;  // a bad page table: the page ranks last, nothing is read
     const T *dpage = digests + p * n_kv_heads * n_floats;
-    float acc = agg == 1 ? -INFINITY : 0.f;
-
-    // NB passes of KV heads at a time: all their digest rows are loaded before the
-    // first use, so a page costs one DRAM round trip per NB * HPW KV heads, not one
-    // per KV head (the scan is latency-bound otherwise).
-    for (int g0 = 0; g0 < n_kv_heads; g0 += HPW * NB) {
-      uint4 a[NB][V], b[NB][V];  // raw rows: cuboid ub, lb; others c (or mean) in a
-      float r[NB];
-      bool active[NB];
 #pragma unroll
-      for (int nb = 0; nb < NB; nb++) {
-        const int g = g0 + nb * HPW + sub;
-        active[nb] = g < n_kv_heads;
-        const T *row = dpage + (int64_t)g * n_floats;
-        r[nb] = 0.f;
+    for (int nb = 0; nb < NB2; nb++) {
+      const int g = g0 + nb * HPW + sub;
+      B.active[nb] = B.s >= 0 && g < n_kv_heads;
+      const T *row = dpage + (int64_t)g * n_floats;
+      B.r[nb] = 0.f;
 #pragma unroll
-        for (int v = 0; v < V; v++) {
-          const int i = E * (v * LPH + sl);
-          a[nb][v] = b[nb][v] = make_uint4(0u, 0u, 0u, 0u);
-          if (!active[nb]) continue;
-          if (sphere) {  // f32 only
-            const float *fr = (const float *)row + i;
-            a[nb][v] = make_uint4(__float_as_uint(__ldg(fr)), __float_as_uint(__ldg(fr + 1)),
+      for (int v = 0; v < V; v++) {
+        const int i = E * (v * LPH + sl);
+        B.a[nb][v] = B.b[nb][v] = make_uint4(0u, 0u, 0u, 0u);
+        if (!B.active[nb]) continue;
+        if (sphere) {  // f32 only
+          const float *fr = (const float *)row + i;
+          B.a[nb][v] = make_uint4(__float_as_uint(__ldg(fr)), __float_as_uint(__ldg(fr + 1)),
                                   __float_as_uint(__ldg(fr + 2)), __float_as_uint(__ldg(fr + 3)));
-          } else {
-            a[nb][v] = __ldg((const uint4 *)(row + i));
-            if (cuboid) b[nb][v] = __ldg((const uint4 *)(row + D + i));
-          }
+        } else {
+          B.a[nb][v] = __ldg((const uint4 *)(row + i));
+          if (cuboid) B.b[nb][v] = __ldg((const uint4 *)(row + D + i));
         }
-        if (active[nb] && sphere) r[nb] = __ldg((const float *)row + D);
       }
-
-      for (int hh = 0; hh < group; hh++) {  // group is warp-uniform: every lane shuffles
-        float part[NB], qq[NB];
+      if (B.active[nb] && sphere) B.r[nb] = __ldg((const float *)row + D);
+    }
+  };
+  auto score = [&](KnDsBuf<NB2, V> &B, int64_t c) {
+    const int64_t p = pw0 + c / n_cg;
+    const int g0 = (int)(c % n_cg) * HPW * NB2;
+    if (g0 == 0) acc = agg == 1 ? -INFINITY : 0.f;
+    if (B.s >= 0) {  // warp-uniform: every lane shuffles
+      const float4 *q4 = B.s == seq0 ? q_s : (const float4 *)(q + (int64_t)B.s * n_heads * D);
+      for (int hh = 0; hh < group; hh++) {
+        float part[NB2], qq[NB2];
 #pragma unroll
-        for (int nb = 0; nb < NB; nb++) {
+        for (int nb = 0; nb < NB2; nb++) {
           part[nb] = 0.f, qq[nb] = 0.f;
-          if (!active[nb]) continue;
+          if (!B.active[nb]) continue;
           const float4 *qh = q4 + (int64_t)((g0 + nb * HPW + sub) * group + hh) * Q4;
 #pragma unroll
           for (int v = 0; v < V; v++) {
@@ -168,8 +185,8 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
               const float4 x = qh[(v * LPH + sl) * QE + k];
               qv[4 * k] = x.x, qv[4 * k + 1] = x.y, qv[4 * k + 2] = x.z, qv[4 * k + 3] = x.w;
             }
-            kn_ds_widen<T>(a[nb][v], av);
-            if (cuboid) kn_ds_widen<T>(b[nb][v], bv);
+            kn_ds_widen<T>(B.a[nb][v], av);
+            if (cuboid) kn_ds_widen<T>(B.b[nb][v], bv);
 #pragma unroll
             for (int e = 0; e < E; e++) {
               if (cuboid) {
@@ -182,29 +199,37 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
             }
           }
         }
-        // NB independent reductions interleaved.
+        // NB2 independent reductions interleaved.
 #pragma unroll
         for (int off = LPH / 2; off > 0; off >>= 1) {
 #pragma unroll
-          for (int nb = 0; nb < NB; nb++) {
+          for (int nb = 0; nb < NB2; nb++) {
             part[nb] += __shfl_xor_sync(0xffffffffu, part[nb], off);
             if (sphere) qq[nb] += __shfl_xor_sync(0xffffffffu, qq[nb], off);
           }
         }
 #pragma unroll
-        for (int nb = 0; nb < NB; nb++) {
-          if (sphere) part[nb] += r[nb] * sqrtf(qq[nb]);
-          if (active[nb]) acc = agg == 1 ? (part[nb] > acc ? part[nb] : acc) : acc + part[nb];
+        for (int nb = 0; nb < NB2; nb++) {
+          if (sphere) part[nb] += B.r[nb] * sqrtf(qq[nb]);
+          if (B.active[nb]) acc = agg == 1 ? (part[nb] > acc ? part[nb] : acc) : acc + part[nb];
         }
       }
     }
+    if (g0 + HPW * NB2 < n_kv_heads) return;  // not the page's last chunk
     // Combine the HPW lane groups (several KV heads per pass).
 #pragma unroll
     for (int off = LPH; off < 32; off <<= 1) {
       const float o = __shfl_xor_sync(0xffffffffu, acc, off);
       acc = agg == 1 ? (o > acc ? o : acc) : acc + o;
     }
-    if (lane == 0) scores[p] = agg == 1 ? acc : acc / (float)n_heads;
+    if (lane == 0) scores[p] = B.s < 0 ? -INFINITY : agg == 1 ? acc : acc / (float)n_heads;
+  };
+  if (n_ch > 0) load(b0, 0);
+  for (int64_t c = 0; c < n_ch; c += 2) {
+    if (c + 1 < n_ch) load(b1, c + 1);
+    score(b0, c);
+    if (c + 2 < n_ch) load(b0, c + 2);
+    if (c + 1 < n_ch) score(b1, c + 1);
   }
 }
 
