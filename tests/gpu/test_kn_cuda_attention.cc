@@ -316,6 +316,21 @@ class KnCudaAttentionGpu : public ::testing::TestWithParam<Shape> {
   int64_t dev_bytes0_ = 0;
 };
 
+// Grids above KN_ATTN_PIPE_MAX_BLOCKS (4096) take the kernel without software-pipelined
+// loads for head tiles of 1 and 2 too (every other test's grid is smaller): 900 prefill
+// tokens over 3000 keys make 900 x 2 x 12 blocks.
+TEST(KnCudaAttentionLargeGridGpu, UnpipelinedPathMatchesCpu) {
+  int n = 0;
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  for (Shape sh : {Shape{16, 128, 1, KN_CUDA_BF16}, Shape{32, 64, 2, KN_CUDA_F16}}) {
+    SCOPED_TRACE(testing::Message() << sh);
+    std::vector<Tok> toks;
+    for (int32_t j = 2101; j <= 3000; j++) toks.push_back({0, j});
+    run_batch(sh, {3000}, toks, 11);
+  }
+}
+
 TEST_P(KnCudaAttentionGpu, Decode) { decode_batch(GetParam(), 1); }
 TEST_P(KnCudaAttentionGpu, Prefill) { prefill_batch(GetParam(), 2); }
 TEST_P(KnCudaAttentionGpu, Mixed) { mixed_batch(GetParam(), 3); }
