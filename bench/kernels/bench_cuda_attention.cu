@@ -203,6 +203,7 @@ int main(int argc, char **argv) {
           // Fewer layers than asked: still >= 2, or the row is skipped.
           fprintf(stderr, "# %s ctx=%lld: only %d of %d layers fit (%s)\n", sh.name, (long long)ctx, l, n_layers,
                   err.msg);
+          (void)cudaGetLastError(); // the failed cudaMalloc must not fail the next launch check
           n_layers = l;
           break;
         }
