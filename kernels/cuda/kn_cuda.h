@@ -372,6 +372,12 @@ typedef struct {
   const char *tier_base;    /* device address of slot 0 (mapped pinned host memory) */
   int64_t slot_bytes;
   const void **recall_src;  /* [n_seqs][k] tier_base + slot * slot_bytes, NULL past the last */
+  /* optional: block s also copies keep_q_floats floats from keep_q_src + s * keep_q_floats
+   * to keep_q_dst + s * keep_q_floats (the engine keeps each sequence's last query for
+   * later evictions; a copy node per layer cost more than the plan launch itself) */
+  const float *keep_q_src;
+  float *keep_q_dst;
+  int32_t keep_q_floats;
 } kn_cuda_arkvale_plan_args_t;
 /* Dynamic shared memory one block (one sequence) uses at this stride: 16 bytes per
  * pow2(stride) (at least 16 KiB) + 4 per page, ~162 KiB at KN_CUDA_PLAN_MAX_PAGES; the

@@ -178,6 +178,11 @@ __global__ void __launch_bounds__(kThreads) kn_arkvale_plan_kernel(kn_cuda_arkva
   const int32_t t = threadIdx.x;
   const int32_t stride = a.stride;
   const int32_t N = min(a.n_pages[s], stride);
+  if (a.keep_q_src) {  // 16-byte copies (the launcher checked alignment and size)
+    const float4 *src = (const float4 *)(a.keep_q_src + (int64_t)s * a.keep_q_floats);
+    float4 *dst = (float4 *)(a.keep_q_dst + (int64_t)s * a.keep_q_floats);
+    for (int32_t i = t; i < a.keep_q_floats / 4; i += kThreads) dst[i] = src[i];
+  }
   if (N <= 0) {  // no selection: nothing to recall, the view is the caller's
     for (int32_t q = t; q < a.k; q += kThreads) {
       a.recall_page[(int64_t)s * a.k + q] = a.recall_phys[(int64_t)s * a.k + q] = -1;
@@ -326,6 +331,11 @@ extern "C" ak_status_t kn_cuda_arkvale_plan(const kn_cuda_arkvale_plan_args_t *a
                   a->n_sink, a->n_window, a->k, KN_CUDA_PLAN_MAX_PAGES);
   if (a->backup_slot && (!a->tier_base || a->slot_bytes < 1 || !a->recall_src))
     return AK_ERR(err, AK_ERR_INVALID_ARG, "backup_slot needs tier_base, slot_bytes >= 1 and recall_src");
+  if (a->keep_q_src && (!a->keep_q_dst || a->keep_q_floats < 4 || a->keep_q_floats % 4 ||
+                        (uintptr_t)a->keep_q_src % 16 || (uintptr_t)a->keep_q_dst % 16))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "keep_q_src=%p needs keep_q_dst (%p) and both 16-byte aligned, "
+                  "keep_q_floats=%d a positive multiple of 4", (const void *)a->keep_q_src, (void *)a->keep_q_dst,
+                  a->keep_q_floats);
   const size_t smem = kn_cuda_arkvale_plan_smem_bytes(a->stride);
   switch (kn_plan_elems(a->stride)) {
     case 1: KN_CUDA_TRY(err, (kn_arkvale_plan_launch<1>(a, smem, kn_stream(stream)))); break;

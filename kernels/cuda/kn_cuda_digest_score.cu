@@ -24,10 +24,10 @@
 //     when head_dim > 32 E), so a pass covers 32 / LPH KV heads (f32 head_dim 64: 2;
 //     16-bit head_dim 128: 2, 64: 4). Sphere rows are head_dim + 1 floats, not 16-byte
 //     aligned, so they are read as 4 floats per vector.
-//   - A page is cut into chunks of NB2 = 4 / V passes of KV heads, whose digest rows
+//   - A page is cut into chunks of NB2 = 2 / V passes of KV heads, whose digest rows
 //     are loaded together (raw 16-byte vectors, widened at use), and a warp's chunks
 //     (all its pages) are software-pipelined over two register buffers: the next
-//     chunk's rows are in flight while this one is scored. Each lane keeps 2 * 4 loads
+//     chunk's rows are in flight while this one is scored. Each lane keeps 2 * 2 loads
 //     of 16 B in flight with either element size, all the time (one load at a time
 //     was latency-bound; a whole batch loaded and then scored left DRAM idle while
 //     the warps computed).
@@ -46,6 +46,8 @@ namespace {
 
 constexpr int KN_DS_WARPS = 8;
 constexpr size_t KN_DS_Q_SMEM_MAX_BYTES = 48 * 1024;  // the default dynamic limit, no opt-in
+// One page per warp up to one wave of an H100 (132 SMs x 4 blocks x 8 warps).
+constexpr int64_t KN_DS_ONE_PAGE_MAX = 132 * 4 * KN_DS_WARPS;
 
 // 16 bytes of digest elements T, widened to f32 (exactly).
 template <typename T>
@@ -89,8 +91,11 @@ struct KnDsBuf {
 
 // digests: [n_pages][n_kv_heads][F] T (float: every kind; half / bf16: cuboid kinds);
 // q: [n_seqs][n_heads][D] f32; scores: [n_pages].
+// At most 64 registers, 4 blocks an SM (32 warps): with NB2 = 2 the kernel needs ~80,
+// which held 3 blocks; the few bytes ptxas spills cost less than the occupancy (H100,
+// 4 x 962 pages of 32 KV heads x 128, f16: 31.2 -> 30.2 us).
 template <int D, typename T>
-__global__ void __launch_bounds__(KN_DS_WARPS * 32)
+__global__ void __launch_bounds__(KN_DS_WARPS * 32, 4)
     kn_digest_score_kernel(int kind, int agg, const T *__restrict__ digests, const int32_t *__restrict__ page_seq,
                            const float *__restrict__ q, float *__restrict__ scores, int64_t n_pages, int n_seqs,
                            int n_heads, int n_kv_heads, int cache_q, int pages_per_warp) {
@@ -100,7 +105,7 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32)
   constexpr int V = D / (E * LPH);              // vectors per lane per row
   constexpr int QE = E / 4;                     // float4 of q per vector
   constexpr int Q4 = D / 4;                     // float4 per query head
-  constexpr int NB2 = 4 / V > 0 ? 4 / V : 1;     // KV-head passes per chunk (one buffer)
+  constexpr int NB2 = 2 / V > 0 ? 2 / V : 1;     // KV-head passes per chunk (one buffer)
   constexpr bool F32 = sizeof(T) == 4;
   extern __shared__ float4 q_s[];               // [n_heads][D / 4], when cache_q
 
@@ -238,9 +243,10 @@ cudaError_t kn_digest_score_launch(const kn_cuda_digest_score_args_t *a, cudaStr
   const size_t q_bytes = (size_t)a->n_heads * D * sizeof(float);
   const int cache_q = q_bytes <= KN_DS_Q_SMEM_MAX_BYTES;
   // Staging q costs a block n_heads * D * 4 bytes of L2 reads: amortize it over more
-  // pages when there are many, keep warps short when there are few (H100, 8 KV heads,
-  // 4 x 1000 pages: 2 per warp 20 us, 1 per warp 32 us; 4 x 40: 16.7 vs 8.3 us).
-  const int ppw = a->n_pages <= 1024 ? 1 : a->n_pages <= 16384 ? 2 : 4;
+  // pages when there are many; up to one wave, one page per warp (H100, 4 x 962 pages:
+  // 32 KV heads f16 30.2 us, 8 KV heads 13.8 us, as fast as 2 per warp; before the
+  // pipelining 2 per warp was faster there: 20 vs 32 us at 8 KV heads).
+  const int ppw = a->n_pages <= KN_DS_ONE_PAGE_MAX ? 1 : a->n_pages <= 16384 ? 2 : 4;
   const int64_t n_blocks = kn_ceil_div(a->n_pages, (int64_t)KN_DS_WARPS * ppw);
   kn_digest_score_kernel<D, T><<<(unsigned)n_blocks, KN_DS_WARPS * 32, cache_q ? q_bytes : 0, stream>>>(
       a->kind, a->agg, (const T *)a->digests, a->page_seq, a->q, a->scores, a->n_pages, a->n_seqs, a->n_heads,

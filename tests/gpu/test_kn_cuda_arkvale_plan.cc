@@ -102,6 +102,15 @@ TEST(KnCudaArkvalePlanArgs, RejectsBadArgumentsWithoutTheDevice) {
   a.n_window = 0;
   EXPECT_EQ(kn_cuda_arkvale_plan(&a, nullptr, &err), AK_ERR_INVALID_ARG);
   EXPECT_NE(std::string(err.msg).find("n_window=0"), std::string::npos) << err.msg;
+  a.n_window = 1;
+  alignas(16) float q[8];
+  a.keep_q_src = q;  // a query row to keep needs somewhere to go
+  EXPECT_EQ(kn_cuda_arkvale_plan(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("keep_q_dst"), std::string::npos) << err.msg;
+  a.keep_q_dst = q;
+  a.keep_q_floats = 6;  // not whole 16-byte vectors
+  EXPECT_EQ(kn_cuda_arkvale_plan(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("keep_q_floats=6"), std::string::npos) << err.msg;
 }
 
 TEST(KnCudaArkvalePlanGpu, MatchesTheKvpoolRulesOnRandomLayers) {
@@ -248,9 +257,22 @@ TEST(KnCudaArkvalePlanGpu, EngineFieldsRowsCsrVictimsAndTierAddresses) {
   a.tier_base = tier_base;
   a.slot_bytes = slot_bytes;
   a.recall_src = d_src;
+  // each block also keeps its sequence's query row (the empty sequence's too)
+  const int q_floats = 36;
+  std::vector<float> qsrc((size_t)n_seqs * q_floats), qpoison((size_t)n_seqs * q_floats + 4, -3.f);
+  for (float &x : qsrc) x = u(rng);
+  float *d_qsrc = dev_copy(qsrc), *d_qdst = dev_copy(qpoison);
+  a.keep_q_src = d_qsrc;
+  a.keep_q_dst = d_qdst;
+  a.keep_q_floats = q_floats;
   ak_err_t err;
   ASSERT_EQ(kn_cuda_arkvale_plan(&a, nullptr, &err), AK_OK) << err.msg;
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> g_q = host_copy(d_qdst, qpoison.size());
+  EXPECT_EQ(std::vector<float>(g_q.begin(), g_q.begin() + (long)qsrc.size()), qsrc);
+  for (size_t i = qsrc.size(); i < g_q.size(); i++) EXPECT_EQ(g_q[i], -3.f) << "written past the rows";
+  cudaFree(d_qsrc);
+  cudaFree(d_qdst);
   std::vector<int> g_phys = host_copy(d_phys, phys.size()), g_rp = host_copy(d_rp, poison_k.size()),
                    g_rf = host_copy(d_rf, poison_k.size()), g_rv = host_copy(d_rv, poison_k.size()),
                    g_view = host_copy(d_view, (size_t)total), g_vlen = host_copy(d_vlen, (size_t)n_seqs);
