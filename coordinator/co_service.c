@@ -271,9 +271,6 @@ void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char
   if (s->draining && !s->live) pthread_cond_broadcast(&s->drained_cv);
   pthread_mutex_unlock(&s->mu);
   co_svc_metric_end(s, st);
-  if (r->n_generated >= 2)
-    co_svc_metric_observe(s, s->mid.tpot,
-                          (double)(r->last_token_us - r->first_token_us) / 1e6 / (double)(r->n_generated - 1));
   ak_rpc_writer_finish(r->w, st, msg);
   co_svc_req_free(r);
 }

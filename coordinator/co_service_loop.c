@@ -84,11 +84,16 @@ static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *
   Arkvale__V1__FinishReason why = ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
   r->n_generated++;
   r->last_token = tok;
-  r->last_token_us = co_svc_now_us();
+  int64_t now_us = co_svc_now_us();
+  /* TPOT is one observation per token after the first (the gap since the previous
+   * one), so its quantiles are per-token latencies: one per request would weigh a
+   * 2-token request like a 2000-token one and hide stalls inside long streams. */
   if (r->n_generated == 1) {
-    r->first_token_us = r->last_token_us;
+    r->first_token_us = now_us;
     co_svc_metric_observe(s, s->mid.ttft, (double)(r->first_token_us - r->arrival_us) / 1e6);
-  }
+  } else
+    co_svc_metric_observe(s, s->mid.tpot, (double)(now_us - r->last_token_us) / 1e6);
+  r->last_token_us = now_us;
   co_svc_metric_add(s, s->mid.gen_tokens, 1.0);
   int eos = !r->ignore_eos && co_tokenizer_is_eog(s->tok, tok);
   const char *t = NULL;

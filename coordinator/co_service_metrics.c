@@ -53,7 +53,7 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err) {
       {&s->mid.ttft, "arkvale_time_to_first_token_seconds", "From a request's arrival to its first token",
        CO_METRIC_HISTOGRAM, NULL, 0, co_svc_ttft_bounds, (int32_t)(sizeof co_svc_ttft_bounds / sizeof(double))},
       {&s->mid.tpot, "arkvale_time_per_output_token_seconds",
-       "Per request with two tokens or more: (last token - first token) / (tokens - 1)", CO_METRIC_HISTOGRAM, NULL,
+       "Per output token after a request's first: the time since its previous token", CO_METRIC_HISTOGRAM, NULL,
        0, co_svc_tpot_bounds, (int32_t)(sizeof co_svc_tpot_bounds / sizeof(double))},
       {&s->mid.gen_tokens, "arkvale_generated_tokens_total", "Tokens sampled and streamed", CO_METRIC_COUNTER, NULL,
        0, NULL, 0},

@@ -917,7 +917,10 @@ TEST_F(CoServiceTest, MetricsAfterRequests) {
   EXPECT_EQ(Sample(m, "arkvale_time_to_first_token_seconds_count"), 1);
   EXPECT_GT(Sample(m, "arkvale_time_to_first_token_seconds_sum"), 0);
   EXPECT_EQ(Sample(m, "arkvale_time_to_first_token_seconds_bucket{le=\"+Inf\"}"), 1);
-  EXPECT_EQ(Sample(m, "arkvale_time_per_output_token_seconds_count"), 1);
+  // one TPOT observation per token after the first: 8 tokens, 7 gaps
+  EXPECT_EQ(Sample(m, "arkvale_time_per_output_token_seconds_count"), 7) << m;
+  EXPECT_GT(Sample(m, "arkvale_time_per_output_token_seconds_sum"), 0);
+  EXPECT_EQ(Sample(m, "arkvale_time_per_output_token_seconds_bucket{le=\"+Inf\"}"), 7);
   EXPECT_EQ(Sample(m, "arkvale_queue_depth"), 0);
   EXPECT_EQ(Sample(m, "arkvale_running_requests"), 0);
   EXPECT_EQ(Sample(m, "arkvale_serving"), 1);
