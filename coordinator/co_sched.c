@@ -33,6 +33,8 @@ typedef struct {
 typedef struct {
   int64_t capacity_pages;
   int64_t reserved_pages;
+  int32_t max_running_seqs; /* this group's slots (<= p.max_running_seqs, the arrays' size) */
+  int32_t max_batch_tokens; /* this group's step, >= its max_running_seqs + 2 */
   int32_t n_running, n_prefilling;
   int32_t head, tail; /* running list */
   uint8_t dead, in_step;
@@ -108,6 +110,16 @@ static ak_status_t co_params_check(const co_sched_params_t *p, ak_err_t *err) {
     return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seq_tokens=%d must be >= 2", p->max_seq_tokens);
   if (p->max_wait_us < 0)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "max_wait_us=%lld is negative", (long long)p->max_wait_us);
+  for (int32_t g = 0; g < p->n_groups && p->group_max_running_seqs; g++)
+    if (p->group_max_running_seqs[g] < 1 || p->group_max_running_seqs[g] > p->max_running_seqs)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "group_max_running_seqs[%d]=%d outside [1, max_running_seqs=%d]", g,
+                    p->group_max_running_seqs[g], p->max_running_seqs);
+  for (int32_t g = 0; g < p->n_groups && p->group_max_batch_tokens; g++) {
+    int32_t seqs = p->group_max_running_seqs ? p->group_max_running_seqs[g] : p->max_running_seqs;
+    if ((int64_t)p->group_max_batch_tokens[g] < (int64_t)seqs + 2)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "group_max_batch_tokens[%d]=%d must be >= its max_running_seqs + 2 = %d",
+                    g, p->group_max_batch_tokens[g], seqs + 2);
+  }
   int64_t n_slots = (int64_t)p->max_queue + (int64_t)p->n_groups * p->max_running_seqs;
   if (n_slots > (1 << 26))
     return AK_ERR(err, AK_ERR_INVALID_ARG, "max_queue + n_groups * max_running_seqs = %lld exceeds 2^26",
@@ -193,6 +205,8 @@ ak_status_t co_sched_create(const co_sched_params_t *p, ak_err_t *err, co_sched_
   if (!s) return AK_ERR(err, AK_ERR_NO_MEMORY, "scheduler of %zu bytes", sizeof *s);
   s->p = *p;
   s->p.group_capacity_pages = NULL;
+  s->p.group_max_running_seqs = NULL;
+  s->p.group_max_batch_tokens = NULL;
   s->n_slots = p->max_queue + p->n_groups * p->max_running_seqs;
   uint32_t map_n = 16;
   while (map_n < 2u * (uint32_t)s->n_slots) map_n *= 2;
@@ -225,6 +239,8 @@ ak_status_t co_sched_create(const co_sched_params_t *p, ak_err_t *err, co_sched_
   for (int32_t g = 0; g < p->n_groups; g++) {
     co_group_t *G = &s->groups[g];
     G->capacity_pages = p->group_capacity_pages[g];
+    G->max_running_seqs = p->group_max_running_seqs ? p->group_max_running_seqs[g] : p->max_running_seqs;
+    G->max_batch_tokens = p->group_max_batch_tokens ? p->group_max_batch_tokens[g] : p->max_batch_tokens;
     G->head = G->tail = CO_NONE;
     G->items = s->items_all + (size_t)g * (size_t)p->max_running_seqs;
     G->drops = s->drops_all + (size_t)g * (size_t)p->max_running_seqs;
@@ -388,7 +404,7 @@ static int32_t co_route(const co_sched_t *s) {
   int64_t best_free = 0;
   for (int32_t g = 0; g < s->p.n_groups; g++) {
     const co_group_t *G = &s->groups[g];
-    if (G->dead || G->n_running >= s->p.max_running_seqs) continue;
+    if (G->dead || G->n_running >= G->max_running_seqs) continue;
     int64_t free_pages = G->capacity_pages - G->reserved_pages;
     if (best == CO_NONE || free_pages > best_free) {
       best = g;
@@ -459,7 +475,7 @@ ak_status_t co_sched_plan_step(co_sched_t *s, int32_t group_idx, int64_t now_us,
   G->n_drops = 0;
 
   /* every decoding sequence first; prompts share what is left, oldest first */
-  int64_t left = (int64_t)s->p.max_batch_tokens - (G->n_running - G->n_prefilling);
+  int64_t left = (int64_t)G->max_batch_tokens - (G->n_running - G->n_prefilling);
   G->step_no++;
   G->n_items = 0;
   G->n_plan_tokens = 0;
@@ -489,7 +505,7 @@ ak_status_t co_sched_plan_step(co_sched_t *s, int32_t group_idx, int64_t now_us,
     G->items[G->n_items++] = it;
     G->n_plan_tokens += it.n_tokens;
   }
-  assert(G->n_plan_tokens <= s->p.max_batch_tokens);
+  assert(G->n_plan_tokens <= G->max_batch_tokens);
   G->in_step = G->n_items > 0;
   if (G->in_step) G->n_steps++;
 
@@ -619,15 +635,24 @@ ak_status_t co_sched_group_dead(co_sched_t *s, int32_t group_idx, const int64_t 
   return AK_OK;
 }
 
-ak_status_t co_sched_group_revive(co_sched_t *s, int32_t group_idx, int64_t capacity_pages) {
+ak_status_t co_sched_group_revive(co_sched_t *s, int32_t group_idx, const co_sched_group_caps_t *caps) {
   ak_err_clear(&s->err);
   AK_TRY(co_group_arg(s, group_idx));
   co_group_t *G = &s->groups[group_idx];
   if (!G->dead) return AK_ERR(&s->err, AK_ERR_INVALID_ARG, "group %d is not dead", group_idx);
-  if (capacity_pages < 1)
+  if (!caps) return AK_ERR(&s->err, AK_ERR_INVALID_ARG, "group %d: caps is NULL", group_idx);
+  if (caps->capacity_pages < 1)
     return AK_ERR(&s->err, AK_ERR_INVALID_ARG, "group %d: capacity_pages=%lld must be >= 1", group_idx,
-                  (long long)capacity_pages);
-  G->capacity_pages = capacity_pages;
+                  (long long)caps->capacity_pages);
+  if (caps->max_running_seqs < 1 || caps->max_running_seqs > s->p.max_running_seqs)
+    return AK_ERR(&s->err, AK_ERR_INVALID_ARG, "group %d: max_running_seqs=%d outside [1, %d] (the scheduler's)",
+                  group_idx, caps->max_running_seqs, s->p.max_running_seqs);
+  if ((int64_t)caps->max_batch_tokens < (int64_t)caps->max_running_seqs + 2)
+    return AK_ERR(&s->err, AK_ERR_INVALID_ARG, "group %d: max_batch_tokens=%d must be >= max_running_seqs + 2 = %d",
+                  group_idx, caps->max_batch_tokens, caps->max_running_seqs + 2);
+  G->capacity_pages = caps->capacity_pages;
+  G->max_running_seqs = caps->max_running_seqs;
+  G->max_batch_tokens = caps->max_batch_tokens;
   G->dead = 0;
   return AK_OK;
 }
@@ -646,6 +671,8 @@ ak_status_t co_sched_group_stats(const co_sched_t *s, int32_t group_idx, co_sche
   const co_group_t *G = &s->groups[group_idx];
   memset(stats_p, 0, sizeof *stats_p);
   stats_p->capacity_pages = G->capacity_pages;
+  stats_p->max_running_seqs = G->max_running_seqs;
+  stats_p->max_batch_tokens = G->max_batch_tokens;
   stats_p->reserved_pages = G->reserved_pages;
   stats_p->free_pages = G->capacity_pages - G->reserved_pages;
   stats_p->n_running = G->n_running;
@@ -726,7 +753,9 @@ ak_status_t co_sched_check(co_sched_t *s) {
              (long long)reserved, (long long)G->reserved_pages);
     CO_CHECK(G->reserved_pages <= G->capacity_pages, "group %d: %lld pages reserved of %lld", g,
              (long long)G->reserved_pages, (long long)G->capacity_pages);
-    CO_CHECK(G->n_running <= s->p.max_running_seqs, "group %d: %d running", g, G->n_running);
+    /* a revive may lower max_running_seqs only of a dead group, which runs nothing */
+    CO_CHECK(G->n_running <= G->max_running_seqs, "group %d: %d running of %d slots", g, G->n_running,
+             G->max_running_seqs);
     CO_CHECK(!G->dead || (G->n_running == 0 && G->n_drops == 0 && !G->in_step), "dead group %d holds work", g);
     n_live += n_run;
   }

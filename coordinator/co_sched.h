@@ -16,7 +16,8 @@
  *     co_sched_step_done(g, results)   what was sampled, what finished
  *   co_sched_abort(id)                 cancel, deadline, client gone
  *   co_sched_group_dead(g)             a worker of g crashed: its sequences fail
- *   co_sched_group_revive(g, pages)    it restarted and warmed up again
+ *   co_sched_group_revive(g, caps)     it restarted and warmed up again (pages, slots,
+ *                                      batch tokens from its new Warmup)
  *
  * Pages. A group's capacity is what its workers' Warmup reported (pages of one layer
  * each, the kvpool's n_pages, minimum over the group's ranks). A sequence is charged
@@ -107,9 +108,14 @@ typedef struct {
   co_kv_shape_t shape;
   int32_t n_groups;                    /* data-parallel worker groups, 1..1024 */
   const int64_t *group_capacity_pages; /* [n_groups], each >= 1; copied at create */
-  int32_t max_running_seqs;            /* sequences per group (the kvpool's max_seqs; default 256) */
+  int32_t max_running_seqs;            /* sequences per group (the kvpool's max_seqs; default 256);
+                                        * the most any group can ever be given */
   int32_t max_batch_tokens;            /* tokens per step per group (default 512);
                                         * >= max_running_seqs + 2 */
+  const int32_t *group_max_running_seqs; /* [n_groups] each in [1, max_running_seqs], or NULL:
+                                          * all max_running_seqs; copied at create */
+  const int32_t *group_max_batch_tokens; /* [n_groups] each >= its max_running_seqs + 2, or
+                                          * NULL: all max_batch_tokens; copied at create */
   int32_t max_queue;                   /* waiting requests (default 1024) */
   int32_t max_seq_tokens;              /* prompt + new tokens of one request (default 8192) */
   int64_t max_wait_us;                 /* skip-ahead allowance (default 2 s); 0 = strict FCFS */
@@ -175,6 +181,8 @@ typedef struct {
 
 typedef struct {
   int64_t capacity_pages;
+  int32_t max_running_seqs; /* its sequence slots now (create, or its last revive) */
+  int32_t max_batch_tokens; /* its step's tokens now */
   int64_t reserved_pages;
   int64_t free_pages; /* capacity - reserved */
   int32_t n_running;
@@ -226,9 +234,19 @@ ak_status_t co_sched_step_done(co_sched_t *s, int32_t group_idx, const co_sched_
  * them with UNAVAILABLE); those it had not seen go back to the queue in their place.
  * Calling it on a dead group fails nothing more. */
 ak_status_t co_sched_group_dead(co_sched_t *s, int32_t group_idx, const int64_t **failed_p, int32_t *n_failed_p);
-/* The group is back with capacity_pages (>= 1) from its new Warmup.
- * AK_ERR_INVALID_ARG unless it was dead. */
-ak_status_t co_sched_group_revive(co_sched_t *s, int32_t group_idx, int64_t capacity_pages);
+/* What a revived group holds, from its new Warmup: a restarted worker may have fewer
+ * pages, slots or batch tokens than before (another --max-seqs), and a plan over them
+ * would fail its first Step. */
+typedef struct {
+  int64_t capacity_pages;   /* >= 1 */
+  int32_t max_running_seqs; /* [1, the scheduler's max_running_seqs]: more cannot be used
+                             * (the caller clamps) */
+  int32_t max_batch_tokens; /* >= max_running_seqs + 2 */
+} co_sched_group_caps_t;
+
+/* The group is back with `caps` (the next plans stay within them).
+ * AK_ERR_INVALID_ARG, changing nothing, unless it was dead or for a bad field. */
+ak_status_t co_sched_group_revive(co_sched_t *s, int32_t group_idx, const co_sched_group_caps_t *caps);
 
 void co_sched_stats(const co_sched_t *s, co_sched_stats_t *stats_p);
 ak_status_t co_sched_group_stats(const co_sched_t *s, int32_t group_idx, co_sched_group_stats_t *stats_p);

@@ -506,13 +506,18 @@ ak_status_t co_svc_worker_release(co_service_t *s, co_svc_group_t *g, const uint
 static ak_status_t co_svc_connect_workers(co_service_t *s, ak_err_t *err) {
   int64_t *caps = calloc((size_t)s->n_groups, sizeof *caps);
   if (!caps) return ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
-  ak_status_t st = AK_OK;
-  int32_t max_seqs = INT32_MAX, batch = INT32_MAX;
+  int32_t *seqs = calloc((size_t)s->n_groups, sizeof *seqs);
+  int32_t *batches = calloc((size_t)s->n_groups, sizeof *batches);
+  ak_status_t st = seqs && batches ? AK_OK : ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
+  /* Each group gets its own slots and step size; co_sched's tables are sized for the
+   * largest (a revived group gets at most that many, co_svc_revive). */
+  int32_t max_seqs = 1, batch = 3;
   for (int32_t g = 0; g < s->n_groups && st == AK_OK; g++) {
     st = co_svc_worker_warmup(s, &s->groups[g], err, &caps[g]);
     if (st != AK_OK) break;
-    if (s->groups[g].max_seqs < max_seqs) max_seqs = s->groups[g].max_seqs;
-    if (s->groups[g].batch_tokens < batch) batch = s->groups[g].batch_tokens;
+    seqs[g] = s->groups[g].max_seqs, batches[g] = s->groups[g].batch_tokens;
+    if (seqs[g] > max_seqs) max_seqs = seqs[g];
+    if (batches[g] > batch) batch = batches[g];
   }
   if (st == AK_OK) {
     co_sched_params_t sp = co_sched_params_default();
@@ -520,11 +525,16 @@ static ak_status_t co_svc_connect_workers(co_service_t *s, ak_err_t *err) {
     sp.n_groups = s->n_groups, sp.group_capacity_pages = caps;
     sp.max_running_seqs = max_seqs;
     sp.max_batch_tokens = batch;
+    sp.group_max_running_seqs = seqs;
+    sp.group_max_batch_tokens = batches;
+    s->sched_max_seqs = max_seqs;
     sp.max_queue = s->p.max_queue;
     sp.max_seq_tokens = s->context_tokens;
     st = co_sched_create(&sp, err, &s->sched);
   }
   free(caps);
+  free(seqs);
+  free(batches);
   return st;
 }
 

@@ -243,14 +243,21 @@ static void co_svc_revive(co_service_t *s, co_svc_group_t *g) {
   if (st == AK_OK) st = co_svc_worker_probe(s, g, &err);
   if (st == AK_OK) st = co_svc_worker_release(s, g, NULL, 0, 1, &err);
   if (st == AK_OK) st = co_svc_worker_warmup(s, g, &err, &cap);
-  if (st == AK_OK && (st = co_sched_group_revive(s->sched, g->idx, cap)) != AK_OK)
-    ak_err_set(&err, st, "%s", co_sched_errmsg(s->sched));
+  if (st == AK_OK) {
+    /* The restarted workers may hold fewer slots or a smaller step than before: plans
+     * over the old ones would fail the first full Step. More than co_sched's tables
+     * hold cannot be used. */
+    co_sched_group_caps_t caps = {cap, g->max_seqs, g->batch_tokens};
+    if (caps.max_running_seqs > s->sched_max_seqs) caps.max_running_seqs = s->sched_max_seqs;
+    if ((st = co_sched_group_revive(s->sched, g->idx, &caps)) != AK_OK)
+      ak_err_set(&err, st, "%s", co_sched_errmsg(s->sched));
+  }
   if (st != AK_OK) {
     ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is still down: %s", g->idx, g->ranks[0].addr, err.msg);
     return;
   }
-  ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is back: %" PRId64 " pages", g->idx, g->ranks[0].addr,
-               cap);
+  ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is back: %" PRId64 " pages, %d slots, %d batch tokens",
+               g->idx, g->ranks[0].addr, cap, g->max_seqs, g->batch_tokens);
   g->dead = 0;
   g->last_canary_us = 0;
 }

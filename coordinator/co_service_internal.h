@@ -117,6 +117,7 @@ struct co_service {
                                   * while the scheduler thread still runs */
   int port;                      /* the bound port, for anyone */
   co_sched_t *sched;
+  int32_t sched_max_seqs;        /* co_sched's max_running_seqs: the most slots a group can use */
   /* from the workers' Info / Warmup (all the same) */
   char model_id[256];
   int32_t n_vocab, n_layers, context_tokens, page_tokens;

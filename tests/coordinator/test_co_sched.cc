@@ -70,6 +70,13 @@ co_sched_req_info_t info(co_sched_t *s, int64_t id) {
   return i;
 }
 
+// What a revived group brings back (the defaults are params()'s slots and batch).
+co_sched_group_caps_t caps_of(int64_t pages, int32_t max_seqs = 64, int32_t batch_tokens = 512) {
+  return co_sched_group_caps_t{pages, max_seqs, batch_tokens};
+}
+
+ak_status_t revive(co_sched_t *s, int32_t g, co_sched_group_caps_t c) { return co_sched_group_revive(s, g, &c); }
+
 co_sched_group_stats_t gstats(co_sched_t *s, int32_t g) {
   co_sched_group_stats_t st;
   EXPECT_EQ(co_sched_group_stats(s, g, &st), AK_OK);
@@ -503,7 +510,7 @@ TEST(CoSchedFairness, RequestThatFitsNoGroupBlocksNoOne) {
   const int64_t *failed;
   int32_t n_failed;
   ASSERT_EQ(co_sched_group_dead(s.get(), 0, &failed, &n_failed), AK_OK);
-  ASSERT_EQ(co_sched_group_revive(s.get(), 0, 50), AK_OK);  // back with fewer pages
+  ASSERT_EQ(revive(s.get(), 0, caps_of(50)), AK_OK);  // back with fewer pages
   ASSERT_EQ(submit(s.get(), req(2, 60, 20, 0, 0)), AK_OK);
   step(s.get(), 0, 1000000);
   EXPECT_EQ(info(s.get(), 1).state, CO_REQ_QUEUED);  // waits for its deadline's abort
@@ -679,14 +686,83 @@ TEST(CoSchedDeadGroup, FailsWhatItRanRequeuesWhatItNeverSaw) {
   EXPECT_EQ(st.n_failed, 1u);
   EXPECT_EQ(st.n_requeued, 1u);
   // revived, it takes new work again
-  EXPECT_EQ(co_sched_group_revive(s.get(), 1, 0), AK_ERR_INVALID_ARG);
-  ASSERT_EQ(co_sched_group_revive(s.get(), 1, 120), AK_OK);
-  EXPECT_EQ(co_sched_group_revive(s.get(), 1, 120), AK_ERR_INVALID_ARG);  // not dead
+  EXPECT_EQ(revive(s.get(), 1, caps_of(0)), AK_ERR_INVALID_ARG);
+  ASSERT_EQ(revive(s.get(), 1, caps_of(120)), AK_OK);
+  EXPECT_EQ(revive(s.get(), 1, caps_of(120)), AK_ERR_INVALID_ARG);  // not dead
   ASSERT_EQ(submit(s.get(), req(6, 10, 6)), AK_OK);
   auto items = step(s.get(), 1, 0);
   EXPECT_EQ(info(s.get(), 6).group_idx, 1);
   ASSERT_EQ(items.size(), 1u);
   EXPECT_TRUE(items[0].is_new);
+}
+
+// A worker restarted with fewer slots (another --max-seqs) and a smaller step: the
+// revived group's plans stay within them, whatever the queue holds, and the other
+// group keeps the scheduler's own limits.
+TEST(CoSchedGroups, RevivedWithFewerSlotsIsNeverOverFilled) {
+  std::vector<int64_t> caps{1000, 1000};
+  co_sched_params_t p = params(&caps, 2, 0, 16);
+  p.max_running_seqs = 8;
+  p.max_batch_tokens = 64;
+  auto s = make(p);
+  EXPECT_EQ(gstats(s.get(), 1).max_running_seqs, 8);
+  EXPECT_EQ(gstats(s.get(), 1).max_batch_tokens, 64);
+  ASSERT_EQ(co_sched_group_dead(s.get(), 1, nullptr, nullptr), AK_OK);
+  // bad caps change nothing: still dead
+  EXPECT_EQ(revive(s.get(), 1, caps_of(500, 0, 64)), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(revive(s.get(), 1, caps_of(500, 9, 64)), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(co_sched_errmsg(s.get())).find("max_running_seqs=9 outside [1, 8]"), std::string::npos)
+      << co_sched_errmsg(s.get());
+  EXPECT_EQ(revive(s.get(), 1, caps_of(500, 3, 4)), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(co_sched_errmsg(s.get())).find("max_batch_tokens=4"), std::string::npos)
+      << co_sched_errmsg(s.get());
+  EXPECT_EQ(co_sched_group_revive(s.get(), 1, nullptr), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(gstats(s.get(), 1).dead);
+  ASSERT_EQ(revive(s.get(), 1, caps_of(1000, 2, 5)), AK_OK);
+  EXPECT_EQ(gstats(s.get(), 1).max_running_seqs, 2);
+  EXPECT_EQ(gstats(s.get(), 1).max_batch_tokens, 5);
+  for (int64_t id = 1; id <= 20; id++) ASSERT_EQ(submit(s.get(), req(id, 9, 4)), AK_OK);
+  int32_t most_running[2] = {0, 0};
+  for (int round = 0; round < 60; round++)
+    for (int32_t g = 0; g < 2; g++) {
+      auto items = step(s.get(), g, 0);
+      int64_t n_tokens = 0;
+      for (const auto &it : items) n_tokens += it.n_tokens;
+      EXPECT_LE(n_tokens, g == 1 ? 5 : 64) << "group " << g << " round " << round;
+      EXPECT_LE((int32_t)items.size(), g == 1 ? 2 : 8);
+      most_running[g] = std::max(most_running[g], gstats(s.get(), g).n_running);
+    }
+  EXPECT_EQ(most_running[1], 2) << "the revived group is used, up to its slots";
+  EXPECT_EQ(most_running[0], 8);
+  co_sched_stats_t st;
+  co_sched_stats(s.get(), &st);
+  EXPECT_EQ(st.n_finished, 20u);
+}
+
+// Groups of different sizes from the start (group_max_running_seqs / _batch_tokens).
+TEST(CoSchedGroups, PerGroupSlotsAtCreate) {
+  std::vector<int64_t> caps{1000, 1000};
+  co_sched_params_t p = params(&caps, 2, 0, 16);
+  p.max_running_seqs = 8;
+  p.max_batch_tokens = 64;
+  int32_t seqs[2] = {1, 8}, batch[2] = {3, 64};
+  p.group_max_running_seqs = seqs;
+  p.group_max_batch_tokens = batch;
+  auto s = make(p);
+  for (int64_t id = 1; id <= 6; id++) ASSERT_EQ(submit(s.get(), req(id, 9, 4)), AK_OK);
+  step(s.get(), 0, 0);
+  EXPECT_EQ(gstats(s.get(), 0).n_running, 1);
+  EXPECT_EQ(gstats(s.get(), 1).n_running, 5);
+  // bad arrays, by name
+  co_sched_t *bad = nullptr;
+  ak_err_t err;
+  seqs[0] = 9;
+  EXPECT_EQ(co_sched_create(&p, &err, &bad), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("group_max_running_seqs[0]=9"), std::string::npos) << err.msg;
+  seqs[0] = 2;
+  EXPECT_EQ(co_sched_create(&p, &err, &bad), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("group_max_batch_tokens[0]=3"), std::string::npos) << err.msg;
+  EXPECT_EQ(bad, nullptr);
 }
 
 // ---------------------------------------------------------------------------------
@@ -816,7 +892,7 @@ TEST(CoSchedBadInput, PlanAndStepDoneOutOfOrder) {
   EXPECT_EQ(co_sched_step_done(s.get(), 0, good, 3, nullptr, nullptr), AK_OK) << co_sched_errmsg(s.get());
   EXPECT_EQ(info(s.get(), 1).n_generated_tokens, 1);
   EXPECT_EQ(co_sched_group_dead(s.get(), 5, nullptr, nullptr), AK_ERR_INVALID_ARG);
-  EXPECT_EQ(co_sched_group_revive(s.get(), -1, 10), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(revive(s.get(), -1, caps_of(10)), AK_ERR_INVALID_ARG);
   co_sched_group_stats_t gs;
   EXPECT_EQ(co_sched_group_stats(s.get(), 3, &gs), AK_ERR_INVALID_ARG);
 }
@@ -978,7 +1054,9 @@ TEST(CoSchedRandom, InvariantsHoldEveryStep) {
         for (int32_t g = 0; g < 3; g++) {
           if (dead[g]) {
             if (drain || coin(0.02)) {
-              ASSERT_EQ(co_sched_group_revive(s, g, caps[g]), AK_OK);
+              // back with as many slots and tokens as before, or fewer (another --max-seqs)
+              int32_t seqs = coin(0.5) ? p.max_running_seqs : uni(1, p.max_running_seqs);
+              ASSERT_EQ(revive(s, g, caps_of(caps[g], seqs, uni(seqs + 2, p.max_batch_tokens))), AK_OK);
               dead[g] = false;
             }
             continue;
@@ -1000,7 +1078,8 @@ TEST(CoSchedRandom, InvariantsHoldEveryStep) {
           }
           co_sched_plan_t plan;
           ASSERT_EQ(co_sched_plan_step(s, g, now, &plan), AK_OK) << co_sched_errmsg(s);
-          h.check_plan(g, plan, p.max_batch_tokens);
+          h.check_plan(g, plan, gstats(s, g).max_batch_tokens);
+          EXPECT_LE(plan.n_items, gstats(s, g).max_running_seqs);
           flight[g].assign(plan.items, plan.items + plan.n_items);
           in_flight[g] = plan.n_items > 0;
           n_steps += plan.n_items > 0;
@@ -1093,7 +1172,7 @@ TEST(CoSchedRandom, RealPoolsNeverRunOutOfPages) {
         int64_t cap = uni(80, 160);
         pools[1] = new_pool(cap);
         seqs[1].clear();
-        ASSERT_EQ(co_sched_group_revive(s, 1, cap), AK_OK);
+        ASSERT_EQ(revive(s, 1, caps_of(cap, p.max_running_seqs, p.max_batch_tokens)), AK_OK);
       }
       for (int32_t g = 0; g < 2; g++) {
         co_sched_plan_t plan;

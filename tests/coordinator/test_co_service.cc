@@ -120,6 +120,7 @@ class CoServiceTest : public ::testing::Test {
   int64_t canary_period_ms_ = 200;
   int64_t health_stale_ms_ = 0;  // co_service's default
   int worker_job_delay_ms_ = 0;  // > 0: every worker job waits this long first (slow steps)
+  int32_t worker_max_seqs_ = 0;  // > 0: StartWorker's engine gets this many slots (else kMaxSeqs)
   std::string waddr_;
   int n_groups_ = 1;             // 2: a second worker (wk2_, waddr2_) as a second group
   bool two_ranks_ = false;       // the second worker as rank 1 of the one group instead
@@ -165,6 +166,7 @@ class CoServiceTest : public ::testing::Test {
   void StartWorker(int port) {
     wk_service_params_t wp = wk_service_params_default();
     wp.engine = engine_params();
+    if (worker_max_seqs_ > 0) wp.engine.max_seqs = worker_max_seqs_;
     std::string listen = "127.0.0.1:" + std::to_string(port);
     wp.listen_addr = listen.c_str();
     if (worker_job_delay_ms_ > 0) wp.test_before_job = SlowJob, wp.test_user = &worker_job_delay_ms_;
@@ -675,6 +677,36 @@ TEST_F(CoServiceTest, HealthFlipsWhenTheWorkerStopsAndComesBack) {
   wt.join();
   EXPECT_NE(w.st, AK_OK);
   EXPECT_EQ(w.Get().back(), kNotServing) << "shutdown sends NOT_SERVING before it ends the Watch";
+}
+
+// The worker restarts with fewer slots (kMaxSeqs 4 -> 2: one for requests, one for the
+// canary): the revive gives co_sched the new count, so concurrent streams queue for
+// the one slot instead of failing the group's first over-full Step (UNAVAILABLE).
+TEST_F(CoServiceTest, RevivedWorkerWithFewerSlotsIsNotOverFilled) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  int port = wk_service_port(wk_);
+  wk_service_destroy(wk_);
+  wk_ = nullptr;
+  ASSERT_TRUE(WaitHealth(kNotServing));
+  worker_max_seqs_ = 2;
+  ASSERT_NO_FATAL_FAILURE(StartWorker(port));
+  ASSERT_TRUE(WaitHealth(kServing, 30000)) << "not SERVING again after the worker came back";
+  const int kN = 4;
+  std::vector<std::unique_ptr<GenReq>> reqs;
+  std::vector<Stream> streams(kN);
+  for (int i = 0; i < kN; i++) {
+    reqs.emplace_back(new GenReq(5));
+    reqs.back()->set_ids(prompt_ids(9 + i, i));
+  }
+  std::vector<std::thread> th;
+  for (int i = 0; i < kN; i++) th.emplace_back([&, i] { Generate(*reqs[i], &streams[i]); });
+  for (auto &t : th) t.join();
+  for (int i = 0; i < kN; i++) {
+    EXPECT_EQ(streams[i].st, AK_OK) << i << ": " << streams[i].msg;
+    EXPECT_EQ(streams[i].tokens.size(), 5u) << i;
+  }
+  EXPECT_EQ(HealthCheck(""), kServing);
+  EXPECT_TRUE(WorkerDrains());
 }
 
 // co_service_drain: new requests UNAVAILABLE ("draining"), health NOT_SERVING (Check
