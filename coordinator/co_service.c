@@ -429,7 +429,7 @@ static ak_status_t co_svc_info_check(co_service_t *s, const co_svc_rank_t *r, co
 static ak_status_t co_svc_group_call_within(co_service_t *s, co_svc_group_t *g, const char *method,
                                             const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
                                             int64_t deadline_ms, ak_err_t *err) {
-  co_svc_fan_call(s, &g, 1, method, &req, d, deadline_ms);
+  co_svc_fan_call(s, g, method, req, d, deadline_ms);
   ak_status_t st = co_svc_group_status(g, err);
   if (st != AK_OK) co_svc_group_free_resps(g);
   return st;
@@ -594,8 +594,6 @@ static void co_svc_groups_free(co_service_t *s) {
 static void co_svc_free(co_service_t *s) {
   if (s->own_metrics) co_metrics_destroy(s->metrics);
   co_svc_groups_free(s);
-  pthread_cond_destroy(&s->fan_cv);
-  pthread_mutex_destroy(&s->fan_mu);
   pthread_cond_destroy(&s->watchdog_cv);
   pthread_cond_destroy(&s->drained_cv);
   pthread_cond_destroy(&s->cv);
@@ -635,8 +633,7 @@ ak_status_t co_service_create(const co_service_params_t *p, ak_err_t *err, co_se
   pthread_cond_init(&s->cv, NULL);
   pthread_cond_init(&s->drained_cv, NULL);
   pthread_cond_init(&s->watchdog_cv, NULL);
-  pthread_mutex_init(&s->fan_mu, NULL);
-  pthread_cond_init(&s->fan_cv, NULL);
+  atomic_init(&s->n_canaries, 0);
   s->stale_us = (p->health_stale_ms > 0 ? p->health_stale_ms
                                         : (3 * p->canary_period_ms > 10000 ? 3 * p->canary_period_ms : 10000)) *
                 1000;

@@ -5,9 +5,10 @@
  *
  * At create: loads the tokenizer from the model's GGUF, connects to every rank of
  * every group, calls Info and Warmup on each (every rank must serve the same model
- * shape; a group's capacity is the minimum over its ranks), sizes a co_sched of
- * n_groups groups (sequence slots and batch tokens: the minimum over all groups),
- * starts one scheduler thread and the server.
+ * shape; a group's capacity, sequence slots and batch tokens are the minimum over its
+ * ranks), sizes a co_sched of n_groups groups (each with its own slots and batch
+ * tokens; a revived group brings its new ones, up to the largest at create), starts
+ * one scheduler thread, a thread per group and the server.
  *
  * Groups and ranks: every Worker call of a group (Step, canary, Release, Info, Warmup)
  * goes to all of its ranks at once, with the same step_id (one counter per group: a
@@ -16,32 +17,40 @@
  * group: its running requests end UNAVAILABLE (those its workers had not seen yet go
  * back to the queue), the other groups keep serving, and the dead group is revived
  * on its own (every rank: new channel, Release all, Info, Warmup, then a canary).
- * Each loop plans every live group and sends their Steps in parallel (one caller
- * thread per rank beyond the first; the scheduler thread makes one of the calls
- * itself), then waits for all of them: the groups step in lock-step, so a slow group
- * slows the others' step rate (a dead one fails fast).
+ * Groups step independently: each group's calls (Step, canary, revive, Release) run
+ * as jobs on its own thread, and the scheduler thread posts a group's next job as soon
+ * as its last is answered, so a slow group does not slow the others, and one whose
+ * host takes a call and never answers holds only itself until step_deadline_ms.
+ * A Step's answer is applied in two passes: the sampled tokens, EOS and max_new_tokens
+ * first, then the group's next Step goes out, then the tokens are detokenized, checked
+ * for stop strings and streamed while the workers compute. A stop string found then
+ * ends its stream at once; the sequence is dropped from the Step after, and the token
+ * the Step in flight samples for it is discarded.
  *
  * Threads:
  *   CQ threads:        GetModelInfo, Tokenize, CountTokens, Abort answered at once;
  *                      Generate validated (INVALID_ARGUMENT names the field) and
  *                      tokenized, then posted to the scheduler's inbox
- *   scheduler thread:  owns co_sched and every running request. Loop: submit the inbox
- *                      (a full queue: RESOURCE_EXHAUSTED), abort what was cancelled
- *                      (Abort, or the writer cancelled), co_sched_plan_step of every
- *                      live group, their Worker.Steps to all their ranks at once
- *                      (blocking unary calls, one per rank, in parallel),
- *                      co_sched_step_done per group from rank 0's answer, then per
- *                      sampled token: detokenize, stop strings, EOS, max_new_tokens,
- *                      write a GenerateResponse; a finished stream ends with its usage
- *                      and finish reason. Drops without a batch go out as Release.
- *   caller threads:    one per rank but the first of group 0: each makes the blocking
- *                      call the scheduler thread hands it (co_service_ranks.c)
+ *   scheduler thread:  owns co_sched and every running request; calls no worker.
+ *                      Loop, woken by the inbox, a group's job done, or every 20 ms:
+ *                      submit the inbox (a full queue: RESOURCE_EXHAUSTED), abort
+ *                      what was cancelled (Abort, or the writer cancelled), apply each
+ *                      finished job (a Step: co_sched_step_done from rank 0's answer,
+ *                      the group's next job posted, then per sampled token:
+ *                      detokenize, stop strings, write a GenerateResponse; a finished
+ *                      stream ends with its usage and finish reason), and post a job
+ *                      to every idle group: a due revive or canary, else
+ *                      co_sched_plan_step's Step, or a Release of drops without a batch
+ *   group threads:     one per group: runs the posted job (blocking unary calls to
+ *                      every rank at once, making rank 0's itself) and reports it done
+ *   caller threads:    one per rank past a group's first: each makes the blocking
+ *                      call its group's thread hands it (co_service_ranks.c)
  *
  * Health (grpc.health.v1, proto/grpc/health/v1/health.proto): SERVING while at least
  * one group has passed Warmup and answered a real one-token canary (its own, per group): a new sequence of one
- * token in its own Worker.Step, sampled, then Released. The canary runs on the
- * scheduler thread (it owns step_id; the worker refuses a stale one) between steps,
- * every canary_period_ms, busy or idle; the first at start. A failed Step, canary or
+ * token in its own Worker.Step, sampled, then Released. The canary is a job of its
+ * group's thread (which runs one job at a time: the worker refuses a step_id not above
+ * its last) between steps, every canary_period_ms, busy or idle; the first at start. A failed Step, canary or
  * Release makes the group dead and the service NOT_SERVING; a dead group is retried
  * every canary_period_ms (a new channel, Release all, Info, Warmup, canary) and comes
  * back SERVING. Check: "" (the server) or "arkvale.v1.Generation"; any other name is
@@ -50,16 +59,17 @@
  * stays open, as the standard says. So that a canary always fits, one sequence slot
  * and one page per layer are kept out of what co_sched may admit (when the worker has
  * at least 2 slots; with 1, the canary waits for an empty group).
- * A Step that hangs (up to step_deadline_ms) holds the scheduler thread and so the
- * canary: a watchdog thread reports NOT_SERVING once the worker's last good Step answer
- * is older than health_stale_ms; the next canary that answers brings SERVING back.
+ * A Step that hangs (up to step_deadline_ms) holds its group's thread and so its
+ * canary, not the other groups': a watchdog thread reports NOT_SERVING once no group
+ * has answered a Step for health_stale_ms; the next canary that answers brings
+ * SERVING back. Shutdown waits for the jobs in flight (a hung Step: its deadline).
  *
  * Metrics (co_metrics; co_service_metrics returns the registry for rendering):
  *   arkvale_requests_total{code}                 Generate calls by final gRPC code
  *   arkvale_queue_depth, arkvale_running_requests  co_sched's, refreshed every loop
  *   arkvale_time_to_first_token_seconds          histogram, from arrival
- *   arkvale_time_per_output_token_seconds        histogram, one per request with >= 2
- *                                                tokens: (last - first) / (n - 1)
+ *   arkvale_time_per_output_token_seconds        histogram, one per output token after a
+ *                                                request's first: the gap since its last
  *   arkvale_generated_tokens_total, arkvale_prompt_tokens_total
  *   arkvale_serving                              1 SERVING, 0 NOT_SERVING
  *   arkvale_worker_kv_pages_resident{worker}     the pool's used pages, after each reply

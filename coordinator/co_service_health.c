@@ -1,6 +1,7 @@
 /* co_service_health.c: the standard grpc.health.v1.Health service of co_service
- * (co_service.h, "Health"), and what decides its answer on the scheduler thread: the
- * one-token canary, and bringing a dead group back.
+ * (co_service.h, "Health"), and what decides its answer: the one-token canary and
+ * bringing a dead group back, each run as a job on the group's own thread (so a
+ * group that hangs holds no other), decided and applied on the scheduler thread.
  *
  * The status lives in s->serving under s->mu. Check reads it; each Watch call sits in
  * s->watchers and gets a message whenever publish changes it. Nothing here blocks a
@@ -185,12 +186,13 @@ void co_svc_health_shutdown_locked(co_service_t *s) {
   co_svc_metric_watchers_locked(s);
 }
 
-/* --- the canary and the revive (scheduler thread) --- */
+/* --- the canary and the revive: run on the group's thread as jobs, decided and
+ * applied on the scheduler thread --- */
 
 /* One new sequence of one token in its own Step to every rank of g, sampled greedily
  * (rank 0's sample checked), then Released. */
-static ak_status_t co_svc_canary(co_service_t *s, co_svc_group_t *g, ak_err_t *err) {
-  uint64_t id = CO_SVC_CANARY_SEQ_ID_BASE + ++s->n_canaries;
+ak_status_t co_svc_canary_run(co_service_t *s, co_svc_group_t *g, ak_err_t *err) {
+  uint64_t id = CO_SVC_CANARY_SEQ_ID_BASE + atomic_fetch_add(&s->n_canaries, 1) + 1;
   int32_t tok = co_tokenizer_bos(s->tok);
   if (tok < 0 || tok >= s->n_vocab) tok = 0;
   Arkvale__V1__SamplingParams sp = ARKVALE__V1__SAMPLING_PARAMS__INIT;
@@ -205,8 +207,7 @@ static ak_status_t co_svc_canary(co_service_t *s, co_svc_group_t *g, ak_err_t *e
   Arkvale__V1__StepRequest q = ARKVALE__V1__STEP_REQUEST__INIT;
   q.has_step_id = 1, q.step_id = ++g->step_id;
   q.n_new_seqs = 1, q.new_seqs = &nsp;
-  const ProtobufCMessage *qm = &q.base;
-  co_svc_fan_call(s, &g, 1, "/arkvale.v1.Worker/Step", &qm, &arkvale__v1__step_response__descriptor,
+  co_svc_fan_call(s, g, "/arkvale.v1.Worker/Step", &q.base, &arkvale__v1__step_response__descriptor,
                   s->p.step_deadline_ms);
   ak_err_t e;
   ak_err_clear(&e);
@@ -232,80 +233,86 @@ static ak_status_t co_svc_canary(co_service_t *s, co_svc_group_t *g, ak_err_t *e
 }
 
 /* Fresh channels (the old ones may sit in reconnect backoff), a Health probe with a
- * short deadline (co_svc_worker_probe), Release all (sequences
- * of a worker that lived through the failure), Info, Warmup on every rank, then the
- * group is live again and its canary due. */
-static void co_svc_revive(co_service_t *s, co_svc_group_t *g) {
-  ak_err_t err;
-  ak_err_clear(&err);
-  int64_t cap = 0;
-  ak_status_t st = co_svc_group_reconnect(s, g, &err);
-  if (st == AK_OK) st = co_svc_worker_probe(s, g, &err);
-  if (st == AK_OK) st = co_svc_worker_release(s, g, NULL, 0, 1, &err);
-  if (st == AK_OK) st = co_svc_worker_warmup(s, g, &err, &cap);
+ * short deadline (co_svc_worker_probe), Release all (sequences of a worker that lived
+ * through the failure), Info, Warmup on every rank. co_sched_group_revive follows on
+ * the scheduler thread (co_svc_health_job_done), then the group's canary. */
+ak_status_t co_svc_revive_run(co_service_t *s, co_svc_group_t *g, ak_err_t *err, int64_t *cap_pages_p) {
+  AK_TRY(co_svc_group_reconnect(s, g, err));
+  AK_TRY(co_svc_worker_probe(s, g, err));
+  AK_TRY(co_svc_worker_release(s, g, NULL, 0, 1, err));
+  return co_svc_worker_warmup(s, g, err, cap_pages_p);
+}
+
+co_svc_job_t co_svc_health_due(co_service_t *s, co_svc_group_t *g, int64_t now_us) {
+  int64_t period_us = s->p.canary_period_ms * 1000;
+  if (g->dead) {
+    /* An attempt holds only this group (its own thread); one that times out (up to the
+     * probe's deadline) still backs off, so a host that does not answer costs little;
+     * one refused at once (a restarting process) comes again next period. */
+    int64_t wait_us = g->revive_wait_us > period_us ? g->revive_wait_us : period_us;
+    return now_us - g->last_revive_us >= wait_us ? CO_SVC_JOB_REVIVE : CO_SVC_JOB_NONE;
+  }
+  if (g->last_canary_us && now_us - g->last_canary_us < period_us) return CO_SVC_JOB_NONE;
+  if (!g->canary_reserved) {
+    /* no slot kept for it: only into an empty group */
+    co_sched_group_stats_t gs;
+    if (co_sched_group_stats(s->sched, g->idx, &gs) != AK_OK || gs.n_running > 0 || gs.n_pending_drops > 0)
+      return CO_SVC_JOB_NONE;
+  }
+  g->last_canary_us = now_us;
+  return CO_SVC_JOB_CANARY;
+}
+
+static void co_svc_revive_done(co_service_t *s, co_svc_group_t *g) {
+  int64_t period_us = s->p.canary_period_ms * 1000;
+  int64_t end_us = co_svc_now_us();
+  ak_status_t st = g->job_st;
+  ak_err_t err = g->job_err;
   if (st == AK_OK) {
     /* The restarted workers may hold fewer slots or a smaller step than before: plans
      * over the old ones would fail the first full Step. More than co_sched's tables
      * hold cannot be used. */
-    co_sched_group_caps_t caps = {cap, g->max_seqs, g->batch_tokens};
+    co_sched_group_caps_t caps = {g->job_cap_pages, g->max_seqs, g->batch_tokens};
     if (caps.max_running_seqs > s->sched_max_seqs) caps.max_running_seqs = s->sched_max_seqs;
     if ((st = co_sched_group_revive(s->sched, g->idx, &caps)) != AK_OK)
       ak_err_set(&err, st, "%s", co_sched_errmsg(s->sched));
   }
+  if (st != AK_OK && end_us - g->job_start_us > period_us / 2)
+    g->revive_wait_us = g->revive_wait_us * 2 > period_us ? g->revive_wait_us * 2 : 2 * period_us;
+  else g->revive_wait_us = period_us;
+  if (g->revive_wait_us > CO_SVC_REVIVE_MAX_WAIT_US) g->revive_wait_us = CO_SVC_REVIVE_MAX_WAIT_US;
+  g->last_revive_us = end_us;
   if (st != AK_OK) {
     ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is still down: %s", g->idx, g->ranks[0].addr, err.msg);
     return;
   }
   ak_log_write(AK_LOG_INFO, __func__, "worker group %d (%s) is back: %" PRId64 " pages, %d slots, %d batch tokens",
-               g->idx, g->ranks[0].addr, cap, g->max_seqs, g->batch_tokens);
+               g->idx, g->ranks[0].addr, g->job_cap_pages, g->max_seqs, g->batch_tokens);
   g->dead = 0;
-  g->last_canary_us = 0;
+  g->last_canary_us = 0; /* its canary is due now */
 }
 
-static void co_svc_health_tick_group(co_service_t *s, co_svc_group_t *g, int64_t now_us) {
-  int64_t period_us = s->p.canary_period_ms * 1000;
-  if (g->dead) {
-    /* Each attempt holds the scheduler thread, and so every live group, until it ends:
-     * one that times out (up to the probe's deadline) backs off, one refused at once
-     * (a restarting process) comes again next period. */
-    if (now_us - g->last_revive_us < (g->revive_wait_us > period_us ? g->revive_wait_us : period_us)) return;
-    co_svc_revive(s, g);
-    int64_t end_us = co_svc_now_us();
-    if (g->dead && end_us - now_us > period_us / 2)
-      g->revive_wait_us = g->revive_wait_us * 2 > period_us ? g->revive_wait_us * 2 : 2 * period_us;
-    else g->revive_wait_us = period_us;
-    if (g->revive_wait_us > CO_SVC_REVIVE_MAX_WAIT_US) g->revive_wait_us = CO_SVC_REVIVE_MAX_WAIT_US;
-    g->last_revive_us = end_us;
-    if (g->dead) return;
+void co_svc_health_job_done(co_service_t *s, co_svc_group_t *g, co_svc_job_t job) {
+  if (job == CO_SVC_JOB_REVIVE) {
+    co_svc_revive_done(s, g);
+    return;
   }
-  if (g->last_canary_us && now_us - g->last_canary_us < period_us) return;
-  if (!g->canary_reserved) {
-    /* no slot kept for it: only into an empty group */
-    co_sched_group_stats_t gs;
-    if (co_sched_group_stats(s->sched, g->idx, &gs) != AK_OK || gs.n_running > 0 || gs.n_pending_drops > 0) return;
+  if (g->job_st != AK_OK) {
+    co_svc_group_failed(s, g, g->job_err.msg);
+    return;
   }
-  g->last_canary_us = now_us;
-  ak_err_t err;
-  ak_err_clear(&err);
-  if (co_svc_canary(s, g, &err) == AK_OK) {
-    pthread_mutex_lock(&s->mu);
-    s->last_answer_us = co_svc_now_us();
-    pthread_mutex_unlock(&s->mu);
-    for (int32_t k = 0; k < g->n_ranks; k++) co_svc_metric_rank_add(s, &g->ranks[k], s->mid.canaries, 1.0);
-    g->serving = 1;
-    char why[96];
-    snprintf(why, sizeof why, "the canary of group %d answered", g->idx);
-    co_svc_health_refresh(s, why);
-  } else
-    co_svc_group_failed(s, g, err.msg);
+  pthread_mutex_lock(&s->mu);
+  s->last_answer_us = co_svc_now_us();
+  pthread_mutex_unlock(&s->mu);
+  for (int32_t k = 0; k < g->n_ranks; k++) co_svc_metric_rank_add(s, &g->ranks[k], s->mid.canaries, 1.0);
+  g->serving = 1;
+  char why[96];
+  snprintf(why, sizeof why, "the canary of group %d answered", g->idx);
+  co_svc_health_refresh(s, why);
 }
 
-void co_svc_health_tick(co_service_t *s, int64_t now_us) {
-  for (int32_t g = 0; g < s->n_groups; g++) co_svc_health_tick_group(s, &s->groups[g], now_us);
-}
-
-/* --- the staleness watchdog (its own thread: the scheduler thread may be stuck in a
- * Step, which is the case it exists for) --- */
+/* --- the staleness watchdog (its own thread: every group's Step may hang, which is
+ * the case it exists for) --- */
 
 void *co_svc_health_watchdog(void *arg) {
   co_service_t *s = arg;

@@ -59,14 +59,14 @@ typedef struct {
   int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps, canaries, watchers;
 } co_svc_metric_ids_t;
 
-/* One rank of a group: its channel and, past the first rank of the service's fan-out,
- * a caller thread that makes one blocking unary call per job (co_service_ranks.c). */
+/* One rank of a group: its channel and, past the group's first rank, a caller thread
+ * that makes one blocking unary call per job (co_service_ranks.c). */
 typedef struct co_svc_rank {
   char addr[256];
   ak_rpc_client_t *client;       /* replaced by a revive (no call in progress then) */
   pthread_t thread;
   int thread_started;
-  /* the job (under the service's fan_mu) */
+  /* the job (under its group's mu) */
   int has_job, quit;
   const char *method;
   const ProtobufCMessage *req;
@@ -78,12 +78,25 @@ typedef struct co_svc_rank {
   ProtobufCMessage *resp;        /* pb_msg_free; NULL on failure */
 } co_svc_rank_t;
 
-/* One data-parallel group. Scheduler thread only (create before it starts). */
-typedef struct {
+/* What a group's thread is doing (co_svc_group_t.job). */
+typedef enum {
+  CO_SVC_JOB_NONE = 0,
+  CO_SVC_JOB_STEP,    /* the Step in g->q to every rank */
+  CO_SVC_JOB_CANARY,  /* the one-token canary, then its Release */
+  CO_SVC_JOB_REVIVE,  /* fresh channels, probe, Release all, Info, Warmup */
+  CO_SVC_JOB_RELEASE, /* Release of g->rel_ids (drops without a batch) */
+} co_svc_job_t;
+
+/* One data-parallel group. Owned by the scheduler thread (create before it starts)
+ * except while a job is posted (`busy`): then the group's thread owns the fields below
+ * marked "job" (and the ranks' channels and answers) until it reports the job done
+ * under the service's mu. So a group that hangs holds only itself. */
+typedef struct co_svc_group {
+  struct co_service *svc;
   int32_t idx;
   co_svc_rank_t *ranks;          /* [n_ranks], rank 0 answers */
   int32_t n_ranks;
-  uint64_t step_id;              /* the group's last step_id (every rank gets the same) */
+  uint64_t step_id;              /* job: the group's last step_id (every rank gets the same) */
   int dead;
   int serving;                   /* warmed up and its last canary answered */
   int64_t last_canary_us;        /* last canary attempt (0: due now) */
@@ -93,14 +106,33 @@ typedef struct {
                                   * over half a period (a host that does not answer) */
   int canary_reserved;           /* a sequence slot and canary_pages kept out of co_sched */
   int64_t canary_pages;
-  int32_t max_seqs;              /* slots left to co_sched at the last Warmup (min over ranks) */
-  int32_t batch_tokens;          /* max_batch_tokens at the last Warmup (min over ranks) */
-  int32_t worker_max_seqs;       /* the ranks' max_seqs at the last Warmup (min) */
+  int32_t max_seqs;              /* job: slots left to co_sched at the last Warmup (min over ranks) */
+  int32_t batch_tokens;          /* job: max_batch_tokens at the last Warmup (min over ranks) */
+  int32_t worker_max_seqs;       /* job: the ranks' max_seqs at the last Warmup (min) */
   /* a Step in flight (co_service_loop.c) */
   co_sched_plan_t plan;
   int in_step;
-  Arkvale__V1__StepRequest q;
-  void *bufs[6];                 /* the request's arrays, freed after the answer */
+  Arkvale__V1__StepRequest q;    /* job */
+  void *bufs[8];                 /* the request's arrays (token ids and sampling copied: a
+                                  * request may end while its Step is out), freed after */
+  uint64_t *rel_ids;             /* job: a RELEASE's ids [n_rel] */
+  size_t n_rel;
+  /* the group's thread and the fan-out to its ranks (co_service_ranks.c) */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;             /* a job posted (to the group's or a rank's thread), or done */
+  int mu_init;
+  int32_t fan_pending;           /* (mu) rank jobs posted and not done */
+  co_svc_job_t job;              /* (mu) the job posted to the group's thread */
+  int quit;                      /* (mu) the threads end */
+  pthread_t thread;
+  int thread_started;
+  ak_status_t job_st;            /* job: the outcome, read once done */
+  ak_err_t job_err;
+  int64_t job_cap_pages;         /* job: a REVIVE's capacity left to co_sched */
+  int job_done;                  /* (the service's mu) set by the group's thread */
+  /* scheduler thread only */
+  co_svc_job_t busy;             /* the job posted and not yet collected */
+  int64_t job_start_us;
 } co_svc_group_t;
 
 struct co_service {
@@ -108,10 +140,6 @@ struct co_service {
   char worker_addr[256], listen_addr[256];
   co_svc_group_t *groups;        /* [n_groups] */
   int32_t n_groups;
-  /* the fan-out of calls to ranks (co_service_ranks.c) */
-  pthread_mutex_t fan_mu;
-  pthread_cond_t fan_cv;         /* a job posted, or one done */
-  int32_t fan_pending;           /* posted jobs not done yet */
   co_tokenizer_t *tok;
   ak_rpc_server_t *srv;           /* CQ threads and create/destroy only: destroy frees it
                                   * while the scheduler thread still runs */
@@ -125,7 +153,7 @@ struct co_service {
   int32_t max_new_limit;
   /* the inbox and the live list */
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  pthread_cond_t cv;             /* the inbox, a group's job done, or stopping */
   co_svc_req_t *inbox_head, *inbox_tail;
   co_svc_req_t *live;
   int64_t next_id;
@@ -146,7 +174,8 @@ struct co_service {
   int watchdog_started;
   /* scheduler thread only */
   co_svc_req_t *running;
-  uint64_t n_canaries;
+  int loop_stopping;             /* the loop has seen stopping: no canary or revive is posted */
+  atomic_uint_fast64_t n_canaries; /* canary seq_ids (the groups' threads) */
   /* metrics: thread-safe registry; the ids are written once at create */
   co_metrics_t *metrics;
   int own_metrics;
@@ -162,17 +191,22 @@ void *co_svc_loop(void *arg);
 void co_svc_req_end(co_service_t *s, co_svc_req_t *r, ak_status_t st, const char *msg);
 
 /* --- ranks and their calls (co_service_ranks.c) --- */
-/* Channels and caller threads of every rank of every group (s->groups filled with
- * addresses). On failure nothing is left running. */
+/* Channels of every rank of every group (s->groups filled with addresses), a caller
+ * thread per rank past each group's first, and a thread per group that runs the jobs
+ * the scheduler posts (co_svc_group_main). On failure nothing is left running. */
 ak_status_t co_svc_ranks_start(co_service_t *s, ak_err_t *err);
-/* Stops the caller threads, closes the channels. No call in progress. */
+/* Stops every thread, closes the channels. No job in progress. */
 void co_svc_ranks_stop(co_service_t *s);
-/* Sends reqs[i] to `method` on every rank of gs[i] (i < n) at once (the scheduler
- * thread makes one of the calls itself) and waits for all, each call up to
- * deadline_ms: each rank's st, err and resp are set. Any thread that owns the groups
- * (create, then the scheduler thread). */
-void co_svc_fan_call(co_service_t *s, co_svc_group_t *const *gs, int32_t n, const char *method,
-                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc, int64_t deadline_ms);
+/* Sends req to `method` on every rank of g at once (the calling thread makes rank 0's
+ * call itself) and waits for all, each up to deadline_ms: each rank's st, err and resp
+ * are set. The thread that owns g's calls (create's, then g's own thread). */
+void co_svc_fan_call(co_service_t *s, co_svc_group_t *g, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, int64_t deadline_ms);
+/* Posts `job` to g's thread (g not busy). Scheduler thread. */
+void co_svc_job_post(co_service_t *s, co_svc_group_t *g, co_svc_job_t job);
+/* A group's thread: runs each posted job, then sets job_done under s->mu and signals
+ * s->cv (co_service_loop.c). */
+void *co_svc_group_main(void *arg);
 /* The first failed rank of g as a status with its message (naming the rank), or AK_OK. */
 ak_status_t co_svc_group_status(const co_svc_group_t *g, ak_err_t *err);
 /* Frees every rank's response of g. */
@@ -195,7 +229,7 @@ ak_status_t co_svc_worker_probe(co_service_t *s, co_svc_group_t *g, ak_err_t *er
 ak_status_t co_svc_worker_release(co_service_t *s, co_svc_group_t *g, const uint64_t *ids, size_t n, int all,
                                   ak_err_t *err);
 /* A rank of g failed (a Step, the canary): g's running requests end UNAVAILABLE, g is
- * dead, the service NOT_SERVING when no group is left. Scheduler thread. */
+ * dead, the service NOT_SERVING when no group is left. Scheduler thread, g not busy. */
 void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why);
 /* SERVING when some group is (publishes a change). Scheduler thread. */
 void co_svc_health_refresh(co_service_t *s, const char *why);
@@ -212,9 +246,16 @@ void co_svc_health_sweep(co_service_t *s);
 /* At destroy, before the server stops: NOT_SERVING to every Watch, then ends them.
  * Call with s->mu held and s->stopping set. */
 void co_svc_health_shutdown_locked(co_service_t *s);
-/* Scheduler thread, between steps, for every group: the canary when it is due; a dead
- * group's revive when its period has passed. */
-void co_svc_health_tick(co_service_t *s, int64_t now_us);
+/* Scheduler thread, g not busy: the health job due for g now (a dead group's REVIVE
+ * when its wait has passed; a live one's CANARY every period), else CO_SVC_JOB_NONE. */
+co_svc_job_t co_svc_health_due(co_service_t *s, co_svc_group_t *g, int64_t now_us);
+/* Scheduler thread: what a CANARY or REVIVE job of g ended with (SERVING, dead, back,
+ * the revive's back-off). */
+void co_svc_health_job_done(co_service_t *s, co_svc_group_t *g, co_svc_job_t job);
+/* The jobs' bodies, on g's thread: the canary (Step, then Release); the revive
+ * (channels, probe, Release all, Info, Warmup): capacity left to co_sched in *cap_pages_p. */
+ak_status_t co_svc_canary_run(co_service_t *s, co_svc_group_t *g, ak_err_t *err);
+ak_status_t co_svc_revive_run(co_service_t *s, co_svc_group_t *g, ak_err_t *err, int64_t *cap_pages_p);
 /* The watchdog thread's body: every canary period, NOT_SERVING when the worker's last
  * good Step answer (a canary's or a batch's: with one slot a busy group runs no
  * canary) is older than s->stale_us. Ends when s->stopping is set (watchdog_cv). */

@@ -1,7 +1,14 @@
-/* co_service_loop.c: the scheduler thread of co_service (co_service.h, "Threads").
- * It owns co_sched and every request once it left the inbox. Each turn plans every
- * live group, sends their Steps to all their ranks at once (co_svc_fan_call) and
- * answers each group from its rank 0; the loop blocks on the workers and nothing else. */
+/* co_service_loop.c: the scheduler thread of co_service (co_service.h, "Threads"),
+ * and the jobs it posts to each group's thread.
+ * The scheduler thread owns co_sched and every request once it left the inbox; it
+ * never calls a worker itself. Each group steps on its own: when its job is done the
+ * loop answers it and posts its next job at once, so a slow or hung group holds no
+ * other. A Step's answer is applied in two passes: what the next plan needs (the
+ * sampled token, EOS, max_new_tokens) first, then the group's next Step is sent, and
+ * only then are the tokens detokenized, checked for stop strings and streamed, while
+ * the workers compute. A stop string found then ends the stream at once; the
+ * sequence is already in the Step just sent: co_sched_abort drops it in the one after,
+ * and the token it gets meanwhile is discarded, never streamed. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +19,7 @@
 #include "co_service_internal.h"
 #include "pb_buf.h"
 
-#define CO_SVC_IDLE_WAIT_MS 20 /* poll for cancellation while nothing runs */
+#define CO_SVC_IDLE_WAIT_MS 20 /* poll for cancellation, canaries and revives between events */
 
 static co_svc_req_t *co_svc_find(co_service_t *s, int64_t id) {
   for (co_svc_req_t *r = s->running; r; r = r->next)
@@ -129,13 +136,21 @@ static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *
   return why;
 }
 
-/* Takes the inbox (under mu) into co_sched; refused requests end at once. Returns
- * whether the service is stopping. */
-static int co_svc_take_inbox(co_service_t *s, int wait_ms) {
+/* Waits (at most wait_ms) for an event: a request in the inbox, a group's job done,
+ * shutdown (with jobs out, for them); then takes the inbox into co_sched (refused
+ * requests end at once) and each group's job_done flag into done[g]. Returns whether
+ * the service is stopping. */
+static int co_svc_take_inbox(co_service_t *s, int wait_ms, int n_busy, int32_t *done) {
   pthread_mutex_lock(&s->mu);
-  if (!s->inbox_head && !s->stopping && wait_ms > 0) {
+  int any_done = 0;
+  for (int32_t g = 0; g < s->n_groups; g++) any_done |= s->groups[g].job_done;
+  if (!s->inbox_head && !any_done && (!s->stopping || n_busy > 0) && wait_ms > 0) {
     struct timespec ts = ak_time_realtime_after_ms(wait_ms);
     pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+  }
+  for (int32_t g = 0; g < s->n_groups && done; g++) {
+    done[g] = s->groups[g].job_done;
+    s->groups[g].job_done = 0;
   }
   co_svc_req_t *in = s->inbox_head;
   s->inbox_head = s->inbox_tail = NULL;
@@ -179,21 +194,6 @@ static void co_svc_reap_cancelled(co_service_t *s, int stopping) {
   }
 }
 
-static void co_svc_release(co_service_t *s, co_svc_group_t *g, const int64_t *ids, int32_t n) {
-  uint64_t *u = malloc((size_t)(n > 0 ? n : 1) * sizeof *u);
-  ak_err_t err;
-  if (!u) {
-    ak_log_write(AK_LOG_WARN, __func__, "worker group %d (%s): out of memory releasing %d sequences", g->idx,
-                 g->ranks[0].addr, n);
-    return;
-  }
-  for (int32_t i = 0; i < n; i++) u[i] = (uint64_t)ids[i];
-  /* A worker that cannot be reached fails the next Step or canary: the group dies then. */
-  if (co_svc_worker_release(s, g, u, (size_t)n, 0, &err) != AK_OK)
-    ak_log_write(AK_LOG_WARN, __func__, "%s", err.msg);
-  free(u);
-}
-
 void co_svc_health_refresh(co_service_t *s, const char *why) {
   int any = 0;
   for (int32_t g = 0; g < s->n_groups; g++) any |= !s->groups[g].dead && s->groups[g].serving;
@@ -233,8 +233,9 @@ void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why) {
   co_svc_health_refresh(s, msg);
 }
 
-/* Builds g's Step request for `plan` into g->q (its arrays in g->bufs). Returns 0 when
- * the group failed instead. */
+/* Builds g's Step request for `plan` into g->q (its arrays in g->bufs: the token ids
+ * and sampling parameters are copies, the group's thread packs them while this thread
+ * may end their requests). Returns 0 when the group failed instead. */
 static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
   const co_sched_plan_t *plan = &g->plan;
   int32_t n = plan->n_items;
@@ -246,10 +247,12 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
   Arkvale__V1__ContinuingSequence **csp = calloc((size_t)n, sizeof *csp);
   uint64_t *drops = calloc((size_t)plan->n_drops + 1, sizeof *drops);
   co_sched_result_t *res = calloc((size_t)n, sizeof *res);
-  void *bufs[6] = {nsv, csv, nsp, csp, drops, res};
+  int32_t *toks_all = calloc((size_t)plan->n_tokens + 1, sizeof *toks_all); /* [plan n_tokens] */
+  Arkvale__V1__SamplingParams *sps = calloc((size_t)n, sizeof *sps);
+  void *bufs[8] = {nsv, csv, nsp, csp, drops, res, toks_all, sps};
   memcpy(g->bufs, bufs, sizeof bufs);
   g->in_step = 1;
-  if (!nsv || !csv || !nsp || !csp || !drops || !res) {
+  if (!nsv || !csv || !nsp || !csp || !drops || !res || !toks_all || !sps) {
     co_svc_group_failed(s, g, "out of memory building a step");
     return 0;
   }
@@ -257,6 +260,7 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
   q->has_step_id = 1, q->step_id = ++g->step_id;
   q->n_drop_seq_ids = (size_t)plan->n_drops, q->drop_seq_ids = drops;
   q->new_seqs = nsp, q->continuing_seqs = csp;
+  int64_t n_toks = 0;
   for (int32_t i = 0; i < n; i++) {
     const co_sched_item_t *it = &plan->items[i];
     co_svc_req_t *r = co_svc_find(s, it->id);
@@ -264,13 +268,15 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
       co_svc_group_failed(s, g, "a planned sequence has no request");
       return 0;
     }
-    int32_t *toks = it->is_prefill ? r->prompt + it->pos0 : &r->last_token;
+    int32_t *toks = toks_all + n_toks;
+    memcpy(toks, it->is_prefill ? r->prompt + it->pos0 : &r->last_token, (size_t)it->n_tokens * sizeof *toks);
+    n_toks += it->n_tokens;
     if (it->is_prefill) co_svc_metric_add(s, s->mid.prompt_tokens, (double)it->n_tokens);
     if (it->is_new) {
       Arkvale__V1__NewSequence *ns = &nsv[q->n_new_seqs];
       arkvale__v1__new_sequence__init(ns);
       ns->has_seq_id = 1, ns->seq_id = (uint64_t)r->id;
-      if (r->has_sampling) ns->sampling = &r->sampling;
+      if (r->has_sampling) sps[i] = r->sampling, ns->sampling = &sps[i];
       ns->n_token_ids = (size_t)it->n_tokens, ns->token_ids = toks;
       ns->has_sample = 1, ns->sample = it->samples;
       ns->has_return_logprob = 1, ns->return_logprob = r->return_logprobs;
@@ -291,7 +297,19 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
   return 1;
 }
 
-/* Answers g's Step from rank 0's response (every rank answered OK). */
+/* One sampled token of a Step's answer, kept for the streaming pass. */
+typedef struct {
+  int64_t id;
+  int32_t tok;
+  int has_lp;
+  float lp;
+  int finished; /* co_sched ended it with this step (EOS, max_new_tokens) */
+} co_svc_sample_t;
+
+static void co_svc_group_kick(co_service_t *s, co_svc_group_t *g);
+
+/* Answers g's Step from rank 0's response: first what the next plan needs, then g's
+ * next job goes out, then the tokens are streamed (see the top of this file). */
 static void co_svc_step_answer(co_service_t *s, co_svc_group_t *g) {
   const co_sched_plan_t *plan = &g->plan;
   int32_t n = plan->n_items;
@@ -311,85 +329,179 @@ static void co_svc_step_answer(co_service_t *s, co_svc_group_t *g) {
     co_svc_metric_kv(s, &g->ranks[k], ((const Arkvale__V1__StepResponse *)g->ranks[k].resp)->kv);
     co_svc_metric_rank_add(s, &g->ranks[k], s->mid.steps, 1.0);
   }
-  /* Apply every sample, deciding who finishes; then step_done; then end them. */
-  Arkvale__V1__FinishReason *why = calloc((size_t)n, sizeof *why);
-  const char **stops = calloc((size_t)n, sizeof *stops);
-  if (!why || !stops) {
-    free(why), free(stops), co_svc_group_free_resps(g);
+  co_svc_sample_t *smp = calloc((size_t)n + 1, sizeof *smp);
+  if (!smp) {
+    co_svc_group_free_resps(g);
     co_svc_group_failed(s, g, "out of memory answering a step");
     return;
   }
+  int32_t n_smp = 0;
   for (int32_t i = 0; i < n; i++) {
     const co_sched_item_t *it = &plan->items[i];
+    res[i].id = it->id;
     if (!it->samples) continue;
     const Arkvale__V1__SampledToken *tk = NULL;
     for (size_t k = 0; k < sr->n_samples; k++)
       if (sr->samples[k]->seq_id == (uint64_t)it->id) tk = sr->samples[k];
     if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab) {
-      free(why), free(stops), co_svc_group_free_resps(g);
+      free(smp), co_svc_group_free_resps(g);
       co_svc_group_failed(s, g, "the Step response lacks a sample or has a bad token id");
       return;
     }
-    co_svc_req_t *r = co_svc_find(s, it->id);
-    why[i] = co_svc_on_token(s, r, tk->token_id, tk->has_logprob, tk->logprob, &stops[i]);
     res[i].n_sampled_tokens = 1;
-    res[i].finished = why[i] != ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+    /* Ended since the plan (cancelled, a stop string): co_sched dropped it already and
+     * ignores this result; its token is discarded. */
+    co_svc_req_t *r = co_svc_find(s, it->id);
+    if (!r) continue;
+    r->last_token = tk->token_id; /* what the next Step feeds */
+    int eos = !r->ignore_eos && co_tokenizer_is_eog(s->tok, tk->token_id);
+    res[i].finished = eos || r->n_generated + 1 >= r->max_new;
+    smp[n_smp++] = (co_svc_sample_t){it->id, tk->token_id, tk->has_logprob, tk->logprob, res[i].finished};
   }
   co_svc_group_free_resps(g);
   ak_status_t st = co_sched_step_done(s->sched, g->idx, res, n, NULL, NULL);
-  if (st != AK_OK) co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
-  else
-    for (int32_t i = 0; i < n; i++)
-      if (why[i] != ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) {
-        co_svc_req_t *r = co_svc_find(s, plan->items[i].id);
-        if (r) co_svc_finish(s, r, why[i], stops[i]);
-      }
-  free(why);
-  free(stops);
   co_svc_step_free(g);
+  if (st != AK_OK) {
+    free(smp);
+    co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
+    return;
+  }
+  /* The workers start on the next Step while this thread streams. */
+  co_svc_group_kick(s, g);
+  for (int32_t i = 0; i < n_smp; i++) {
+    co_svc_req_t *r = co_svc_find(s, smp[i].id);
+    if (!r) continue;
+    const char *stop = NULL;
+    Arkvale__V1__FinishReason why = co_svc_on_token(s, r, smp[i].tok, smp[i].has_lp, smp[i].lp, &stop);
+    if (why == ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) continue;
+    /* A stop string (nothing else is seen only now): the sequence is in the Step just
+     * sent; co_sched drops it from the next and ignores that Step's token for it. */
+    if (!smp[i].finished) co_sched_abort(s->sched, r->id);
+    co_svc_finish(s, r, why, stop);
+  }
+  free(smp);
+}
+
+/* A group's job has ended (its thread set job_done): apply it. */
+static void co_svc_job_done(co_service_t *s, co_svc_group_t *g) {
+  co_svc_job_t job = g->busy;
+  g->busy = CO_SVC_JOB_NONE;
+  switch (job) {
+  case CO_SVC_JOB_STEP:
+    co_svc_step_answer(s, g);
+    break;
+  case CO_SVC_JOB_CANARY:
+  case CO_SVC_JOB_REVIVE:
+    co_svc_health_job_done(s, g, job);
+    break;
+  case CO_SVC_JOB_RELEASE:
+    /* A worker that cannot be reached fails the next Step or canary: the group dies then. */
+    if (g->job_st != AK_OK) ak_log_write(AK_LOG_WARN, __func__, "%s", g->job_err.msg);
+    break;
+  case CO_SVC_JOB_NONE:
+    break;
+  }
+}
+
+/* Posts g's next job if it has one and is not busy: a due revive or canary, else its
+ * next Step (or the Release of drops without a batch). */
+static void co_svc_group_kick(co_service_t *s, co_svc_group_t *g) {
+  if (g->busy) return;
+  int64_t now_us = co_svc_now_us();
+  if (g->dead) {
+    if (!s->loop_stopping && co_svc_health_due(s, g, now_us) == CO_SVC_JOB_REVIVE)
+      co_svc_job_post(s, g, CO_SVC_JOB_REVIVE);
+    return;
+  }
+  if (!s->loop_stopping && co_svc_health_due(s, g, now_us) == CO_SVC_JOB_CANARY) {
+    co_svc_job_post(s, g, CO_SVC_JOB_CANARY);
+    return;
+  }
+  ak_status_t st = co_sched_plan_step(s->sched, g->idx, now_us, &g->plan);
+  if (st != AK_OK) {
+    co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
+    return;
+  }
+  if (g->plan.n_items > 0) {
+    if (co_svc_step_build(s, g)) co_svc_job_post(s, g, CO_SVC_JOB_STEP);
+  } else if (g->plan.n_drops > 0) {
+    uint64_t *ids = realloc(g->rel_ids, (size_t)g->plan.n_drops * sizeof *ids);
+    if (!ids) {
+      ak_log_write(AK_LOG_WARN, __func__, "worker group %d (%s): out of memory releasing %d sequences", g->idx,
+                   g->ranks[0].addr, g->plan.n_drops);
+      return;
+    }
+    for (int32_t i = 0; i < g->plan.n_drops; i++) ids[i] = (uint64_t)g->plan.drops[i];
+    g->rel_ids = ids, g->n_rel = (size_t)g->plan.n_drops;
+    co_svc_job_post(s, g, CO_SVC_JOB_RELEASE);
+  }
+}
+
+void *co_svc_group_main(void *arg) {
+  co_svc_group_t *g = arg;
+  co_service_t *s = g->svc;
+  pthread_mutex_lock(&g->mu);
+  for (;;) {
+    while (g->job == CO_SVC_JOB_NONE && !g->quit) pthread_cond_wait(&g->cv, &g->mu);
+    if (g->quit) break;
+    co_svc_job_t job = g->job;
+    pthread_mutex_unlock(&g->mu);
+    ak_status_t st = AK_OK;
+    switch (job) {
+    case CO_SVC_JOB_STEP:
+      co_svc_fan_call(s, g, "/arkvale.v1.Worker/Step", &g->q.base, &arkvale__v1__step_response__descriptor,
+                      s->p.step_deadline_ms);
+      break;
+    case CO_SVC_JOB_CANARY:
+      st = co_svc_canary_run(s, g, &g->job_err);
+      break;
+    case CO_SVC_JOB_REVIVE:
+      st = co_svc_revive_run(s, g, &g->job_err, &g->job_cap_pages);
+      break;
+    case CO_SVC_JOB_RELEASE:
+      st = co_svc_worker_release(s, g, g->rel_ids, g->n_rel, 0, &g->job_err);
+      break;
+    case CO_SVC_JOB_NONE:
+      break;
+    }
+    g->job_st = st;
+    pthread_mutex_lock(&g->mu);
+    g->job = CO_SVC_JOB_NONE;
+    pthread_mutex_unlock(&g->mu);
+    pthread_mutex_lock(&s->mu);
+    g->job_done = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&g->mu);
+  }
+  pthread_mutex_unlock(&g->mu);
+  return NULL;
 }
 
 void *co_svc_loop(void *arg) {
   co_service_t *s = arg;
-  int idle = 0;
-  co_svc_group_t **stepping = calloc((size_t)s->n_groups, sizeof *stepping);
-  const ProtobufCMessage **reqs = calloc((size_t)s->n_groups, sizeof *reqs);
-  if (!stepping || !reqs) {
+  int32_t *done = calloc((size_t)s->n_groups, sizeof *done);
+  if (!done) {
     /* Nothing can run: fail every group, then serve only the refusals. */
     ak_log_write(AK_LOG_ERROR, __func__, "out of memory starting the scheduler thread");
     for (int32_t g = 0; g < s->n_groups; g++) co_svc_group_failed(s, &s->groups[g], "out of memory");
   }
   for (;;) {
-    int stopping = co_svc_take_inbox(s, idle ? CO_SVC_IDLE_WAIT_MS : 0);
+    int n_busy = 0;
+    for (int32_t g = 0; g < s->n_groups; g++) n_busy += s->groups[g].busy != CO_SVC_JOB_NONE;
+    int stopping = co_svc_take_inbox(s, CO_SVC_IDLE_WAIT_MS, n_busy, done);
+    s->loop_stopping = stopping;
     co_svc_reap_cancelled(s, stopping);
     co_svc_health_sweep(s);
-    if (!stopping && stepping) co_svc_health_tick(s, co_svc_now_us());
-    int32_t n_stepping = 0;
-    for (int32_t gi = 0; gi < s->n_groups && stepping; gi++) {
-      co_svc_group_t *g = &s->groups[gi];
-      if (g->dead) continue;
-      ak_status_t st = co_sched_plan_step(s->sched, gi, co_svc_now_us(), &g->plan);
-      if (st != AK_OK) {
-        co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
-        continue;
-      }
-      if (g->plan.n_items > 0) {
-        if (co_svc_step_build(s, g)) stepping[n_stepping] = g, reqs[n_stepping++] = &g->q.base;
-      } else if (g->plan.n_drops > 0)
-        co_svc_release(s, g, g->plan.drops, g->plan.n_drops);
-    }
+    for (int32_t g = 0; g < s->n_groups && done; g++)
+      if (done[g]) done[g] = 0, co_svc_job_done(s, &s->groups[g]);
+    for (int32_t g = 0; g < s->n_groups && done; g++) co_svc_group_kick(s, &s->groups[g]);
     co_svc_metric_sched(s); /* after admission */
-    if (n_stepping > 0) {
-      co_svc_fan_call(s, stepping, n_stepping, "/arkvale.v1.Worker/Step", reqs,
-                      &arkvale__v1__step_response__descriptor, s->p.step_deadline_ms);
-      for (int32_t i = 0; i < n_stepping; i++) co_svc_step_answer(s, stepping[i]);
-      idle = 0;
-      continue;
-    }
-    if (stopping) break;
-    idle = 1;
+    n_busy = 0;
+    for (int32_t g = 0; g < s->n_groups; g++) n_busy += s->groups[g].busy != CO_SVC_JOB_NONE;
+    /* At shutdown, the jobs out (a Step up to its deadline) end before the threads do. */
+    if (stopping && n_busy == 0) break;
   }
-  free(stepping);
-  free(reqs);
+  free(done);
   return NULL;
 }

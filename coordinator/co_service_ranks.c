@@ -1,9 +1,11 @@
 /* co_service_ranks.c: the channels to the ranks of every worker group of co_service,
- * and the fan-out that sends one call to many ranks at once (co_service.h, "Groups and
- * ranks"). Every rank has a blocking channel (ak_rpc_client) and a caller thread that
- * waits for a job under s->fan_mu; co_svc_fan_call posts a job to every rank but one,
- * makes that one call itself on the calling thread (so one group of one rank costs
- * what a direct call does), then waits until every posted job is done.
+ * the threads that call them, and the fan-out that sends one call to every rank of a
+ * group at once (co_service.h, "Groups and ranks"). Every rank has a blocking channel
+ * (ak_rpc_client). Every group has a thread that runs the jobs the scheduler thread
+ * posts (a Step, a canary, a revive, a Release: co_svc_group_main), so a group that
+ * hangs holds only itself; each rank past a group's first has a caller thread that
+ * waits for a call under the group's mu. co_svc_fan_call posts the call to those,
+ * makes rank 0's itself on the calling thread, then waits for the rest.
  * Not for: what the calls mean (co_service.c, co_service_loop.c, co_service_health.c). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,14 +16,14 @@
 
 typedef struct {
   co_service_t *s;
+  co_svc_group_t *g;
   co_svc_rank_t *r;
 } co_svc_caller_arg_t;
 
-static void co_svc_rank_run(co_service_t *s, co_svc_rank_t *r) {
+static void co_svc_rank_run(co_svc_rank_t *r) {
   ak_err_t e;
   ak_err_clear(&e);
   r->resp = NULL;
-  (void)s;
   r->st = ak_rpc_client_unary(r->client, r->method, r->req, r->desc, CO_SVC_MAX_MSG_BYTES, r->deadline_ms, &e, NULL,
                               &r->resp);
   ak_err_clear(&r->err);
@@ -34,36 +36,44 @@ static void co_svc_rank_run(co_service_t *s, co_svc_rank_t *r) {
 static void *co_svc_caller(void *arg) {
   co_svc_caller_arg_t a = *(co_svc_caller_arg_t *)arg;
   free(arg);
-  co_service_t *s = a.s;
+  co_svc_group_t *g = a.g;
   co_svc_rank_t *r = a.r;
-  pthread_mutex_lock(&s->fan_mu);
+  pthread_mutex_lock(&g->mu);
   for (;;) {
-    while (!r->has_job && !r->quit) pthread_cond_wait(&s->fan_cv, &s->fan_mu);
+    while (!r->has_job && !r->quit) pthread_cond_wait(&g->cv, &g->mu);
     if (r->quit) break;
-    pthread_mutex_unlock(&s->fan_mu);
-    co_svc_rank_run(s, r);
-    pthread_mutex_lock(&s->fan_mu);
+    pthread_mutex_unlock(&g->mu);
+    co_svc_rank_run(r);
+    pthread_mutex_lock(&g->mu);
     r->has_job = 0;
-    s->fan_pending--;
-    pthread_cond_broadcast(&s->fan_cv);
+    g->fan_pending--;
+    pthread_cond_broadcast(&g->cv);
   }
-  pthread_mutex_unlock(&s->fan_mu);
+  pthread_mutex_unlock(&g->mu);
   return NULL;
 }
 
 ak_status_t co_svc_ranks_start(co_service_t *s, ak_err_t *err) {
-  for (int32_t g = 0; g < s->n_groups; g++)
-    for (int32_t k = 0; k < s->groups[g].n_ranks; k++) {
-      co_svc_rank_t *r = &s->groups[g].ranks[k];
+  for (int32_t gi = 0; gi < s->n_groups; gi++) {
+    co_svc_group_t *g = &s->groups[gi];
+    g->svc = s;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->mu_init = 1;
+  }
+  for (int32_t gi = 0; gi < s->n_groups; gi++) {
+    co_svc_group_t *g = &s->groups[gi];
+    for (int32_t k = 0; k < g->n_ranks; k++) {
+      co_svc_rank_t *r = &g->ranks[k];
       ak_status_t st = ak_rpc_client_create(r->addr, err, &r->client);
       if (st != AK_OK) {
         co_svc_ranks_stop(s);
         return st;
       }
-      /* The first rank of all is always called from the scheduler thread itself. */
-      if (g == 0 && k == 0) continue;
+      /* Rank 0 is called by whoever runs the group's calls: create, then its thread. */
+      if (k == 0) continue;
       co_svc_caller_arg_t *a = malloc(sizeof *a);
-      if (a) a->s = s, a->r = r;
+      if (a) a->s = s, a->g = g, a->r = r;
       if (!a || pthread_create(&r->thread, NULL, co_svc_caller, a) != 0) {
         free(a);
         co_svc_ranks_stop(s);
@@ -72,18 +82,31 @@ ak_status_t co_svc_ranks_start(co_service_t *s, ak_err_t *err) {
       }
       r->thread_started = 1;
     }
+    if (pthread_create(&g->thread, NULL, co_svc_group_main, g) != 0) {
+      co_svc_ranks_stop(s);
+      return ak_err_set(err, AK_ERR_INTERNAL, "co_service_create: cannot start the thread of worker group %d", gi);
+    }
+    g->thread_started = 1;
+  }
   return AK_OK;
 }
 
 void co_svc_ranks_stop(co_service_t *s) {
-  pthread_mutex_lock(&s->fan_mu);
-  for (int32_t g = 0; g < s->n_groups; g++)
-    for (int32_t k = 0; k < s->groups[g].n_ranks; k++) s->groups[g].ranks[k].quit = 1;
-  pthread_cond_broadcast(&s->fan_cv);
-  pthread_mutex_unlock(&s->fan_mu);
-  for (int32_t g = 0; g < s->n_groups; g++)
-    for (int32_t k = 0; k < s->groups[g].n_ranks; k++) {
-      co_svc_rank_t *r = &s->groups[g].ranks[k];
+  for (int32_t gi = 0; gi < s->n_groups; gi++) {
+    co_svc_group_t *g = &s->groups[gi];
+    if (!g->mu_init) continue;
+    pthread_mutex_lock(&g->mu);
+    g->quit = 1;
+    for (int32_t k = 0; k < g->n_ranks; k++) g->ranks[k].quit = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+  }
+  for (int32_t gi = 0; gi < s->n_groups; gi++) {
+    co_svc_group_t *g = &s->groups[gi];
+    if (g->thread_started) pthread_join(g->thread, NULL);
+    g->thread_started = 0;
+    for (int32_t k = 0; k < g->n_ranks; k++) {
+      co_svc_rank_t *r = &g->ranks[k];
       if (r->thread_started) pthread_join(r->thread, NULL);
       r->thread_started = 0;
       ak_rpc_client_destroy(r->client);
@@ -91,36 +114,47 @@ void co_svc_ranks_stop(co_service_t *s) {
       pb_msg_free(r->resp);
       r->resp = NULL;
     }
+    free(g->rel_ids);
+    g->rel_ids = NULL;
+    if (g->mu_init) {
+      pthread_cond_destroy(&g->cv);
+      pthread_mutex_destroy(&g->mu);
+      g->mu_init = 0;
+    }
+  }
 }
 
-void co_svc_fan_call(co_service_t *s, co_svc_group_t *const *gs, int32_t n, const char *method,
-                     const ProtobufCMessage *const *reqs, const ProtobufCMessageDescriptor *desc, int64_t deadline_ms) {
-  co_svc_rank_t *mine = NULL; /* the call this thread makes: a rank without a thread, else the last */
-  pthread_mutex_lock(&s->fan_mu);
-  for (int32_t i = 0; i < n; i++)
-    for (int32_t k = 0; k < gs[i]->n_ranks; k++) {
-      co_svc_rank_t *r = &gs[i]->ranks[k];
-      r->method = method, r->req = reqs[i], r->desc = desc, r->deadline_ms = deadline_ms;
-      r->st = AK_OK, r->resp = NULL;
-      if (!r->thread_started) mine = r;
-    }
-  for (int32_t i = 0; i < n; i++)
-    for (int32_t k = 0; k < gs[i]->n_ranks; k++) {
-      co_svc_rank_t *r = &gs[i]->ranks[k];
-      if (r == mine || !r->thread_started) continue;
-      if (!mine) {
-        mine = r;
-        continue;
-      }
+void co_svc_fan_call(co_service_t *s, co_svc_group_t *g, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, int64_t deadline_ms) {
+  (void)s;
+  pthread_mutex_lock(&g->mu);
+  for (int32_t k = 0; k < g->n_ranks; k++) {
+    co_svc_rank_t *r = &g->ranks[k];
+    r->method = method, r->req = req, r->desc = desc, r->deadline_ms = deadline_ms;
+    r->st = AK_OK, r->resp = NULL;
+    if (k > 0) {
       r->has_job = 1;
-      s->fan_pending++;
+      g->fan_pending++;
     }
-  pthread_cond_broadcast(&s->fan_cv);
-  pthread_mutex_unlock(&s->fan_mu);
-  if (mine) co_svc_rank_run(s, mine);
-  pthread_mutex_lock(&s->fan_mu);
-  while (s->fan_pending > 0) pthread_cond_wait(&s->fan_cv, &s->fan_mu);
-  pthread_mutex_unlock(&s->fan_mu);
+  }
+  if (g->fan_pending > 0) pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+  co_svc_rank_run(&g->ranks[0]);
+  pthread_mutex_lock(&g->mu);
+  while (g->fan_pending > 0) pthread_cond_wait(&g->cv, &g->mu);
+  pthread_mutex_unlock(&g->mu);
+}
+
+void co_svc_job_post(co_service_t *s, co_svc_group_t *g, co_svc_job_t job) {
+  (void)s;
+  g->busy = job;
+  g->job_start_us = co_svc_now_us();
+  ak_err_clear(&g->job_err);
+  g->job_st = AK_OK;
+  pthread_mutex_lock(&g->mu);
+  g->job = job;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
 }
 
 ak_status_t co_svc_group_status(const co_svc_group_t *g, ak_err_t *err) {
@@ -142,7 +176,8 @@ ak_status_t co_svc_group_reconnect(co_service_t *s, co_svc_group_t *g, ak_err_t 
     co_svc_rank_t *r = &g->ranks[k];
     ak_rpc_client_t *c = NULL;
     AK_TRY(ak_rpc_client_create(r->addr, err, &c));
-    /* No job is in flight: the caller threads touch r->client only inside one. */
+    /* No call is in flight (this is g's own job): the caller threads touch r->client
+     * only inside one. */
     ak_rpc_client_destroy(r->client);
     r->client = c;
   }

@@ -126,6 +126,7 @@ class CoServiceTest : public ::testing::Test {
   bool two_ranks_ = false;       // the second worker as rank 1 of the one group instead
   wk_service_t *wk2_ = nullptr;
   std::string waddr2_;
+  std::string group2_addr_;      // with n_groups_ 2: the second group's worker is here (else wk2_)
 
   static void SlowJob(void *user) {
     std::this_thread::sleep_for(std::chrono::milliseconds(*(int *)user));
@@ -142,8 +143,8 @@ class CoServiceTest : public ::testing::Test {
     const char *ranks[2];
     co_service_group_t groups[2];
     if (n_groups_ == 2) {
-      ASSERT_NO_FATAL_FAILURE(StartWorker2(0));
-      ranks[0] = waddr_.c_str(), ranks[1] = waddr2_.c_str();
+      if (group2_addr_.empty()) ASSERT_NO_FATAL_FAILURE(StartWorker2(0));
+      ranks[0] = waddr_.c_str(), ranks[1] = group2_addr_.empty() ? waddr2_.c_str() : group2_addr_.c_str();
       groups[0] = {&ranks[0], 1}, groups[1] = {&ranks[1], 1};
       cp.groups = groups, cp.n_groups = 2;
     } else if (two_ranks_) {
@@ -495,6 +496,10 @@ TEST_F(CoServiceTest, StopStringEndsAndIsNotSent) {
   EXPECT_EQ(s.finish_reason, ARKVALE__V1__FINISH_REASON__FINISH_REASON_STOP_STRING);
   EXPECT_EQ(s.text, full.text.substr(0, at)) << "stop \"" << stop << "\" in \"" << full.text << "\"";
   EXPECT_LT(s.tokens.size(), full.tokens.size());
+  // The stop string is seen after the sequence's next Step went out (co_service_loop.c):
+  // the token that Step samples for it is discarded, never streamed nor counted.
+  EXPECT_EQ(s.tokens, std::vector<int32_t>(full.tokens.begin(), full.tokens.begin() + s.tokens.size()));
+  EXPECT_EQ(s.completion_tokens, s.tokens.size());
   EXPECT_TRUE(WorkerDrains());
 }
 
@@ -983,6 +988,29 @@ struct FakeWorker {
   ak_rpc_server_t *srv = nullptr;
   std::atomic<bool> engine_dead{false};
   std::atomic<int> n_steps{0};
+  uint64_t capacity_pages = 4 * 30 * (kMaxSeqTokens / kPageTokens);
+  // hang_steps: Step calls are kept open, never answered (a hung host), until
+  // FinishHeld; the handler returns at once, as handlers must.
+  std::atomic<bool> hang_steps{false};
+  std::mutex held_mu;
+  std::vector<ak_rpc_writer_t *> held;
+
+  size_t NumHeld() {
+    std::lock_guard<std::mutex> l(held_mu);
+    return held.size();
+  }
+  // How many of the held calls the coordinator has given up on (deadline, cancel).
+  size_t NumHeldCancelled() {
+    std::lock_guard<std::mutex> l(held_mu);
+    size_t n = 0;
+    for (auto *w : held) n += ak_rpc_writer_cancelled(w) ? 1 : 0;
+    return n;
+  }
+  void FinishHeld() {
+    std::lock_guard<std::mutex> l(held_mu);
+    for (auto *w : held) ak_rpc_writer_finish(w, AK_ERR_PEER, "the host came back");
+    held.clear();
+  }
 
   static void Info(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
     Arkvale__V1__InfoResponse r = ARKVALE__V1__INFO_RESPONSE__INIT;
@@ -997,9 +1025,9 @@ struct FakeWorker {
     ak_err_t err;
     ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
   }
-  static void Warmup(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
+  static void Warmup(void *user, const ProtobufCMessage *, ak_rpc_writer_t *w) {
     Arkvale__V1__WarmupResponse r = ARKVALE__V1__WARMUP_RESPONSE__INIT;
-    r.has_capacity_pages = 1, r.capacity_pages = 4 * 30 * (kMaxSeqTokens / kPageTokens);
+    r.has_capacity_pages = 1, r.capacity_pages = ((FakeWorker *)user)->capacity_pages;
     r.has_max_seqs = 1, r.max_seqs = (uint32_t)kMaxSeqs;
     r.has_max_batch_tokens = 1, r.max_batch_tokens = (uint32_t)kBatch;
     ak_err_t err;
@@ -1009,6 +1037,11 @@ struct FakeWorker {
     auto *f = (FakeWorker *)user;
     auto *q = (const Arkvale__V1__StepRequest *)req;
     f->n_steps++;
+    if (f->hang_steps) {
+      std::lock_guard<std::mutex> l(f->held_mu);
+      f->held.push_back(w);
+      return;
+    }
     if (f->engine_dead) {
       ak_rpc_writer_finish(w, AK_ERR_INTERNAL, "engine failed: a device error");
       return;
@@ -1058,7 +1091,10 @@ struct FakeWorker {
     for (auto &m : methods) ASSERT_EQ(ak_rpc_server_register(srv, &m, &err), AK_OK) << err.msg;
     ASSERT_EQ(ak_rpc_server_start(srv, &err), AK_OK) << err.msg;
   }
-  ~FakeWorker() { ak_rpc_server_destroy(srv); }
+  ~FakeWorker() {
+    FinishHeld();
+    ak_rpc_server_destroy(srv);
+  }
 };
 
 int CheckStatus(ak_rpc_client_t *cli) {
@@ -1248,6 +1284,65 @@ TEST_F(CoServiceGroupsTest, ARevivingGroupThatNeverAnswersDoesNotStallTheLiveOne
   EXPECT_LT(took_s, 15.0) << "the revive attempts stall the live group";
   EXPECT_EQ(HealthCheck(""), kServing);
   close(fd);
+}
+
+// Two groups: the in-process worker, and a fake one (FakeWorker) whose host can take a
+// Step and never answer.
+class CoServiceHungGroupTest : public CoServiceTest {
+ protected:
+  FakeWorker fw_;
+  CoServiceHungGroupTest() { n_groups_ = 2; }
+  void SetUp() override {
+    if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
+    // Fewer pages than the real worker: requests go to the real one while it has a
+    // slot (co_sched routes to the most free pages), so only the canary reaches this one.
+    fw_.capacity_pages = 100;
+    ASSERT_NO_FATAL_FAILURE(fw_.Start());
+    group2_addr_ = "127.0.0.1:" + std::to_string(ak_rpc_server_port(fw_.srv));
+    Start();
+  }
+  void TearDown() override {
+    fw_.FinishHeld();  // else destroy waits for the held Step's deadline
+    Stop();
+  }
+  double Canaries(const std::string &addr) {
+    return Sample(Scrape(), "arkvale_worker_canaries_total{worker=\"" + addr + "\"}");
+  }
+};
+
+// Groups are not in lock-step: the second group's host takes a Step (its canary) and
+// never answers, a hung machine rather than a dead process. While that call is still
+// open (not even past its deadline: the coordinator has not given up on it), the first
+// group streams a whole request, keeps answering its canaries, and health stays
+// SERVING. When the held call fails, only the second group dies.
+TEST_F(CoServiceHungGroupTest, AHungGroupHoldsNoOtherGroup) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  fw_.hang_steps = true;
+  for (int t = 0; t < 15000 && fw_.NumHeld() == 0; t += 10) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(fw_.NumHeld(), 1u) << "the second group's canary Step never came";
+  double canaries = Canaries(waddr_);
+  GenReq g(40);
+  g.set_ids(prompt_ids(12, 70));
+  Stream s;
+  Generate(g, &s);
+  EXPECT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.tokens.size(), 40u);
+  EXPECT_EQ(s.tokens, engine_greedy(prompt_ids(12, 70), 40));
+  for (int t = 0; t < 15000 && Canaries(waddr_) <= canaries; t += 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GT(Canaries(waddr_), canaries) << "the live group's canaries stopped";
+  EXPECT_EQ(HealthCheck(""), kServing);
+  // all of it while the hung Step was still open
+  EXPECT_EQ(fw_.NumHeld(), 1u);
+  EXPECT_EQ(fw_.NumHeldCancelled(), 0u) << "the stream waited for the hung group's Step to give up";
+  // The held Step fails: that group dies alone.
+  fw_.hang_steps = false;
+  fw_.FinishHeld();
+  Stream s2;
+  Generate(g, &s2);
+  EXPECT_EQ(s2.st, AK_OK) << s2.msg;
+  EXPECT_EQ(s2.tokens, s.tokens);
+  EXPECT_EQ(HealthCheck(""), kServing);
 }
 
 // One group of two ranks (each worker here holds the whole model: tensor parallelism
