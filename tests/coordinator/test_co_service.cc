@@ -1337,7 +1337,9 @@ TEST_F(CoServiceHungGroupTest, AHungGroupHoldsNoOtherGroup) {
   // all of it while the hung Step was still open
   EXPECT_EQ(fw_.NumHeld(), 1u);
   EXPECT_EQ(fw_.NumHeldCancelled(), 0u) << "the stream waited for the hung group's Step to give up";
-  // The held Step fails: that group dies alone.
+  // The held Step fails: that group dies alone, and its own revive brings it back (its
+  // canary answers again) while the first group serves.
+  double fake_canaries = Canaries(group2_addr_);
   fw_.hang_steps = false;
   fw_.FinishHeld();
   Stream s2;
@@ -1345,6 +1347,9 @@ TEST_F(CoServiceHungGroupTest, AHungGroupHoldsNoOtherGroup) {
   EXPECT_EQ(s2.st, AK_OK) << s2.msg;
   EXPECT_EQ(s2.tokens, s.tokens);
   EXPECT_EQ(HealthCheck(""), kServing);
+  for (int t = 0; t < 15000 && Canaries(group2_addr_) <= fake_canaries; t += 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GT(Canaries(group2_addr_), fake_canaries) << "the second group was not revived";
 }
 
 // One group of two ranks (each worker here holds the whole model: tensor parallelism
