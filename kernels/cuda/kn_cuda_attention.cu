@@ -133,12 +133,17 @@ __device__ __forceinline__ void kn_attn_cvt8(const uint4 &r, const __nv_bfloat16
 }
 
 // One block: work item (t, kv head) = blockIdx.x / n_chunks, chunk c = blockIdx.x % n_chunks.
+// GT 4 (GQA groups of 3-4, llama3-8b) is held to 128 registers, 4 blocks an SM, with 2
+// rows per team and step and pipelined loads: H100, B=4, ctx 30720: 264.7 -> 235.8 us
+// (1.90 -> 2.13 TB/s; bench_cuda_attention; 4 rows and 167 registers, or 4 blocks with
+// 4 rows, spilling, were slower).
 template <int HD, int GT, typename KV, bool PIPE>
-static __global__ void __launch_bounds__(KN_ATTN_THREADS) kn_attn_chunk_kernel(const __grid_constant__ kn_attn_launch_t L) {
+static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
+    kn_attn_chunk_kernel(const __grid_constant__ kn_attn_launch_t L) {
   constexpr int LANES = HD / 8;                  // lanes per row team
   constexpr int TEAMS_PER_WARP = 32 / LANES;
   constexpr int TEAMS = KN_ATTN_WARPS * TEAMS_PER_WARP;
-  constexpr int TPT = GT >= 8 ? 2 : 4;           // rows per team per step (registers bound it)
+  constexpr int TPT = GT >= 4 ? 2 : 4;           // rows per team per step (registers bound it)
   constexpr int STEP = TEAMS * TPT;              // rows per block step
   __shared__ float sm_acc[TEAMS][GT][HD];        // each team's acc, for the team merge
   __shared__ float sm_ml[TEAMS][GT][2];          // each team's (max, sum)
@@ -203,10 +208,10 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS) kn_attn_chunk_kernel(c
     // (a budgeted layer: 4 x 32 x 9 blocks) loaded, then computed, in lock-step, and
     // the memory sat idle in between (3.2 TB/s on an H200 against 4.3 on full layers).
     // PIPE (the launcher's choice): head tiles of 1 or 2 on grids of at most
-    // KN_ATTN_PIPE_MAX_BLOCKS. The second buffer costs ~40 registers (GT 1: 78 -> 122,
-    // 6 -> 4 blocks an SM), which on a many-wave grid costs more than it hides (H200,
-    // longchat-7b 30k full layers: 467 -> 497 us) and at GT 4 and 8 would halve the
-    // blocks an SM holds.
+    // KN_ATTN_PIPE_MAX_BLOCKS, tiles of 4 always (held to 4 blocks an SM, above). The
+    // second buffer costs ~40 registers (GT 1: 78 -> 122, 6 -> 4 blocks an SM), which
+    // on a many-wave grid costs more than it hides (H200, longchat-7b 30k full layers:
+    // 467 -> 497 us); at GT 8 it would halve the blocks an SM holds.
     uint4 kr[TPT], vr[TPT];
     if (PIPE) load_rows(j_begin + team * TPT, kr, vr);
     for (int32_t js = j_begin; js < j_end; js += STEP) {
@@ -361,8 +366,8 @@ static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
 
 template <int HD, int GT, typename KV>
 static void kn_attn_launch_kv(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
-  if constexpr (GT <= 2) {
-    if (n_blocks <= KN_ATTN_PIPE_MAX_BLOCKS) {
+  if constexpr (GT <= 4) {
+    if (GT == 4 || n_blocks <= KN_ATTN_PIPE_MAX_BLOCKS) {
       kn_attn_chunk_kernel<HD, GT, KV, true><<<(unsigned)n_blocks, KN_ATTN_THREADS, 0, stream>>>(L);
       return;
     }
