@@ -225,6 +225,12 @@ typedef struct {
   const int32_t *tok_seq_idx;    /* [n_tok] */
   const int32_t *tok_kv_len;     /* [n_tok] */
   int32_t max_kv_len;            /* host: an upper bound on tok_kv_len (sizes the split) */
+  /* 1: query tiles of consecutive tokens of one sequence (prefill runs) go to the tiled
+   * multi-query kernel, which reads each K/V row once per tile instead of once per
+   * token; 0 (the default of a zeroed struct): every token on the per-token path.
+   * Same results either way (within f32 rounding). Set it only on steps that hold
+   * prefill runs: on a decode-only step it costs an extra, empty launch. */
+  int32_t prefill_tiles;
   kn_cuda_paged_kv_t kv;
 } kn_cuda_attn_args_t;
 size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *args);

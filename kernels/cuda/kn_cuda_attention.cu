@@ -38,13 +38,23 @@
 // remainder folded into its last chunk (slower, still exact), so an underestimate
 // never reads or writes out of bounds.
 //
-// Not here: prefill tokens are plain work items (one query row each), so a prefill
-// chunk reads every K/V row once per query token. A tiled multi-query kernel (a block
-// of query tokens of one sequence against shared K/V tiles, tensor-core MMA) is the
-// later optimisation for prefill and for large GQA groups. Device page tables are
-// trusted as kvpool filled them; the kernel only clamps tok_kv_len to the sequence's
-// view length and treats a bad tok_seq_idx as kv_len 0, so a bad table cannot make it
-// read past its page list.
+// Prefill tiles (args->prefill_tiles, off by default until checked on a GPU): tokens of
+// a prefill run, i.e. consecutive batch tokens of one sequence (the worker lays a
+// sequence's chunk out as consecutive tokens with kv_len L+1, L+2, ...), go instead to
+// kn_attn_tile_kernel: a block takes a query tile of qt tokens x the group's heads and
+// streams K/V tiles through shared memory once for all of them, masking causally per
+// query row (key j counts iff j < that row's kv_len), so a run of n tokens reads its keys
+// n / qt times instead of n times. CUDA cores in f32 for now (no tensor cores yet);
+// layout, tile sizes and the split are described above that kernel. Which tokens are
+// tiled is decided on the device from tok_seq_idx alone (kn_attn_tok_tiled: a run with
+// at least KN_ATTN_TILE_MIN_TOKENS tokens in a tile), identically in all three kernels;
+// decode tokens and short runs stay here. The workspace contract is unchanged: tile
+// blocks either write outputs directly or the same chunk partials as this kernel.
+//
+// Not here: tensor-core MMA for the tiles. Device page tables are trusted as kvpool
+// filled them; the kernel only clamps tok_kv_len to the sequence's view length and
+// treats a bad tok_seq_idx as kv_len 0, so a bad table cannot make it read past its
+// page list.
 #include <math.h>
 
 #include "kn_cuda_internal.cuh"
@@ -58,6 +68,10 @@ enum {
   KN_ATTN_MAX_GT = 8,         // query heads per block pass
   KN_ATTN_PIPE_MAX_BLOCKS = 4096, // software-pipelined K/V loads up to this grid (see the kernel)
   KN_ATTN_MERGE_THREADS = 256,    // the merge kernel's block: head_dim (<= 256) divides it
+  // The tiled prefill path (kn_attn_tile_kernel):
+  KN_ATTN_TILE_MIN_TOKENS = 8,     // a sequence's tokens in one query tile to take it (fewer: per-token path)
+  KN_ATTN_TILE_ACC_ELEMS = 8192,   // query rows x head_dim per block: 64 f32 accumulators a thread
+  KN_ATTN_TILE_KEYS = 32,          // keys per K/V tile in shared memory
 };
 
 #define KN_LOG2E 1.4426950408889634f
@@ -69,6 +83,8 @@ typedef struct {
   int32_t chunk;    // keys per chunk
   float *ws_acc;    // [n_tok][n_heads][n_chunks][head_dim] f32, NULL when n_chunks == 1
   float *ws_ml;     // [n_tok][n_heads][n_chunks][2] f32: max (log2 units), sum
+  int32_t qt;         // query tokens per tile of the tiled path; 0: no tiles this call
+  int32_t tile_split; // 1: tile blocks take the chunk split above and write partials
 } kn_attn_launch_t;
 
 static int32_t kn_attn_n_chunks(int32_t max_kv_len, int32_t chunk) {
@@ -103,6 +119,40 @@ __device__ __forceinline__ int32_t kn_attn_tok_chunks(int32_t len, int32_t n_chu
   if (len <= chunk) return 1;
   int32_t n = (len + chunk - 1) / chunk;
   return n < n_chunks ? n : n_chunks;
+}
+
+// Which tokens the tiled path takes. Query tile k covers batch tokens [k qt, k qt + qt);
+// the tables live on the device, so both paths decide per token from the same table
+// reads (no host pass, no extra launch): token t is tiled iff its sequence index is
+// valid, is that of its tile's first or last token (a tile holds at most two runs that
+// continue past it), and has at least kn_attn_tile_min(qt) tokens in the tile. The
+// chunk and merge kernels skip exactly those tokens; the tile kernel takes exactly
+// those (one pass for the first token's sequence, one for the last's).
+__host__ __device__ __forceinline__ int32_t kn_attn_tile_min(int32_t qt) {
+  return qt < KN_ATTN_TILE_MIN_TOKENS ? qt : KN_ATTN_TILE_MIN_TOKENS;
+}
+
+// Tokens of sequence s in the tile [t0, t1), t1 - t0 <= blockDim.x (qt <= 128). Every
+// thread of the block calls it (a barrier), at a block-uniform point.
+__device__ __forceinline__ int32_t kn_attn_tile_count(const kn_cuda_attn_args_t &a, int64_t t0, int64_t t1, int32_t s) {
+  const int64_t t = t0 + threadIdx.x;
+  return __syncthreads_count(t < t1 && a.tok_seq_idx[t] == s);
+}
+
+// Called by every thread of the block, at a block-uniform point (the count is a barrier
+// unless the first tests settle it: they read the same values in every thread).
+__device__ __forceinline__ bool kn_attn_tok_tiled(const kn_cuda_attn_args_t &a, int64_t t, int32_t qt) {
+  if (qt <= 0) return false;
+  const int32_t s = a.tok_seq_idx[t];
+  if (s < 0 || s >= a.kv.n_seqs) return false;
+  const int64_t t0 = t - t % qt, t1 = t0 + qt < a.n_tok ? t0 + qt : a.n_tok;
+  // A decode token's neighbours belong to other sequences: two loads and out.
+  if (a.tok_seq_idx[t0] != s && a.tok_seq_idx[t1 - 1] != s) return false;
+  return kn_attn_tile_count(a, t0, t1, s) >= kn_attn_tile_min(qt);
+}
+
+__device__ __noinline__ bool kn_attn_tok_tiled_call(const kn_cuda_attn_args_t &a, int64_t t, int32_t qt) {
+  return kn_attn_tok_tiled(a, t, qt);
 }
 
 __device__ __forceinline__ void kn_attn_store_out(const kn_cuda_attn_args_t &a, int64_t idx, float v) {
@@ -152,6 +202,9 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
   const int64_t item = (int64_t)blockIdx.x / L.n_chunks;
   const int32_t c = (int32_t)((int64_t)blockIdx.x % L.n_chunks);
   const int64_t t = item / a.n_kv_heads;
+  // The tile kernel's token (block-uniform). Out of line: inlined, the test cost the GT 4
+  // pipelined kernel 24 bytes of spills at its 128-register cap.
+  if (L.qt > 0 && kn_attn_tok_tiled_call(a, t, L.qt)) return;
   const int32_t kvh = (int32_t)(item % a.n_kv_heads);
   const int32_t len = kn_attn_tok_len(a, t);
   const int32_t n_tok_chunks = kn_attn_tok_chunks(len, L.n_chunks, L.chunk);
@@ -330,6 +383,7 @@ static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
   const int64_t t = th / a.n_heads;
   const int32_t n_tok_chunks = kn_attn_tok_chunks(kn_attn_tok_len(a, t), L.n_chunks, L.chunk);
   if (n_tok_chunks <= 1) return; // block-uniform: before any barrier
+  if (!L.tile_split && kn_attn_tok_tiled(a, t, L.qt)) return; // written whole by the tile kernel
   const int hd = a.head_dim, n_groups = KN_ATTN_MERGE_THREADS / hd;
   const int g = threadIdx.x / hd, d = threadIdx.x % hd, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float *ml = L.ws_ml + th * L.n_chunks * 2;       // [n_chunks][2]
@@ -362,6 +416,249 @@ static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
   kn_attn_store_out(a, th * hd + d, lb > 0.0f ? ab / lb : 0.0f);
 }
 
+// --- the tiled prefill path ---
+//
+// One block: query tile k (QT consecutive batch tokens), KV head h, and in split mode
+// one chunk c of the call's split. Its query rows are (token, query head) pairs of
+// the tile's run, R = QT x GT of them (row r = token qi * GT + head gi), R x head_dim
+// = KN_ATTN_TILE_ACC_ELEMS, so R = 128 / 64 / 32 for head_dim 64 / 128 / 256 and
+// QT = R / GT (head_dim 128: 64 tokens at GT 1, 16 at GT 4, 8 at GT 8).
+// K/V stream through shared memory in tiles of KN_ATTN_TILE_KEYS rows, each read from
+// its pages once per block and used by all R rows (the per-token kernel reads it once
+// per token). CUDA cores, f32 (not tensor cores yet):
+//   S = Q K^T: 4 rows x KPT keys a thread (the R / 4 row groups have TPG = 128 / (R / 4)
+//              threads each, consecutive lanes of one warp);
+//   online softmax per row in log2 units (max over the group by shuffles, the sum kept
+//              per thread and added up at the end); P goes to shared memory;
+//   O += P V:  the same 4 rows x DPT = head_dim / TPG = 16 dims a thread.
+// Causal masking is per row: key j counts iff j < that row's end (its tok_kv_len, or
+// its chunk's end in split mode), so rows of any lengths share a tile exactly.
+// Shared memory (dynamic, f32): Q [R][HD + 1], K [KT][HD + 1], V [KT][HD], P [R][KT + 1]
+// (the +1 pads keep the column walks on distinct banks), row ends and modes [R] int32:
+// 66 / 74 / 103 KB for head_dim 64 / 128 / 256, two blocks an SM.
+// Split mode (tile grids under KN_ATTN_MIN_BLOCKS blocks: short runs over long
+// context): blocks take the chunk kernel's key chunks and write the same partials,
+// which the merge kernel combines; otherwise a block walks all its rows' keys and
+// writes the outputs, and the merge kernel skips its tokens.
+__host__ __device__ constexpr int kn_attn_tile_rows(int hd) { return KN_ATTN_TILE_ACC_ELEMS / hd; }
+
+__host__ __device__ constexpr size_t kn_attn_tile_smem_bytes(int hd) {
+  return sizeof(float) * ((size_t)kn_attn_tile_rows(hd) * (hd + 1) + (size_t)KN_ATTN_TILE_KEYS * (hd + 1) +
+                          (size_t)KN_ATTN_TILE_KEYS * hd + (size_t)kn_attn_tile_rows(hd) * (KN_ATTN_TILE_KEYS + 1)) +
+         sizeof(int32_t) * 2 * (size_t)kn_attn_tile_rows(hd);
+}
+
+template <int HD, int GT, typename KV>
+static __global__ void __launch_bounds__(KN_ATTN_THREADS)
+    kn_attn_tile_kernel(const __grid_constant__ kn_attn_launch_t L) {
+  constexpr int R = kn_attn_tile_rows(HD); // query rows per block
+  constexpr int QT = R / GT;               // query tokens per tile
+  constexpr int KT = KN_ATTN_TILE_KEYS;
+  constexpr int RG = R / 4;                // row groups of 4 rows
+  constexpr int TPG = KN_ATTN_THREADS / RG; // threads per row group: 4, 8, 16
+  constexpr int KPT = KT / TPG;            // keys per thread in S: 8, 4, 2
+  constexpr int DPT = HD / TPG;            // dims per thread in O: 16
+  constexpr int VEC = HD / 8;              // 16-byte loads per K or V row
+  static_assert(R <= KN_ATTN_THREADS && R % 4 == 0 && QT >= 1, "one setup thread per row");
+  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && KT % TPG == 0 && HD % TPG == 0, "row groups in a warp");
+  extern __shared__ __align__(16) float sm[];
+  float *sQ = sm;                                  // [R][HD + 1] q * scale * log2(e)
+  float *sK = sQ + R * (HD + 1);                   // [KT][HD + 1]
+  float *sV = sK + KT * (HD + 1);                  // [KT][HD]
+  float *sP = sV + KT * HD;                        // [R][KT + 1] exp2(s - m)
+  int32_t *sEnd = (int32_t *)(sP + R * (KT + 1));  // [R] each row's key end (exclusive)
+  int32_t *sMode = sEnd + R;                       // [R] 0: not this block's, 1: output, 2: partial
+  __shared__ int32_t sRed[KN_ATTN_WARPS];
+
+  const kn_cuda_attn_args_t &a = L.a;
+  const int32_t n_split = L.tile_split ? L.n_chunks : 1;
+  const int64_t n_qtiles = (a.n_tok + QT - 1) / QT;
+  int64_t b = blockIdx.x;
+  const int32_t c = (int32_t)(b % n_split);
+  b /= n_split;
+  const int32_t kvh = (int32_t)(b % a.n_kv_heads);
+  b /= a.n_kv_heads;
+  const int64_t tile = n_qtiles - 1 - b; // the last tiles (the longest causal rows) start first
+  const int64_t t0 = tile * QT, t1 = t0 + QT < a.n_tok ? t0 + QT : a.n_tok;
+  const int32_t j_begin = L.tile_split ? c * L.chunk : 0;
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int rg = threadIdx.x / TPG, tp = threadIdx.x % TPG;
+  const int32_t n_group = a.n_heads / a.n_kv_heads;
+  const int32_t page_tokens = a.kv.page_tokens;
+  const int64_t page_stride = a.kv.page_stride_elems;
+  const KV *kb = (const KV *)a.kv.k_base + (int64_t)kvh * a.kv.head_stride_elems;
+  const KV *vb = (const KV *)a.kv.v_base + (int64_t)kvh * a.kv.head_stride_elems;
+  const float qscale = a.scale * KN_LOG2E;
+  const int32_t min_tok = kn_attn_tile_min(QT);
+
+  for (int pass = 0; pass < 2; pass++) {
+    const int32_t s = a.tok_seq_idx[pass == 0 ? t0 : t1 - 1];
+    if (pass == 1 && s == a.tok_seq_idx[t0]) break;
+    // The same test as kn_attn_tok_tiled, so that exactly its tokens are taken here.
+    if (s < 0 || s >= a.kv.n_seqs || kn_attn_tile_count(a, t0, t1, s) < min_tok) continue;
+    const int32_t *pages = a.kv.indices + a.kv.indptr[s];
+
+    for (int32_t g0 = 0; g0 < n_group; g0 += GT) {
+      __syncthreads(); // the previous pass or head tile is done with shared memory
+      // Each row's key range [j_begin, end) and what it writes.
+      int32_t row_end = j_begin, mode = 0;
+      if (threadIdx.x < R) {
+        const int r = threadIdx.x, qi = r / GT, gi = r % GT;
+        const int64_t t = t0 + qi;
+        if (t < t1 && a.tok_seq_idx[t] == s && g0 + gi < n_group) {
+          const int32_t len = kn_attn_tok_len(a, t);
+          if (!L.tile_split) {
+            mode = 1;
+            row_end = len;
+          } else {
+            const int32_t ntc = kn_attn_tok_chunks(len, L.n_chunks, L.chunk);
+            if (c < ntc) {
+              mode = ntc == 1 ? 1 : 2;
+              row_end = c == ntc - 1 ? len : j_begin + L.chunk;
+            }
+          }
+        }
+        sEnd[r] = row_end;
+        sMode[r] = mode;
+      }
+      int32_t mx_end = row_end;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) mx_end = max(mx_end, __shfl_xor_sync(0xffffffffu, mx_end, o));
+      if (lane == 0) sRed[warp] = mx_end;
+      if (!__syncthreads_or(mode != 0)) continue; // block-uniform; also publishes sEnd, sMode, sRed
+      int32_t j_stop = sRed[0];
+#pragma unroll
+      for (int w = 1; w < KN_ATTN_WARPS; w++) j_stop = max(j_stop, sRed[w]);
+
+      for (int e = threadIdx.x; e < R * HD; e += KN_ATTN_THREADS) {
+        const int r = e / HD, d = e % HD, qi = r / GT, gi = r % GT;
+        const int64_t t = t0 + qi;
+        float v = 0.0f;
+        if (t < t1 && g0 + gi < n_group) v = a.q[(t * a.n_heads + (int64_t)kvh * n_group + g0 + gi) * HD + d] * qscale;
+        sQ[r * (HD + 1) + d] = v;
+      }
+
+      float acc[4][DPT], m[4], l[4];
+      int32_t end[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        end[i] = sEnd[rg * 4 + i];
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int dd = 0; dd < DPT; dd++) acc[i][dd] = 0.0f;
+      }
+
+      for (int32_t j0 = j_begin; j0 < j_stop; j0 += KT) {
+        __syncthreads(); // sQ written (first tile); the last tile's sK, sV, sP read
+        // K/V rows j0 .. j0 + KT: rows at or past j_stop are zeros, never the pool's bytes
+        // (a NaN there times p = 0 would still be NaN).
+        for (int e = threadIdx.x; e < KT * VEC; e += KN_ATTN_THREADS) {
+          const int kr = e / VEC, v8 = e % VEC;
+          const int32_t j = j0 + kr;
+          float kf[8], vf[8];
+          if (j < j_stop) {
+            const int64_t off = (int64_t)pages[j / page_tokens] * page_stride + (int64_t)(j % page_tokens) * HD + v8 * 8;
+            kn_attn_cvt8(__ldg((const uint4 *)(kb + off)), kb, kf);
+            kn_attn_cvt8(__ldg((const uint4 *)(vb + off)), vb, vf);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) kf[i] = vf[i] = 0.0f;
+          }
+#pragma unroll
+          for (int i = 0; i < 8; i++) {
+            sK[kr * (HD + 1) + v8 * 8 + i] = kf[i];
+            sV[kr * HD + v8 * 8 + i] = vf[i];
+          }
+        }
+        __syncthreads();
+
+        // S for this thread's 4 rows x KPT keys (key tp + TPG k).
+        float sc[4][KPT];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+          for (int k = 0; k < KPT; k++) sc[i][k] = 0.0f;
+#pragma unroll 4
+        for (int d = 0; d < HD; d++) {
+          float qv[4], kv[KPT];
+#pragma unroll
+          for (int i = 0; i < 4; i++) qv[i] = sQ[(rg * 4 + i) * (HD + 1) + d];
+#pragma unroll
+          for (int k = 0; k < KPT; k++) kv[k] = sK[(tp + TPG * k) * (HD + 1) + d];
+#pragma unroll
+          for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int k = 0; k < KPT; k++) sc[i][k] = fmaf(qv[i], kv[k], sc[i][k]);
+        }
+        // Online softmax per row; the group's TPG lanes are aligned in the warp.
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          float mx = m[i];
+#pragma unroll
+          for (int k = 0; k < KPT; k++) {
+            if (j0 + tp + TPG * k >= end[i]) sc[i][k] = -INFINITY; // causal / chunk end
+            mx = fmaxf(mx, sc[i][k]);
+          }
+#pragma unroll
+          for (int o = TPG / 2; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+          // mx is -inf only while the row has seen no key: then corr and p are 0.
+          const float mx_safe = mx == -INFINITY ? 0.0f : mx;
+          const float corr = exp2f(m[i] - mx_safe);
+          l[i] *= corr;
+#pragma unroll
+          for (int dd = 0; dd < DPT; dd++) acc[i][dd] *= corr;
+#pragma unroll
+          for (int k = 0; k < KPT; k++) {
+            const float p = exp2f(sc[i][k] - mx_safe);
+            l[i] += p;
+            sP[(rg * 4 + i) * (KT + 1) + tp + TPG * k] = p;
+          }
+          m[i] = mx;
+        }
+        __syncwarp(); // a row's P comes from its group's lanes, all in this warp
+#pragma unroll 4
+        for (int k = 0; k < KT; k++) {
+          float pv[4];
+#pragma unroll
+          for (int i = 0; i < 4; i++) pv[i] = sP[(rg * 4 + i) * (KT + 1) + k];
+#pragma unroll
+          for (int dd = 0; dd < DPT; dd++) {
+            const float v = sV[k * HD + tp + TPG * dd];
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[i][dd] = fmaf(pv[i], v, acc[i][dd]);
+          }
+        }
+      }
+
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+#pragma unroll
+        for (int o = TPG / 2; o >= 1; o >>= 1) l[i] += __shfl_xor_sync(0xffffffffu, l[i], o);
+        const int r = rg * 4 + i, qi = r / GT, gi = r % GT;
+        const int md = sMode[r];
+        if (md == 0) continue;
+        const int64_t th = (t0 + qi) * a.n_heads + (int64_t)kvh * n_group + g0 + gi; // (token, query head)
+#pragma unroll
+        for (int dd = 0; dd < DPT; dd++) {
+          const int d = tp + TPG * dd;
+          if (md == 1) {
+            kn_attn_store_out(a, th * HD + d, l[i] > 0.0f ? acc[i][dd] / l[i] : 0.0f); // kv_len 0: zeros
+          } else {
+            const int64_t p = th * L.n_chunks + c; // this chunk's partial, as the chunk kernel's
+            L.ws_acc[p * HD + d] = acc[i][dd];
+            if (d == 0) {
+              L.ws_ml[2 * p] = m[i];
+              L.ws_ml[2 * p + 1] = l[i];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // --- typed launchers ---
 
 template <int HD, int GT, typename KV>
@@ -375,25 +672,44 @@ static void kn_attn_launch_kv(const kn_attn_launch_t &L, int64_t n_blocks, cudaS
   kn_attn_chunk_kernel<HD, GT, KV, false><<<(unsigned)n_blocks, KN_ATTN_THREADS, 0, stream>>>(L);
 }
 
+template <int HD, int GT, typename KV>
+static ak_status_t kn_attn_launch_tile_kv(const kn_attn_launch_t &L, cudaStream_t stream, ak_err_t *err) {
+  const size_t smem = kn_attn_tile_smem_bytes(HD); // above the 48 KB a launch gets unasked
+  KN_CUDA_TRY(err, cudaFuncSetAttribute(kn_attn_tile_kernel<HD, GT, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+  const int64_t n_blocks = kn_ceil_div(L.a.n_tok, L.qt) * L.a.n_kv_heads * (L.tile_split ? L.n_chunks : 1);
+  kn_attn_tile_kernel<HD, GT, KV><<<(unsigned)n_blocks, KN_ATTN_THREADS, smem, stream>>>(L);
+  KN_CUDA_LAUNCHED(err);
+  return AK_OK;
+}
+
+// tile: the tile kernel (L.qt > 0), else the chunk kernel over n_blocks.
 template <int HD, int GT>
-static void kn_attn_launch_gt(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
-  if (L.a.kv.kv_dtype == KN_CUDA_F16)
+static ak_status_t kn_attn_launch_gt(const kn_attn_launch_t &L, int64_t n_blocks, bool tile, cudaStream_t stream,
+                                     ak_err_t *err) {
+  const bool f16 = L.a.kv.kv_dtype == KN_CUDA_F16;
+  if (tile) return f16 ? kn_attn_launch_tile_kv<HD, GT, __half>(L, stream, err)
+                       : kn_attn_launch_tile_kv<HD, GT, __nv_bfloat16>(L, stream, err);
+  if (f16)
     kn_attn_launch_kv<HD, GT, __half>(L, n_blocks, stream);
   else
     kn_attn_launch_kv<HD, GT, __nv_bfloat16>(L, n_blocks, stream);
+  KN_CUDA_LAUNCHED(err);
+  return AK_OK;
 }
 
+// Query heads a block takes at once for a GQA group (both kernels).
+static int32_t kn_attn_gt(int32_t n_group) { return n_group == 1 ? 1 : n_group == 2 ? 2 : n_group <= 4 ? 4 : KN_ATTN_MAX_GT; }
+
 template <int HD>
-static void kn_attn_launch_hd(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
-  const int32_t n_group = L.a.n_heads / L.a.n_kv_heads;
-  if (n_group == 1)
-    kn_attn_launch_gt<HD, 1>(L, n_blocks, stream);
-  else if (n_group == 2)
-    kn_attn_launch_gt<HD, 2>(L, n_blocks, stream);
-  else if (n_group <= 4)
-    kn_attn_launch_gt<HD, 4>(L, n_blocks, stream);
-  else
-    kn_attn_launch_gt<HD, KN_ATTN_MAX_GT>(L, n_blocks, stream); // > 8: tiles of 8 heads
+static ak_status_t kn_attn_launch_hd(const kn_attn_launch_t &L, int64_t n_blocks, bool tile, cudaStream_t stream,
+                                     ak_err_t *err) {
+  switch (kn_attn_gt(L.a.n_heads / L.a.n_kv_heads)) {
+    case 1: return kn_attn_launch_gt<HD, 1>(L, n_blocks, tile, stream, err);
+    case 2: return kn_attn_launch_gt<HD, 2>(L, n_blocks, tile, stream, err);
+    case 4: return kn_attn_launch_gt<HD, 4>(L, n_blocks, tile, stream, err);
+    default: return kn_attn_launch_gt<HD, KN_ATTN_MAX_GT>(L, n_blocks, tile, stream, err); // > 8: tiles of 8 heads
+  }
 }
 
 // --- public ---
@@ -495,16 +811,29 @@ extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *
   const int64_t n_th = args->n_tok * args->n_heads;
   L.ws_acc = L.n_chunks > 1 ? (float *)workspace : nullptr;
   L.ws_ml = L.n_chunks > 1 ? (float *)workspace + n_th * L.n_chunks * args->head_dim : nullptr;
+  // The tiled path (see kn_attn_tile_kernel): query tiles of qt tokens; split over the
+  // chunks when the tile grid alone would not fill the GPU.
+  L.qt = 0;
+  L.tile_split = 0;
+  if (args->prefill_tiles) {
+    const int32_t qt = kn_attn_tile_rows(args->head_dim) / kn_attn_gt(args->n_heads / args->n_kv_heads);
+    if (args->n_tok >= kn_attn_tile_min(qt)) {
+      L.qt = qt;
+      L.tile_split = L.n_chunks > 1 && kn_ceil_div(args->n_tok, qt) * args->n_kv_heads < KN_ATTN_MIN_BLOCKS;
+    }
+  }
   const int64_t n_blocks = args->n_tok * args->n_kv_heads * L.n_chunks;
   cudaStream_t s = kn_stream(stream);
-  switch (args->head_dim) {
-    case 64: kn_attn_launch_hd<64>(L, n_blocks, s); break;
-    case 128: kn_attn_launch_hd<128>(L, n_blocks, s); break;
-    case 256: kn_attn_launch_hd<256>(L, n_blocks, s); break;
-    default:
-      return KN_ATTN_ERR(err, AK_ERR_UNSUPPORTED, "head_dim=%d is not supported (64, 128 or 256)", args->head_dim);
+  // The chunk kernel skips the tiled tokens; the merge (after both) combines split partials.
+  for (int tile = 0; tile <= (L.qt > 0); tile++) {
+    switch (args->head_dim) {
+      case 64: AK_TRY(kn_attn_launch_hd<64>(L, n_blocks, tile, s, err)); break;
+      case 128: AK_TRY(kn_attn_launch_hd<128>(L, n_blocks, tile, s, err)); break;
+      case 256: AK_TRY(kn_attn_launch_hd<256>(L, n_blocks, tile, s, err)); break;
+      default:
+        return KN_ATTN_ERR(err, AK_ERR_UNSUPPORTED, "head_dim=%d is not supported (64, 128 or 256)", args->head_dim);
+    }
   }
-  KN_CUDA_LAUNCHED(err);
   if (L.n_chunks > 1) {
     kn_attn_merge_kernel<<<(unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s>>>(L);
     KN_CUDA_LAUNCHED(err);
