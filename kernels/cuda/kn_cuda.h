@@ -228,8 +228,10 @@ typedef struct {
   /* 1: query tiles of consecutive tokens of one sequence (prefill runs) go to the tiled
    * multi-query kernel, which reads each K/V row once per tile instead of once per
    * token; 0 (the default of a zeroed struct): every token on the per-token path.
-   * Same results either way (within f32 rounding). Set it only on steps that hold
-   * prefill runs: on a decode-only step it costs an extra, empty launch. */
+   * 2: as 1, but tile blocks never split their keys over chunks (for tests and
+   * benchmarks: 1 splits only grids too small to fill the GPU). Same results either
+   * way (within f32 rounding). Set it only on steps that hold prefill runs: on a
+   * decode-only step it costs an extra, empty launch. */
   int32_t prefill_tiles;
   kn_cuda_paged_kv_t kv;
 } kn_cuda_attn_args_t;

@@ -819,7 +819,8 @@ extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *
     const int32_t qt = kn_attn_tile_rows(args->head_dim) / kn_attn_gt(args->n_heads / args->n_kv_heads);
     if (args->n_tok >= kn_attn_tile_min(qt)) {
       L.qt = qt;
-      L.tile_split = L.n_chunks > 1 && kn_ceil_div(args->n_tok, qt) * args->n_kv_heads < KN_ATTN_MIN_BLOCKS;
+      L.tile_split = args->prefill_tiles != 2 && L.n_chunks > 1 &&
+                     kn_ceil_div(args->n_tok, qt) * args->n_kv_heads < KN_ATTN_MIN_BLOCKS;
     }
   }
   const int64_t n_blocks = args->n_tok * args->n_kv_heads * L.n_chunks;
