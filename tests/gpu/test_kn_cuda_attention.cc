@@ -10,7 +10,10 @@
 // Batches: decode (lengths 1, 17, 97, 1000, 4099 plus a kv_len-0 token), prefill
 // chunks (17 and 97 causal tokens, fresh and after 1000 tokens of context) and a mixed
 // batch in shuffled token order, over page sizes 1/16/32/64, head_dim 64/128/256,
-// GQA 1/3/8 (and 2, 5, 12, 16 on a few shapes), f16/bf16 KV, f32/bf16 out.
+// GQA 1/3/8 (and 2, 5, 12, 16 on a few shapes), f16/bf16 KV, f32/bf16 out. Every batch
+// runs three times: per-token kernels only (prefill_tiles 0), prefill runs on the tiled
+// kernel split over key chunks (1: these grids are all small), and tiled unsplit (2).
+// KnCudaAttentionLongPrefillGpu adds runs of 300 and 500 tokens (after 500 of context).
 //
 // KnCudaAttentionArgs runs everywhere (no label: CI has no GPU): every class of bad
 // argument gets its status and message before any CUDA call (the pointers it passes
@@ -209,6 +212,10 @@ void run_batch(const Shape &sh, const std::vector<int32_t> &seq_lens, const std:
   auto seq_dev = to_dev(tok_seq), len_dev = to_dev(tok_len);
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  // prefill_tiles 0: every token per token; 1: runs on the tiled kernel, split over
+  // chunks when its grid is small (every batch here); 2: tiled, never split (the merge
+  // kernel then skips the tiled tokens).
+  for (int32_t tiles : {0, 1, 2})
   for (kn_cuda_dtype_t out_dtype : {KN_CUDA_F32, KN_CUDA_BF16}) {
     const size_t out_elem = out_dtype == KN_CUDA_F32 ? 4 : 2;
     DevBuf out_dev((size_t)n_out * out_elem);
@@ -224,6 +231,7 @@ void run_batch(const Shape &sh, const std::vector<int32_t> &seq_lens, const std:
     ga.tok_seq_idx = seq_dev->as<int32_t>();
     ga.tok_kv_len = len_dev->as<int32_t>();
     ga.max_kv_len = max_kv_len < 0 ? true_max : max_kv_len;
+    ga.prefill_tiles = tiles;
     ga.kv = kn_cuda_paged_kv_t{k_dev->ptr,
                                v_dev->ptr,
                                sh.kv_dtype,
@@ -265,7 +273,8 @@ void run_batch(const Shape &sh, const std::vector<int32_t> &seq_lens, const std:
         bool ok = finite && (tok_len[t] == 0 ? diff == 0.0f : diff <= tol * ref_max);
         if (!ok) {
           n_bad++;
-          ADD_FAILURE() << sh << " out " << (out_dtype == KN_CUDA_F32 ? "f32" : "bf16") << " token " << t
+          ADD_FAILURE() << sh << " prefill_tiles " << tiles << " out " << (out_dtype == KN_CUDA_F32 ? "f32" : "bf16")
+                        << " token " << t
                         << " (seq " << tok_seq[t] << ", kv_len " << tok_len[t] << ") head " << h
                         << ": max|diff| " << diff << " vs max|ref| " << ref_max << (finite ? "" : " (non-finite)")
                         << ", first " << g[0] << " vs " << r[0];
@@ -301,6 +310,19 @@ void mixed_batch(const Shape &sh, uint64_t seed) {
   for (int32_t j = 284; j <= 300; j++) toks.push_back({1, j}); // a 17-token chunk
   Rng rng(seed ^ 0x5eed);
   for (int32_t i = (int32_t)toks.size() - 1; i > 0; i--) std::swap(toks[i], toks[rng.below(i + 1)]);
+  run_batch(sh, lens, toks, seed);
+}
+
+// Longer prefill runs for the tiled path: a decode token first (so no run starts on a
+// tile boundary), 300 fresh tokens, 500 tokens after 500 of context, a decode token of
+// the same sequence right after its run (a tile mixing them), and a kv_len-0 token.
+void long_prefill_batch(const Shape &sh, uint64_t seed) {
+  std::vector<int32_t> lens = {1000, 300, 1000};
+  std::vector<Tok> toks = {{0, 1000}};
+  for (int32_t j = 1; j <= 300; j++) toks.push_back({1, j});
+  for (int32_t j = 501; j <= 1000; j++) toks.push_back({2, j});
+  toks.push_back({2, 1000});
+  toks.push_back({1, 0});
   run_batch(sh, lens, toks, seed);
 }
 
@@ -353,6 +375,31 @@ std::vector<Shape> all_shapes() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, KnCudaAttentionGpu, ::testing::ValuesIn(all_shapes()),
+                         [](const ::testing::TestParamInfo<Shape> &i) {
+                           std::ostringstream os;
+                           os << i.param;
+                           return os.str();
+                         });
+
+// The tiled prefill path on longer runs: every head_dim, GQA 1/3/8 (head tiles of 1, 4
+// and 8 heads: 64, 16 and 8 query tokens a tile at head_dim 128), both KV dtypes, page
+// sizes 1/16/32 in turn.
+class KnCudaAttentionLongPrefillGpu : public KnCudaAttentionGpu {};
+TEST_P(KnCudaAttentionLongPrefillGpu, MatchesCpu) { long_prefill_batch(GetParam(), 4); }
+
+std::vector<Shape> long_prefill_shapes() {
+  std::vector<Shape> out;
+  const int32_t page_tokens[3] = {1, 16, 32};
+  int i = 0;
+  for (int32_t hd : {64, 128, 256})
+    for (int32_t gqa : {1, 3, 8})
+      for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) out.push_back({page_tokens[i++ % 3], hd, gqa, dt});
+  out.push_back({16, 128, 4, KN_CUDA_BF16}); // llama3-8b's group
+  out.push_back({32, 64, 16, KN_CUDA_F16});  // two head tiles of 8
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, KnCudaAttentionLongPrefillGpu, ::testing::ValuesIn(long_prefill_shapes()),
                          [](const ::testing::TestParamInfo<Shape> &i) {
                            std::ostringstream os;
                            os << i.param;
