@@ -7,6 +7,16 @@
 // Prints one line per (shape, ctx), `ours <shape> B=.. ctx=.. us=.. GBs=.. layers=..`
 // (lines starting with # are context), for a script to parse.
 //
+// Prefill mode: bench_cuda_attention --prefill 1024,4096 [--shape ..] [--iters 10]
+// [--tiles 0,1]: one sequence, N query tokens causal over its N keys (token t sees keys
+// [0, t]), q f32, K/V bf16 in 32-token pages, out bf16, once per prefill_tiles value
+// (0: the per-token path, 1: the tiled path; 2: tiled, never split). One line per
+// (shape, N, tiles): `prefill <shape> N=.. tiles=.. us=.. TFLOPs=..`, TFLOP/s =
+// 4 * N * N / 2 * head_dim * n_heads / time (QK^T and PV over the causal half). A call
+// takes milliseconds here, so one pool serves every call (L2 is no factor). The
+// per-token path needs n_tok * n_heads * ceil(N / 256) * 130 * 4 bytes of workspace
+// (4.4 GB at N 8192 on llama3-8b); a size that does not fit prints error=out-of-memory.
+//
 // Setup: head_dim 128, q f32 [B, H, 128] (fixed-seed values), out bf16, K/V bf16 from
 // kn_cuda_fill_random_bf16 (uniform in [-1, 1]) in 32-token pages laid out as kn_cuda.h
 // says, [page][K or V][n_kv_heads][page_tokens][head_dim]; sequence s owns pages
@@ -84,12 +94,116 @@ static const ba_shape *ba_shape_find(const char *name, size_t len) {
   return NULL;
 }
 
+// One prefill timing: see the header. Returns 0, or 1 after printing an error line.
+static int ba_prefill(const ba_shape &sh, int64_t n, int tiles, long iters, cudaStream_t s) {
+  ak_err_t err = {};
+  const int64_t n_pages = (n + BA_PAGE_TOKENS - 1) / BA_PAGE_TOKENS;
+  const int64_t head_stride_elems = (int64_t)BA_PAGE_TOKENS * BA_HEAD_DIM;
+  const int64_t page_stride_elems = 2 * (int64_t)sh.n_kv_heads * head_stride_elems;
+  const size_t pool_bytes = (size_t)n_pages * page_stride_elems * 2;
+  std::vector<int32_t> h_indptr = {0, (int32_t)n_pages}, h_indices(n_pages),
+                       h_last = {(int32_t)(n - (n_pages - 1) * BA_PAGE_TOKENS)}, h_seq(n, 0), h_len(n);
+  for (int64_t p = 0; p < n_pages; p++) h_indices[p] = (int32_t)p;
+  for (int64_t t = 0; t < n; t++) h_len[t] = (int32_t)(t + 1); // causal: token t sees keys [0, t]
+  const size_t q_floats = (size_t)n * sh.n_heads * BA_HEAD_DIM;
+  std::vector<float> h_q(q_floats);
+  uint64_t rng = 0x9e3779b9u + (uint64_t)n;
+  for (float &x : h_q) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    x = (float)((rng >> 40) & 0xffff) / 32768.0f - 1.0f; // uniform in [-1, 1)
+  }
+  int32_t *d_indptr, *d_indices, *d_last, *d_seq, *d_len;
+  float *d_q;
+  void *d_out, *pool = NULL, *ws = NULL;
+  BENCH_CHECK(cudaMalloc(&d_indptr, h_indptr.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_indices, h_indices.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_last, h_last.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_seq, h_seq.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_len, h_len.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_q, q_floats * 4));
+  BENCH_CHECK(cudaMalloc(&d_out, q_floats * 2)); // [N, H, 128] bf16
+  BENCH_CHECK(cudaMemcpy(d_indptr, h_indptr.data(), h_indptr.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_indices, h_indices.data(), h_indices.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_last, h_last.data(), h_last.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_seq, h_seq.data(), h_seq.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_len, h_len.data(), h_len.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_q, h_q.data(), q_floats * 4, cudaMemcpyHostToDevice));
+  BENCH_OK(kn_cuda_malloc(pool_bytes, &err, &pool), err);
+  BENCH_OK(kn_cuda_fill_random_bf16(pool, (int64_t)(pool_bytes / 2), 1.0f, 2000u, (kn_cuda_stream_t)s, &err), err);
+
+  kn_cuda_attn_args_t a = {};
+  a.q = d_q;
+  a.out = d_out;
+  a.out_dtype = KN_CUDA_BF16;
+  a.n_tok = n;
+  a.n_heads = sh.n_heads;
+  a.n_kv_heads = sh.n_kv_heads;
+  a.head_dim = BA_HEAD_DIM;
+  a.scale = 1.0f / sqrtf((float)BA_HEAD_DIM);
+  a.tok_seq_idx = d_seq;
+  a.tok_kv_len = d_len;
+  a.max_kv_len = (int32_t)n;
+  a.prefill_tiles = tiles;
+  a.kv.k_base = pool;
+  a.kv.v_base = (const char *)pool + (size_t)sh.n_kv_heads * head_stride_elems * 2; // V follows K in a page
+  a.kv.kv_dtype = KN_CUDA_BF16;
+  a.kv.page_stride_elems = page_stride_elems;
+  a.kv.head_stride_elems = head_stride_elems;
+  a.kv.page_tokens = BA_PAGE_TOKENS;
+  a.kv.n_seqs = 1;
+  a.kv.indptr = d_indptr;
+  a.kv.indices = d_indices;
+  a.kv.last_page_len = d_last;
+  const size_t ws_bytes = kn_cuda_attention_workspace_bytes(&a);
+  int rc = 0;
+  if (ws_bytes && kn_cuda_malloc(ws_bytes, &err, &ws) != AK_OK) {
+    printf("prefill %s N=%lld tiles=%d error=out-of-memory ws_bytes=%zu\n", sh.name, (long long)n, tiles, ws_bytes);
+    (void)cudaGetLastError();
+    ws = NULL;
+    rc = 1;
+  } else {
+    std::vector<cudaEvent_t> ev(iters + 1);
+    for (cudaEvent_t &e : ev) BENCH_CHECK(cudaEventCreate(&e));
+    std::vector<float> call_ms(iters);
+    BENCH_OK(kn_cuda_attention(&a, ws, ws_bytes, (kn_cuda_stream_t)s, &err), err); // warm-up
+    BENCH_CHECK(cudaStreamSynchronize(s));
+    ba_spin_kernel<<<1, 1, 0, s>>>((int64_t)2000000 + 20000 * (int64_t)iters);
+    BENCH_CHECK(cudaGetLastError());
+    for (long i = 0; i < iters; i++) {
+      BENCH_CHECK(cudaEventRecord(ev[i], s));
+      BENCH_OK(kn_cuda_attention(&a, ws, ws_bytes, (kn_cuda_stream_t)s, &err), err);
+    }
+    BENCH_CHECK(cudaEventRecord(ev[iters], s));
+    BENCH_CHECK(cudaEventSynchronize(ev[iters]));
+    for (long i = 0; i < iters; i++) BENCH_CHECK(cudaEventElapsedTime(&call_ms[i], ev[i], ev[i + 1]));
+    std::sort(call_ms.begin(), call_ms.end());
+    const double med_us = 1e3 * (iters % 2 ? call_ms[iters / 2] : 0.5 * (call_ms[iters / 2 - 1] + call_ms[iters / 2]));
+    const double flops = 4.0 * (double)n * (double)n / 2.0 * BA_HEAD_DIM * sh.n_heads;
+    printf("prefill %s N=%lld tiles=%d us=%.1f TFLOPs=%.2f min_us=%.1f ws_bytes=%zu\n", sh.name, (long long)n, tiles,
+           med_us, flops / (med_us * 1e6), 1e3 * call_ms[0], ws_bytes);
+    fflush(stdout);
+    for (cudaEvent_t &e : ev) cudaEventDestroy(e);
+  }
+  kn_cuda_free(ws, ws_bytes);
+  kn_cuda_free(pool, pool_bytes);
+  cudaFree(d_indptr);
+  cudaFree(d_indices);
+  cudaFree(d_last);
+  cudaFree(d_seq);
+  cudaFree(d_len);
+  cudaFree(d_q);
+  cudaFree(d_out);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   long ctxs[BA_MAX_LIST] = {2048, 10240, 20480, 30720};
   int n_ctx = 4;
   const ba_shape *shapes[BA_MAX_LIST] = {&kShapes[0], &kShapes[1]};
   int n_shapes = 2;
   long batch = 4, iters = 50;
+  long prefills[BA_MAX_LIST], tiles_list[BA_MAX_LIST] = {0, 1};
+  int n_prefill = 0, n_tiles = 2;
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 >= argc) {
       fprintf(stderr, "bench_cuda_attention: %s needs a value\n", argv[i]);
@@ -102,6 +216,18 @@ int main(int argc, char **argv) {
       n_ctx = ba_parse_list(v, ctxs, BA_MAX_LIST);
       if (n_ctx < 1) {
         fprintf(stderr, "bench_cuda_attention: bad --ctx list '%s'\n", v);
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "--prefill")) {
+      n_prefill = ba_parse_list(v, prefills, BA_MAX_LIST);
+      if (n_prefill < 1) {
+        fprintf(stderr, "bench_cuda_attention: bad --prefill list '%s'\n", v);
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "--tiles")) {
+      n_tiles = ba_parse_list(v, tiles_list, BA_MAX_LIST);
+      if (n_tiles < 1) {
+        fprintf(stderr, "bench_cuda_attention: bad --tiles list '%s'\n", v);
         return 2;
       }
     } else if (!strcmp(argv[i], "--shape")) {
@@ -128,6 +254,16 @@ int main(int argc, char **argv) {
               BA_PAGE_TOKENS, BA_PAGE_TOKENS);
       return 2;
     }
+  for (int p = 0; p < n_prefill; p++)
+    if (prefills[p] < 1 || prefills[p] > (1L << 20)) {
+      fprintf(stderr, "bench_cuda_attention: --prefill %ld must be in [1, 2^20]\n", prefills[p]);
+      return 2;
+    }
+  for (int t = 0; t < n_tiles; t++)
+    if (tiles_list[t] < 0 || tiles_list[t] > 2) {
+      fprintf(stderr, "bench_cuda_attention: --tiles %ld must be 0, 1 or 2\n", tiles_list[t]);
+      return 2;
+    }
   if (batch < 1 || batch > 1024 || iters < 1) {
     fprintf(stderr, "bench_cuda_attention: --batch must be in 1..1024 and --iters >= 1\n");
     return 2;
@@ -148,6 +284,17 @@ int main(int argc, char **argv) {
          l2_bytes >> 20);
   printf("# ours = kn_cuda_attention: q f32, K/V bf16 in %d-token pages, out bf16, head_dim %d; median of %ld calls\n",
          BA_PAGE_TOKENS, BA_HEAD_DIM, iters);
+
+  if (n_prefill > 0) {
+    printf("# prefill: one sequence, N tokens causal over N keys; q f32, K/V bf16 in %d-token pages, out bf16, "
+           "head_dim %d; median of %ld calls\n",
+           BA_PAGE_TOKENS, BA_HEAD_DIM, iters);
+    for (int si = 0; si < n_shapes; si++)
+      for (int p = 0; p < n_prefill; p++)
+        for (int t = 0; t < n_tiles; t++) ba_prefill(*shapes[si], prefills[p], (int)tiles_list[t], iters, s);
+    cudaStreamDestroy(s);
+    return 0;
+  }
 
   std::vector<cudaEvent_t> ev(iters + 1);
   for (cudaEvent_t &e : ev) BENCH_CHECK(cudaEventCreate(&e));
