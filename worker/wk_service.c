@@ -9,10 +9,16 @@
 
 #include "ak_alloc.h"
 #include "ak_log.h"
+#include "ak_time.h"
 #include "wk_service_internal.h"
 
-#define WK_PROTOCOL_REVISION 1u
+#define WK_PROTOCOL_REVISION 2u /* 2: ContinuingSequence.feed_sampled_at_step_id */
 #define WK_METHOD(m) "/arkvale.v1.Worker/" m
+/* How long a Step that feeds from a step this rank has not begun yet waits for it: the
+ * coordinator sends Step k+1 right after Step k (pipelined decode), and two calls on
+ * one channel may reach the queue in either order. Past this the Step runs and fails
+ * FAILED_PRECONDITION (feed_sampled_at_step_id). */
+#define WK_SVC_PREDECESSOR_WAIT_MS 100
 
 wk_service_params_t wk_service_params_default(void) {
   wk_service_params_t p;
@@ -135,9 +141,17 @@ static void wk_svc_enqueue(wk_service_t *s, wk_job_kind_t kind, const ProtobufCM
   pthread_mutex_lock(&s->mu);
   int refuse = s->stopping;
   if (!refuse) {
-    if (s->tail) s->tail->next = j;
-    else s->head = j;
-    s->tail = j;
+    /* Arrival order, except that a Step goes ahead of queued Steps with a larger
+     * step_id: pipelined Steps sent back to back may arrive swapped. */
+    wk_job_t **pp = s->tail ? &s->tail->next : &s->head;
+    if (kind == WK_JOB_STEP) {
+      uint64_t id = ((const Arkvale__V1__StepRequest *)req)->step_id;
+      for (pp = &s->head; *pp; pp = &(*pp)->next)
+        if ((*pp)->kind == WK_JOB_STEP && ((const Arkvale__V1__StepRequest *)(*pp)->req)->step_id > id) break;
+    }
+    j->next = *pp;
+    *pp = j;
+    if (!j->next) s->tail = j;
     s->n_queued++;
     pthread_cond_signal(&s->cv);
   }
@@ -242,15 +256,40 @@ static void wk_svc_run_warmup(wk_service_t *s, const Arkvale__V1__WarmupRequest 
   ak_rpc_writer_finish(w, st, err.msg);
 }
 
+/* Whether Step job j feeds a token sampled at a step this rank has not begun yet
+ * (s->mu held). */
+static int wk_svc_step_early(const wk_service_t *s, const wk_job_t *j) {
+  if (j->kind != WK_JOB_STEP) return 0;
+  const Arkvale__V1__StepRequest *q = (const Arkvale__V1__StepRequest *)j->req;
+  for (size_t i = 0; i < q->n_continuing_seqs; i++) {
+    const Arkvale__V1__ContinuingSequence *cs = q->continuing_seqs[i];
+    if (cs->has_feed_sampled_at_step_id && (!s->has_begun_step_id || cs->feed_sampled_at_step_id > s->begun_step_id))
+      return 1;
+  }
+  return 0;
+}
+
 static void *wk_svc_thread(void *arg) {
   wk_service_t *s = arg;
   for (;;) {
     pthread_mutex_lock(&s->mu);
     while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+    /* A pipelined Step that overtook its predecessor waits for it a little. */
+    if (s->head && !s->stopping && wk_svc_step_early(s, s->head)) {
+      struct timespec until = ak_time_realtime_after_ms(WK_SVC_PREDECESSOR_WAIT_MS);
+      wk_job_t *first = s->head;
+      while (s->head == first && !s->stopping && pthread_cond_timedwait(&s->cv, &s->mu, &until) == 0) {
+      }
+    }
     wk_job_t *j = s->head;
     if (!j) { /* stopping and drained */
       pthread_mutex_unlock(&s->mu);
       return NULL;
+    }
+    if (j->kind == WK_JOB_STEP) {
+      const Arkvale__V1__StepRequest *q = (const Arkvale__V1__StepRequest *)j->req;
+      if (q->has_step_id && (!s->has_begun_step_id || q->step_id > s->begun_step_id))
+        s->has_begun_step_id = 1, s->begun_step_id = q->step_id;
     }
     s->head = j->next;
     if (!s->head) s->tail = NULL;

@@ -12,6 +12,11 @@
  *                  writes the response, finishes the call, updates the snapshot.
  *
  * A Step that arrives while another runs waits in the queue; Health answers meanwhile.
+ * Pipelined decode (worker.proto, ContinuingSequence.feed_sampled_at_step_id): the
+ * coordinator sends Step k+1 while Step k runs, and k+1 appends the tokens k sampled
+ * here. So a Step goes into the queue ahead of queued Steps with a larger step_id (two
+ * calls sent back to back may arrive swapped), and a Step that feeds from a step the
+ * engine thread has not begun yet waits up to 100 ms for it before it runs (and fails).
  *
  * Sequences. The coordinator names sequences by a uint64 seq_id; a table maps each to
  * its kv_seq_id_t and its sampler (one per sequence: its PRNG and penalty history).

@@ -20,6 +20,12 @@ typedef struct {
   wk_sampler_t *sampler; /* its PRNG and penalty history */
   int64_t n_tokens;      /* tokens appended so far */
   int64_t max_tokens;    /* NewSequence.max_seq_tokens, or the context */
+  /* The token this rank sampled for it at step sampled_step_id, not yet appended: what
+   * ContinuingSequence.feed_sampled_at_step_id appends. Set by a Step that samples for
+   * it, cleared by any other Step it takes part in. */
+  int has_sampled;
+  uint64_t sampled_step_id;
+  int32_t sampled_token;
 } wk_seq_t;
 
 typedef enum { WK_JOB_WARMUP = 0, WK_JOB_STEP = 1, WK_JOB_RELEASE = 2 } wk_job_kind_t;
@@ -51,6 +57,8 @@ struct wk_service {
   Arkvale__V1__WorkerState state;
   int has_last_step_id;
   uint64_t last_step_id;
+  int has_begun_step_id;     /* the largest step_id the engine thread has taken up */
+  uint64_t begun_step_id;
   uint32_t n_seqs;
   char fail_msg[AK_ERR_MSG_BYTES];
 

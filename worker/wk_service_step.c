@@ -108,12 +108,27 @@ static ak_status_t wk_svc_step_check(wk_service_t *s, const Arkvale__V1__StepReq
       if (q->continuing_seqs[j]->seq_id == cs->seq_id)
         return AK_ERR(err, AK_ERR_INVALID_ARG, "continuing_seqs[%zu]: seq_id %" PRIu64 " appears twice", i,
                       cs->seq_id);
-    AK_TRY(wk_svc_check_tokens(s, "continuing_seqs", i, cs->seq_id, cs->n_token_ids, cs->token_ids, err));
-    if (sq->n_tokens + (int64_t)cs->n_token_ids > sq->max_tokens)
+    size_t n_toks = cs->n_token_ids;
+    if (cs->has_feed_sampled_at_step_id) {
+      /* Pipelined decode: the token comes from this rank's own sample (worker.proto). */
+      if (cs->n_token_ids)
+        return AK_ERR(err, AK_ERR_INVALID_ARG, "continuing_seqs[%zu] (seq_id %" PRIu64 "): token_ids and "
+                      "feed_sampled_at_step_id are both set", i, cs->seq_id);
+      if (!sq->has_sampled || sq->sampled_step_id != cs->feed_sampled_at_step_id) {
+        char last[48] = "none";
+        if (sq->has_sampled) snprintf(last, sizeof last, "step %" PRIu64, sq->sampled_step_id);
+        return AK_ERR(err, AK_ERR_PRECONDITION, "seq %" PRIu64 ": feed_sampled_at_step_id=%" PRIu64 ": no sampled "
+                      "token from that step (its pending sample: %s)", cs->seq_id, cs->feed_sampled_at_step_id, last);
+      }
+      n_toks = 1;
+    } else {
+      AK_TRY(wk_svc_check_tokens(s, "continuing_seqs", i, cs->seq_id, cs->n_token_ids, cs->token_ids, err));
+    }
+    if (sq->n_tokens + (int64_t)n_toks > sq->max_tokens)
       return AK_ERR(err, AK_ERR_RANGE, "continuing_seqs[%zu] (seq_id %" PRIu64 "): %lld + %zu tokens pass "
-                    "max_seq_tokens=%lld", i, cs->seq_id, (long long)sq->n_tokens, cs->n_token_ids,
+                    "max_seq_tokens=%lld", i, cs->seq_id, (long long)sq->n_tokens, n_toks,
                     (long long)sq->max_tokens);
-    n_rows += (int64_t)cs->n_token_ids;
+    n_rows += (int64_t)n_toks;
   }
   if (n_rows > s->warm_max_batch_tokens)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "%lld token rows pass max_batch_tokens=%d", (long long)n_rows,
@@ -200,6 +215,7 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
       const Arkvale__V1__ContinuingSequence *cs = q->continuing_seqs[i - n_new];
       s->batch_slot[i] = (int32_t)(wk_svc_seq_find(s, cs->seq_id) - s->seqs);
       ids = cs->token_ids, n = cs->n_token_ids;
+      if (cs->has_feed_sampled_at_step_id) ids = &s->seqs[s->batch_slot[i]].sampled_token, n = 1; /* checked */
       any_sample |= cs->sample;
     }
     s->batch_seqs[i] = s->seqs[s->batch_slot[i]].kv_seq;
@@ -244,8 +260,9 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
     int smp, want_lp;
     if (i < n_new) smp = q->new_seqs[i]->sample, want_lp = q->new_seqs[i]->return_logprob;
     else smp = q->continuing_seqs[i - n_new]->sample, want_lp = q->continuing_seqs[i - n_new]->return_logprob;
-    if (!smp) continue;
     wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
+    sq->has_sampled = 0; /* its pending sample (if any) was appended or superseded */
+    if (!smp) continue;
     Arkvale__V1__SampledToken *tk = &o->samples[n_out];
     arkvale__v1__sampled_token__init(tk);
     float lp = 0;
@@ -255,6 +272,7 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
                     wk_sampler_last_error(sq->sampler));
     tk->has_seq_id = 1, tk->seq_id = sq->seq_id, tk->has_token_id = 1;
     if (want_lp) tk->has_logprob = 1, tk->logprob = lp;
+    sq->has_sampled = 1, sq->sampled_step_id = q->step_id, sq->sampled_token = tk->token_id;
     o->sample_p[n_out++] = tk;
   }
   o->r.n_samples = n_out, o->r.samples = o->sample_p;

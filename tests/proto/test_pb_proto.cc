@@ -213,6 +213,8 @@ TEST(PbProto, StepRequestRoundTripsSeveralSequences) {
     c->n_token_ids = cont_tokens[i].size(), c->token_ids = cont_tokens[i].data();
     c->has_sample = 1, c->sample = 1;
     c->has_return_logprob = 1, c->return_logprob = 0;
+    // every field set for the round trip (the worker refuses token_ids beside it)
+    c->has_feed_sampled_at_step_id = 1, c->feed_sampled_at_step_id = 123456789011ull - (uint64_t)i;
     cont_ptrs.push_back(c);
   }
   uint64_t drops[] = {3, 5, UINT64_MAX};
@@ -246,6 +248,7 @@ TEST(PbProto, StepRequestRoundTripsSeveralSequences) {
   EXPECT_EQ(r->continuing_seqs[3]->n_token_ids, 97u);
   EXPECT_EQ(r->continuing_seqs[3]->token_ids[96], 95);
   EXPECT_EQ(r->continuing_seqs[0]->token_ids[0], 100);
+  EXPECT_EQ(r->continuing_seqs[2]->feed_sampled_at_step_id, 123456789009ull);
   p.reset();
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }

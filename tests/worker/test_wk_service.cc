@@ -108,7 +108,7 @@ TEST_F(WkServiceTest, InfoWarmupHealth) {
   Arkvale__V1__InfoRequest iq = ARKVALE__V1__INFO_REQUEST__INIT;
   ASSERT_EQ(Call("Info", &iq.base, &arkvale__v1__info_response__descriptor, &m), AK_OK);
   auto *info = (const Arkvale__V1__InfoResponse *)m.get();
-  EXPECT_EQ(info->protocol_revision, 1u);
+  EXPECT_EQ(info->protocol_revision, 2u);
   EXPECT_GT(strlen(info->model_id), 0u);
   EXPECT_EQ(strlen(info->model_fingerprint), 16u);
   EXPECT_EQ(info->n_vocab, 49152u);

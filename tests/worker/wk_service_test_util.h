@@ -176,6 +176,12 @@ struct StepBuilder {
     c->has_sample = 1, c->sample = sample;
     return *this;
   }
+  // A decode token fed from the worker's own sample at step `from_step_id` (pipelined).
+  StepBuilder &add_fed(uint64_t id, uint64_t from_step_id, bool sample = true) {
+    add_cont(id, {}, sample);
+    conts.back()->has_feed_sampled_at_step_id = 1, conts.back()->feed_sampled_at_step_id = from_step_id;
+    return *this;
+  }
   Arkvale__V1__StepRequest *get() {
     news_p.clear(), conts_p.clear();
     for (auto &n : news) news_p.push_back(n.get());
