@@ -40,7 +40,9 @@ typedef struct co_svc_req {
   int ignore_eos, return_logprobs;
   co_stop_t *stop;               /* NULL without stop strings */
   co_detok_t *detok;
-  int32_t last_token;            /* the token to feed back at the next decode step */
+  int32_t last_token;            /* the last token streamed */
+  uint64_t sample_step_id;       /* the Step (of its group) that last sampled for it: its
+                                  * next decode step feeds that token (pipelined decode) */
   int32_t n_generated;
   int64_t arrival_us, admitted_us, first_token_us, last_token_us;
   atomic_int abort_requested;
@@ -81,11 +83,43 @@ typedef struct co_svc_rank {
 /* What a group's thread is doing (co_svc_group_t.job). */
 typedef enum {
   CO_SVC_JOB_NONE = 0,
-  CO_SVC_JOB_STEP,    /* the Step in g->q to every rank */
   CO_SVC_JOB_CANARY,  /* the one-token canary, then its Release */
   CO_SVC_JOB_REVIVE,  /* fresh channels, probe, Release all, Info, Warmup */
   CO_SVC_JOB_RELEASE, /* Release of g->rel_ids (drops without a batch) */
 } co_svc_job_t;
+
+/* Steps of one group in flight at once (pipelined decode, co_service_loop.c): Step k+1
+ * goes out while Step k runs, its decode tokens fed by the worker from Step k's samples
+ * (worker.proto, ContinuingSequence.feed_sampled_at_step_id). */
+#define CO_SVC_STEP_DEPTH 2
+
+/* One rank's call of a lane's Step, made by that rank's caller thread of the lane. */
+typedef struct {
+  pthread_t thread;
+  int thread_started;
+  int has_job, quit;             /* (its group's mu) */
+  ak_status_t st;                /* the outcome, read once the lane is done */
+  ak_err_t err;
+  ProtobufCMessage *resp;        /* pb_msg_free; NULL on failure */
+} co_svc_lane_rank_t;
+
+/* One Step in flight: its request, the plan's items it answers for, and every rank's
+ * outcome. Posted by the scheduler thread, called by one caller thread per rank
+ * (co_service_ranks.c), answered by the scheduler thread in step order. */
+typedef struct {
+  int in_flight;                 /* scheduler thread: posted and not yet answered */
+  int answered;                  /* scheduler thread: every rank has answered (from done) */
+  int done;                      /* (the service's mu) set by the last rank's caller */
+  int32_t pending;               /* (the group's mu) ranks not yet answered */
+  uint64_t step_id;
+  Arkvale__V1__StepRequest q;    /* read by the callers while in flight */
+  void *bufs[8];                 /* its arrays (token ids and sampling copied: a request may
+                                  * end while its Step is out), freed once answered */
+  co_sched_item_t *items;        /* [n_items] the plan's items (co_sched's arrays do not
+                                  * outlive the step_done that follows the post) */
+  int32_t n_items;
+  co_svc_lane_rank_t *ranks;     /* [the group's n_ranks] */
+} co_svc_lane_t;
 
 /* One data-parallel group. Owned by the scheduler thread (create before it starts)
  * except while a job is posted (`busy`): then the group's thread owns the fields below
@@ -109,12 +143,15 @@ typedef struct co_svc_group {
   int32_t max_seqs;              /* job: slots left to co_sched at the last Warmup (min over ranks) */
   int32_t batch_tokens;          /* job: max_batch_tokens at the last Warmup (min over ranks) */
   int32_t worker_max_seqs;       /* job: the ranks' max_seqs at the last Warmup (min) */
-  /* a Step in flight (co_service_loop.c) */
+  /* Steps in flight (co_service_loop.c), scheduler thread */
   co_sched_plan_t plan;
-  int in_step;
-  Arkvale__V1__StepRequest q;    /* job */
-  void *bufs[8];                 /* the request's arrays (token ids and sampling copied: a
-                                  * request may end while its Step is out), freed after */
+  co_svc_lane_t lanes[CO_SVC_STEP_DEPTH];
+  int32_t lane_oldest;           /* the lane of the oldest Step in flight */
+  int32_t n_in_flight;           /* Steps in flight, 0..CO_SVC_STEP_DEPTH */
+  int canary_wanted;             /* a canary is due: no new Step until it has run */
+  uint64_t *pend_drops;          /* drops planned while Steps were in flight and no Step
+                                  * carried them [n_pend_drops]: the next Step does */
+  size_t n_pend_drops, cap_pend_drops;
   uint64_t *rel_ids;             /* job: a RELEASE's ids [n_rel] */
   size_t n_rel;
   /* the group's thread and the fan-out to its ranks (co_service_ranks.c) */
@@ -202,6 +239,11 @@ void co_svc_ranks_stop(co_service_t *s);
  * are set. The thread that owns g's calls (create's, then g's own thread). */
 void co_svc_fan_call(co_service_t *s, co_svc_group_t *g, const char *method, const ProtobufCMessage *req,
                      const ProtobufCMessageDescriptor *desc, int64_t deadline_ms);
+/* Posts lane_idx's Step (its q built) to every rank's caller of that lane; the last to
+ * answer sets the lane's done under s->mu and signals s->cv. Scheduler thread. */
+void co_svc_lane_post(co_service_t *s, co_svc_group_t *g, int32_t lane_idx);
+/* Frees every rank's response of a lane. */
+void co_svc_lane_free_resps(co_svc_group_t *g, co_svc_lane_t *l);
 /* Posts `job` to g's thread (g not busy). Scheduler thread. */
 void co_svc_job_post(co_service_t *s, co_svc_group_t *g, co_svc_job_t job);
 /* A group's thread: runs each posted job, then sets job_done under s->mu and signals

@@ -1,14 +1,23 @@
 /* co_service_loop.c: the scheduler thread of co_service (co_service.h, "Threads"),
  * and the jobs it posts to each group's thread.
  * The scheduler thread owns co_sched and every request once it left the inbox; it
- * never calls a worker itself. Each group steps on its own: when its job is done the
- * loop answers it and posts its next job at once, so a slow or hung group holds no
- * other. A Step's answer is applied in two passes: what the next plan needs (the
- * sampled token, EOS, max_new_tokens) first, then the group's next Step is sent, and
- * only then are the tokens detokenized, checked for stop strings and streamed, while
- * the workers compute. A stop string found then ends the stream at once; the
- * sequence is already in the Step just sent: co_sched_abort drops it in the one after,
- * and the token it gets meanwhile is discarded, never streamed. */
+ * never calls a worker itself. Each group steps on its own, so a slow or hung group
+ * holds no other.
+ *
+ * Pipelined decode (CO_SVC_STEP_DEPTH = 2): a group keeps two Steps in flight, so its
+ * worker's engine never waits for the round trip. Right after Step k is posted, co_sched
+ * is told it is done as planned (every sampling item sampled one token; co_sched ends
+ * a request at max_new_tokens itself), so Step k+1 can be planned and posted at once;
+ * its decode items carry no token: the worker feeds each the token it sampled at the
+ * sequence's previous step (feed_sampled_at_step_id). When Step k's answer arrives, its
+ * tokens are streamed and checked for EOS and stop strings; a sequence that stopped at
+ * Step k is already in Step k+1: co_sched_abort drops it from the next Step planned,
+ * and the token Step k+1 samples for it is discarded (its request is gone: never
+ * streamed, never counted). Steps are answered in step order. A failed Step fails the
+ * group; the Step behind it is answered as failed too (its answer is discarded), and
+ * the group is revived only once no Step is in flight. Canaries, revives and Releases
+ * run on the group's thread while no Step is in flight: a due canary holds new Steps
+ * back until the pipeline drains. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,7 +152,10 @@ static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *
 static int co_svc_take_inbox(co_service_t *s, int wait_ms, int n_busy, int32_t *done) {
   pthread_mutex_lock(&s->mu);
   int any_done = 0;
-  for (int32_t g = 0; g < s->n_groups; g++) any_done |= s->groups[g].job_done;
+  for (int32_t g = 0; g < s->n_groups; g++) {
+    any_done |= s->groups[g].job_done;
+    for (int32_t li = 0; li < CO_SVC_STEP_DEPTH; li++) any_done |= s->groups[g].lanes[li].done;
+  }
   if (!s->inbox_head && !any_done && (!s->stopping || n_busy > 0) && wait_ms > 0) {
     struct timespec ts = ak_time_realtime_after_ms(wait_ms);
     pthread_cond_timedwait(&s->cv, &s->mu, &ts);
@@ -151,6 +163,10 @@ static int co_svc_take_inbox(co_service_t *s, int wait_ms, int n_busy, int32_t *
   for (int32_t g = 0; g < s->n_groups && done; g++) {
     done[g] = s->groups[g].job_done;
     s->groups[g].job_done = 0;
+    for (int32_t li = 0; li < CO_SVC_STEP_DEPTH; li++) {
+      co_svc_lane_t *l = &s->groups[g].lanes[li];
+      if (l->done) l->done = 0, l->answered = 1;
+    }
   }
   co_svc_req_t *in = s->inbox_head;
   s->inbox_head = s->inbox_tail = NULL;
@@ -200,12 +216,13 @@ void co_svc_health_refresh(co_service_t *s, const char *why) {
   co_svc_health_publish(s, any, why);
 }
 
-static void co_svc_step_free(co_svc_group_t *g) {
-  for (size_t i = 0; i < sizeof g->bufs / sizeof g->bufs[0]; i++) {
-    free(g->bufs[i]);
-    g->bufs[i] = NULL;
+static void co_svc_lane_free(co_svc_lane_t *l) {
+  for (size_t i = 0; i < sizeof l->bufs / sizeof l->bufs[0]; i++) {
+    free(l->bufs[i]);
+    l->bufs[i] = NULL;
   }
-  g->in_step = 0;
+  l->items = NULL, l->n_items = 0;
+  l->in_flight = 0, l->answered = 0;
 }
 
 void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why) {
@@ -214,7 +231,9 @@ void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why) {
   const int64_t *failed = NULL;
   int32_t n_failed = 0;
   co_sched_group_dead(s->sched, g->idx, &failed, &n_failed);
-  co_svc_step_free(g);
+  /* Steps still in flight keep their buffers (their callers read them) until answered;
+   * drops not sent are moot: a revive releases everything. */
+  g->n_pend_drops = 0;
   g->dead = 1;
   g->serving = 0;
   char msg[AK_ERR_MSG_BYTES];
@@ -233,43 +252,51 @@ void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why) {
   co_svc_health_refresh(s, msg);
 }
 
-/* Builds g's Step request for `plan` into g->q (its arrays in g->bufs: the token ids
- * and sampling parameters are copies, the group's thread packs them while this thread
- * may end their requests). Returns 0 when the group failed instead. */
-static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
+/* Builds lane l's Step for g->plan (its arrays in l->bufs: the token ids and sampling
+ * parameters are copies, the lane's callers pack them while this thread may end their
+ * requests; the plan's items are copied too). Decode items carry no token: the worker
+ * feeds the one it sampled at the sequence's previous Step. The drops planned while
+ * no Step could carry them go with it. Returns 0 when the group failed instead. */
+static int co_svc_step_build(co_service_t *s, co_svc_group_t *g, co_svc_lane_t *l) {
   const co_sched_plan_t *plan = &g->plan;
   int32_t n = plan->n_items;
-  Arkvale__V1__StepRequest *q = &g->q;
+  Arkvale__V1__StepRequest *q = &l->q;
   arkvale__v1__step_request__init(q);
+  size_t n_drops = (size_t)plan->n_drops + g->n_pend_drops;
   Arkvale__V1__NewSequence *nsv = calloc((size_t)n, sizeof *nsv);
   Arkvale__V1__ContinuingSequence *csv = calloc((size_t)n, sizeof *csv);
   Arkvale__V1__NewSequence **nsp = calloc((size_t)n, sizeof *nsp);
   Arkvale__V1__ContinuingSequence **csp = calloc((size_t)n, sizeof *csp);
-  uint64_t *drops = calloc((size_t)plan->n_drops + 1, sizeof *drops);
-  co_sched_result_t *res = calloc((size_t)n, sizeof *res);
+  uint64_t *drops = calloc(n_drops + 1, sizeof *drops);
+  co_sched_item_t *items = calloc((size_t)n, sizeof *items);
   int32_t *toks_all = calloc((size_t)plan->n_tokens + 1, sizeof *toks_all); /* [plan n_tokens] */
   Arkvale__V1__SamplingParams *sps = calloc((size_t)n, sizeof *sps);
-  void *bufs[8] = {nsv, csv, nsp, csp, drops, res, toks_all, sps};
-  memcpy(g->bufs, bufs, sizeof bufs);
-  g->in_step = 1;
-  if (!nsv || !csv || !nsp || !csp || !drops || !res || !toks_all || !sps) {
+  void *bufs[8] = {nsv, csv, nsp, csp, drops, items, toks_all, sps};
+  memcpy(l->bufs, bufs, sizeof bufs);
+  if (!nsv || !csv || !nsp || !csp || !drops || !items || !toks_all || !sps) {
+    co_svc_lane_free(l);
     co_svc_group_failed(s, g, "out of memory building a step");
     return 0;
   }
-  for (int32_t i = 0; i < plan->n_drops; i++) drops[i] = (uint64_t)plan->drops[i];
-  q->has_step_id = 1, q->step_id = ++g->step_id;
-  q->n_drop_seq_ids = (size_t)plan->n_drops, q->drop_seq_ids = drops;
+  memcpy(items, plan->items, (size_t)n * sizeof *items);
+  l->items = items, l->n_items = n;
+  for (size_t i = 0; i < g->n_pend_drops; i++) drops[i] = g->pend_drops[i];
+  for (int32_t i = 0; i < plan->n_drops; i++) drops[g->n_pend_drops + (size_t)i] = (uint64_t)plan->drops[i];
+  g->n_pend_drops = 0;
+  q->has_step_id = 1, q->step_id = l->step_id = ++g->step_id;
+  q->n_drop_seq_ids = n_drops, q->drop_seq_ids = drops;
   q->new_seqs = nsp, q->continuing_seqs = csp;
   int64_t n_toks = 0;
   for (int32_t i = 0; i < n; i++) {
     const co_sched_item_t *it = &plan->items[i];
     co_svc_req_t *r = co_svc_find(s, it->id);
     if (!r) {
+      co_svc_lane_free(l);
       co_svc_group_failed(s, g, "a planned sequence has no request");
       return 0;
     }
     int32_t *toks = toks_all + n_toks;
-    memcpy(toks, it->is_prefill ? r->prompt + it->pos0 : &r->last_token, (size_t)it->n_tokens * sizeof *toks);
+    if (it->is_prefill) memcpy(toks, r->prompt + it->pos0, (size_t)it->n_tokens * sizeof *toks);
     n_toks += it->n_tokens;
     if (it->is_prefill) co_svc_metric_add(s, s->mid.prompt_tokens, (double)it->n_tokens);
     if (it->is_new) {
@@ -287,12 +314,17 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g) {
       Arkvale__V1__ContinuingSequence *cs = &csv[q->n_continuing_seqs];
       arkvale__v1__continuing_sequence__init(cs);
       cs->has_seq_id = 1, cs->seq_id = (uint64_t)r->id;
-      cs->n_token_ids = (size_t)it->n_tokens, cs->token_ids = toks;
+      if (it->is_prefill) {
+        cs->n_token_ids = (size_t)it->n_tokens, cs->token_ids = toks;
+      } else {
+        /* the token its previous Step samples (maybe still running there) */
+        cs->has_feed_sampled_at_step_id = 1, cs->feed_sampled_at_step_id = r->sample_step_id;
+      }
       cs->has_sample = 1, cs->sample = it->samples;
       cs->has_return_logprob = 1, cs->return_logprob = r->return_logprobs;
       csp[q->n_continuing_seqs++] = cs;
     }
-    res[i].id = it->id;
+    if (it->samples) r->sample_step_id = q->step_id;
   }
   return 1;
 }
@@ -303,80 +335,96 @@ typedef struct {
   int32_t tok;
   int has_lp;
   float lp;
-  int finished; /* co_sched ended it with this step (EOS, max_new_tokens) */
 } co_svc_sample_t;
 
-static void co_svc_group_kick(co_service_t *s, co_svc_group_t *g);
+/* Whether every rank that sampled drew rank 0's tokens: each rank feeds its own sample
+ * to the next Step, so ranks that disagree would diverge. Sets err when not. */
+static int co_svc_ranks_agree(const co_svc_group_t *g, const co_svc_lane_t *l, ak_err_t *err) {
+  const Arkvale__V1__StepResponse *r0 = (const Arkvale__V1__StepResponse *)l->ranks[0].resp;
+  for (int32_t k = 1; k < g->n_ranks; k++) {
+    const Arkvale__V1__StepResponse *rk = (const Arkvale__V1__StepResponse *)l->ranks[k].resp;
+    if (rk->n_samples == 0) continue; /* a rank that does not sample */
+    if (rk->n_samples != r0->n_samples) {
+      ak_err_set(err, AK_ERR_INTERNAL, "Step %" PRIu64 ": rank %d (%s) sampled %zu tokens, rank 0 %zu", l->step_id, k,
+                 g->ranks[k].addr, rk->n_samples, r0->n_samples);
+      return 0;
+    }
+    for (size_t i = 0; i < r0->n_samples; i++)
+      if (rk->samples[i]->seq_id != r0->samples[i]->seq_id || rk->samples[i]->token_id != r0->samples[i]->token_id) {
+        ak_err_set(err, AK_ERR_INTERNAL, "Step %" PRIu64 ": rank %d (%s) sampled token %d for seq %" PRIu64
+                   ", rank 0 token %d: the ranks diverge", l->step_id, k, g->ranks[k].addr,
+                   rk->samples[i]->token_id, rk->samples[i]->seq_id, r0->samples[i]->token_id);
+        return 0;
+      }
+  }
+  return 1;
+}
 
-/* Answers g's Step from rank 0's response: first what the next plan needs, then g's
- * next job goes out, then the tokens are streamed (see the top of this file). */
-static void co_svc_step_answer(co_service_t *s, co_svc_group_t *g) {
-  const co_sched_plan_t *plan = &g->plan;
-  int32_t n = plan->n_items;
-  co_sched_result_t *res = g->bufs[5];
+/* Answers g's oldest Step in flight (lane l, every rank answered). The Step behind it
+ * may be running already; see the top of this file. */
+static void co_svc_lane_answer(co_service_t *s, co_svc_group_t *g, co_svc_lane_t *l) {
   ak_err_t err;
   ak_err_clear(&err);
-  if (co_svc_group_status(g, &err) != AK_OK) {
-    co_svc_group_free_resps(g);
-    co_svc_group_failed(s, g, err.msg);
+  if (g->dead) { /* behind a failed Step: the group failed already */
+    co_svc_lane_free_resps(g, l);
+    co_svc_lane_free(l);
     return;
   }
-  const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)g->ranks[0].resp;
+  for (int32_t k = 0; k < g->n_ranks; k++)
+    if (l->ranks[k].st != AK_OK) {
+      ak_err_set(&err, l->ranks[k].st, "%s", l->ranks[k].err.msg);
+      co_svc_lane_free_resps(g, l);
+      co_svc_lane_free(l);
+      co_svc_group_failed(s, g, err.msg);
+      return;
+    }
+  const Arkvale__V1__StepResponse *sr = (const Arkvale__V1__StepResponse *)l->ranks[0].resp;
   pthread_mutex_lock(&s->mu);
   s->last_answer_us = co_svc_now_us();
   pthread_mutex_unlock(&s->mu);
   for (int32_t k = 0; k < g->n_ranks; k++) {
-    co_svc_metric_kv(s, &g->ranks[k], ((const Arkvale__V1__StepResponse *)g->ranks[k].resp)->kv);
-    co_svc_metric_rank_add(s, &g->ranks[k], s->mid.steps, 1.0);
+    const co_svc_rank_t *rk = &g->ranks[k];
+    co_svc_metric_kv(s, rk, ((const Arkvale__V1__StepResponse *)l->ranks[k].resp)->kv);
+    co_svc_metric_rank_add(s, rk, s->mid.steps, 1.0);
   }
+  int32_t n = l->n_items;
   co_svc_sample_t *smp = calloc((size_t)n + 1, sizeof *smp);
-  if (!smp) {
-    co_svc_group_free_resps(g);
-    co_svc_group_failed(s, g, "out of memory answering a step");
-    return;
-  }
+  const char *bad = !smp ? "out of memory answering a step" : NULL;
+  if (!bad && !co_svc_ranks_agree(g, l, &err)) bad = err.msg;
   int32_t n_smp = 0;
-  for (int32_t i = 0; i < n; i++) {
-    const co_sched_item_t *it = &plan->items[i];
-    res[i].id = it->id;
+  for (int32_t i = 0; !bad && i < n; i++) {
+    const co_sched_item_t *it = &l->items[i];
     if (!it->samples) continue;
     const Arkvale__V1__SampledToken *tk = NULL;
     for (size_t k = 0; k < sr->n_samples; k++)
       if (sr->samples[k]->seq_id == (uint64_t)it->id) tk = sr->samples[k];
-    if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab) {
-      free(smp), co_svc_group_free_resps(g);
-      co_svc_group_failed(s, g, "the Step response lacks a sample or has a bad token id");
-      return;
-    }
-    res[i].n_sampled_tokens = 1;
-    /* Ended since the plan (cancelled, a stop string): co_sched dropped it already and
-     * ignores this result; its token is discarded. */
-    co_svc_req_t *r = co_svc_find(s, it->id);
-    if (!r) continue;
-    r->last_token = tk->token_id; /* what the next Step feeds */
-    int eos = !r->ignore_eos && co_tokenizer_is_eog(s->tok, tk->token_id);
-    res[i].finished = eos || r->n_generated + 1 >= r->max_new;
-    smp[n_smp++] = (co_svc_sample_t){it->id, tk->token_id, tk->has_logprob, tk->logprob, res[i].finished};
+    if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab)
+      bad = "the Step response lacks a sample or has a bad token id";
+    else
+      smp[n_smp++] = (co_svc_sample_t){it->id, tk->token_id, tk->has_logprob, tk->logprob};
   }
-  co_svc_group_free_resps(g);
-  ak_status_t st = co_sched_step_done(s->sched, g->idx, res, n, NULL, NULL);
-  co_svc_step_free(g);
-  if (st != AK_OK) {
+  if (bad) {
+    char why[AK_ERR_MSG_BYTES];
+    snprintf(why, sizeof why, "%s", bad);
     free(smp);
-    co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
+    co_svc_lane_free_resps(g, l);
+    co_svc_lane_free(l);
+    co_svc_group_failed(s, g, why);
     return;
   }
-  /* The workers start on the next Step while this thread streams. */
-  co_svc_group_kick(s, g);
+  co_svc_lane_free_resps(g, l);
+  co_svc_lane_free(l);
   for (int32_t i = 0; i < n_smp; i++) {
+    /* Ended since the plan (cancelled, EOS or a stop string at the Step before):
+     * its token is discarded, never streamed. */
     co_svc_req_t *r = co_svc_find(s, smp[i].id);
     if (!r) continue;
     const char *stop = NULL;
     Arkvale__V1__FinishReason why = co_svc_on_token(s, r, smp[i].tok, smp[i].has_lp, smp[i].lp, &stop);
     if (why == ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) continue;
-    /* A stop string (nothing else is seen only now): the sequence is in the Step just
-     * sent; co_sched drops it from the next and ignores that Step's token for it. */
-    if (!smp[i].finished) co_sched_abort(s->sched, r->id);
+    /* EOS or a stop string (co_sched ended it at max_new_tokens itself): the sequence is
+     * in the Step in flight; co_sched drops it from the next one planned. */
+    (void)co_sched_abort(s->sched, r->id);
     co_svc_finish(s, r, why, stop);
   }
   free(smp);
@@ -387,9 +435,6 @@ static void co_svc_job_done(co_service_t *s, co_svc_group_t *g) {
   co_svc_job_t job = g->busy;
   g->busy = CO_SVC_JOB_NONE;
   switch (job) {
-  case CO_SVC_JOB_STEP:
-    co_svc_step_answer(s, g);
-    break;
   case CO_SVC_JOB_CANARY:
   case CO_SVC_JOB_REVIVE:
     co_svc_health_job_done(s, g, job);
@@ -403,40 +448,76 @@ static void co_svc_job_done(co_service_t *s, co_svc_group_t *g) {
   }
 }
 
-/* Posts g's next job if it has one and is not busy: a due revive or canary, else its
- * next Step (or the Release of drops without a batch). */
+/* Drops planned with no Step to carry them: the next Step (or a Release) does. */
+static int co_svc_pend_drops(co_svc_group_t *g) {
+  size_t need = g->n_pend_drops + (size_t)g->plan.n_drops;
+  if (need > g->cap_pend_drops) {
+    size_t cap = need * 2 + 8;
+    uint64_t *p = realloc(g->pend_drops, cap * sizeof *p);
+    if (!p) return 0;
+    g->pend_drops = p, g->cap_pend_drops = cap;
+  }
+  for (int32_t i = 0; i < g->plan.n_drops; i++) g->pend_drops[g->n_pend_drops++] = (uint64_t)g->plan.drops[i];
+  return 1;
+}
+
+/* Keeps g busy: a due revive or canary once no Step is in flight (a due canary holds
+ * new Steps back until then), else Steps until CO_SVC_STEP_DEPTH are in flight, each
+ * counted done in co_sched as planned right after it is posted; with nothing to step
+ * and nothing in flight, a Release of the drops planned meanwhile. */
 static void co_svc_group_kick(co_service_t *s, co_svc_group_t *g) {
   if (g->busy) return;
   int64_t now_us = co_svc_now_us();
   if (g->dead) {
-    if (!s->loop_stopping && co_svc_health_due(s, g, now_us) == CO_SVC_JOB_REVIVE)
+    g->canary_wanted = 0;
+    if (g->n_in_flight == 0 && !s->loop_stopping && co_svc_health_due(s, g, now_us) == CO_SVC_JOB_REVIVE)
       co_svc_job_post(s, g, CO_SVC_JOB_REVIVE);
     return;
   }
-  if (!s->loop_stopping && co_svc_health_due(s, g, now_us) == CO_SVC_JOB_CANARY) {
-    co_svc_job_post(s, g, CO_SVC_JOB_CANARY);
+  if (s->loop_stopping) g->canary_wanted = 0;
+  else if (!g->canary_wanted && co_svc_health_due(s, g, now_us) == CO_SVC_JOB_CANARY) g->canary_wanted = 1;
+  if (g->canary_wanted) {
+    if (g->n_in_flight == 0) {
+      g->canary_wanted = 0;
+      co_svc_job_post(s, g, CO_SVC_JOB_CANARY);
+    }
     return;
   }
-  ak_status_t st = co_sched_plan_step(s->sched, g->idx, now_us, &g->plan);
-  if (st != AK_OK) {
-    co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
-    return;
-  }
-  if (g->plan.n_items > 0) {
-    if (co_svc_step_build(s, g)) co_svc_job_post(s, g, CO_SVC_JOB_STEP);
-  } else if (g->plan.n_drops > 0) {
-    uint64_t *ids = realloc(g->rel_ids, (size_t)g->plan.n_drops * sizeof *ids);
-    if (!ids) {
-      ak_log_write(AK_LOG_WARN, __func__, "worker group %d (%s): out of memory releasing %d sequences", g->idx,
-                   g->ranks[0].addr, g->plan.n_drops);
+  while (g->n_in_flight < CO_SVC_STEP_DEPTH) {
+    ak_status_t st = co_sched_plan_step(s->sched, g->idx, now_us, &g->plan);
+    if (st != AK_OK) {
+      co_svc_group_failed(s, g, co_sched_errmsg(s->sched));
       return;
     }
-    for (int32_t i = 0; i < g->plan.n_drops; i++) ids[i] = (uint64_t)g->plan.drops[i];
-    g->rel_ids = ids, g->n_rel = (size_t)g->plan.n_drops;
+    if (g->plan.n_items == 0) {
+      if (!co_svc_pend_drops(g))
+        ak_log_write(AK_LOG_WARN, __func__, "worker group %d (%s): out of memory keeping %d drops", g->idx,
+                     g->ranks[0].addr, g->plan.n_drops);
+      break;
+    }
+    int32_t li = (g->lane_oldest + g->n_in_flight) % CO_SVC_STEP_DEPTH;
+    co_svc_lane_t *l = &g->lanes[li];
+    if (!co_svc_step_build(s, g, l)) return;
+    g->n_in_flight++;
+    co_svc_lane_post(s, g, li);
+    /* Done as planned: a token for every sampling item, the rest is learnt at the answer. */
+    co_sched_result_t *res = calloc((size_t)l->n_items, sizeof *res);
+    for (int32_t i = 0; res && i < l->n_items; i++)
+      res[i] = (co_sched_result_t){l->items[i].id, l->items[i].samples, 0};
+    st = res ? co_sched_step_done(s->sched, g->idx, res, l->n_items, NULL, NULL) : AK_ERR_NO_MEMORY;
+    free(res);
+    if (st != AK_OK) {
+      co_svc_group_failed(s, g, st == AK_ERR_NO_MEMORY ? "out of memory planning a step" : co_sched_errmsg(s->sched));
+      return;
+    }
+  }
+  if (g->n_in_flight == 0 && g->n_pend_drops > 0) {
+    free(g->rel_ids);
+    g->rel_ids = g->pend_drops, g->n_rel = g->n_pend_drops;
+    g->pend_drops = NULL, g->n_pend_drops = g->cap_pend_drops = 0;
     co_svc_job_post(s, g, CO_SVC_JOB_RELEASE);
   }
 }
-
 void *co_svc_group_main(void *arg) {
   co_svc_group_t *g = arg;
   co_service_t *s = g->svc;
@@ -448,10 +529,6 @@ void *co_svc_group_main(void *arg) {
     pthread_mutex_unlock(&g->mu);
     ak_status_t st = AK_OK;
     switch (job) {
-    case CO_SVC_JOB_STEP:
-      co_svc_fan_call(s, g, "/arkvale.v1.Worker/Step", &g->q.base, &arkvale__v1__step_response__descriptor,
-                      s->p.step_deadline_ms);
-      break;
     case CO_SVC_JOB_CANARY:
       st = co_svc_canary_run(s, g, &g->job_err);
       break;
@@ -488,17 +565,29 @@ void *co_svc_loop(void *arg) {
   }
   for (;;) {
     int n_busy = 0;
-    for (int32_t g = 0; g < s->n_groups; g++) n_busy += s->groups[g].busy != CO_SVC_JOB_NONE;
+    for (int32_t g = 0; g < s->n_groups; g++)
+      n_busy += s->groups[g].busy != CO_SVC_JOB_NONE || s->groups[g].n_in_flight > 0;
     int stopping = co_svc_take_inbox(s, CO_SVC_IDLE_WAIT_MS, n_busy, done);
     s->loop_stopping = stopping;
     co_svc_reap_cancelled(s, stopping);
     co_svc_health_sweep(s);
     for (int32_t g = 0; g < s->n_groups && done; g++)
       if (done[g]) done[g] = 0, co_svc_job_done(s, &s->groups[g]);
+    for (int32_t gi = 0; gi < s->n_groups && done; gi++) {
+      /* in step order: the oldest first, and only once it has answered */
+      co_svc_group_t *g = &s->groups[gi];
+      while (g->n_in_flight > 0 && g->lanes[g->lane_oldest].answered) {
+        co_svc_lane_t *l = &g->lanes[g->lane_oldest];
+        g->lane_oldest = (g->lane_oldest + 1) % CO_SVC_STEP_DEPTH;
+        g->n_in_flight--;
+        co_svc_lane_answer(s, g, l);
+      }
+    }
     for (int32_t g = 0; g < s->n_groups && done; g++) co_svc_group_kick(s, &s->groups[g]);
     co_svc_metric_sched(s); /* after admission */
     n_busy = 0;
-    for (int32_t g = 0; g < s->n_groups; g++) n_busy += s->groups[g].busy != CO_SVC_JOB_NONE;
+    for (int32_t g = 0; g < s->n_groups; g++)
+      n_busy += s->groups[g].busy != CO_SVC_JOB_NONE || s->groups[g].n_in_flight > 0;
     /* At shutdown, the jobs out (a Step up to its deadline) end before the threads do. */
     if (stopping && n_busy == 0) break;
   }

@@ -15,6 +15,10 @@
 // stays SERVING until every group is dead; the worker back on its port rejoins; bad
 // group lists are INVALID_ARGUMENT. One group of two ranks: both answer every Step
 // (rank 0 streams, greedy equals the engine), a lost rank kills the group, it revives.
+// Pipelined decode: a stop string seen while the next Step runs (its token discarded,
+// one Step more than tokens, the sequence dropped, no page left); max_new_tokens costs
+// no extra Step; slow Steps are queued at the worker behind the running one, and an
+// Abort with Steps in flight leaves the other stream running.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -1017,7 +1021,7 @@ struct FakeWorker {
   static void Info(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
     Arkvale__V1__InfoResponse r = ARKVALE__V1__INFO_RESPONSE__INIT;
     Arkvale__V1__KvPolicy pol = ARKVALE__V1__KV_POLICY__KV_POLICY_FULL;
-    r.has_protocol_revision = 1, r.protocol_revision = 1;
+    r.has_protocol_revision = 1, r.protocol_revision = 2;
     r.model_id = (char *)"fake";
     r.has_n_vocab = 1, r.n_vocab = 49152;
     r.has_n_layers = 1, r.n_layers = 30;
@@ -1449,4 +1453,110 @@ TEST(CoServiceHealth, EngineDeadWhileTheProcessAnswers) {
   EXPECT_TRUE(WaitStatus(cli, kServing));
   ak_rpc_client_destroy(cli);
   co_service_destroy(co);
+}
+
+// Pipelined decode (co_service_loop.c): two Steps of a group in flight; the worker feeds
+// each decode token from its own previous sample. No canary after the first, so the
+// Step counts below are the batch's alone.
+class CoServicePipeTest : public CoServiceTest {
+ protected:
+  CoServicePipeTest() { canary_period_ms_ = 600000; }
+  double BatchSteps() {
+    std::string text = Scrape();
+    return Sample(text, "arkvale_worker_steps_total{worker=\"" + waddr_ + "\"}") -
+           Sample(text, "arkvale_worker_canaries_total{worker=\"" + waddr_ + "\"}");
+  }
+  // Nothing left on the worker: no sequence, no page.
+  void ExpectWorkerEmpty() {
+    EXPECT_TRUE(WorkerDrains()) << "the worker still holds " << WorkerSeqs() << " sequences";
+    Arkvale__V1__ReleaseRequest q = ARKVALE__V1__RELEASE_REQUEST__INIT;
+    q.has_all = 1, q.all = 1;
+    MsgPtr m;
+    ASSERT_EQ(unary_call(wcli_, "arkvale.v1.Worker", "Release", &q.base, &arkvale__v1__release_response__descriptor,
+                         &m, nullptr, nullptr),
+              AK_OK);
+    auto *r = (const Arkvale__V1__ReleaseResponse *)m.get();
+    EXPECT_EQ(r->n_released, 0u);
+    EXPECT_EQ(r->kv->n_pages_used, 0u);
+  }
+};
+
+// A stop string seen at Step k's answer, while Step k+1 (feeding the sequence) already
+// runs: the token k+1 samples for it is never streamed nor counted, the sequence is
+// dropped (no Step after k+1) and its pages are freed. A request that ends at
+// max_new_tokens costs no extra Step: co_sched knows it ends before planning k+1.
+TEST_F(CoServicePipeTest, StopStringWhileTheNextStepIsInFlight) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  double steps0 = BatchSteps();
+  GenReq g(16);
+  g.set_text(kPromptText);
+  Stream full;
+  Generate(g, &full);
+  ASSERT_EQ(full.st, AK_OK) << full.msg;
+  ASSERT_EQ(full.tokens.size(), 16u);
+  EXPECT_EQ(full.tokens, engine_greedy(Tokenize(kPromptText), 16));
+  ASSERT_TRUE(WorkerDrains());
+  EXPECT_EQ(BatchSteps() - steps0, 16.0) << "the prefill and 15 decode Steps, none past max_new_tokens";
+
+  ASSERT_GT(full.text.size(), 12u) << full.text;
+  std::string stop = full.text.substr(full.text.size() / 2, 3);
+  size_t at = full.text.find(stop);
+  GenReq g2(16);
+  g2.set_text(kPromptText);
+  char *stops[1] = {(char *)stop.c_str()};
+  g2.stopping.n_stop = 1, g2.stopping.stop = stops;
+  double steps1 = BatchSteps();
+  Stream s;
+  Generate(g2, &s);
+  ASSERT_EQ(s.st, AK_OK) << s.msg;
+  EXPECT_EQ(s.finish_reason, ARKVALE__V1__FINISH_REASON__FINISH_REASON_STOP_STRING);
+  EXPECT_EQ(s.text, full.text.substr(0, at));
+  ASSERT_LT(s.tokens.size(), full.tokens.size());
+  EXPECT_EQ(s.tokens, std::vector<int32_t>(full.tokens.begin(), full.tokens.begin() + s.tokens.size()));
+  EXPECT_EQ(s.completion_tokens, s.tokens.size());
+  ExpectWorkerEmpty();
+  EXPECT_EQ(BatchSteps() - steps1, (double)s.tokens.size() + 1)
+      << "one Step per streamed token, plus the one in flight whose token was discarded";
+}
+
+// Slow Steps (each worker job waits 20 ms first): the next Step is queued at the worker
+// while one runs. One stream is aborted with Steps in flight; the other, in the same
+// Steps, runs on to its max_new_tokens (not compared with the engine's tokens: batched
+// rows differ slightly on the quantized CPU path, see engine_greedy_pair; the worker's
+// tests check fed tokens against explicit ones); nothing is left on the worker.
+class CoServicePipeSlowTest : public CoServicePipeTest {
+ protected:
+  CoServicePipeSlowTest() { worker_job_delay_ms_ = 20; }
+};
+
+TEST_F(CoServicePipeSlowTest, AbortWithStepsInFlightLeavesTheOtherStreamRunning) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  std::vector<int32_t> pa = prompt_ids(20, 11), pb = prompt_ids(24, 12);
+  GenReq ga(24), gb(200);
+  ga.set_ids(pa);
+  gb.set_ids(pb);
+  gb.set_id("abort-in-flight");
+  Stream sa, sb;
+  std::atomic<int> seen{0};
+  sb.seen = &seen;
+  std::thread ta([&] { Generate(ga, &sa); });
+  std::thread tb([&] { Generate(gb, &sb); });
+  bool saw_queued = false;
+  while (seen.load() < 6) {
+    saw_queued |= wk_service_queue_depth(wk_) > 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  Arkvale__V1__AbortRequest q = ARKVALE__V1__ABORT_REQUEST__INIT;
+  q.request_id = (char *)"abort-in-flight";
+  MsgPtr m;
+  EXPECT_EQ(Call("Abort", &q.base, &arkvale__v1__abort_response__descriptor, &m), AK_OK);
+  tb.join();
+  ta.join();
+  EXPECT_TRUE(saw_queued) << "no Step was ever queued behind a running one";
+  EXPECT_EQ(sb.code, GRPC_STATUS_CANCELLED) << sb.msg;
+  EXPECT_LT(sb.tokens.size(), 200u);
+  ASSERT_EQ(sa.st, AK_OK) << sa.msg;
+  ASSERT_EQ(sa.tokens.size(), 24u);
+  EXPECT_EQ(sa.finish_reason, ARKVALE__V1__FINISH_REASON__FINISH_REASON_LENGTH);
+  ExpectWorkerEmpty();
 }
