@@ -17,15 +17,17 @@
  * group: its running requests end UNAVAILABLE (those its workers had not seen yet go
  * back to the queue), the other groups keep serving, and the dead group is revived
  * on its own (every rank: new channel, Release all, Info, Warmup, then a canary).
- * Groups step independently: each group's calls (Step, canary, revive, Release) run
- * as jobs on its own thread, and the scheduler thread posts a group's next job as soon
- * as its last is answered, so a slow group does not slow the others, and one whose
- * host takes a call and never answers holds only itself until step_deadline_ms.
- * A Step's answer is applied in two passes: the sampled tokens, EOS and max_new_tokens
- * first, then the group's next Step goes out, then the tokens are detokenized, checked
- * for stop strings and streamed while the workers compute. A stop string found then
- * ends its stream at once; the sequence is dropped from the Step after, and the token
- * the Step in flight samples for it is discarded.
+ * Groups step independently: each group's canary, revive and Release run as jobs on
+ * its own thread, its Steps on its own caller threads, so a slow group does not slow
+ * the others, and one whose host takes a call and never answers holds only itself
+ * until step_deadline_ms.
+ * Pipelined decode: a group has two Steps in flight. Step k+1 goes out while Step k
+ * runs; its decode tokens are the worker's own samples from Step k
+ * (ContinuingSequence.feed_sampled_at_step_id), so the worker's engine never waits for
+ * the round trip. When Step k answers, its tokens are detokenized, checked for EOS and
+ * stop strings and streamed; a sequence that stopped is already in Step k+1: the token
+ * k+1 samples for it is discarded (never streamed) and it is dropped from the next
+ * Step planned (co_service_loop.c, top comment).
  *
  * Threads:
  *   CQ threads:        GetModelInfo, Tokenize, CountTokens, Abort answered at once;
@@ -35,22 +37,27 @@
  *                      Loop, woken by the inbox, a group's job done, or every 20 ms:
  *                      submit the inbox (a full queue: RESOURCE_EXHAUSTED), abort
  *                      what was cancelled (Abort, or the writer cancelled), apply each
- *                      finished job (a Step: co_sched_step_done from rank 0's answer,
- *                      the group's next job posted, then per sampled token:
- *                      detokenize, stop strings, write a GenerateResponse; a finished
- *                      stream ends with its usage and finish reason), and post a job
- *                      to every idle group: a due revive or canary, else
- *                      co_sched_plan_step's Step, or a Release of drops without a batch
+ *                      finished job, answer each group's oldest Steps once every rank
+ *                      has answered (per sampled token: detokenize, EOS, stop strings,
+ *                      write a GenerateResponse; a finished stream ends with its usage
+ *                      and finish reason), and keep every group busy: a due revive or
+ *                      canary once no Step is in flight, else co_sched_plan_step's
+ *                      Steps until two are in flight (each counted done in co_sched as
+ *                      planned once posted), or a Release of drops without a batch
  *   group threads:     one per group: runs the posted job (blocking unary calls to
  *                      every rank at once, making rank 0's itself) and reports it done
  *   caller threads:    one per rank past a group's first: each makes the blocking
- *                      call its group's thread hands it (co_service_ranks.c)
+ *                      call its group's thread hands it (co_service_ranks.c); and for
+ *                      Steps, two lanes of one per rank: Step k+1's calls go out while
+ *                      Step k's wait
  *
  * Health (grpc.health.v1, proto/grpc/health/v1/health.proto): SERVING while at least
  * one group has passed Warmup and answered a real one-token canary (its own, per group): a new sequence of one
  * token in its own Worker.Step, sampled, then Released. The canary is a job of its
  * group's thread (which runs one job at a time: the worker refuses a step_id not above
- * its last) between steps, every canary_period_ms, busy or idle; the first at start. A failed Step, canary or
+ * its last) between steps, with no Step in flight (a due canary holds new Steps back
+ * until the two in flight have answered), every canary_period_ms, busy or idle; the
+ * first at start. A failed Step, canary or
  * Release makes the group dead and the service NOT_SERVING; a dead group is retried
  * every canary_period_ms (a new channel, Release all, Info, Warmup, canary) and comes
  * back SERVING. Check: "" (the server) or "arkvale.v1.Generation"; any other name is
