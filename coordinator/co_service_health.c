@@ -134,25 +134,27 @@ void co_svc_health_publish(co_service_t *s, int serving, const char *why) {
   int changed = s->serving != serving;
   s->serving = serving;
   co_svc_serving_t after = co_svc_health_status_locked(s);
-  if (after != before && !s->stopping) co_svc_health_broadcast_locked(s, after);
   int draining = s->draining;
+  /* the gauge under the same lock as the status: set after the unlock, a Check could
+   * see NOT_SERVING while /metrics still said 1, and two publishes racing (the watchdog
+   * and a canary) could leave the gauge at the older value for good */
+  ak_err_t err;
+  if (changed) co_metrics_set(s->metrics, s->mid.serving, NULL, serving && !draining ? 1.0 : 0.0, &err);
+  if (after != before && !s->stopping) co_svc_health_broadcast_locked(s, after);
   pthread_mutex_unlock(&s->mu);
-  if (changed) {
+  if (changed)
     ak_log_write(serving ? AK_LOG_INFO : AK_LOG_WARN, __func__, "coordinator port %d: %s (%s)%s", s->port,
                  serving ? "SERVING" : "NOT_SERVING", why, draining ? ", draining: reported NOT_SERVING" : "");
-    ak_err_t err;
-    co_metrics_set(s->metrics, s->mid.serving, NULL, serving && !draining ? 1.0 : 0.0, &err);
-  }
 }
 
 void co_svc_health_drain(co_service_t *s) {
   pthread_mutex_lock(&s->mu);
   co_svc_serving_t before = co_svc_health_status_locked(s);
   s->draining = 1;
+  ak_err_t err;
+  co_metrics_set(s->metrics, s->mid.serving, NULL, 0.0, &err); /* with the status, as in publish */
   if (before != CO_SVC_NOT_SERVING && !s->stopping) co_svc_health_broadcast_locked(s, CO_SVC_NOT_SERVING);
   pthread_mutex_unlock(&s->mu);
-  ak_err_t err;
-  co_metrics_set(s->metrics, s->mid.serving, NULL, 0.0, &err);
 }
 
 void co_svc_health_sweep(co_service_t *s) {
