@@ -26,52 +26,15 @@ extern "C" {
 #include "wk_service.h"
 }
 
+#include "wk_service_fixture.h"
 #include "wk_service_test_util.h"
 
 using namespace wk_test;
 
 namespace {
 
-class WkServiceTest : public ::testing::Test {
+class WkServiceTest : public WkServiceFixture {
  protected:
-  wk_service_t *svc_ = nullptr;
-  ak_rpc_client_t *cli_ = nullptr;
-  int64_t host_bytes0_ = 0;
-  uint64_t step_id_ = 0;
-  // test hook: the engine thread waits while hold_ is set
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool hold_ = false;
-  std::atomic<int> jobs_started_{0};
-
-  static void BeforeJob(void *user) {
-    auto *self = (WkServiceTest *)user;
-    std::unique_lock<std::mutex> g(self->mu_);
-    self->jobs_started_++;
-    self->cv_.notify_all();
-    self->cv_.wait(g, [self] { return !self->hold_; });
-  }
-
-  void SetUp() override {
-    if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
-    host_bytes0_ = ak_alloc_outstanding_bytes(AK_MEM_HOST);
-    wk_service_params_t p = wk_service_params_default();
-    p.engine = engine_params();
-    p.test_before_job = &WkServiceTest::BeforeJob;
-    p.test_user = this;
-    ak_err_t err;
-    ASSERT_EQ(wk_service_create(&p, &err, &svc_), AK_OK) << err.msg;
-    std::string target = "127.0.0.1:" + std::to_string(wk_service_port(svc_));
-    ASSERT_EQ(ak_rpc_client_create(target.c_str(), &err, &cli_), AK_OK) << err.msg;
-  }
-
-  void TearDown() override {
-    if (!have_model()) return;
-    ak_rpc_client_destroy(cli_);
-    wk_service_destroy(svc_);
-    EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), host_bytes0_) << "host memory leaked";
-  }
-
   ak_status_t Call(const char *m, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d, MsgPtr *resp,
                    grpc_status_code *code = nullptr, std::string *msg = nullptr) {
     return unary_call(cli_, "arkvale.v1.Worker", m, req, d, resp, code, msg);
