@@ -53,6 +53,15 @@ extern "C" {
 
 #include "bench_cuda_check.h"
 
+// A device copy of a host vector (cudaFree it); exits on a CUDA error like BENCH_CHECK.
+template <typename T>
+static T *ba_dev_copy(const std::vector<T> &h) {
+  T *d = nullptr;
+  BENCH_CHECK(cudaMalloc(&d, h.size() * sizeof(T)));
+  BENCH_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
 enum { BA_HEAD_DIM = 128, BA_PAGE_TOKENS = 32, BA_MAX_LIST = 16, BA_MAX_LAYERS = 64 };
 
 struct ba_shape {
@@ -112,22 +121,11 @@ static int ba_prefill(const ba_shape &sh, int64_t n, int tiles, long iters, cuda
     rng = rng * 6364136223846793005ull + 1442695040888963407ull;
     x = (float)((rng >> 40) & 0xffff) / 32768.0f - 1.0f; // uniform in [-1, 1)
   }
-  int32_t *d_indptr, *d_indices, *d_last, *d_seq, *d_len;
-  float *d_q;
+  int32_t *d_indptr = ba_dev_copy(h_indptr), *d_indices = ba_dev_copy(h_indices), *d_last = ba_dev_copy(h_last),
+          *d_seq = ba_dev_copy(h_seq), *d_len = ba_dev_copy(h_len);
+  float *d_q = ba_dev_copy(h_q);
   void *d_out, *pool = NULL, *ws = NULL;
-  BENCH_CHECK(cudaMalloc(&d_indptr, h_indptr.size() * 4));
-  BENCH_CHECK(cudaMalloc(&d_indices, h_indices.size() * 4));
-  BENCH_CHECK(cudaMalloc(&d_last, h_last.size() * 4));
-  BENCH_CHECK(cudaMalloc(&d_seq, h_seq.size() * 4));
-  BENCH_CHECK(cudaMalloc(&d_len, h_len.size() * 4));
-  BENCH_CHECK(cudaMalloc(&d_q, q_floats * 4));
   BENCH_CHECK(cudaMalloc(&d_out, q_floats * 2)); // [N, H, 128] bf16
-  BENCH_CHECK(cudaMemcpy(d_indptr, h_indptr.data(), h_indptr.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CHECK(cudaMemcpy(d_indices, h_indices.data(), h_indices.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CHECK(cudaMemcpy(d_last, h_last.data(), h_last.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CHECK(cudaMemcpy(d_seq, h_seq.data(), h_seq.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CHECK(cudaMemcpy(d_len, h_len.data(), h_len.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CHECK(cudaMemcpy(d_q, h_q.data(), q_floats * 4, cudaMemcpyHostToDevice));
   BENCH_OK(kn_cuda_malloc(pool_bytes, &err, &pool), err);
   BENCH_OK(kn_cuda_fill_random_bf16(pool, (int64_t)(pool_bytes / 2), 1.0f, 2000u, (kn_cuda_stream_t)s, &err), err);
 
@@ -326,22 +324,11 @@ int main(int argc, char **argv) {
         x = (float)((rng >> 40) & 0xffff) / 32768.0f - 1.0f; // uniform in [-1, 1)
       }
 
-      int32_t *d_indptr, *d_indices, *d_last, *d_seq, *d_len;
-      float *d_q;
+      int32_t *d_indptr = ba_dev_copy(h_indptr), *d_indices = ba_dev_copy(h_indices),
+              *d_last = ba_dev_copy(h_last), *d_seq = ba_dev_copy(h_seq), *d_len = ba_dev_copy(h_len);
+      float *d_q = ba_dev_copy(h_q);
       void *d_out;
-      BENCH_CHECK(cudaMalloc(&d_indptr, h_indptr.size() * 4));
-      BENCH_CHECK(cudaMalloc(&d_indices, h_indices.size() * 4));
-      BENCH_CHECK(cudaMalloc(&d_last, h_last.size() * 4));
-      BENCH_CHECK(cudaMalloc(&d_seq, h_seq.size() * 4));
-      BENCH_CHECK(cudaMalloc(&d_len, h_len.size() * 4));
-      BENCH_CHECK(cudaMalloc(&d_q, q_floats * 4));
       BENCH_CHECK(cudaMalloc(&d_out, q_floats * 2)); // [B, H, 128] bf16
-      BENCH_CHECK(cudaMemcpy(d_indptr, h_indptr.data(), h_indptr.size() * 4, cudaMemcpyHostToDevice));
-      BENCH_CHECK(cudaMemcpy(d_indices, h_indices.data(), h_indices.size() * 4, cudaMemcpyHostToDevice));
-      BENCH_CHECK(cudaMemcpy(d_last, h_last.data(), h_last.size() * 4, cudaMemcpyHostToDevice));
-      BENCH_CHECK(cudaMemcpy(d_seq, h_seq.data(), h_seq.size() * 4, cudaMemcpyHostToDevice));
-      BENCH_CHECK(cudaMemcpy(d_len, h_len.data(), h_len.size() * 4, cudaMemcpyHostToDevice));
-      BENCH_CHECK(cudaMemcpy(d_q, h_q.data(), q_floats * 4, cudaMemcpyHostToDevice));
 
       // [n_layers] pools, each [n_pages][K or V][n_kv_heads][32][128] bf16
       std::vector<void *> pools(n_layers, nullptr);
