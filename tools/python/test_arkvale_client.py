@@ -9,6 +9,7 @@ errors surfacing as status codes, and that the Python client prints the same tex
 `arkvale generate --server` for the same request.
 
     test_arkvale_client.py --server-helper PATH --arkvale PATH [--stubs-dir DIR]
+                           [--context-tokens N] [--page-tokens N]
 
 Exit 77 (ctest's SKIP_RETURN_CODE) when python3-grpcio is missing, when no stub
 generator is installed, or when the model is absent.
@@ -61,8 +62,8 @@ class ClientTest(unittest.TestCase):
         info = self.c.model_info()
         self.assertTrue(info.model_id)
         self.assertEqual(info.n_vocab, 49152)
-        self.assertEqual(info.context_tokens, 256)
-        self.assertEqual(info.page_tokens, 16)
+        self.assertEqual(info.context_tokens, args.context_tokens)
+        self.assertEqual(info.page_tokens, args.page_tokens)
         self.assertLess(info.max_prompt_tokens, info.context_tokens)
         r = self.run_client("model-info")
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -143,6 +144,9 @@ def main():
     p.add_argument("--server-helper", required=True)
     p.add_argument("--arkvale", required=True)
     p.add_argument("--stubs-dir", default=os.path.join(HERE, "_stubs"))
+    # what the helper's worker was started with (co_test_server: 256 and 16)
+    p.add_argument("--context-tokens", type=int, default=256)
+    p.add_argument("--page-tokens", type=int, default=16)
     args, rest = p.parse_known_args()
     try:
         import grpc  # noqa: F401
