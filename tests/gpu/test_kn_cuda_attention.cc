@@ -338,7 +338,7 @@ class KnCudaAttentionGpu : public ::testing::TestWithParam<Shape> {
   int64_t dev_bytes0_ = 0;
 };
 
-// Grids above KN_ATTN_PIPE_MAX_BLOCKS (4096) take the kernel without software-pipelined
+// Grids above KN_ATTN_PIPE_MAX_BLOCKS (8192) take the kernel without software-pipelined
 // loads for head tiles of 1 and 2 too (every other test's grid is smaller): 900 prefill
 // tokens over 3000 keys make 900 x 2 x 12 blocks.
 TEST(KnCudaAttentionLargeGridGpu, UnpipelinedPathMatchesCpu) {
