@@ -38,7 +38,8 @@
 // remainder folded into its last chunk (slower, still exact), so an underestimate
 // never reads or writes out of bounds.
 //
-// Prefill tiles (args->prefill_tiles, off by default until checked on a GPU): tokens of
+// Prefill tiles (args->prefill_tiles, 0 in a zeroed struct; the forward sets 1 on steps
+// that hold a prefill run): tokens of
 // a prefill run, i.e. consecutive batch tokens of one sequence (the worker lays a
 // sequence's chunk out as consecutive tokens with kv_len L+1, L+2, ...), go instead to
 // kn_attn_tile_kernel: a block takes a query tile of qt tokens x the group's heads and
@@ -791,6 +792,9 @@ static ak_status_t kn_attn_check(const kn_cuda_attn_args_t *a, const void *works
                   kv->k_base, kv->v_base, (long long)kv->head_stride_elems, (long long)kv->page_stride_elems);
   if (a->max_kv_len < 0)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "max_kv_len=%d < 0", a->max_kv_len);
+  if (a->prefill_tiles < 0 || a->prefill_tiles > 2)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "prefill_tiles=%d is not 0 (off), 1 (tiles) or 2 (tiles, never split)",
+                       a->prefill_tiles);
   const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len));
   if (a->n_tok * a->n_kv_heads * n_chunks > INT32_MAX || a->n_tok * a->n_heads > INT32_MAX)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld x n_heads=%d x %lld chunks exceeds the grid",

@@ -579,6 +579,13 @@ TEST_F(KnCudaAttentionArgs, Alignment) {
   expect_fail(AK_ERR_INVALID_ARG, "16-byte aligned");
 }
 
+TEST_F(KnCudaAttentionArgs, PrefillTilesMode) {
+  for (int32_t mode : {-1, 3}) {
+    a_.prefill_tiles = mode;
+    expect_fail(AK_ERR_INVALID_ARG, ("prefill_tiles=" + std::to_string(mode)).c_str());
+  }
+}
+
 TEST_F(KnCudaAttentionArgs, MaxKvLen) {
   a_.max_kv_len = -1;
   expect_fail(AK_ERR_INVALID_ARG, "max_kv_len=-1");
