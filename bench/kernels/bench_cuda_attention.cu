@@ -104,6 +104,38 @@ static const ba_shape *ba_shape_find(const char *name, size_t len) {
 }
 
 // One prefill timing: see the header. Returns 0, or 1 after printing an error line.
+// The call both modes time over one pool (layout above: [page][K or V][n_kv_heads]
+// [BA_PAGE_TOKENS][BA_HEAD_DIM] bf16, V after K in a page); q f32, out bf16.
+static kn_cuda_attn_args_t ba_attn_args(const ba_shape &sh, int64_t n_tok, int32_t n_seqs, int32_t max_kv_len,
+                                        const float *d_q, void *d_out, const int32_t *d_seq, const int32_t *d_len,
+                                        const int32_t *d_indptr, const int32_t *d_indices, const int32_t *d_last,
+                                        const void *pool) {
+  const int64_t head_stride_elems = (int64_t)BA_PAGE_TOKENS * BA_HEAD_DIM;
+  kn_cuda_attn_args_t a = {};
+  a.q = d_q;
+  a.out = d_out;
+  a.out_dtype = KN_CUDA_BF16;
+  a.n_tok = n_tok;
+  a.n_heads = sh.n_heads;
+  a.n_kv_heads = sh.n_kv_heads;
+  a.head_dim = BA_HEAD_DIM;
+  a.scale = 1.0f / sqrtf((float)BA_HEAD_DIM);
+  a.tok_seq_idx = d_seq;
+  a.tok_kv_len = d_len;
+  a.max_kv_len = max_kv_len;
+  a.kv.k_base = pool;
+  a.kv.v_base = (const char *)pool + (size_t)sh.n_kv_heads * head_stride_elems * 2;
+  a.kv.kv_dtype = KN_CUDA_BF16;
+  a.kv.page_stride_elems = 2 * (int64_t)sh.n_kv_heads * head_stride_elems;
+  a.kv.head_stride_elems = head_stride_elems;
+  a.kv.page_tokens = BA_PAGE_TOKENS;
+  a.kv.n_seqs = n_seqs;
+  a.kv.indptr = d_indptr;
+  a.kv.indices = d_indices;
+  a.kv.last_page_len = d_last;
+  return a;
+}
+
 static int ba_prefill(const ba_shape &sh, int64_t n, int tiles, long iters, cudaStream_t s) {
   ak_err_t err = {};
   const int64_t n_pages = (n + BA_PAGE_TOKENS - 1) / BA_PAGE_TOKENS;
@@ -129,29 +161,9 @@ static int ba_prefill(const ba_shape &sh, int64_t n, int tiles, long iters, cuda
   BENCH_OK(kn_cuda_malloc(pool_bytes, &err, &pool), err);
   BENCH_OK(kn_cuda_fill_random_bf16(pool, (int64_t)(pool_bytes / 2), 1.0f, 2000u, (kn_cuda_stream_t)s, &err), err);
 
-  kn_cuda_attn_args_t a = {};
-  a.q = d_q;
-  a.out = d_out;
-  a.out_dtype = KN_CUDA_BF16;
-  a.n_tok = n;
-  a.n_heads = sh.n_heads;
-  a.n_kv_heads = sh.n_kv_heads;
-  a.head_dim = BA_HEAD_DIM;
-  a.scale = 1.0f / sqrtf((float)BA_HEAD_DIM);
-  a.tok_seq_idx = d_seq;
-  a.tok_kv_len = d_len;
-  a.max_kv_len = (int32_t)n;
+  kn_cuda_attn_args_t a =
+      ba_attn_args(sh, n, 1, (int32_t)n, d_q, d_out, d_seq, d_len, d_indptr, d_indices, d_last, pool);
   a.prefill_tiles = tiles;
-  a.kv.k_base = pool;
-  a.kv.v_base = (const char *)pool + (size_t)sh.n_kv_heads * head_stride_elems * 2; // V follows K in a page
-  a.kv.kv_dtype = KN_CUDA_BF16;
-  a.kv.page_stride_elems = page_stride_elems;
-  a.kv.head_stride_elems = head_stride_elems;
-  a.kv.page_tokens = BA_PAGE_TOKENS;
-  a.kv.n_seqs = 1;
-  a.kv.indptr = d_indptr;
-  a.kv.indices = d_indices;
-  a.kv.last_page_len = d_last;
   const size_t ws_bytes = kn_cuda_attention_workspace_bytes(&a);
   int rc = 0;
   if (ws_bytes && kn_cuda_malloc(ws_bytes, &err, &ws) != AK_OK) {
@@ -349,26 +361,8 @@ int main(int argc, char **argv) {
         printf("ours %s B=%ld ctx=%lld error=out-of-memory\n", sh.name, batch, (long long)ctx);
         for (void *p : pools) kn_cuda_free(p, pool_bytes);
       } else {
-        kn_cuda_attn_args_t a = {};
-        a.q = d_q;
-        a.out = d_out;
-        a.out_dtype = KN_CUDA_BF16;
-        a.n_tok = batch;
-        a.n_heads = sh.n_heads;
-        a.n_kv_heads = sh.n_kv_heads;
-        a.head_dim = BA_HEAD_DIM;
-        a.scale = 1.0f / sqrtf((float)BA_HEAD_DIM);
-        a.tok_seq_idx = d_seq;
-        a.tok_kv_len = d_len;
-        a.max_kv_len = (int32_t)ctx;
-        a.kv.kv_dtype = KN_CUDA_BF16;
-        a.kv.page_stride_elems = page_stride_elems;
-        a.kv.head_stride_elems = head_stride_elems;
-        a.kv.page_tokens = BA_PAGE_TOKENS;
-        a.kv.n_seqs = (int32_t)batch;
-        a.kv.indptr = d_indptr;
-        a.kv.indices = d_indices;
-        a.kv.last_page_len = d_last;
+        kn_cuda_attn_args_t a = ba_attn_args(sh, batch, (int32_t)batch, (int32_t)ctx, d_q, d_out, d_seq, d_len,
+                                             d_indptr, d_indices, d_last, pools[0]);
         const size_t ws_bytes = kn_cuda_attention_workspace_bytes(&a);
         void *ws = NULL;
         if (ws_bytes) BENCH_OK(kn_cuda_malloc(ws_bytes, &err, &ws), err);
