@@ -47,12 +47,6 @@ class WkFeedTest : public WkServiceFixture {
               AK_OK);
   }
 
-  const Arkvale__V1__StepResponse *Step(StepBuilder &b, MsgPtr *keep, grpc_status_code *code = nullptr,
-                                        std::string *msg = nullptr) {
-    unary_call(cli_, "arkvale.v1.Worker", "Step", &b.get()->base, &arkvale__v1__step_response__descriptor, keep, code,
-               msg);
-    return (const Arkvale__V1__StepResponse *)keep->get();
-  }
   uint32_t NSeqs() {
     Arkvale__V1__HealthRequest q = ARKVALE__V1__HEALTH_REQUEST__INIT;
     MsgPtr h;

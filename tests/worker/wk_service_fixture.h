@@ -62,6 +62,16 @@ class WkServiceFixture : public ::testing::Test {
     ASSERT_EQ(ak_rpc_client_create(target.c_str(), &err, &cli_), AK_OK) << err.msg;
   }
 
+  ak_status_t Call(const char *m, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d, MsgPtr *resp,
+                   grpc_status_code *code = nullptr, std::string *msg = nullptr) {
+    return unary_call(cli_, "arkvale.v1.Worker", m, req, d, resp, code, msg);
+  }
+  const Arkvale__V1__StepResponse *Step(StepBuilder &b, MsgPtr *keep, grpc_status_code *code = nullptr,
+                                        std::string *msg = nullptr) {
+    Call("Step", &b.get()->base, &arkvale__v1__step_response__descriptor, keep, code, msg);
+    return (const Arkvale__V1__StepResponse *)keep->get();
+  }
+
   void TearDown() override {
     if (!have_model()) return;
     ak_rpc_client_destroy(cli_);
