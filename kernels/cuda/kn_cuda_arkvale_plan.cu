@@ -173,6 +173,7 @@ __host__ __device__ inline int kn_plan_elems(int32_t stride) {
 //   then ph [stride] i32 (the table as read), cnt_a, cnt_b [E * kWarps] u32
 template <int E>
 __global__ void __launch_bounds__(kThreads) kn_arkvale_plan_kernel(kn_cuda_arkvale_plan_args_t a) {
+  kn_pdl_begin();
   extern __shared__ __align__(16) unsigned char kn_plan_smem[];
   const int s = blockIdx.x;
   const int32_t t = threadIdx.x;
@@ -306,7 +307,7 @@ cudaError_t kn_arkvale_plan_launch(const kn_cuda_arkvale_plan_args_t *a, size_t 
     cudaError_t e = cudaFuncSetAttribute(kn_arkvale_plan_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
   }
-  kn_arkvale_plan_kernel<E><<<a->n_seqs, kThreads, smem, stream>>>(*a);
+  kn_launch(kn_arkvale_plan_kernel<E>, a->n_seqs, kThreads, smem, stream, *a);
   return cudaGetLastError();
 }
 

@@ -194,6 +194,7 @@ __device__ __forceinline__ void kn_attn_cvt8(const uint4 &r, const __nv_bfloat16
 template <int HD, int GT, typename KV, bool PIPE>
 static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
     kn_attn_chunk_kernel(const __grid_constant__ kn_attn_launch_t L) {
+  kn_pdl_begin();
   constexpr int LANES = HD / 8;                  // lanes per row team
   constexpr int TEAMS_PER_WARP = 32 / LANES;
   constexpr int TEAMS = KN_ATTN_WARPS * TEAMS_PER_WARP;
@@ -380,6 +381,7 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
 // longchat-7b full layer at 30k.)
 static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
     kn_attn_merge_kernel(const __grid_constant__ kn_attn_launch_t L) {
+  kn_pdl_begin();
   __shared__ float sm_red[KN_ATTN_MERGE_THREADS / 32];
   __shared__ float sm_ab[KN_ATTN_MERGE_THREADS], sm_lb[KN_ATTN_MERGE_THREADS];
   const kn_cuda_attn_args_t &a = L.a;
@@ -455,6 +457,7 @@ __host__ __device__ constexpr size_t kn_attn_tile_smem_bytes(int hd) {
 template <int HD, int GT, typename KV>
 static __global__ void __launch_bounds__(KN_ATTN_THREADS)
     kn_attn_tile_kernel(const __grid_constant__ kn_attn_launch_t L) {
+  kn_pdl_begin();
   constexpr int R = kn_attn_tile_rows(HD); // query rows per block
   constexpr int QT = R / GT;               // query tokens per tile
   constexpr int KT = KN_ATTN_TILE_KEYS;
@@ -669,11 +672,11 @@ template <int HD, int GT, typename KV>
 static void kn_attn_launch_kv(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
   if constexpr (GT <= 4) {
     if (GT == 4 || n_blocks <= KN_ATTN_PIPE_MAX_BLOCKS) {
-      kn_attn_chunk_kernel<HD, GT, KV, true><<<(unsigned)n_blocks, KN_ATTN_THREADS, 0, stream>>>(L);
+      kn_launch(kn_attn_chunk_kernel<HD, GT, KV, true>, (unsigned)n_blocks, KN_ATTN_THREADS, 0, stream, L);
       return;
     }
   }
-  kn_attn_chunk_kernel<HD, GT, KV, false><<<(unsigned)n_blocks, KN_ATTN_THREADS, 0, stream>>>(L);
+  kn_launch(kn_attn_chunk_kernel<HD, GT, KV, false>, (unsigned)n_blocks, KN_ATTN_THREADS, 0, stream, L);
 }
 
 template <int HD, int GT, typename KV>
@@ -682,7 +685,7 @@ static ak_status_t kn_attn_launch_tile_kv(const kn_attn_launch_t &L, cudaStream_
   KN_CUDA_TRY(err, cudaFuncSetAttribute(kn_attn_tile_kernel<HD, GT, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)smem));
   const int64_t n_blocks = kn_ceil_div(L.a.n_tok, L.qt) * L.a.n_kv_heads * (L.tile_split ? L.n_chunks : 1);
-  kn_attn_tile_kernel<HD, GT, KV><<<(unsigned)n_blocks, KN_ATTN_THREADS, smem, stream>>>(L);
+  kn_launch(kn_attn_tile_kernel<HD, GT, KV>, (unsigned)n_blocks, KN_ATTN_THREADS, smem, stream, L);
   KN_CUDA_LAUNCHED(err);
   return AK_OK;
 }
@@ -843,7 +846,7 @@ extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *
     }
   }
   if (L.n_chunks > 1) {
-    kn_attn_merge_kernel<<<(unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s>>>(L);
+    kn_launch(kn_attn_merge_kernel, (unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s, L);
     KN_CUDA_LAUNCHED(err);
   }
   return AK_OK;

@@ -159,6 +159,7 @@ __global__ void __launch_bounds__(KN_DB_THREADS)
     kn_digest_build_kernel(int kind, const T *__restrict__ k_base, int64_t page_stride, int64_t head_stride,
                            int page_tokens, int n_kv_heads, int head_dim, const int32_t *__restrict__ page_ids,
                            O *__restrict__ digests, int64_t n_pages) {
+  kn_pdl_begin();
   extern __shared__ float c_s[];  // [head_dim], sphere kinds only
   const int n_floats = kn_digest_floats(kind, head_dim);
   const int64_t n_items = n_pages * n_kv_heads;
@@ -185,7 +186,7 @@ cudaError_t kn_digest_build_launch(const kn_cuda_digest_build_args_t *a, cudaStr
   const int64_t n_items = a->n_pages * a->n_kv_heads;
   const int n_blocks = (int)(n_items < KN_DB_MAX_BLOCKS ? n_items : KN_DB_MAX_BLOCKS);
   const size_t smem_bytes = sizeof(O) == 2 ? 0 : (size_t)a->head_dim * sizeof(float);
-  kn_digest_build_kernel<T, O><<<n_blocks, KN_DB_THREADS, smem_bytes, stream>>>(
+  kn_launch(kn_digest_build_kernel<T, O>, n_blocks, KN_DB_THREADS, smem_bytes, stream,
       a->kind, (const T *)a->k_base, a->page_stride_elems, a->head_stride_elems, a->page_tokens, a->n_kv_heads,
       a->head_dim, a->page_ids, (O *)a->digests, a->n_pages);
   return cudaGetLastError();

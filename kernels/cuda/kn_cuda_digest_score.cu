@@ -99,6 +99,7 @@ __global__ void __launch_bounds__(KN_DS_WARPS * 32, 4)
     kn_digest_score_kernel(int kind, int agg, const T *__restrict__ digests, const int32_t *__restrict__ page_seq,
                            const float *__restrict__ q, float *__restrict__ scores, int64_t n_pages, int n_seqs,
                            int n_heads, int n_kv_heads, int cache_q, int pages_per_warp) {
+  kn_pdl_begin();
   constexpr int E = 16 / (int)sizeof(T);        // elements per 16-byte vector
   constexpr int LPH = D / E < 32 ? D / E : 32;  // lanes per KV head
   constexpr int HPW = 32 / LPH;                 // KV heads per warp pass
@@ -248,7 +249,7 @@ cudaError_t kn_digest_score_launch(const kn_cuda_digest_score_args_t *a, cudaStr
   // pipelining 2 per warp was faster there: 20 vs 32 us at 8 KV heads).
   const int ppw = a->n_pages <= KN_DS_ONE_PAGE_MAX ? 1 : a->n_pages <= 16384 ? 2 : 4;
   const int64_t n_blocks = kn_ceil_div(a->n_pages, (int64_t)KN_DS_WARPS * ppw);
-  kn_digest_score_kernel<D, T><<<(unsigned)n_blocks, KN_DS_WARPS * 32, cache_q ? q_bytes : 0, stream>>>(
+  kn_launch(kn_digest_score_kernel<D, T>, (unsigned)n_blocks, KN_DS_WARPS * 32, cache_q ? q_bytes : 0, stream,
       a->kind, a->agg, (const T *)a->digests, a->page_seq, a->q, a->scores, a->n_pages, a->n_seqs, a->n_heads,
       a->n_kv_heads, cache_q, ppw);
   return cudaGetLastError();

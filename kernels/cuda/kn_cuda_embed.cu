@@ -15,6 +15,7 @@ static __global__ void __launch_bounds__(KN_EMBED_THREADS)
                     const int32_t *__restrict__ ids, // [n_tok]
                     float *__restrict__ out,         // [n_tok, dim] f32
                     int64_t dim, int64_t n_vocab, int32_t *bad_id_flag) {
+  kn_pdl_begin();
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   float *o = out + t * dim;
@@ -46,10 +47,10 @@ static void kn_embed_launch(const kn_cuda_embed_args_t *a, cudaStream_t stream) 
   const bool aligned = a->dim % vec == 0 && (uintptr_t)a->table % 16 == 0 && (uintptr_t)a->out % 16 == 0;
   const dim3 grid((unsigned)a->n_tok), block(KN_EMBED_THREADS);
   if (aligned)
-    kn_embed_kernel<T, vec><<<grid, block, 0, stream>>>((const T *)a->table, a->ids, a->out, a->dim, a->n_vocab,
+    kn_launch(kn_embed_kernel<T, vec>, grid, block, 0, stream, (const T *)a->table, a->ids, a->out, a->dim, a->n_vocab,
                                                         a->bad_id_flag);
   else
-    kn_embed_kernel<T, 1><<<grid, block, 0, stream>>>((const T *)a->table, a->ids, a->out, a->dim, a->n_vocab,
+    kn_launch(kn_embed_kernel<T, 1>, grid, block, 0, stream, (const T *)a->table, a->ids, a->out, a->dim, a->n_vocab,
                                                       a->bad_id_flag);
 }
 

@@ -28,6 +28,7 @@ template <typename T>
 static __global__ void __launch_bounds__(KN_FILL_THREADS)
     kn_fill_random_kernel(T *dst,  // [n] bf16 or f16
                           int64_t n, float scale, uint64_t seed_mixed) {
+  kn_pdl_begin();
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const uint64_t h = kn_fill_mix64(seed_mixed ^ (uint64_t)i);
@@ -40,6 +41,7 @@ static __global__ void __launch_bounds__(KN_FILL_THREADS)
 
 static __global__ void __launch_bounds__(KN_FILL_THREADS) kn_fill_f32_kernel(float *dst,  // [n] f32
                                                                               int64_t n, float value) {
+  kn_pdl_begin();
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = value;
 }
@@ -62,7 +64,8 @@ static ak_status_t kn_fill_random(const char *fn, void *dst, int64_t n, float sc
   if (n == 0) return AK_OK;
   // Mixing the seed first keeps seeds s and s ^ i from sharing a sequence shifted by i.
   const uint64_t seed_mixed = 0xD1B54A32D192ED03ull * (seed ^ 0x8CB92BA72F3D8DD7ull) + 1;
-  kn_fill_random_kernel<T><<<kn_fill_grid(n), KN_FILL_THREADS, 0, kn_stream(stream)>>>((T *)dst, n, scale, seed_mixed);
+  kn_launch(kn_fill_random_kernel<T>, kn_fill_grid(n), KN_FILL_THREADS, 0, kn_stream(stream), (T *)dst, n, scale,
+            seed_mixed);
   KN_CUDA_LAUNCHED(err);
   return AK_OK;
 }
@@ -82,7 +85,7 @@ extern "C" ak_status_t kn_cuda_fill_f32(float *dst, int64_t n, float value, kn_c
   if (n > 0 && !dst) return AK_ERR(err, AK_ERR_INVALID_ARG, "dst is NULL (n=%lld)", (long long)n);
   if ((uintptr_t)dst % sizeof(float) != 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "dst=%p is not aligned for f32", (void *)dst);
   if (n == 0) return AK_OK;
-  kn_fill_f32_kernel<<<kn_fill_grid(n), KN_FILL_THREADS, 0, kn_stream(stream)>>>(dst, n, value);
+  kn_launch(kn_fill_f32_kernel, kn_fill_grid(n), KN_FILL_THREADS, 0, kn_stream(stream), dst, n, value);
   KN_CUDA_LAUNCHED(err);
   return AK_OK;
 }

@@ -25,6 +25,7 @@ __global__ void __launch_bounds__(KN_GA_THREADS)
     kn_gather_kernel(const void *const *__restrict__ src_ptrs, char *__restrict__ dst_base,
                      const int32_t *__restrict__ dst_page, int64_t page_chunks, int64_t slices_per_page,
                      int64_t n_items) {
+  kn_pdl_begin();
   for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
     const int64_t p = item / slices_per_page;
     const int64_t c0 = (item - p * slices_per_page) * KN_GA_SLICE_CHUNKS + threadIdx.x;
@@ -77,7 +78,7 @@ extern "C" ak_status_t kn_cuda_gather_pages(const kn_cuda_gather_args_t *args, k
   const int64_t slices_per_page = kn_ceil_div(page_chunks, KN_GA_SLICE_CHUNKS);
   const int64_t n_items = args->n_pages * slices_per_page;
   const int n_blocks = (int)(n_items < KN_GA_MAX_BLOCKS ? n_items : KN_GA_MAX_BLOCKS);
-  kn_gather_kernel<<<n_blocks, KN_GA_THREADS, 0, kn_stream(stream)>>>(
+  kn_launch(kn_gather_kernel, n_blocks, KN_GA_THREADS, 0, kn_stream(stream),
       args->src_ptrs, (char *)args->dst_base, args->dst_page, page_chunks, slices_per_page, n_items);
   KN_CUDA_LAUNCHED(err);
   return AK_OK;

@@ -32,6 +32,38 @@ __device__ __forceinline__ void kn_st(__nv_bfloat16 *p, float v) { *p = __float2
 __device__ __forceinline__ void kn_st(__half *p, float v) { *p = __float2half(v); }
 __device__ __forceinline__ void kn_st(float *p, float v) { *p = v; }
 
+// Programmatic dependent launch (sm_90). Every kernel here is launched through
+// kn_launch, which lets the stream start it while the kernel before it is still
+// running, and every kernel begins with kn_pdl_begin() (before it reads or writes
+// any buffer): griddepcontrol.wait holds its threads until the grids before it have
+// finished and their writes are visible, then launch_dependents lets the next
+// kernel's blocks be scheduled onto the SMs this one leaves free. So stream order is
+// kept exactly, while launch latency and the ramp of each kernel overlap the tail of
+// the one before (in CUDA graphs too, as programmatic edges). A kernel may touch
+// memory that no kernel of the step writes (weights) before kn_pdl_begin, e.g. an L2
+// prefetch. Kernels of other libraries (cuBLASLt) are launched the usual way and keep
+// full serialization on both sides.
+__device__ __forceinline__ void kn_pdl_begin() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+template <typename... KArgs, typename... Args>
+static inline cudaError_t kn_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
+                                    cudaStream_t stream, Args &&...args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem_bytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
+
 static inline int64_t kn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 #endif

@@ -43,6 +43,7 @@ static __global__ void __launch_bounds__(KN_KV_STORE_THREADS)
                        const int32_t *__restrict__ dst_page, // [n_tok]
                        const int32_t *__restrict__ dst_slot) // [n_tok]
 {
+  kn_pdl_begin();
   const int64_t t = blockIdx.x;
   const int32_t page = dst_page[t], slot = dst_slot[t];
   if (page < 0 || slot < 0 || ((int64_t)slot + 1) * head_dim > head_stride_elems) return;
@@ -72,11 +73,11 @@ static void kn_kv_store_launch(const kn_cuda_kv_store_args_t *a, cudaStream_t st
   const dim3 grid((unsigned)a->n_tok), block(KN_KV_STORE_THREADS);
   T *kb = (T *)a->k_base, *vb = (T *)a->v_base;
   if (vec4)
-    kn_kv_store_kernel<T, 4><<<grid, block, 0, stream>>>(a->k, a->v, kb, vb, a->page_stride_elems,
+    kn_launch(kn_kv_store_kernel<T, 4>, grid, block, 0, stream, a->k, a->v, kb, vb, a->page_stride_elems,
                                                          a->head_stride_elems, a->n_kv_heads, a->head_dim,
                                                          a->dst_page, a->dst_slot);
   else
-    kn_kv_store_kernel<T, 1><<<grid, block, 0, stream>>>(a->k, a->v, kb, vb, a->page_stride_elems,
+    kn_launch(kn_kv_store_kernel<T, 1>, grid, block, 0, stream, a->k, a->v, kb, vb, a->page_stride_elems,
                                                          a->head_stride_elems, a->n_kv_heads, a->head_dim,
                                                          a->dst_page, a->dst_slot);
 }

@@ -45,6 +45,7 @@ static __global__ void __launch_bounds__(KN_RMSNORM_THREADS)
                       const float *__restrict__ weight,  // [dim] f32
                       TOut *out,                         // [n_tok, dim] TOut
                       int64_t dim, float eps) {
+  kn_pdl_begin();
   __shared__ double scratch[32];
   const int64_t row = blockIdx.x;
   float *xr = x + row * dim;
@@ -96,9 +97,11 @@ static void kn_rmsnorm_launch(const kn_cuda_rmsnorm_args_t *a, cudaStream_t stre
                     (uintptr_t)a->weight % 16 == 0 && (uintptr_t)a->out % out_align == 0;
   const dim3 grid((unsigned)a->n_tok), block(KN_RMSNORM_THREADS);
   if (vec4)
-    kn_rmsnorm_kernel<TOut, true><<<grid, block, 0, stream>>>(a->x, a->delta, a->weight, (TOut *)a->out, a->dim, a->eps);
+    kn_launch(kn_rmsnorm_kernel<TOut, true>, grid, block, 0, stream, a->x, a->delta, a->weight, (TOut *)a->out, a->dim,
+              a->eps);
   else
-    kn_rmsnorm_kernel<TOut, false><<<grid, block, 0, stream>>>(a->x, a->delta, a->weight, (TOut *)a->out, a->dim, a->eps);
+    kn_launch(kn_rmsnorm_kernel<TOut, false>, grid, block, 0, stream, a->x, a->delta, a->weight, (TOut *)a->out, a->dim,
+              a->eps);
 }
 
 extern "C" ak_status_t kn_cuda_rmsnorm(const kn_cuda_rmsnorm_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {

@@ -28,6 +28,7 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
                    const int32_t *__restrict__ pos, // [n_tok]
                    int32_t n_heads, int32_t n_heads2, int32_t heads_per_block, int32_t head_dim, int32_t rot_dims,
                    float freq_base, float freq_scale) {
+  kn_pdl_begin();
   __shared__ float cs[KN_ROPE_MAX_PAIRS], sn[KN_ROPE_MAX_PAIRS];
   const int64_t t = blockIdx.x;
   const int n_pairs = rot_dims / 2;
@@ -87,11 +88,11 @@ extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream
   cudaStream_t s = kn_stream(stream);
   switch (a->mode) {
     case KN_ROPE_MODE_NORM:
-      kn_rope_kernel<false><<<grid, block, 0, s>>>(a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
+      kn_launch(kn_rope_kernel<false>, grid, block, 0, s, a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
                                                    a->rot_dims, a->freq_base, a->freq_scale);
       break;
     case KN_ROPE_MODE_NEOX:
-      kn_rope_kernel<true><<<grid, block, 0, s>>>(a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
+      kn_launch(kn_rope_kernel<true>, grid, block, 0, s, a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
                                                   a->rot_dims, a->freq_base, a->freq_scale);
       break;
     default:

@@ -27,6 +27,7 @@ static __global__ void __launch_bounds__(KN_SILU_THREADS)
                        const float *up,    // [n] f32
                        TOut *out,          // [n] TOut
                        int64_t n) {
+  kn_pdl_begin();
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   int64_t done = 0;
@@ -52,9 +53,9 @@ static void kn_silu_mul_launch(const kn_cuda_silu_mul_args_t *a, int64_t n, cuda
   if (n_blocks > KN_SILU_MAX_BLOCKS) n_blocks = KN_SILU_MAX_BLOCKS;
   const dim3 grid((unsigned)n_blocks), block(KN_SILU_THREADS);
   if (vec4)
-    kn_silu_mul_kernel<TOut, true><<<grid, block, 0, stream>>>(a->gate, a->up, (TOut *)a->out, n);
+    kn_launch(kn_silu_mul_kernel<TOut, true>, grid, block, 0, stream, a->gate, a->up, (TOut *)a->out, n);
   else
-    kn_silu_mul_kernel<TOut, false><<<grid, block, 0, stream>>>(a->gate, a->up, (TOut *)a->out, n);
+    kn_launch(kn_silu_mul_kernel<TOut, false>, grid, block, 0, stream, a->gate, a->up, (TOut *)a->out, n);
 }
 
 extern "C" ak_status_t kn_cuda_silu_mul(const kn_cuda_silu_mul_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {

@@ -43,6 +43,7 @@ __device__ __forceinline__ uint32_t kn_tk_key(float f) {
 __global__ void __launch_bounds__(KN_TK_THREADS)
     kn_topk_kernel(const float *__restrict__ scores, const int32_t *__restrict__ seg_ptr, int k,
                    int32_t *__restrict__ out_idx) {
+  kn_pdl_begin();
   __shared__ float s_scores[KN_TK_SMEM_SCORES];
   __shared__ unsigned long long s_cand[KN_TK_MAX_K];
   __shared__ uint32_t s_hist[256];
@@ -208,7 +209,7 @@ ak_status_t kn_topk_check(const kn_cuda_topk_args_t *a, ak_err_t *err) {
 extern "C" ak_status_t kn_cuda_topk(const kn_cuda_topk_args_t *args, kn_cuda_stream_t stream, ak_err_t *err) {
   AK_TRY(kn_topk_check(args, err));
   if (args->n_segs == 0) return AK_OK;
-  kn_topk_kernel<<<args->n_segs, KN_TK_THREADS, 0, kn_stream(stream)>>>(args->scores, args->seg_ptr, args->k,
+  kn_launch(kn_topk_kernel, args->n_segs, KN_TK_THREADS, 0, kn_stream(stream), args->scores, args->seg_ptr, args->k,
                                                                       args->out_idx);
   KN_CUDA_LAUNCHED(err);
   return AK_OK;
