@@ -117,9 +117,50 @@ ak_status_t kn_cuda_silu_mul(const kn_cuda_silu_mul_args_t *args, kn_cuda_stream
 
 /* Sampling on the device, one row of logits per sequence: greedy when temperature
  * <= 0, else softmax(logits / temperature) restricted to the top_k (0 = all) and to
- * the smallest set whose mass reaches top_p (1 = all), sampled with a counter-based
- * PRNG from (seed, step). Only token ids leave the device. Ties in greedy pick the
- * lowest id (as kn_argmax). */
+ * the smallest set whose mass reaches top_p (1 = all), then to the tokens with
+ * p >= min_p * p_max (0 = off), sampled with a counter-based PRNG from (seed, step).
+ * Only token ids (and optionally logprobs) leave the device. Ties in greedy pick the
+ * lowest id (as kn_argmax). The filter order and meanings are wk_sampler's
+ * (worker/wk_sampler.h): repetition penalty -> top-k -> softmax(logit / T) -> top-p
+ * (measured on the top-k distribution) -> min-p -> renormalize -> draw.
+ *
+ * Two ways to give the parameters:
+ *  - rows == NULL: the scalar fields below apply to every row; the draw of row r
+ *    hashes (seed, step, r). No repetition penalty (history_ids must be NULL).
+ *  - rows != NULL: rows[r] (device memory) holds row r's parameters; the scalar
+ *    temperature/top_k/top_p/min_p/seed/step are ignored. The draw hashes
+ *    (rows[r].seed, rows[r].step, 0), so a sequence draws the same token whatever
+ *    its row in the batch. The host cannot read rows[], so the kernel maps
+ *    out-of-range values to defined behaviour instead of failing:
+ *      temperature <= 0 or NaN: greedy;  +inf: FLT_MAX (uniform over the kept set)
+ *      top_k <= 0 or >= n_vocab: off
+ *      top_p outside (0, 1) or NaN: off (1)
+ *      min_p outside (0, 1) or NaN: off (0)
+ *      repetition_penalty 1, <= 0, NaN or inf: off
+ *      history range: clipped to [0, n_history_ids); ids outside [0, n_vocab) are
+ *      skipped; a token seen several times is penalised once.
+ *    Callers that want wk_sampler's errors validate on the host before uploading.
+ *
+ * Repetition penalty (llama.cpp): a token in the row's history has its logit divided
+ * by the penalty when positive, multiplied otherwise (the result clamped to +-FLT_MAX).
+ * The kernel marks the history in a shared-memory bitmap of n_vocab bits, so it needs
+ * n_vocab <= KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB when history_ids is given.
+ *
+ * out_logprobs (optional): wk_sampler's logprob, the natural log of the chosen token's
+ * probability under the final (filtered, renormalised) distribution; 0 for greedy. */
+#define KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB (40 * 1024 * 8) /* a 40 KiB bitmap per block */
+typedef struct {
+  uint64_t seed;
+  uint64_t step;              /* advances the PRNG between calls */
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  float min_p;
+  float repetition_penalty;
+  int32_t history_start_idx;  /* this row's history is history_ids[start, start + n) */
+  int32_t n_history_ids;
+  int32_t pad_;               /* keeps the struct 48 bytes, the same on host and device */
+} kn_cuda_sample_row_t;
 typedef struct {
   const float *logits;     /* [n_rows, n_vocab] f32 */
   int32_t *out_ids;        /* [n_rows] */
@@ -130,6 +171,11 @@ typedef struct {
   float top_p;
   uint64_t seed;
   uint64_t step;           /* advances the PRNG between calls */
+  float min_p;             /* scalar path; [0, 1), 0 = off (checked when sampling) */
+  const kn_cuda_sample_row_t *rows; /* NULL, or [n_rows] device: per-row parameters */
+  const int32_t *history_ids;       /* NULL, or [n_history_ids] int32 device (needs rows) */
+  int64_t n_history_ids;            /* 0..INT32_MAX */
+  float *out_logprobs;              /* NULL, or [n_rows] f32 device */
 } kn_cuda_sample_args_t;
 size_t kn_cuda_sample_workspace_bytes(const kn_cuda_sample_args_t *args);
 ak_status_t kn_cuda_sample(const kn_cuda_sample_args_t *args, void *workspace, size_t workspace_bytes,

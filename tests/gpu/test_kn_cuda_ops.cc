@@ -9,7 +9,10 @@
 // and every element is finite. Sampling: greedy equals kn_argmax, top_k = 1 equals
 // greedy, and over many (step, row) draws on a small vocabulary the histogram matches
 // the top-k / top-p filtered softmax within 5 sigma per token (and filtered tokens
-// never appear).
+// never appear). Per-row parameters: one launch equals one-row scalar launches;
+// greedy with a repetition penalty equals wk_sampler; the draws with min-p and the
+// penalty match a double-precision reference distribution, and logprobs equal
+// log p(chosen) under it.
 //
 // KnCudaOpsArgs runs everywhere (no label: CI has no GPU): every class of bad
 // argument is refused with AK_ERR_INVALID_ARG and a message naming the value, before
@@ -34,6 +37,7 @@ extern "C" {
 #include "ak_quant.h"
 #include "kernels.h"
 #include "kn_cuda.h"
+#include "wk_sampler.h"
 }
 
 namespace {
@@ -589,6 +593,317 @@ TEST_F(KnCudaOpsGpu, SampleIsDeterministicAndStaysInTheKeptSet) {
   }
 }
 
+// ---- per-row parameters, min-p, repetition penalty, logprobs ----
+
+struct SampleOut {
+  std::vector<int32_t> ids;
+  std::vector<float> logprobs;
+};
+
+// kn_cuda_sample with scalar parameters on rows [d_logits, + n_rows * n_vocab), with logprobs.
+SampleOut run_sample_scalar(kn_cuda_stream_t s, const float *d_logits, int64_t n_rows, int64_t n_vocab,
+                            float temperature, int32_t top_k, float top_p, float min_p, uint64_t seed,
+                            uint64_t step) {
+  DevBuf d_ids((size_t)n_rows * 4), d_lp((size_t)n_rows * 4);
+  poison(d_ids.ptr, d_ids.n_bytes);
+  poison(d_lp.ptr, d_lp.n_bytes);
+  kn_cuda_sample_args_t a = {d_logits, d_ids.as<int32_t>(), n_rows, n_vocab, temperature, top_k, top_p, seed, step};
+  a.min_p = min_p;
+  a.out_logprobs = d_lp.as<float>();
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, s, &err), AK_OK) << err.msg;
+  EXPECT_EQ(cudaStreamSynchronize((cudaStream_t)s), cudaSuccess);
+  return {from_dev<int32_t>(d_ids.ptr, (size_t)n_rows), from_dev<float>(d_lp.ptr, (size_t)n_rows)};
+}
+
+// kn_cuda_sample with per-row parameters (and `history`, when not empty).
+SampleOut run_sample_rows(kn_cuda_stream_t s, const float *d_logits, int64_t n_vocab,
+                          const std::vector<kn_cuda_sample_row_t> &rows, const std::vector<int32_t> &history) {
+  const int64_t n_rows = (int64_t)rows.size();
+  DevBuf d_ids((size_t)n_rows * 4), d_lp((size_t)n_rows * 4), d_rows(rows.size() * sizeof(kn_cuda_sample_row_t)),
+      d_hist(std::max<size_t>(history.size(), 1) * 4);
+  poison(d_ids.ptr, d_ids.n_bytes);
+  poison(d_lp.ptr, d_lp.n_bytes);
+  to_dev(d_rows.ptr, rows);
+  if (!history.empty()) to_dev(d_hist.ptr, history);
+  kn_cuda_sample_args_t a{};
+  a.logits = d_logits;
+  a.out_ids = d_ids.as<int32_t>();
+  a.n_rows = n_rows;
+  a.n_vocab = n_vocab;
+  a.temperature = NAN;  // ignored with rows
+  a.rows = d_rows.as<kn_cuda_sample_row_t>();
+  a.history_ids = history.empty() ? nullptr : d_hist.as<int32_t>();
+  a.n_history_ids = (int64_t)history.size();
+  a.out_logprobs = d_lp.as<float>();
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, s, &err), AK_OK) << err.msg;
+  EXPECT_EQ(cudaStreamSynchronize((cudaStream_t)s), cudaSuccess);
+  return {from_dev<int32_t>(d_ids.ptr, (size_t)n_rows), from_dev<float>(d_lp.ptr, (size_t)n_rows)};
+}
+
+kn_cuda_sample_row_t sample_row(float temperature, int32_t top_k, float top_p, float min_p, uint64_t seed,
+                                uint64_t step) {
+  kn_cuda_sample_row_t r{};
+  r.seed = seed;
+  r.step = step;
+  r.temperature = temperature;
+  r.top_k = top_k;
+  r.top_p = top_p;
+  r.min_p = min_p;
+  r.repetition_penalty = 1.0f;
+  return r;
+}
+
+// One launch with different parameters per row draws, row by row, what a one-row
+// scalar launch with that row's parameters draws (the per-row draw hashes row 0).
+// Out-of-range per-row values take the documented meaning (greedy, filter off).
+TEST_F(KnCudaOpsGpu, SampleRowsEqualScalarLaunches) {
+  std::mt19937_64 rng(91);
+  struct Cfg {
+    kn_cuda_sample_row_t row;  // as uploaded (seed and step set per row below)
+    float temperature;         // the scalar launch that must match
+    int32_t top_k;
+    float top_p, min_p;
+  };
+  const float kNan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<Cfg> cfgs = {
+      {sample_row(0.0f, 0, 1.0f, 0.0f, 0, 0), 0.0f, 0, 1.0f, 0.0f},
+      {sample_row(0.8f, 40, 1.0f, 0.0f, 0, 0), 0.8f, 40, 1.0f, 0.0f},
+      {sample_row(1.2f, 0, 0.9f, 0.0f, 0, 0), 1.2f, 0, 0.9f, 0.0f},
+      {sample_row(1.0f, 0, 1.0f, 0.05f, 0, 0), 1.0f, 0, 1.0f, 0.05f},
+      {sample_row(0.7f, 200, 0.8f, 0.01f, 0, 0), 0.7f, 200, 0.8f, 0.01f},
+      {sample_row(kNan, 5, 0.5f, 0.5f, 0, 0), 0.0f, 0, 1.0f, 0.0f},    // NaN temperature: greedy
+      {sample_row(-2.0f, 5, 0.5f, 0.5f, 0, 0), 0.0f, 0, 1.0f, 0.0f},   // negative: greedy
+      {sample_row(1.1f, -3, 1.5f, 2.0f, 0, 0), 1.1f, 0, 1.0f, 0.0f},   // filters off
+      {sample_row(0.9f, 0, kNan, kNan, 0, 0), 0.9f, 0, 1.0f, 0.0f},    // NaN filters off
+  };
+  for (int64_t n_vocab : {97, 50257}) {
+    const int64_t n_rows = (int64_t)cfgs.size() * 2;
+    std::vector<float> logits = randn((size_t)(n_rows * n_vocab), 2.0f, rng);
+    DevBuf d((size_t)(n_rows * n_vocab) * 4);
+    to_dev(d.ptr, logits);
+    for (uint64_t step = 0; step < 4; step++) {
+      std::vector<kn_cuda_sample_row_t> rows;
+      for (int64_t r = 0; r < n_rows; r++) {
+        kn_cuda_sample_row_t row = cfgs[(size_t)r % cfgs.size()].row;
+        row.seed = 500 + (uint64_t)r;
+        row.step = step;
+        rows.push_back(row);
+      }
+      SampleOut got = run_sample_rows(stream(), d.as<float>(), n_vocab, rows, {});
+      for (int64_t r = 0; r < n_rows; r++) {
+        const Cfg &c = cfgs[(size_t)r % cfgs.size()];
+        SCOPED_TRACE(testing::Message() << "n_vocab=" << n_vocab << " step=" << step << " row " << r << " (cfg "
+                                        << r % (int64_t)cfgs.size() << ")");
+        SampleOut want = run_sample_scalar(stream(), d.as<float>((size_t)(r * n_vocab)), 1, n_vocab, c.temperature,
+                                           c.top_k, c.top_p, c.min_p, rows[(size_t)r].seed, step);
+        EXPECT_EQ(got.ids[(size_t)r], want.ids[0]);
+        EXPECT_FLOAT_EQ(got.logprobs[(size_t)r], want.logprobs[0]);
+        if (c.temperature <= 0.0f) {
+          EXPECT_EQ(got.ids[(size_t)r], kn_argmax(&logits[(size_t)(r * n_vocab)], n_vocab));
+          EXPECT_EQ(got.logprobs[(size_t)r], 0.0f) << "greedy's logprob is 0";
+        }
+      }
+    }
+  }
+}
+
+struct SamplerDeleter {
+  void operator()(wk_sampler_t *s) const { wk_sampler_destroy(s); }
+};
+using SamplerPtr = std::unique_ptr<wk_sampler_t, SamplerDeleter>;
+
+// Greedy with a repetition penalty equals wk_sampler's greedy after accepting the same
+// history. Rows read different ranges of one history array; the last range runs past
+// its end (clipped) and ids outside [0, n_vocab) are skipped, as kn_cuda.h says.
+TEST_F(KnCudaOpsGpu, SampleGreedyPenaltyMatchesWkSampler) {
+  std::mt19937_64 rng(101);
+  const float penalties[] = {1.3f, 0.7f, 2.0f, 1.0f, 1.1f, 0.5f};
+  const int64_t hist_lens[] = {1, 5, 64, 0, 300, 17};
+  for (int64_t n_vocab : {17, 97, 50257}) {
+    const int64_t n_rows = 12;
+    std::vector<float> logits = randn((size_t)(n_rows * n_vocab), 2.0f, rng);
+    std::vector<int32_t> history;
+    std::vector<kn_cuda_sample_row_t> rows;
+    std::vector<std::vector<int32_t>> row_hist((size_t)n_rows);  // the valid ids each row's range holds
+    for (int64_t r = 0; r < n_rows; r++) {
+      const float *x = &logits[(size_t)(r * n_vocab)];
+      if (r % 4 == 3) {  // a negative best logit: the penalty multiplies it
+        for (int64_t i = 0; i < n_vocab; i++) logits[(size_t)(r * n_vocab + i)] -= 20.0f;
+      }
+      kn_cuda_sample_row_t row = sample_row(r % 2 ? -1.0f : 0.0f, 0, 1.0f, 0.0f, 7, 0);
+      row.repetition_penalty = penalties[r % 6];
+      row.history_start_idx = (int32_t)history.size();
+      const int64_t len = hist_lens[r % 6];
+      for (int64_t h = 0; h < len; h++) {
+        // The argmax first (so the penalty matters), then random ids with repeats.
+        int32_t id = h == 0 ? (int32_t)kn_argmax(x, n_vocab) : (int32_t)(rng() % (uint64_t)std::min<int64_t>(n_vocab, 40));
+        if (h == 3) id = -5;                     // skipped
+        if (h == 4) id = (int32_t)n_vocab + 2;   // skipped
+        history.push_back(id);
+        if (id >= 0 && id < n_vocab) row_hist[(size_t)r].push_back(id);
+      }
+      row.n_history_ids = (int32_t)len;
+      rows.push_back(row);
+    }
+    // The last row's range runs 50 ids past the end of the array: clipped.
+    rows.back().n_history_ids += 50;
+    DevBuf d((size_t)(n_rows * n_vocab) * 4);
+    to_dev(d.ptr, logits);
+    SampleOut got = run_sample_rows(stream(), d.as<float>(), n_vocab, rows, history);
+    for (int64_t r = 0; r < n_rows; r++) {
+      SCOPED_TRACE(testing::Message() << "n_vocab=" << n_vocab << " row " << r << " penalty "
+                                      << rows[(size_t)r].repetition_penalty << " history "
+                                      << row_hist[(size_t)r].size());
+      wk_sampler_params_t sp = wk_sampler_params_default();
+      sp.temperature = 0.0f;
+      sp.repetition_penalty = rows[(size_t)r].repetition_penalty;
+      sp.repeat_last_n = (int32_t)std::max<size_t>(row_hist[(size_t)r].size(), 1);
+      wk_sampler_t *raw = nullptr;
+      ak_err_t err{};
+      ASSERT_EQ(wk_sampler_create(&sp, n_vocab, &err, &raw), AK_OK) << err.msg;
+      SamplerPtr smp(raw);
+      for (int32_t id : row_hist[(size_t)r]) ASSERT_EQ(wk_sampler_accept(smp.get(), id), AK_OK);
+      int32_t want = -1;
+      float want_lp = 1.0f;
+      ASSERT_EQ(wk_sampler_sample(smp.get(), &logits[(size_t)(r * n_vocab)], &want, &want_lp), AK_OK);
+      EXPECT_EQ(got.ids[(size_t)r], want);
+      EXPECT_EQ(got.logprobs[(size_t)r], want_lp);
+    }
+  }
+}
+
+// The reference for the full filter chain in double: the penalty as wk_sampler applies
+// it (in float), then expected_probs (top-k, top-p), then min-p on the weights relative
+// to the best token, renormalized. *margin_p also covers how close a weight is to min_p.
+std::vector<double> expected_probs_full(std::vector<float> logits, const std::vector<int32_t> &history, float penalty,
+                                        double temperature, int top_k, double top_p, double min_p,
+                                        double *margin_p) {
+  std::vector<bool> seen(logits.size(), false);
+  for (int32_t id : history) seen[(size_t)id] = true;
+  for (size_t i = 0; i < logits.size(); i++)
+    if (seen[i]) logits[i] = logits[i] > 0.0f ? logits[i] / penalty : logits[i] * penalty;
+  std::vector<double> p = expected_probs(logits, temperature, top_k, top_p, margin_p);
+  if (min_p <= 0.0) return p;
+  const double m = *std::max_element(logits.begin(), logits.end());
+  double z = 0.0;
+  for (size_t i = 0; i < p.size(); i++) {
+    const double w = std::exp(((double)logits[i] - m) / temperature);
+    *margin_p = std::min(*margin_p, std::fabs(w - min_p));
+    if (w < min_p) p[i] = 0.0;
+    z += p[i];
+  }
+  for (double &v : p) v /= z;
+  return p;
+}
+
+// Over many draws (every row its own seed, each step a new draw), the frequencies
+// match the penalised, top-k / top-p / min-p filtered softmax within 5 sigma per token;
+// filtered tokens never appear; and every logprob is log(p) of the drawn token.
+TEST_F(KnCudaOpsGpu, SampleRowsMinPPenaltyDistributionAndLogprob) {
+  std::mt19937_64 rng(111);
+  const int64_t n_vocab = 37, n_rows = 2048, n_steps = 30;
+  std::vector<float> logits = randn((size_t)n_vocab, 1.5f, rng);
+  logits[11] = -std::fabs(logits[11]);  // a negative logit in the history
+  DevBuf d((size_t)(n_rows * n_vocab) * 4);
+  std::vector<float> all((size_t)(n_rows * n_vocab));
+  for (int64_t r = 0; r < n_rows; r++) std::copy(logits.begin(), logits.end(), all.begin() + r * n_vocab);
+  to_dev(d.ptr, all);
+  const int32_t best = (int32_t)kn_argmax(logits.data(), n_vocab);
+  const std::vector<int32_t> history = {best, 11, 3, 3, 20, best};
+  struct Cfg {
+    float temperature;
+    int32_t top_k;
+    float top_p, min_p, penalty;
+  };
+  for (Cfg c : {Cfg{1.0f, 0, 1.0f, 0.05f, 1.0f}, Cfg{0.8f, 20, 0.9f, 0.02f, 1.5f}, Cfg{1.3f, 0, 1.0f, 0.0f, 0.8f},
+                Cfg{1.0f, 0, 0.6f, 0.3f, 1.2f}, Cfg{2.0f, 10, 1.0f, 0.2f, 3.0f}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.temperature << " top_k=" << c.top_k << " top_p=" << c.top_p
+                                    << " min_p=" << c.min_p << " penalty=" << c.penalty);
+    double margin = 0.0;
+    std::vector<double> p =
+        expected_probs_full(logits, history, c.penalty, c.temperature, c.top_k, c.top_p, c.min_p, &margin);
+    ASSERT_GT(margin, 1e-6) << "a cut is too close to call: change the seed";
+    std::vector<int64_t> count((size_t)n_vocab, 0);
+    double max_lp_err = 0.0;
+    for (int64_t step = 0; step < n_steps; step++) {
+      std::vector<kn_cuda_sample_row_t> rows;
+      for (int64_t r = 0; r < n_rows; r++) {
+        kn_cuda_sample_row_t row = sample_row(c.temperature, c.top_k, c.top_p, c.min_p, 9000 + (uint64_t)r,
+                                              (uint64_t)step);
+        row.repetition_penalty = c.penalty;
+        row.history_start_idx = 0;
+        row.n_history_ids = (int32_t)history.size();
+        rows.push_back(row);
+      }
+      SampleOut got = run_sample_rows(stream(), d.as<float>(), n_vocab, rows, history);
+      for (int64_t r = 0; r < n_rows; r++) {
+        const int32_t id = got.ids[(size_t)r];
+        ASSERT_GE(id, 0);
+        ASSERT_LT(id, n_vocab);
+        count[(size_t)id]++;
+        if (p[(size_t)id] > 0.0)
+          max_lp_err = std::max(max_lp_err, std::fabs((double)got.logprobs[(size_t)r] - std::log(p[(size_t)id])));
+      }
+    }
+    EXPECT_LT(max_lp_err, 1e-4) << "logprob = log p(chosen) under the final distribution";
+    const double n_draws = (double)(n_rows * n_steps);
+    for (int64_t i = 0; i < n_vocab; i++) {
+      if (p[(size_t)i] == 0.0) {
+        EXPECT_EQ(count[(size_t)i], 0) << "token " << i << " is filtered out";
+        continue;
+      }
+      const double mean = n_draws * p[(size_t)i], sd = std::sqrt(n_draws * p[(size_t)i] * (1.0 - p[(size_t)i]));
+      EXPECT_NEAR((double)count[(size_t)i], mean, 5.0 * sd + 1.0) << "token " << i << " p=" << p[(size_t)i];
+    }
+  }
+}
+
+// At a real vocabulary size: every draw stays in the reference's kept set (slightly
+// widened for float rounding at the top-p cut) and its logprob matches log p.
+TEST_F(KnCudaOpsGpu, SampleRowsLogprobMatchesCpuAtVocabSize) {
+  std::mt19937_64 rng(121);
+  const int64_t n_vocab = 49152, n_rows = 6;
+  std::vector<float> logits = randn((size_t)(n_rows * n_vocab), 2.5f, rng);
+  DevBuf d((size_t)(n_rows * n_vocab) * 4);
+  to_dev(d.ptr, logits);
+  std::vector<int32_t> history;
+  for (int i = 0; i < 200; i++) history.push_back((int32_t)(rng() % (uint64_t)n_vocab));
+  const float temps[] = {1.0f, 0.7f, 1.5f, 1.0f, 0.9f, 1.2f};
+  const int32_t top_ks[] = {0, 50, 0, 1000, 0, 0};
+  const float top_ps[] = {1.0f, 1.0f, 0.9f, 0.95f, 1.0f, 0.5f};
+  const float min_ps[] = {0.0f, 0.0f, 0.0f, 0.01f, 0.1f, 0.0f};
+  const float pens[] = {1.0f, 1.3f, 1.0f, 1.2f, 0.9f, 1.1f};
+  std::vector<std::vector<double>> p((size_t)n_rows);
+  for (int64_t r = 0; r < n_rows; r++) {
+    std::vector<float> row(logits.begin() + r * n_vocab, logits.begin() + (r + 1) * n_vocab);
+    double margin = 0.0;
+    p[(size_t)r] = expected_probs_full(row, history, pens[r], temps[r], top_ks[r],
+                                       std::min(1.0, (double)top_ps[r] + 1e-5), min_ps[r], &margin);
+  }
+  for (uint64_t step = 0; step < 10; step++) {
+    std::vector<kn_cuda_sample_row_t> rows;
+    for (int64_t r = 0; r < n_rows; r++) {
+      kn_cuda_sample_row_t row = sample_row(temps[r], top_ks[r], top_ps[r], min_ps[r], 31 + (uint64_t)r, step);
+      row.repetition_penalty = pens[r];
+      row.n_history_ids = (int32_t)history.size();
+      rows.push_back(row);
+    }
+    SampleOut got = run_sample_rows(stream(), d.as<float>(), n_vocab, rows, history);
+    for (int64_t r = 0; r < n_rows; r++) {
+      SCOPED_TRACE(testing::Message() << "step " << step << " row " << r);
+      const int32_t id = got.ids[(size_t)r];
+      ASSERT_GE(id, 0);
+      ASSERT_LT(id, n_vocab);
+      ASSERT_GT(p[(size_t)r][(size_t)id], 0.0) << "drew filtered token " << id;
+      // Only rows whose kept set is exact (no widened top-p) have exact probabilities.
+      if (top_ps[r] >= 1.0f) EXPECT_NEAR(got.logprobs[(size_t)r], std::log(p[(size_t)r][(size_t)id]), 1e-3);
+      EXPECT_LE(got.logprobs[(size_t)r], 0.0f);
+    }
+  }
+}
+
 // ---- argument validation: no GPU needed, nothing launched ----
 
 float *const kFakeF = reinterpret_cast<float *>(0x1000);
@@ -827,6 +1142,45 @@ TEST(KnCudaOpsArgs, SampleRefusesBadArguments) {
     a.top_p = p;
     EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG) << p;
     EXPECT_TRUE(has(err, "top_p=")) << err.msg;
+  }
+}
+
+TEST(KnCudaOpsArgs, SampleRefusesBadPerRowArguments) {
+  ak_err_t err{};
+  const kn_cuda_sample_row_t *const fake_rows = reinterpret_cast<const kn_cuda_sample_row_t *>(0x4000);
+  kn_cuda_sample_args_t ok = {kFakeF, kFakeI, 4, 49152, 0.8f, 40, 0.9f, 1, 0};
+  ok.rows = fake_rows;
+  ok.history_ids = kFakeI;
+  ok.n_history_ids = 100;
+  kn_cuda_sample_args_t a = ok;
+  a.n_history_ids = -1;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_history_ids=-1")) << err.msg;
+  a = ok;
+  a.n_history_ids = (int64_t)INT32_MAX + 1;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_history_ids=2147483648")) << err.msg;
+  a = ok;
+  a.history_ids = nullptr;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "history_ids is NULL")) << err.msg;
+  a = ok;
+  a.rows = nullptr;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "rows is NULL")) << err.msg;
+  a = ok;
+  a.n_vocab = KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB + 1;
+  EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_vocab=327681")) << err.msg;
+  // Scalar path: min_p is checked when sampling.
+  for (float mp : {-0.1f, 1.0f, 2.0f, NAN}) {
+    a = ok;
+    a.rows = nullptr;
+    a.history_ids = nullptr;
+    a.n_history_ids = 0;
+    a.min_p = mp;
+    EXPECT_EQ(kn_cuda_sample(&a, nullptr, 0, nullptr, &err), AK_ERR_INVALID_ARG) << mp;
+    EXPECT_TRUE(has(err, "min_p=")) << err.msg;
   }
 }
 
