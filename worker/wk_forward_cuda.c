@@ -24,6 +24,7 @@
 #include "wk_cuda_try.h"
 #include "kn_cuda.h"
 #include "wk_arkvale_cuda.h"
+#include "wk_cuda_sampler.h"
 
 typedef struct {
   void *ptr;
@@ -53,6 +54,7 @@ struct wk_forward_cuda {
   char *pages;           /* the page memory they reach */
   size_t page_bytes;
   wk_arkvale_cuda_t *ak; /* digests, estimates and device selections (arkvale, quest) */
+  wk_cuda_sampler_t *sampler; /* sampling on the device (wk_forward_cuda_run_sampled) */
   int64_t region_ints; /* per layer */
   wk_forward_timing_t timing;
   /* the graph path (full pools, and arkvale deciding on the device in a step that fills
@@ -63,8 +65,8 @@ struct wk_forward_cuda {
   float *logits_host;                 /* pinned [max(T, max_seqs), n_vocab]: the graph's copy target */
   size_t logits_host_bytes;
   cudaGraphExec_t graph;
-  int64_t graph_key[8];               /* n_tok, n_seqs, logits, logits_all, split workspace, pages,
-                                       * every layer's attention split, ArkVale's launches */
+  int64_t graph_key[8];               /* n_tok, n_seqs, logits | 2 * sampling, logits_all, split workspace,
+                                       * pages, every layer's attention split, ArkVale's launches */
   int use_graphs;
   int64_t graph_launches, graph_captures;
   /* profiling: per layer 6 events (table start, the 4 ArkVale marks, attention end) then
@@ -102,6 +104,7 @@ void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
   kn_cuda_host_free(fw->logits_host, fw->logits_host_bytes);
   wk_arkvale_cuda_destroy(fw->ak);
+  wk_cuda_sampler_destroy(fw->sampler);
   if (fw->graph) cudaGraphExecDestroy(fw->graph);
   for (int i = 0; i < fw->n_ev; i++) cudaEventDestroy(fw->ev[i]);
   ak_host_free(fw->ev, sizeof(cudaEvent_t) * (size_t)fw->n_ev);
@@ -185,6 +188,8 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
   if (st < 0) goto fail;
   fw->logits_host_bytes = n_out_rows * (size_t)hp->n_vocab * f4;
   st = kn_cuda_host_alloc(fw->logits_host_bytes, err, (void **)&fw->logits_host, NULL);
+  if (st < 0) goto fail;
+  st = wk_cuda_sampler_create(fw->max_seqs, hp->n_vocab, err, &fw->sampler);
   if (st < 0) goto fail;
   fw->pre_attn = ak_host_alloc(sizeof(kn_cuda_attn_args_t) * (size_t)hp->n_layers, 1);
   fw->pre_store = ak_host_alloc(sizeof(kn_cuda_kv_store_args_t) * (size_t)hp->n_layers, 1);
@@ -609,9 +614,10 @@ static ak_status_t wk_check_batch(const wk_forward_cuda_t *fw, const wk_forward_
   return AK_OK;
 }
 
-/* The final norm and the vocab projection of the wanted rows, logits to the host. */
+/* The final norm and the vocab projection of the wanted rows; logits to the host when
+ * `dst`, token ids (and logprobs) to the sampler's staging when `sample`. */
 static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b, int64_t n_tok, float *dst,
-                             ak_err_t *err) {
+                             int sample, ak_err_t *err) {
   const wk_hparams_t *hp = &fw->hp;
   size_t row_bytes = sizeof(float) * (size_t)hp->dim;
   int64_t n_out = n_tok;
@@ -631,23 +637,27 @@ static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b,
   AK_TRY(wk_norm(fw, fw->rows.ptr, wk_model_cuda_output_norm(fw->model), n_out, fw->xn.ptr, err));
   AK_TRY(wk_gemm(fw, fw->xn.ptr, wk_model_cuda_output(fw->model), n_out, hp->dim, hp->n_vocab, fw->logits.ptr,
                  KN_CUDA_F32, 0, err));
-  WK_CUDA_TRY(err, cudaMemcpyAsync(dst, fw->logits.ptr, sizeof(float) * (size_t)n_out * (size_t)hp->n_vocab,
-                                   cudaMemcpyDeviceToHost, fw->stream));
+  if (sample) /* one row per sequence (run_sampled refuses logits_all) */
+    AK_TRY(wk_cuda_sampler_launch(fw->sampler, fw->logits.ptr, (int32_t)n_out, fw->stream, err));
+  if (dst)
+    WK_CUDA_TRY(err, cudaMemcpyAsync(dst, fw->logits.ptr, sizeof(float) * (size_t)n_out * (size_t)hp->n_vocab,
+                                     cudaMemcpyDeviceToHost, fw->stream));
   return AK_OK;
 }
 
 /* Every kernel of a step after its tables are on the device: embedding, the layers,
- * and (when wanted) the logits into `logits_dst`. `pre`: the layers' tables were staged
- * up front (the graph path); otherwise each layer builds and uploads its own. */
+ * (when wanted) the logits into `logits_dst` and the sampled ids into the sampler's
+ * staging. `pre`: the layers' tables were staged up front (the graph path); otherwise
+ * each layer builds and uploads its own. */
 static ak_status_t wk_step_kernels(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
-                                   int64_t n_tok, int pre, float *logits_dst, ak_err_t *err) {
+                                   int64_t n_tok, int pre, float *logits_dst, int sample, ak_err_t *err) {
   int32_t *d_ids = fw->region.ptr, *d_pos = d_ids + fw->max_tok;
   kn_cuda_embed_args_t e = {.table = wk_model_cuda_token_embd(fw->model), .table_dtype = KN_CUDA_BF16,
                             .ids = d_ids, .out = fw->x.ptr, .n_tok = n_tok, .dim = fw->hp.dim,
                             .n_vocab = fw->hp.n_vocab, .bad_id_flag = NULL};
   AK_TRY(kn_cuda_embed(&e, wk_stream(fw), err));
   for (int32_t l = 0; l < fw->hp.n_layers; l++) AK_TRY(wk_layer(fw, pool, l, d_pos, n_tok, pre, err));
-  if (b->logits) AK_TRY(wk_logits(fw, b, n_tok, logits_dst, err));
+  if (logits_dst || sample) AK_TRY(wk_logits(fw, b, n_tok, logits_dst, sample, err));
   return AK_OK;
 }
 
@@ -658,7 +668,7 @@ static ak_status_t wk_step_kernels(wk_forward_cuda_t *fw, kv_pool_t *pool, const
  * size, logits, a layer's attention split as the context grows, the sequences ArkVale
  * selects for). */
 static ak_status_t wk_step_graph(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
-                                 int64_t n_tok, ak_err_t *err) {
+                                 int64_t n_tok, int sample, ak_err_t *err) {
   int32_t max_kv_len = 0;
   int64_t fills = wk_arkvale_cuda_fill_ops(fw->ak);
   for (int32_t l = 0; l < fw->hp.n_layers; l++) AK_TRY(wk_layer_table_host(fw, pool, l, n_tok, &max_kv_len, err));
@@ -681,14 +691,14 @@ static ak_status_t wk_step_graph(wk_forward_cuda_t *fw, kv_pool_t *pool, const w
   WK_CUDA_TRY(err, cudaMemcpyAsync(fw->region.ptr, fw->stage, used, cudaMemcpyHostToDevice, fw->stream));
   AK_TRY(wk_arkvale_cuda_upload(fw->ak, err));
   /* the page memory is baked into the graph too: a pool over other pages re-captures */
-  int64_t key[8] = {n_tok, b->seqs.n_seqs, b->logits ? 1 : 0, b->logits_all, (int64_t)ws,
+  int64_t key[8] = {n_tok, b->seqs.n_seqs, (b->logits ? 1 : 0) | (sample ? 2 : 0), b->logits_all, (int64_t)ws,
                     (int64_t)(intptr_t)fw->pre_attn[0].kv.k_base, (int64_t)(split_hash >> 1),
                     wk_arkvale_cuda_graph_key(fw->ak)};
   if (!fw->graph || memcmp(key, fw->graph_key, sizeof key) != 0) {
     if (fw->graph) cudaGraphExecDestroy(fw->graph);
     fw->graph = NULL;
     WK_CUDA_TRY(err, cudaStreamBeginCapture(fw->stream, cudaStreamCaptureModeThreadLocal));
-    ak_status_t st = wk_step_kernels(fw, pool, b, n_tok, 1, fw->logits_host, err);
+    ak_status_t st = wk_step_kernels(fw, pool, b, n_tok, 1, b->logits ? fw->logits_host : NULL, sample, err);
     cudaGraph_t g = NULL;
     cudaError_t ce = cudaStreamEndCapture(fw->stream, &g);
     if (st < 0) {
@@ -732,8 +742,18 @@ static int wk_graph_step_ok(const wk_forward_cuda_t *fw, kv_pool_t *pool, const 
 
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
                                 ak_err_t *err) {
+  return wk_forward_cuda_run_sampled(fw, pool, b, NULL, err);
+}
+
+ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
+                                        const wk_cuda_sample_t *sample, ak_err_t *err) {
   int64_t n_tok = 0;
   AK_TRY(wk_check_batch(fw, b, &n_tok, err));
+  if (sample && b->logits_all)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "sampling takes one row per sequence: logits_all must be 0");
+  /* Checked and staged before the pool changes: a refused request leaves it as it was.
+   * The upload goes on the stream ahead of the step's kernels (and of its graph). */
+  if (sample) AK_TRY(wk_cuda_sampler_stage(fw->sampler, sample, b->seqs.n_seqs, fw->stream, err));
   memset(&fw->timing, 0, sizeof fw->timing);
   double t_start = wk_now_us();
   ak_status_t st = kv_step_begin(pool, &b->seqs);
@@ -749,11 +769,11 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
   double t_logits = wk_now_us();
   wk_ev(fw, fw->hp.n_layers * WK_EV_PER_LAYER);
   if (graph) {
-    st = wk_step_graph(fw, pool, b, n_tok, err);
+    st = wk_step_graph(fw, pool, b, n_tok, sample != NULL, err);
   } else {
     ce = cudaMemcpyAsync(fw->region.ptr, fw->stage, sizeof(int32_t) * 2 * (size_t)fw->max_tok,
                          cudaMemcpyHostToDevice, fw->stream);
-    st = ce == cudaSuccess ? wk_step_kernels(fw, pool, b, n_tok, 0, b->logits, err)
+    st = ce == cudaSuccess ? wk_step_kernels(fw, pool, b, n_tok, 0, b->logits, sample != NULL, err)
                            : AK_ERR(err, AK_ERR_CUDA, "ids upload: %s", cudaGetErrorString(ce));
   }
   if (st < 0) goto err_abort;
@@ -766,6 +786,7 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
   if (graph && b->logits)
     memcpy(b->logits, fw->logits_host, sizeof(float) * (size_t)(b->logits_all ? n_tok : b->seqs.n_seqs) *
                                            (size_t)fw->hp.n_vocab);
+  if (sample) wk_cuda_sampler_finish(fw->sampler, sample, b->seqs.n_seqs);
   fw->timing.logits_us = wk_now_us() - t_logits;
   wk_profile_collect(fw);
   st = wk_arkvale_cuda_apply(fw->ak, pool, err);

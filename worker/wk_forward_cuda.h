@@ -6,8 +6,9 @@
  * pinned staging area, and every op runs on the forward's stream: fused residual +
  * RMSNorm, bf16 GEMMs (cuBLASLt; the residual adds are GEMM accumulations), RoPE, the
  * K/V store into pages, paged attention. Only the rows whose logits are wanted go
- * through the vocab projection; the logits come back to the host, and the step ends
- * with one stream synchronization (the staging area is reused by the next step).
+ * through the vocab projection; the logits come back to the host (or are sampled on
+ * the device and only token ids come back: wk_forward_cuda_run_sampled), and the step
+ * ends with one stream synchronization (the staging area is reused by the next step).
  *
  * The pool lives over device page memory (kv_pool_params_t.page_memory) with f16
  * pages. full needs nothing more; arkvale, quest and streaming also take this forward's
@@ -27,6 +28,7 @@
 
 #include "kn_cuda.h"
 #include "kvpool.h"
+#include "wk_cuda_sampler.h"
 #include "wk_forward.h"
 #include "wk_model_cuda.h"
 
@@ -64,6 +66,18 @@ ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_par
  * wanted) are copied to the host array. On failure the pool is as before the call. */
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,
                                 ak_err_t *err);
+
+/* As wk_forward_cuda_run, and samples the next token of every sequence on the device
+ * (wk_cuda_sampler.h) right after the vocab projection, on the forward's stream: only
+ * sample->token_ids (and logprobs) come back, in the step's one synchronization. The
+ * logits also come back when batch->logits is set. `sample` NULL is wk_forward_cuda_run.
+ * Refused with AK_ERR_INVALID_ARG before the pool changes: batch->logits_all set, or a
+ * request wk_cuda_sample_check refuses (a history beyond WK_CUDA_SAMPLE_MAX_HISTORY_IDS
+ * included: the caller then samples on the host). Works on the graph path too: the
+ * request goes up before the graph, whose kernels read it at fixed addresses; turning
+ * sampling on or off re-captures. */
+ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,
+                                        const wk_cuda_sample_t *sample, ak_err_t *err);
 
 /* Decode steps on full pools replayed from a CUDA graph (default) or launched one
  * kernel at a time (to compare). */

@@ -18,6 +18,7 @@ extern "C" {
 #include "wk_engine.h"
 #include "wk_forward_cuda.h"
 #include "wk_model_cuda.h"
+#include "wk_sampler.h"
 }
 
 namespace {
@@ -102,6 +103,13 @@ struct Gpu {
     ak_status_t st = wk_forward_cuda_run(fw, pool, &b, &err);
     EXPECT_EQ(st, AK_OK) << err.msg;
     return st;
+  }
+  // One row per sequence; `logits` may be NULL (only ids come back).
+  ak_status_t step_sampled(kv_seq_id_t *seqs, int32_t *n_new, int32_t n_seqs, const int32_t *tokens, float *logits,
+                           const wk_cuda_sample_t *req, ak_err_t *err) {
+    wk_forward_batch_t b{{n_seqs, seqs, n_new}, tokens, 0, logits};
+    ak_err_clear(err);
+    return wk_forward_cuda_run_sampled(fw, pool, &b, req, err);
   }
 };
 
@@ -612,4 +620,278 @@ TEST(WkForwardCudaGpu, ArkvaleGraphReplayEqualsDirectLaunches) {
     }
   }
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
+}
+
+// ---- sampling on the device (wk_cuda_sampler.h) ----
+
+namespace {
+wk_cuda_sample_seq_t greedy_seq() {
+  wk_cuda_sample_seq_t q{};
+  q.temperature = 0.0f;
+  q.top_p = 1.0f;
+  q.repetition_penalty = 1.0f;
+  return q;
+}
+
+// wk_sampler's greedy with a penalty over `history`, on a row of logits.
+int32_t host_greedy(const float *logits, int64_t n_vocab, float penalty, const std::vector<int32_t> &history) {
+  wk_sampler_params_t sp = wk_sampler_params_default();
+  sp.temperature = 0.0f;
+  sp.repetition_penalty = penalty;
+  sp.repeat_last_n = (int32_t)std::max<size_t>(history.size(), 1);
+  wk_sampler_t *s = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(wk_sampler_create(&sp, n_vocab, &err, &s), AK_OK) << err.msg;
+  for (int32_t id : history) EXPECT_EQ(wk_sampler_accept(s, id), AK_OK);
+  int32_t id = -1;
+  EXPECT_EQ(wk_sampler_sample(s, logits, &id, nullptr), AK_OK);
+  wk_sampler_destroy(s);
+  return id;
+}
+
+// log p(id) under softmax(logits / T) restricted to the top_k (no ties at the cut).
+double host_topk_logprob(const float *logits, int64_t n_vocab, float temperature, int top_k, int32_t id) {
+  std::vector<float> v(logits, logits + n_vocab);
+  std::partial_sort(v.begin(), v.begin() + top_k, v.end(), std::greater<float>());
+  if (logits[id] < v[(size_t)top_k - 1]) return -INFINITY;
+  double z = 0.0;
+  for (int i = 0; i < top_k; i++) z += std::exp(((double)v[(size_t)i] - v[0]) / temperature);
+  return ((double)logits[id] - v[0]) / temperature - std::log(z);
+}
+}  // namespace
+
+TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
+  const int32_t hist[3] = {1, 2, 3};
+  wk_cuda_sample_seq_t seqs[2] = {greedy_seq(), greedy_seq()};
+  int32_t ids[2];
+  wk_cuda_sample_t req{seqs, ids, nullptr};
+  ak_err_t err;
+  ak_err_clear(&err);
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_OK) << err.msg;
+  EXPECT_EQ(wk_cuda_sample_check(nullptr, 2, 100, &err), AK_ERR_INVALID_ARG);
+  wk_cuda_sample_t no_ids{seqs, nullptr, nullptr};
+  EXPECT_EQ(wk_cuda_sample_check(&no_ids, 2, 100, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("token_ids"), std::string::npos) << err.msg;
+  struct Bad {
+    void (*make)(wk_cuda_sample_seq_t *);
+    const char *msg;
+  };
+  const Bad bad[] = {
+      {[](wk_cuda_sample_seq_t *q) { q->temperature = -1.0f; }, "seqs[1].temperature=-1"},
+      {[](wk_cuda_sample_seq_t *q) { q->temperature = NAN; }, "seqs[1].temperature=nan"},
+      {[](wk_cuda_sample_seq_t *q) { q->temperature = INFINITY; }, "seqs[1].temperature=inf"},
+      {[](wk_cuda_sample_seq_t *q) { q->top_k = -2; }, "seqs[1].top_k=-2"},
+      {[](wk_cuda_sample_seq_t *q) { q->top_p = 0.0f; }, "seqs[1].top_p=0"},
+      {[](wk_cuda_sample_seq_t *q) { q->top_p = 1.5f; }, "seqs[1].top_p=1.5"},
+      {[](wk_cuda_sample_seq_t *q) { q->min_p = 1.0f; }, "seqs[1].min_p=1"},
+      {[](wk_cuda_sample_seq_t *q) { q->min_p = -0.5f; }, "seqs[1].min_p=-0.5"},
+      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = 0.0f; }, "seqs[1].repetition_penalty=0"},
+      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = NAN; }, "seqs[1].repetition_penalty=nan"},
+      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = -1; }, "seqs[1].n_history_ids=-1"},
+      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1; },
+       "seqs[1].n_history_ids=1025"},
+      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = 2; }, "seqs[1].history_ids is NULL"},
+  };
+  for (const Bad &b : bad) {
+    wk_cuda_sample_seq_t q[2] = {greedy_seq(), greedy_seq()};
+    b.make(&q[1]);
+    wk_cuda_sample_t r{q, ids, nullptr};
+    EXPECT_EQ(wk_cuda_sample_check(&r, 2, 100, &err), AK_ERR_INVALID_ARG) << b.msg;
+    EXPECT_NE(std::string(err.msg).find(b.msg), std::string::npos) << err.msg;
+  }
+  // History ids are checked when the penalty reads them.
+  const int32_t bad_hist[2] = {5, 100};
+  seqs[1].history_ids = bad_hist;
+  seqs[1].n_history_ids = 2;
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_OK) << "penalty 1: the history is not read";
+  seqs[1].repetition_penalty = 1.2f;
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("seqs[1].history_ids[1]=100"), std::string::npos) << err.msg;
+  seqs[1].history_ids = hist;
+  seqs[1].n_history_ids = 3;
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_OK) << err.msg;
+  // The penalty's bitmap bounds the vocabulary.
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB + 1, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("not supported on the device"), std::string::npos) << err.msg;
+}
+
+// Three sequences, one batch, different parameters: greedy ids sampled on the device
+// equal the argmax of the logits the same step returns, and wk_sampler's greedy with the
+// same penalty and history; a top-k row draws within the top k with the logprob of the
+// filtered softmax. The prompt step runs directly, the decode steps from the graph.
+TEST(WkForwardCudaGpu, DeviceSamplingMatchesReturnedLogits) {
+  REQUIRE_GPU();
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  Gpu g(512);
+  const int64_t V = g.n_vocab;
+  const int32_t S = 4;
+  kv_seq_id_t seqs[S];
+  for (int i = 0; i < S; i++) ASSERT_EQ(kv_seq_create(g.pool, &seqs[i]), AK_OK);
+  std::vector<std::vector<int32_t>> hist(S);
+  int32_t n_new[S];
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < S; i++) {
+    std::vector<int32_t> p = varied(40 + 13 * i, 20 + i);
+    n_new[i] = (int32_t)p.size();
+    tokens.insert(tokens.end(), p.begin(), p.end());
+    hist[(size_t)i] = p;
+  }
+  const float penalty[S] = {1.0f, 1.3f, 0.8f, 1.0f};
+  std::vector<float> logits((size_t)(S * V));
+  int64_t launches0 = 0;
+  wk_forward_cuda_graph_counts(g.fw, &launches0, nullptr);
+  for (int step = 0; step < 12; step++) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    wk_cuda_sample_seq_t q[S];
+    for (int i = 0; i < S; i++) {
+      q[i] = greedy_seq();
+      q[i].repetition_penalty = penalty[i];
+      // The last 64 tokens of the sequence (this step's included, as the service passes).
+      const std::vector<int32_t> &h = hist[(size_t)i];
+      const size_t n = std::min<size_t>(h.size(), 64);
+      q[i].history_ids = h.data() + (h.size() - n);
+      q[i].n_history_ids = (int32_t)n;
+      q[i].seed = 42 + (uint64_t)i;
+      q[i].step = (uint64_t)step;
+    }
+    q[3].temperature = 0.8f;  // a sampled row beside the greedy ones
+    q[3].top_k = 40;
+    int32_t ids[S];
+    float lps[S];
+    wk_cuda_sample_t req{q, ids, lps};
+    std::fill(ids, ids + S, -1);
+    ak_err_t err;
+    ASSERT_EQ(g.step_sampled(seqs, n_new, S, tokens.data(), logits.data(), &req, &err), AK_OK) << err.msg;
+    for (int i = 0; i < S; i++) {
+      const float *row = &logits[(size_t)(i * V)];
+      const std::vector<int32_t> h(q[i].history_ids, q[i].history_ids + q[i].n_history_ids);
+      if (i < 3) {
+        if (penalty[i] == 1.0f) EXPECT_EQ(ids[i], argmax(row, V)) << "seq " << i;
+        EXPECT_EQ(ids[i], host_greedy(row, V, penalty[i], h)) << "seq " << i << " penalty " << penalty[i];
+        EXPECT_EQ(lps[i], 0.0f) << "seq " << i;
+      } else {
+        ASSERT_GE(ids[i], 0);
+        ASSERT_LT(ids[i], V);
+        const double want = host_topk_logprob(row, V, q[i].temperature, q[i].top_k, ids[i]);
+        ASSERT_TRUE(std::isfinite(want)) << "seq " << i << " drew " << ids[i] << " outside the top 40";
+        EXPECT_NEAR(lps[i], want, 1e-3) << "seq " << i;
+      }
+    }
+    tokens.assign(ids, ids + S);
+    for (int i = 0; i < S; i++) {
+      n_new[i] = 1;
+      hist[(size_t)i].push_back(ids[i]);
+    }
+  }
+  int64_t launches1 = 0;
+  wk_forward_cuda_graph_counts(g.fw, &launches1, nullptr);
+  EXPECT_GE(launches1 - launches0, 10) << "decode steps with sampling replay from the graph";
+}
+
+// The same sampled decode through the graph (ids only, no logits) and through direct
+// launches (with logits): the same ids and logprobs every step. Every 4th step samples
+// nothing (logits only, argmax fed back), so the graph is re-captured as sampling turns
+// on and off.
+TEST(WkForwardCudaGpu, SampledGraphReplayEqualsDirectLaunches) {
+  REQUIRE_GPU();
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  Gpu graph(512), direct(512);
+  wk_forward_cuda_use_graphs(direct.fw, 0);
+  const int64_t V = graph.n_vocab;
+  kv_seq_id_t ga[2], da[2];
+  for (int i = 0; i < 2; i++) {
+    ASSERT_EQ(kv_seq_create(graph.pool, &ga[i]), AK_OK);
+    ASSERT_EQ(kv_seq_create(direct.pool, &da[i]), AK_OK);
+  }
+  std::vector<int32_t> pa = varied(70, 31), pb = varied(90, 32);
+  std::vector<int32_t> toks(pa);
+  toks.insert(toks.end(), pb.begin(), pb.end());
+  int32_t n_new[2] = {70, 90};
+  std::vector<int32_t> hist[2] = {pa, pb};
+  std::vector<float> lg(2 * V), ld(2 * V);
+  int64_t captures0 = 0;
+  wk_forward_cuda_graph_counts(graph.fw, nullptr, &captures0);
+  for (int step = 0; step < 24; step++) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    int32_t next[2];
+    if (step > 0 && step % 4 == 0) {
+      ASSERT_EQ(graph.step(ga, n_new, 2, toks.data(), 0, lg.data()), AK_OK);
+      ASSERT_EQ(direct.step(da, n_new, 2, toks.data(), 0, ld.data()), AK_OK);
+      ASSERT_EQ(lg, ld);
+      for (int i = 0; i < 2; i++) next[i] = argmax(&lg[(size_t)i * V], V);
+    } else {
+      wk_cuda_sample_seq_t q[2];
+      for (int i = 0; i < 2; i++) {
+        q[i] = greedy_seq();
+        q[i].temperature = 0.9f;
+        q[i].top_p = 0.9f;
+        q[i].min_p = 0.01f;
+        q[i].repetition_penalty = 1.15f;
+        const size_t n = std::min<size_t>(hist[i].size(), 100);
+        q[i].history_ids = hist[i].data() + (hist[i].size() - n);
+        q[i].n_history_ids = (int32_t)n;
+        q[i].seed = 7 + (uint64_t)i;
+        q[i].step = (uint64_t)step;
+      }
+      int32_t ig[2] = {-1, -1}, id[2] = {-2, -2};
+      float pg[2], pd[2];
+      wk_cuda_sample_t rg{q, ig, pg}, rd{q, id, pd};
+      ak_err_t err;
+      ASSERT_EQ(graph.step_sampled(ga, n_new, 2, toks.data(), nullptr, &rg, &err), AK_OK) << err.msg;
+      ASSERT_EQ(direct.step_sampled(da, n_new, 2, toks.data(), ld.data(), &rd, &err), AK_OK) << err.msg;
+      for (int i = 0; i < 2; i++) {
+        EXPECT_EQ(ig[i], id[i]) << "seq " << i;
+        EXPECT_EQ(pg[i], pd[i]) << "seq " << i;
+        EXPECT_LE(pg[i], 0.0f);
+        next[i] = ig[i];
+      }
+    }
+    toks.assign(next, next + 2);
+    for (int i = 0; i < 2; i++) {
+      n_new[i] = 1;
+      hist[i].push_back(next[i]);
+    }
+  }
+  int64_t launches = 0, captures = 0;
+  wk_forward_cuda_graph_counts(graph.fw, &launches, &captures);
+  EXPECT_GE(launches, 20);
+  EXPECT_GE(captures - captures0, 2) << "sampling on and off are different graphs";
+}
+
+// A request the device cannot take (a history beyond the cap) is refused before the
+// pool changes: the caller samples that step on the host.
+TEST(WkForwardCudaGpu, SampledRunRefusesLongHistoryAndLeavesThePool) {
+  REQUIRE_GPU();
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  Gpu g(512);
+  kv_seq_id_t seq;
+  ASSERT_EQ(kv_seq_create(g.pool, &seq), AK_OK);
+  std::vector<int32_t> p = varied(20, 3);
+  int32_t n = 20;
+  std::vector<float> lg((size_t)g.n_vocab);
+  ASSERT_EQ(g.step(&seq, &n, 1, p.data(), 0, lg.data()), AK_OK);
+  std::vector<int32_t> hist(WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1, 5);
+  wk_cuda_sample_seq_t q = greedy_seq();
+  q.repetition_penalty = 1.2f;
+  q.history_ids = hist.data();
+  q.n_history_ids = (int32_t)hist.size();
+  int32_t id = -1;
+  wk_cuda_sample_t req{&q, &id, nullptr};
+  int32_t one = 1, tok = argmax(lg.data(), g.n_vocab);
+  ak_err_t err;
+  EXPECT_EQ(g.step_sampled(&seq, &one, 1, &tok, nullptr, &req, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("n_history_ids=1025"), std::string::npos) << err.msg;
+  EXPECT_EQ(kv_seq_n_tokens(g.pool, seq), 20) << "the refused step left the pool as it was";
+  EXPECT_EQ(id, -1);
+  // logits_all is refused too.
+  q.n_history_ids = 10;
+  wk_forward_batch_t b{{1, &seq, &one}, &tok, 1, lg.data()};
+  EXPECT_EQ(wk_forward_cuda_run_sampled(g.fw, g.pool, &b, &req, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("logits_all"), std::string::npos) << err.msg;
+  EXPECT_EQ(kv_seq_n_tokens(g.pool, seq), 20);
+  // The same request within the cap runs.
+  ASSERT_EQ(g.step_sampled(&seq, &one, 1, &tok, nullptr, &req, &err), AK_OK) << err.msg;
+  EXPECT_GE(id, 0);
+  EXPECT_LT(id, g.n_vocab);
+  EXPECT_EQ(kv_seq_n_tokens(g.pool, seq), 21);
 }
