@@ -177,6 +177,17 @@ ak_status_t wk_engine_step(wk_engine_t *e, const wk_forward_batch_t *batch) {
   return wk_engine_forward(e, batch);
 }
 
+int wk_engine_samples_on_device(const wk_engine_t *e) { return e && e->device == WK_DEVICE_CUDA; }
+
+ak_status_t wk_engine_step_sampled(wk_engine_t *e, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample) {
+#ifdef WK_HAVE_CUDA
+  if (e->device == WK_DEVICE_CUDA) return wk_forward_cuda_run_sampled(e->fw_cuda, e->pool, batch, sample, &e->err);
+#endif
+  (void)batch;
+  (void)sample;
+  return AK_ERR(&e->err, AK_ERR_UNSUPPORTED, "sampling inside the step needs the CUDA backend (this engine runs on the CPU)");
+}
+
 ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
                               float *logits) {
   if (!tokens || n_tokens < 1 || !logits)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "kvpool.h"
+#include "wk_cuda_sampler.h"
 #include "wk_forward.h"
 #include "wk_model.h"
 
@@ -64,6 +65,14 @@ ak_status_t wk_engine_seq_release(wk_engine_t *eng, kv_seq_id_t seq);
 /* One step over a batch (see wk_forward_batch_t); at most max_batch_tokens rows. */
 ak_status_t wk_engine_step(wk_engine_t *eng, const wk_forward_batch_t *batch);
 
+/* 1 when wk_engine_step_sampled can sample on the device (the engine runs on CUDA). */
+int wk_engine_samples_on_device(const wk_engine_t *eng);
+/* wk_engine_step that also samples each sequence's next token on the device, after the
+ * vocab projection, so that only ids (and logprobs) cross PCIe
+ * (wk_forward_cuda_run_sampled: one row per sequence, logits_all 0; batch->logits may
+ * be NULL). AK_ERR_UNSUPPORTED on the CPU; AK_ERR_INVALID_ARG for a request the device
+ * cannot take (wk_cuda_sample_check), the pool then unchanged: sample on the host. */
+ak_status_t wk_engine_step_sampled(wk_engine_t *eng, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample);
 /* Feeds a whole prompt (or any run of tokens) to one sequence in chunks of
  * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`; then
  * brings the sequence down to its KV budget (kv_seq_compact).

@@ -169,6 +169,18 @@ void wk_sampler_reset(wk_sampler_t *s) {
 
 const char *wk_sampler_last_error(const wk_sampler_t *s) { return s ? s->err.msg : ""; }
 
+const wk_sampler_params_t *wk_sampler_params(const wk_sampler_t *s) { return &s->params; }
+
+int64_t wk_sampler_history(const wk_sampler_t *s, int32_t *ids, int64_t cap) {
+  if (!s || !s->history) return 0;
+  const int64_t ring = s->params.repeat_last_n, n = s->n_history;
+  const int64_t m = cap < n ? (cap > 0 ? cap : 0) : n;
+  /* The oldest id sits n slots behind the next free one; skip the n - m oldest. */
+  int64_t idx = (s->history_next_idx - n + ring) % ring + (n - m);
+  for (int64_t i = 0; i < m; i++) ids[i] = s->history[(idx + i) % ring];
+  return n;
+}
+
 ak_status_t wk_sampler_accept(wk_sampler_t *s, int32_t token_id) {
   if (!s) return AK_ERR_INVALID_ARG;
   if (token_id < 0 || token_id >= s->n_vocab)

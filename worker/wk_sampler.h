@@ -99,6 +99,15 @@ ak_status_t wk_sampler_sample(wk_sampler_t *s, const float *logits, int32_t *tok
  * exactly as a freshly created one. */
 void wk_sampler_reset(wk_sampler_t *s);
 
+/* The parameters the sampler was created with. */
+const wk_sampler_params_t *wk_sampler_params(const wk_sampler_t *s);
+
+/* What the repetition penalty looks at, for callers that sample elsewhere (on the
+ * device, wk_cuda_sampler.h): copies the most recent min(n, cap) ids of the history,
+ * oldest first, into `ids` ([cap]), and returns n, the number of ids the history holds
+ * (<= repeat_last_n; always 0 while the penalty is off, since nothing is recorded). */
+int64_t wk_sampler_history(const wk_sampler_t *s, int32_t *ids, int64_t cap);
+
 /* The message of the last failed call on `s` ("" if none failed yet); valid until the
  * next call on `s`. */
 const char *wk_sampler_last_error(const wk_sampler_t *s);

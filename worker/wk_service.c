@@ -351,6 +351,12 @@ ak_status_t wk_service_create(const wk_service_params_t *p, ak_err_t *err, wk_se
   WK_ALLOC(s->batch_seqs, n_seq);
   WK_ALLOC(s->batch_n, n_seq);
   WK_ALLOC(s->batch_slot, n_seq);
+  if (wk_engine_samples_on_device(s->eng)) {
+    WK_ALLOC(s->dev_req, n_seq);
+    WK_ALLOC(s->dev_hist, (int64_t)n_seq * WK_CUDA_SAMPLE_MAX_HISTORY_IDS);
+    WK_ALLOC(s->dev_ids, n_seq);
+    WK_ALLOC(s->dev_logprobs, n_seq);
+  }
   s->state = ARKVALE__V1__WORKER_STATE__WORKER_STATE_LOADED;
 
   if (pthread_create(&s->thread, NULL, wk_svc_thread, s) != 0) {
@@ -414,6 +420,10 @@ void wk_service_destroy(wk_service_t *s) {
   if (s->batch_seqs) ak_host_free(s->batch_seqs, sizeof *s->batch_seqs * (size_t)n_seq);
   if (s->batch_n) ak_host_free(s->batch_n, sizeof *s->batch_n * (size_t)n_seq);
   if (s->batch_slot) ak_host_free(s->batch_slot, sizeof *s->batch_slot * (size_t)n_seq);
+  if (s->dev_req) ak_host_free(s->dev_req, sizeof *s->dev_req * (size_t)n_seq);
+  if (s->dev_hist) ak_host_free(s->dev_hist, sizeof *s->dev_hist * (size_t)n_seq * WK_CUDA_SAMPLE_MAX_HISTORY_IDS);
+  if (s->dev_ids) ak_host_free(s->dev_ids, sizeof *s->dev_ids * (size_t)n_seq);
+  if (s->dev_logprobs) ak_host_free(s->dev_logprobs, sizeof *s->dev_logprobs * (size_t)n_seq);
   wk_engine_destroy(s->eng);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);

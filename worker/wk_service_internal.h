@@ -9,6 +9,7 @@
 
 #include "ak_rpc_server.h"
 #include "arkvale/v1/worker.pb-c.h"
+#include "wk_cuda_sampler.h"
 #include "wk_sampler.h"
 #include "wk_service.h"
 
@@ -70,6 +71,12 @@ struct wk_service {
   kv_seq_id_t *batch_seqs;   /* [kv.max_seqs] */
   int32_t *batch_n;          /* [kv.max_seqs] new tokens per step sequence */
   int32_t *batch_slot;       /* [kv.max_seqs] table slot per step sequence */
+  /* Sampling on the device (CUDA engines only, else NULL): the step's request per step
+   * sequence, each one's penalty window, and what comes back. */
+  wk_cuda_sample_seq_t *dev_req; /* [kv.max_seqs] */
+  int32_t *dev_hist;             /* [kv.max_seqs, WK_CUDA_SAMPLE_MAX_HISTORY_IDS] */
+  int32_t *dev_ids;              /* [kv.max_seqs] */
+  float *dev_logprobs;           /* [kv.max_seqs] */
   uint64_t seed_next;        /* seeds for sequences that ask none */
 
   void (*test_before_job)(void *user);

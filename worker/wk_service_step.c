@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ak_alloc.h"
+#include "ak_log.h"
 #include "wk_service_internal.h"
 
 /* --- the table: a linear scan over max_seqs slots; a step touches each live
@@ -167,6 +168,44 @@ typedef struct {
   Arkvale__V1__SampledToken **sample_p; /* [n_seqs] */
 } wk_step_out_t;
 
+/* The device-sampling request for the step's batch (s->dev_req), built from each
+ * sequence's sampler so that the device draws under the same parameters and penalty
+ * window as wk_sampler_sample would after this step's wk_sampler_accept calls: the
+ * window is the sampler's history followed by the step's tokens, its last
+ * repeat_last_n. Rows that do not sample are greedy and read nothing. The seed is the
+ * sampler's, the step the sequence's length after this step (one draw per length).
+ * Returns 0 when some sampling sequence's window exceeds what the device takes: the
+ * step then samples on the host. */
+static int wk_svc_device_request(wk_service_t *s, const Arkvale__V1__StepRequest *q, int32_t n_new, int32_t n_seqs) {
+  int64_t row = 0;
+  for (int32_t i = 0; i < n_seqs; i++) {
+    wk_cuda_sample_seq_t *r = &s->dev_req[i];
+    memset(r, 0, sizeof *r);
+    r->top_p = 1.0f, r->repetition_penalty = 1.0f; /* greedy, no filter, no penalty */
+    const int32_t *step_tokens = s->tokens + row, n_step = s->batch_n[i];
+    row += n_step;
+    int smp = i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
+    if (!smp) continue;
+    const wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
+    const wk_sampler_params_t *p = wk_sampler_params(sq->sampler);
+    r->temperature = p->temperature, r->top_k = p->top_k, r->top_p = p->top_p, r->min_p = p->min_p;
+    r->repetition_penalty = p->repetition_penalty;
+    r->seed = p->seed;
+    r->step = (uint64_t)(sq->n_tokens + n_step);
+    if (p->repetition_penalty == 1.0f || p->repeat_last_n == 0) continue;
+    int64_t n_old = wk_sampler_history(sq->sampler, NULL, 0);
+    int64_t n_win = n_old + n_step < p->repeat_last_n ? n_old + n_step : p->repeat_last_n;
+    if (n_win > WK_CUDA_SAMPLE_MAX_HISTORY_IDS) return 0;
+    int32_t *h = s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS;
+    int64_t take_new = n_step < n_win ? n_step : n_win, take_old = n_win - take_new;
+    (void)wk_sampler_history(sq->sampler, h, take_old);
+    memcpy(h + take_old, step_tokens + (n_step - take_new), sizeof(int32_t) * (size_t)take_new);
+    r->history_ids = h;
+    r->n_history_ids = (int32_t)n_win;
+  }
+  return 1;
+}
+
 /* Runs a validated step; fills `o` on success. On failure the step's new sequences are
  * gone and no sequence gained tokens. */
 static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepRequest *q, int64_t n_rows,
@@ -226,10 +265,27 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
   o->t.has_admit_us = 1, o->t.admit_us = wk_svc_now_us() - t0;
 
   double t1 = wk_svc_now_us();
+  /* On CUDA the step samples on the device and only ids come back, unless a penalty
+   * window is too long for it: then the logits come back and the host samples. */
+  int on_device = 0;
   if (n_seqs > 0) {
     wk_forward_batch_t b = {.seqs = {.n_seqs = n_seqs, .seqs = s->batch_seqs, .n_new_tokens = s->batch_n},
                             .tokens = s->tokens, .logits_all = 0, .logits = any_sample ? s->logits : NULL};
-    st = wk_engine_step(s->eng, &b);
+    on_device = any_sample && s->dev_req && wk_svc_device_request(s, q, n_new, n_seqs);
+    if (on_device) {
+      wk_cuda_sample_t req = {.seqs = s->dev_req, .token_ids = s->dev_ids, .logprobs = s->dev_logprobs};
+      b.logits = NULL;
+      st = wk_engine_step_sampled(s->eng, &b, &req);
+      if (st == AK_ERR_INVALID_ARG) { /* refused before the pool changed: the host path decides */
+        AK_LOG_WARN("step %" PRIu64 ": device sampling refused (%s); sampling on the host", q->step_id,
+                    wk_engine_errmsg(s->eng));
+        on_device = 0;
+        b.logits = s->logits;
+        st = wk_engine_step(s->eng, &b);
+      }
+    } else {
+      st = wk_engine_step(s->eng, &b);
+    }
     if (st < 0) {
       AK_ERR(err, st, "step %" PRIu64 ": %s", q->step_id, wk_engine_errmsg(s->eng));
       goto err_unadmit;
@@ -266,7 +322,10 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
     Arkvale__V1__SampledToken *tk = &o->samples[n_out];
     arkvale__v1__sampled_token__init(tk);
     float lp = 0;
-    st = wk_sampler_sample(sq->sampler, s->logits + (int64_t)i * n_vocab, &tk->token_id, want_lp ? &lp : NULL);
+    if (on_device) /* the sampler's history still got this step's tokens above */
+      tk->token_id = s->dev_ids[i], lp = s->dev_logprobs[i], st = AK_OK;
+    else
+      st = wk_sampler_sample(sq->sampler, s->logits + (int64_t)i * n_vocab, &tk->token_id, want_lp ? &lp : NULL);
     if (st < 0)
       return AK_ERR(err, AK_ERR_INTERNAL, "sampling seq_id %" PRIu64 ": %s", sq->seq_id,
                     wk_sampler_last_error(sq->sampler));

@@ -895,3 +895,49 @@ TEST(WkForwardCudaGpu, SampledRunRefusesLongHistoryAndLeavesThePool) {
   EXPECT_LT(id, g.n_vocab);
   EXPECT_EQ(kv_seq_n_tokens(g.pool, seq), 21);
 }
+
+// The engine on CUDA samples inside the step: a greedy decode with a repetition
+// penalty through wk_engine_step_sampled (ids only) follows the same tokens as
+// wk_engine_step's logits sampled by wk_sampler on the host.
+TEST(WkForwardCudaGpu, EngineStepSampledFollowsHostGreedy) {
+  REQUIRE_GPU();
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  wk_engine_params_t p = wk_engine_params_default();
+  p.model_path = model_path();
+  p.device = WK_DEVICE_CUDA;
+  p.max_seq_tokens = 1024;
+  p.max_seqs = 2;
+  wk_engine_t *raw[2] = {nullptr, nullptr};
+  ak_err_t err;
+  for (int i = 0; i < 2; i++) ASSERT_EQ(wk_engine_create(&p, &err, &raw[i]), AK_OK) << err.msg;
+  std::unique_ptr<wk_engine_t, EngineDel> dev(raw[0]), host(raw[1]);
+  EXPECT_EQ(wk_engine_samples_on_device(dev.get()), 1);
+  const int64_t V = wk_model_hparams(wk_engine_model(dev.get()))->n_vocab;
+  std::vector<int32_t> prompt = varied(50, 12);
+  kv_seq_id_t sd, sh;
+  ASSERT_EQ(wk_engine_seq_create(dev.get(), &sd), AK_OK);
+  ASSERT_EQ(wk_engine_seq_create(host.get(), &sh), AK_OK);
+  std::vector<int32_t> hist;  // everything fed so far: the penalty's window is its last 64
+  std::vector<float> lg((size_t)V);
+  std::vector<int32_t> feed = prompt;
+  for (int s = 0; s < 12; s++) {
+    SCOPED_TRACE(testing::Message() << "step " << s);
+    int32_t n = (int32_t)feed.size();
+    hist.insert(hist.end(), feed.begin(), feed.end());
+    const size_t n_win = std::min<size_t>(hist.size(), 64);
+    std::vector<int32_t> win(hist.end() - (ptrdiff_t)n_win, hist.end());
+    wk_cuda_sample_seq_t q = greedy_seq();
+    q.repetition_penalty = 1.3f;
+    q.history_ids = win.data();
+    q.n_history_ids = (int32_t)win.size();
+    int32_t id = -1;
+    float lp = 1.0f;
+    wk_cuda_sample_t req{&q, &id, &lp};
+    wk_forward_batch_t bd{{1, &sd, &n}, feed.data(), 0, nullptr}, bh{{1, &sh, &n}, feed.data(), 0, lg.data()};
+    ASSERT_EQ(wk_engine_step_sampled(dev.get(), &bd, &req), AK_OK) << wk_engine_errmsg(dev.get());
+    ASSERT_EQ(wk_engine_step(host.get(), &bh), AK_OK) << wk_engine_errmsg(host.get());
+    EXPECT_EQ(id, host_greedy(lg.data(), V, 1.3f, win));
+    EXPECT_EQ(lp, 0.0f);
+    feed.assign(1, id);
+  }
+}

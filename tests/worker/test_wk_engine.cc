@@ -39,6 +39,33 @@ TEST(WkEngine, RejectsBadParams) {
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }
 
+// Sampling inside the step is the CUDA backend's: the CPU engine says so and changes
+// nothing (the caller samples the logits on the host, as before).
+TEST(WkEngine, StepSampledIsUnsupportedOnTheCpu) {
+  if (!have_model()) GTEST_SKIP() << "model missing";
+  wk_engine_params_t p = wk_engine_params_default();
+  p.model_path = AK_MODEL_PATH;
+  p.max_seq_tokens = 256;
+  p.max_seqs = 1;
+  wk_engine_t *e = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(wk_engine_create(&p, &err, &e), AK_OK) << err.msg;
+  EXPECT_EQ(wk_engine_samples_on_device(e), 0);
+  kv_seq_id_t seq;
+  ASSERT_EQ(wk_engine_seq_create(e, &seq), AK_OK);
+  int32_t tok = 5, one = 1, id = -1;
+  wk_cuda_sample_seq_t q{};
+  q.top_p = 1.0f;
+  q.repetition_penalty = 1.0f;
+  wk_cuda_sample_t req{&q, &id, nullptr};
+  wk_forward_batch_t b{{1, &seq, &one}, &tok, 0, nullptr};
+  EXPECT_EQ(wk_engine_step_sampled(e, &b, &req), AK_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(wk_engine_errmsg(e)).find("CUDA"), std::string::npos) << wk_engine_errmsg(e);
+  EXPECT_EQ(kv_seq_n_tokens(wk_engine_kvpool(e), seq), 0);
+  EXPECT_EQ(id, -1);
+  wk_engine_destroy(e);
+}
+
 TEST(WkEngine, ReleaseReturnsEveryPage) {
   if (!have_model()) GTEST_SKIP() << "model missing";
   int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);

@@ -371,6 +371,31 @@ TEST(WkSampler, RepetitionPenaltyWindowIsLastN) {
   EXPECT_EQ(sample_one(off.get(), logits), 0);
 }
 
+// wk_sampler_history hands out the penalty's window oldest first (what device sampling
+// uploads), across the ring's wrap, clipped to the caller's capacity.
+TEST(WkSampler, HistoryIsTheWindowOldestFirst) {
+  wk_sampler_params_t p = params_with_temperature(0);
+  p.repetition_penalty = 1.5f;
+  p.repeat_last_n = 4;
+  auto s = make_sampler(p, 100);
+  EXPECT_EQ(wk_sampler_params(s.get())->repeat_last_n, 4);
+  int32_t ids[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
+  EXPECT_EQ(wk_sampler_history(s.get(), ids, 8), 0);
+  for (int32_t t : {10, 11, 12}) ASSERT_EQ(wk_sampler_accept(s.get(), t), AK_OK);
+  ASSERT_EQ(wk_sampler_history(s.get(), ids, 8), 3);
+  EXPECT_EQ(std::vector<int32_t>(ids, ids + 3), (std::vector<int32_t>{10, 11, 12}));
+  for (int32_t t : {13, 14, 15}) ASSERT_EQ(wk_sampler_accept(s.get(), t), AK_OK);  // wraps
+  ASSERT_EQ(wk_sampler_history(s.get(), ids, 8), 4);
+  EXPECT_EQ(std::vector<int32_t>(ids, ids + 4), (std::vector<int32_t>{12, 13, 14, 15}));
+  ASSERT_EQ(wk_sampler_history(s.get(), ids, 2), 4) << "returns how many it holds";
+  EXPECT_EQ(std::vector<int32_t>(ids, ids + 2), (std::vector<int32_t>{14, 15})) << "the most recent fit";
+  EXPECT_EQ(wk_sampler_history(s.get(), ids, 0), 4);
+  p.repetition_penalty = 1.0f;  // the penalty off records nothing
+  auto off = make_sampler(p, 100);
+  ASSERT_EQ(wk_sampler_accept(off.get(), 7), AK_OK);
+  EXPECT_EQ(wk_sampler_history(off.get(), ids, 8), 0);
+}
+
 TEST(WkSampler, LogprobMatchesHandComputation) {
   // logits {2, 1, 0, -1}, T = 2, top_k = 3: the final distribution is the softmax of
   // {1, 0.5, 0} over ids {0, 1, 2}; id 3 is out.
