@@ -8,7 +8,11 @@
 // Sampling (temperature > 0), the distribution:
 //   p = softmax(logits / temperature); order tokens by (logit desc, id asc);
 //   keep the first top_k (0, or >= n_vocab: all); renormalize; keep the smallest
-//   prefix (same order) whose mass reaches top_p (1: all); renormalize; draw one.
+//   prefix (same order) whose mass reaches top_p (1: all); drop tokens with
+//   p < min_p * p_max (0: none); renormalize; draw one.
+// With per-row parameters the logits are first penalised (repetition penalty): the
+// row's history ids are marked in a shared-memory bitmap of n_vocab bits, and every
+// read of a logit goes through that mark, so the row itself is never rewritten.
 // top_p is measured on the top_k-renormalized distribution (as HF transformers,
 // vLLM and llama.cpp apply them). top_k == 1 is greedy.
 //
@@ -19,8 +23,9 @@
 //   top_k: bins count tokens; T is the key of the top_k-th token;
 //   top_p: bins sum token weights (restricted to the top_k set); T is the key where
 //          the mass from the top first reaches ceil(top_p * mass).
+// min-p is a weight threshold (weights are monotone in the logit), applied in the draw.
 // Then the draw: target = u * (kept mass) with u from a counter-based hash of
-// (seed, step, row); each thread owns a contiguous chunk of ids, an exclusive scan
+// (seed, step, row) (row 0 with per-row parameters); each thread owns a contiguous chunk of ids, an exclusive scan
 // of kept mass over chunks finds the one thread whose chunk holds the target, and
 // that thread walks it. So no top_k limit, no workspace, and O(n_vocab) per pass.
 //
