@@ -94,14 +94,16 @@ extern "C" ak_status_t kn_cuda_blas_set_decode_gemm(kn_cuda_blas_t *blas, kn_cud
 }
 
 // The kernel a validated call goes to: a GEMV kernel for decode-sized calls it can take
-// (kn_gemv_applies), cuBLASLt otherwise. AUTO: the FMA GEMV for weights of at most
-// KN_GEMV_MAX_WEIGHT_ELEMS (the small model's layers, where it measured fastest),
-// cuBLASLt above (bench/results/gemv-2026-11-25.md: at 7B shapes cuBLASLt streams the
-// weights at 2.3-2.8 TB/s on the H100, the GEMV lower).
+// (kn_gemv_applies), cuBLASLt otherwise. AUTO: the FMA GEMV for one row at any size
+// and for 2..8 rows on weights of at most KN_GEMV_MAX_WEIGHT_ELEMS; cuBLASLt for 2..8
+// rows above. Measured on the H100 (notes/device-runs.md, session 5): with one row the
+// GEMV streams 7B weights at 2.3-3.1 TB/s against cuBLASLt's 2.0-2.8 and needs no
+// split-K reduction; with 4 rows cuBLASLt is ahead at most 7B shapes.
 static kn_cuda_decode_gemm_t kn_gemm_route(const kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a) {
   if (blas->decode_gemm == KN_CUDA_DECODE_GEMM_CUBLAS || !kn_gemv_applies(a)) return KN_CUDA_DECODE_GEMM_CUBLAS;
   if (blas->decode_gemm != KN_CUDA_DECODE_GEMM_AUTO) return blas->decode_gemm;
-  return a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS ? KN_CUDA_DECODE_GEMM_FMA : KN_CUDA_DECODE_GEMM_CUBLAS;
+  return a->n_tok == 1 || a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS ? KN_CUDA_DECODE_GEMM_FMA
+                                                                         : KN_CUDA_DECODE_GEMM_CUBLAS;
 }
 
 

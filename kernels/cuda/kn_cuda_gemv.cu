@@ -33,30 +33,35 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
                                                               const __nv_bfloat16 *__restrict__ w,
                                                               kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
                                                               int accumulate) {
+  kn_pdl_begin();
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (row >= n_out) return;
   const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * n_in);
-  const int64_t n_vec = n_in / 8;  // 16-byte vectors per row (n_in % 8 == 0: checked by the caller)
+  // 32-bit offsets inside a row and into x (n_in * 8 / 8 < 2^31: kn_gemv_applies) keep
+  // the inner loop's address arithmetic to one add per load.
+  const int n_vec = (int)(n_in / 8);  // 16-byte vectors per row (n_in % 8 == 0: checked by the caller)
+  const uint4 *xr = reinterpret_cast<const uint4 *>(x);
+  const int x_stride_vec = n_vec;
   float acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.f;
-  for (int64_t v0 = lane; v0 < n_vec; v0 += 32 * kUnroll) {
+  for (int v0 = lane; v0 < n_vec; v0 += 32 * kUnroll) {
     uint4 wv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
-      int64_t v = v0 + (int64_t)u * 32;
+      const int v = v0 + u * 32;
       wv[u] = v < n_vec ? __ldcs(wr + v) : make_uint4(0, 0, 0, 0);  // weights are streamed once
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
-      int64_t v = v0 + (int64_t)u * 32;
+      const int v = v0 + u * 32;
       if (v >= n_vec) break;
       float wf[8];
       kn_bf16x8_to_f32(wv[u], wf);
 #pragma unroll
       for (int t = 0; t < NT; t++) {
-        uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)t * n_in) + v);
+        uint4 xv = __ldg(xr + t * x_stride_vec + v);
         float xf[8];
         kn_bf16x8_to_f32(xv, xf);
 #pragma unroll
@@ -70,10 +75,15 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     if (lane == 0) {
-      int p = 0;
-      while (p + 1 < out.n_parts && row >= out.begin[p + 1]) p++;
-      int64_t ld = out.begin[p + 1] - out.begin[p];
-      TY *dst = out.y[p] + (int64_t)t * ld + (row - out.begin[p]);
+      // The part holding `row`, with constant indices only: a runtime index into the
+      // parameter struct made every thread copy it to local memory (64 bytes a thread,
+      // ~25% extra traffic at 7B shapes; H100, session 5).
+      TY *y = out.y[0];
+      int64_t begin = 0, end = out.begin[1];
+#pragma unroll
+      for (int p = 1; p < KN_GEMV_MAX_PARTS; p++)
+        if (p < out.n_parts && row >= out.begin[p]) y = out.y[p], begin = out.begin[p], end = out.begin[p + 1];
+      TY *dst = y + (int64_t)t * (end - begin) + (row - begin);
       if (accumulate) s += kn_ld(dst);
       kn_st(dst, s);
     }
@@ -85,7 +95,7 @@ cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_spl
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
   dim3 grid((unsigned)((a->n_out + kWarps - 1) / kWarps)), block(kWarps * 32);
-  kn_gemv_kernel<NT, TY><<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16 *>(a->x),
+  kn_launch(kn_gemv_kernel<NT, TY>, grid, block, 0, stream, static_cast<const __nv_bfloat16 *>(a->x),
                                                      static_cast<const __nv_bfloat16 *>(a->w), out, a->n_in,
                                                      a->n_out, a->accumulate);
   return cudaGetLastError();
@@ -102,7 +112,7 @@ cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, const kn_gemv_split_
 int kn_gemv_applies(const kn_cuda_gemm_args_t *a) {
   uintptr_t mask = (uintptr_t)a->x | (uintptr_t)a->w;
   return a->n_tok >= 1 && a->n_tok <= KN_GEMV_MAX_TOK && a->n_in % 8 == 0 && (mask & 15) == 0 &&
-         a->n_out <= (int64_t)kWarps * 0x7fffffff;
+         a->n_out <= (int64_t)kWarps * 0x7fffffff && a->n_in * KN_GEMV_MAX_TOK / 8 <= 0x7fffffff;
 }
 
 ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream,
