@@ -86,8 +86,35 @@ typedef struct {
 } kn_cuda_rmsnorm_args_t;
 ak_status_t kn_cuda_rmsnorm(const kn_cuda_rmsnorm_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
+/* Writes n_tok rows of f32 K and V ([n_tok, n_kv_heads, head_dim]) into pages as
+ * kv_dtype: token i goes to page dst_page[i], slot dst_slot[i], at
+ *   page * page_stride_elems + head * head_stride_elems + slot * head_dim.
+ * A token with a negative page or slot, or a slot whose row would end past
+ * head_stride_elems, is skipped: its page is left as it was (kvpool owns the table).
+ * kn_cuda_rope can do the same write in its launch (kn_cuda_rope_args_t.store). */
+typedef struct {
+  const float *k;                /* [n_tok, n_kv_heads, head_dim] f32 */
+  const float *v;                /* [n_tok, n_kv_heads, head_dim] f32 */
+  void *k_base;                  /* K pages, kv_dtype */
+  void *v_base;                  /* V pages, kv_dtype */
+  kn_cuda_dtype_t kv_dtype;      /* F16 or BF16 */
+  int64_t page_stride_elems;
+  int64_t head_stride_elems;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  const int32_t *dst_page;       /* [n_tok] */
+  const int32_t *dst_slot;       /* [n_tok] */
+  int64_t n_tok;
+} kn_cuda_kv_store_args_t;
+ak_status_t kn_cuda_kv_store(const kn_cuda_kv_store_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
 /* RoPE in place, exactly as kernels.h's kn_rope (same fields, device pointers;
- * mode 0 = NORM, 2 = NEOX). */
+ * mode 0 = NORM, 2 = NEOX).
+ * store (optional): the same launch also writes every token's rotated K (x2) and its
+ * V (store->v) into the pages, exactly as kn_cuda_kv_store(store) would after this
+ * call, so that launch can be dropped. Its k must be x2, its n_tok, n_kv_heads and
+ * head_dim the rope's n_tok, n_heads2 and head_dim, and its v neither x nor x2; the
+ * rest is checked as kn_cuda_kv_store checks it ("store: " in the message). */
 typedef struct {
   float *x;                /* [n_tok, n_heads, head_dim] f32 */
   const int32_t *pos;      /* [n_tok] */
@@ -101,6 +128,7 @@ typedef struct {
   float *x2;               /* NULL, or [n_tok, n_heads2, head_dim] f32 at the same positions
                             * (K beside Q), rotated in the same launch */
   int32_t n_heads2;
+  const kn_cuda_kv_store_args_t *store; /* host struct, NULL: no store; see above */
 } kn_cuda_rope_args_t;
 ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
@@ -289,24 +317,6 @@ size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *args);
 void kn_cuda_attention_split(const kn_cuda_attn_args_t *args, int32_t *chunk_tokens, int32_t *n_chunks);
 ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *workspace, size_t workspace_bytes,
                               kn_cuda_stream_t stream, ak_err_t *err);
-
-/* Writes n_tok rows of f32 K and V ([n_tok, n_kv_heads, head_dim]) into pages as
- * kv_dtype: token i goes to page dst_page[i], slot dst_slot[i]. */
-typedef struct {
-  const float *k;
-  const float *v;
-  void *k_base;
-  void *v_base;
-  kn_cuda_dtype_t kv_dtype;
-  int64_t page_stride_elems;
-  int64_t head_stride_elems;
-  int32_t n_kv_heads;
-  int32_t head_dim;
-  const int32_t *dst_page;       /* [n_tok] */
-  const int32_t *dst_slot;       /* [n_tok] */
-  int64_t n_tok;
-} kn_cuda_kv_store_args_t;
-ak_status_t kn_cuda_kv_store(const kn_cuda_kv_store_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
 /* --- ArkVale ops (semantics: kvpool/kv_digest.h, the CPU oracle) --- */
 

@@ -8,10 +8,17 @@
 // exactly: base^(-2i/rot_dims) and pos * freq_scale * that in double, reduced to
 // [-pi, pi] before a float sincos (a float angle at position 32k is already off by
 // ~2e-3 rad); the rotation itself is rounded like the CPU's (no FMA contraction).
+//
+// With args->store (K = x2 beside Q), a block of K heads then also writes those heads'
+// rotated K rows and their V rows into the tokens' page slots (kn_kv_store_token, the
+// very write of kn_cuda_kv_store, so the result is bit for bit rope followed by
+// kv_store) and the step saves a launch. The rotation goes through global memory (x2
+// keeps the rotated K, as without the store) and a thread's store may read elements
+// another thread rotated: a __syncthreads between the two makes them visible.
 #include <math.h>
 #include <stdint.h>
 
-#include "kn_cuda_internal.cuh"
+#include "kn_cuda_kv_store.cuh"
 
 enum {
   KN_ROPE_THREADS = 256,
@@ -21,13 +28,16 @@ enum {
   KN_ROPE_MODE_NEOX = 2,   /* kernels.h KN_ROPE_NEOX */
 };
 
-template <bool NEOX>
+// STORE_VEC: 0 without a store (T unused), else the store's VEC (kn_kv_store_token) and
+// T the pages' element type.
+template <bool NEOX, typename T, int STORE_VEC>
 static __global__ void __launch_bounds__(KN_ROPE_THREADS)
     kn_rope_kernel(float *__restrict__ x,           // [n_tok, n_heads, head_dim] f32
                    float *__restrict__ x2,          // [n_tok, n_heads2, head_dim] f32 or NULL
                    const int32_t *__restrict__ pos, // [n_tok]
                    int32_t n_heads, int32_t n_heads2, int32_t heads_per_block, int32_t head_dim, int32_t rot_dims,
-                   float freq_base, float freq_scale) {
+                   float freq_base, float freq_scale,
+                   kn_kv_pages_t<T> pages) {        // STORE_VEC > 0: where x2 (K) and V go
   kn_pdl_begin();
   __shared__ float cs[KN_ROPE_MAX_PAIRS], sn[KN_ROPE_MAX_PAIRS];
   const int64_t t = blockIdx.x;
@@ -45,7 +55,8 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
   const int x_groups = (n_heads + heads_per_block - 1) / heads_per_block;
   int g = (int)blockIdx.y, nh = n_heads;
   float *base = x;
-  if (g >= x_groups) g -= x_groups, nh = n_heads2, base = x2;
+  const bool is_x2 = g >= x_groups;
+  if (is_x2) g -= x_groups, nh = n_heads2, base = x2;
   const int h0 = g * heads_per_block, h1 = h0 + heads_per_block < nh ? h0 + heads_per_block : nh;
   float *xt = base + t * nh * (int64_t)head_dim;
   const int total = (h1 - h0) * n_pairs;  // <= 2^30: checked by the caller
@@ -57,6 +68,69 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
     xh[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
     xh[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
   }
+  if constexpr (STORE_VEC > 0) {
+    if (is_x2) {  // block-uniform: every thread of the block reaches the barrier or none
+      __syncthreads();  // this block's rotated K rows, written above by its other threads
+      kn_kv_store_token<T, STORE_VEC>(x2, pages, n_heads2, head_dim, t, h0, h1);
+    }
+  }
+}
+
+template <bool NEOX, typename T, int STORE_VEC>
+static void kn_rope_launch(const kn_cuda_rope_args_t *a, int32_t n_heads2, int32_t hpb, dim3 grid,
+                           cudaStream_t s) {
+  kn_kv_pages_t<T> p = {};
+  if (STORE_VEC > 0) p = kn_kv_pages<T>(a->store);
+  kn_launch(kn_rope_kernel<NEOX, T, STORE_VEC>, grid, dim3(KN_ROPE_THREADS), 0, s, a->x, a->x2, a->pos, a->n_heads,
+            n_heads2, hpb, a->head_dim, a->rot_dims, a->freq_base, a->freq_scale, p);
+}
+
+// Without a store, or with one on the pages' dtype and access width.
+template <bool NEOX>
+static ak_status_t kn_rope_dispatch(const kn_cuda_rope_args_t *a, int32_t n_heads2, int32_t hpb, dim3 grid,
+                                    cudaStream_t s, ak_err_t *err) {
+  if (!a->store) {
+    kn_rope_launch<NEOX, __half, 0>(a, n_heads2, hpb, grid, s);
+    return AK_OK;
+  }
+  switch (a->store->kv_dtype) {
+    case KN_CUDA_F16:
+      if (kn_kv_store_vec4<__half>(a->store))
+        kn_rope_launch<NEOX, __half, 4>(a, n_heads2, hpb, grid, s);
+      else
+        kn_rope_launch<NEOX, __half, 1>(a, n_heads2, hpb, grid, s);
+      return AK_OK;
+    case KN_CUDA_BF16:
+      if (kn_kv_store_vec4<__nv_bfloat16>(a->store))
+        kn_rope_launch<NEOX, __nv_bfloat16, 4>(a, n_heads2, hpb, grid, s);
+      else
+        kn_rope_launch<NEOX, __nv_bfloat16, 1>(a, n_heads2, hpb, grid, s);
+      return AK_OK;
+    default:
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "store: kv_dtype=%d is not F16 or BF16", (int)a->store->kv_dtype);
+  }
+}
+
+// The fused store's arguments: its own (as kn_cuda_kv_store checks them), and the
+// ones it shares with the rope, which must agree.
+static ak_status_t kn_rope_store_check(const kn_cuda_rope_args_t *a, ak_err_t *err) {
+  const kn_cuda_kv_store_args_t *st = a->store;
+  if (!a->x2 || st->k != a->x2)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->k=%p must be the rope's x2=%p (the K it rotates)",
+                  (const void *)st->k, (void *)a->x2);
+  if (st->n_tok != a->n_tok)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->n_tok=%lld must equal n_tok=%lld", (long long)st->n_tok,
+                  (long long)a->n_tok);
+  if (st->n_kv_heads != a->n_heads2)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->n_kv_heads=%d must equal n_heads2=%d", st->n_kv_heads,
+                  a->n_heads2);
+  if (st->head_dim != a->head_dim)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->head_dim=%d must equal head_dim=%d", st->head_dim,
+                  a->head_dim);
+  if (st->v == a->x || st->v == a->x2)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->v=%p must not be x or x2 (rotated in this launch)",
+                  (const void *)st->v);
+  return kn_kv_store_check(st, "kn_cuda_rope", "store: ", err);
 }
 
 extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {
@@ -78,23 +152,18 @@ extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream
   if (!(a->freq_base > 0.0f) || !(a->freq_scale > 0.0f))
     return AK_ERR(err, AK_ERR_INVALID_ARG, "freq_base=%g freq_scale=%g must be > 0", (double)a->freq_base,
                   (double)a->freq_scale);
+  if (a->store) AK_TRY(kn_rope_store_check(a, err));
   const int32_t n_pairs = a->rot_dims / 2, n_heads2 = a->x2 ? a->n_heads2 : 0;
   const int32_t hpb = n_pairs >= KN_ROPE_THREADS ? 1 : KN_ROPE_THREADS / n_pairs;
   const int64_t n_groups = kn_ceil_div((int64_t)a->n_heads, hpb) + kn_ceil_div((int64_t)n_heads2, hpb);
   if (n_groups > 65535)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d + n_heads2=%d make %lld head groups (at most 65535)",
                   a->n_heads, n_heads2, (long long)n_groups);
-  const dim3 grid((unsigned)a->n_tok, (unsigned)n_groups), block(KN_ROPE_THREADS);
+  const dim3 grid((unsigned)a->n_tok, (unsigned)n_groups);
   cudaStream_t s = kn_stream(stream);
   switch (a->mode) {
-    case KN_ROPE_MODE_NORM:
-      kn_launch(kn_rope_kernel<false>, grid, block, 0, s, a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
-                                                   a->rot_dims, a->freq_base, a->freq_scale);
-      break;
-    case KN_ROPE_MODE_NEOX:
-      kn_launch(kn_rope_kernel<true>, grid, block, 0, s, a->x, a->x2, a->pos, a->n_heads, n_heads2, hpb, a->head_dim,
-                                                  a->rot_dims, a->freq_base, a->freq_scale);
-      break;
+    case KN_ROPE_MODE_NORM: AK_TRY(kn_rope_dispatch<false>(a, n_heads2, hpb, grid, s, err)); break;
+    case KN_ROPE_MODE_NEOX: AK_TRY(kn_rope_dispatch<true>(a, n_heads2, hpb, grid, s, err)); break;
     default:
       return AK_ERR(err, AK_ERR_INVALID_ARG, "mode=%d is not 0 (NORM) or 2 (NEOX)", (int)a->mode);
   }
