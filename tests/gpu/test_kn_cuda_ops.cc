@@ -1,5 +1,7 @@
 // Tests for the model ops of kernels/cuda (kn_cuda_embed, kn_cuda_rmsnorm,
 // kn_cuda_rope, kn_cuda_silu_mul, kn_cuda_kv_store, kn_cuda_sample).
+// kn_cuda_rope with a store (the K/V page write fused into its launch) is compared
+// bit for bit with kn_cuda_rope followed by kn_cuda_kv_store on the same inputs.
 //
 // KnCudaOpsGpu (ctest label `gpu`) compares every op with its CPU reference in
 // kernels.h, run on host copies of the same random inputs, at odd sizes (n_tok 1, 17,
@@ -422,6 +424,156 @@ TEST_F(KnCudaOpsGpu, KvStoreSkipsTokensItCannotPlace) {
   sync();
   for (uint16_t b : from_dev<uint16_t>(d_kb.ptr, pool_elems)) ASSERT_EQ(b, 0xFFFF);
   for (uint16_t b : from_dev<uint16_t>(d_vb.ptr, pool_elems)) ASSERT_EQ(b, 0xFFFF);
+}
+
+// ---- RoPE with the K/V store fused (kn_cuda_rope_args_t.store) ----
+
+// Where each token of a few sequences goes: sequence s holds tokens [begin, end) of the
+// step at positions start_s + i, in its own shuffled pages; a token may be given the
+// sentinel page -1 (skipped by both paths).
+struct StorePlan {
+  std::vector<int32_t> pos, page, slot;
+  int32_t n_pages = 0;
+};
+
+StorePlan plan_store(int64_t n_tok, int32_t page_tokens, std::mt19937_64 &rng) {
+  StorePlan p;
+  const int64_t n_seqs = std::min<int64_t>(n_tok, 5);
+  std::vector<int64_t> len(n_seqs, n_tok / n_seqs);
+  for (int64_t i = 0; i < n_tok % n_seqs; i++) len[i]++;
+  std::vector<int32_t> start(n_seqs);
+  int32_t n_pages = 0;
+  for (int64_t s = 0; s < n_seqs; s++) {
+    start[s] = (int32_t)(rng() % 40);
+    n_pages += (int32_t)((start[s] + len[s] + page_tokens - 1) / page_tokens);
+  }
+  p.n_pages = n_pages + 3;  // three pages no token uses
+  std::vector<int32_t> ids(p.n_pages);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  size_t next = 0;
+  for (int64_t s = 0; s < n_seqs; s++) {
+    const int32_t n_seq_pages = (int32_t)((start[s] + len[s] + page_tokens - 1) / page_tokens);
+    std::vector<int32_t> mine(ids.begin() + (long)next, ids.begin() + (long)next + n_seq_pages);
+    next += (size_t)n_seq_pages;
+    for (int64_t i = 0; i < len[s]; i++) {
+      const int32_t at = start[s] + (int32_t)i;
+      p.pos.push_back(at);
+      p.page.push_back(mine[(size_t)(at / page_tokens)]);
+      p.slot.push_back(at % page_tokens);
+    }
+  }
+  if (n_tok >= 17) p.page[5] = -1;  // the sentinel: nothing written for token 5
+  return p;
+}
+
+std::string hex16(uint16_t v) {
+  char buf[8];
+  snprintf(buf, sizeof buf, "0x%04x", (unsigned)v);
+  return buf;
+}
+
+// The first element where two page pools differ, as (page, head, slot, elem).
+std::string first_pool_diff(const std::vector<uint16_t> &a, const std::vector<uint16_t> &b, int64_t page_stride,
+                            int64_t head_stride, int32_t head_dim) {
+  for (size_t i = 0; i < a.size(); i++)
+    if (a[i] != b[i]) {
+      const int64_t pg = (int64_t)i / page_stride, in_page = (int64_t)i % page_stride;
+      const int64_t h = in_page / head_stride, in_head = in_page % head_stride;
+      return "page " + std::to_string(pg) + " head " + std::to_string(h) + " slot " +
+             std::to_string(in_head / head_dim) + " elem " + std::to_string(in_head % head_dim) + ": fused " +
+             hex16(a[i]) + " vs separate " + hex16(b[i]);
+    }
+  return "";
+}
+
+TEST_F(KnCudaOpsGpu, RopeWithStoreEqualsRopeThenKvStore) {
+  std::mt19937_64 rng(61);
+  struct Shape {
+    int32_t head_dim, rot_dims, n_heads, n_kv_heads;
+  };
+  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16})
+    for (int32_t mode : {0, 2})
+      for (Shape s : {Shape{64, 64, 8, 1}, Shape{64, 32, 20, 5}, Shape{128, 128, 32, 8}, Shape{128, 64, 12, 3},
+                      Shape{256, 256, 8, 2}, Shape{256, 128, 20, 5}})
+        for (int32_t page_tokens : {1, 16, 32})
+          for (int64_t n_tok : {1, 17, 97}) {
+            // n_tok 17: an odd head stride, so both paths store one element at a time
+            const int64_t pad = n_tok == 17 ? 1 : 4;
+            SCOPED_TRACE(testing::Message() << dt_name(dt) << " mode=" << mode << " head_dim=" << s.head_dim
+                                            << " rot=" << s.rot_dims << " heads=" << s.n_heads << "/"
+                                            << s.n_kv_heads << " page_tokens=" << page_tokens << " n_tok=" << n_tok
+                                            << " pad=" << pad);
+            const StorePlan plan = plan_store(n_tok, page_tokens, rng);
+            const int64_t head_stride = (int64_t)page_tokens * s.head_dim + pad;
+            const int64_t page_stride = s.n_kv_heads * head_stride + pad;
+            const size_t pool_elems = (size_t)(plan.n_pages * page_stride);
+            const size_t nq = (size_t)(n_tok * s.n_heads * s.head_dim), nk = (size_t)(n_tok * s.n_kv_heads * s.head_dim);
+            const std::vector<float> q = randn(nq, 1.0f, rng), k = randn(nk, 1.0f, rng), v = randn(nk, 1.0f, rng);
+            DevBuf d_q(nq * 4), d_k(nk * 4), d_v(nk * 4), d_pos(n_tok * 4), d_page(n_tok * 4), d_slot(n_tok * 4),
+                d_kb(pool_elems * 2), d_vb(pool_elems * 2);
+            to_dev(d_v.ptr, v);
+            to_dev(d_pos.ptr, plan.pos);
+            to_dev(d_page.ptr, plan.page);
+            to_dev(d_slot.ptr, plan.slot);
+            kn_cuda_rope_args_t r = {d_q.as<float>(), d_pos.as<int32_t>(), n_tok, s.n_heads, s.head_dim,
+                                     s.rot_dims, 500000.0f, 1.0f, mode, d_k.as<float>(), s.n_kv_heads, nullptr};
+            kn_cuda_kv_store_args_t st = {d_k.as<float>(), d_v.as<float>(), d_kb.ptr, d_vb.ptr, dt, page_stride,
+                                          head_stride, s.n_kv_heads, s.head_dim, d_page.as<int32_t>(),
+                                          d_slot.as<int32_t>(), n_tok};
+            ak_err_t err{};
+            // the separate launches
+            to_dev(d_q.ptr, q);
+            to_dev(d_k.ptr, k);
+            poison(d_kb.ptr, d_kb.n_bytes);
+            poison(d_vb.ptr, d_vb.n_bytes);
+            ASSERT_EQ(kn_cuda_rope(&r, stream(), &err), AK_OK) << err.msg;
+            ASSERT_EQ(kn_cuda_kv_store(&st, stream(), &err), AK_OK) << err.msg;
+            sync();
+            const std::vector<float> q_sep = from_dev<float>(d_q.ptr, nq), k_sep = from_dev<float>(d_k.ptr, nk);
+            const std::vector<uint16_t> kb_sep = from_dev<uint16_t>(d_kb.ptr, pool_elems),
+                                        vb_sep = from_dev<uint16_t>(d_vb.ptr, pool_elems);
+            // the fused launch, on the same inputs and freshly poisoned pages
+            to_dev(d_q.ptr, q);
+            to_dev(d_k.ptr, k);
+            poison(d_kb.ptr, d_kb.n_bytes);
+            poison(d_vb.ptr, d_vb.n_bytes);
+            r.store = &st;
+            ASSERT_EQ(kn_cuda_rope(&r, stream(), &err), AK_OK) << err.msg;
+            sync();
+            const std::vector<float> q_fus = from_dev<float>(d_q.ptr, nq), k_fus = from_dev<float>(d_k.ptr, nk);
+            const std::vector<uint16_t> kb_fus = from_dev<uint16_t>(d_kb.ptr, pool_elems),
+                                        vb_fus = from_dev<uint16_t>(d_vb.ptr, pool_elems);
+            EXPECT_EQ(memcmp(q_fus.data(), q_sep.data(), nq * 4), 0) << "rotated Q differs";
+            EXPECT_EQ(memcmp(k_fus.data(), k_sep.data(), nk * 4), 0) << "rotated K (x2) differs";
+            EXPECT_TRUE(kb_fus == kb_sep) << "K pages: " << first_pool_diff(kb_fus, kb_sep, page_stride, head_stride,
+                                                                        s.head_dim);
+            EXPECT_TRUE(vb_fus == vb_sep) << "V pages: " << first_pool_diff(vb_fus, vb_sep, page_stride, head_stride,
+                                                                        s.head_dim);
+            // On its own too: the stored rows hold the rotated K and V, nothing else changed.
+            for (int kv = 0; kv < 2; kv++) {
+              const std::vector<float> &src = kv ? v : k_fus;
+              const std::vector<uint16_t> &pool = kv ? vb_fus : kb_fus;
+              std::vector<uint8_t> written(pool_elems, 0);
+              std::vector<float> got, want;
+              for (int64_t t = 0; t < n_tok; t++) {
+                if (plan.page[(size_t)t] < 0) continue;
+                for (int32_t h = 0; h < s.n_kv_heads; h++)
+                  for (int32_t e = 0; e < s.head_dim; e++) {
+                    const size_t off = (size_t)(plan.page[(size_t)t] * page_stride + h * head_stride +
+                                                (int64_t)plan.slot[(size_t)t] * s.head_dim + e);
+                    written[off] = 1;
+                    got.push_back(dt == KN_CUDA_F16 ? ak_f16_to_f32(pool[off]) : ak_bf16_to_f32(pool[off]));
+                    want.push_back(src[(size_t)((t * s.n_kv_heads + h) * s.head_dim + e)]);
+                  }
+              }
+              EXPECT_LE(rel_err(got, want), tol_for(dt)) << (kv ? "V" : "K");
+              size_t n_touched = 0;
+              for (size_t i = 0; i < pool_elems; i++) n_touched += !written[i] && pool[i] != 0xFFFF;
+              EXPECT_EQ(n_touched, 0u) << (kv ? "V" : "K") << ": elements outside the stored slots changed";
+            }
+            if (HasFailure()) return;  // one failing configuration is enough to read
+          }
 }
 
 // ---- sampling ----
@@ -1028,6 +1180,81 @@ TEST(KnCudaOpsArgs, RopeRefusesBadArguments) {
   a.mode = 1;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
   EXPECT_TRUE(has(err, "mode=1")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, RopeRefusesBadStore) {
+  float *const kFakeK = reinterpret_cast<float *>(0x4000), *const kFakeVrow = reinterpret_cast<float *>(0x5000);
+  const kn_cuda_kv_store_args_t ok_st = {kFakeK, kFakeVrow, kFakeV, kFakeV, KN_CUDA_BF16, 3 * 16 * 64, 16 * 64, 3,
+                                         64, kFakeI, kFakeI, 17};
+  kn_cuda_kv_store_args_t st = ok_st;
+  const kn_cuda_rope_args_t ok = {kFakeF, kFakeI, 17, 9, 64, 64, 10000.0f, 1.0f, 0, kFakeK, 3, &st};
+  ak_err_t err{};
+  kn_cuda_rope_args_t a = ok;
+  // the store's k is not the K this launch rotates
+  a.x2 = nullptr;
+  a.n_heads2 = 0;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store->k=")) << err.msg;
+  a = ok;
+  st.k = kFakeF;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store->k=")) << err.msg;
+  EXPECT_TRUE(has(err, "x2")) << err.msg;
+  st = ok_st;
+  st.n_tok = 16;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store->n_tok=16")) << err.msg;
+  st = ok_st;
+  st.n_kv_heads = 2;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store->n_kv_heads=2")) << err.msg;
+  st = ok_st;
+  st.head_dim = 128;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store->head_dim=128")) << err.msg;
+  for (float *bad_v : {kFakeF, kFakeK}) {  // V would be read while (or after) it is rotated
+    st = ok_st;
+    st.v = bad_v;
+    EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+    EXPECT_TRUE(has(err, "store->v=")) << err.msg;
+  }
+  // the store's own arguments, checked as kn_cuda_kv_store checks them
+  st = ok_st;
+  st.v = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store: NULL pointer")) << err.msg;
+  st = ok_st;
+  st.k_base = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store: NULL pointer")) << err.msg;
+  st = ok_st;
+  st.v_base = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  st = ok_st;
+  st.dst_page = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "dst_page=(nil)") || has(err, "dst_page=0")) << err.msg;
+  st = ok_st;
+  st.dst_slot = nullptr;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  st = ok_st;
+  st.head_stride_elems = 63;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store: strides too small: head_stride_elems=63")) << err.msg;
+  st = ok_st;
+  st.page_stride_elems = 2 * 16 * 64;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "page_stride_elems=2048")) << err.msg;
+  st = ok_st;
+  st.kv_dtype = KN_CUDA_F32;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store: kv_dtype=0")) << err.msg;
+  // the rope's own checks still apply, in the rope's name
+  st = ok_st;
+  a.mode = 1;
+  EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "mode=1")) << err.msg;
+  EXPECT_TRUE(has(err, "kn_cuda_rope")) << err.msg;
 }
 
 TEST(KnCudaOpsArgs, SiluMulRefusesBadArguments) {
