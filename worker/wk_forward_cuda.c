@@ -61,7 +61,7 @@ struct wk_forward_cuda {
    * no page): every layer's tables staged before any kernel, then the whole step
    * replayed from one CUDA graph */
   kn_cuda_attn_args_t *pre_attn;      /* [n_layers] */
-  kn_cuda_kv_store_args_t *pre_store; /* [n_layers] */
+  kn_cuda_kv_store_args_t *pre_store; /* [n_layers]: run by the rope launch (.store) */
   float *logits_host;                 /* pinned [max(T, max_seqs), n_vocab]: the graph's copy target */
   size_t logits_host_bytes;
   cudaGraphExec_t graph;
@@ -551,6 +551,11 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
                            .head_dim = hp->head_dim, .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
                            .freq_scale = hp->rope_freq_scale, .mode = (int32_t)hp->rope_mode,
                            .x2 = fw->k.ptr, .n_heads2 = hp->n_kv_heads}; /* Q and K in one launch */
+  /* The graph path's tables are up before the step: the rope launch also stores K and V
+   * into the pages (a launch less a layer). Graph steps never profile (run_sampled), and
+   * a profiled step keeps the separate store, counted under tables_ms. */
+  const int fuse_store = pre && !fw->ev;
+  if (fuse_store) r.store = &fw->pre_store[l];
   AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
 
   kn_cuda_attn_args_t a;
@@ -558,7 +563,7 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
   wk_ev(fw, e);
   if (fw->ev) wk_arkvale_cuda_set_marks(fw->ak, &fw->ev[e + 1]);
   if (pre) { /* tables staged and uploaded before the step's first kernel */
-    AK_TRY(kn_cuda_kv_store(&fw->pre_store[l], wk_stream(fw), err));
+    if (!fuse_store) AK_TRY(kn_cuda_kv_store(&fw->pre_store[l], wk_stream(fw), err));
     a = fw->pre_attn[l];
     if (fw->ak) { /* ArkVale's decision, its tables up already (wk_arkvale_cuda_upload) */
       wk_region_t o = wk_region(fw);

@@ -526,6 +526,8 @@ TEST(WkForwardCudaGpu, ArkvaleDeviceSelectionMatchesTheHostPath) {
 // Decode steps replayed from a CUDA graph give exactly the logits of the same kernels
 // launched one by one, across re-captures as the attention's split grows (a 300- and a
 // 250-token sequence decoding 40 steps together cross the 256-key chunk boundary).
+// The graph path stores K/V from the rope launch (kn_cuda_rope_args_t.store), the
+// direct path with its own kn_cuda_kv_store launch: equal logits cover the fused store.
 TEST(WkForwardCudaGpu, GraphReplayEqualsDirectLaunches) {
   REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
