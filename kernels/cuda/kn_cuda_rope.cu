@@ -114,23 +114,24 @@ static ak_status_t kn_rope_dispatch(const kn_cuda_rope_args_t *a, int32_t n_head
 // The fused store's arguments: its own (as kn_cuda_kv_store checks them), and the
 // ones it shares with the rope, which must agree.
 static ak_status_t kn_rope_store_check(const kn_cuda_rope_args_t *a, ak_err_t *err) {
+  static const char fn[] = "kn_cuda_rope";
   const kn_cuda_kv_store_args_t *st = a->store;
   if (!a->x2 || st->k != a->x2)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->k=%p must be the rope's x2=%p (the K it rotates)",
-                  (const void *)st->k, (void *)a->x2);
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "store->k=%p must be the rope's x2=%p (the K it rotates)",
+                         (const void *)st->k, (void *)a->x2);
   if (st->n_tok != a->n_tok)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->n_tok=%lld must equal n_tok=%lld", (long long)st->n_tok,
-                  (long long)a->n_tok);
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "store->n_tok=%lld must equal n_tok=%lld",
+                         (long long)st->n_tok, (long long)a->n_tok);
   if (st->n_kv_heads != a->n_heads2)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->n_kv_heads=%d must equal n_heads2=%d", st->n_kv_heads,
-                  a->n_heads2);
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "store->n_kv_heads=%d must equal n_heads2=%d",
+                         st->n_kv_heads, a->n_heads2);
   if (st->head_dim != a->head_dim)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->head_dim=%d must equal head_dim=%d", st->head_dim,
-                  a->head_dim);
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "store->head_dim=%d must equal head_dim=%d", st->head_dim,
+                         a->head_dim);
   if (st->v == a->x || st->v == a->x2)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, "kn_cuda_rope", "store->v=%p must not be x or x2 (rotated in this launch)",
-                  (const void *)st->v);
-  return kn_kv_store_check(st, "kn_cuda_rope", "store: ", err);
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "store->v=%p must not be x or x2 (rotated in this launch)",
+                         (const void *)st->v);
+  return kn_kv_store_check(st, fn, "store: ", err);
 }
 
 extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {

@@ -508,7 +508,8 @@ TEST_F(KnCudaOpsGpu, RopeWithStoreEqualsRopeThenKvStore) {
             const int64_t head_stride = (int64_t)page_tokens * s.head_dim + pad;
             const int64_t page_stride = s.n_kv_heads * head_stride + pad;
             const size_t pool_elems = (size_t)(plan.n_pages * page_stride);
-            const size_t nq = (size_t)(n_tok * s.n_heads * s.head_dim), nk = (size_t)(n_tok * s.n_kv_heads * s.head_dim);
+            const size_t nq = (size_t)(n_tok * s.n_heads * s.head_dim);
+            const size_t nk = (size_t)(n_tok * s.n_kv_heads * s.head_dim);
             const std::vector<float> q = randn(nq, 1.0f, rng), k = randn(nk, 1.0f, rng), v = randn(nk, 1.0f, rng);
             DevBuf d_q(nq * 4), d_k(nk * 4), d_v(nk * 4), d_pos(n_tok * 4), d_page(n_tok * 4), d_slot(n_tok * 4),
                 d_kb(pool_elems * 2), d_vb(pool_elems * 2);
