@@ -336,6 +336,16 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
   for (int p = 1; p < args->n_parts; p++)
     if ((uintptr_t)args->y[p] % (args->y_dtype == KN_CUDA_F32 ? 4u : 2u))
       return AK_ERR(err, AK_ERR_INVALID_ARG, "part %d: y=%p is not aligned to its elements", p, args->y[p]);
+  if (args->swiglu_out) {
+    if (args->n_parts != 2 || args->rows[0] != args->rows[1])
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "swiglu_out needs two parts of equal rows (n_parts %d, rows %lld/%lld)",
+                    args->n_parts, (long long)args->rows[0], (long long)(args->n_parts > 1 ? args->rows[1] : 0));
+    if (args->y_dtype != KN_CUDA_F32 || args->accumulate)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "swiglu_out needs an f32 y and accumulate 0 (y_dtype %d, accumulate %d)",
+                    (int)args->y_dtype, args->accumulate);
+    if ((uintptr_t)args->swiglu_out % 2)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "swiglu_out=%p is not aligned to bf16", args->swiglu_out);
+  }
   kn_cuda_decode_gemm_t route = kn_gemm_route(blas, &whole);
   if (route != KN_CUDA_DECODE_GEMM_CUBLAS) {
     kn_gemv_split_t split;
@@ -345,6 +355,7 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
       split.rows[p] = args->rows[p];
       split.y[p] = args->y[p];
     }
+    split.swiglu_out = args->swiglu_out;
     return kn_gemv_run(&whole, &split, blas->stream, err);
   }
   /* runs of equal parts at one output spacing as one batched matmul, the rest one each */
@@ -368,5 +379,9 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
     r0 += rows * (q - p);
     p = q;
   }
-  return AK_OK;
+  if (!args->swiglu_out) return AK_OK;
+  kn_cuda_silu_mul_args_t sm = {.gate = (const float *)args->y[0], .up = (const float *)args->y[1],
+                                .out = args->swiglu_out, .out_dtype = KN_CUDA_BF16, .n_tok = args->n_tok,
+                                .n_ff = args->rows[0]};
+  return kn_cuda_silu_mul(&sm, blas->stream, err);
 }

@@ -17,6 +17,7 @@ typedef struct {
   int n_parts;
   int64_t rows[KN_GEMV_MAX_PARTS];
   void *y[KN_GEMV_MAX_PARTS];
+  void *swiglu_out; /* NULL, or (two parts of equal rows) bf16 silu(part 0) * part 1; y unused */
 } kn_gemv_split_t;
 
 // Up to three outputs over consecutive row ranges of W (a fused Q|K|V or gate|up

@@ -5,10 +5,9 @@
 #include <stdint.h>
 
 #include "kn_cuda_internal.cuh"
+#include "kn_cuda_silu.cuh"
 
 enum { KN_SILU_THREADS = 256, KN_SILU_MAX_BLOCKS = 8192 };
-
-static __device__ __forceinline__ float kn_silu_mul1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 static __device__ __forceinline__ void kn_st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
 static __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {

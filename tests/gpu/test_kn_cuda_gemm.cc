@@ -491,3 +491,112 @@ TEST_F(KnCudaGemmCacheGpu, SplitEqualPartsAsOneBatchedGemmMatchTheReference) {
   }
 }
 
+
+namespace {
+
+// gate|up with swiglu_out: the bf16 product equals the unfused path (the same split
+// GEMM into f32 gate/up, then kn_cuda_silu_mul) bit for bit, through the GEMV's fused
+// epilogue (one-row and few-row calls) and through cuBLASLt + kn_cuda_silu_mul (forced,
+// or 17 rows, or n_in not a multiple of 8); nothing past the output is written, and the
+// GEMV leaves the f32 scratch parts untouched.
+TEST_F(KnCudaGemmCacheGpu, SwigluOutEqualsSplitThenSiluMul) {
+  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_CUBLAS})
+  for (int64_t n_tok : {1, 3, 8, 17})
+  for (int64_t n_in : {320, 100}) {
+    SCOPED_TRACE("mode " + std::to_string(mode) + ", n_tok " + std::to_string(n_tok) + ", n_in " +
+                 std::to_string(n_in));
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
+    const int64_t rows = 97, guard = 8;
+    std::mt19937_64 rng(9000 + 31 * n_tok + n_in + mode);
+    Bf16Mat x(n_tok * n_in, 2.0f, rng), w(2 * rows * n_in, 1.0f / std::sqrt((float)n_in), rng);
+    DevBuf dx(x.bits.size() * 2), dw(w.bits.size() * 2), dg(n_tok * rows * 4), du(n_tok * rows * 4),
+        dg2(n_tok * rows * 4), du2(n_tok * rows * 4), dact((n_tok * rows + guard) * 2), dref(n_tok * rows * 2);
+    ASSERT_EQ(cudaMemcpy(dx.ptr, x.bits.data(), dx.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dw.ptr, w.bits.data(), dw.n_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dact.ptr, 0xee, dact.n_bytes), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dg2.ptr, 0xee, dg2.n_bytes), cudaSuccess);
+    ASSERT_EQ(cudaMemset(du2.ptr, 0xee, du2.n_bytes), cudaSuccess);
+    kn_cuda_gemm_split_args_t sa = {};
+    sa.x = dx.ptr;
+    sa.w = dw.ptr;
+    sa.n_parts = 2;
+    sa.rows[0] = sa.rows[1] = rows;
+    sa.y[0] = dg.ptr;
+    sa.y[1] = du.ptr;
+    sa.y_dtype = KN_CUDA_F32;
+    sa.n_tok = n_tok;
+    sa.n_in = n_in;
+    ASSERT_EQ(kn_cuda_gemm_split(blas_.get(), &sa, &err), AK_OK) << err.msg;
+    kn_cuda_silu_mul_args_t sm = {static_cast<const float *>(dg.ptr), static_cast<const float *>(du.ptr), dref.ptr,
+                                  KN_CUDA_BF16, n_tok, rows};
+    ASSERT_EQ(kn_cuda_silu_mul(&sm, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
+    sa.y[0] = dg2.ptr;
+    sa.y[1] = du2.ptr;
+    sa.swiglu_out = dact.ptr;
+    ASSERT_EQ(kn_cuda_gemm_split(blas_.get(), &sa, &err), AK_OK) << err.msg;
+    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    std::vector<uint16_t> act(n_tok * rows + guard), ref(n_tok * rows);
+    ASSERT_EQ(cudaMemcpy(act.data(), dact.ptr, dact.n_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(ref.data(), dref.ptr, dref.n_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    int64_t n_diff = 0, n_guard = 0;
+    for (int64_t i = 0; i < n_tok * rows; i++) n_diff += act[i] != ref[i];
+    for (int64_t i = n_tok * rows; i < n_tok * rows + guard; i++) n_guard += act[i] != 0xeeee;
+    EXPECT_EQ(n_diff, 0);
+    EXPECT_EQ(n_guard, 0) << "written past the output";
+    const bool gemv = mode != KN_CUDA_DECODE_GEMM_CUBLAS && n_tok <= 8 && n_in % 8 == 0;
+    if (gemv) {  // the fused epilogue writes only the product
+      std::vector<uint32_t> g(n_tok * rows), u(n_tok * rows);
+      ASSERT_EQ(cudaMemcpy(g.data(), dg2.ptr, dg2.n_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(u.data(), du2.ptr, du2.n_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+      int64_t n_touched = 0;
+      for (int64_t i = 0; i < n_tok * rows; i++) n_touched += (g[i] != 0xeeeeeeeeu) + (u[i] != 0xeeeeeeeeu);
+      EXPECT_EQ(n_touched, 0);
+    }
+  }
+}
+
+kn_cuda_gemm_split_args_t good_swiglu_args() {
+  static uint16_t x[64], w[64], act[64];
+  static float g[64], u[64];
+  kn_cuda_gemm_split_args_t a = {};
+  a.x = x;
+  a.w = w;
+  a.n_parts = 2;
+  a.rows[0] = a.rows[1] = 4;
+  a.y[0] = g;
+  a.y[1] = u;
+  a.y_dtype = KN_CUDA_F32;
+  a.n_tok = 2;
+  a.n_in = 4;
+  a.swiglu_out = act;
+  return a;
+}
+
+void expect_split_invalid(const kn_cuda_gemm_split_args_t &a, const char *needle) {
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_gemm_split(fake_blas(), &a, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find(needle), std::string::npos) << err.msg;
+}
+
+TEST(KnCudaGemmArgs, SwigluOutNeedsTwoEqualF32Parts) {
+  kn_cuda_gemm_split_args_t a = good_swiglu_args();
+  a.n_parts = 3;
+  a.rows[2] = 4;
+  a.y[2] = a.y[1];
+  expect_split_invalid(a, "two parts of equal rows");
+  a = good_swiglu_args();
+  a.rows[1] = 5;
+  expect_split_invalid(a, "two parts of equal rows");
+  a = good_swiglu_args();
+  a.y_dtype = KN_CUDA_BF16;
+  expect_split_invalid(a, "f32 y and accumulate 0");
+  a = good_swiglu_args();
+  a.accumulate = 1;
+  expect_split_invalid(a, "f32 y and accumulate 0");
+  a = good_swiglu_args();
+  a.swiglu_out = reinterpret_cast<char *>(a.swiglu_out) + 1;
+  expect_split_invalid(a, "not aligned to bf16");
+}
+
+}  // namespace
