@@ -236,6 +236,9 @@ typedef struct {
   int64_t n_out;
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
 } kn_cuda_gemm_args_t;
+/* W must not be written by the kernel launched just before this call on the stream:
+ * the GEMV issues its first weight loads while that kernel still runs (programmatic
+ * dependent launch; kn_cuda_internal.cuh). Copies and earlier kernels are fine. */
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
 /* Calls of 1..8 rows (decode steps) with n_in % 8 == 0 and 16-byte aligned x and W
  * may go to the weight-streaming GEMV kernel (kn_cuda_gemv.cu, one warp per output row)
@@ -264,6 +267,11 @@ typedef struct {
   int64_t n_tok;
   int64_t n_in;
   int accumulate;
+  void *swiglu_out;        /* NULL; or, for two parts of equal rows (gate|up) with an f32 y
+                            * and accumulate 0: [n_tok, rows[0]] bf16 = silu(part 0) * part 1,
+                            * rounded as kn_cuda_silu_mul. y[0] and y[1] are scratch then: the
+                            * GEMV fuses the product into its epilogue and leaves them as they
+                            * were; cuBLASLt writes them and kn_cuda_silu_mul follows. */
 } kn_cuda_gemm_split_args_t;
 ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_gemm_split_args_t *args, ak_err_t *err);
 

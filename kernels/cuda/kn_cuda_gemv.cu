@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kn_cuda_gemv.cuh"
+#include "kn_cuda_silu.cuh"
 
 namespace {
 
@@ -28,37 +29,54 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
   }
 }
 
-template <int NT, typename TY>
+// SW (SwiGLU epilogue): W is [2 * n_out, n_in] (gate rows, then up rows); a warp takes
+// gate row `row` and up row `row + n_out` together and writes silu(gate) * up as bf16
+// to sw_out[t * n_out + row]. Each dot product runs exactly as in the plain kernel, so
+// the result equals the GEMV followed by kn_cuda_silu_mul bit for bit.
+template <int NT, typename TY, bool SW>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
                                                               const __nv_bfloat16 *__restrict__ w,
                                                               kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
-                                                              int accumulate) {
-  kn_pdl_begin();
+                                                              int accumulate, __nv_bfloat16 *__restrict__ sw_out) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (row >= n_out) return;
-  const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * n_in);
+  const bool live = row < n_out;
+  const uint4 *wr = reinterpret_cast<const uint4 *>(w + (live ? row : 0) * n_in);
+  const uint4 *wr2 = SW ? reinterpret_cast<const uint4 *>(w + ((live ? row : 0) + n_out) * n_in) : nullptr;
   // 32-bit offsets inside a row and into x (n_in * 8 / 8 < 2^31: kn_gemv_applies) keep
   // the inner loop's address arithmetic to one add per load.
   const int n_vec = (int)(n_in / 8);  // 16-byte vectors per row (n_in % 8 == 0: checked by the caller)
   const uint4 *xr = reinterpret_cast<const uint4 *>(x);
   const int x_stride_vec = n_vec;
-  float acc[NT];
-#pragma unroll
-  for (int t = 0; t < NT; t++) acc[t] = 0.f;
-  for (int v0 = lane; v0 < n_vec; v0 += 32 * kUnroll) {
-    uint4 wv[kUnroll];
+  uint4 wv[kUnroll], wv2[SW ? kUnroll : 1];
+  auto load = [&](int v0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int v = v0 + u * 32;
       wv[u] = v < n_vec ? __ldcs(wr + v) : make_uint4(0, 0, 0, 0);  // weights are streamed once
+      if constexpr (SW) wv2[u] = v < n_vec ? __ldcs(wr2 + v) : make_uint4(0, 0, 0, 0);
     }
+  };
+  // The first loads go out before the PDL wait: no kernel writes the weights, so they
+  // may be read while the kernel before this one (a norm, the attention merge) still
+  // runs; only x, its output, has to wait.
+  if (live) load(lane);
+  kn_pdl_begin();
+  if (!live) return;
+  float acc[NT], acc2[SW ? NT : 1];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.f;
+#pragma unroll
+  for (int t = 0; t < (SW ? NT : 1); t++) acc2[t] = 0.f;
+  for (int v0 = lane; v0 < n_vec; v0 += 32 * kUnroll) {
+    if (v0 != lane) load(v0);
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int v = v0 + u * 32;
       if (v >= n_vec) break;
-      float wf[8];
+      float wf[8], wf2[SW ? 8 : 1];
       kn_bf16x8_to_f32(wv[u], wf);
+      if constexpr (SW) kn_bf16x8_to_f32(wv2[u], wf2);
 #pragma unroll
       for (int t = 0; t < NT; t++) {
         uint4 xv = __ldg(xr + t * x_stride_vec + v);
@@ -66,6 +84,10 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
         kn_bf16x8_to_f32(xv, xf);
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[t] = fmaf(xf[i], wf[i], acc[t]);
+        if constexpr (SW) {
+#pragma unroll
+          for (int i = 0; i < 8; i++) acc2[t] = fmaf(xf[i], wf2[i], acc2[t]);
+        }
       }
     }
   }
@@ -74,6 +96,13 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
     float s = acc[t];
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if constexpr (SW) {
+      float s2 = acc2[t];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) s2 += __shfl_xor_sync(0xffffffffu, s2, off);
+      if (lane == 0) sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, s2));
+      continue;
+    }
     if (lane == 0) {
       // The part holding `row`, with constant indices only: a runtime index into the
       // parameter struct made every thread copy it to local memory (64 bytes a thread,
@@ -94,10 +123,16 @@ template <int NT, typename TY>
 cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
-  dim3 grid((unsigned)((a->n_out + kWarps - 1) / kWarps)), block(kWarps * 32);
-  kn_launch(kn_gemv_kernel<NT, TY>, grid, block, 0, stream, static_cast<const __nv_bfloat16 *>(a->x),
-                                                     static_cast<const __nv_bfloat16 *>(a->w), out, a->n_in,
-                                                     a->n_out, a->accumulate);
+  const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
+  dim3 block(kWarps * 32);
+  if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
+    const int64_t half = split->rows[0];
+    kn_launch(kn_gemv_kernel<NT, TY, true>, dim3((unsigned)((half + kWarps - 1) / kWarps)), block, 0, stream, x, w,
+              out, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
+  } else {
+    kn_launch(kn_gemv_kernel<NT, TY, false>, dim3((unsigned)((a->n_out + kWarps - 1) / kWarps)), block, 0, stream,
+              x, w, out, a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
+  }
   return cudaGetLastError();
 }
 
