@@ -4,11 +4,17 @@
 // the scale; the second pass re-reads the (just written, cache-hot) row and scales.
 // Arithmetic follows kernels/cpu kn_rmsnorm: squares in f32 summed in double,
 // scale = 1 / sqrtf(mean + eps) in f32, out = (x * scale) * w.
+//
+// Decode steps run this on one row (batch 1) between two GEMVs, so its latency is what
+// counts: with 16-byte accesses a block has up to 1024 threads (one float4 each for
+// dim 4096), each keeps its slice of the row in registers (no second pass over
+// memory) when it is at most KN_RMSNORM_CACHE4 float4s, and loads its slice of the
+// weight before the PDL wait (no kernel writes the norm weights).
 #include <stdint.h>
 
 #include "kn_cuda_internal.cuh"
 
-enum { KN_RMSNORM_THREADS = 256 };
+enum { KN_RMSNORM_THREADS = 256, KN_RMSNORM_MAX_THREADS = 1024, KN_RMSNORM_CACHE4 = 4 };
 
 // Block-wide sum; every thread gets the total. `scratch` holds one double per warp.
 static __device__ __forceinline__ double kn_rmsnorm_block_sum(double v, double *scratch) {
@@ -39,22 +45,44 @@ static __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
 // VEC4: dim % 4 == 0 and every row pointer is aligned for 4-element accesses
 // (checked by the launcher); else one element per access.
 template <typename TOut, bool VEC4>
-static __global__ void __launch_bounds__(KN_RMSNORM_THREADS)
+static __global__ void __launch_bounds__(KN_RMSNORM_MAX_THREADS)
     kn_rmsnorm_kernel(float *x,                         // [n_tok, dim] f32 (out may alias it)
                       const float *__restrict__ delta,   // [n_tok, dim] f32 or NULL
                       const float *__restrict__ weight,  // [dim] f32
                       TOut *out,                         // [n_tok, dim] TOut
                       int64_t dim, float eps) {
-  kn_pdl_begin();
   __shared__ double scratch[32];
   const int64_t row = blockIdx.x;
   float *xr = x + row * dim;
   const float *dr = delta ? delta + row * dim : nullptr;
   TOut *orow = out + row * dim;
+  const int64_t n4 = VEC4 ? dim / 4 : 0;
+  const bool cached = VEC4 && n4 <= (int64_t)KN_RMSNORM_CACHE4 * blockDim.x;
+  float4 wc[KN_RMSNORM_CACHE4], xc[KN_RMSNORM_CACHE4];
+  if (cached) {
+#pragma unroll
+    for (int k = 0; k < KN_RMSNORM_CACHE4; k++) {
+      const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+      if (i < n4) wc[k] = reinterpret_cast<const float4 *>(weight)[i];
+    }
+  }
+  kn_pdl_begin();
 
   double sum = 0.0;
-  if constexpr (VEC4) {
-    const int64_t n4 = dim / 4;
+  if (cached) {
+#pragma unroll
+    for (int k = 0; k < KN_RMSNORM_CACHE4; k++) {
+      const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+      if (i >= n4) break;
+      float4 v = reinterpret_cast<const float4 *>(xr)[i];
+      if (dr) {
+        v = kn_add4(v, reinterpret_cast<const float4 *>(dr)[i]);
+        reinterpret_cast<float4 *>(xr)[i] = v;
+      }
+      xc[k] = v;
+      sum += (double)(v.x * v.x) + (double)(v.y * v.y) + (double)(v.z * v.z) + (double)(v.w * v.w);
+    }
+  } else if constexpr (VEC4) {
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
       float4 v = reinterpret_cast<const float4 *>(xr)[i];
       if (dr) {
@@ -77,9 +105,16 @@ static __global__ void __launch_bounds__(KN_RMSNORM_THREADS)
   const float mean = (float)(sum / (double)dim);
   const float scale = 1.0f / sqrtf(mean + eps);
 
-  // Each thread re-reads only the elements it wrote itself: no barrier needed.
-  if constexpr (VEC4) {
-    const int64_t n4 = dim / 4;
+  if (cached) {
+#pragma unroll
+    for (int k = 0; k < KN_RMSNORM_CACHE4; k++) {
+      const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+      if (i >= n4) break;
+      const float4 v = xc[k], w = wc[k];
+      kn_st4(orow + 4 * i, make_float4(v.x * scale * w.x, v.y * scale * w.y, v.z * scale * w.z, v.w * scale * w.w));
+    }
+  } else if constexpr (VEC4) {
+    // Each thread re-reads only the elements it wrote itself: no barrier needed.
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
       const float4 v = reinterpret_cast<const float4 *>(xr)[i];
       const float4 w = reinterpret_cast<const float4 *>(weight)[i];
@@ -95,7 +130,10 @@ static void kn_rmsnorm_launch(const kn_cuda_rmsnorm_args_t *a, cudaStream_t stre
   const size_t out_align = 4 * sizeof(TOut);
   const bool vec4 = a->dim % 4 == 0 && (uintptr_t)a->x % 16 == 0 && (uintptr_t)a->delta % 16 == 0 &&
                     (uintptr_t)a->weight % 16 == 0 && (uintptr_t)a->out % out_align == 0;
-  const dim3 grid((unsigned)a->n_tok), block(KN_RMSNORM_THREADS);
+  /* 16-byte path: one float4 a thread up to 1024 threads (a multiple of the warp) */
+  int64_t threads = vec4 ? (a->dim / 4 + 31) / 32 * 32 : KN_RMSNORM_THREADS;
+  if (threads > KN_RMSNORM_MAX_THREADS) threads = KN_RMSNORM_MAX_THREADS;
+  const dim3 grid((unsigned)a->n_tok), block((unsigned)threads);
   if (vec4)
     kn_launch(kn_rmsnorm_kernel<TOut, true>, grid, block, 0, stream, a->x, a->delta, a->weight, (TOut *)a->out, a->dim,
               a->eps);

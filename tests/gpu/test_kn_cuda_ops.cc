@@ -230,7 +230,9 @@ TEST_F(KnCudaOpsGpu, RmsnormWithResidualMatchesCpu) {
   std::mt19937_64 rng(21);
   for (kn_cuda_dtype_t dt : {KN_CUDA_F32, KN_CUDA_BF16})
     for (bool with_delta : {false, true})
-      for (int64_t dim : {576, 577, 64})
+      // 576/4096/8192: the row kept in registers (1..2 float4 a thread); 20480: more
+      // than 4 float4 a thread, the two-pass path; 577: one element per access
+      for (int64_t dim : {576, 577, 64, 4096, 8192, 20480})
         for (int64_t n_tok : {1, 17, 97}) {
           SCOPED_TRACE(testing::Message() << dt_name(dt) << " delta=" << with_delta << " dim=" << dim
                                           << " n_tok=" << n_tok);
