@@ -585,13 +585,11 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
 
   AK_TRY(wk_norm(fw, fw->x.ptr, L->ffn_norm, n_tok, fw->xn.ptr, err));
   const char *wgu = L->wgate_up;
+  /* gate|up and SwiGLU: fused into the GEMV's epilogue for decode-sized steps */
   kn_cuda_gemm_split_args_t gu = {.x = fw->xn.ptr, .w = wgu, .n_parts = 2, .rows = {hp->ffn_dim, hp->ffn_dim},
                                   .y = {fw->gate.ptr, fw->up.ptr}, .y_dtype = KN_CUDA_F32, .n_tok = n_tok,
-                                  .n_in = hp->dim, .accumulate = 0};
+                                  .n_in = hp->dim, .accumulate = 0, .swiglu_out = fw->act.ptr};
   AK_TRY(kn_cuda_gemm_split(fw->blas, &gu, err));
-  kn_cuda_silu_mul_args_t sm = {.gate = fw->gate.ptr, .up = fw->up.ptr, .out = fw->act.ptr,
-                                .out_dtype = KN_CUDA_BF16, .n_tok = n_tok, .n_ff = hp->ffn_dim};
-  AK_TRY(kn_cuda_silu_mul(&sm, wk_stream(fw), err));
   AK_TRY(wk_gemm(fw, fw->act.ptr, L->wdown, n_tok, hp->ffn_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, err));
   return AK_OK;
 }
@@ -626,9 +624,10 @@ static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b,
   const wk_hparams_t *hp = &fw->hp;
   size_t row_bytes = sizeof(float) * (size_t)hp->dim;
   int64_t n_out = n_tok;
-  if (b->logits_all) {
-    WK_CUDA_TRY(err, cudaMemcpyAsync(fw->rows.ptr, fw->x.ptr, row_bytes * (size_t)n_tok, cudaMemcpyDeviceToDevice,
-                                     fw->stream));
+  float *rows = fw->rows.ptr;
+  if (b->logits_all || n_tok == b->seqs.n_seqs) {
+    rows = fw->x.ptr; /* every row wanted (or one token a sequence): the norm reads x itself */
+    n_out = n_tok;
   } else {
     int64_t row = 0;
     for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
@@ -639,7 +638,7 @@ static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b,
     }
     n_out = b->seqs.n_seqs;
   }
-  AK_TRY(wk_norm(fw, fw->rows.ptr, wk_model_cuda_output_norm(fw->model), n_out, fw->xn.ptr, err));
+  AK_TRY(wk_norm(fw, rows, wk_model_cuda_output_norm(fw->model), n_out, fw->xn.ptr, err));
   AK_TRY(wk_gemm(fw, fw->xn.ptr, wk_model_cuda_output(fw->model), n_out, hp->dim, hp->n_vocab, fw->logits.ptr,
                  KN_CUDA_F32, 0, err));
   if (sample) /* one row per sequence (run_sampled refuses logits_all) */
