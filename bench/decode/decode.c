@@ -86,6 +86,12 @@ int64_t dec_row_pages(const dec_args_t *a, const wk_hparams_t *hp, int64_t ctx, 
 
 /* Pool, forward, synthetic fill, warm-up and timed steps for one row. Frees all it
  * allocated before returning, whatever happened (the next row needs the memory). */
+/* One decode step: logits to the host, or (smp) greedy ids sampled on the device. */
+static ak_status_t dec_step(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
+                            const wk_cuda_sample_t *smp, ak_err_t *err) {
+  return smp ? wk_forward_cuda_run_sampled(fw, pool, b, smp, err) : wk_forward_cuda_run(fw, pool, b, err);
+}
+
 static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_row_t *row) {
   const wk_hparams_t *hp = wk_model_cuda_hparams(model);
   int32_t B = (int32_t)row->batch;
@@ -97,6 +103,8 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   kv_pool_t *pool = NULL;
   wk_forward_cuda_t *fw = NULL;
   float *logits = NULL;            /* [B, n_vocab] f32, pinned host */
+  wk_cuda_sample_seq_t *greedy = NULL; /* [B] --sample device: greedy requests */
+  int32_t *ids = NULL;                 /* [B] their token ids */
   size_t logits_bytes = sizeof(float) * (size_t)B * (size_t)hp->n_vocab;
   kv_seq_id_t *seqs = calloc((size_t)B, sizeof *seqs);
   int32_t *n_new = calloc((size_t)B, sizeof *n_new);
@@ -207,7 +215,17 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
 
   for (int32_t i = 0; i < B; i++) n_new[i] = 1;
   wk_forward_batch_t b = {.seqs = {.n_seqs = B, .seqs = seqs, .n_new_tokens = n_new}, .tokens = tokens,
-                          .logits_all = 0, .logits = logits};
+                          .logits_all = 0, .logits = a->sample_device ? NULL : logits};
+  /* --sample device: greedy ids on the device (the serving path), only ids come back */
+  greedy = calloc((size_t)B, sizeof *greedy);
+  ids = calloc((size_t)B, sizeof *ids);
+  if (!greedy || !ids) {
+    st = AK_ERR(&err, AK_ERR_NO_MEMORY, "sampling requests for %d sequences", B);
+    goto fail;
+  }
+  for (int32_t i = 0; i < B; i++) greedy[i] = (wk_cuda_sample_seq_t){.top_p = 1.0f, .repetition_penalty = 1.0f};
+  wk_cuda_sample_t sample = {.seqs = greedy, .token_ids = ids, .logprobs = NULL};
+  const wk_cuda_sample_t *smp = a->sample_device ? &sample : NULL;
   uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)row->ctx;
   for (int64_t step = 0; step < a->n_warmup + a->n_steps; step++) {
     for (int32_t i = 0; i < B; i++) { /* random valid ids (xorshift64) */
@@ -217,7 +235,7 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
     int profiled = a->cuda_profiler && step == a->n_warmup + a->n_steps - 1;
     if (profiled) cudaProfilerStart();
     double t0 = dec_now_ms();
-    st = wk_forward_cuda_run(fw, pool, &b, &err); /* ends with a stream synchronization */
+    st = dec_step(fw, pool, &b, smp, &err); /* ends with a stream synchronization */
     double t1 = dec_now_ms();
     if (profiled) cudaProfilerStop();
     if (st < 0) goto fail;
@@ -226,7 +244,7 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   row->device_bytes = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
   st = wk_forward_cuda_profile(fw, 1, &err);
   for (int64_t step = 0; st >= 0 && step < DEC_PROFILE_STEPS; step++) {
-    st = wk_forward_cuda_run(fw, pool, &b, &err);
+    st = dec_step(fw, pool, &b, smp, &err);
     wk_cuda_profile_t p;
     wk_forward_cuda_last_profile(fw, &p);
     row->prof.tables_ms += p.tables_ms / DEC_PROFILE_STEPS;
@@ -283,6 +301,8 @@ done:
   wk_forward_cuda_destroy(fw);
   kn_cuda_free(pages, row->kv_alloc_bytes);
   free(step_ms);
+  free(greedy);
+  free(ids);
   free(tokens);
   free(n_new);
   free(seqs);
@@ -322,15 +342,15 @@ int main(int argc, char **argv) {
          !dec_any_arkvale(&a) ? ""
          : a.select_host      ? "; ArkVale decides on the host (digests scored on the device)"
                               : "; ArkVale decides on the device (score, plan, gather per layer)");
-  printf("decode GEMMs: %s; CUDA graphs %s\n", dec_gemm_desc[a.gemm_mode],
-         a.no_graphs ? "off" : "on");
+  printf("decode GEMMs: %s; CUDA graphs %s; each step returns %s\n", dec_gemm_desc[a.gemm_mode],
+         a.no_graphs ? "off" : "on",
+         a.sample_device ? "greedy token ids sampled on the device" : "every sequence's logits");
   if (a.kv_limit_gib > 0)
     printf("KV filled synthetically; prefill not timed. Each row decodes as many sequences as its pages fit in %.1f "
-           "GiB, one token each per step, logits to the host; vs_full compares tokens/s.\n",
+           "GiB, one token each per step; vs_full compares tokens/s.\n",
            a.kv_limit_gib);
   else
-    printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence), logits to the "
-           "host.\n",
+    printf("KV filled synthetically; prefill not timed. Each step: %lld tokens (one per sequence).\n",
            (long long)a.batch);
 
   double t_start = dec_now_ms();

@@ -31,6 +31,7 @@ typedef struct {
   int gemm_mode;        /* --gemm: a kn_cuda_decode_gemm_t (0 auto) */
   int no_graphs;        /* --graphs off: kernels launched one by one */
   int cuda_profiler;    /* --cuda-profiler: the last timed step between cudaProfilerStart/Stop */
+  int sample_device;    /* --sample device: greedy ids sampled on the device, only ids to the host */
   int64_t budgets[DEC_MAX_BUDGETS]; /* --kv-budget, tokens: 0 = the full cache; else ArkVale */
   int n_budgets;
   int select_host;

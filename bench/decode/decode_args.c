@@ -32,6 +32,9 @@ void dec_usage(FILE *f) {
           "  --gemm auto|cublas|fma  decode GEMMs (<= 8 rows): kn_cuda_gemm's choice (default),\n"
           "                       cuBLASLt or the GEMV kernel forced\n"
           "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
+          "  --sample logits|device  what a step returns: every sequence's logits (default, f32 to\n"
+          "                       pinned host memory) or greedy token ids sampled on the device\n"
+          "                       (wk_forward_cuda_run_sampled, the serving path on CUDA)\n"
           "  --cuda-profiler      bracket each row's last timed step with cudaProfilerStart/Stop,\n"
           "                       so `ncu --profile-from-start off` sees one decode step per row\n"
           "  --kv-budget T[,T...] tokens per layer and sequence, up to %d, each 0..%d: 0 = the full\n"
@@ -113,7 +116,8 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
         strcmp(f, "--warmup") && strcmp(f, "--page-tokens") && strcmp(f, "--device") &&
         strcmp(f, "--bandwidth-gbs") && strcmp(f, "--out") && strcmp(f, "--gemm") &&
         strcmp(f, "--graphs") && strcmp(f, "--kv-budget") && strcmp(f, "--kv-select") && strcmp(f, "--kv-keys") &&
-        strcmp(f, "--kv-limit-gib") && strcmp(f, "--fill-chunk") && strcmp(f, "--host-slab-gib")) {
+        strcmp(f, "--kv-limit-gib") && strcmp(f, "--fill-chunk") && strcmp(f, "--host-slab-gib") &&
+        strcmp(f, "--sample")) {
       fprintf(stderr, "bench_decode: unknown flag '%s' (--help lists them)\n", f);
       return -1;
     }
@@ -173,6 +177,14 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
         r = -1;
       } else if (!strcmp(f, "--kv-limit-gib")) a->kv_limit_gib = g;
       else a->host_slab_gib = g;
+    }
+    else if (!strcmp(f, "--sample")) {
+      if (!strcmp(v, "logits")) a->sample_device = 0;
+      else if (!strcmp(v, "device")) a->sample_device = 1;
+      else {
+        fprintf(stderr, "bench_decode: --sample expects logits or device, got '%s'\n", v);
+        r = -1;
+      }
     }
     else if (!strcmp(f, "--gemm")) {
       int m = -1;

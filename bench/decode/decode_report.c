@@ -294,10 +294,13 @@ int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *i
             (double)w->tier_bytes / DEC_GIB, (double)w->slab_bytes / DEC_GIB);
   }
   fprintf(f, "- per row: batch %lld sequences, %lld untimed warm-up steps, then %lld timed steps of one token per "
-             "sequence (the same token ids in every row of a context); each step returns every sequence's logits "
-             "(batch x n_vocab f32) to pinned host memory and ends with a stream synchronization; wall time around "
-             "wk_forward_cuda_run\n",
-          (long long)a->batch, (long long)a->n_warmup, (long long)a->n_steps);
+             "sequence (the same token ids in every row of a context); each step returns %s and ends with a "
+             "stream synchronization; wall time around %s\n",
+          (long long)a->batch, (long long)a->n_warmup, (long long)a->n_steps,
+          a->sample_device ? "greedy token ids sampled on the device (--sample device: the vocab projection's "
+                             "logits stay on the GPU)"
+                           : "every sequence's logits (batch x n_vocab f32) to pinned host memory",
+          a->sample_device ? "wk_forward_cuda_run_sampled" : "wk_forward_cuda_run");
   if (a->kv_limit_gib > 0) fprintf(f, "  (the batch above is --batch's default; every row's own batch is in its table row)\n");
   fprintf(f, "- bound = (weight bytes + K/V bytes read) / %.0f GB/s, K/V read = batch x mean attended tokens over "
              "the timed steps x n_layers x 2 x n_kv_heads x head_dim x 2 B (ArkVale: budgeted layers attend at most "
