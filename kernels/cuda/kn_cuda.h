@@ -236,9 +236,6 @@ typedef struct {
   int64_t n_out;
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
 } kn_cuda_gemm_args_t;
-/* W must not be written by the kernel launched just before this call on the stream:
- * the GEMV issues its first weight loads while that kernel still runs (programmatic
- * dependent launch; kn_cuda_internal.cuh). Copies and earlier kernels are fine. */
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
 /* Calls of 1..8 rows (decode steps) with n_in % 8 == 0 and 16-byte aligned x and W
  * may go to the weight-streaming GEMV kernel (kn_cuda_gemv.cu, one warp per output row)

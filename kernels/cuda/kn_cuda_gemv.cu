@@ -33,13 +33,18 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
 // gate row `row` and up row `row + n_out` together and writes silu(gate) * up as bf16
 // to sw_out[t * n_out + row]. Each dot product runs exactly as in the plain kernel, so
 // the result equals the GEMV followed by kn_cuda_silu_mul bit for bit.
-template <int NT, typename TY, bool SW>
+// KS (warps per row, 1 or 2): with 2, the two warps of a pair take alternate runs of
+// 32 * kUnroll vectors of the row and add their sums through shared memory (part 0's
+// first), so rows of few outputs (o, q|k|v, down at 7B shapes: 4096-6144 rows) keep
+// twice the loads in flight per SM. Which KS a call gets depends only on n_tok and n_in
+// (kn_gemv_ks), so equal rows always sum in the same order.
+template <int NT, typename TY, bool SW, int KS>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
                                                               const __nv_bfloat16 *__restrict__ w,
                                                               kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
                                                               int accumulate, __nv_bfloat16 *__restrict__ sw_out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % KS;
+  const int64_t row = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
   const bool live = row < n_out;
   const uint4 *wr = reinterpret_cast<const uint4 *>(w + (live ? row : 0) * n_in);
   const uint4 *wr2 = SW ? reinterpret_cast<const uint4 *>(w + ((live ? row : 0) + n_out) * n_in) : nullptr;
@@ -48,6 +53,7 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   const int n_vec = (int)(n_in / 8);  // 16-byte vectors per row (n_in % 8 == 0: checked by the caller)
   const uint4 *xr = reinterpret_cast<const uint4 *>(x);
   const int x_stride_vec = n_vec;
+  const int first = lane + part * 32 * kUnroll;
   uint4 wv[kUnroll], wv2[SW ? kUnroll : 1];
   auto load = [&](int v0) {
 #pragma unroll
@@ -57,19 +63,19 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
       if constexpr (SW) wv2[u] = v < n_vec ? __ldcs(wr2 + v) : make_uint4(0, 0, 0, 0);
     }
   };
-  // The first loads go out before the PDL wait: no kernel writes the weights, so they
-  // may be read while the kernel before this one (a norm, the attention merge) still
-  // runs; only x, its output, has to wait.
-  if (live) load(lane);
+  // Loading the first weights before the PDL wait (weights are never written by a
+  // kernel) measured no gain in a decode step (llama3-8b batch 1: 5.87 ms either way,
+  // H100, session 5), so every load waits and W carries no ordering contract.
   kn_pdl_begin();
-  if (!live) return;
+  if (KS == 1 && !live) return;  // with KS 2 every warp reaches the barrier below
+  if (live) load(first);
   float acc[NT], acc2[SW ? NT : 1];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.f;
 #pragma unroll
   for (int t = 0; t < (SW ? NT : 1); t++) acc2[t] = 0.f;
-  for (int v0 = lane; v0 < n_vec; v0 += 32 * kUnroll) {
-    if (v0 != lane) load(v0);
+  for (int v0 = first; live && v0 < n_vec; v0 += 32 * kUnroll * KS) {
+    if (v0 != first) load(v0);
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int v = v0 + u * 32;
@@ -93,14 +99,36 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   }
 #pragma unroll
   for (int t = 0; t < NT; t++) {
-    float s = acc[t];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    for (int off = 16; off > 0; off >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
     if constexpr (SW) {
-      float s2 = acc2[t];
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) s2 += __shfl_xor_sync(0xffffffffu, s2, off);
-      if (lane == 0) sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, s2));
+      for (int off = 16; off > 0; off >>= 1) acc2[t] += __shfl_xor_sync(0xffffffffu, acc2[t], off);
+    }
+  }
+  if constexpr (KS > 1) {
+    __shared__ float red[kWarps][NT][SW ? 2 : 1];
+    if (lane == 0)
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        red[warp][t][0] = acc[t];
+        if constexpr (SW) red[warp][t][SW ? 1 : 0] = acc2[t];
+      }
+    __syncthreads();
+    if (part != 0 || !live) return;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+      for (int k = 1; k < KS; k++) {
+        acc[t] += red[warp + k][t][0];
+        if constexpr (SW) acc2[t] += red[warp + k][t][SW ? 1 : 0];
+      }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    float s = acc[t];
+    if constexpr (SW) {
+      if (lane == 0) sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[t]));
       continue;
     }
     if (lane == 0) {
@@ -119,20 +147,38 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   }
 }
 
+// Warps per output row (see the kernel): 2 for one-row calls over rows of >= 4096
+// elements, where the grids of 7B projections with few outputs left the SMs half full.
+static int kn_gemv_ks(const kn_cuda_gemm_args_t *a) { return a->n_tok == 1 && a->n_in >= 4096 ? 2 : 1; }
+
+template <int NT, typename TY, int KS>
+void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_parts_t<TY> &out,
+                       cudaStream_t stream) {
+  const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
+  const dim3 block(kWarps * 32);
+  constexpr int rows_per_block = kWarps / KS;
+  if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
+    const int64_t half = split->rows[0];
+    kn_launch(kn_gemv_kernel<NT, TY, true, KS>, dim3((unsigned)((half + rows_per_block - 1) / rows_per_block)),
+              block, 0, stream, x, w, out, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
+  } else {
+    kn_launch(kn_gemv_kernel<NT, TY, false, KS>,
+              dim3((unsigned)((a->n_out + rows_per_block - 1) / rows_per_block)), block, 0, stream, x, w, out,
+              a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
+  }
+}
+
 template <int NT, typename TY>
 cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
-  const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
-  dim3 block(kWarps * 32);
-  if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
-    const int64_t half = split->rows[0];
-    kn_launch(kn_gemv_kernel<NT, TY, true>, dim3((unsigned)((half + kWarps - 1) / kWarps)), block, 0, stream, x, w,
-              out, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
-  } else {
-    kn_launch(kn_gemv_kernel<NT, TY, false>, dim3((unsigned)((a->n_out + kWarps - 1) / kWarps)), block, 0, stream,
-              x, w, out, a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
+  if constexpr (NT == 1) { /* KS 2 only for one-row calls (kn_gemv_ks) */
+    if (kn_gemv_ks(a) == 2) {
+      kn_gemv_launch_ks<NT, TY, 2>(a, split, out, stream);
+      return cudaGetLastError();
+    }
   }
+  kn_gemv_launch_ks<NT, TY, 1>(a, split, out, stream);
   return cudaGetLastError();
 }
 

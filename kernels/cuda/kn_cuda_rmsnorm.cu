@@ -8,8 +8,8 @@
 // Decode steps run this on one row (batch 1) between two GEMVs, so its latency is what
 // counts: with 16-byte accesses a block has up to 1024 threads (one float4 each for
 // dim 4096), each keeps its slice of the row in registers (no second pass over
-// memory) when it is at most KN_RMSNORM_CACHE4 float4s, and loads its slice of the
-// weight before the PDL wait (no kernel writes the norm weights).
+// memory) when it is at most KN_RMSNORM_CACHE4 float4s, with its slice of the weight
+// loaded up front.
 #include <stdint.h>
 
 #include "kn_cuda_internal.cuh"
@@ -59,14 +59,14 @@ static __global__ void __launch_bounds__(KN_RMSNORM_MAX_THREADS)
   const int64_t n4 = VEC4 ? dim / 4 : 0;
   const bool cached = VEC4 && n4 <= (int64_t)KN_RMSNORM_CACHE4 * blockDim.x;
   float4 wc[KN_RMSNORM_CACHE4], xc[KN_RMSNORM_CACHE4];
-  if (cached) {
+  kn_pdl_begin();
+  if (cached) { /* the weight's loads overlap the row's and the reduction */
 #pragma unroll
     for (int k = 0; k < KN_RMSNORM_CACHE4; k++) {
       const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
       if (i < n4) wc[k] = reinterpret_cast<const float4 *>(weight)[i];
     }
   }
-  kn_pdl_begin();
 
   double sum = 0.0;
   if (cached) {
