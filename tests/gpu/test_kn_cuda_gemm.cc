@@ -498,11 +498,12 @@ namespace {
 // GEMM into f32 gate/up, then kn_cuda_silu_mul) bit for bit, through the GEMV's fused
 // epilogue (one-row and few-row calls) and through cuBLASLt + kn_cuda_silu_mul (forced,
 // or 17 rows, or n_in not a multiple of 8); nothing past the output is written, and the
-// GEMV leaves the f32 scratch parts untouched.
+// GEMV leaves the f32 scratch parts untouched. n_in 4096 with one row takes the GEMV's
+// two-warps-per-row path (KS 2), whose cross-warp sum must match the plain GEMV's too.
 TEST_F(KnCudaGemmCacheGpu, SwigluOutEqualsSplitThenSiluMul) {
   for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_CUBLAS})
   for (int64_t n_tok : {1, 3, 8, 17})
-  for (int64_t n_in : {320, 100}) {
+  for (int64_t n_in : {320, 100, 4096}) {
     SCOPED_TRACE("mode " + std::to_string(mode) + ", n_tok " + std::to_string(n_tok) + ", n_in " +
                  std::to_string(n_in));
     ak_err_t err{};
