@@ -581,6 +581,19 @@ TEST_F(KnCudaOpsGpu, RopeWithStoreEqualsRopeThenKvStore) {
 
 // ---- sampling ----
 
+// Draw counts against the reference distribution p: a filtered token (p == 0) is never
+// drawn, every other count is within 5 standard deviations (+1) of its binomial mean.
+void expect_frequencies(const std::vector<int64_t> &count, const std::vector<double> &p, double n_draws) {
+  for (size_t i = 0; i < p.size(); i++) {
+    if (p[i] == 0.0) {
+      EXPECT_EQ(count[i], 0) << "token " << i << " is filtered out";
+      continue;
+    }
+    const double mean = n_draws * p[i], sd = std::sqrt(n_draws * p[i] * (1.0 - p[i]));
+    EXPECT_NEAR((double)count[i], mean, 5.0 * sd + 1.0) << "token " << i << " p=" << p[i];
+  }
+}
+
 // Runs kn_cuda_sample on n_rows copies of `row` (or on `logits` as given).
 std::vector<int32_t> run_sample(kn_cuda_stream_t s, const DevBuf &d_logits, int64_t n_rows, int64_t n_vocab,
                                 float temperature, int32_t top_k, float top_p, uint64_t seed, uint64_t step) {
@@ -698,14 +711,7 @@ TEST_F(KnCudaOpsGpu, SampleDistributionMatchesFilteredSoftmax) {
       }
     }
     const double n_draws = (double)(n_rows * n_steps);
-    for (int64_t i = 0; i < n_vocab; i++) {
-      if (p[(size_t)i] == 0.0) {
-        EXPECT_EQ(count[(size_t)i], 0) << "token " << i << " is filtered out";
-        continue;
-      }
-      const double mean = n_draws * p[(size_t)i], sd = std::sqrt(n_draws * p[(size_t)i] * (1.0 - p[(size_t)i]));
-      EXPECT_NEAR((double)count[(size_t)i], mean, 5.0 * sd + 1.0) << "token " << i << " p=" << p[(size_t)i];
-    }
+    expect_frequencies(count, p, n_draws);
   }
 }
 
@@ -1004,14 +1010,7 @@ TEST_F(KnCudaOpsGpu, SampleRowsMinPPenaltyDistributionAndLogprob) {
     }
     EXPECT_LT(max_lp_err, 1e-4) << "logprob = log p(chosen) under the final distribution";
     const double n_draws = (double)(n_rows * n_steps);
-    for (int64_t i = 0; i < n_vocab; i++) {
-      if (p[(size_t)i] == 0.0) {
-        EXPECT_EQ(count[(size_t)i], 0) << "token " << i << " is filtered out";
-        continue;
-      }
-      const double mean = n_draws * p[(size_t)i], sd = std::sqrt(n_draws * p[(size_t)i] * (1.0 - p[(size_t)i]));
-      EXPECT_NEAR((double)count[(size_t)i], mean, 5.0 * sd + 1.0) << "token " << i << " p=" << p[(size_t)i];
-    }
+    expect_frequencies(count, p, n_draws);
   }
 }
 
