@@ -9,7 +9,9 @@
  *                    flags] [--kv-policy NAME] [--kv-budget TOKENS] [--timeout S]
  *
  * Text goes to stdout as it is sampled (whole UTF-8 characters only); prompt and
- * generation speed go to stderr. With --server, flags that only shape the local engine
+ * generation speed go to stderr. On --device cuda each decode step samples its token on
+ * the device (wk_engine_step_sampled: only the id crosses PCIe), falling back to the
+ * host sampler when the repetition-penalty window exceeds the device's cap. With --server, flags that only shape the local engine
  * (-m, --device, --threads, --ctx, --page-tokens, the --kv-* knobs but policy and
  * budget, --kv-stats) are refused: the request has no field for them. */
 #include <stdio.h>
@@ -56,7 +58,9 @@ static void gen_usage(FILE *f) {
           "  -n, --n-predict N      max new tokens (default 128)\n"
           "  --temp T               temperature, 0 = greedy (default 0.8)\n"
           "  --top-k K  --top-p P  --min-p P  --repeat-penalty R  --repeat-last-n N\n"
-          "  --seed S               sampling seed (default 42)\n"
+          "  --seed S               sampling seed (default 42); with --device cuda the tokens after\n"
+          "                         the first are drawn on the device, whose generator differs from\n"
+          "                         the CPU's (greedy picks the same ids)\n"
           "  --stop STR             stop string (repeatable, up to %d)\n"
           "  --ignore-eos           do not stop at end-of-generation tokens\n"
           "  -t, --threads N        CPU threads (default: all)\n"
@@ -253,6 +257,27 @@ static void gen_finish(co_detok_t *dt, co_stop_t *stop) {
   fflush(stdout);
 }
 
+/* The device's request for the next token, from the host sampler's parameters and
+ * penalty window (its history already holds the token being fed); 0 when the window is
+ * beyond WK_CUDA_SAMPLE_MAX_HISTORY_IDS (the host samples then). `step` seeds the draw:
+ * the sequence's length after the step, as the worker service does. */
+static int gen_device_request(const wk_sampler_t *smp, uint64_t step, int32_t *hist, wk_cuda_sample_seq_t *r) {
+  const wk_sampler_params_t *p = wk_sampler_params(smp);
+  memset(r, 0, sizeof *r);
+  r->temperature = p->temperature, r->top_k = p->top_k, r->top_p = p->top_p, r->min_p = p->min_p;
+  r->repetition_penalty = p->repetition_penalty;
+  r->seed = p->seed;
+  r->step = step;
+  if (p->repetition_penalty == 1.0f || p->repeat_last_n == 0) return 1;
+  int64_t n_hist = wk_sampler_history(smp, NULL, 0);
+  int64_t n_win = n_hist < p->repeat_last_n ? n_hist : p->repeat_last_n;
+  if (n_win > WK_CUDA_SAMPLE_MAX_HISTORY_IDS) return 0;
+  (void)wk_sampler_history(smp, hist, n_win);
+  r->history_ids = hist;
+  r->n_history_ids = (int32_t)n_win;
+  return 1;
+}
+
 int ak_cli_generate(int argc, char **argv) {
   gen_args_t a;
   int pr = gen_parse(argc, argv, &a);
@@ -308,6 +333,7 @@ int ak_cli_generate(int argc, char **argv) {
   logits_bytes = sizeof(float) * (size_t)hp->n_vocab;
   logits = ak_host_alloc(logits_bytes, 0);
   kv_seq_id_t seq;
+  int32_t hist[WK_CUDA_SAMPLE_MAX_HISTORY_IDS]; /* the device's penalty window */
   if (!logits || wk_engine_seq_create(eng, &seq) < 0) {
     fprintf(stderr, "arkvale generate: %s\n", logits ? wk_engine_errmsg(eng) : "out of memory");
     goto done;
@@ -319,12 +345,14 @@ int ak_cli_generate(int argc, char **argv) {
   double t1 = ak_cli_now_s();
   int64_t n_gen = 0;
   const char *reason = "length";
+  /* the first token from the prompt's logits; later ones, on CUDA, from the device */
+  int32_t token;
+  if (wk_sampler_sample(smp, logits, &token, NULL) < 0) {
+    fprintf(stderr, "arkvale generate: %s\n", wk_sampler_last_error(smp));
+    goto done;
+  }
+  const int on_device = wk_engine_samples_on_device(eng);
   while (n_gen < a.n_new) {
-    int32_t token;
-    if (wk_sampler_sample(smp, logits, &token, NULL) < 0) {
-      fprintf(stderr, "arkvale generate: %s\n", wk_sampler_last_error(smp));
-      goto done;
-    }
     n_gen++;
     wk_sampler_accept(smp, token);
     if (!a.ignore_eos && co_tokenizer_is_eog(tok, token)) {
@@ -336,10 +364,26 @@ int ak_cli_generate(int argc, char **argv) {
       break;
     }
     if (n_gen == a.n_new) break;
-    int32_t one = 1;
+    int32_t one = 1, next = -1;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one}, .tokens = &token,
                             .logits = logits};
-    if (wk_engine_step(eng, &b) < 0) goto engine_error;
+    wk_cuda_sample_seq_t r;
+    ak_status_t st = AK_ERR_INVALID_ARG;
+    if (on_device && gen_device_request(smp, (uint64_t)(n_prompt + n_gen), hist, &r)) {
+      wk_cuda_sample_t req = {.seqs = &r, .token_ids = &next, .logprobs = NULL};
+      b.logits = NULL;
+      st = wk_engine_step_sampled(eng, &b, &req); /* INVALID_ARG: refused, the pool unchanged */
+      if (st < 0 && st != AK_ERR_INVALID_ARG) goto engine_error;
+      b.logits = logits;
+    }
+    if (st == AK_ERR_INVALID_ARG) { /* the host samples from the step's logits */
+      if (wk_engine_step(eng, &b) < 0) goto engine_error;
+      if (wk_sampler_sample(smp, logits, &next, NULL) < 0) {
+        fprintf(stderr, "arkvale generate: %s\n", wk_sampler_last_error(smp));
+        goto done;
+      }
+    }
+    token = next;
   }
   double t2 = ak_cli_now_s();
   gen_finish(dt, stop);
