@@ -181,7 +181,22 @@ static __device__ void kn_sample_argmax_row(const kn_sample_row &r, int64_t n_vo
                                             int32_t *out_id, float *out_logprob) {
   float bv = -INFINITY;
   int32_t bi = INT32_MAX;  // none yet (only NaN seen)
-  for (int64_t i = threadIdx.x; i < n_vocab; i += blockDim.x) {
+  // Eight loads in flight a thread, then compared in ascending index order as one at a
+  // time would: one load a loop trip left the row latency-bound (35 us for a 128k vocab
+  // on the H100, ncu, session 5).
+  constexpr int kU = 8;
+  int64_t i = threadIdx.x;
+  for (; i + (kU - 1) * (int64_t)blockDim.x < n_vocab; i += kU * (int64_t)blockDim.x) {
+    float v[kU];
+#pragma unroll
+    for (int u = 0; u < kU; u++) v[u] = kn_sample_penalised(r, i + u * (int64_t)blockDim.x);
+#pragma unroll
+    for (int u = 0; u < kU; u++) {
+      const int32_t j = (int32_t)(i + u * (int64_t)blockDim.x);
+      if (v[u] > bv || (v[u] == bv && j < bi)) bv = v[u], bi = j;
+    }
+  }
+  for (; i < n_vocab; i += blockDim.x) {
     const float v = kn_sample_penalised(r, i);
     if (v > bv || (v == bv && (int32_t)i < bi)) bv = v, bi = (int32_t)i;
   }
