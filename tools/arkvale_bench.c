@@ -122,17 +122,29 @@ int ak_cli_bench(int argc, char **argv) {
     for (int64_t i = 0; i < n_prompt; i++) ids[i] = (int32_t)(1000 + (i * 7919) % (hp->n_vocab - 2000));
   }
 
+  const int on_device = wk_engine_samples_on_device(eng);
+  const wk_cuda_sample_seq_t greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f};
   for (int64_t r = 0; r < n_repeat; r++) {
     kv_seq_id_t seq;
     if (wk_engine_seq_create(eng, &seq) < 0) goto engine_error;
     double t0 = ak_cli_now_s();
     if (wk_engine_prefill(eng, seq, ids, n_prompt, logits) < 0) goto engine_error;
     double t1 = ak_cli_now_s();
+    /* greedy decode; on CUDA the next id is picked on the device (the serving path:
+     * only the id crosses PCIe), on the CPU from the step's logits */
+    int32_t tok = (int32_t)kn_argmax(logits, hp->n_vocab);
     for (int64_t g = 0; g < n_gen; g++) {
-      int32_t tok = (int32_t)kn_argmax(logits, hp->n_vocab), one = 1;
+      int32_t one = 1, next = -1;
       wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one},
-                              .tokens = &tok, .logits = logits};
-      if (wk_engine_step(eng, &b) < 0) goto engine_error;
+                              .tokens = &tok, .logits = on_device ? NULL : logits};
+      if (on_device) {
+        wk_cuda_sample_t req = {.seqs = &greedy, .token_ids = &next, .logprobs = NULL};
+        if (wk_engine_step_sampled(eng, &b, &req) < 0) goto engine_error;
+      } else {
+        if (wk_engine_step(eng, &b) < 0) goto engine_error;
+        next = (int32_t)kn_argmax(logits, hp->n_vocab);
+      }
+      tok = next;
     }
     double t2 = ak_cli_now_s();
     pre_s[r] = t1 - t0;
@@ -144,10 +156,11 @@ int ak_cli_bench(int argc, char **argv) {
   double pre = pre_s[n_repeat / 2], dec = dec_s[n_repeat / 2];
   printf("{\"prompt_tokens\":%lld,\"gen_tokens\":%lld,\"threads\":%d,\"repeat\":%lld,"
          "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,"
-         "\"isa\":\"%s\",\"device\":\"%s\",\"kv_page_tokens\":%d,\"kv_policy\":\"%s\",\"kv_budget_tokens\":%d}\n",
+         "\"isa\":\"%s\",\"device\":\"%s\",\"sampling\":\"%s\",\"kv_page_tokens\":%d,\"kv_policy\":\"%s\","
+         "\"kv_budget_tokens\":%d}\n",
          (long long)n_prompt, (long long)n_gen, kn_cpu_n_threads(wk_engine_cpu(eng)), (long long)n_repeat, pre, dec,
          (double)n_prompt / pre, n_gen > 0 ? (double)n_gen / dec : 0.0, kn_isa_name(kn_cpu_isa(wk_engine_cpu(eng))),
-         device == WK_DEVICE_CUDA ? "cuda" : "cpu", ep.page_tokens, kv_policy_name(kv.policy), kv.budget_tokens);
+         device == WK_DEVICE_CUDA ? "cuda" : "cpu", on_device ? "device" : "host", ep.page_tokens, kv_policy_name(kv.policy), kv.budget_tokens);
   rc = 0;
   goto done;
 
