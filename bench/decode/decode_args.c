@@ -10,7 +10,8 @@
 
 const char *const dec_gemm_names[3] = {"auto", "cublas", "fma"};
 const char *const dec_gemm_desc[3] = {
-    "kn_cuda_gemm's choice: the FMA GEMV for one row, and for <= 8 rows on weights <= 8M elements; cuBLASLt otherwise",
+    "kn_cuda_gemm's choice: the FMA GEMV for one or two rows, and for <= 8 rows on weights <= 8M elements; "
+    "cuBLASLt otherwise",
     "cuBLASLt for every GEMM",
     "the GEMV kernel (kn_cuda_gemv.cu) for <= 8 rows, cuBLASLt otherwise"};
 

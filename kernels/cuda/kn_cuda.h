@@ -239,8 +239,8 @@ typedef struct {
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
 /* Calls of 1..8 rows (decode steps) with n_in % 8 == 0 and 16-byte aligned x and W
  * may go to the weight-streaming GEMV kernel (kn_cuda_gemv.cu, one warp per output row)
- * instead of cuBLASLt. AUTO (the default): the GEMV for every one-row call, and for
- * 2..8 rows up to 8M weight elements, cuBLASLt above, as measured on the H100
+ * instead of cuBLASLt. AUTO (the default): the GEMV for every call of one or two rows,
+ * and for 3..8 rows up to 8M weight elements, cuBLASLt above, as measured on the H100
  * (bench_cuda_gemv); CUBLAS and FMA
  * force one for every call (benchmarks, tests). */
 typedef enum {

@@ -94,15 +94,16 @@ extern "C" ak_status_t kn_cuda_blas_set_decode_gemm(kn_cuda_blas_t *blas, kn_cud
 }
 
 // The kernel a validated call goes to: a GEMV kernel for decode-sized calls it can take
-// (kn_gemv_applies), cuBLASLt otherwise. AUTO: the FMA GEMV for one row at any size
-// and for 2..8 rows on weights of at most KN_GEMV_MAX_WEIGHT_ELEMS; cuBLASLt for 2..8
-// rows above. Measured on the H100 (notes/device-runs.md, session 5): with one row the
-// GEMV streams 7B weights at 2.3-3.1 TB/s against cuBLASLt's 2.0-2.8 and needs no
-// split-K reduction; with 4 rows cuBLASLt is ahead at most 7B shapes.
+// (kn_gemv_applies), cuBLASLt otherwise. AUTO: the FMA GEMV for one or two rows at any
+// size and for 3..8 rows on weights of at most KN_GEMV_MAX_WEIGHT_ELEMS; cuBLASLt for
+// 3..8 rows above. Measured on the H100 (notes/device-runs.md, session 5): with one row
+// the GEMV streams 7B weights at 2.3-3.1 TB/s against cuBLASLt's 2.0-2.8 and needs no
+// split-K reduction; in a llama3-8b decode step at 1k context the GEMV is ahead with 2
+// rows (6.42 vs 6.54 ms), even with 3 (6.60 / 6.62) and behind with 4 (6.91 / 6.81).
 static kn_cuda_decode_gemm_t kn_gemm_route(const kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a) {
   if (blas->decode_gemm == KN_CUDA_DECODE_GEMM_CUBLAS || !kn_gemv_applies(a)) return KN_CUDA_DECODE_GEMM_CUBLAS;
   if (blas->decode_gemm != KN_CUDA_DECODE_GEMM_AUTO) return blas->decode_gemm;
-  return a->n_tok == 1 || a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS ? KN_CUDA_DECODE_GEMM_FMA
+  return a->n_tok <= 2 || a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS ? KN_CUDA_DECODE_GEMM_FMA
                                                                          : KN_CUDA_DECODE_GEMM_CUBLAS;
 }
 
