@@ -10,7 +10,8 @@
  * DEC_FILL_CHUNK-token chunks, digesting and backing up every page, and compacts to
  * its budget), then --warmup untimed and --steps timed decode steps of one token per
  * sequence through wk_forward_cuda_run, each returning every sequence's logits to
- * pinned host memory (what a server needs before it samples on the host). The step's
+ * pinned host memory, or (--sample device) through wk_forward_cuda_run_sampled, greedy
+ * ids picked on the device as the worker service does on CUDA. The step's
  * wall time is host-measured around the call, which ends with a stream synchronization.
  *
  * Budget 0 is the full cache (decode steps replayed from CUDA graphs); a budget > 0 is
