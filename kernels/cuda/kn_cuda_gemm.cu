@@ -375,8 +375,10 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
     g.n_out = rows;
     int ran = 0;
     if (q - p > 1) AK_TRY(kn_gemm_lt(blas, &g, q - p, (int64_t)((size_t)gap / y_elem_bytes), &ran, err));
-    if (!ran) q = p + 1; /* a single part, or no batched algorithm: this part alone */
-    if (!ran) AK_TRY(kn_gemm_lt(blas, &g, 1, 0, &ran, err));
+    if (!ran) { /* a single part, or no batched algorithm: this part alone */
+      q = p + 1;
+      AK_TRY(kn_gemm_lt(blas, &g, 1, 0, &ran, err));
+    }
     r0 += rows * (q - p);
     p = q;
   }

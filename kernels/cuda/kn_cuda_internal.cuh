@@ -39,9 +39,10 @@ __device__ __forceinline__ void kn_st(float *p, float v) { *p = v; }
 // finished and their writes are visible, then launch_dependents lets the next
 // kernel's blocks be scheduled onto the SMs this one leaves free. So stream order is
 // kept exactly, while launch latency and the ramp of each kernel overlap the tail of
-// the one before (in CUDA graphs too, as programmatic edges). A kernel may touch
-// memory that no kernel of the step writes (weights) before kn_pdl_begin, e.g. an L2
-// prefetch. Kernels of other libraries (cuBLASLt) are launched the usual way and keep
+// the one before (in CUDA graphs too, as programmatic edges). No kernel touches memory
+// before kn_pdl_begin: loading the GEMV's weights early and an L2 weight prefetch were
+// tried and measured no gain (notes/device-runs.md, session 5). Kernels of other
+// libraries (cuBLASLt) and the sampling kernels are launched the usual way and keep
 // full serialization on both sides.
 __device__ __forceinline__ void kn_pdl_begin() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
