@@ -14,10 +14,11 @@
 
 #define WK_PROTOCOL_REVISION 2u /* 2: ContinuingSequence.feed_sampled_at_step_id */
 #define WK_METHOD(m) "/arkvale.v1.Worker/" m
-/* How long a Step that feeds from a step this rank has not begun yet waits for it: the
- * coordinator sends Step k+1 right after Step k (pipelined decode), and two calls on
- * one channel may reach the queue in either order. Past this the Step runs and fails
- * FAILED_PRECONDITION (feed_sampled_at_step_id). */
+/* The default of wk_service_params_t.predecessor_wait_ms: how long a Step that feeds
+ * from a step this rank has not begun yet waits for it. The coordinator sends Step k+1
+ * right after Step k (pipelined decode), and two calls on one channel may reach the
+ * queue in either order. Past this the Step runs and fails FAILED_PRECONDITION
+ * (feed_sampled_at_step_id). */
 #define WK_SVC_PREDECESSOR_WAIT_MS 100
 
 wk_service_params_t wk_service_params_default(void) {
@@ -29,6 +30,7 @@ wk_service_params_t wk_service_params_default(void) {
   p.n_rpc_threads = 2;
   p.device_idx = -1;
   p.max_request_bytes = 4u << 20;
+  p.predecessor_wait_ms = WK_SVC_PREDECESSOR_WAIT_MS;
   return p;
 }
 
@@ -276,7 +278,7 @@ static void *wk_svc_thread(void *arg) {
     while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
     /* A pipelined Step that overtook its predecessor waits for it a little. */
     if (s->head && !s->stopping && wk_svc_step_early(s, s->head)) {
-      struct timespec until = ak_time_realtime_after_ms(WK_SVC_PREDECESSOR_WAIT_MS);
+      struct timespec until = ak_time_realtime_after_ms(s->predecessor_wait_ms);
       wk_job_t *first = s->head;
       while (s->head == first && !s->stopping && pthread_cond_timedwait(&s->cv, &s->mu, &until) == 0) {
       }
@@ -326,6 +328,8 @@ static void *wk_svc_thread(void *arg) {
 ak_status_t wk_service_create(const wk_service_params_t *p, ak_err_t *err, wk_service_t **svc_p) {
   if (!p || !svc_p) return AK_ERR(err, AK_ERR_INVALID_ARG, "params or svc_p is NULL");
   if (p->n_rpc_threads < 1) return AK_ERR(err, AK_ERR_INVALID_ARG, "n_rpc_threads=%d must be >= 1", p->n_rpc_threads);
+  if (p->predecessor_wait_ms < 0)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "predecessor_wait_ms=%d must be >= 0", p->predecessor_wait_ms);
   wk_service_t *s = ak_host_alloc(sizeof *s, 1);
   if (!s) return AK_ERR(err, AK_ERR_NO_MEMORY, "service struct");
   ak_status_t st;
@@ -334,6 +338,7 @@ ak_status_t wk_service_create(const wk_service_params_t *p, ak_err_t *err, wk_se
   s->state = ARKVALE__V1__WORKER_STATE__WORKER_STATE_LOADING;
   s->device_idx = p->device_idx;
   s->test_before_job = p->test_before_job, s->test_user = p->test_user;
+  s->predecessor_wait_ms = p->predecessor_wait_ms;
   s->seed_next = (uint64_t)wk_svc_now_us() * 0x9E3779B97F4A7C15ull;
 
   wk_engine_params_t ep = p->engine;

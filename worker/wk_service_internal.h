@@ -79,6 +79,7 @@ struct wk_service {
   float *dev_logprobs;           /* [kv.max_seqs] */
   uint64_t seed_next;        /* seeds for sequences that ask none */
 
+  int32_t predecessor_wait_ms; /* wk_service_params_t's */
   void (*test_before_job)(void *user);
   void *test_user;
 };

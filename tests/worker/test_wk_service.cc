@@ -377,3 +377,21 @@ TEST(WkServiceArkvale, PromptComesDownToItsBudget) {
   }
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }
+
+// Bad service parameters are refused before any model is loaded, naming the field.
+TEST(WkServiceParams, BadParamsAreRefused) {
+  int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
+  wk_service_params_t p = wk_service_params_default();
+  EXPECT_EQ(p.predecessor_wait_ms, 100);
+  p.predecessor_wait_ms = -1;
+  wk_service_t *svc = nullptr;
+  ak_err_t err;
+  EXPECT_EQ(wk_service_create(&p, &err, &svc), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("predecessor_wait_ms=-1"), std::string::npos) << err.msg;
+  p = wk_service_params_default();
+  p.n_rpc_threads = 0;
+  EXPECT_EQ(wk_service_create(&p, &err, &svc), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("n_rpc_threads=0"), std::string::npos) << err.msg;
+  EXPECT_EQ(svc, nullptr);
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+}

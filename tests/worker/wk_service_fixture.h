@@ -49,6 +49,9 @@ class WkServiceFixture : public ::testing::Test {
     cv_.notify_all();
   }
 
+  // A suite's own service parameters, set before the service is created.
+  virtual void Params(wk_service_params_t *p) { (void)p; }
+
   void SetUp() override {
     if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
     host_bytes0_ = ak_alloc_outstanding_bytes(AK_MEM_HOST);
@@ -56,6 +59,7 @@ class WkServiceFixture : public ::testing::Test {
     p.engine = engine_params();
     p.test_before_job = &WkServiceFixture::BeforeJob;
     p.test_user = this;
+    Params(&p);
     ak_err_t err;
     ASSERT_EQ(wk_service_create(&p, &err, &svc_), AK_OK) << err.msg;
     std::string target = "127.0.0.1:" + std::to_string(wk_service_port(svc_));
