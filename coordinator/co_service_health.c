@@ -256,9 +256,12 @@ co_svc_job_t co_svc_health_due(co_service_t *s, co_svc_group_t *g, int64_t now_u
   }
   if (g->last_canary_us && now_us - g->last_canary_us < period_us) return CO_SVC_JOB_NONE;
   if (!g->canary_reserved) {
-    /* no slot kept for it: only into an empty group */
+    /* no slot kept for it: only into an empty group, whose ended sequences the worker
+     * has released too (drops planned while Steps were in flight wait in pend_drops,
+     * outside co_sched, until the next Release) */
     co_sched_group_stats_t gs;
-    if (co_sched_group_stats(s->sched, g->idx, &gs) != AK_OK || gs.n_running > 0 || gs.n_pending_drops > 0)
+    if (g->n_pend_drops > 0 || co_sched_group_stats(s->sched, g->idx, &gs) != AK_OK || gs.n_running > 0 ||
+        gs.n_pending_drops > 0)
       return CO_SVC_JOB_NONE;
   }
   g->last_canary_us = now_us;

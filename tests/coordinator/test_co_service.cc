@@ -1560,3 +1560,33 @@ TEST_F(CoServicePipeSlowTest, AbortWithStepsInFlightLeavesTheOtherStreamRunning)
   EXPECT_EQ(sa.finish_reason, ARKVALE__V1__FINISH_REASON__FINISH_REASON_LENGTH);
   ExpectWorkerEmpty();
 }
+
+// A worker of one slot keeps none for the canary: a canary goes only into an empty
+// group. A request that ends while its next Step is in flight leaves a Release
+// pending in the service (not in co_sched); the canary must wait for it, or its
+// NewSequence finds the worker's one slot still taken and the group dies.
+class CoServiceOneSlotTest : public CoServiceTest {
+ protected:
+  CoServiceOneSlotTest() { worker_max_seqs_ = 1, canary_period_ms_ = 20; }
+};
+
+TEST_F(CoServiceOneSlotTest, CanaryWaitsForThePendingRelease) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  Watch w;  // a death between the checks below (a revive comes within a period) shows here
+  std::thread wt([&] { RunWatch(cli_, "", &w, 4000); });
+  ASSERT_TRUE(w.WaitFor(1));
+  for (int round = 0; round < 6; round++) {
+    GenReq g(10);
+    g.set_ids(prompt_ids(12 + round, round));
+    Stream s;
+    Generate(g, &s);
+    ASSERT_EQ(s.st, AK_OK) << "round " << round << ": " << s.msg;
+    EXPECT_EQ(s.tokens.size(), 10u) << "round " << round;
+    // a few canary periods with the group idle
+    std::this_thread::sleep_for(std::chrono::milliseconds(5 * canary_period_ms_));
+    EXPECT_EQ(HealthCheck(""), kServing) << "round " << round << ": the group died at a canary";
+  }
+  wt.join();  // the watch ends at its deadline
+  for (int st : w.Get()) EXPECT_EQ(st, kServing) << "health left SERVING: a canary found the slot taken";
+  EXPECT_TRUE(WorkerDrains());
+}
