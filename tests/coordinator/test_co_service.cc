@@ -1542,10 +1542,11 @@ TEST_F(CoServicePipeSlowTest, AbortWithStepsInFlightLeavesTheOtherStreamRunning)
   std::thread ta([&] { Generate(ga, &sa); });
   std::thread tb([&] { Generate(gb, &sb); });
   bool saw_queued = false;
-  while (seen.load() < 6) {
+  for (int ms = 0; ms < 30000 && seen.load() < 6; ms++) {  // bounded: a stream that fails early must not hang
     saw_queued |= wk_service_queue_depth(wk_) > 0;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  EXPECT_GE(seen.load(), 6) << "stream b never got 6 tokens: " << sb.msg;
   Arkvale__V1__AbortRequest q = ARKVALE__V1__ABORT_REQUEST__INIT;
   q.request_id = (char *)"abort-in-flight";
   MsgPtr m;
