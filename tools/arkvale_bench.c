@@ -123,7 +123,7 @@ int ak_cli_bench(int argc, char **argv) {
   }
 
   const int on_device = wk_engine_samples_on_device(eng);
-  const wk_cuda_sample_seq_t greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f};
+  const wk_cuda_sample_seq_t greedy = wk_cuda_sample_seq_greedy();
   for (int64_t r = 0; r < n_repeat; r++) {
     kv_seq_id_t seq;
     if (wk_engine_seq_create(eng, &seq) < 0) goto engine_error;

@@ -257,27 +257,6 @@ static void gen_finish(co_detok_t *dt, co_stop_t *stop) {
   fflush(stdout);
 }
 
-/* The device's request for the next token, from the host sampler's parameters and
- * penalty window (its history already holds the token being fed); 0 when the window is
- * beyond WK_CUDA_SAMPLE_MAX_HISTORY_IDS (the host samples then). `step` seeds the draw:
- * the sequence's length after the step, as the worker service does. */
-static int gen_device_request(const wk_sampler_t *smp, uint64_t step, int32_t *hist, wk_cuda_sample_seq_t *r) {
-  const wk_sampler_params_t *p = wk_sampler_params(smp);
-  memset(r, 0, sizeof *r);
-  r->temperature = p->temperature, r->top_k = p->top_k, r->top_p = p->top_p, r->min_p = p->min_p;
-  r->repetition_penalty = p->repetition_penalty;
-  r->seed = p->seed;
-  r->step = step;
-  if (p->repetition_penalty == 1.0f || p->repeat_last_n == 0) return 1;
-  int64_t n_hist = wk_sampler_history(smp, NULL, 0);
-  int64_t n_win = n_hist < p->repeat_last_n ? n_hist : p->repeat_last_n;
-  if (n_win > WK_CUDA_SAMPLE_MAX_HISTORY_IDS) return 0;
-  (void)wk_sampler_history(smp, hist, n_win);
-  r->history_ids = hist;
-  r->n_history_ids = (int32_t)n_win;
-  return 1;
-}
-
 int ak_cli_generate(int argc, char **argv) {
   gen_args_t a;
   int pr = gen_parse(argc, argv, &a);
@@ -367,16 +346,19 @@ int ak_cli_generate(int argc, char **argv) {
     int32_t one = 1, next = -1;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &one}, .tokens = &token,
                             .logits = logits};
+    /* on CUDA the device draws (the step seeds it with the sequence's length after the
+     * step, as the worker service does); its history already holds `token` */
     wk_cuda_sample_seq_t r;
-    ak_status_t st = AK_ERR_INVALID_ARG;
-    if (on_device && gen_device_request(smp, (uint64_t)(n_prompt + n_gen), hist, &r)) {
+    int sampled = 0;
+    if (on_device && wk_engine_sample_request(smp, NULL, 0, (uint64_t)(n_prompt + n_gen), hist, &r)) {
       wk_cuda_sample_t req = {.seqs = &r, .token_ids = &next, .logprobs = NULL};
       b.logits = NULL;
-      st = wk_engine_step_sampled(eng, &b, &req); /* INVALID_ARG: refused, the pool unchanged */
+      ak_status_t st = wk_engine_step_sampled(eng, &b, &req); /* INVALID_ARG: refused, the pool unchanged */
       if (st < 0 && st != AK_ERR_INVALID_ARG) goto engine_error;
+      sampled = st == AK_OK;
       b.logits = logits;
     }
-    if (st == AK_ERR_INVALID_ARG) { /* the host samples from the step's logits */
+    if (!sampled) { /* the host samples from the step's logits */
       if (wk_engine_step(eng, &b) < 0) goto engine_error;
       if (wk_sampler_sample(smp, logits, &next, NULL) < 0) {
         fprintf(stderr, "arkvale generate: %s\n", wk_sampler_last_error(smp));

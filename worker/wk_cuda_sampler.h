@@ -52,6 +52,13 @@ typedef struct {
   int32_t n_history_ids;      /* 0..WK_CUDA_SAMPLE_MAX_HISTORY_IDS */
 } wk_cuda_sample_seq_t;
 
+/* A row that only needs the argmax: greedy, no filter, no penalty. */
+static inline wk_cuda_sample_seq_t wk_cuda_sample_seq_greedy(void) {
+  wk_cuda_sample_seq_t r = {0};
+  r.top_p = 1.0f, r.repetition_penalty = 1.0f;
+  return r;
+}
+
 typedef struct {
   const wk_cuda_sample_seq_t *seqs; /* [n_seqs] in the batch's sequence order */
   int32_t *token_ids;               /* [n_seqs] host out */

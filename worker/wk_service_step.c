@@ -180,28 +180,15 @@ static int wk_svc_device_request(wk_service_t *s, const Arkvale__V1__StepRequest
   int64_t row = 0;
   for (int32_t i = 0; i < n_seqs; i++) {
     wk_cuda_sample_seq_t *r = &s->dev_req[i];
-    memset(r, 0, sizeof *r);
-    r->top_p = 1.0f, r->repetition_penalty = 1.0f; /* greedy, no filter, no penalty */
+    *r = wk_cuda_sample_seq_greedy(); /* rows that do not sample read nothing */
     const int32_t *step_tokens = s->tokens + row, n_step = s->batch_n[i];
     row += n_step;
     int smp = i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
     if (!smp) continue;
     const wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
-    const wk_sampler_params_t *p = wk_sampler_params(sq->sampler);
-    r->temperature = p->temperature, r->top_k = p->top_k, r->top_p = p->top_p, r->min_p = p->min_p;
-    r->repetition_penalty = p->repetition_penalty;
-    r->seed = p->seed;
-    r->step = (uint64_t)(sq->n_tokens + n_step);
-    if (p->repetition_penalty == 1.0f || p->repeat_last_n == 0) continue;
-    int64_t n_old = wk_sampler_history(sq->sampler, NULL, 0);
-    int64_t n_win = n_old + n_step < p->repeat_last_n ? n_old + n_step : p->repeat_last_n;
-    if (n_win > WK_CUDA_SAMPLE_MAX_HISTORY_IDS) return 0;
-    int32_t *h = s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS;
-    int64_t take_new = n_step < n_win ? n_step : n_win, take_old = n_win - take_new;
-    (void)wk_sampler_history(sq->sampler, h, take_old);
-    memcpy(h + take_old, step_tokens + (n_step - take_new), sizeof(int32_t) * (size_t)take_new);
-    r->history_ids = h;
-    r->n_history_ids = (int32_t)n_win;
+    if (!wk_engine_sample_request(sq->sampler, step_tokens, n_step, (uint64_t)(sq->n_tokens + n_step),
+                                  s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, r))
+      return 0;
   }
   return 1;
 }

@@ -302,3 +302,50 @@ TEST(WkEnginePolicies, BranchedPrefillEqualsOwnPrefill) {
   }
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }
+
+// The device's sampling request mirrors the host sampler: its parameters, the step, and
+// the penalty window = history then the step's pending tokens, their last repeat_last_n.
+TEST(WkEngine, SampleRequestWindowIsHistoryThenPendingTail) {
+  wk_sampler_params_t sp = wk_sampler_params_default();
+  sp.temperature = 0.7f, sp.top_k = 40, sp.top_p = 0.9f, sp.min_p = 0.05f;
+  sp.repetition_penalty = 1.3f, sp.repeat_last_n = 4, sp.seed = 77;
+  wk_sampler_t *smp = nullptr;
+  ak_err_t err;
+  ASSERT_EQ(wk_sampler_create(&sp, 100, &err, &smp), AK_OK) << err.msg;
+  for (int32_t id = 1; id <= 6; id++) ASSERT_EQ(wk_sampler_accept(smp, id), AK_OK);
+  int32_t window[WK_CUDA_SAMPLE_MAX_HISTORY_IDS];
+  wk_cuda_sample_seq_t r;
+  auto got = [&] { return std::vector<int32_t>(r.history_ids, r.history_ids + r.n_history_ids); };
+
+  ASSERT_EQ(wk_engine_sample_request(smp, nullptr, 0, 9, window, &r), 1);
+  EXPECT_EQ(got(), (std::vector<int32_t>{3, 4, 5, 6}));
+  EXPECT_EQ(r.step, 9u);
+  EXPECT_EQ(r.seed, 77u);
+  EXPECT_FLOAT_EQ(r.temperature, 0.7f);
+  EXPECT_EQ(r.top_k, 40);
+  EXPECT_FLOAT_EQ(r.top_p, 0.9f);
+  EXPECT_FLOAT_EQ(r.min_p, 0.05f);
+  EXPECT_FLOAT_EQ(r.repetition_penalty, 1.3f);
+
+  const int32_t two[] = {7, 8}, five[] = {10, 11, 12, 13, 14};
+  ASSERT_EQ(wk_engine_sample_request(smp, two, 2, 10, window, &r), 1);
+  EXPECT_EQ(got(), (std::vector<int32_t>{5, 6, 7, 8}));
+  ASSERT_EQ(wk_engine_sample_request(smp, five, 5, 11, window, &r), 1);
+  EXPECT_EQ(got(), (std::vector<int32_t>{11, 12, 13, 14}));
+  wk_sampler_destroy(smp);
+
+  // no penalty: no window; a window beyond the device's cap: 0 (the host samples)
+  sp.repetition_penalty = 1.0f;
+  ASSERT_EQ(wk_sampler_create(&sp, 100, &err, &smp), AK_OK) << err.msg;
+  ASSERT_EQ(wk_engine_sample_request(smp, two, 2, 3, window, &r), 1);
+  EXPECT_EQ(r.n_history_ids, 0);
+  EXPECT_EQ(r.history_ids, nullptr);
+  wk_sampler_destroy(smp);
+  sp.repetition_penalty = 1.1f, sp.repeat_last_n = WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1;
+  ASSERT_EQ(wk_sampler_create(&sp, 100, &err, &smp), AK_OK) << err.msg;
+  for (int32_t i = 0; i < WK_CUDA_SAMPLE_MAX_HISTORY_IDS; i++) ASSERT_EQ(wk_sampler_accept(smp, i % 100), AK_OK);
+  EXPECT_EQ(wk_engine_sample_request(smp, nullptr, 0, 1, window, &r), 1) << "exactly the cap fits";
+  EXPECT_EQ(r.n_history_ids, WK_CUDA_SAMPLE_MAX_HISTORY_IDS);
+  EXPECT_EQ(wk_engine_sample_request(smp, two, 2, 1, window, &r), 0) << "one past the cap";
+  wk_sampler_destroy(smp);
+}
