@@ -20,7 +20,6 @@ struct wk_cuda_sampler {
   size_t n_bytes;       /* the whole layout (wk_cuda_sampler.h), host and device alike */
   char *host;           /* pinned */
   char *dev;
-  int64_t n_hist_used;  /* ids packed by the last stage */
 };
 
 static int64_t wk_hist_capacity(const wk_cuda_sampler_t *sm) {
@@ -126,7 +125,6 @@ ak_status_t wk_cuda_sampler_stage(wk_cuda_sampler_t *sm, const wk_cuda_sample_t 
     if (n > 0) memcpy(hist + n_hist, q->history_ids, sizeof(int32_t) * (size_t)n);
     n_hist += n;
   }
-  sm->n_hist_used = n_hist;
   /* rows (all max_seqs slots: a fixed-size copy) and the used history, in one copy */
   size_t up_bytes = sm->rows_bytes + sizeof(int32_t) * (size_t)n_hist;
   WK_CUDA_TRY(err, cudaMemcpyAsync(sm->dev, sm->host, up_bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream));

@@ -551,11 +551,10 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
                            .head_dim = hp->head_dim, .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
                            .freq_scale = hp->rope_freq_scale, .mode = (int32_t)hp->rope_mode,
                            .x2 = fw->k.ptr, .n_heads2 = hp->n_kv_heads}; /* Q and K in one launch */
-  /* The graph path's tables are up before the step: the rope launch also stores K and V
-   * into the pages (a launch less a layer). Graph steps never profile (run_sampled), and
-   * a profiled step keeps the separate store, counted under tables_ms. */
-  const int fuse_store = pre && !fw->ev;
-  if (fuse_store) r.store = &fw->pre_store[l];
+  /* The graph path's tables are up before the step (pre): the rope launch also stores K
+   * and V into the pages, a launch less a layer. (Graph steps never profile, so the
+   * per-layer tables path below keeps the store a profiled step counts as tables_ms.) */
+  if (pre) r.store = &fw->pre_store[l];
   AK_TRY(kn_cuda_rope(&r, wk_stream(fw), err));
 
   kn_cuda_attn_args_t a;
@@ -563,7 +562,6 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
   wk_ev(fw, e);
   if (fw->ev) wk_arkvale_cuda_set_marks(fw->ak, &fw->ev[e + 1]);
   if (pre) { /* tables staged and uploaded before the step's first kernel */
-    if (!fuse_store) AK_TRY(kn_cuda_kv_store(&fw->pre_store[l], wk_stream(fw), err));
     a = fw->pre_attn[l];
     if (fw->ak) { /* ArkVale's decision, its tables up already (wk_arkvale_cuda_upload) */
       wk_region_t o = wk_region(fw);
@@ -627,7 +625,6 @@ static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b,
   float *rows = fw->rows.ptr;
   if (b->logits_all || n_tok == b->seqs.n_seqs) {
     rows = fw->x.ptr; /* every row wanted (or one token a sequence): the norm reads x itself */
-    n_out = n_tok;
   } else {
     int64_t row = 0;
     for (int32_t i = 0; i < b->seqs.n_seqs; i++) {
