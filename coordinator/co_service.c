@@ -478,7 +478,6 @@ ak_status_t co_svc_worker_warmup(co_service_t *s, co_svc_group_t *g, ak_err_t *e
   co_kv_shape_t shape = {s->n_layers, 0, s->page_tokens};
   /* The canary: one prompt token and one sampled one, alone in its own Step. */
   g->canary_pages = co_kv_seq_pages_peak(&shape, 0, 1, 1);
-  g->worker_max_seqs = max_seqs;
   g->canary_reserved = max_seqs >= 2 && cap > g->canary_pages;
   if (g->canary_reserved) cap -= g->canary_pages, max_seqs--;
   if (max_seqs > batch - 2) max_seqs = batch - 2;
@@ -511,7 +510,7 @@ static ak_status_t co_svc_connect_workers(co_service_t *s, ak_err_t *err) {
   int32_t *batches = calloc((size_t)s->n_groups, sizeof *batches);
   ak_status_t st = seqs && batches ? AK_OK : ak_err_set(err, AK_ERR_NO_MEMORY, "co_service_create: out of memory");
   /* Each group gets its own slots and step size; co_sched's tables are sized for the
-   * largest (a revived group gets at most that many, co_svc_revive). */
+   * largest (a revived group gets at most that many, co_svc_revive_done). */
   int32_t max_seqs = 1, batch = 3;
   for (int32_t g = 0; g < s->n_groups && st == AK_OK; g++) {
     st = co_svc_worker_warmup(s, &s->groups[g], err, &caps[g]);

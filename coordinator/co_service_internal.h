@@ -40,7 +40,6 @@ typedef struct co_svc_req {
   int ignore_eos, return_logprobs;
   co_stop_t *stop;               /* NULL without stop strings */
   co_detok_t *detok;
-  int32_t last_token;            /* the last token streamed */
   uint64_t sample_step_id;       /* the Step (of its group) that last sampled for it: its
                                   * next decode step feeds that token (pipelined decode) */
   int32_t n_generated;
@@ -107,7 +106,6 @@ typedef struct {
  * outcome. Posted by the scheduler thread, called by one caller thread per rank
  * (co_service_ranks.c), answered by the scheduler thread in step order. */
 typedef struct {
-  int in_flight;                 /* scheduler thread: posted and not yet answered */
   int answered;                  /* scheduler thread: every rank has answered (from done) */
   int done;                      /* (the service's mu) set by the last rank's caller */
   int32_t pending;               /* (the group's mu) ranks not yet answered */
@@ -142,7 +140,6 @@ typedef struct co_svc_group {
   int64_t canary_pages;
   int32_t max_seqs;              /* job: slots left to co_sched at the last Warmup (min over ranks) */
   int32_t batch_tokens;          /* job: max_batch_tokens at the last Warmup (min over ranks) */
-  int32_t worker_max_seqs;       /* job: the ranks' max_seqs at the last Warmup (min) */
   /* Steps in flight (co_service_loop.c), scheduler thread */
   co_sched_plan_t plan;
   co_svc_lane_t lanes[CO_SVC_STEP_DEPTH];

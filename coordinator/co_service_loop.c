@@ -99,7 +99,6 @@ static Arkvale__V1__FinishReason co_svc_on_token(co_service_t *s, co_svc_req_t *
                                                  const char **stop_p) {
   Arkvale__V1__FinishReason why = ARKVALE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
   r->n_generated++;
-  r->last_token = tok;
   int64_t now_us = co_svc_now_us();
   /* TPOT is one observation per token after the first (the gap since the previous
    * one), so its quantiles are per-token latencies: one per request would weigh a
@@ -222,7 +221,7 @@ static void co_svc_lane_free(co_svc_lane_t *l) {
     l->bufs[i] = NULL;
   }
   l->items = NULL, l->n_items = 0;
-  l->in_flight = 0, l->answered = 0;
+  l->answered = 0;
 }
 
 void co_svc_group_failed(co_service_t *s, co_svc_group_t *g, const char *why) {
@@ -291,8 +290,10 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g, co_svc_lane_t *
     const co_sched_item_t *it = &plan->items[i];
     co_svc_req_t *r = co_svc_find(s, it->id);
     if (!r) {
+      char why[96];
+      snprintf(why, sizeof why, "planned sequence %lld has no request", (long long)it->id);
       co_svc_lane_free(l);
-      co_svc_group_failed(s, g, "a planned sequence has no request");
+      co_svc_group_failed(s, g, why);
       return 0;
     }
     int32_t *toks = toks_all + n_toks;
@@ -390,6 +391,7 @@ static void co_svc_lane_answer(co_service_t *s, co_svc_group_t *g, co_svc_lane_t
   int32_t n = l->n_items;
   co_svc_sample_t *smp = calloc((size_t)n + 1, sizeof *smp);
   const char *bad = !smp ? "out of memory answering a step" : NULL;
+  char bad_sample[160];
   if (!bad && !co_svc_ranks_agree(g, l, &err)) bad = err.msg;
   int32_t n_smp = 0;
   for (int32_t i = 0; !bad && i < n; i++) {
@@ -398,9 +400,15 @@ static void co_svc_lane_answer(co_service_t *s, co_svc_group_t *g, co_svc_lane_t
     const Arkvale__V1__SampledToken *tk = NULL;
     for (size_t k = 0; k < sr->n_samples; k++)
       if (sr->samples[k]->seq_id == (uint64_t)it->id) tk = sr->samples[k];
-    if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab)
-      bad = "the Step response lacks a sample or has a bad token id";
-    else
+    if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab) {
+      if (!tk)
+        snprintf(bad_sample, sizeof bad_sample, "the Step response lacks the sample of sequence %lld",
+                 (long long)it->id);
+      else
+        snprintf(bad_sample, sizeof bad_sample, "the Step response gives sequence %lld token id %d, outside [0, %d)",
+                 (long long)it->id, tk->token_id, (int)s->n_vocab);
+      bad = bad_sample;
+    } else
       smp[n_smp++] = (co_svc_sample_t){it->id, tk->token_id, tk->has_logprob, tk->logprob};
   }
   if (bad) {

@@ -105,7 +105,7 @@ static void *co_svc_lane_caller(void *arg) {
 void co_svc_lane_post(co_service_t *s, co_svc_group_t *g, int32_t lane_idx) {
   (void)s;
   co_svc_lane_t *l = &g->lanes[lane_idx];
-  l->in_flight = 1, l->answered = 0;
+  l->answered = 0;
   pthread_mutex_lock(&g->mu);
   l->pending = g->n_ranks;
   for (int32_t k = 0; k < g->n_ranks; k++) l->ranks[k].has_job = 1, l->ranks[k].st = AK_OK;
