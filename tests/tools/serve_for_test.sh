@@ -7,15 +7,17 @@
 #   ARKVALE_BIN=path/to/arkvale ARKVALE_MODEL=path/to/model.gguf serve_for_test.sh
 set -u
 bin=${ARKVALE_BIN:?set ARKVALE_BIN to the arkvale binary}
-model=${ARKVALE_MODEL:?set ARKVALE_MODEL to the model}
-if [ ! -f "$model" ]; then
-  echo "serve_for_test: model $model is absent" >&2
+model=${ARKVALE_MODEL:-}
+if [ -z "$model" ] || [ ! -f "$model" ]; then
+  echo "serve_for_test: the model (ARKVALE_MODEL='$model') is absent" >&2
   exit 77
 fi
 log=$(mktemp -t arkvale-serve-test.XXXXXX)
 # the worker shaped as co_test_server's (256-token context, 16-token pages)
 "$bin" serve --model "$model" --listen 127.0.0.1:0 --worker-max-seq-tokens 256 --worker-page-tokens 16 >"$log" 2>&1 &
 pid=$!
+# however this script ends (the harness may kill it), serve must not outlive it
+trap 'kill -TERM "$pid" 2>/dev/null' EXIT
 addr=""
 for _ in $(seq 1 600); do  # up to 60 s: the worker loads the model, the coordinator warms up
   addr=$(sed -n 's/^serving on \([^ ]*\).*/\1/p' "$log" | head -n 1)
