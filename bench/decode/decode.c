@@ -85,14 +85,14 @@ int64_t dec_row_pages(const dec_args_t *a, const wk_hparams_t *hp, int64_t ctx, 
                                                      budgeted);
 }
 
-/* Pool, forward, synthetic fill, warm-up and timed steps for one row. Frees all it
- * allocated before returning, whatever happened (the next row needs the memory). */
 /* One decode step: logits to the host, or (smp) greedy ids sampled on the device. */
 static ak_status_t dec_step(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
                             const wk_cuda_sample_t *smp, ak_err_t *err) {
   return smp ? wk_forward_cuda_run_sampled(fw, pool, b, smp, err) : wk_forward_cuda_run(fw, pool, b, err);
 }
 
+/* Pool, forward, synthetic fill, warm-up and timed steps for one row. Frees all it
+ * allocated before returning, whatever happened (the next row needs the memory). */
 static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_row_t *row) {
   const wk_hparams_t *hp = wk_model_cuda_hparams(model);
   int32_t B = (int32_t)row->batch;
@@ -178,8 +178,10 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   st = wk_forward_cuda_set_decode_gemm(fw, (kn_cuda_decode_gemm_t)a->gemm_mode, &err);
   if (st < 0) goto fail;
   wk_forward_cuda_use_graphs(fw, !a->no_graphs);
-  st = kn_cuda_host_alloc(logits_bytes, &err, (void **)&logits, NULL);
-  if (st < 0) goto fail;
+  if (!a->sample_device) { /* --sample device brings back ids only */
+    st = kn_cuda_host_alloc(logits_bytes, &err, (void **)&logits, NULL);
+    if (st < 0) goto fail;
+  }
 
   /* KV filled synthetically; prefill not timed: steps commit ctx tokens per sequence
    * to the pool's tables without a forward pass (the pages keep their random fill). */
@@ -216,17 +218,21 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
 
   for (int32_t i = 0; i < B; i++) n_new[i] = 1;
   wk_forward_batch_t b = {.seqs = {.n_seqs = B, .seqs = seqs, .n_new_tokens = n_new}, .tokens = tokens,
-                          .logits_all = 0, .logits = a->sample_device ? NULL : logits};
+                          .logits_all = 0, .logits = logits};
   /* --sample device: greedy ids on the device (the serving path), only ids come back */
-  greedy = calloc((size_t)B, sizeof *greedy);
-  ids = calloc((size_t)B, sizeof *ids);
-  if (!greedy || !ids) {
-    st = AK_ERR(&err, AK_ERR_NO_MEMORY, "sampling requests for %d sequences", B);
-    goto fail;
+  wk_cuda_sample_t sample = {0};
+  const wk_cuda_sample_t *smp = NULL;
+  if (a->sample_device) {
+    greedy = calloc((size_t)B, sizeof *greedy);
+    ids = calloc((size_t)B, sizeof *ids);
+    if (!greedy || !ids) {
+      st = AK_ERR(&err, AK_ERR_NO_MEMORY, "sampling requests for %d sequences", B);
+      goto fail;
+    }
+    for (int32_t i = 0; i < B; i++) greedy[i] = wk_cuda_sample_seq_greedy();
+    sample = (wk_cuda_sample_t){.seqs = greedy, .token_ids = ids, .logprobs = NULL};
+    smp = &sample;
   }
-  for (int32_t i = 0; i < B; i++) greedy[i] = (wk_cuda_sample_seq_t){.top_p = 1.0f, .repetition_penalty = 1.0f};
-  wk_cuda_sample_t sample = {.seqs = greedy, .token_ids = ids, .logprobs = NULL};
-  const wk_cuda_sample_t *smp = a->sample_device ? &sample : NULL;
   uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)row->ctx;
   for (int64_t step = 0; step < a->n_warmup + a->n_steps; step++) {
     for (int32_t i = 0; i < B; i++) { /* random valid ids (xorshift64) */
