@@ -103,7 +103,6 @@ static const ba_shape *ba_shape_find(const char *name, size_t len) {
   return NULL;
 }
 
-// One prefill timing: see the header. Returns 0, or 1 after printing an error line.
 // The call both modes time over one pool (layout above: [page][K or V][n_kv_heads]
 // [BA_PAGE_TOKENS][BA_HEAD_DIM] bf16, V after K in a page); q f32, out bf16.
 static kn_cuda_attn_args_t ba_attn_args(const ba_shape &sh, int64_t n_tok, int32_t n_seqs, int32_t max_kv_len,
@@ -136,6 +135,7 @@ static kn_cuda_attn_args_t ba_attn_args(const ba_shape &sh, int64_t n_tok, int32
   return a;
 }
 
+// One prefill timing: see the header. Returns 0, or 1 after printing an error line.
 static int ba_prefill(const ba_shape &sh, int64_t n, int tiles, long iters, cudaStream_t s) {
   ak_err_t err = {};
   const int64_t n_pages = (n + BA_PAGE_TOKENS - 1) / BA_PAGE_TOKENS;
@@ -299,11 +299,12 @@ int main(int argc, char **argv) {
     printf("# prefill: one sequence, N tokens causal over N keys; q f32, K/V bf16 in %d-token pages, out bf16, "
            "head_dim %d; median of %ld calls\n",
            BA_PAGE_TOKENS, BA_HEAD_DIM, iters);
+    int rc = 0;  // a failed row prints its error line; the others still run
     for (int si = 0; si < n_shapes; si++)
       for (int p = 0; p < n_prefill; p++)
-        for (int t = 0; t < n_tiles; t++) ba_prefill(*shapes[si], prefills[p], (int)tiles_list[t], iters, s);
+        for (int t = 0; t < n_tiles; t++) rc |= ba_prefill(*shapes[si], prefills[p], (int)tiles_list[t], iters, s);
     cudaStreamDestroy(s);
-    return 0;
+    return rc;
   }
 
   std::vector<cudaEvent_t> ev(iters + 1);
@@ -319,7 +320,6 @@ int main(int argc, char **argv) {
       const int64_t head_stride_elems = (int64_t)BA_PAGE_TOKENS * BA_HEAD_DIM;
       const int64_t page_stride_elems = 2 * (int64_t)sh.n_kv_heads * head_stride_elems;
       const size_t pool_bytes = (size_t)n_pages * page_stride_elems * 2;
-      const double kv_bytes = 2.0 * batch * ctx * sh.n_kv_heads * BA_HEAD_DIM * 2; // == pool_bytes
       int n_layers = (int)std::min<size_t>(BA_MAX_LAYERS, std::max<size_t>(2, (4 * l2_bytes + pool_bytes - 1) / pool_bytes));
 
       // One page table serves every layer: the pools differ, the page ids do not.
@@ -391,7 +391,7 @@ int main(int argc, char **argv) {
         const double med_us =
             1e3 * (iters % 2 ? call_ms[iters / 2] : 0.5 * (call_ms[iters / 2 - 1] + call_ms[iters / 2]));
         printf("ours %s B=%ld ctx=%lld us=%.2f GBs=%.1f layers=%d min_us=%.2f chunk_tokens=%d n_chunks=%d\n", sh.name,
-               batch, (long long)ctx, med_us, kv_bytes / (med_us * 1e3), n_layers, 1e3 * call_ms[0], chunk_tokens,
+               batch, (long long)ctx, med_us, (double)pool_bytes / (med_us * 1e3), n_layers, 1e3 * call_ms[0], chunk_tokens,
                n_chunks);
         fflush(stdout);
         kn_cuda_free(ws, ws_bytes);
