@@ -758,7 +758,11 @@ ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, 
   memset(&fw->timing, 0, sizeof fw->timing);
   double t_start = wk_now_us();
   ak_status_t st = kv_step_begin(pool, &b->seqs);
-  if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
+  if (st < 0) {
+    /* the staged upload may still read the pinned staging the next call rewrites */
+    if (sample) (void)cudaStreamSynchronize(fw->stream);
+    return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
+  }
   wk_arkvale_cuda_step_begin(fw->ak);
   int64_t n_pos = 0;
   const int32_t *pos = kv_step_positions(pool, &n_pos);
