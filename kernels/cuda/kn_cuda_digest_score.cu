@@ -1,7 +1,9 @@
 // kn_cuda_digest_score: the ArkVale page scores of a whole layer in one launch — every
 // page of every sequence of the batch against its sequence's query, by the formulas of
 // kvpool/kv_digest.c (kv_score_one / kv_score_page; kinds and layout in
-// kn_cuda_digest.cuh). Not here: choosing pages (kn_cuda_topk).
+// kn_cuda_digest.cuh). Not here: choosing pages (kn_cuda_topk). Cuboid pages of 8 to
+// 32 KiB of digest go to kn_cuda_digest_score_bulk.cu instead (bulk copies into shared
+// memory); this register-fed kernel takes every other call.
 //
 // Memory-bound: a page's digest is read once and q (n_heads * head_dim f32) is reused
 // by every page of its sequence. What is read, per page and KV head (d = head_dim):
@@ -40,6 +42,7 @@
 #include <math.h>
 
 #include "kn_cuda_digest.cuh"
+#include "kn_cuda_digest_score_bulk.cuh"
 #include "kn_cuda_internal.cuh"
 
 namespace {
@@ -320,6 +323,13 @@ extern "C" ak_status_t kn_cuda_digest_score(const kn_cuda_digest_score_args_t *a
   AK_TRY(kn_digest_score_check(args, err));
   if (args->n_pages == 0) return AK_OK;
   cudaStream_t s = kn_stream(stream);
+  if (kn_digest_score_bulk_applies(args)) {  // cuboid pages of 8..32 KiB: the bulk-copy kernel
+    const cudaError_t ce = kn_digest_score_bulk_run(args, s);
+    if (ce != cudaSuccess)
+      return ak_err_set_fn(err, AK_ERR_CUDA, "kn_cuda_digest_score", "bulk kernel (head_dim=%d, digest_dtype=%d): %s",
+                           args->head_dim, (int)args->digest_dtype, cudaGetErrorString(ce));
+    return AK_OK;
+  }
   switch (args->digest_dtype) {
     case KN_CUDA_F32: return kn_digest_score_run<float>(args, s, err);
     case KN_CUDA_F16: return kn_digest_score_run<__half>(args, s, err);

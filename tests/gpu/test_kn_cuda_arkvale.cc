@@ -13,7 +13,9 @@
 //     |gpu - cpu| <= 1e-5 * max(|cpu|, sum_i |q_i| |d_i|) (the rounding scale). 16-bit
 //     digests (cuboid kinds, f16 and bf16, more KV heads than one load batch covers):
 //     the same check against kv_digest_score_pages on the 16-bit digests widened to
-//     f32 (for cuboid-max of f16/bf16 keys: the f32 digests themselves).
+//     f32 (for cuboid-max of f16/bf16 keys: the f32 digests themselves). Cuboid pages
+//     of at most 32 KiB go to the bulk-copy kernel, larger ones to the register-fed one:
+//     both are covered, and runs of 1000-7000 pages refill the bulk kernel's stages.
 //   - top-k: segments of 0, 1, 17, 97, 1000, 5000, 20000 scores in one launch, k 1, 8,
 //     40, 1024, random and heavily tied scores (with -0/+0): a CPU sort by (score desc,
 //     index desc), exactly, -1 past the segment.
@@ -227,6 +229,8 @@ struct ScoreCase {
   int n_kv_heads;
   int group;
   kn_cuda_dtype_t digest_dtype = KN_CUDA_F32;  // F16 / BF16: cuboid kinds
+  int n_pages = 97;
+  int page_tokens = 16;  // keys per page the CPU builds each digest from
 };
 
 void check_score(const ScoreCase &c, uint64_t seed) {
@@ -234,7 +238,7 @@ void check_score(const ScoreCase &c, uint64_t seed) {
                                   << " head_dim " << c.head_dim << " n_kv_heads " << c.n_kv_heads << " group "
                                   << c.group << " digest_dtype " << c.digest_dtype);
   const bool narrow = c.digest_dtype != KN_CUDA_F32;
-  const int n_seqs = 3, n_pages = 97, page_tokens = 16;
+  const int n_seqs = 3, n_pages = c.n_pages, page_tokens = c.page_tokens;
   const int n_heads = c.n_kv_heads * c.group;
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -273,7 +277,8 @@ void check_score(const ScoreCase &c, uint64_t seed) {
   }
   // Sequences in runs that straddle the 16-page blocks, plus scattered pages.
   std::vector<int32_t> page_seq(n_pages);
-  for (int p = 0; p < n_pages; p++) page_seq[p] = p < 40 ? 0 : p < 70 ? 1 : p < 90 ? 2 : (int)(rng() % n_seqs);
+  for (int p = 0; p < n_pages; p++)
+    page_seq[p] = p < n_pages * 40 / 97 ? 0 : p < n_pages * 70 / 97 ? 1 : p < n_pages * 90 / 97 ? 2 : (int)(rng() % n_seqs);
 
   auto d_dg = narrow ? to_dev(dg16) : to_dev(dg);
   auto d_q = to_dev(q);
@@ -334,6 +339,12 @@ TEST(KnCudaArkvaleGpu, DigestScoreOddKvHeadsAndUncachedQuery) {
       check_score({kind, agg, 64, 3, 1}, seed++);   // head_dim 64: 2 KV heads per pass, the last alone
       check_score({kind, agg, 64, 5, 3}, seed++);
       check_score({kind, agg, 128, 16, 8}, seed++);  // 128 heads * 128 * 4 B = 64 KiB of q: not cached
+      check_score({kind, agg, 256, 33, 1}, seed++);  // f32 cuboid pages of 66 KiB: the register-fed kernel
+      // Cuboid kinds, f32: pages of 32 KiB take the bulk kernel's 2-stage ring, refilled
+      // (1000 pages: more than 2 a block); 8 KiB pages with 16 (KV head, query head)
+      // pairs a warp, past the 4 it keeps q for in registers.
+      check_score({kind, agg, 128, 32, 1, KN_CUDA_F32, 1000, 2}, seed++);
+      check_score({kind, agg, 64, 16, 8, KN_CUDA_F32, 300, 2}, seed++);
     }
 }
 
@@ -352,46 +363,62 @@ TEST(KnCudaArkvaleGpu, DigestScore16BitCuboidMatchesCpu) {
         check_score({kind, agg, 128, 32, 1, dt}, seed++);  // LongChat-7B's shape
         check_score({kind, agg, 256, 9, 1, dt}, seed++);
         check_score({kind, agg, 128, 16, 8, dt}, seed++);  // 64 KiB of q: not cached
+        // The bulk-copy kernel (page digests of 8..32 KiB; 32 KV heads x 128 above is
+        // one) keeps a ring of 32 KiB per block: 2000 pages of 16 KiB give every block
+        // more pages than its 2 stages, so stages are refilled. Digests of 2 keys keep
+        // the CPU's part short. head_dim 64 and 256 at 16 KiB, and 65 KV heads x 256
+        // (66.5 KiB a page: the register-fed kernel).
+        check_score({kind, agg, 128, 32, 1, dt, 2000, 2}, seed++);
+        check_score({kind, agg, 64, 64, 1, dt, 300, 2}, seed++);
+        check_score({kind, agg, 256, 16, 2, dt, 300, 2}, seed++);
+        check_score({kind, agg, 256, 65, 1, dt}, seed++);
       }
 }
 
+// One KV head (a 512-byte f32 page: the register-fed kernel) and 32 (16 KiB in f32, 8 KiB
+// in 16 bits: the bulk-copy kernel); pages of sequence 5 and -1 of a 1-sequence batch.
 TEST(KnCudaArkvaleGpu, DigestScoreBadSequenceRanksLast) {
-  const int hd = 64, nkv = 1, nf = 2 * hd;
-  std::vector<float> dg(2 * nf, 1.f), q(hd, 1.f);
-  std::vector<int32_t> seq = {0, 5};
-  auto d_dg = to_dev(dg);
-  auto d_q = to_dev(q);
-  auto d_seq = to_dev(seq);
-  DevBuf d_sc(2 * sizeof(float));
-  kn_cuda_digest_score_args_t a{};
-  a.kind = KV_DIGEST_CUBOID_MEAN;
-  a.digests = d_dg->ptr;
-  a.page_seq = d_seq->as<int32_t>();
-  a.q = d_q->as<float>();
-  a.scores = d_sc.as<float>();
-  a.n_pages = 2;
-  a.n_seqs = 1;
-  a.n_heads = nkv;
-  a.n_kv_heads = nkv;
-  a.head_dim = hd;
-  ak_err_t err{};
-  ASSERT_EQ(kn_cuda_digest_score(&a, nullptr, &err), AK_OK) << err.msg;
-  sync_ok();
-  auto got = from_dev<float>(d_sc, 2);
-  EXPECT_EQ(got[0], (float)hd);
-  EXPECT_EQ(got[1], -INFINITY);
-  // The same with 16-bit digests of 1.0.
-  for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) {
-    std::vector<uint16_t> dg16(2 * nf, dt == KN_CUDA_F16 ? ak_f32_to_f16(1.f) : ak_f32_to_bf16(1.f));
-    auto d_dg16 = to_dev(dg16);
-    a.digests = d_dg16->ptr;
-    a.digest_dtype = dt;
-    ASSERT_EQ(cudaMemset(d_sc.ptr, 0, d_sc.n_bytes), cudaSuccess);
+  for (int nkv : {1, 32}) {
+    SCOPED_TRACE(testing::Message() << nkv << " KV heads");
+    const int hd = 64, nf = 2 * hd;
+    std::vector<float> dg(3 * nkv * nf, 1.f), q(nkv * hd, 1.f);
+    std::vector<int32_t> seq = {0, 5, -1};
+    auto d_dg = to_dev(dg);
+    auto d_q = to_dev(q);
+    auto d_seq = to_dev(seq);
+    DevBuf d_sc(3 * sizeof(float));
+    kn_cuda_digest_score_args_t a{};
+    a.kind = KV_DIGEST_CUBOID_MEAN;
+    a.digests = d_dg->ptr;
+    a.page_seq = d_seq->as<int32_t>();
+    a.q = d_q->as<float>();
+    a.scores = d_sc.as<float>();
+    a.n_pages = 3;
+    a.n_seqs = 1;
+    a.n_heads = nkv;
+    a.n_kv_heads = nkv;
+    a.head_dim = hd;
+    ak_err_t err{};
     ASSERT_EQ(kn_cuda_digest_score(&a, nullptr, &err), AK_OK) << err.msg;
     sync_ok();
-    got = from_dev<float>(d_sc, 2);
-    EXPECT_EQ(got[0], (float)hd) << "digest_dtype " << dt;
-    EXPECT_EQ(got[1], -INFINITY) << "digest_dtype " << dt;
+    auto got = from_dev<float>(d_sc, 3);
+    EXPECT_EQ(got[0], (float)hd);
+    EXPECT_EQ(got[1], -INFINITY);
+    EXPECT_EQ(got[2], -INFINITY);
+    // The same with 16-bit digests of 1.0.
+    for (kn_cuda_dtype_t dt : {KN_CUDA_F16, KN_CUDA_BF16}) {
+      std::vector<uint16_t> dg16(3 * nkv * nf, dt == KN_CUDA_F16 ? ak_f32_to_f16(1.f) : ak_f32_to_bf16(1.f));
+      auto d_dg16 = to_dev(dg16);
+      a.digests = d_dg16->ptr;
+      a.digest_dtype = dt;
+      ASSERT_EQ(cudaMemset(d_sc.ptr, 0, d_sc.n_bytes), cudaSuccess);
+      ASSERT_EQ(kn_cuda_digest_score(&a, nullptr, &err), AK_OK) << err.msg;
+      sync_ok();
+      got = from_dev<float>(d_sc, 3);
+      EXPECT_EQ(got[0], (float)hd) << "digest_dtype " << dt;
+      EXPECT_EQ(got[1], -INFINITY) << "digest_dtype " << dt;
+      EXPECT_EQ(got[2], -INFINITY) << "digest_dtype " << dt;
+    }
   }
 }
 
