@@ -23,8 +23,8 @@
 // more writes a partial (acc, max, sum) per (head, chunk) to the workspace and the
 // merge kernel combines them:
 //
-//   merge grid = n_tok * n_heads blocks of KN_ATTN_MERGE_THREADS threads (one per dim
-//                and chunk group); blocks of single-chunk tokens return at once.
+//   merge grid = n_tok * n_heads blocks of KN_ATTN_MERGE_THREADS threads (4 dims and a
+//                chunk group each); blocks of single-chunk tokens return at once.
 //
 // Workspace (only when a token can have more than one chunk):
 //   n_chunks = max_kv_len <= chunk ? 1 : ceil(max_kv_len / chunk)
@@ -71,7 +71,7 @@ enum {
   // at 10k keys (5120 blocks): 244.0 us at 4096, 241.9 us at 8192; at 30k (15488
   // blocks) the pipelined kernel was slower (H200: 467 -> 497 us)
   KN_ATTN_PIPE_MAX_BLOCKS = 8192,
-  KN_ATTN_MERGE_THREADS = 256,    // the merge kernel's block: head_dim (<= 256) divides it
+  KN_ATTN_MERGE_THREADS = 256,    // the merge kernel's block: head_dim / 4 (<= 64) divides it
   // The tiled prefill path (kn_attn_tile_kernel):
   KN_ATTN_TILE_MIN_TOKENS = 8,     // a sequence's tokens in one query tile to take it (fewer: per-token path)
   KN_ATTN_TILE_ACC_ELEMS = 8192,   // query rows x head_dim per block: 64 f32 accumulators a thread
@@ -374,52 +374,69 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
 }
 
 // One block per (token, query head) combines the token's chunk partials; tokens with one
-// chunk were written by the chunk kernel. KN_ATTN_MERGE_THREADS threads: G = threads /
-// head_dim groups of one thread per dim, group g taking chunks g, g + G, ...; the
-// block's max first, cooperatively. (One thread per dim walking every chunk twice, as
-// before, was a chain of dependent loads: 29 us a layer on an H200 at 121 chunks, a
-// longchat-7b full layer at 30k.)
+// chunk were written by the chunk kernel. KN_ATTN_MERGE_THREADS threads: head_dim / 4
+// columns of 4 dims (float4 loads) times G = 1024 / head_dim chunk groups (8 at head_dim
+// 128); group g walks chunks g, g + G, ... with an online rescale (one pass: each
+// chunk's (max, sum) and its 4 accumulators are loaded together), then group 0 adds the
+// groups up through shared memory, in group order. Walks of a few chunks a thread keep
+// the merge short where it is latency-bound: the grid is one block per (token, head),
+// 128 blocks at batch 4 x 32 heads. (Before: one pass for the maximum, a barrier, then
+// one thread per dim over chunks of two groups with scalar loads; before that one thread
+// per dim walking every chunk twice: 29 us a layer on an H200 at 121 chunks.)
+template <int HD>
 static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
     kn_attn_merge_kernel(const __grid_constant__ kn_attn_launch_t L) {
   kn_pdl_begin();
-  __shared__ float sm_red[KN_ATTN_MERGE_THREADS / 32];
-  __shared__ float sm_ab[KN_ATTN_MERGE_THREADS], sm_lb[KN_ATTN_MERGE_THREADS];
+  constexpr int COLS = HD / 4, G = KN_ATTN_MERGE_THREADS / COLS;
+  __shared__ float4 sm_acc[KN_ATTN_MERGE_THREADS];
+  __shared__ float2 sm_ml[KN_ATTN_MERGE_THREADS];
   const kn_cuda_attn_args_t &a = L.a;
   const int64_t th = blockIdx.x; // t * n_heads + query head
   const int64_t t = th / a.n_heads;
   const int32_t n_tok_chunks = kn_attn_tok_chunks(kn_attn_tok_len(a, t), L.n_chunks, L.chunk);
   if (n_tok_chunks <= 1) return; // block-uniform: before any barrier
   if (!L.tile_split && kn_attn_tok_tiled(a, t, L.qt)) return; // written whole by the tile kernel
-  const int hd = a.head_dim, n_groups = KN_ATTN_MERGE_THREADS / hd;
-  const int g = threadIdx.x / hd, d = threadIdx.x % hd, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const float *ml = L.ws_ml + th * L.n_chunks * 2;       // [n_chunks][2]
-  const float *acc = L.ws_acc + th * L.n_chunks * hd + d; // [n_chunks][head_dim], column d
+  const int col = threadIdx.x % COLS, g = threadIdx.x / COLS;
+  const float2 *ml = reinterpret_cast<const float2 *>(L.ws_ml + th * L.n_chunks * 2);          // [n_chunks]
+  const float4 *acc = reinterpret_cast<const float4 *>(L.ws_acc + th * L.n_chunks * HD) + col; // [n_chunks][COLS]
 
-  float mb = -INFINITY;
-  for (int32_t c = threadIdx.x; c < n_tok_chunks; c += KN_ATTN_MERGE_THREADS) mb = fmaxf(mb, ml[2 * c]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, o));
-  if (lane == 0) sm_red[warp] = mb;
-  __syncthreads();
-  mb = sm_red[0];
-#pragma unroll
-  for (int w = 1; w < KN_ATTN_MERGE_THREADS / 32; w++) mb = fmaxf(mb, sm_red[w]);
-
-  float ab = 0.0f, lb = 0.0f;
-  if (g < n_groups) {
+  float mb = -INFINITY, lb = 0.0f;
+  float4 ab = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
-    for (int32_t c = g; c < n_tok_chunks; c += n_groups) {
-      const float w = exp2f(ml[2 * c] - mb); // every used chunk has rows: finite max
-      ab = fmaf(w, acc[(int64_t)c * hd], ab);
-      lb = fmaf(w, ml[2 * c + 1], lb);
-    }
+  for (int32_t c = g; c < n_tok_chunks; c += G) {
+    const float2 m_l = __ldg(ml + c); // every used chunk has rows: a finite max
+    const float4 x = __ldg(acc + (int64_t)c * COLS);
+    const float mn = fmaxf(mb, m_l.x);
+    const float r = exp2f(mb - mn), w = exp2f(m_l.x - mn); // r = 0 on the group's first chunk
+    ab.x = fmaf(w, x.x, ab.x * r);
+    ab.y = fmaf(w, x.y, ab.y * r);
+    ab.z = fmaf(w, x.z, ab.z * r);
+    ab.w = fmaf(w, x.w, ab.w * r);
+    lb = fmaf(w, m_l.y, lb * r);
+    mb = mn;
   }
-  sm_ab[threadIdx.x] = ab;
-  sm_lb[threadIdx.x] = lb;
+  sm_acc[threadIdx.x] = ab;
+  sm_ml[threadIdx.x] = make_float2(mb, lb);
   __syncthreads();
   if (g != 0) return;
-  for (int gg = 1; gg < n_groups; gg++) ab += sm_ab[gg * hd + d], lb += sm_lb[gg * hd + d];
-  kn_attn_store_out(a, th * hd + d, lb > 0.0f ? ab / lb : 0.0f);
+  for (int k = 1; k < G; k++) {
+    const float2 m_l = sm_ml[k * COLS + col];
+    if (m_l.x == -INFINITY) continue; // a group past the token's chunks
+    const float4 x = sm_acc[k * COLS + col];
+    const float mn = fmaxf(mb, m_l.x);
+    const float r = exp2f(mb - mn), w = exp2f(m_l.x - mn);
+    ab.x = fmaf(w, x.x, ab.x * r);
+    ab.y = fmaf(w, x.y, ab.y * r);
+    ab.z = fmaf(w, x.z, ab.z * r);
+    ab.w = fmaf(w, x.w, ab.w * r);
+    lb = fmaf(w, m_l.y, lb * r);
+    mb = mn;
+  }
+  const int64_t o = th * HD + col * 4;
+  kn_attn_store_out(a, o, lb > 0.0f ? ab.x / lb : 0.0f);
+  kn_attn_store_out(a, o + 1, lb > 0.0f ? ab.y / lb : 0.0f);
+  kn_attn_store_out(a, o + 2, lb > 0.0f ? ab.z / lb : 0.0f);
+  kn_attn_store_out(a, o + 3, lb > 0.0f ? ab.w / lb : 0.0f);
 }
 
 // --- the tiled prefill path ---
@@ -846,7 +863,11 @@ extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *
     }
   }
   if (L.n_chunks > 1) {
-    kn_launch(kn_attn_merge_kernel, (unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s, L);
+    switch (args->head_dim) {
+      case 64: kn_launch(kn_attn_merge_kernel<64>, (unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s, L); break;
+      case 128: kn_launch(kn_attn_merge_kernel<128>, (unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s, L); break;
+      default: kn_launch(kn_attn_merge_kernel<256>, (unsigned)n_th, KN_ATTN_MERGE_THREADS, 0, s, L); break;
+    }
     KN_CUDA_LAUNCHED(err);
   }
   return AK_OK;
