@@ -14,8 +14,8 @@
 // (shape, N, tiles): `prefill <shape> N=.. tiles=.. us=.. TFLOPs=..`, TFLOP/s =
 // 4 * N * N / 2 * head_dim * n_heads / time (QK^T and PV over the causal half). A call
 // takes milliseconds here, so one pool serves every call (L2 is no factor). The
-// per-token path needs n_tok * n_heads * ceil(N / 256) * 130 * 4 bytes of workspace
-// (4.4 GB at N 8192 on llama3-8b); a size that does not fit prints error=out-of-memory.
+// per-token path needs n_tok * n_heads * ceil(N / 512) * 130 * 4 bytes of workspace
+// (2.2 GB at N 8192 on llama3-8b); a size that does not fit prints error=out-of-memory.
 //
 // Setup: head_dim 128, q f32 [B, H, 128] (fixed-seed values), out bf16, K/V bf16 from
 // kn_cuda_fill_random_bf16 (uniform in [-1, 1]) in 32-token pages laid out as kn_cuda.h

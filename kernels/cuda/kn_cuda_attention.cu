@@ -3,10 +3,14 @@
 //
 // Flash-decoding. A work item is (query token t, KV head h); its keys [0, kv_len) are
 // cut into chunks of `chunk` keys, one block per (item, chunk). chunk is
-// KN_ATTN_CHUNK_TOKENS (256) unless that makes fewer than KN_ATTN_MIN_BLOCKS blocks
+// KN_ATTN_CHUNK_TOKENS (512) unless that makes fewer than KN_ATTN_MIN_BLOCKS blocks
 // (a decode of one or two sequences at short context): then it halves, down to
 // KN_ATTN_MIN_CHUNK_TOKENS, so that the keys spread over the SMs instead of one block
-// walking 256 rows in 8 dependent steps (llama3-8b, batch 1, 1k keys: 32 blocks).
+// walking 512 rows in dependent steps (llama3-8b, batch 1, 1k keys: 16 blocks).
+//
+// GQA groups of 3..8 heads at head_dim 64 and 128 take the tensor-core kernel of
+// kn_cuda_attention_mma.cuh instead of the chunk kernel below: same blocks, chunks,
+// outputs and partials; the text below describes the CUDA-core chunk kernel.
 //
 //   grid  = n_tok * n_kv_heads * n_chunks blocks (1-D; chunk is the fastest index)
 //   block = KN_ATTN_THREADS (4 warps), split into row teams of head_dim / 8 lanes;
@@ -61,7 +65,10 @@
 #include "kn_cuda_internal.cuh"
 
 enum {
-  KN_ATTN_CHUNK_TOKENS = 256, // keys per block (the split granularity) on a full grid
+  // keys per block (the split granularity) on a full grid; H100, batch 4, one call:
+  // 256 -> 512 took llama3-8b (tensor-core kernel) 30k 199.7 -> 194.2 us, longchat-7b
+  // 30k 684.7 -> 669.3 and 10k 237.3 -> 231.5 us (1024: longchat-7b slower again)
+  KN_ATTN_CHUNK_TOKENS = 512,
   KN_ATTN_MIN_CHUNK_TOKENS = 64,
   KN_ATTN_MIN_BLOCKS = 528,   // 4 blocks per SM of an H100 (132 SMs)
   KN_ATTN_WARPS = 4,
@@ -683,10 +690,21 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS)
   }
 }
 
+#include "kn_cuda_attention_mma.cuh"
+
 // --- typed launchers ---
 
 template <int HD, int GT, typename KV>
 static void kn_attn_launch_kv(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
+  // GQA groups of 3..8 at head_dim 64 / 128: the tensor-core kernel (kn_cuda_attention_mma.cuh).
+  if constexpr ((GT == 4 || GT == 8) && HD <= 128) {
+    if (L.a.n_heads / L.a.n_kv_heads <= KN_ATTN_MAX_GT) {
+      constexpr size_t smem = kn_attn_mma::smem_bytes<HD>(); // above the 48 KB a launch gets unasked
+      cudaFuncSetAttribute(kn_attn_mma::kernel<HD, GT, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      kn_launch(kn_attn_mma::kernel<HD, GT, KV>, (unsigned)n_blocks, kn_attn_mma::WARPS * 32, smem, stream, L);
+      return;
+    }
+  }
   if constexpr (GT <= 4) {
     if (GT == 4 || n_blocks <= KN_ATTN_PIPE_MAX_BLOCKS) {
       kn_launch(kn_attn_chunk_kernel<HD, GT, KV, true>, (unsigned)n_blocks, KN_ATTN_THREADS, 0, stream, L);
@@ -745,7 +763,7 @@ extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a
   const size_t row_bytes = (size_t)(a->head_dim + 2) * sizeof(float);
   const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len));
   size_t bytes = n_chunks > 1 ? (size_t)a->n_tok * (size_t)a->n_heads * (size_t)n_chunks * row_bytes : 0;
-  // A call with fewer tokens or keys that takes chunks below 256 has fewer than
+  // A call with fewer tokens or keys that takes chunks below 512 has fewer than
   // 2 * KN_ATTN_MIN_BLOCKS blocks (its grid at twice the chunk had fewer than
   // KN_ATTN_MIN_BLOCKS), so fewer than that many (token, query head, chunk) partials
   // times the group; never more than n_tok * n_heads * ceil(max_kv_len / 64).

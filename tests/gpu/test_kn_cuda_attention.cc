@@ -457,7 +457,7 @@ class KnCudaAttentionArgs : public ::testing::Test {
 };
 
 TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
-  // chunk = 256 keys, halved (down to 64) while the grid n_tok * n_kv_heads * n_chunks
+  // chunk = 512 keys, halved (down to 64) while the grid n_tok * n_kv_heads * n_chunks
   // has fewer than 528 blocks; n_chunks = ceil(max_kv_len / chunk); no workspace while
   // one chunk covers every token. Here n_tok 3, n_kv_heads 2: always chunks of 64.
   const size_t row = (128 + 2) * 4;
@@ -471,11 +471,12 @@ TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 5 * row);
   a_.max_kv_len = 4099;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 65 * row);
-  // A full grid keeps chunks of 256: 64 tokens x 2 KV heads x 17 chunks = 2176 blocks.
+  // A full grid keeps chunks of 512: 64 tokens x 2 KV heads x 9 chunks = 1152 blocks.
   a_.n_tok = 64;
-  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)64 * 6 * 17 * row);
-  // 16 x 2 x 17 = 544 blocks take chunks of 256 (1632 partials), but a call with fewer
-  // tokens may take smaller chunks: the size covers it (2 x 528 blocks x a group of 3).
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)64 * 6 * 9 * row);
+  // 16 x 2 x 9 = 288 blocks at 512 halve to chunks of 256: 16 x 2 x 17 = 544 blocks
+  // (1632 partials), but a call with fewer tokens may take smaller chunks: the size
+  // covers it (2 x 528 blocks x a group of 3).
   a_.n_tok = 16;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)2 * 528 * 3 * row);
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(nullptr), 0u);
