@@ -10,7 +10,8 @@
 // Batches: decode (lengths 1, 17, 97, 1000, 4099 plus a kv_len-0 token), prefill
 // chunks (17 and 97 causal tokens, fresh and after 1000 tokens of context) and a mixed
 // batch in shuffled token order, over page sizes 1/16/32/64, head_dim 64/128/256,
-// GQA 1/3/8 (and 2, 5, 12, 16 on a few shapes), f16/bf16 KV, f32/bf16 out. Every batch
+// GQA 1/3/8 (and 2, 5, 12, 16 on a few shapes; 3..8 at head_dim 64 and 128 run the
+// tensor-core decode kernel, kn_cuda_attention_mma.cuh), f16/bf16 KV, f32/bf16 out. Every batch
 // runs three times: per-token kernels only (prefill_tiles 0), prefill runs on the tiled
 // kernel split over key chunks (1: these grids are all small), and tiled unsplit (2).
 // KnCudaAttentionLongPrefillGpu adds runs of 300 and 500 tokens (after 500 of context).
