@@ -173,6 +173,61 @@ __device__ __forceinline__ void kn_attn_store_out(const kn_cuda_attn_args_t &a, 
     ((__nv_bfloat16 *)a.out)[idx] = __float2bfloat16(v);
 }
 
+// A per-token block's work: token t, KV head kvh, chunk c of the token's n_tok_chunks,
+// keys [j_begin, j_end) of its len. False (block-uniform) when the block has none: a
+// token of the tile kernel, or a chunk past the token's keys.
+typedef struct {
+  int64_t t;
+  int32_t kvh, c, len, n_tok_chunks, j_begin, j_end;
+} kn_attn_item_t;
+
+__device__ __forceinline__ bool kn_attn_block_item(const kn_attn_launch_t &L, kn_attn_item_t &it) {
+  const kn_cuda_attn_args_t &a = L.a;
+  const int64_t item = (int64_t)blockIdx.x / L.n_chunks;
+  it.c = (int32_t)((int64_t)blockIdx.x % L.n_chunks);
+  it.t = item / a.n_kv_heads;
+  // Out of line: inlined, the test cost the GT 4 pipelined chunk kernel 24 bytes of
+  // spills at its 128-register cap.
+  if (L.qt > 0 && kn_attn_tok_tiled_call(a, it.t, L.qt)) return false;
+  it.kvh = (int32_t)(item % a.n_kv_heads);
+  it.len = kn_attn_tok_len(a, it.t);
+  it.n_tok_chunks = kn_attn_tok_chunks(it.len, L.n_chunks, L.chunk);
+  if (it.c >= it.n_tok_chunks) return false;
+  it.j_begin = it.c * L.chunk;
+  it.j_end = it.c == it.n_tok_chunks - 1 ? it.len : it.j_begin + L.chunk;
+  return true;
+}
+
+// A block's combined (acc, max, sum) for (token, query head) th and dim d: the output
+// when the token has one chunk, else chunk c's partial for the merge kernel.
+__device__ __forceinline__ void kn_attn_write_result(const kn_attn_launch_t &L, int64_t th, int32_t c,
+                                                     int32_t n_tok_chunks, int hd, int d, float ab, float mb,
+                                                     float lb) {
+  if (n_tok_chunks == 1) {
+    kn_attn_store_out(L.a, th * hd + d, lb > 0.0f ? ab / lb : 0.0f); // kv_len 0: zeros
+  } else {
+    const int64_t p = th * L.n_chunks + c; // this chunk's partial
+    L.ws_acc[p * hd + d] = ab;
+    if (d == 0) {
+      L.ws_ml[2 * p] = mb;
+      L.ws_ml[2 * p + 1] = lb;
+    }
+  }
+}
+
+// Folds a partial (m, l, x: max in log2 units, sum, 4 accumulators) into the running
+// (mb, lb, ab), rescaling to the larger max (mb = -inf: the first partial).
+__device__ __forceinline__ void kn_attn_merge_step(float &mb, float &lb, float4 &ab, float m, float l, float4 x) {
+  const float mn = fmaxf(mb, m);
+  const float r = exp2f(mb - mn), w = exp2f(m - mn);
+  ab.x = fmaf(w, x.x, ab.x * r);
+  ab.y = fmaf(w, x.y, ab.y * r);
+  ab.z = fmaf(w, x.z, ab.z * r);
+  ab.w = fmaf(w, x.w, ab.w * r);
+  lb = fmaf(w, l, lb * r);
+  mb = mn;
+}
+
 // 8 KV elements (one 16-byte load) to f32.
 __device__ __forceinline__ void kn_attn_cvt8(const uint4 &r, const __half *, float f[8]) {
   const __half2 *h = (const __half2 *)&r;
@@ -211,18 +266,11 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
   __shared__ float sm_ml[TEAMS][GT][2];          // each team's (max, sum)
 
   const kn_cuda_attn_args_t &a = L.a;
-  const int64_t item = (int64_t)blockIdx.x / L.n_chunks;
-  const int32_t c = (int32_t)((int64_t)blockIdx.x % L.n_chunks);
-  const int64_t t = item / a.n_kv_heads;
-  // The tile kernel's token (block-uniform). Out of line: inlined, the test cost the GT 4
-  // pipelined kernel 24 bytes of spills at its 128-register cap.
-  if (L.qt > 0 && kn_attn_tok_tiled_call(a, t, L.qt)) return;
-  const int32_t kvh = (int32_t)(item % a.n_kv_heads);
-  const int32_t len = kn_attn_tok_len(a, t);
-  const int32_t n_tok_chunks = kn_attn_tok_chunks(len, L.n_chunks, L.chunk);
-  if (c >= n_tok_chunks) return; // block-uniform: before any barrier
-  const int32_t j_begin = c * L.chunk;
-  const int32_t j_end = c == n_tok_chunks - 1 ? len : j_begin + L.chunk;
+  kn_attn_item_t it;
+  if (!kn_attn_block_item(L, it)) return; // block-uniform: before any barrier
+  const int64_t t = it.t;
+  const int32_t kvh = it.kvh, c = it.c, len = it.len, n_tok_chunks = it.n_tok_chunks;
+  const int32_t j_begin = it.j_begin, j_end = it.j_end;
 
   const int lane = threadIdx.x % 32;
   const int team = (threadIdx.x / 32) * TEAMS_PER_WARP + lane / LANES;
@@ -365,16 +413,7 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
         lb = fmaf(w, sm_ml[tm][gi][1], lb);
       }
       const int64_t th = t * a.n_heads + (int64_t)kvh * n_group + g0 + gi; // (token, query head)
-      if (n_tok_chunks == 1) {
-        kn_attn_store_out(a, th * HD + d, lb > 0.0f ? ab / lb : 0.0f); // kv_len 0: zeros
-      } else {
-        const int64_t p = th * L.n_chunks + c; // this chunk's partial
-        L.ws_acc[p * HD + d] = ab;
-        if (d == 0) {
-          L.ws_ml[2 * p] = mb;
-          L.ws_ml[2 * p + 1] = lb;
-        }
-      }
+      kn_attn_write_result(L, th, c, n_tok_chunks, HD, d, ab, mb, lb);
     }
     __syncthreads(); // the next head tile reuses sm_acc / sm_ml
   }
@@ -412,15 +451,7 @@ static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
 #pragma unroll 4
   for (int32_t c = g; c < n_tok_chunks; c += G) {
     const float2 m_l = __ldg(ml + c); // every used chunk has rows: a finite max
-    const float4 x = __ldg(acc + (int64_t)c * COLS);
-    const float mn = fmaxf(mb, m_l.x);
-    const float r = exp2f(mb - mn), w = exp2f(m_l.x - mn); // r = 0 on the group's first chunk
-    ab.x = fmaf(w, x.x, ab.x * r);
-    ab.y = fmaf(w, x.y, ab.y * r);
-    ab.z = fmaf(w, x.z, ab.z * r);
-    ab.w = fmaf(w, x.w, ab.w * r);
-    lb = fmaf(w, m_l.y, lb * r);
-    mb = mn;
+    kn_attn_merge_step(mb, lb, ab, m_l.x, m_l.y, __ldg(acc + (int64_t)c * COLS));
   }
   sm_acc[threadIdx.x] = ab;
   sm_ml[threadIdx.x] = make_float2(mb, lb);
@@ -429,15 +460,7 @@ static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
   for (int k = 1; k < G; k++) {
     const float2 m_l = sm_ml[k * COLS + col];
     if (m_l.x == -INFINITY) continue; // a group past the token's chunks
-    const float4 x = sm_acc[k * COLS + col];
-    const float mn = fmaxf(mb, m_l.x);
-    const float r = exp2f(mb - mn), w = exp2f(m_l.x - mn);
-    ab.x = fmaf(w, x.x, ab.x * r);
-    ab.y = fmaf(w, x.y, ab.y * r);
-    ab.z = fmaf(w, x.z, ab.z * r);
-    ab.w = fmaf(w, x.w, ab.w * r);
-    lb = fmaf(w, m_l.y, lb * r);
-    mb = mn;
+    kn_attn_merge_step(mb, lb, ab, m_l.x, m_l.y, sm_acc[k * COLS + col]);
   }
   const int64_t o = th * HD + col * 4;
   kn_attn_store_out(a, o, lb > 0.0f ? ab.x / lb : 0.0f);

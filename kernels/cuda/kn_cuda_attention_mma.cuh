@@ -150,16 +150,11 @@ static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_cons
   extern __shared__ __align__(16) unsigned char kn_attn_mma_smem[];
 
   const kn_cuda_attn_args_t &a = L.a;
-  const int64_t item = (int64_t)blockIdx.x / L.n_chunks;
-  const int32_t c = (int32_t)((int64_t)blockIdx.x % L.n_chunks);
-  const int64_t t = item / a.n_kv_heads;
-  if (L.qt > 0 && kn_attn_tok_tiled_call(a, t, L.qt)) return; // the tile kernel's token
-  const int32_t kvh = (int32_t)(item % a.n_kv_heads);
-  const int32_t len = kn_attn_tok_len(a, t);
-  const int32_t n_tok_chunks = kn_attn_tok_chunks(len, L.n_chunks, L.chunk);
-  if (c >= n_tok_chunks) return; // block-uniform: before any barrier
-  const int32_t j_begin = c * L.chunk;
-  const int32_t j_end = c == n_tok_chunks - 1 ? len : j_begin + L.chunk;
+  kn_attn_item_t it;
+  if (!kn_attn_block_item(L, it)) return; // block-uniform: before any barrier
+  const int64_t t = it.t;
+  const int32_t kvh = it.kvh, c = it.c, len = it.len, n_tok_chunks = it.n_tok_chunks;
+  const int32_t j_begin = it.j_begin, j_end = it.j_end;
   const int32_t n_tiles = (j_end - j_begin + KT - 1) / KT; // 0 when len == 0
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -328,16 +323,7 @@ static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_cons
       lb = fmaf(wt, sm_ml[(w * GT + gi) * 2 + 1], lb);
     }
     const int64_t th = t * a.n_heads + (int64_t)kvh * n_group + gi; // (token, query head)
-    if (n_tok_chunks == 1) {
-      kn_attn_store_out(a, th * HD + d, lb > 0.0f ? ab / lb : 0.0f); // kv_len 0: zeros
-    } else {
-      const int64_t pp = th * L.n_chunks + c; // this chunk's partial
-      L.ws_acc[pp * HD + d] = ab;
-      if (d == 0) {
-        L.ws_ml[2 * pp] = mb;
-        L.ws_ml[2 * pp + 1] = lb;
-      }
-    }
+    kn_attn_write_result(L, th, c, n_tok_chunks, HD, d, ab, mb, lb);
   }
 }
 
