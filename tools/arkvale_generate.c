@@ -353,8 +353,8 @@ int ak_cli_generate(int argc, char **argv) {
     if (on_device && wk_engine_sample_request(smp, NULL, 0, (uint64_t)(n_prompt + n_gen), hist, &r)) {
       wk_cuda_sample_t req = {.seqs = &r, .token_ids = &next, .logprobs = NULL};
       b.logits = NULL;
-      ak_status_t st = wk_engine_step_sampled(eng, &b, &req); /* INVALID_ARG: refused, the pool unchanged */
-      if (st < 0 && st != AK_ERR_INVALID_ARG) goto engine_error;
+      ak_status_t st = wk_engine_step_sampled(eng, &b, &req); /* UNSUPPORTED: past the device's caps */
+      if (st < 0 && st != AK_ERR_UNSUPPORTED) goto engine_error;
       sampled = st == AK_OK;
       b.logits = logits;
     }

@@ -43,8 +43,12 @@ ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, in
     if (!(isfinite(q->repetition_penalty) && q->repetition_penalty > 0.0f))
       return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].repetition_penalty=%g must be finite and > 0", i,
                     (double)q->repetition_penalty);
-    if (q->n_history_ids < 0 || q->n_history_ids > WK_CUDA_SAMPLE_MAX_HISTORY_IDS)
-      return AK_ERR(err, AK_ERR_INVALID_ARG,
+    if (q->n_history_ids < 0)
+      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].n_history_ids=%d must be >= 0", i, q->n_history_ids);
+    /* Valid, but past what the device holds: UNSUPPORTED tells the caller to sample on
+     * the host (a wrong request stays INVALID_ARG, and fails there too). */
+    if (q->n_history_ids > WK_CUDA_SAMPLE_MAX_HISTORY_IDS)
+      return AK_ERR(err, AK_ERR_UNSUPPORTED,
                     "seqs[%d].n_history_ids=%d outside [0, %d] (sample this step on the host)", i,
                     q->n_history_ids, WK_CUDA_SAMPLE_MAX_HISTORY_IDS);
     if (q->n_history_ids > 0 && !q->history_ids)
@@ -52,7 +56,7 @@ ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, in
                     q->n_history_ids);
     if (q->repetition_penalty == 1.0f) continue; /* the history has no reader */
     if (q->n_history_ids > 0 && n_vocab > KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB)
-      return AK_ERR(err, AK_ERR_INVALID_ARG,
+      return AK_ERR(err, AK_ERR_UNSUPPORTED,
                     "seqs[%d]: a repetition penalty with n_vocab=%d > %d is not supported on the device", i, n_vocab,
                     KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB);
     for (int32_t h = 0; h < q->n_history_ids; h++)

@@ -12,7 +12,7 @@
  *    tokens. Greedy picks the same token (argmax after the penalty, lowest id on ties).
  *  - The penalty history is at most WK_CUDA_SAMPLE_MAX_HISTORY_IDS tokens per sequence
  *    (device buffers are sized at create, nothing is allocated in a step). A longer
- *    request is AK_ERR_INVALID_ARG: the caller samples that step on the host.
+ *    request is AK_ERR_UNSUPPORTED: the caller samples that step on the host.
  *  - A row with no finite logit gets some id instead of an error.
  *
  * The staging object (wk_cuda_sampler_t) is the forward's: pinned host and device
@@ -65,8 +65,11 @@ typedef struct {
   float *logprobs;                  /* [n_seqs] host out (wk_sampler's logprob), or NULL */
 } wk_cuda_sample_t;
 
-/* Checks a request for a batch of n_seqs over n_vocab tokens: AK_ERR_INVALID_ARG with a
- * message naming seqs[i] and the field, else AK_OK. Needs no GPU. */
+/* Checks a request for a batch of n_seqs over n_vocab tokens, else AK_OK; errors name
+ * seqs[i] and the field. AK_ERR_INVALID_ARG for a wrong request; AK_ERR_UNSUPPORTED for
+ * a valid one past the device's caps (a penalty history beyond
+ * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, a penalty over a vocabulary beyond
+ * KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB): the host sampler takes those. Needs no GPU. */
 ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, int32_t n_vocab, ak_err_t *err);
 
 /* ---- the forward's staging object (worker-internal: wk_forward_cuda.c) ---- */

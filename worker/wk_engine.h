@@ -71,8 +71,9 @@ int wk_engine_samples_on_device(const wk_engine_t *eng);
 /* wk_engine_step that also samples each sequence's next token on the device, after the
  * vocab projection, so that only ids (and logprobs) cross PCIe
  * (wk_forward_cuda_run_sampled: one row per sequence, logits_all 0; batch->logits may
- * be NULL). AK_ERR_UNSUPPORTED on the CPU; AK_ERR_INVALID_ARG for a request the device
- * cannot take (wk_cuda_sample_check), the pool then unchanged: sample on the host. */
+ * be NULL). AK_ERR_UNSUPPORTED on the CPU, and for a request past the device's caps
+ * (wk_cuda_sample_check), the pool then unchanged: sample on the host. AK_ERR_INVALID_ARG
+ * for a wrong request or batch. */
 ak_status_t wk_engine_step_sampled(wk_engine_t *eng, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample);
 /* The device-sampling request for `smp`'s next draw, so that the device draws under
  * the parameters and penalty window wk_sampler_sample would use: smp's parameters, the

@@ -71,9 +71,9 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
  * (wk_cuda_sampler.h) right after the vocab projection, on the forward's stream: only
  * sample->token_ids (and logprobs) come back, in the step's one synchronization. The
  * logits also come back when batch->logits is set. `sample` NULL is wk_forward_cuda_run.
- * Refused with AK_ERR_INVALID_ARG before the pool changes: batch->logits_all set, or a
- * request wk_cuda_sample_check refuses (a history beyond WK_CUDA_SAMPLE_MAX_HISTORY_IDS
- * included: the caller then samples on the host). Works on the graph path too: the
+ * Refused before the pool changes: AK_ERR_INVALID_ARG for batch->logits_all set or a
+ * wrong request, AK_ERR_UNSUPPORTED for one past the device's caps (wk_cuda_sample_check:
+ * the caller then samples on the host). Works on the graph path too: the
  * request goes up before the graph, whose kernels read it at fixed addresses; turning
  * sampling on or off re-captures. */
 ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,

@@ -263,7 +263,7 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
       wk_cuda_sample_t req = {.seqs = s->dev_req, .token_ids = s->dev_ids, .logprobs = s->dev_logprobs};
       b.logits = NULL;
       st = wk_engine_step_sampled(s->eng, &b, &req);
-      if (st == AK_ERR_INVALID_ARG) { /* refused before the pool changed: the host path decides */
+      if (st == AK_ERR_UNSUPPORTED) { /* past the device's caps, the pool unchanged: the host samples */
         AK_LOG_WARN("step %" PRIu64 ": device sampling refused (%s); sampling on the host", q->step_id,
                     wk_engine_errmsg(s->eng));
         on_device = 0;

@@ -690,8 +690,6 @@ TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
       {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = 0.0f; }, "seqs[1].repetition_penalty=0"},
       {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = NAN; }, "seqs[1].repetition_penalty=nan"},
       {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = -1; }, "seqs[1].n_history_ids=-1"},
-      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1; },
-       "seqs[1].n_history_ids=1025"},
       {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = 2; }, "seqs[1].history_ids is NULL"},
   };
   for (const Bad &b : bad) {
@@ -712,9 +710,18 @@ TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
   seqs[1].history_ids = hist;
   seqs[1].n_history_ids = 3;
   EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_OK) << err.msg;
-  // The penalty's bitmap bounds the vocabulary.
-  EXPECT_EQ(wk_cuda_sample_check(&req, 2, KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB + 1, &err), AK_ERR_INVALID_ARG);
+  // Valid requests past the device's caps are UNSUPPORTED (the caller samples on the
+  // host), not INVALID_ARG: the penalty's bitmap bounds the vocabulary, the history
+  // buffer the window.
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB + 1, &err), AK_ERR_UNSUPPORTED);
   EXPECT_NE(std::string(err.msg).find("not supported on the device"), std::string::npos) << err.msg;
+  std::vector<int32_t> long_hist(WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1, 3);
+  seqs[1].history_ids = long_hist.data();
+  seqs[1].n_history_ids = WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1;
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(err.msg).find("seqs[1].n_history_ids=1025"), std::string::npos) << err.msg;
+  seqs[1].repetition_penalty = 1.0f; // the window is past the cap whether or not a penalty reads it
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_ERR_UNSUPPORTED);
 }
 
 // Three sequences, one batch, different parameters: greedy ids sampled on the device
@@ -881,7 +888,7 @@ TEST(WkForwardCudaGpu, SampledRunRefusesLongHistoryAndLeavesThePool) {
   wk_cuda_sample_t req{&q, &id, nullptr};
   int32_t one = 1, tok = argmax(lg.data(), g.n_vocab);
   ak_err_t err;
-  EXPECT_EQ(g.step_sampled(&seq, &one, 1, &tok, nullptr, &req, &err), AK_ERR_INVALID_ARG);
+  EXPECT_EQ(g.step_sampled(&seq, &one, 1, &tok, nullptr, &req, &err), AK_ERR_UNSUPPORTED);
   EXPECT_NE(std::string(err.msg).find("n_history_ids=1025"), std::string::npos) << err.msg;
   EXPECT_EQ(kv_seq_n_tokens(g.pool, seq), 20) << "the refused step left the pool as it was";
   EXPECT_EQ(id, -1);
