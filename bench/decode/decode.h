@@ -102,7 +102,7 @@ void dec_budget_list(const dec_args_t *a, char *out, size_t out_bytes);
 int dec_any_arkvale(const dec_args_t *a);
 
 /* --gemm values, by kn_cuda_decode_gemm_t, and what each means (decode_args.c) */
-extern const char *const dec_gemm_names[3];
-extern const char *const dec_gemm_desc[3];
+extern const char *const dec_gemm_names[4];
+extern const char *const dec_gemm_desc[4];
 
 #endif

@@ -8,12 +8,13 @@
 #include "decode.h"
 #include "wk_model_cuda.h"
 
-const char *const dec_gemm_names[3] = {"auto", "cublas", "fma"};
-const char *const dec_gemm_desc[3] = {
+const char *const dec_gemm_names[4] = {"auto", "cublas", "fma", "mma"};
+const char *const dec_gemm_desc[4] = {
     "kn_cuda_gemm's choice: the FMA GEMV for one or two rows, and for <= 8 rows on weights <= 8M elements; "
-    "cuBLASLt otherwise",
+    "the tensor-core GEMV for 3..8 rows on larger weights; cuBLASLt above 8 rows",
     "cuBLASLt for every GEMM",
-    "the GEMV kernel (kn_cuda_gemv.cu) for <= 8 rows, cuBLASLt otherwise"};
+    "the GEMV kernel (kn_cuda_gemv.cu) for <= 8 rows, cuBLASLt otherwise",
+    "the tensor-core GEMV (kn_cuda_gemv_mma.cu) for <= 8 rows, cuBLASLt otherwise"};
 
 void dec_usage(FILE *f) {
   fprintf(f,
@@ -30,8 +31,8 @@ void dec_usage(FILE *f) {
           "  --ctx N[,N...]       cached tokens per sequence before the timed steps\n"
           "                       (default 10240,20480,30720)\n"
           "  --steps N            timed decode steps (default 32)\n"
-          "  --gemm auto|cublas|fma  decode GEMMs (<= 8 rows): kn_cuda_gemm's choice (default),\n"
-          "                       cuBLASLt or the GEMV kernel forced\n"
+          "  --gemm auto|cublas|fma|mma  decode GEMMs (<= 8 rows): kn_cuda_gemm's choice (default),\n"
+          "                       cuBLASLt, the FMA GEMV or the tensor-core GEMV forced\n"
           "  --graphs on|off      replay each decode step from a CUDA graph (default on)\n"
           "  --sample logits|device  what a step returns: every sequence's logits (default, f32 to\n"
           "                       pinned host memory) or greedy token ids sampled on the device\n"
@@ -189,11 +190,11 @@ int dec_parse_args(int argc, char **argv, dec_args_t *a) {
     }
     else if (!strcmp(f, "--gemm")) {
       int m = -1;
-      for (int k = 0; k < 3; k++)
+      for (int k = 0; k < 4; k++)
         if (!strcmp(v, dec_gemm_names[k])) m = k;
       if (m >= 0) a->gemm_mode = m;
       else {
-        fprintf(stderr, "bench_decode: --gemm expects auto, cublas or fma, got '%s'\n", v);
+        fprintf(stderr, "bench_decode: --gemm expects auto, cublas, fma or mma, got '%s'\n", v);
         r = -1;
       }
     }

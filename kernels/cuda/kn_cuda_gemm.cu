@@ -87,7 +87,7 @@ struct kn_cuda_blas {
 
 extern "C" ak_status_t kn_cuda_blas_set_decode_gemm(kn_cuda_blas_t *blas, kn_cuda_decode_gemm_t mode, ak_err_t *err) {
   if (!blas) return AK_ERR(err, AK_ERR_INVALID_ARG, "blas is NULL");
-  if (mode < KN_CUDA_DECODE_GEMM_AUTO || mode > KN_CUDA_DECODE_GEMM_FMA)
+  if (mode < KN_CUDA_DECODE_GEMM_AUTO || mode > KN_CUDA_DECODE_GEMM_MMA)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "decode GEMM mode %d is not a kn_cuda_decode_gemm_t", (int)mode);
   blas->decode_gemm = mode;
   return AK_OK;
@@ -95,16 +95,18 @@ extern "C" ak_status_t kn_cuda_blas_set_decode_gemm(kn_cuda_blas_t *blas, kn_cud
 
 // The kernel a validated call goes to: a GEMV kernel for decode-sized calls it can take
 // (kn_gemv_applies), cuBLASLt otherwise. AUTO: the FMA GEMV for one or two rows at any
-// size and for 3..8 rows on weights of at most KN_GEMV_MAX_WEIGHT_ELEMS; cuBLASLt for
-// 3..8 rows above. Measured on the H100 (notes/device-runs.md, session 5): with one row
-// the GEMV streams 7B weights at 2.3-3.1 TB/s against cuBLASLt's 2.0-2.8 and needs no
-// split-K reduction; in a llama3-8b decode step at 1k context the GEMV is ahead with 2
-// rows (6.42 vs 6.54 ms), even with 3 (6.60 / 6.62) and behind with 4 (6.91 / 6.81).
+// size and for 3..8 rows on weights of at most KN_GEMV_MAX_WEIGHT_ELEMS; the tensor-core
+// GEMV for 3..8 rows above. Measured on the H100 (notes/device-runs.md, sessions 5-6):
+// with one row the FMA GEMV streams 7B weights at 2.3-3.1 TB/s against cuBLASLt's
+// 2.0-2.8 and needs no split-K reduction; in a llama3-8b decode step at 1k context it is
+// ahead with 2 rows (6.42 vs 6.54 ms), even with 3 and behind cuBLASLt with 4 (6.91 /
+// 6.81), where the tensor-core GEMV beats cuBLASLt (llama3-8b batch 4: 10k 8.54 -> 8.32
+// ms, 30k 12.54 -> 12.31) but not the FMA GEMV with one row (5.78 vs 6.44 ms).
 static kn_cuda_decode_gemm_t kn_gemm_route(const kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a) {
   if (blas->decode_gemm == KN_CUDA_DECODE_GEMM_CUBLAS || !kn_gemv_applies(a)) return KN_CUDA_DECODE_GEMM_CUBLAS;
   if (blas->decode_gemm != KN_CUDA_DECODE_GEMM_AUTO) return blas->decode_gemm;
   return a->n_tok <= 2 || a->n_in * a->n_out <= KN_GEMV_MAX_WEIGHT_ELEMS ? KN_CUDA_DECODE_GEMM_FMA
-                                                                         : KN_CUDA_DECODE_GEMM_CUBLAS;
+                                                                         : KN_CUDA_DECODE_GEMM_MMA;
 }
 
 
@@ -314,6 +316,7 @@ extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_arg
   if (args->n_tok == 0) return AK_OK;
   /* decode-sized: a weight-streaming GEMV beats cuBLASLt's split-K kernels */
   kn_cuda_decode_gemm_t route = kn_gemm_route(blas, args);
+  if (route == KN_CUDA_DECODE_GEMM_MMA) return kn_gemv_mma_run(args, NULL, blas->stream, err);
   if (route != KN_CUDA_DECODE_GEMM_CUBLAS) return kn_gemv_run(args, NULL, blas->stream, err);
 
   int ran = 0;
@@ -357,7 +360,8 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
       split.y[p] = args->y[p];
     }
     split.swiglu_out = args->swiglu_out;
-    return kn_gemv_run(&whole, &split, blas->stream, err);
+    return route == KN_CUDA_DECODE_GEMM_MMA ? kn_gemv_mma_run(&whole, &split, blas->stream, err)
+                                            : kn_gemv_run(&whole, &split, blas->stream, err);
   }
   /* runs of equal parts at one output spacing as one batched matmul, the rest one each */
   size_t row_bytes = (size_t)args->n_in * 2, y_elem_bytes = args->y_dtype == KN_CUDA_F32 ? 4 : 2;

@@ -55,4 +55,8 @@ int kn_gemv_applies(const kn_cuda_gemm_args_t *args);
 ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
                         ak_err_t *err);
 
+// The tensor-core GEMV (kn_cuda_gemv_mma.cu): same arguments, outputs and epilogues.
+ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
+                            ak_err_t *err);
+
 #endif

@@ -113,6 +113,9 @@ std::vector<Case> gpu_cases() {
     out.push_back({n_tok, 1536, 576, "down"});
     out.push_back({n_tok, 97, 33, "odd"});            // odd leading dimensions: 2-byte aligned rows
     if (n_tok <= 8) out.push_back({n_tok, 4104, 33, "tail"});  // n_in % 32 == 8, n_out % 16 == 1
+    // Weights past 8M elements: AUTO sends 3..8 rows to the tensor-core GEMV (a partial
+    // last tile of 8 rows), 1..2 to the FMA GEMV.
+    if (n_tok <= 8) out.push_back({n_tok, 4096, 2056, "large"});
   }
   out.push_back({512, 4096, 4096, "big"});
   return out;
@@ -248,6 +251,22 @@ TEST_P(KnCudaGemmGpu, F32Fma) {
   check(GetParam(), KN_CUDA_F32, false, 0);
 }
 TEST_P(KnCudaGemmGpu, F32Accumulate) { check(GetParam(), KN_CUDA_F32, true, 0); }
+// The tensor-core GEMV forced likewise (kn_cuda_gemv_mma.cu): plain, accumulating, bf16 out.
+TEST_P(KnCudaGemmGpu, F32Mma) {
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), KN_CUDA_DECODE_GEMM_MMA, &err), AK_OK) << err.msg;
+  check(GetParam(), KN_CUDA_F32, false, 0);
+}
+TEST_P(KnCudaGemmGpu, F32MmaAccumulate) {
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), KN_CUDA_DECODE_GEMM_MMA, &err), AK_OK) << err.msg;
+  check(GetParam(), KN_CUDA_F32, true, 0);
+}
+TEST_P(KnCudaGemmGpu, Bf16Mma) {
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), KN_CUDA_DECODE_GEMM_MMA, &err), AK_OK) << err.msg;
+  check(GetParam(), KN_CUDA_BF16, false, 0);
+}
 // Operands one element past an allocation's start: 2- and 4-byte aligned pointers,
 // which cuBLASLt must be told about (its default assumes 256).
 TEST_P(KnCudaGemmGpu, F32Misaligned) { check(GetParam(), KN_CUDA_F32, false, 1); }
@@ -377,7 +396,7 @@ TEST(KnCudaGemmArgs, EmptyBatchIsANoOp) {
 // part's rows gives (the GEMV path for 4 rows, one cuBLASLt call per part for 17: the
 // two equal parts' outputs lie in reverse order, so they are not one batched matmul).
 TEST_F(KnCudaGemmCacheGpu, SplitPartsEqualSeparateGemms) {
-  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA})
+  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_MMA})
   for (int64_t n_tok : {4, 17}) {
     SCOPED_TRACE("decode GEMM mode " + std::to_string(mode));
     ak_err_t mode_err{};
@@ -501,7 +520,8 @@ namespace {
 // GEMV leaves the f32 scratch parts untouched. n_in 4096 with one row takes the GEMV's
 // two-warps-per-row path (KS 2), whose cross-warp sum must match the plain GEMV's too.
 TEST_F(KnCudaGemmCacheGpu, SwigluOutEqualsSplitThenSiluMul) {
-  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_CUBLAS})
+  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_CUBLAS,
+                   KN_CUDA_DECODE_GEMM_MMA})
   for (int64_t n_tok : {1, 3, 8, 17})
   for (int64_t n_in : {320, 100, 4096}) {
     SCOPED_TRACE("mode " + std::to_string(mode) + ", n_tok " + std::to_string(n_tok) + ", n_in " +

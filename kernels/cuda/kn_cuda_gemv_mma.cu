@@ -1,0 +1,171 @@
+// kn_cuda_gemv_mma: y = x · Wᵀ for 1..8 rows of x on tensor cores (the MMA decode-GEMM
+// mode of kn_cuda_gemm), memory-bound on W like the FMA GEMV (kn_cuda_gemv.cu), whose
+// outputs, parts, accumulate and SwiGLU epilogue it shares.
+//
+// Why: with 3..8 rows the FMA GEMV converts every weight vector to f32 and does 8 FMAs
+// per row of x per vector, plus the x loads and conversions: issue-bound, so cuBLASLt
+// took those calls (~2.7 TB/s at 7B shapes). An mma.sync m16n8k16 (bf16 in, f32
+// accumulate) takes 16 weight rows x 16 inputs x 8 rows of x in one instruction, with
+// no conversions and no shuffle reductions.
+//
+// Layout: a block is 4 warps = one tile of 16 output rows x 4 parts of the inputs (KS):
+// warp w takes input steps s = w, w + 4, ... of 32 inputs. Lane (g = lane / 4,
+// q = lane % 4) loads 16 bytes of weight rows g and g + 8 at inputs 32 s + 8 q .. + 7
+// and 16 bytes of x row g (rows >= n_tok: zeros) at the same inputs. Because a dot
+// product may sum its inputs in any order, those 8 inputs are taken as the lane's A/B
+// fragment elements of two mmas (inputs 8q + {0,1}, {2,3} in the first, {4,5}, {6,7} in
+// the second, in both operands alike): no shuffles, no shared-memory staging, each load
+// fully used. The accumulators (rows g, g + 8 x rows of x 2q, 2q + 1) of the 4 warps are
+// added through shared memory in warp order; lane (g, q) of warp 0 writes them.
+// Summation order differs from the FMA GEMV's (f32 either way).
+#include "kn_cuda_gemv.cuh"
+#include "kn_cuda_silu.cuh"
+
+namespace {
+
+constexpr int kMmaWarps = 16; // input parts (KS) of a 16-row tile
+constexpr int kMmaUnroll = 4; // input steps of 32 in flight per warp
+
+__device__ __forceinline__ void kn_mma_bf16(float (&d)[4], const uint4 &a_lo, const uint4 &a_hi, uint32_t b0,
+                                            uint32_t b1, int half) {
+  // half 0: inputs {0,1} / {2,3} of the lane's 8; half 1: {4,5} / {6,7}.
+  const uint32_t a0 = half ? a_lo.z : a_lo.x, a2 = half ? a_lo.w : a_lo.y;
+  const uint32_t a1 = half ? a_hi.z : a_hi.x, a3 = half ? a_hi.w : a_hi.y;
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// SW: W is [2 * n_out][n_in] (gate rows, then up rows); the tile takes gate rows and the
+// matching up rows and writes silu(gate) * up as bf16 to sw_out (as the FMA GEMV).
+template <typename TY, bool SW>
+__global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_bfloat16 *__restrict__ x,
+                                                                     const __nv_bfloat16 *__restrict__ w,
+                                                                     kn_gemv_parts_t<TY> out, int n_tok, int64_t n_in,
+                                                                     int64_t n_out, int accumulate,
+                                                                     __nv_bfloat16 *__restrict__ sw_out) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int64_t row0 = (int64_t)blockIdx.x * 16;
+  // Rows past n_out read row n_out - 1 (in bounds) and are never written.
+  const int64_t ra = row0 + g < n_out ? row0 + g : n_out - 1, rb = row0 + g + 8 < n_out ? row0 + g + 8 : n_out - 1;
+  const int n_vec = (int)(n_in / 8); // 16-byte vectors a row (n_in % 8 == 0: the caller checks)
+  const uint4 *wa = reinterpret_cast<const uint4 *>(w + ra * n_in) + q;
+  const uint4 *wb = reinterpret_cast<const uint4 *>(w + rb * n_in) + q;
+  const uint4 *wa2 = SW ? reinterpret_cast<const uint4 *>(w + (ra + n_out) * n_in) + q : nullptr;
+  const uint4 *wb2 = SW ? reinterpret_cast<const uint4 *>(w + (rb + n_out) * n_in) + q : nullptr;
+  const bool xon = g < n_tok;
+  const uint4 *xr = reinterpret_cast<const uint4 *>(x + (int64_t)(xon ? g : 0) * n_in) + q;
+  const int n_steps = n_vec / 4; // steps of 32 inputs = 4 vectors
+  kn_pdl_begin();
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f}, acc2[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int s0 = warp; s0 < n_steps; s0 += kMmaWarps * kMmaUnroll) {
+    uint4 va[kMmaUnroll], vb[kMmaUnroll], vx[kMmaUnroll], va2[SW ? kMmaUnroll : 1], vb2[SW ? kMmaUnroll : 1];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; u++) {
+      const int s = s0 + u * kMmaWarps;
+      const bool on = s < n_steps;
+      va[u] = on ? __ldcs(wa + 4 * s) : make_uint4(0, 0, 0, 0); // weights are streamed once
+      vb[u] = on ? __ldcs(wb + 4 * s) : make_uint4(0, 0, 0, 0);
+      if constexpr (SW) {
+        va2[u] = on ? __ldcs(wa2 + 4 * s) : make_uint4(0, 0, 0, 0);
+        vb2[u] = on ? __ldcs(wb2 + 4 * s) : make_uint4(0, 0, 0, 0);
+      }
+      vx[u] = on && xon ? __ldg(xr + 4 * s) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; u++) {
+      kn_mma_bf16(acc, va[u], vb[u], vx[u].x, vx[u].y, 0);
+      kn_mma_bf16(acc, va[u], vb[u], vx[u].z, vx[u].w, 1);
+      if constexpr (SW) {
+        kn_mma_bf16(acc2, va2[u], vb2[u], vx[u].x, vx[u].y, 0);
+        kn_mma_bf16(acc2, va2[u], vb2[u], vx[u].z, vx[u].w, 1);
+      }
+    }
+  }
+  // n_in % 32 != 0: the last 1..3 vectors, by warp 0 alone (a zero-padded step).
+  if (n_vec % 4 && warp == 0) {
+    const int v = 4 * n_steps + q;
+    const bool on = v < n_vec;
+    const uint4 a = on ? __ldcs(wa - q + v) : make_uint4(0, 0, 0, 0), b = on ? __ldcs(wb - q + v) : make_uint4(0, 0, 0, 0);
+    const uint4 xv = on && xon ? __ldg(xr - q + v) : make_uint4(0, 0, 0, 0);
+    kn_mma_bf16(acc, a, b, xv.x, xv.y, 0);
+    kn_mma_bf16(acc, a, b, xv.z, xv.w, 1);
+    if constexpr (SW) {
+      const uint4 a2 = on ? __ldcs(wa2 - q + v) : make_uint4(0, 0, 0, 0);
+      const uint4 b2 = on ? __ldcs(wb2 - q + v) : make_uint4(0, 0, 0, 0);
+      kn_mma_bf16(acc2, a2, b2, xv.x, xv.y, 0);
+      kn_mma_bf16(acc2, a2, b2, xv.z, xv.w, 1);
+    }
+  }
+
+  __shared__ float4 red[kMmaWarps][32][SW ? 2 : 1];
+  red[warp][lane][0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  if constexpr (SW) red[warp][lane][SW ? 1 : 0] = make_float4(acc2[0], acc2[1], acc2[2], acc2[3]);
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int k = 1; k < kMmaWarps; k++) {
+    const float4 r = red[k][lane][0];
+    acc[0] += r.x, acc[1] += r.y, acc[2] += r.z, acc[3] += r.w;
+    if constexpr (SW) {
+      const float4 r2 = red[k][lane][SW ? 1 : 0];
+      acc2[0] += r2.x, acc2[1] += r2.y, acc2[2] += r2.z, acc2[3] += r2.w;
+    }
+  }
+  // acc[2 h + j] = (row g + 8 h, row of x 2 q + j).
+#pragma unroll
+  for (int h = 0; h < 2; h++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int64_t row = row0 + g + 8 * h;
+      const int t = 2 * q + j;
+      if (row >= n_out || t >= n_tok) continue;
+      float s = acc[2 * h + j];
+      if constexpr (SW) {
+        sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[2 * h + j]));
+        continue;
+      }
+      // The part holding `row`, constant indices only (see kn_cuda_gemv.cu).
+      TY *y = out.y[0];
+      int64_t begin = 0, end = out.begin[1];
+#pragma unroll
+      for (int p = 1; p < KN_GEMV_MAX_PARTS; p++)
+        if (p < out.n_parts && row >= out.begin[p]) y = out.y[p], begin = out.begin[p], end = out.begin[p + 1];
+      TY *dst = y + (int64_t)t * (end - begin) + (row - begin);
+      if (accumulate) s += kn_ld(dst);
+      kn_st(dst, s);
+    }
+}
+
+template <typename TY>
+void kn_gemv_mma_launch(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
+  kn_gemv_parts_t<TY> out;
+  kn_gemv_parts_fill(&out, a, split);
+  const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
+  if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
+    const int64_t half = split->rows[0];
+    kn_launch(kn_gemv_mma_kernel<TY, true>, dim3((unsigned)((half + 15) / 16)), dim3(kMmaWarps * 32), 0, stream, x,
+              w, out, (int)a->n_tok, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
+  } else {
+    kn_launch(kn_gemv_mma_kernel<TY, false>, dim3((unsigned)((a->n_out + 15) / 16)), dim3(kMmaWarps * 32), 0, stream,
+              x, w, out, (int)a->n_tok, a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
+  }
+}
+
+}  // namespace
+
+ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream,
+                            ak_err_t *err) {
+  if (a->n_tok < 1 || a->n_tok > KN_GEMV_MAX_TOK)
+    return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_mma_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
+                      KN_GEMV_MAX_TOK);
+  if (a->y_dtype == KN_CUDA_F32)
+    kn_gemv_mma_launch<float>(a, split, stream);
+  else
+    kn_gemv_mma_launch<__nv_bfloat16>(a, split, stream);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return ak_err_set(err, AK_ERR_CUDA, "kn_gemv_mma_run: launch: %s", cudaGetErrorString(e));
+  return AK_OK;
+}
