@@ -131,19 +131,7 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
       if (lane == 0) sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[t]));
       continue;
     }
-    if (lane == 0) {
-      // The part holding `row`, with constant indices only: a runtime index into the
-      // parameter struct made every thread copy it to local memory (64 bytes a thread,
-      // ~25% extra traffic at 7B shapes; H100, session 5).
-      TY *y = out.y[0];
-      int64_t begin = 0, end = out.begin[1];
-#pragma unroll
-      for (int p = 1; p < KN_GEMV_MAX_PARTS; p++)
-        if (p < out.n_parts && row >= out.begin[p]) y = out.y[p], begin = out.begin[p], end = out.begin[p + 1];
-      TY *dst = y + (int64_t)t * (end - begin) + (row - begin);
-      if (accumulate) s += kn_ld(dst);
-      kn_st(dst, s);
-    }
+    if (lane == 0) kn_gemv_store(out, row, t, s, accumulate);
   }
 }
 

@@ -48,6 +48,23 @@ static inline void kn_gemv_parts_fill(kn_gemv_parts_t<TY> *out, const kn_cuda_ge
   }
 }
 
+// Stores (or with accumulate adds to) output `row` of x row t into the part holding it.
+// Constant indices only: a runtime index into the parameter struct made every thread
+// copy it to local memory (64 bytes a thread, ~25% extra traffic at 7B shapes; H100,
+// session 5).
+template <typename TY>
+__device__ __forceinline__ void kn_gemv_store(const kn_gemv_parts_t<TY> &out, int64_t row, int t, float s,
+                                              int accumulate) {
+  TY *y = out.y[0];
+  int64_t begin = 0, end = out.begin[1];
+#pragma unroll
+  for (int p = 1; p < KN_GEMV_MAX_PARTS; p++)
+    if (p < out.n_parts && row >= out.begin[p]) y = out.y[p], begin = out.begin[p], end = out.begin[p + 1];
+  TY *dst = y + (int64_t)t * (end - begin) + (row - begin);
+  if (accumulate) s += kn_ld(dst);
+  kn_st(dst, s);
+}
+
 // 1 if a GEMV kernel can take these (already validated) arguments: 1..8 rows, n_in a
 // multiple of 8, x and W 16-byte aligned.
 int kn_gemv_applies(const kn_cuda_gemm_args_t *args);

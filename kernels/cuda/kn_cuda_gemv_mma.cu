@@ -127,15 +127,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
         sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[2 * h + j]));
         continue;
       }
-      // The part holding `row`, constant indices only (see kn_cuda_gemv.cu).
-      TY *y = out.y[0];
-      int64_t begin = 0, end = out.begin[1];
-#pragma unroll
-      for (int p = 1; p < KN_GEMV_MAX_PARTS; p++)
-        if (p < out.n_parts && row >= out.begin[p]) y = out.y[p], begin = out.begin[p], end = out.begin[p + 1];
-      TY *dst = y + (int64_t)t * (end - begin) + (row - begin);
-      if (accumulate) s += kn_ld(dst);
-      kn_st(dst, s);
+      kn_gemv_store(out, row, t, s, accumulate);
     }
 }
 
