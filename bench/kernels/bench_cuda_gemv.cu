@@ -1,6 +1,7 @@
 // bench_cuda_gemv: the decode GEMMs (1..8 rows of x against a bf16 weight) at the
 // shapes of bench/decode's models, through each kernel kn_cuda_gemm can route them to:
-// cuBLASLt and the GEMV (kn_cuda_gemv.cu), and kn_cuda_gemm's own choice (auto). Rate = weight bytes / time (x and y are a few KiB); the
+// cuBLASLt, the FMA GEMV (kn_cuda_gemv.cu) and the tensor-core GEMV (kn_cuda_gemv_mma.cu),
+// and kn_cuda_gemm's own choice (auto). Rate = weight bytes / time (x and y are a few KiB); the
 // card's peak is printed beside it. Times are CUDA-event means over --iters calls
 // after 3 warm-ups, weights and x filled with a constant (no data-dependent speed).
 //   bench_cuda_gemv [--iters I] [--tok N[,N...]] [--out FILE.md]
@@ -29,7 +30,9 @@ static const gv_shape kShapes[] = {
     {14336, 4096, "down llama3-8b"},     {4096, 32000, "logits longchat-7b"}, {576, 960, "q|k|v smollm2-135m"},
     {576, 3072, "gate|up smollm2-135m"}, {1536, 576, "down smollm2-135m"},
 };
-static const char *kModes[] = {"auto", "cuBLASLt", "GEMV"};
+// Indexed by kn_cuda_decode_gemm_t.
+static const char *kModes[] = {"auto", "cuBLASLt", "GEMV", "MMA GEMV"};
+enum { kNModes = (int)(sizeof kModes / sizeof kModes[0]) };
 
 int main(int argc, char **argv) {
   int iters = 50;
@@ -88,9 +91,11 @@ int main(int argc, char **argv) {
             prop.name, prop.major, prop.minor, prop.multiProcessorCount, iters);
     fprintf(sinks[k], "- command: bench_cuda_gemv --iters %d%s%s\n", iters, out ? " --out " : "", out ? out : "");
     fprintf(sinks[k], "- rate = weight bytes / time (the H100 SXM's HBM3 peak is 3350 GB/s)\n\n");
-    fprintf(sinks[k], "| shape | n_in | n_out | tok | %s us | GB/s | %s us | GB/s | auto picks |\n", kModes[1],
-            kModes[2]);
-    fprintf(sinks[k], "|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    fprintf(sinks[k], "| shape | n_in | n_out | tok |");
+    for (int m = 1; m < kNModes; m++) fprintf(sinks[k], " %s us | GB/s |", kModes[m]);
+    fprintf(sinks[k], " auto picks |\n|---|---:|---:|---:|");
+    for (int m = 1; m < kNModes; m++) fprintf(sinks[k], "---:|---:|");
+    fprintf(sinks[k], "---|\n");
   }
   for (const gv_shape &sh : kShapes) {
     size_t w_bytes = (size_t)sh.n_in * sh.n_out * 2;
@@ -101,8 +106,8 @@ int main(int argc, char **argv) {
     BENCH_CHECK(cudaMemset(dw, 0x3c, w_bytes));
     BENCH_CHECK(cudaMemset(dx, 0x3c, (size_t)8 * sh.n_in * 2));
     for (int t = 0; t < n_toks; t++) {
-      double us[3] = {0};
-      for (int mode = 0; mode <= 2; mode++) {
+      double us[kNModes] = {0};
+      for (int mode = 0; mode < kNModes; mode++) {
         BENCH_OK(kn_cuda_blas_set_decode_gemm(blas, (kn_cuda_decode_gemm_t)mode, &err), err);
         kn_cuda_gemm_args_t a = {};
         a.x = dx;
@@ -123,11 +128,12 @@ int main(int argc, char **argv) {
       }
       // auto's time equals one of the forced kernels': name the closest
       int pick = 1;
-      if (fabs(us[2] - us[0]) < fabs(us[1] - us[0])) pick = 2;
+      for (int m = 2; m < kNModes; m++)
+        if (fabs(us[m] - us[0]) < fabs(us[pick] - us[0])) pick = m;
       for (int k = 0; k < 2; k++) {
         if (!sinks[k]) continue;
         fprintf(sinks[k], "| %s | %ld | %ld | %ld |", sh.what, sh.n_in, sh.n_out, toks[t]);
-        for (int m = 1; m <= 2; m++) fprintf(sinks[k], " %.1f | %.0f |", us[m], w_bytes / (us[m] * 1e3));
+        for (int m = 1; m < kNModes; m++) fprintf(sinks[k], " %.1f | %.0f |", us[m], w_bytes / (us[m] * 1e3));
         fprintf(sinks[k], " %s (%.1f us) |\n", kModes[pick], us[0]);
       }
     }
