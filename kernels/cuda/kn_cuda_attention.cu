@@ -74,9 +74,10 @@ enum {
   KN_ATTN_WARPS = 4,
   KN_ATTN_THREADS = KN_ATTN_WARPS * 32,
   KN_ATTN_MAX_GT = 8,         // query heads per block pass
-  // software-pipelined K/V loads up to this grid (see the kernel); H100, longchat-7b B=4
-  // at 10k keys (5120 blocks): 244.0 us at 4096, 241.9 us at 8192; at 30k (15488
-  // blocks) the pipelined kernel was slower (H200: 467 -> 497 us)
+  // software-pipelined K/V loads up to this grid (see the kernel); measured with chunks
+  // of 256 keys: H100, longchat-7b B=4 at 10k keys (5120 blocks): 244.0 us at 4096,
+  // 241.9 us at 8192; at 30k (15488 blocks) the pipelined kernel was slower (H200: 467
+  // -> 497 us). With 512-key chunks that grid is 7680 blocks (pipelined): 669 us, H100.
   KN_ATTN_PIPE_MAX_BLOCKS = 8192,
   KN_ATTN_MERGE_THREADS = 256,    // the merge kernel's block: head_dim / 4 (<= 64) divides it
   // The tiled prefill path (kn_attn_tile_kernel):

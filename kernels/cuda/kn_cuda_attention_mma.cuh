@@ -290,6 +290,7 @@ static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_cons
   // Merge the warps: row g's (m, l) and O[g][8 n + 2 tq + {0,1}] through shared memory
   // (the staging area is free: every warp has waited for its copies).
   __syncthreads();
+  static_assert(sizeof(float) * WARPS * GT * (HD + 2) <= smem_bytes<HD>(), "the merge fits in the staging area");
   float *sm_o = reinterpret_cast<float *>(kn_attn_mma_smem);          // [WARPS][GT][HD]
   float *sm_ml = sm_o + WARPS * GT * HD;                               // [WARPS][GT][2]
 #pragma unroll

@@ -40,7 +40,6 @@
 namespace {
 
 constexpr int KN_DSB_WARPS = 8;
-constexpr int KN_DSB_MAX_STAGES = 16;
 constexpr int KN_DSB_QC = 4;  // (KV head, query head) pairs a warp keeps q for in registers
 // The bytes a block keeps in flight (at least 2 stages). H100, 4 x 962 pages x 32 KV heads
 // x 128: 32 KiB gave f16 25.1 us, 64 KiB 26.8 (fewer blocks an SM); f32 47.9 either way.
@@ -51,6 +50,7 @@ constexpr size_t KN_DSB_RING_BYTES = 32 * 1024;
 // while f32 (8 KiB) took 17.8 against 20.7.
 constexpr size_t KN_DSB_MIN_PAGE_BYTES = 8 * 1024;
 constexpr size_t KN_DSB_MAX_PAGE_BYTES = 32 * 1024;  // two stages of 32 KiB per block
+constexpr int KN_DSB_MAX_STAGES = (int)(KN_DSB_RING_BYTES / KN_DSB_MIN_PAGE_BYTES);  // stages of the smallest pages
 
 __device__ __forceinline__ unsigned kn_smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -146,8 +146,8 @@ __device__ __forceinline__ float kn_dsb_warp_sum(float v) {
   return v;
 }
 
-// Dynamic shared memory: n_stages stages of stage_bytes (16-byte multiples), then the
-// barriers. ppb pages per block.
+// Dynamic shared memory: n_stages stages of page_bytes (a 16-byte multiple), one
+// mbarrier each (static). ppb pages per block.
 template <int D, typename T>
 __global__ void __launch_bounds__(KN_DSB_WARPS * 32)
     kn_digest_score_bulk_kernel(int agg, const T *__restrict__ digests, const int32_t *__restrict__ page_seq,

@@ -7,8 +7,10 @@
 // row 8 bf16 at a time (4 loads in flight per lane), then a warp reduction per token.
 // x stays in L1/L2 (n_tok rows of n_in bf16: at most 8 x 14336 x 2 bytes).
 //
-// Used by kn_cuda_gemm (kn_cuda_gemm.cu) when n_tok <= KN_GEMV_MAX_TOK and every row
-// starts on a 16-byte boundary; cuBLASLt does the rest.
+// Used by kn_cuda_gemm (kn_cuda_gemm.cu, kn_gemm_route) for calls of 1..KN_GEMV_MAX_TOK
+// rows whose rows start on 16-byte boundaries: one or two rows, and 3..8 rows on small
+// weights; 3..8 rows on large weights go to the tensor-core GEMV (kn_cuda_gemv_mma.cu),
+// larger calls to cuBLASLt.
 #include <string.h>
 
 #include "kn_cuda_gemv.cuh"

@@ -31,6 +31,22 @@ __device__ __forceinline__ float kn_ld(const float *p) { return *p; }
 __device__ __forceinline__ void kn_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void kn_st(__half *p, float v) { *p = __float2half(v); }
 __device__ __forceinline__ void kn_st(float *p, float v) { *p = v; }
+// Four f32 as four elements at p (aligned for four of them), rounded to nearest.
+__device__ __forceinline__ void kn_st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
+__device__ __forceinline__ void kn_st4(__half *p, float4 v) {
+  __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<uint32_t *>(&lo);
+  raw.y = *reinterpret_cast<uint32_t *>(&hi);
+  *reinterpret_cast<uint2 *>(p) = raw;
+}
+__device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<uint32_t *>(&lo);
+  raw.y = *reinterpret_cast<uint32_t *>(&hi);
+  *reinterpret_cast<uint2 *>(p) = raw;
+}
 
 // Programmatic dependent launch (sm_90). Every kernel here is launched through
 // kn_launch, which lets the stream start it while the kernel before it is still

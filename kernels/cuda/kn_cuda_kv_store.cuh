@@ -56,21 +56,6 @@ static inline bool kn_kv_store_vec4(const kn_cuda_kv_store_args_t *a) {
 // with `prefix` ("" or "store: ") and name `fn`, the public op. Host only.
 ak_status_t kn_kv_store_check(const kn_cuda_kv_store_args_t *a, const char *fn, const char *prefix, ak_err_t *err);
 
-static __device__ __forceinline__ void kn_st4(__half *p, float4 v) {
-  __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
-  uint2 raw;
-  raw.x = *reinterpret_cast<uint32_t *>(&lo);
-  raw.y = *reinterpret_cast<uint32_t *>(&hi);
-  *reinterpret_cast<uint2 *>(p) = raw;
-}
-static __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
-  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 raw;
-  raw.x = *reinterpret_cast<uint32_t *>(&lo);
-  raw.y = *reinterpret_cast<uint32_t *>(&hi);
-  *reinterpret_cast<uint2 *>(p) = raw;
-}
-
 // Writes heads [h0, h1) of token t's K and V rows into the token's page slot, the
 // calling block's threads striding over (head, element). Every thread of the block
 // calls it (block-uniform arguments). k is read with ordinary loads: in the fused

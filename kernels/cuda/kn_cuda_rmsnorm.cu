@@ -33,15 +33,6 @@ static __device__ __forceinline__ float4 kn_add4(float4 a, float4 b) {
   return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
 
-static __device__ __forceinline__ void kn_st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
-static __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
-  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 raw;
-  raw.x = *reinterpret_cast<uint32_t *>(&lo);
-  raw.y = *reinterpret_cast<uint32_t *>(&hi);
-  *reinterpret_cast<uint2 *>(p) = raw;
-}
-
 // VEC4: dim % 4 == 0 and every row pointer is aligned for 4-element accesses
 // (checked by the launcher); else one element per access.
 template <typename TOut, bool VEC4>

@@ -85,6 +85,16 @@ static void kn_rope_launch(const kn_cuda_rope_args_t *a, int32_t n_heads2, int32
             n_heads2, hpb, a->head_dim, a->rot_dims, a->freq_base, a->freq_scale, p);
 }
 
+// With a store on pages of T: its access width.
+template <bool NEOX, typename T>
+static void kn_rope_launch_store(const kn_cuda_rope_args_t *a, int32_t n_heads2, int32_t hpb, dim3 grid,
+                                 cudaStream_t s) {
+  if (kn_kv_store_vec4<T>(a->store))
+    kn_rope_launch<NEOX, T, 4>(a, n_heads2, hpb, grid, s);
+  else
+    kn_rope_launch<NEOX, T, 1>(a, n_heads2, hpb, grid, s);
+}
+
 // Without a store, or with one on the pages' dtype and access width.
 template <bool NEOX>
 static ak_status_t kn_rope_dispatch(const kn_cuda_rope_args_t *a, int32_t n_heads2, int32_t hpb, dim3 grid,
@@ -94,18 +104,8 @@ static ak_status_t kn_rope_dispatch(const kn_cuda_rope_args_t *a, int32_t n_head
     return AK_OK;
   }
   switch (a->store->kv_dtype) {
-    case KN_CUDA_F16:
-      if (kn_kv_store_vec4<__half>(a->store))
-        kn_rope_launch<NEOX, __half, 4>(a, n_heads2, hpb, grid, s);
-      else
-        kn_rope_launch<NEOX, __half, 1>(a, n_heads2, hpb, grid, s);
-      return AK_OK;
-    case KN_CUDA_BF16:
-      if (kn_kv_store_vec4<__nv_bfloat16>(a->store))
-        kn_rope_launch<NEOX, __nv_bfloat16, 4>(a, n_heads2, hpb, grid, s);
-      else
-        kn_rope_launch<NEOX, __nv_bfloat16, 1>(a, n_heads2, hpb, grid, s);
-      return AK_OK;
+    case KN_CUDA_F16: kn_rope_launch_store<NEOX, __half>(a, n_heads2, hpb, grid, s); return AK_OK;
+    case KN_CUDA_BF16: kn_rope_launch_store<NEOX, __nv_bfloat16>(a, n_heads2, hpb, grid, s); return AK_OK;
     default:
       return AK_ERR(err, AK_ERR_INVALID_ARG, "store: kv_dtype=%d is not F16 or BF16", (int)a->store->kv_dtype);
   }

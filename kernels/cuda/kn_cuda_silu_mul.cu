@@ -9,15 +9,6 @@
 
 enum { KN_SILU_THREADS = 256, KN_SILU_MAX_BLOCKS = 8192 };
 
-static __device__ __forceinline__ void kn_st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
-static __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
-  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 raw;
-  raw.x = *reinterpret_cast<uint32_t *>(&lo);
-  raw.y = *reinterpret_cast<uint32_t *>(&hi);
-  *reinterpret_cast<uint2 *>(p) = raw;
-}
-
 // VEC4: gate, up 16-byte aligned and out aligned for 4 elements (the launcher
 // checks); the n % 4 tail goes one element at a time.
 template <typename TOut, bool VEC4>
