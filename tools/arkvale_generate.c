@@ -10,8 +10,9 @@
  *
  * Text goes to stdout as it is sampled (whole UTF-8 characters only); prompt and
  * generation speed go to stderr. On --device cuda each decode step samples its token on
- * the device (wk_engine_step_sampled: only the id crosses PCIe), falling back to the
- * host sampler when the repetition-penalty window exceeds the device's cap. With --server, flags that only shape the local engine
+ * the device (wk_engine_step_sampled: only the id crosses PCIe), or on the host when the
+ * request is past the device's caps (wk_engine_sample_request: a repetition-penalty
+ * window or vocabulary too large for it). With --server, flags that only shape the local engine
  * (-m, --device, --threads, --ctx, --page-tokens, the --kv-* knobs but policy and
  * budget, --kv-stats) are refused: the request has no field for them. */
 #include <stdio.h>
@@ -350,13 +351,13 @@ int ak_cli_generate(int argc, char **argv) {
      * step, as the worker service does); its history already holds `token` */
     wk_cuda_sample_seq_t r;
     int sampled = 0;
-    if (on_device && wk_engine_sample_request(smp, NULL, 0, (uint64_t)(n_prompt + n_gen), hist, &r)) {
+    if (on_device &&
+        wk_engine_sample_request(smp, hp->n_vocab, NULL, 0, (uint64_t)(n_prompt + n_gen), hist, &r)) {
       wk_cuda_sample_t req = {.seqs = &r, .token_ids = &next, .logprobs = NULL};
-      b.logits = NULL;
-      ak_status_t st = wk_engine_step_sampled(eng, &b, &req); /* UNSUPPORTED: past the device's caps */
-      if (st < 0 && st != AK_ERR_UNSUPPORTED) goto engine_error;
-      sampled = st == AK_OK;
-      b.logits = logits;
+      wk_forward_batch_t bs = b;
+      bs.logits = NULL; /* only the id comes back */
+      if (wk_engine_step_sampled(eng, &bs, &req) < 0) goto engine_error;
+      sampled = 1;
     }
     if (!sampled) { /* the host samples from the step's logits */
       if (wk_engine_step(eng, &b) < 0) goto engine_error;

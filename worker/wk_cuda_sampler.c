@@ -10,6 +10,9 @@
 #include "kn_cuda.h"
 #include "wk_cuda_try.h"
 
+_Static_assert(WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB == KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB,
+               "wk_cuda_sampler.h repeats kn_cuda.h's penalty vocabulary cap");
+
 struct wk_cuda_sampler {
   int32_t max_seqs;
   int32_t n_vocab;
@@ -55,7 +58,7 @@ ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, in
       return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].history_ids is NULL with n_history_ids=%d", i,
                     q->n_history_ids);
     if (q->repetition_penalty == 1.0f) continue; /* the history has no reader */
-    if (q->n_history_ids > 0 && n_vocab > KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB)
+    if (q->n_history_ids > 0 && n_vocab > WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB)
       return AK_ERR(err, AK_ERR_UNSUPPORTED,
                     "seqs[%d]: a repetition penalty with n_vocab=%d > %d is not supported on the device", i, n_vocab,
                     KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB);

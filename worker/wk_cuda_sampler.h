@@ -39,6 +39,9 @@ extern "C" {
 
 /* Penalty history per sequence that the device can take. */
 #define WK_CUDA_SAMPLE_MAX_HISTORY_IDS 1024
+/* The largest vocabulary the device penalises (kn_cuda.h's KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB,
+ * repeated here for builds without the CUDA backend; wk_cuda_sampler.c checks they agree). */
+#define WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB (40 * 1024 * 8)
 
 typedef struct {
   float temperature;          /* finite, >= 0; 0 = greedy */

@@ -165,22 +165,25 @@ ak_status_t wk_engine_seq_release(wk_engine_t *e, kv_seq_id_t seq) {
   return AK_OK;
 }
 
-/* One forward call on the engine's backend. */
-static ak_status_t wk_engine_forward(wk_engine_t *e, const wk_forward_batch_t *batch) {
+/* One forward call on the engine's backend; `sample` (NULL: none) samples on the device. */
+static ak_status_t wk_engine_forward(wk_engine_t *e, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample) {
 #ifdef WK_HAVE_CUDA
-  if (e->device == WK_DEVICE_CUDA) return wk_forward_cuda_run(e->fw_cuda, e->pool, batch, &e->err);
+  if (e->device == WK_DEVICE_CUDA) return wk_forward_cuda_run_sampled(e->fw_cuda, e->pool, batch, sample, &e->err);
 #endif
+  if (sample)
+    return AK_ERR(&e->err, AK_ERR_UNSUPPORTED,
+                  "sampling inside the step needs the CUDA backend (this engine runs on the CPU)");
   return wk_forward_run(e->fw, e->pool, batch, &e->err);
 }
 
 ak_status_t wk_engine_step(wk_engine_t *e, const wk_forward_batch_t *batch) {
-  return wk_engine_forward(e, batch);
+  return wk_engine_forward(e, batch, NULL);
 }
 
 int wk_engine_samples_on_device(const wk_engine_t *e) { return e && e->device == WK_DEVICE_CUDA; }
 
-int wk_engine_sample_request(const wk_sampler_t *smp, const int32_t *pending, int64_t n_pending, uint64_t step,
-                             int32_t *window, wk_cuda_sample_seq_t *req) {
+int wk_engine_sample_request(const wk_sampler_t *smp, int64_t n_vocab, const int32_t *pending, int64_t n_pending,
+                             uint64_t step, int32_t *window, wk_cuda_sample_seq_t *req) {
   const wk_sampler_params_t *p = wk_sampler_params(smp);
   memset(req, 0, sizeof *req);
   req->temperature = p->temperature, req->top_k = p->top_k, req->top_p = p->top_p, req->min_p = p->min_p;
@@ -191,6 +194,7 @@ int wk_engine_sample_request(const wk_sampler_t *smp, const int32_t *pending, in
   int64_t n_old = wk_sampler_history(smp, NULL, 0);
   int64_t n_win = n_old + n_pending < p->repeat_last_n ? n_old + n_pending : p->repeat_last_n;
   if (n_win > WK_CUDA_SAMPLE_MAX_HISTORY_IDS) return 0;
+  if (n_win > 0 && n_vocab > WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB) return 0; /* past the penalty bitmap */
   int64_t take_new = n_pending < n_win ? n_pending : n_win, take_old = n_win - take_new;
   (void)wk_sampler_history(smp, window, take_old);
   if (take_new > 0) memcpy(window + take_old, pending + (n_pending - take_new), sizeof(int32_t) * (size_t)take_new);
@@ -200,12 +204,8 @@ int wk_engine_sample_request(const wk_sampler_t *smp, const int32_t *pending, in
 }
 
 ak_status_t wk_engine_step_sampled(wk_engine_t *e, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample) {
-#ifdef WK_HAVE_CUDA
-  if (e->device == WK_DEVICE_CUDA) return wk_forward_cuda_run_sampled(e->fw_cuda, e->pool, batch, sample, &e->err);
-#endif
-  (void)batch;
-  (void)sample;
-  return AK_ERR(&e->err, AK_ERR_UNSUPPORTED, "sampling inside the step needs the CUDA backend (this engine runs on the CPU)");
+  if (!sample) return AK_ERR(&e->err, AK_ERR_INVALID_ARG, "wk_engine_step_sampled: sample is NULL");
+  return wk_engine_forward(e, batch, sample);
 }
 
 ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *tokens, int64_t n_tokens,
@@ -226,7 +226,7 @@ ak_status_t wk_engine_prefill(wk_engine_t *e, kv_seq_id_t seq, const int32_t *to
     int last = off + n == n_tokens;
     wk_forward_batch_t b = {.seqs = {.n_seqs = 1, .seqs = &seq, .n_new_tokens = &n32},
                             .tokens = tokens + off, .logits_all = 0, .logits = last ? logits : NULL};
-    AK_TRY(wk_engine_forward(e, &b));
+    AK_TRY(wk_engine_forward(e, &b, NULL));
   }
   /* The prompt is in: a budgeted policy brings the sequence down to its budget now
    * rather than at its first decode step, so the pages are free for others at once. */

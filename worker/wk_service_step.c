@@ -186,7 +186,8 @@ static int wk_svc_device_request(wk_service_t *s, const Arkvale__V1__StepRequest
     int smp = i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
     if (!smp) continue;
     const wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
-    if (!wk_engine_sample_request(sq->sampler, step_tokens, n_step, (uint64_t)(sq->n_tokens + n_step),
+    if (!wk_engine_sample_request(sq->sampler, s->hp->n_vocab, step_tokens, n_step,
+                                  (uint64_t)(sq->n_tokens + n_step),
                                   s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, r))
       return 0;
   }
@@ -252,8 +253,9 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
   o->t.has_admit_us = 1, o->t.admit_us = wk_svc_now_us() - t0;
 
   double t1 = wk_svc_now_us();
-  /* On CUDA the step samples on the device and only ids come back, unless a penalty
-   * window is too long for it: then the logits come back and the host samples. */
+  /* On CUDA the step samples on the device and only ids come back, unless a request is
+   * past the device's caps (wk_engine_sample_request, decided before the step): then the
+   * logits come back and the host samples. */
   int on_device = 0;
   if (n_seqs > 0) {
     wk_forward_batch_t b = {.seqs = {.n_seqs = n_seqs, .seqs = s->batch_seqs, .n_new_tokens = s->batch_n},
@@ -263,13 +265,6 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
       wk_cuda_sample_t req = {.seqs = s->dev_req, .token_ids = s->dev_ids, .logprobs = s->dev_logprobs};
       b.logits = NULL;
       st = wk_engine_step_sampled(s->eng, &b, &req);
-      if (st == AK_ERR_UNSUPPORTED) { /* past the device's caps, the pool unchanged: the host samples */
-        AK_LOG_WARN("step %" PRIu64 ": device sampling refused (%s); sampling on the host", q->step_id,
-                    wk_engine_errmsg(s->eng));
-        on_device = 0;
-        b.logits = s->logits;
-        st = wk_engine_step(s->eng, &b);
-      }
     } else {
       st = wk_engine_step(s->eng, &b);
     }

@@ -317,7 +317,7 @@ TEST(WkEngine, SampleRequestWindowIsHistoryThenPendingTail) {
   wk_cuda_sample_seq_t r;
   auto got = [&] { return std::vector<int32_t>(r.history_ids, r.history_ids + r.n_history_ids); };
 
-  ASSERT_EQ(wk_engine_sample_request(smp, nullptr, 0, 9, window, &r), 1);
+  ASSERT_EQ(wk_engine_sample_request(smp, 100, nullptr, 0, 9, window, &r), 1);
   EXPECT_EQ(got(), (std::vector<int32_t>{3, 4, 5, 6}));
   EXPECT_EQ(r.step, 9u);
   EXPECT_EQ(r.seed, 77u);
@@ -328,24 +328,36 @@ TEST(WkEngine, SampleRequestWindowIsHistoryThenPendingTail) {
   EXPECT_FLOAT_EQ(r.repetition_penalty, 1.3f);
 
   const int32_t two[] = {7, 8}, five[] = {10, 11, 12, 13, 14};
-  ASSERT_EQ(wk_engine_sample_request(smp, two, 2, 10, window, &r), 1);
+  ASSERT_EQ(wk_engine_sample_request(smp, 100, two, 2, 10, window, &r), 1);
   EXPECT_EQ(got(), (std::vector<int32_t>{5, 6, 7, 8}));
-  ASSERT_EQ(wk_engine_sample_request(smp, five, 5, 11, window, &r), 1);
+  ASSERT_EQ(wk_engine_sample_request(smp, 100, five, 5, 11, window, &r), 1);
   EXPECT_EQ(got(), (std::vector<int32_t>{11, 12, 13, 14}));
   wk_sampler_destroy(smp);
 
   // no penalty: no window; a window beyond the device's cap: 0 (the host samples)
   sp.repetition_penalty = 1.0f;
   ASSERT_EQ(wk_sampler_create(&sp, 100, &err, &smp), AK_OK) << err.msg;
-  ASSERT_EQ(wk_engine_sample_request(smp, two, 2, 3, window, &r), 1);
+  ASSERT_EQ(wk_engine_sample_request(smp, 100, two, 2, 3, window, &r), 1);
   EXPECT_EQ(r.n_history_ids, 0);
   EXPECT_EQ(r.history_ids, nullptr);
   wk_sampler_destroy(smp);
   sp.repetition_penalty = 1.1f, sp.repeat_last_n = WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1;
   ASSERT_EQ(wk_sampler_create(&sp, 100, &err, &smp), AK_OK) << err.msg;
   for (int32_t i = 0; i < WK_CUDA_SAMPLE_MAX_HISTORY_IDS; i++) ASSERT_EQ(wk_sampler_accept(smp, i % 100), AK_OK);
-  EXPECT_EQ(wk_engine_sample_request(smp, nullptr, 0, 1, window, &r), 1) << "exactly the cap fits";
+  EXPECT_EQ(wk_engine_sample_request(smp, 100, nullptr, 0, 1, window, &r), 1) << "exactly the cap fits";
   EXPECT_EQ(r.n_history_ids, WK_CUDA_SAMPLE_MAX_HISTORY_IDS);
-  EXPECT_EQ(wk_engine_sample_request(smp, two, 2, 1, window, &r), 0) << "one past the cap";
+  EXPECT_EQ(wk_engine_sample_request(smp, 100, two, 2, 1, window, &r), 0) << "one past the cap";
+  wk_sampler_destroy(smp);
+
+  // a window over a vocabulary past the device's penalty bitmap: 0; without a window the
+  // vocabulary does not matter
+  const int64_t big_vocab = (int64_t)WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB + 1;
+  sp.repeat_last_n = 4;
+  ASSERT_EQ(wk_sampler_create(&sp, big_vocab, &err, &smp), AK_OK) << err.msg;
+  EXPECT_EQ(wk_engine_sample_request(smp, big_vocab, nullptr, 0, 1, window, &r), 1) << "an empty window";
+  ASSERT_EQ(wk_sampler_accept(smp, 5), AK_OK);
+  EXPECT_EQ(wk_engine_sample_request(smp, big_vocab, nullptr, 0, 2, window, &r), 0) << "a window, vocab past the cap";
+  EXPECT_EQ(wk_engine_sample_request(smp, WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB, nullptr, 0, 2, window, &r), 1)
+      << "a window, vocab at the cap";
   wk_sampler_destroy(smp);
 }
