@@ -1546,7 +1546,7 @@ TEST_F(CoServicePipeSlowTest, AbortWithStepsInFlightLeavesTheOtherStreamRunning)
     saw_queued |= wk_service_queue_depth(wk_) > 0;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  EXPECT_GE(seen.load(), 6) << "stream b never got 6 tokens: " << sb.msg;
+  EXPECT_GE(seen.load(), 6) << "stream b never got 6 tokens (its message follows below, after the join)";
   Arkvale__V1__AbortRequest q = ARKVALE__V1__ABORT_REQUEST__INIT;
   q.request_id = (char *)"abort-in-flight";
   MsgPtr m;
@@ -1574,7 +1574,20 @@ class CoServiceOneSlotTest : public CoServiceTest {
 TEST_F(CoServiceOneSlotTest, CanaryWaitsForThePendingRelease) {
   ASSERT_TRUE(WaitHealth(kServing));
   Watch w;  // a death between the checks below (a revive comes within a period) shows here
-  std::thread wt([&] { RunWatch(cli_, "", &w, 4000); });
+  std::thread wt([&] { RunWatch(cli_, "", &w, 60000); });
+  // The watch ends when the coordinator does: at any return (an ASSERT's too, where a
+  // joinable thread would terminate the binary) the coordinator goes down and it joins.
+  struct EndWatch {
+    co_service_t **co;
+    Watch *w;
+    std::thread *wt;
+    ~EndWatch() {
+      w->stop = true;
+      co_service_destroy(*co);
+      *co = nullptr;
+      wt->join();
+    }
+  } end_watch{&co_, &w, &wt};
   ASSERT_TRUE(w.WaitFor(1));
   for (int round = 0; round < 6; round++) {
     GenReq g(10);
@@ -1587,7 +1600,6 @@ TEST_F(CoServiceOneSlotTest, CanaryWaitsForThePendingRelease) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5 * canary_period_ms_));
     EXPECT_EQ(HealthCheck(""), kServing) << "round " << round << ": the group died at a canary";
   }
-  wt.join();  // the watch ends at its deadline
   for (int st : w.Get()) EXPECT_EQ(st, kServing) << "health left SERVING: a canary found the slot taken";
   EXPECT_TRUE(WorkerDrains());
 }
