@@ -85,12 +85,6 @@ int64_t dec_row_pages(const dec_args_t *a, const wk_hparams_t *hp, int64_t ctx, 
                                                      budgeted);
 }
 
-/* One decode step: logits to the host, or (smp) greedy ids sampled on the device. */
-static ak_status_t dec_step(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *b,
-                            const wk_cuda_sample_t *smp, ak_err_t *err) {
-  return smp ? wk_forward_cuda_run_sampled(fw, pool, b, smp, err) : wk_forward_cuda_run(fw, pool, b, err);
-}
-
 /* Pool, forward, synthetic fill, warm-up and timed steps for one row. Frees all it
  * allocated before returning, whatever happened (the next row needs the memory). */
 static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_row_t *row) {
@@ -242,7 +236,7 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
     int profiled = a->cuda_profiler && step == a->n_warmup + a->n_steps - 1;
     if (profiled) cudaProfilerStart();
     double t0 = dec_now_ms();
-    st = dec_step(fw, pool, &b, smp, &err); /* ends with a stream synchronization */
+    st = wk_forward_cuda_run_sampled(fw, pool, &b, smp, &err); /* ends with a stream synchronization */
     double t1 = dec_now_ms();
     if (profiled) cudaProfilerStop();
     if (st < 0) goto fail;
@@ -251,7 +245,7 @@ static void dec_run_row(const dec_args_t *a, const wk_model_cuda_t *model, dec_r
   row->device_bytes = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
   st = wk_forward_cuda_profile(fw, 1, &err);
   for (int64_t step = 0; st >= 0 && step < DEC_PROFILE_STEPS; step++) {
-    st = dec_step(fw, pool, &b, smp, &err);
+    st = wk_forward_cuda_run_sampled(fw, pool, &b, smp, &err);
     wk_cuda_profile_t p;
     wk_forward_cuda_last_profile(fw, &p);
     row->prof.tables_ms += p.tables_ms / DEC_PROFILE_STEPS;
