@@ -341,7 +341,7 @@ class KnCudaAttentionGpu : public ::testing::TestWithParam<Shape> {
 
 // Grids above KN_ATTN_PIPE_MAX_BLOCKS (8192) take the kernel without software-pipelined
 // loads for head tiles of 1 and 2 too (every other test's grid is smaller): 900 prefill
-// tokens over 3000 keys make 900 x 2 x 12 blocks.
+// tokens over 3000 keys make 900 x 2 x 6 blocks (chunks of 512 keys).
 TEST(KnCudaAttentionLargeGridGpu, UnpipelinedPathMatchesCpu) {
   int n = 0;
   ak_err_t err{};

@@ -1232,6 +1232,7 @@ TEST(KnCudaOpsArgs, RopeRefusesBadStore) {
   st = ok_st;
   st.v_base = nullptr;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store: NULL pointer")) << err.msg;
   st = ok_st;
   st.dst_page = nullptr;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
@@ -1239,6 +1240,7 @@ TEST(KnCudaOpsArgs, RopeRefusesBadStore) {
   st = ok_st;
   st.dst_slot = nullptr;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "store: NULL pointer")) << err.msg;
   st = ok_st;
   st.head_stride_elems = 63;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);

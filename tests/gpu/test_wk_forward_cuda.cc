@@ -524,8 +524,9 @@ TEST(WkForwardCudaGpu, ArkvaleDeviceSelectionMatchesTheHostPath) {
 }
 
 // Decode steps replayed from a CUDA graph give exactly the logits of the same kernels
-// launched one by one, across re-captures as the attention's split grows (a 300- and a
-// 250-token sequence decoding 40 steps together cross the 256-key chunk boundary).
+// launched one by one, across re-captures as the attention's split grows (a 230- and a
+// 250-token sequence decoding 40 steps together cross chunk boundaries: a grid this
+// small splits the keys into chunks of 64).
 // The graph path stores K/V from the rope launch (kn_cuda_rope_args_t.store), the
 // direct path with its own kn_cuda_kv_store launch: equal logits cover the fused store.
 TEST(WkForwardCudaGpu, GraphReplayEqualsDirectLaunches) {
@@ -627,13 +628,6 @@ TEST(WkForwardCudaGpu, ArkvaleGraphReplayEqualsDirectLaunches) {
 // ---- sampling on the device (wk_cuda_sampler.h) ----
 
 namespace {
-wk_cuda_sample_seq_t greedy_seq() {
-  wk_cuda_sample_seq_t q{};
-  q.temperature = 0.0f;
-  q.top_p = 1.0f;
-  q.repetition_penalty = 1.0f;
-  return q;
-}
 
 // wk_sampler's greedy with a penalty over `history`, on a row of logits.
 int32_t host_greedy(const float *logits, int64_t n_vocab, float penalty, const std::vector<int32_t> &history) {
@@ -664,7 +658,7 @@ double host_topk_logprob(const float *logits, int64_t n_vocab, float temperature
 
 TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
   const int32_t hist[3] = {1, 2, 3};
-  wk_cuda_sample_seq_t seqs[2] = {greedy_seq(), greedy_seq()};
+  wk_cuda_sample_seq_t seqs[2] = {wk_cuda_sample_seq_greedy(), wk_cuda_sample_seq_greedy()};
   int32_t ids[2];
   wk_cuda_sample_t req{seqs, ids, nullptr};
   ak_err_t err;
@@ -693,7 +687,7 @@ TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
       {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = 2; }, "seqs[1].history_ids is NULL"},
   };
   for (const Bad &b : bad) {
-    wk_cuda_sample_seq_t q[2] = {greedy_seq(), greedy_seq()};
+    wk_cuda_sample_seq_t q[2] = {wk_cuda_sample_seq_greedy(), wk_cuda_sample_seq_greedy()};
     b.make(&q[1]);
     wk_cuda_sample_t r{q, ids, nullptr};
     EXPECT_EQ(wk_cuda_sample_check(&r, 2, 100, &err), AK_ERR_INVALID_ARG) << b.msg;
@@ -719,12 +713,12 @@ TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
   seqs[1].history_ids = long_hist.data();
   seqs[1].n_history_ids = WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1;
   EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_ERR_UNSUPPORTED);
-  EXPECT_NE(std::string(err.msg).find("seqs[1].n_history_ids=1025"), std::string::npos) << err.msg;
+  EXPECT_NE(std::string(err.msg).find("seqs[1].n_history_ids=" + std::to_string(WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1)), std::string::npos) << err.msg;
   seqs[1].repetition_penalty = 1.0f; // the window is past the cap whether or not a penalty reads it
   EXPECT_EQ(wk_cuda_sample_check(&req, 2, 100, &err), AK_ERR_UNSUPPORTED);
 }
 
-// Three sequences, one batch, different parameters: greedy ids sampled on the device
+// Four sequences, one batch, different parameters: greedy ids sampled on the device
 // equal the argmax of the logits the same step returns, and wk_sampler's greedy with the
 // same penalty and history; a top-k row draws within the top k with the logprob of the
 // filtered softmax. The prompt step runs directly, the decode steps from the graph.
@@ -753,7 +747,7 @@ TEST(WkForwardCudaGpu, DeviceSamplingMatchesReturnedLogits) {
     SCOPED_TRACE(testing::Message() << "step " << step);
     wk_cuda_sample_seq_t q[S];
     for (int i = 0; i < S; i++) {
-      q[i] = greedy_seq();
+      q[i] = wk_cuda_sample_seq_greedy();
       q[i].repetition_penalty = penalty[i];
       // The last 64 tokens of the sequence (this step's included, as the service passes).
       const std::vector<int32_t> &h = hist[(size_t)i];
@@ -831,7 +825,7 @@ TEST(WkForwardCudaGpu, SampledGraphReplayEqualsDirectLaunches) {
     } else {
       wk_cuda_sample_seq_t q[2];
       for (int i = 0; i < 2; i++) {
-        q[i] = greedy_seq();
+        q[i] = wk_cuda_sample_seq_greedy();
         q[i].temperature = 0.9f;
         q[i].top_p = 0.9f;
         q[i].min_p = 0.01f;
@@ -880,7 +874,7 @@ TEST(WkForwardCudaGpu, SampledRunRefusesLongHistoryAndLeavesThePool) {
   std::vector<float> lg((size_t)g.n_vocab);
   ASSERT_EQ(g.step(&seq, &n, 1, p.data(), 0, lg.data()), AK_OK);
   std::vector<int32_t> hist(WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1, 5);
-  wk_cuda_sample_seq_t q = greedy_seq();
+  wk_cuda_sample_seq_t q = wk_cuda_sample_seq_greedy();
   q.repetition_penalty = 1.2f;
   q.history_ids = hist.data();
   q.n_history_ids = (int32_t)hist.size();
@@ -889,7 +883,7 @@ TEST(WkForwardCudaGpu, SampledRunRefusesLongHistoryAndLeavesThePool) {
   int32_t one = 1, tok = argmax(lg.data(), g.n_vocab);
   ak_err_t err;
   EXPECT_EQ(g.step_sampled(&seq, &one, 1, &tok, nullptr, &req, &err), AK_ERR_UNSUPPORTED);
-  EXPECT_NE(std::string(err.msg).find("n_history_ids=1025"), std::string::npos) << err.msg;
+  EXPECT_NE(std::string(err.msg).find("n_history_ids=" + std::to_string(WK_CUDA_SAMPLE_MAX_HISTORY_IDS + 1)), std::string::npos) << err.msg;
   EXPECT_EQ(kv_seq_n_tokens(g.pool, seq), 20) << "the refused step left the pool as it was";
   EXPECT_EQ(id, -1);
   // logits_all is refused too.
@@ -935,7 +929,7 @@ TEST(WkForwardCudaGpu, EngineStepSampledFollowsHostGreedy) {
     hist.insert(hist.end(), feed.begin(), feed.end());
     const size_t n_win = std::min<size_t>(hist.size(), 64);
     std::vector<int32_t> win(hist.end() - (ptrdiff_t)n_win, hist.end());
-    wk_cuda_sample_seq_t q = greedy_seq();
+    wk_cuda_sample_seq_t q = wk_cuda_sample_seq_greedy();
     q.repetition_penalty = 1.3f;
     q.history_ids = win.data();
     q.n_history_ids = (int32_t)win.size();

@@ -35,7 +35,6 @@ namespace {
 
 class WkServiceTest : public WkServiceFixture {
  protected:
-
   const Arkvale__V1__WarmupResponse *Warmup(MsgPtr *keep) {
     Arkvale__V1__WarmupRequest q = ARKVALE__V1__WARMUP_REQUEST__INIT;
     EXPECT_EQ(Call("Warmup", &q.base, &arkvale__v1__warmup_response__descriptor, keep), AK_OK);
