@@ -400,16 +400,17 @@ static void co_svc_lane_answer(co_service_t *s, co_svc_group_t *g, co_svc_lane_t
     const Arkvale__V1__SampledToken *tk = NULL;
     for (size_t k = 0; k < sr->n_samples; k++)
       if (sr->samples[k]->seq_id == (uint64_t)it->id) tk = sr->samples[k];
-    if (!tk || tk->token_id < 0 || tk->token_id >= s->n_vocab) {
-      if (!tk)
-        snprintf(bad_sample, sizeof bad_sample, "the Step response lacks the sample of sequence %lld",
-                 (long long)it->id);
-      else
-        snprintf(bad_sample, sizeof bad_sample, "the Step response gives sequence %lld token id %d, outside [0, %d)",
-                 (long long)it->id, tk->token_id, (int)s->n_vocab);
+    if (!tk) {
+      snprintf(bad_sample, sizeof bad_sample, "the Step response lacks the sample of sequence %lld",
+               (long long)it->id);
       bad = bad_sample;
-    } else
+    } else if (tk->token_id < 0 || tk->token_id >= s->n_vocab) {
+      snprintf(bad_sample, sizeof bad_sample, "the Step response gives sequence %lld token id %d, outside [0, %d)",
+               (long long)it->id, tk->token_id, (int)s->n_vocab);
+      bad = bad_sample;
+    } else {
       smp[n_smp++] = (co_svc_sample_t){it->id, tk->token_id, tk->has_logprob, tk->logprob};
+    }
   }
   if (bad) {
     char why[AK_ERR_MSG_BYTES];

@@ -16,7 +16,6 @@ _Static_assert(WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB == KN_CUDA_SAMPLE_PENALTY_MAX_VO
 struct wk_cuda_sampler {
   int32_t max_seqs;
   int32_t n_vocab;
-  int penalty_ok;       /* n_vocab fits the kernel's penalty bitmap */
   size_t rows_bytes;    /* max_seqs rows */
   size_t hist_bytes;    /* max_seqs x WK_CUDA_SAMPLE_MAX_HISTORY_IDS ids */
   size_t out_bytes;     /* ids then logprobs, max_seqs each */
@@ -85,7 +84,6 @@ ak_status_t wk_cuda_sampler_create(int32_t max_seqs, int32_t n_vocab, ak_err_t *
   if (!sm) return AK_ERR(err, AK_ERR_NO_MEMORY, "device sampler struct");
   sm->max_seqs = max_seqs;
   sm->n_vocab = n_vocab;
-  sm->penalty_ok = n_vocab <= KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB;
   /* Each part stays 16-byte aligned: rows are 48 bytes, the history a multiple of 4 KiB. */
   sm->rows_bytes = sizeof(kn_cuda_sample_row_t) * (size_t)max_seqs;
   sm->hist_bytes = sizeof(int32_t) * (size_t)wk_hist_capacity(sm);
@@ -151,8 +149,9 @@ ak_status_t wk_cuda_sampler_launch(wk_cuda_sampler_t *sm, const float *d_logits,
   a.rows = (const kn_cuda_sample_row_t *)sm->dev;
   /* The whole history buffer, whatever this step uses: the launch's arguments then stay
    * the same from step to step (a replayed graph reads each row's own range). */
-  a.history_ids = sm->penalty_ok ? (const int32_t *)(sm->dev + sm->rows_bytes) : NULL;
-  a.n_history_ids = sm->penalty_ok ? wk_hist_capacity(sm) : 0;
+  const int penalty_ok = sm->n_vocab <= KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB; /* fits the kernel's bitmap */
+  a.history_ids = penalty_ok ? (const int32_t *)(sm->dev + sm->rows_bytes) : NULL;
+  a.n_history_ids = penalty_ok ? wk_hist_capacity(sm) : 0;
   a.out_logprobs = d_lp;
   AK_TRY(kn_cuda_sample(&a, NULL, 0, (kn_cuda_stream_t)stream, err));
   WK_CUDA_TRY(err, cudaMemcpyAsync(sm->host + sm->rows_bytes + sm->hist_bytes, d_ids, sm->out_bytes,
