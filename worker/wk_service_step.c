@@ -317,6 +317,7 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
     o->sample_p[n_out++] = tk;
   }
   o->r.n_samples = n_out, o->r.samples = o->sample_p;
+  if (n_out > 0) o->r.has_sampled_on_device = 1, o->r.sampled_on_device = on_device;
   o->t.has_sample_us = 1, o->t.sample_us = wk_svc_now_us() - t2;
   o->t.has_n_tokens = 1, o->t.n_tokens = (uint32_t)n_rows;
   return AK_OK;

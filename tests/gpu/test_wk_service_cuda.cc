@@ -3,7 +3,9 @@
 // repetition-penalty window exceeds what the device takes
 // (WK_CUDA_SAMPLE_MAX_HISTORY_IDS) the step falls back to host wk_sampler. Either way a
 // greedy decode with a penalty equals the reference: a CUDA engine's logits sampled by
-// wk_sampler on the host, step for step as the service batches them.
+// wk_sampler on the host, step for step as the service batches them. Greedy picks the
+// same token on both paths, so which path ran is read from each response
+// (StepResponse.sampled_on_device) and counted.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -16,7 +18,7 @@ extern "C" {
 #include "wk_service.h"
 }
 
-#include "wk_service_test_util.h"
+#include "wk_service_fixture.h"
 
 using namespace wk_test;
 
@@ -70,37 +72,29 @@ std::vector<int32_t> reference_greedy(const std::vector<int32_t> &prompt, int n_
   return out;
 }
 
-class WkServiceCudaGpu : public ::testing::Test {
+// The Worker-service fixture (its leak check included) over a CUDA engine, warmed up.
+class WkServiceCudaGpu : public WkServiceFixture {
  protected:
-  wk_service_t *svc_ = nullptr;
-  ak_rpc_client_t *cli_ = nullptr;
-  uint64_t step_id_ = 0;
-
+  void Params(wk_service_params_t *p) override {
+    p->engine = cuda_engine_params();
+    p->device_idx = 0;
+  }
   void SetUp() override {
     int n_dev = 0;
     ak_err_t err;
     ASSERT_EQ(kn_cuda_device_count(&err, &n_dev), AK_OK) << err.msg;
-    if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
-    wk_service_params_t p = wk_service_params_default();
-    p.engine = cuda_engine_params();
-    p.device_idx = 0;
-    ASSERT_EQ(wk_service_create(&p, &err, &svc_), AK_OK) << err.msg;
-    std::string target = "127.0.0.1:" + std::to_string(wk_service_port(svc_));
-    ASSERT_EQ(ak_rpc_client_create(target.c_str(), &err, &cli_), AK_OK) << err.msg;
+    WkServiceFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     Arkvale__V1__WarmupRequest q = ARKVALE__V1__WARMUP_REQUEST__INIT;
     MsgPtr keep;
-    ASSERT_EQ(unary_call(cli_, "arkvale.v1.Worker", "Warmup", &q.base, &arkvale__v1__warmup_response__descriptor,
-                         &keep, nullptr, nullptr),
-              AK_OK);
-  }
-  void TearDown() override {
-    ak_rpc_client_destroy(cli_);
-    wk_service_destroy(svc_);
+    ASSERT_EQ(Call("Warmup", &q.base, &arkvale__v1__warmup_response__descriptor, &keep), AK_OK);
   }
 
   // n_gen greedy tokens of one sequence with the penalty, through the service.
+  // n_device: how many of the steps said they sampled on the device.
   std::vector<int32_t> serve_greedy(uint64_t seq_id, const std::vector<int32_t> &prompt, int n_gen, float penalty,
-                                    uint32_t repeat_last_n) {
+                                    uint32_t repeat_last_n, int *n_device) {
+    *n_device = 0;
     std::vector<int32_t> got;
     for (int g = 0; g < n_gen; g++) {
       StepBuilder b(++step_id_);
@@ -117,15 +111,14 @@ class WkServiceCudaGpu : public ::testing::Test {
       MsgPtr m;
       grpc_status_code code;
       std::string msg;
-      ak_status_t st = unary_call(cli_, "arkvale.v1.Worker", "Step", &b.get()->base,
-                                  &arkvale__v1__step_response__descriptor, &m, &code, &msg);
-      EXPECT_EQ(st, AK_OK) << msg;
-      auto *r = (const Arkvale__V1__StepResponse *)m.get();
+      auto *r = Step(b, &m, &code, &msg);
       if (!r || r->n_samples != 1) {
         ADD_FAILURE() << "step " << g << ": no sample (" << msg << ")";
         return got;
       }
       got.push_back(r->samples[0]->token_id);
+      EXPECT_TRUE(r->has_sampled_on_device) << "step " << g;
+      *n_device += r->sampled_on_device ? 1 : 0;
       EXPECT_TRUE(r->samples[0]->has_logprob);
       EXPECT_EQ(r->samples[0]->logprob, 0.0f) << "greedy's logprob";
     }
@@ -138,14 +131,18 @@ class WkServiceCudaGpu : public ::testing::Test {
 // A penalty window the device takes: every step samples on the device.
 TEST_F(WkServiceCudaGpu, GreedyWithPenaltyOnTheDeviceEqualsHostSampler) {
   std::vector<int32_t> prompt = prompt_ids(60, 3);
-  std::vector<int32_t> got = serve_greedy(7, prompt, 12, 1.3f, 64);
+  int n_device = 0;
+  std::vector<int32_t> got = serve_greedy(7, prompt, 12, 1.3f, 64, &n_device);
   EXPECT_EQ(got, reference_greedy(prompt, 12, 1.3f, 64));
+  EXPECT_EQ(n_device, 12) << "every step drew its token on the device";
 }
 
 // A window of 1100 tokens (> WK_CUDA_SAMPLE_MAX_HISTORY_IDS): the steps fall back to
 // the host sampler, which saw every accepted token, and still equal the reference.
 TEST_F(WkServiceCudaGpu, LongPenaltyWindowFallsBackToTheHost) {
   std::vector<int32_t> prompt = prompt_ids(1100, 4);
-  std::vector<int32_t> got = serve_greedy(8, prompt, 6, 1.2f, 1500);
+  int n_device = 0;
+  std::vector<int32_t> got = serve_greedy(8, prompt, 6, 1.2f, 1500, &n_device);
   EXPECT_EQ(got, reference_greedy(prompt, 6, 1.2f, 1500));
+  EXPECT_EQ(n_device, 0) << "a window past the device's caps samples on the host";
 }

@@ -127,6 +127,8 @@ TEST_F(WkServiceTest, GreedyEqualsEngineAndReleaseFreesPages) {
     ASSERT_EQ(r->n_samples, 1u);
     EXPECT_EQ(r->samples[0]->seq_id, 42u);
     got.push_back(r->samples[0]->token_id);
+    EXPECT_TRUE(r->has_sampled_on_device);
+    EXPECT_FALSE(r->sampled_on_device) << "a CPU engine samples on the host";
     ASSERT_NE(r->timings, nullptr);
     EXPECT_EQ(r->timings->n_tokens, g == 0 ? 40u : 1u);
     EXPECT_GE(r->timings->total_us, r->timings->forward_us);
@@ -365,6 +367,7 @@ TEST(WkServiceArkvale, PromptComesDownToItsBudget) {
           << err.msg;
       auto *sr = (Arkvale__V1__StepResponse *)r;
       ASSERT_EQ(sr->n_samples, g == 0 ? 0u : 1u);
+      EXPECT_EQ(sr->has_sampled_on_device, g > 0) << "said only for steps that sampled";
       if (g > 0) got.push_back(sr->samples[0]->token_id);
       if (g == 0) EXPECT_EQ(sr->kv->n_pages_used, 30u * 4);         // 64 tokens: 4 pages a layer
       if (g == 1) EXPECT_EQ(sr->kv->n_pages_used, 2u * 7 + 28u * 4);  // 100 tokens, compacted
