@@ -9,6 +9,7 @@
 #include "ak_alloc.h"
 #include "kn_cuda.h"
 #include "wk_cuda_try.h"
+#include "wk_sampler.h"
 
 _Static_assert(WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB == KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB,
                "wk_cuda_sampler.h repeats kn_cuda.h's penalty vocabulary cap");
@@ -31,20 +32,18 @@ static int64_t wk_hist_capacity(const wk_cuda_sampler_t *sm) {
 ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, int32_t n_vocab, ak_err_t *err) {
   if (!req || !req->seqs || !req->token_ids)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "sample request needs seqs and token_ids (req=%p)", (const void *)req);
+  wk_sampler_params_t p = wk_sampler_params_default();
+  AK_TRY(wk_sampler_params_check(&p, n_vocab, err)); /* n_vocab, named as such */
   for (int32_t i = 0; i < n_seqs; i++) {
     const wk_cuda_sample_seq_t *q = &req->seqs[i];
-    /* Comparisons are written so that NaN fails them. */
-    if (!(isfinite(q->temperature) && q->temperature >= 0.0f))
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].temperature=%g must be finite and >= 0", i,
-                    (double)q->temperature);
-    if (q->top_k < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].top_k=%d must be >= 0", i, q->top_k);
-    if (!(q->top_p > 0.0f && q->top_p <= 1.0f))
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].top_p=%g outside (0, 1]", i, (double)q->top_p);
-    if (!(q->min_p >= 0.0f && q->min_p < 1.0f))
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].min_p=%g outside [0, 1)", i, (double)q->min_p);
-    if (!(isfinite(q->repetition_penalty) && q->repetition_penalty > 0.0f))
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].repetition_penalty=%g must be finite and > 0", i,
-                    (double)q->repetition_penalty);
+    /* the fields both samplers share, by the host sampler's own rules (the history is
+     * checked below, against the device's cap) */
+    p.temperature = q->temperature, p.top_k = q->top_k, p.top_p = q->top_p, p.min_p = q->min_p;
+    p.repetition_penalty = q->repetition_penalty, p.repeat_last_n = 0, p.seed = q->seed;
+    ak_err_t pe;
+    ak_err_clear(&pe);
+    ak_status_t st = wk_sampler_params_check(&p, n_vocab, &pe);
+    if (st < 0) return AK_ERR(err, st, "seqs[%d]: %s", i, pe.msg);
     if (q->n_history_ids < 0)
       return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].n_history_ids=%d must be >= 0", i, q->n_history_ids);
     /* Valid, but past what the device holds: UNSUPPORTED tells the caller to sample on

@@ -87,8 +87,8 @@ wk_sampler_params_t wk_sampler_params_default(void) {
 }
 
 /* Comparisons are written so that NaN fails them: NaN never passes a range check. */
-static ak_status_t wk_sampler_params_check(const wk_sampler_params_t *p, int64_t n_vocab,
-                                           ak_err_t *err) {
+ak_status_t wk_sampler_params_check(const wk_sampler_params_t *p, int64_t n_vocab, ak_err_t *err) {
+  if (!p) return AK_ERR(err, AK_ERR_INVALID_ARG, "params is NULL");
   if (n_vocab < 1 || n_vocab > INT32_MAX)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_vocab=%lld outside [1, %d]", (long long)n_vocab,
                   INT32_MAX);

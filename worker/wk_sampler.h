@@ -65,6 +65,12 @@ typedef struct {
   uint64_t seed;
 } wk_sampler_params_t;
 
+/* Checks parameters for a vocabulary of n_vocab as wk_sampler_create does, else
+ * AK_ERR_INVALID_ARG with a message that starts with the field ("top_p=1.5 outside ...").
+ * Samplers that take these parameters elsewhere (the device's, wk_cuda_sampler.h) check
+ * with it too, so both accept exactly the same requests. */
+ak_status_t wk_sampler_params_check(const wk_sampler_params_t *p, int64_t n_vocab, ak_err_t *err);
+
 /* temperature 1 (the model's own distribution), every filter and the penalty off,
  * repeat_last_n 64, seed 0 (fixed, so runs reproduce; pass your own for variety). */
 wk_sampler_params_t wk_sampler_params_default(void);

@@ -668,23 +668,27 @@ TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
   wk_cuda_sample_t no_ids{seqs, nullptr, nullptr};
   EXPECT_EQ(wk_cuda_sample_check(&no_ids, 2, 100, &err), AK_ERR_INVALID_ARG);
   EXPECT_NE(std::string(err.msg).find("token_ids"), std::string::npos) << err.msg;
+  EXPECT_EQ(wk_cuda_sample_check(&req, 2, 0, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("n_vocab=0"), std::string::npos) << err.msg;
   struct Bad {
     void (*make)(wk_cuda_sample_seq_t *);
     const char *msg;
   };
   const Bad bad[] = {
-      {[](wk_cuda_sample_seq_t *q) { q->temperature = -1.0f; }, "seqs[1].temperature=-1"},
-      {[](wk_cuda_sample_seq_t *q) { q->temperature = NAN; }, "seqs[1].temperature=nan"},
-      {[](wk_cuda_sample_seq_t *q) { q->temperature = INFINITY; }, "seqs[1].temperature=inf"},
-      {[](wk_cuda_sample_seq_t *q) { q->top_k = -2; }, "seqs[1].top_k=-2"},
-      {[](wk_cuda_sample_seq_t *q) { q->top_p = 0.0f; }, "seqs[1].top_p=0"},
-      {[](wk_cuda_sample_seq_t *q) { q->top_p = 1.5f; }, "seqs[1].top_p=1.5"},
-      {[](wk_cuda_sample_seq_t *q) { q->min_p = 1.0f; }, "seqs[1].min_p=1"},
-      {[](wk_cuda_sample_seq_t *q) { q->min_p = -0.5f; }, "seqs[1].min_p=-0.5"},
-      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = 0.0f; }, "seqs[1].repetition_penalty=0"},
-      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = NAN; }, "seqs[1].repetition_penalty=nan"},
-      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = -1; }, "seqs[1].n_history_ids=-1"},
-      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = 2; }, "seqs[1].history_ids is NULL"},
+      {[](wk_cuda_sample_seq_t *q) { q->temperature = -1.0f; }, "temperature=-1"},
+      {[](wk_cuda_sample_seq_t *q) { q->temperature = NAN; }, "temperature=nan"},
+      {[](wk_cuda_sample_seq_t *q) { q->temperature = INFINITY; }, "temperature=inf"},
+      {[](wk_cuda_sample_seq_t *q) { q->top_k = -2; }, "top_k=-2"},
+      {[](wk_cuda_sample_seq_t *q) { q->top_p = 0.0f; }, "top_p=0"},
+      {[](wk_cuda_sample_seq_t *q) { q->top_p = 1.5f; }, "top_p=1.5"},
+      {[](wk_cuda_sample_seq_t *q) { q->min_p = 1.0f; }, "min_p=1"},
+      {[](wk_cuda_sample_seq_t *q) { q->min_p = -0.5f; }, "min_p=-0.5"},
+      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = 0.0f; }, "repetition_penalty=0"},
+      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = NAN; }, "repetition_penalty=nan"},
+      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = INFINITY; }, "repetition_penalty=inf"},
+      {[](wk_cuda_sample_seq_t *q) { q->repetition_penalty = -1.0f; }, "repetition_penalty=-1"},
+      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = -1; }, "n_history_ids=-1"},
+      {[](wk_cuda_sample_seq_t *q) { q->n_history_ids = 2; }, "history_ids is NULL"},
   };
   for (const Bad &b : bad) {
     wk_cuda_sample_seq_t q[2] = {wk_cuda_sample_seq_greedy(), wk_cuda_sample_seq_greedy()};
@@ -692,6 +696,7 @@ TEST(WkForwardCudaArgs, SampleCheckRefusesBadRequests) {
     wk_cuda_sample_t r{q, ids, nullptr};
     EXPECT_EQ(wk_cuda_sample_check(&r, 2, 100, &err), AK_ERR_INVALID_ARG) << b.msg;
     EXPECT_NE(std::string(err.msg).find(b.msg), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("seqs[1]"), std::string::npos) << err.msg;
   }
   // History ids are checked when the penalty reads them.
   const int32_t bad_hist[2] = {5, 100};
