@@ -11,7 +11,7 @@
  * Text goes to stdout as it is sampled (whole UTF-8 characters only); prompt and
  * generation speed go to stderr. On --device cuda each decode step samples its token on
  * the device (wk_engine_step_sampled: only the id crosses PCIe), or on the host when the
- * request is past the device's caps (wk_engine_sample_request: a repetition-penalty
+ * request is past the device's caps (wk_cuda_sample_request: a repetition-penalty
  * window or vocabulary too large for it). With --server, flags that only shape the local engine
  * (-m, --device, --threads, --ctx, --page-tokens, the --kv-* knobs but policy and
  * budget, --kv-stats) are refused: the request has no field for them. */
@@ -352,7 +352,7 @@ int ak_cli_generate(int argc, char **argv) {
     wk_cuda_sample_seq_t r;
     int sampled = 0;
     if (on_device &&
-        wk_engine_sample_request(smp, hp->n_vocab, NULL, 0, (uint64_t)(n_prompt + n_gen), hist, &r)) {
+        wk_cuda_sample_request(smp, hp->n_vocab, NULL, 0, (uint64_t)(n_prompt + n_gen), hist, &r)) {
       wk_cuda_sample_t req = {.seqs = &r, .token_ids = &next, .logprobs = NULL};
       wk_forward_batch_t bs = b;
       bs.logits = NULL; /* only the id comes back */

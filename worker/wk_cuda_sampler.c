@@ -1,18 +1,17 @@
-/* wk_cuda_sampler: the host side of device sampling (wk_cuda_sampler.h): checks the
- * request, packs it for kn_cuda_sample, and moves it and the results across PCIe. */
+/* wk_cuda_sampler: the forward's staging for device sampling (wk_cuda_sampler.h): packs
+ * a checked request (wk_cuda_sample.h) for kn_cuda_sample, and moves it and the results
+ * across PCIe. */
 #include "wk_cuda_sampler.h"
 
 #include <cuda_runtime_api.h>
-#include <math.h>
 #include <string.h>
 
 #include "ak_alloc.h"
 #include "kn_cuda.h"
 #include "wk_cuda_try.h"
-#include "wk_sampler.h"
 
 _Static_assert(WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB == KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB,
-               "wk_cuda_sampler.h repeats kn_cuda.h's penalty vocabulary cap");
+               "wk_cuda_sample.h repeats kn_cuda.h's penalty vocabulary cap");
 
 struct wk_cuda_sampler {
   int32_t max_seqs;
@@ -27,45 +26,6 @@ struct wk_cuda_sampler {
 
 static int64_t wk_hist_capacity(const wk_cuda_sampler_t *sm) {
   return (int64_t)sm->max_seqs * WK_CUDA_SAMPLE_MAX_HISTORY_IDS;
-}
-
-ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, int32_t n_vocab, ak_err_t *err) {
-  if (!req || !req->seqs || !req->token_ids)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "sample request needs seqs and token_ids (req=%p)", (const void *)req);
-  wk_sampler_params_t p = wk_sampler_params_default();
-  AK_TRY(wk_sampler_params_check(&p, n_vocab, err)); /* n_vocab, named as such */
-  for (int32_t i = 0; i < n_seqs; i++) {
-    const wk_cuda_sample_seq_t *q = &req->seqs[i];
-    /* the fields both samplers share, by the host sampler's own rules (the history is
-     * checked below, against the device's cap) */
-    p.temperature = q->temperature, p.top_k = q->top_k, p.top_p = q->top_p, p.min_p = q->min_p;
-    p.repetition_penalty = q->repetition_penalty, p.repeat_last_n = 0, p.seed = q->seed;
-    ak_err_t pe;
-    ak_err_clear(&pe);
-    ak_status_t st = wk_sampler_params_check(&p, n_vocab, &pe);
-    if (st < 0) return AK_ERR(err, st, "seqs[%d]: %s", i, pe.msg);
-    if (q->n_history_ids < 0)
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].n_history_ids=%d must be >= 0", i, q->n_history_ids);
-    /* Valid, but past what the device holds: UNSUPPORTED tells the caller to sample on
-     * the host (a wrong request stays INVALID_ARG, and fails there too). */
-    if (q->n_history_ids > WK_CUDA_SAMPLE_MAX_HISTORY_IDS)
-      return AK_ERR(err, AK_ERR_UNSUPPORTED,
-                    "seqs[%d].n_history_ids=%d outside [0, %d] (sample this step on the host)", i,
-                    q->n_history_ids, WK_CUDA_SAMPLE_MAX_HISTORY_IDS);
-    if (q->n_history_ids > 0 && !q->history_ids)
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].history_ids is NULL with n_history_ids=%d", i,
-                    q->n_history_ids);
-    if (q->repetition_penalty == 1.0f) continue; /* the history has no reader */
-    if (q->n_history_ids > 0 && n_vocab > WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB)
-      return AK_ERR(err, AK_ERR_UNSUPPORTED,
-                    "seqs[%d]: a repetition penalty with n_vocab=%d > %d is not supported on the device", i, n_vocab,
-                    KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB);
-    for (int32_t h = 0; h < q->n_history_ids; h++)
-      if (q->history_ids[h] < 0 || q->history_ids[h] >= n_vocab)
-        return AK_ERR(err, AK_ERR_INVALID_ARG, "seqs[%d].history_ids[%d]=%d outside [0, %d)", i, h,
-                      q->history_ids[h], n_vocab);
-  }
-  return AK_OK;
 }
 
 void wk_cuda_sampler_destroy(wk_cuda_sampler_t *sm) {

@@ -182,27 +182,6 @@ ak_status_t wk_engine_step(wk_engine_t *e, const wk_forward_batch_t *batch) {
 
 int wk_engine_samples_on_device(const wk_engine_t *e) { return e && e->device == WK_DEVICE_CUDA; }
 
-int wk_engine_sample_request(const wk_sampler_t *smp, int64_t n_vocab, const int32_t *pending, int64_t n_pending,
-                             uint64_t step, int32_t *window, wk_cuda_sample_seq_t *req) {
-  const wk_sampler_params_t *p = wk_sampler_params(smp);
-  memset(req, 0, sizeof *req);
-  req->temperature = p->temperature, req->top_k = p->top_k, req->top_p = p->top_p, req->min_p = p->min_p;
-  req->repetition_penalty = p->repetition_penalty;
-  req->seed = p->seed;
-  req->step = step;
-  if (p->repetition_penalty == 1.0f || p->repeat_last_n == 0) return 1; /* no window read */
-  int64_t n_old = wk_sampler_history(smp, NULL, 0);
-  int64_t n_win = n_old + n_pending < p->repeat_last_n ? n_old + n_pending : p->repeat_last_n;
-  if (n_win > WK_CUDA_SAMPLE_MAX_HISTORY_IDS) return 0;
-  if (n_win > 0 && n_vocab > WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB) return 0; /* past the penalty bitmap */
-  int64_t take_new = n_pending < n_win ? n_pending : n_win, take_old = n_win - take_new;
-  (void)wk_sampler_history(smp, window, take_old);
-  if (take_new > 0) memcpy(window + take_old, pending + (n_pending - take_new), sizeof(int32_t) * (size_t)take_new);
-  req->history_ids = window;
-  req->n_history_ids = (int32_t)n_win;
-  return 1;
-}
-
 ak_status_t wk_engine_step_sampled(wk_engine_t *e, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample) {
   if (!sample) return AK_ERR(&e->err, AK_ERR_INVALID_ARG, "wk_engine_step_sampled: sample is NULL");
   return wk_engine_forward(e, batch, sample);

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "kvpool.h"
-#include "wk_cuda_sampler.h"
+#include "wk_cuda_sample.h"
 #include "wk_forward.h"
 #include "wk_model.h"
 #include "wk_sampler.h"
@@ -72,20 +72,9 @@ int wk_engine_samples_on_device(const wk_engine_t *eng);
  * vocab projection, so that only ids (and logprobs) cross PCIe
  * (wk_forward_cuda_run_sampled: one row per sequence, logits_all 0; batch->logits may
  * be NULL). AK_ERR_UNSUPPORTED on the CPU, and for a request past the device's caps
- * (wk_cuda_sample_check; a request from wk_engine_sample_request never is), the pool
+ * (wk_cuda_sample_check; a request from wk_cuda_sample_request never is), the pool
  * then unchanged. AK_ERR_INVALID_ARG for a wrong request or batch. */
 ak_status_t wk_engine_step_sampled(wk_engine_t *eng, const wk_forward_batch_t *batch, const wk_cuda_sample_t *sample);
-/* The device-sampling request for `smp`'s next draw, so that the device draws under
- * the parameters and penalty window wk_sampler_sample would use: smp's parameters, the
- * draw's `step`, and the window = smp's history followed by `pending` (this step's
- * tokens, not yet wk_sampler_accept'ed; may be NULL with n_pending 0), its last
- * repeat_last_n ids, copied into `window` ([WK_CUDA_SAMPLE_MAX_HISTORY_IDS]).
- * Returns 0 when the device cannot take it (sample on the host): a window longer than
- * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, or a window over a vocabulary (smp's n_vocab) past
- * WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB. So callers decide before the step, and an error of
- * wk_engine_step_sampled is the step's own. */
-int wk_engine_sample_request(const wk_sampler_t *smp, int64_t n_vocab, const int32_t *pending, int64_t n_pending,
-                             uint64_t step, int32_t *window, wk_cuda_sample_seq_t *req);
 /* Feeds a whole prompt (or any run of tokens) to one sequence in chunks of
  * max_batch_tokens; writes the logits of its last token ([n_vocab]) to `logits`; then
  * brings the sequence down to its KV budget (kv_seq_compact).

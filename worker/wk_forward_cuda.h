@@ -28,7 +28,7 @@
 
 #include "kn_cuda.h"
 #include "kvpool.h"
-#include "wk_cuda_sampler.h"
+#include "wk_cuda_sample.h"
 #include "wk_forward.h"
 #include "wk_model_cuda.h"
 

@@ -67,7 +67,7 @@ typedef struct {
 
 /* Checks parameters for a vocabulary of n_vocab as wk_sampler_create does, else
  * AK_ERR_INVALID_ARG with a message that starts with the field ("top_p=1.5 outside ...").
- * Samplers that take these parameters elsewhere (the device's, wk_cuda_sampler.h) check
+ * Samplers that take these parameters elsewhere (the device's, wk_cuda_sample.h) check
  * with it too, so both accept exactly the same requests. */
 ak_status_t wk_sampler_params_check(const wk_sampler_params_t *p, int64_t n_vocab, ak_err_t *err);
 
@@ -109,7 +109,7 @@ void wk_sampler_reset(wk_sampler_t *s);
 const wk_sampler_params_t *wk_sampler_params(const wk_sampler_t *s);
 
 /* What the repetition penalty looks at, for callers that sample elsewhere (on the
- * device, wk_cuda_sampler.h): copies the most recent min(n, cap) ids of the history,
+ * device, wk_cuda_sample.h): copies the most recent min(n, cap) ids of the history,
  * oldest first, into `ids` ([cap]), and returns n, the number of ids the history holds
  * (<= repeat_last_n; always 0 while the penalty is off, since nothing is recorded). */
 int64_t wk_sampler_history(const wk_sampler_t *s, int32_t *ids, int64_t cap);

@@ -9,7 +9,7 @@
 
 #include "ak_rpc_server.h"
 #include "arkvale/v1/worker.pb-c.h"
-#include "wk_cuda_sampler.h"
+#include "wk_cuda_sample.h"
 #include "wk_sampler.h"
 #include "wk_service.h"
 

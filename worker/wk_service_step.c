@@ -186,7 +186,7 @@ static int wk_svc_device_request(wk_service_t *s, const Arkvale__V1__StepRequest
     int smp = i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
     if (!smp) continue;
     const wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
-    if (!wk_engine_sample_request(sq->sampler, s->hp->n_vocab, step_tokens, n_step,
+    if (!wk_cuda_sample_request(sq->sampler, s->hp->n_vocab, step_tokens, n_step,
                                   (uint64_t)(sq->n_tokens + n_step),
                                   s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, r))
       return 0;
@@ -254,7 +254,7 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
 
   double t1 = wk_svc_now_us();
   /* On CUDA the step samples on the device and only ids come back, unless a request is
-   * past the device's caps (wk_engine_sample_request, decided before the step): then the
+   * past the device's caps (wk_cuda_sample_request, decided before the step): then the
    * logits come back and the host samples. */
   int on_device = 0;
   if (n_seqs > 0) {

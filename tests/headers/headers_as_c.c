@@ -25,6 +25,7 @@
 #include "kvpool.h"
 #include "pb_buf.h"
 #include "pb_status.h"
+#include "wk_cuda_sample.h"
 #include "wk_cuda_sampler.h"
 #include "wk_engine.h"
 #include "wk_forward.h"
