@@ -788,16 +788,18 @@ ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, 
     st = AK_ERR(err, AK_ERR_CUDA, "step: %s", cudaGetErrorString(ce));
     goto err_abort;
   }
-  if (graph && b->logits)
-    memcpy(b->logits, fw->logits_host, sizeof(float) * (size_t)(b->logits_all ? n_tok : b->seqs.n_seqs) *
-                                           (size_t)fw->hp.n_vocab);
-  if (sample) wk_cuda_sampler_finish(fw->sampler, sample, b->seqs.n_seqs);
   fw->timing.logits_us = wk_now_us() - t_logits;
   wk_profile_collect(fw);
   st = wk_arkvale_cuda_apply(fw->ak, pool, err);
   if (st < 0) goto err_abort;
   st = kv_step_end(pool);
   if (st < 0) return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
+  /* The step took: now its outputs (a failed step leaves the token ids and the graph
+   * path's logits as they were; the direct path copies logits during the step). */
+  if (graph && b->logits)
+    memcpy(b->logits, fw->logits_host, sizeof(float) * (size_t)(b->logits_all ? n_tok : b->seqs.n_seqs) *
+                                           (size_t)fw->hp.n_vocab);
+  if (sample) wk_cuda_sampler_finish(fw->sampler, sample, b->seqs.n_seqs);
   fw->timing.other_us = wk_now_us() - t_start - fw->timing.logits_us;
   return AK_OK;
 

@@ -63,7 +63,9 @@ ak_status_t wk_forward_cuda_device_tier(wk_forward_cuda_t *fw, const kv_pool_par
                                         ak_err_t *err, kv_tier_t **tier_p);
 
 /* Runs the batch and appends its tokens to each sequence in `pool`; logits (when
- * wanted) are copied to the host array. On failure the pool is as before the call. */
+ * wanted) are copied to the host array. On failure the pool is as before the call and
+ * the outputs are not valid: a step replayed from a graph leaves them untouched, one
+ * launched kernel by kernel may have written logits. */
 ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk_forward_batch_t *batch,
                                 ak_err_t *err);
 
