@@ -237,13 +237,14 @@ typedef struct {
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
 } kn_cuda_gemm_args_t;
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
-/* Calls of 1..8 rows (decode steps) with n_in % 8 == 0 and 16-byte aligned x and W
- * go to a weight-streaming GEMV kernel instead of cuBLASLt: the FMA GEMV
+/* Calls of 1..KN_CUDA_DECODE_GEMM_MAX_TOK rows (decode steps) with n_in % 8 == 0 and
+ * 16-byte aligned x and W go to a weight-streaming GEMV kernel instead of cuBLASLt: the FMA GEMV
  * (kn_cuda_gemv.cu, one warp per output row) or the tensor-core GEMV
  * (kn_cuda_gemv_mma.cu, 16 rows a block). AUTO (the default): the FMA GEMV for every
  * call of one or two rows and for 3..8 rows up to 8M weight elements, the tensor-core
  * GEMV for 3..8 rows above, as measured on the H100 (notes/device-runs.md); CUBLAS, FMA
  * and MMA force one for every call it can take (benchmarks, tests). */
+#define KN_CUDA_DECODE_GEMM_MAX_TOK 8
 typedef enum {
   KN_CUDA_DECODE_GEMM_AUTO = 0,
   KN_CUDA_DECODE_GEMM_CUBLAS = 1,

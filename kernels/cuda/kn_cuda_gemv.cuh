@@ -6,7 +6,7 @@
 
 #include "kn_cuda_internal.cuh"
 
-#define KN_GEMV_MAX_TOK 8
+#define KN_GEMV_MAX_TOK KN_CUDA_DECODE_GEMM_MAX_TOK
 #define KN_GEMV_MAX_PARTS 3
 // Weights larger than this (n_in * n_out elements) go to cuBLASLt even for few rows.
 #define KN_GEMV_MAX_WEIGHT_ELEMS (8ll << 20)
