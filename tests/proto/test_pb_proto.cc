@@ -299,6 +299,7 @@ TEST(PbProto, StepResponseRoundTripsEveryField) {
   resp.n_samples = 3, resp.samples = tok_ptrs;
   resp.timings = &tm;
   resp.kv = &kv;
+  resp.has_sampled_on_device = 1, resp.sampled_on_device = 1;
   ASSERT_EQ(PbUnsetFields(&resp.base), "");
 
   PbMsgPtr p = RoundTrip(&resp.base);
@@ -313,6 +314,7 @@ TEST(PbProto, StepResponseRoundTripsEveryField) {
   EXPECT_EQ(r->kv->n_pages_total, 1ull << 33);
   EXPECT_EQ(r->kv->total->bytes_backed_up, 5000ull * 65536);
   EXPECT_EQ(r->kv->step->recalls, 3u);
+  EXPECT_TRUE(r->has_sampled_on_device && r->sampled_on_device);
 }
 
 // The other messages of both services survive a round trip with every field set too;
