@@ -85,6 +85,12 @@
  *                                                sums of the Steps' kvpool deltas
  *   arkvale_worker_steps_total{worker}           Steps answered (canaries included)
  *   arkvale_worker_canaries_total{worker}        canaries answered
+ *   arkvale_worker_device_sampled_steps_total{worker}
+ *                                                Generate Steps whose samples rank 0 drew
+ *                                                on the device (StepResponse.
+ *                                                sampled_on_device: a CUDA worker; a
+ *                                                request past the device sampler's caps
+ *                                                samples on the host), on rank 0's series
  *   arkvale_health_watchers                      open Watch calls
  *
  * Deadlines: a client's gRPC deadline cancels its call on the server; the request

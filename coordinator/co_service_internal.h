@@ -57,7 +57,7 @@ typedef struct co_svc_watch {
 /* Family ids in s->metrics (co_service_metrics.c). */
 typedef struct {
   int32_t requests, queue_depth, running, ttft, tpot, gen_tokens, prompt_tokens, serving;
-  int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps, canaries, watchers;
+  int32_t kv_resident, kv_backup, kv_backed_up, kv_recalled, steps, canaries, watchers, device_sampled;
 } co_svc_metric_ids_t;
 
 /* One rank of a group: its channel and, past the group's first rank, a caller thread

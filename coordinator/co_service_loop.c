@@ -388,6 +388,8 @@ static void co_svc_lane_answer(co_service_t *s, co_svc_group_t *g, co_svc_lane_t
     co_svc_metric_kv(s, rk, ((const Arkvale__V1__StepResponse *)l->ranks[k].resp)->kv);
     co_svc_metric_rank_add(s, rk, s->mid.steps, 1.0);
   }
+  if (sr->has_sampled_on_device && sr->sampled_on_device)
+    co_svc_metric_rank_add(s, &g->ranks[0], s->mid.device_sampled, 1.0);
   int32_t n = l->n_items;
   co_svc_sample_t *smp = calloc((size_t)n + 1, sizeof *smp);
   const char *bad = !smp ? "out of memory answering a step" : NULL;

@@ -73,6 +73,8 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err) {
        CO_METRIC_COUNTER, worker, 1, NULL, 0},
       {&s->mid.canaries, "arkvale_worker_canaries_total", "Health canaries the worker answered",
        CO_METRIC_COUNTER, worker, 1, NULL, 0},
+      {&s->mid.device_sampled, "arkvale_worker_device_sampled_steps_total",
+       "Generate Steps whose samples rank 0 drew on the device", CO_METRIC_COUNTER, worker, 1, NULL, 0},
       {&s->mid.watchers, "arkvale_health_watchers", "Open grpc.health.v1 Watch calls", CO_METRIC_GAUGE, NULL, 0,
        NULL, 0},
   };
@@ -83,7 +85,8 @@ ak_status_t co_svc_metrics_init(co_service_t *s, ak_err_t *err) {
   const int32_t zero_counters[] = {s->mid.gen_tokens, s->mid.prompt_tokens};
   for (size_t i = 0; i < sizeof zero_counters / sizeof zero_counters[0]; i++)
     AK_TRY(co_metrics_inc(s->metrics, zero_counters[i], NULL, 0.0, err));
-  const int32_t zero_worker[] = {s->mid.kv_backed_up, s->mid.kv_recalled, s->mid.steps, s->mid.canaries};
+  const int32_t zero_worker[] = {s->mid.kv_backed_up, s->mid.kv_recalled, s->mid.steps, s->mid.canaries,
+                                 s->mid.device_sampled};
   for (int32_t g = 0; g < s->n_groups; g++)
     for (int32_t k = 0; k < s->groups[g].n_ranks; k++) {
       const char *wl[] = {s->groups[g].ranks[k].addr};

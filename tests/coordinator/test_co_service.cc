@@ -994,6 +994,7 @@ struct FakeWorker {
   ak_rpc_server_t *srv = nullptr;
   std::atomic<bool> engine_dead{false};
   std::atomic<int> n_steps{0};
+  bool device_sampling = false; // Steps that sample say so (StepResponse.sampled_on_device), as a CUDA worker
   uint64_t capacity_pages = 4 * 30 * (kMaxSeqTokens / kPageTokens);
   // hang_steps: Step calls are kept open, never answered (a hung host), until
   // FinishHeld; the handler returns at once, as handlers must.
@@ -1065,6 +1066,7 @@ struct FakeWorker {
     Arkvale__V1__StepResponse r = ARKVALE__V1__STEP_RESPONSE__INIT;
     r.has_step_id = 1, r.step_id = q->step_id;
     r.n_samples = ptrs.size(), r.samples = ptrs.data();
+    if (!ptrs.empty()) r.has_sampled_on_device = 1, r.sampled_on_device = f->device_sampling;
     ak_err_t err;
     ak_rpc_writer_finish(w, ak_rpc_writer_write(w, &r.base, &err), nullptr);
   }
@@ -1354,6 +1356,53 @@ TEST_F(CoServiceHungGroupTest, AHungGroupHoldsNoOtherGroup) {
   for (int t = 0; t < 15000 && Canaries(group2_addr_) <= fake_canaries; t += 10)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_GT(Canaries(group2_addr_), fake_canaries) << "the second group was not revived";
+}
+
+// Two groups: the in-process CPU worker, and a fake one that samples on the device
+// (FakeWorker.device_sampling) and has the most free pages, so requests go to it.
+class CoServiceDeviceSampledTest : public CoServiceTest {
+ protected:
+  FakeWorker fw_;
+  CoServiceDeviceSampledTest() { n_groups_ = 2; }
+  void SetUp() override {
+    if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
+    fw_.device_sampling = true;
+    fw_.capacity_pages *= 8;
+    ASSERT_NO_FATAL_FAILURE(fw_.Start());
+    group2_addr_ = "127.0.0.1:" + std::to_string(ak_rpc_server_port(fw_.srv));
+    Start();
+  }
+  void TearDown() override { Stop(); }
+  double Series(const std::string &text, const char *name, const std::string &addr) {
+    return Sample(text, std::string(name) + "{worker=\"" + addr + "\"}");
+  }
+};
+
+// arkvale_worker_device_sampled_steps_total counts a group's Generate Steps whose
+// samples were drawn on the device: every Step of the fake group (its canaries are not
+// Generate Steps), none of the CPU worker's.
+TEST_F(CoServiceDeviceSampledTest, DeviceSampledStepsAreCounted) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  GenReq g(6);
+  g.set_ids(prompt_ids(10, 71));
+  Stream st;
+  Generate(g, &st);
+  ASSERT_EQ(st.st, AK_OK) << st.msg;
+  EXPECT_EQ(st.tokens, std::vector<int32_t>(6, 42)) << "the fake group served it";
+  // The three series are updated one after another (a canary's Step is in steps_total
+  // a moment before canaries_total): poll for a scrape between updates.
+  std::string m;
+  double dev = -1, generate_steps = -2;
+  for (int i = 0; i < 250 && dev != generate_steps; i++) {
+    if (i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m = Scrape();
+    dev = Series(m, "arkvale_worker_device_sampled_steps_total", group2_addr_);
+    generate_steps = Series(m, "arkvale_worker_steps_total", group2_addr_) -
+                     Series(m, "arkvale_worker_canaries_total", group2_addr_);
+  }
+  EXPECT_EQ(dev, generate_steps) << m;
+  EXPECT_GE(dev, 6) << m;
+  EXPECT_EQ(Series(m, "arkvale_worker_device_sampled_steps_total", waddr_), 0) << "a CPU worker samples on the host";
 }
 
 // One group of two ranks (each worker here holds the whole model: tensor parallelism
