@@ -6,7 +6,8 @@
 // KN_ATTN_CHUNK_TOKENS (512) unless that makes fewer than KN_ATTN_MIN_BLOCKS blocks
 // (a decode of one or two sequences at short context): then it halves, down to
 // KN_ATTN_MIN_CHUNK_TOKENS, so that the keys spread over the SMs instead of one block
-// walking 512 rows in dependent steps (llama3-8b, batch 1, 1k keys: 16 blocks).
+// walking 512 rows in dependent steps (llama3-8b, batch 1, 1k keys: 16 blocks). Calls
+// that take the tensor-core kernel stop halving at KN_ATTN_MIN_BLOCKS_MMA instead.
 //
 // GQA groups of 3..8 heads at head_dim 64 and 128 take the tensor-core kernel of
 // kn_cuda_attention_mma.cuh instead of the chunk kernel below: same blocks, chunks,
@@ -71,6 +72,12 @@ enum {
   KN_ATTN_CHUNK_TOKENS = 512,
   KN_ATTN_MIN_CHUNK_TOKENS = 64,
   KN_ATTN_MIN_BLOCKS = 528,   // 4 blocks per SM of an H100 (132 SMs)
+  // About one block an SM: the tensor-core kernel pays more a block (its q split, two
+  // cp.async stages to fill) and reads its keys faster, so small grids do better with
+  // fewer, longer chunks. H100, llama3-8b batch 4, one call (528 -> 132): 1k 20.6 ->
+  // 17.5 us, 2k 29.7 -> 24.8, 4k 40.5 -> 37.7, 10k unchanged; batch 1 4k 22.0 -> 18.4;
+  // a decode step at budget 2048 (10k) 8.10 -> 7.71 ms (notes/device-runs.md, session 7).
+  KN_ATTN_MIN_BLOCKS_MMA = 132,
   KN_ATTN_WARPS = 4,
   KN_ATTN_THREADS = KN_ATTN_WARPS * 32,
   KN_ATTN_MAX_GT = 8,         // query heads per block pass
@@ -103,10 +110,19 @@ static int32_t kn_attn_n_chunks(int32_t max_kv_len, int32_t chunk) {
   return max_kv_len <= chunk ? 1 : (int32_t)kn_ceil_div(max_kv_len, chunk);
 }
 
+// 1 when the per-token blocks of a call run the tensor-core kernel: GQA groups of 3..8
+// heads at head_dim 64 or 128 (kn_attn_launch_kv).
+static bool kn_attn_takes_mma(const kn_cuda_attn_args_t *a) {
+  const int32_t group = a->n_kv_heads > 0 ? a->n_heads / a->n_kv_heads : 0;
+  return group >= 3 && group <= KN_ATTN_MAX_GT && (a->head_dim == 64 || a->head_dim == 128);
+}
+
 // Keys per chunk for a call (see the header comment).
-static int32_t kn_attn_chunk(int64_t n_tok, int32_t n_kv_heads, int32_t max_kv_len) {
+static int32_t kn_attn_chunk(const kn_cuda_attn_args_t *a) {
+  const int64_t min_blocks = kn_attn_takes_mma(a) ? KN_ATTN_MIN_BLOCKS_MMA : KN_ATTN_MIN_BLOCKS;
   int32_t chunk = KN_ATTN_CHUNK_TOKENS;
-  while (chunk > KN_ATTN_MIN_CHUNK_TOKENS && n_tok * n_kv_heads * kn_attn_n_chunks(max_kv_len, chunk) < KN_ATTN_MIN_BLOCKS)
+  while (chunk > KN_ATTN_MIN_CHUNK_TOKENS &&
+         a->n_tok * a->n_kv_heads * kn_attn_n_chunks(a->max_kv_len, chunk) < min_blocks)
     chunk /= 2;
   return chunk;
 }
@@ -785,7 +801,7 @@ static bool kn_attn_head_dim_ok(int32_t hd) { return hd == 64 || hd == 128 || hd
 extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a) {
   if (!a || a->n_tok < 1 || a->n_heads < 1 || a->n_kv_heads < 1 || a->head_dim < 1 || a->max_kv_len < 0) return 0;
   const size_t row_bytes = (size_t)(a->head_dim + 2) * sizeof(float);
-  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len));
+  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a));
   size_t bytes = n_chunks > 1 ? (size_t)a->n_tok * (size_t)a->n_heads * (size_t)n_chunks * row_bytes : 0;
   // A call with fewer tokens or keys that takes chunks below 512 has fewer than
   // 2 * KN_ATTN_MIN_BLOCKS blocks (its grid at twice the chunk had fewer than
@@ -801,7 +817,7 @@ extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a
 extern "C" void kn_cuda_attention_split(const kn_cuda_attn_args_t *a, int32_t *chunk_tokens, int32_t *n_chunks) {
   int32_t c = 0, n = 0;
   if (a && a->n_tok >= 1 && a->n_kv_heads >= 1 && a->max_kv_len >= 0) {
-    c = kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len);
+    c = kn_attn_chunk(a);
     n = kn_attn_n_chunks(a->max_kv_len, c);
   }
   if (chunk_tokens) *chunk_tokens = c;
@@ -857,7 +873,7 @@ static ak_status_t kn_attn_check(const kn_cuda_attn_args_t *a, const void *works
   if (a->prefill_tiles < 0 || a->prefill_tiles > 2)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "prefill_tiles=%d is not 0 (off), 1 (tiles) or 2 (tiles, never split)",
                        a->prefill_tiles);
-  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a->n_tok, a->n_kv_heads, a->max_kv_len));
+  const int64_t n_chunks = kn_attn_n_chunks(a->max_kv_len, kn_attn_chunk(a));
   if (a->n_tok * a->n_kv_heads * n_chunks > INT32_MAX || a->n_tok * a->n_heads > INT32_MAX)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld x n_heads=%d x %lld chunks exceeds the grid",
                   (long long)a->n_tok, a->n_heads, (long long)n_chunks);
@@ -875,7 +891,7 @@ extern "C" ak_status_t kn_cuda_attention(const kn_cuda_attn_args_t *args, void *
   AK_TRY(kn_attn_check(args, workspace, workspace_bytes, err));
   kn_attn_launch_t L;
   L.a = *args;
-  L.chunk = kn_attn_chunk(args->n_tok, args->n_kv_heads, args->max_kv_len);
+  L.chunk = kn_attn_chunk(args);
   L.n_chunks = kn_attn_n_chunks(args->max_kv_len, L.chunk);
   const int64_t n_th = args->n_tok * args->n_heads;
   L.ws_acc = L.n_chunks > 1 ? (float *)workspace : nullptr;

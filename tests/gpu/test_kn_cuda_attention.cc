@@ -459,8 +459,10 @@ class KnCudaAttentionArgs : public ::testing::Test {
 
 TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   // chunk = 512 keys, halved (down to 64) while the grid n_tok * n_kv_heads * n_chunks
-  // has fewer than 528 blocks; n_chunks = ceil(max_kv_len / chunk); no workspace while
-  // one chunk covers every token. Here n_tok 3, n_kv_heads 2: always chunks of 64.
+  // has fewer than 528 blocks (132 for calls of the tensor-core kernel, as this group of
+  // 3 at head_dim 128); n_chunks = ceil(max_kv_len / chunk); no workspace while one
+  // chunk covers every token. The size also covers every smaller call (below), so here
+  // n_tok 3, n_kv_heads 2 is sized as chunks of 64.
   const size_t row = (128 + 2) * 4;
   a_.max_kv_len = 0;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), 0u);
@@ -475,11 +477,25 @@ TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   // A full grid keeps chunks of 512: 64 tokens x 2 KV heads x 9 chunks = 1152 blocks.
   a_.n_tok = 64;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)64 * 6 * 9 * row);
-  // 16 x 2 x 9 = 288 blocks at 512 halve to chunks of 256: 16 x 2 x 17 = 544 blocks
-  // (1632 partials), but a call with fewer tokens may take smaller chunks: the size
-  // covers it (2 x 528 blocks x a group of 3).
+  // 16 x 2 x 9 = 288 blocks at 512 (864 partials), but a call with fewer tokens may
+  // take smaller chunks: the size covers it (2 x 528 blocks x a group of 3).
   a_.n_tok = 16;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)2 * 528 * 3 * row);
+  // The split of that call: the tensor-core kernel keeps 512 keys (288 >= 132 blocks);
+  // the CUDA-core kernel (head_dim 256, or a group of 2) halves to 256 (16 x 2 x 17 =
+  // 544 >= 528 blocks).
+  int32_t chunk = 0, n_chunks = 0;
+  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+  EXPECT_EQ(chunk, 512);
+  EXPECT_EQ(n_chunks, 9);
+  a_.head_dim = 256;
+  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+  EXPECT_EQ(chunk, 256);
+  EXPECT_EQ(n_chunks, 17);
+  a_.head_dim = 128, a_.n_heads = 4;
+  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+  EXPECT_EQ(chunk, 256);
+  a_.n_heads = 6;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(nullptr), 0u);
 }
 
