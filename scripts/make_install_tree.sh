@@ -5,6 +5,7 @@
 # ../shared/TOOLCHAIN.md). Not for: packaging a release (no headers, no model).
 #
 #   scripts/make_install_tree.sh [--build-dir DIR] [--no-build] [--out DIR] [--extra FILE]...
+#                                [--only GLOB]... [--gzip]
 #
 #   --build-dir DIR  the CMake build to take executables from (default: build/); it is
 #                    configured (Ninja, RelWithDebInfo, sm_90) if it has no cache yet and
@@ -12,12 +13,17 @@
 #   --no-build       take DIR as it is
 #   --out DIR        the tree to (re)create (default: dist/arkvale, ignored by git)
 #   --extra FILE     one more executable for bin/ (repeatable)
+#   --only GLOB      only the executables whose file name matches GLOB (repeatable; any
+#                    match takes it), e.g. --only 'test_kn_cuda_*' --only bench_decode:
+#                    a tree for one job that fits the carry limit; the libraries follow
+#   --gzip           gzip every executable and library after the check (a third of the
+#                    size); bin/gpu_check.sh, or `gunzip -r DIR`, unpacks them there
 #
 # The tree:
 #   DIR/bin/   tools/arkvale, every tests/**/test_* and bench/**/bench_* executable,
 #              stripped, RUNPATH $ORIGIN/../lib (then /usr/local/cuda/lib64 and
 #              /usr/local/cuda/lib, where a host may keep the CUDA runtime outside the
-#              loader's cache); and run_gpu_tests.sh (deploy/gpu/run_gpu_tests.sh)
+#              loader's cache); and run_gpu_tests.sh, gpu_check.sh (deploy/gpu/)
 #   DIR/lib/   every shared library they need (ldd's closure), stripped, RUNPATH
 #              $ORIGIN, except what the host provides: glibc, libstdc++/libgcc_s (the
 #              host's are newer), and the NVIDIA driver / CUDA runtime / cuBLAS / NCCL
@@ -35,12 +41,16 @@ build_dir="$root/build"
 out="$root/dist/arkvale"
 do_build=1
 extras=()
+onlys=()
+do_gzip=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build_dir="$(realpath -m "$2")"; shift ;;
     --no-build) do_build=0 ;;
     --out) out="$(realpath -m "$2")"; shift ;;
     --extra) extras+=("$(realpath "$2")"); shift ;;
+    --only) onlys+=("$2"); shift ;;
+    --gzip) do_gzip=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "make_install_tree: unknown option $1" >&2; exit 2 ;;
   esac
@@ -70,6 +80,17 @@ mapfile -t bins < <(
       \( -name 'test_*' -o -name 'bench_*' \) -print 2>/dev/null
     for e in "${extras[@]+"${extras[@]}"}"; do echo "$e"; done
   } | sort -u)
+if [ ${#onlys[@]} -gt 0 ]; then
+  kept=()
+  for b in "${bins[@]}"; do
+    for g in "${onlys[@]}"; do
+      # shellcheck disable=SC2053 # a glob on purpose
+      if [[ "$(basename "$b")" == $g ]]; then kept+=("$b"); break; fi
+    done
+  done
+  [ ${#kept[@]} -gt 0 ] || die "no executable matches --only ${onlys[*]}"
+  bins=("${kept[@]}")
+fi
 dups="$(for b in "${bins[@]}"; do basename "$b"; done | sort | uniq -d)"
 [ -z "$dups" ] || die "two executables share a name in bin/: $dups"
 
@@ -147,6 +168,7 @@ if [ ${#ucx_mods[@]} -gt 0 ]; then
   done
 fi
 install -m 755 "$root/deploy/gpu/run_gpu_tests.sh" "$out/bin/run_gpu_tests.sh"
+install -m 755 "$root/deploy/gpu/gpu_check.sh" "$out/bin/gpu_check.sh"
 {
   echo "arkvale install tree (scripts/make_install_tree.sh)"
   echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
@@ -173,6 +195,10 @@ while IFS= read -r -d '' f; do
   done < <(env -u LD_LIBRARY_PATH ldd "$f" 2>/dev/null | awk '$2 == "=>" { print $1, ($3 == "not" ? "not" : $3) }')
 done < <(find "$out/bin" "$out/lib" -type f -print0)
 [ ${#bad[@]} -eq 0 ] || die "the tree does not resolve by itself: $(printf '\n  %s' "${bad[@]}")"
+if [ "$do_gzip" -eq 1 ]; then
+  find "$out/bin" "$out/lib" -type f ! -name '*.sh' -exec gzip -9 {} +
+  echo "gzipped: every executable and library (unpack there: bin/gpu_check.sh, or gunzip -r)" >>"$out/MANIFEST.txt"
+fi
 
 size_bytes="$(du -sb "$out" | cut -f1)"
 echo "make_install_tree: $out: ${#bins[@]} executables, ${#lib_src[@]} libraries (+${#ucx_mods[@]} UCX modules)," \

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# gpu_check.sh: what a change to the CUDA backend must pass on the GPU host, in one go,
+# from an install tree (scripts/make_install_tree.sh copies this file into DIR/bin/):
+#   1. the `gpu` label: run_gpu_tests.sh (every bin/test_* with *Gpu* tests);
+#   2. --sanitize: compute-sanitizer memcheck over each of those binaries' *Gpu* tests,
+#      and racecheck over --racecheck's filter (default: the per-row and greedy sampling,
+#      RMSNorm and RoPE tests, whose kernels share memory between warps);
+#   3. --model PATH: the tests that need the default model (ARKVALE_MODEL=PATH):
+#      test_wk_forward_cuda and test_wk_service_cuda whole (memcheck too with
+#      --sanitize), and `arkvale generate --device cuda` on the quickstart's question.
+# Then one summary line per check. Exit status 1 when any check failed.
+#
+#   bin/gpu_check.sh [--sanitize] [--racecheck FILTER] [--model PATH] [--timeout S]
+#
+#   --timeout S   per sanitizer run (default 240): a run past it is reported as such,
+#                 not as a failure of the code
+#   LOG_DIR=DIR   keep every log there (default: a temporary dir; $OUT on the device tool)
+# A tree made with --gzip is unpacked first. The model is ~98 MiB, over the device
+# tool's carry limit with the tree: deploy/gpu/README.md says how it goes in two parts.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+tree="$(dirname "$here")"
+sanitize=0
+racecheck_filter='*Gpu*SampleRows*:*Gpu*Greedy*:*Gpu*Rmsnorm*:*Gpu*Rope*'
+model=""
+timeout_s=240
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sanitize) sanitize=1 ;;
+    --racecheck) racecheck_filter="${2:?--racecheck needs a gtest filter}"; shift ;;
+    --model) model="${2:?--model needs a path}"; shift ;;
+    --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+log_dir="${LOG_DIR:-$(mktemp -d)}"
+mkdir -p "$log_dir"
+if [ -n "$model" ] && [ ! -f "$model" ]; then
+  echo "gpu_check: --model $model: no such file" >&2
+  exit 2
+fi
+
+# a --gzip tree: unpack in place (idempotent)
+if find "$tree/bin" "$tree/lib" -name '*.gz' -print -quit 2>/dev/null | grep -q .; then
+  find "$tree/bin" "$tree/lib" -name '*.gz' -exec gunzip -f {} +
+  chmod +x "$tree"/bin/* 2>/dev/null
+fi
+
+summary=()
+failed=0
+note() { summary+=("$1"); }
+fail() { summary+=("$1"); failed=1; }
+
+cs="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)"
+
+# One sanitizer run; its summary line ("ERROR SUMMARY: 0 errors", "RACECHECK SUMMARY: 0
+# hazards") and gtest's verdict decide.
+sanitized() { # tool binary filter label [env...]
+  local tool="$1" bin="$2" filter="$3" label="$4"
+  shift 4
+  local log="$log_dir/$tool-$(basename "$bin")-${label// /_}.log"
+  env "$@" timeout "$timeout_s" "$cs" --tool "$tool" "$bin" --gtest_filter="$filter" >"$log" 2>&1
+  local rc=$?
+  local line
+  line="$(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -n 1 | sed 's/^========= //')"
+  if [ $rc -eq 124 ]; then
+    note "$tool $(basename "$bin") ($label): past ${timeout_s} s, no verdict ($line)"
+  elif [ $rc -ne 0 ] || ! grep -qE "SUMMARY: 0 (errors|hazards)" <<<"$line"; then
+    fail "$tool $(basename "$bin") ($label): FAIL rc=$rc ${line:-no summary} (log $log)"
+  else
+    note "$tool $(basename "$bin") ($label): $line, $(grep -E '^\[  PASSED  \]' "$log" | tail -n 1 | sed 's/\[  PASSED  \] //')"
+  fi
+}
+
+# 1. the gpu label
+if LOG_DIR="$log_dir" "$here/run_gpu_tests.sh" >"$log_dir/run_gpu_tests.txt" 2>&1; then
+  note "gpu label: $(grep -E '^== [0-9]+ binaries' "$log_dir/run_gpu_tests.txt" | sed 's/^== //')"
+else
+  fail "gpu label: FAIL (see run_gpu_tests.txt)"
+fi
+grep -E "^test_" "$log_dir/run_gpu_tests.txt"
+
+# 2. sanitizers over the *Gpu* tests
+if [ "$sanitize" -eq 1 ]; then
+  if [ -z "$cs" ]; then
+    fail "sanitizers: compute-sanitizer not found"
+  else
+    for t in "$here"/test_*; do
+      [ -x "$t" ] || continue
+      "$t" --gtest_list_tests --gtest_filter='*Gpu*' 2>/dev/null | grep -q '^  ' || continue
+      sanitized memcheck "$t" '*Gpu*' 'Gpu'
+      if "$t" --gtest_list_tests --gtest_filter="$racecheck_filter" 2>/dev/null | grep -q '^  '; then
+        sanitized racecheck "$t" "$racecheck_filter" 'racecheck filter'
+      fi
+    done
+  fi
+fi
+
+# 3. with the model
+if [ -n "$model" ]; then
+  for t in test_wk_forward_cuda test_wk_service_cuda; do
+    [ -x "$here/$t" ] || { fail "$t: not in the tree"; continue; }
+    if ARKVALE_MODEL="$model" "$here/$t" >"$log_dir/$t-model.log" 2>&1; then
+      note "$t with the model: $(grep -E '^\[  PASSED  \]' "$log_dir/$t-model.log" | sed 's/\[  PASSED  \] //')"
+    else
+      fail "$t with the model: FAIL ($(grep -oE '^\[  FAILED  \] [0-9]+ tests?' "$log_dir/$t-model.log" | grep -oE '[0-9]+' || echo "?") failed; log $log_dir/$t-model.log)"
+    fi
+    if [ "$sanitize" -eq 1 ] && [ -n "$cs" ]; then sanitized memcheck "$here/$t" '*' 'model' ARKVALE_MODEL="$model"; fi
+  done
+  if [ -x "$here/arkvale" ]; then
+    out="$("$here/arkvale" generate -m "$model" --device cuda --chat -p "What is the capital of France?" --temp 0 \
+      -n 16 2>"$log_dir/generate.err")"
+    if grep -q "Paris" <<<"$out"; then note "arkvale generate --device cuda: $(head -n 1 <<<"$out")"
+    else fail "arkvale generate --device cuda: no 'Paris' in: $out $(tail -n 2 "$log_dir/generate.err")"; fi
+  fi
+fi
+
+echo "== gpu_check summary ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1); logs in $log_dir)"
+printf '%s\n' "${summary[@]}"
+exit "$failed"
