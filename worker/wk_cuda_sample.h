@@ -62,7 +62,7 @@ typedef struct {
  * seqs[i] and the field. AK_ERR_INVALID_ARG for a wrong request; AK_ERR_UNSUPPORTED for
  * a valid one past the device's caps (a penalty history beyond
  * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, a penalty over a vocabulary beyond
- * KN_CUDA_SAMPLE_PENALTY_MAX_VOCAB): the host sampler takes those. Needs no GPU. */
+ * WK_CUDA_SAMPLE_PENALTY_MAX_VOCAB): the host sampler takes those. Needs no GPU. */
 ak_status_t wk_cuda_sample_check(const wk_cuda_sample_t *req, int32_t n_seqs, int32_t n_vocab, ak_err_t *err);
 
 /* The request for `smp`'s next draw, so that the device draws under the parameters and

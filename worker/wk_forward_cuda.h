@@ -70,7 +70,7 @@ ak_status_t wk_forward_cuda_run(wk_forward_cuda_t *fw, kv_pool_t *pool, const wk
                                 ak_err_t *err);
 
 /* As wk_forward_cuda_run, and samples the next token of every sequence on the device
- * (wk_cuda_sampler.h) right after the vocab projection, on the forward's stream: only
+ * (wk_cuda_sample.h) right after the vocab projection, on the forward's stream: only
  * sample->token_ids (and logprobs) come back, in the step's one synchronization. The
  * logits also come back when batch->logits is set. `sample` NULL is wk_forward_cuda_run.
  * Refused before the pool changes: AK_ERR_INVALID_ARG for batch->logits_all set or a
