@@ -736,9 +736,10 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS)
 
 template <int HD, int GT, typename KV>
 static void kn_attn_launch_kv(const kn_attn_launch_t &L, int64_t n_blocks, cudaStream_t stream) {
-  // GQA groups of 3..8 at head_dim 64 / 128: the tensor-core kernel (kn_cuda_attention_mma.cuh).
+  // GQA groups of 3..8 at head_dim 64 / 128 (kn_attn_takes_mma, which the split also
+  // reads): the tensor-core kernel (kn_cuda_attention_mma.cuh).
   if constexpr ((GT == 4 || GT == 8) && HD <= 128) {
-    if (L.a.n_heads / L.a.n_kv_heads <= KN_ATTN_MAX_GT) {
+    if (kn_attn_takes_mma(&L.a)) {
       constexpr size_t smem = kn_attn_mma::smem_bytes<HD>(); // above the 48 KB a launch gets unasked
       cudaFuncSetAttribute(kn_attn_mma::kernel<HD, GT, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
       kn_launch(kn_attn_mma::kernel<HD, GT, KV>, (unsigned)n_blocks, kn_attn_mma::WARPS * 32, smem, stream, L);

@@ -8,7 +8,8 @@
 
 #define KN_GEMV_MAX_TOK KN_CUDA_DECODE_GEMM_MAX_TOK
 #define KN_GEMV_MAX_PARTS 3
-// Weights larger than this (n_in * n_out elements) go to cuBLASLt even for few rows.
+// AUTO sends calls of 3..8 rows on weights larger than this (n_in * n_out elements) to
+// the tensor-core GEMV instead of the FMA GEMV (kn_gemm_route).
 #define KN_GEMV_MAX_WEIGHT_ELEMS (8ll << 20)
 
 // Outputs of a fused projection: W's rows split into n_parts consecutive ranges of
