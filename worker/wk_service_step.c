@@ -168,6 +168,11 @@ typedef struct {
   Arkvale__V1__SampledToken **sample_p; /* [n_seqs] */
 } wk_step_out_t;
 
+/* 1 when the step's i-th sequence (new ones first) asks for a sample. */
+static int wk_svc_samples(const Arkvale__V1__StepRequest *q, int32_t n_new, int32_t i) {
+  return i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
+}
+
 /* The device-sampling request for the step's batch (s->dev_req), built from each
  * sequence's sampler so that the device draws under the same parameters and penalty
  * window as wk_sampler_sample would after this step's wk_sampler_accept calls: the
@@ -183,7 +188,7 @@ static int wk_svc_device_request(wk_service_t *s, const Arkvale__V1__StepRequest
     *r = wk_cuda_sample_seq_greedy(); /* rows that do not sample read nothing */
     const int32_t *step_tokens = s->tokens + row, n_step = s->batch_n[i];
     row += n_step;
-    int smp = i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
+    int smp = wk_svc_samples(q, n_new, i);
     if (!smp) continue;
     const wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
     if (!wk_cuda_sample_request(sq->sampler, s->hp->n_vocab, step_tokens, n_step,
@@ -280,7 +285,7 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
   row = 0;
   for (int32_t i = 0; i < n_seqs; i++) {
     wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
-    int smp = i < n_new ? q->new_seqs[i]->sample : q->continuing_seqs[i - n_new]->sample;
+    int smp = wk_svc_samples(q, n_new, i);
     for (int32_t t = 0; t < s->batch_n[i]; t++) (void)wk_sampler_accept(sq->sampler, s->tokens[row + t]);
     row += s->batch_n[i];
     sq->n_tokens += s->batch_n[i];
@@ -295,9 +300,8 @@ static ak_status_t wk_svc_step_run(wk_service_t *s, const Arkvale__V1__StepReque
   double t2 = wk_svc_now_us();
   size_t n_out = 0;
   for (int32_t i = 0; i < n_seqs; i++) {
-    int smp, want_lp;
-    if (i < n_new) smp = q->new_seqs[i]->sample, want_lp = q->new_seqs[i]->return_logprob;
-    else smp = q->continuing_seqs[i - n_new]->sample, want_lp = q->continuing_seqs[i - n_new]->return_logprob;
+    const int smp = wk_svc_samples(q, n_new, i);
+    const int want_lp = i < n_new ? q->new_seqs[i]->return_logprob : q->continuing_seqs[i - n_new]->return_logprob;
     wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
     sq->has_sampled = 0; /* its pending sample (if any) was appended or superseded */
     if (!smp) continue;
