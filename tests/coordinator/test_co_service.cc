@@ -1294,28 +1294,37 @@ TEST_F(CoServiceGroupsTest, ARevivingGroupThatNeverAnswersDoesNotStallTheLiveOne
   close(fd);
 }
 
-// Two groups: the in-process worker, and a fake one (FakeWorker) whose host can take a
-// Step and never answer.
-class CoServiceHungGroupTest : public CoServiceTest {
+// Two groups: the in-process worker (waddr_), and a fake one (fw_, group2_addr_) set up
+// by the suite's SetFake before it starts.
+class CoServiceFakeGroupTest : public CoServiceTest {
  protected:
   FakeWorker fw_;
-  CoServiceHungGroupTest() { n_groups_ = 2; }
+  CoServiceFakeGroupTest() { n_groups_ = 2; }
+  virtual void SetFake(FakeWorker *f) = 0;
   void SetUp() override {
     if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
-    // Fewer pages than the real worker: requests go to the real one while it has a
-    // slot (co_sched routes to the most free pages), so only the canary reaches this one.
-    fw_.capacity_pages = 100;
+    SetFake(&fw_);
     ASSERT_NO_FATAL_FAILURE(fw_.Start());
     group2_addr_ = "127.0.0.1:" + std::to_string(ak_rpc_server_port(fw_.srv));
     Start();
   }
   void TearDown() override {
-    fw_.FinishHeld();  // else destroy waits for the held Step's deadline
+    fw_.FinishHeld();  // else destroy waits for a held Step's deadline
     Stop();
   }
-  double Canaries(const std::string &addr) {
-    return Sample(Scrape(), "arkvale_worker_canaries_total{worker=\"" + addr + "\"}");
+  // A worker's series of a per-worker family in a scrape.
+  static double Series(const std::string &text, const char *name, const std::string &addr) {
+    return Sample(text, std::string(name) + "{worker=\"" + addr + "\"}");
   }
+  double Canaries(const std::string &addr) { return Series(Scrape(), "arkvale_worker_canaries_total", addr); }
+};
+
+// The fake group's host can take a Step and never answer. It has fewer pages than the
+// real worker: requests go to the real one while it has a slot (co_sched routes to the
+// most free pages), so only the canary reaches the fake one.
+class CoServiceHungGroupTest : public CoServiceFakeGroupTest {
+ protected:
+  void SetFake(FakeWorker *f) override { f->capacity_pages = 100; }
 };
 
 // Groups are not in lock-step: the second group's host takes a Step (its canary) and
@@ -1358,23 +1367,13 @@ TEST_F(CoServiceHungGroupTest, AHungGroupHoldsNoOtherGroup) {
   EXPECT_GT(Canaries(group2_addr_), fake_canaries) << "the second group was not revived";
 }
 
-// Two groups: the in-process CPU worker, and a fake one that samples on the device
-// (FakeWorker.device_sampling) and has the most free pages, so requests go to it.
-class CoServiceDeviceSampledTest : public CoServiceTest {
+// The fake group samples on the device (FakeWorker.device_sampling) and has the most
+// free pages, so requests go to it.
+class CoServiceDeviceSampledTest : public CoServiceFakeGroupTest {
  protected:
-  FakeWorker fw_;
-  CoServiceDeviceSampledTest() { n_groups_ = 2; }
-  void SetUp() override {
-    if (!have_model()) GTEST_SKIP() << "model " << model_path() << " is absent (set ARKVALE_MODEL)";
-    fw_.device_sampling = true;
-    fw_.capacity_pages *= 8;
-    ASSERT_NO_FATAL_FAILURE(fw_.Start());
-    group2_addr_ = "127.0.0.1:" + std::to_string(ak_rpc_server_port(fw_.srv));
-    Start();
-  }
-  void TearDown() override { Stop(); }
-  double Series(const std::string &text, const char *name, const std::string &addr) {
-    return Sample(text, std::string(name) + "{worker=\"" + addr + "\"}");
+  void SetFake(FakeWorker *f) override {
+    f->device_sampling = true;
+    f->capacity_pages *= 8;
   }
 };
 
