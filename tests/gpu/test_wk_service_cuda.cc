@@ -85,9 +85,8 @@ class WkServiceCudaGpu : public WkServiceFixture {
     ASSERT_EQ(kn_cuda_device_count(&err, &n_dev), AK_OK) << err.msg;
     WkServiceFixture::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    Arkvale__V1__WarmupRequest q = ARKVALE__V1__WARMUP_REQUEST__INIT;
     MsgPtr keep;
-    ASSERT_EQ(Call("Warmup", &q.base, &arkvale__v1__warmup_response__descriptor, &keep), AK_OK);
+    ASSERT_NE(Warmup(&keep), nullptr);
   }
 
   // n_gen greedy tokens of one sequence with the penalty, through the service.

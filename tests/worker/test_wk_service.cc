@@ -35,11 +35,6 @@ namespace {
 
 class WkServiceTest : public WkServiceFixture {
  protected:
-  const Arkvale__V1__WarmupResponse *Warmup(MsgPtr *keep) {
-    Arkvale__V1__WarmupRequest q = ARKVALE__V1__WARMUP_REQUEST__INIT;
-    EXPECT_EQ(Call("Warmup", &q.base, &arkvale__v1__warmup_response__descriptor, keep), AK_OK);
-    return (const Arkvale__V1__WarmupResponse *)keep->get();
-  }
   const Arkvale__V1__HealthResponse *Health(MsgPtr *keep) {
     Arkvale__V1__HealthRequest q = ARKVALE__V1__HEALTH_REQUEST__INIT;
     EXPECT_EQ(Call("Health", &q.base, &arkvale__v1__health_response__descriptor, keep), AK_OK);

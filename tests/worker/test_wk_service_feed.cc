@@ -46,10 +46,8 @@ class WkFeedTest : public WkServiceFixture {
   void SetUp() override {
     WkServiceFixture::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    Arkvale__V1__WarmupRequest q = ARKVALE__V1__WARMUP_REQUEST__INIT;
     MsgPtr w;
-    ASSERT_EQ(Call("Warmup", &q.base, &arkvale__v1__warmup_response__descriptor, &w),
-              AK_OK);
+    ASSERT_NE(Warmup(&w), nullptr);
   }
 
   uint32_t NSeqs() {

@@ -70,6 +70,12 @@ class WkServiceFixture : public ::testing::Test {
                    grpc_status_code *code = nullptr, std::string *msg = nullptr) {
     return unary_call(cli_, "arkvale.v1.Worker", m, req, d, resp, code, msg);
   }
+  // Warmup with the worker's defaults; the response (NULL if it failed, which fails the test).
+  const Arkvale__V1__WarmupResponse *Warmup(MsgPtr *keep) {
+    Arkvale__V1__WarmupRequest q = ARKVALE__V1__WARMUP_REQUEST__INIT;
+    EXPECT_EQ(Call("Warmup", &q.base, &arkvale__v1__warmup_response__descriptor, keep), AK_OK);
+    return (const Arkvale__V1__WarmupResponse *)keep->get();
+  }
   const Arkvale__V1__StepResponse *Step(StepBuilder &b, MsgPtr *keep, grpc_status_code *code = nullptr,
                                         std::string *msg = nullptr) {
     Call("Step", &b.get()->base, &arkvale__v1__step_response__descriptor, keep, code, msg);
