@@ -51,8 +51,10 @@ fi
 
 summary=()
 failed=0
-note() { summary+=("$1"); }
-fail() { summary+=("$1"); failed=1; }
+# Each verdict is printed as it comes too, so a run stopped from outside (the device
+# tool's per-call limit) still shows what finished.
+note() { summary+=("$1"); echo "-- $1"; }
+fail() { summary+=("$1"); failed=1; echo "-- $1"; }
 
 cs="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)"
 
