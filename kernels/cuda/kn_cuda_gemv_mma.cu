@@ -8,23 +8,45 @@
 // accumulate) takes 16 weight rows x 16 inputs x 8 rows of x in one instruction, with
 // no conversions and no shuffle reductions.
 //
-// Layout: a block is 4 warps = one tile of 16 output rows x 4 parts of the inputs (KS):
-// warp w takes input steps s = w, w + 4, ... of 32 inputs. Lane (g = lane / 4,
-// q = lane % 4) loads 16 bytes of weight rows g and g + 8 at inputs 32 s + 8 q .. + 7
+// Layout: a block is kMmaWarps warps = one tile of 16 output rows x kMmaWarps parts of
+// the inputs: warp w takes input steps s = w, w + kMmaWarps, ... of 32 inputs. Lane
+// (g = lane / 4, q = lane % 4) loads 16 bytes of weight rows g and g + 8 at inputs 32 s + 8 q .. + 7
 // and 16 bytes of x row g (rows >= n_tok: zeros) at the same inputs. Because a dot
 // product may sum its inputs in any order, those 8 inputs are taken as the lane's A/B
 // fragment elements of two mmas (inputs 8q + {0,1}, {2,3} in the first, {4,5}, {6,7} in
 // the second, in both operands alike): no shuffles, no shared-memory staging, each load
-// fully used. The accumulators (rows g, g + 8 x rows of x 2q, 2q + 1) of the 4 warps are
+// fully used. The accumulators (rows g, g + 8 x rows of x 2q, 2q + 1) of the warps are
 // added through shared memory in warp order; lane (g, q) of warp 0 writes them.
 // Summation order differs from the FMA GEMV's (f32 either way).
+//
+// Loads in flight: written plainly (load a group of steps, then its mmas), ptxas sinks
+// each step's loads next to that step's mmas to save registers, so a warp had one step
+// (32 bytes a lane) in flight, not the group (SASS of the session-6 kernel: LDG LDG LDG
+// HMMA HMMA, repeated). Two register buffers (load group i + 1, then the mmas of group
+// i) keep the next group's loads issued ahead of the mmas. The loads are unconditional
+// (a step past the end reads step 0 and is zeroed), and ask L2 for 256-byte sectors
+// around each 64-byte piece of a row, which the neighbouring warps' steps read next.
+// H100, a CUDA graph of 32 llama3-8b layers (q|k|v, o, gate|up + SwiGLU, down; 4 rows;
+// a variant sweep, notes/device-runs.md, session 8): 16 warps with one step in flight
+// 157.7 us a layer -> 8 warps, two buffers of 2 steps 152.8 us (2.77 -> 2.85 TB/s);
+// bench_decode llama3-8b batch 4 10k / 30k: 8.27 / 12.16 -> 8.10 / 11.95 ms.
 #include "kn_cuda_gemv.cuh"
 #include "kn_cuda_silu.cuh"
 
 namespace {
 
-constexpr int kMmaWarps = 16; // input parts (KS) of a 16-row tile
-constexpr int kMmaUnroll = 4; // input steps of 32 in flight per warp
+constexpr int kMmaWarps = 8;  // input parts (KS) of a 16-row tile
+constexpr int kMmaUnroll = 2; // input steps of 32 a group (a register buffer)
+
+// 16 bytes of a weight row, streamed (no L1 allocation), with L2 fetching the 256-byte
+// sector group around it.
+__device__ __forceinline__ uint4 kn_ld_weight(const uint4 *p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
 
 __device__ __forceinline__ void kn_mma_bf16(float (&d)[4], const uint4 &a_lo, const uint4 &a_hi, uint32_t b0,
                                             uint32_t b1, int half) {
@@ -60,41 +82,62 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
   kn_pdl_begin();
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f}, acc2[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int s0 = warp; s0 < n_steps; s0 += kMmaWarps * kMmaUnroll) {
-    uint4 va[kMmaUnroll], vb[kMmaUnroll], vx[kMmaUnroll], va2[SW ? kMmaUnroll : 1], vb2[SW ? kMmaUnroll : 1];
+  struct group_t { // one group's registers: kMmaUnroll steps of weights and x
+    uint4 a[kMmaUnroll], b[kMmaUnroll], x[kMmaUnroll], a2[SW ? kMmaUnroll : 1], b2[SW ? kMmaUnroll : 1];
+  };
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  auto load = [&](group_t &r, int s0) {
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; u++) {
       const int s = s0 + u * kMmaWarps;
       const bool on = s < n_steps;
-      va[u] = on ? __ldcs(wa + 4 * s) : make_uint4(0, 0, 0, 0); // weights are streamed once
-      vb[u] = on ? __ldcs(wb + 4 * s) : make_uint4(0, 0, 0, 0);
+      const int off = 4 * (on ? s : 0);
+      const uint4 va = kn_ld_weight(wa + off), vb = kn_ld_weight(wb + off), vx = __ldg(xr + off);
+      r.a[u] = on ? va : zero;
+      r.b[u] = on ? vb : zero;
+      r.x[u] = on && xon ? vx : zero;
       if constexpr (SW) {
-        va2[u] = on ? __ldcs(wa2 + 4 * s) : make_uint4(0, 0, 0, 0);
-        vb2[u] = on ? __ldcs(wb2 + 4 * s) : make_uint4(0, 0, 0, 0);
+        const uint4 va2 = kn_ld_weight(wa2 + off), vb2 = kn_ld_weight(wb2 + off);
+        r.a2[u] = on ? va2 : zero;
+        r.b2[u] = on ? vb2 : zero;
       }
-      vx[u] = on && xon ? __ldg(xr + 4 * s) : make_uint4(0, 0, 0, 0);
     }
+  };
+  auto mma_group = [&](const group_t &r) {
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; u++) {
-      kn_mma_bf16(acc, va[u], vb[u], vx[u].x, vx[u].y, 0);
-      kn_mma_bf16(acc, va[u], vb[u], vx[u].z, vx[u].w, 1);
+      kn_mma_bf16(acc, r.a[u], r.b[u], r.x[u].x, r.x[u].y, 0);
+      kn_mma_bf16(acc, r.a[u], r.b[u], r.x[u].z, r.x[u].w, 1);
       if constexpr (SW) {
-        kn_mma_bf16(acc2, va2[u], vb2[u], vx[u].x, vx[u].y, 0);
-        kn_mma_bf16(acc2, va2[u], vb2[u], vx[u].z, vx[u].w, 1);
+        kn_mma_bf16(acc2, r.a2[u], r.b2[u], r.x[u].x, r.x[u].y, 0);
+        kn_mma_bf16(acc2, r.a2[u], r.b2[u], r.x[u].z, r.x[u].w, 1);
       }
     }
+  };
+  // Groups start at steps warp, warp + G, warp + 2 G, ... (G = kMmaWarps * kMmaUnroll);
+  // the loop alternates the two buffers so no buffer index is dynamic.
+  constexpr int G = kMmaWarps * kMmaUnroll;
+  group_t r0, r1;
+  if (warp < n_steps) load(r0, warp);
+  for (int s0 = warp; s0 < n_steps; s0 += 2 * G) {
+    if (s0 + G < n_steps) load(r1, s0 + G);
+    mma_group(r0);
+    if (s0 + G >= n_steps) break;
+    if (s0 + 2 * G < n_steps) load(r0, s0 + 2 * G);
+    mma_group(r1);
   }
   // n_in % 32 != 0: the last 1..3 vectors, by warp 0 alone (a zero-padded step).
   if (n_vec % 4 && warp == 0) {
     const int v = 4 * n_steps + q;
     const bool on = v < n_vec;
-    const uint4 a = on ? __ldcs(wa - q + v) : make_uint4(0, 0, 0, 0), b = on ? __ldcs(wb - q + v) : make_uint4(0, 0, 0, 0);
+    const uint4 a = on ? kn_ld_weight(wa - q + v) : make_uint4(0, 0, 0, 0);
+    const uint4 b = on ? kn_ld_weight(wb - q + v) : make_uint4(0, 0, 0, 0);
     const uint4 xv = on && xon ? __ldg(xr - q + v) : make_uint4(0, 0, 0, 0);
     kn_mma_bf16(acc, a, b, xv.x, xv.y, 0);
     kn_mma_bf16(acc, a, b, xv.z, xv.w, 1);
     if constexpr (SW) {
-      const uint4 a2 = on ? __ldcs(wa2 - q + v) : make_uint4(0, 0, 0, 0);
-      const uint4 b2 = on ? __ldcs(wb2 - q + v) : make_uint4(0, 0, 0, 0);
+      const uint4 a2 = on ? kn_ld_weight(wa2 - q + v) : make_uint4(0, 0, 0, 0);
+      const uint4 b2 = on ? kn_ld_weight(wb2 - q + v) : make_uint4(0, 0, 0, 0);
       kn_mma_bf16(acc2, a2, b2, xv.x, xv.y, 0);
       kn_mma_bf16(acc2, a2, b2, xv.z, xv.w, 1);
     }
