@@ -3,8 +3,9 @@
 // cuBLASLt picks split-K kernels for n_tok <= 8 that read the weights at ~63% of the
 // H100's bandwidth (notes/device-runs.md, the ncu breakdown of a 7B decode step);
 // this kernel streams each weight row once with 16-byte loads and keeps every
-// token's partial sums in registers. One warp per output row: lanes stride over the
-// row 8 bf16 at a time (4 loads in flight per lane), then a warp reduction per token.
+// token's partial sums in registers. One warp per output row (four on one-row calls
+// over long rows, kn_gemv_ks): lanes stride over the row 8 bf16 at a time (4 loads in
+// flight per lane, 2 with four warps a row), then a warp reduction per token.
 // x stays in L1/L2 (n_tok rows of n_in bf16: at most 8 x 14336 x 2 bytes).
 //
 // Used by kn_cuda_gemm (kn_cuda_gemm.cu, kn_gemm_route) for calls of 1..KN_GEMV_MAX_TOK
@@ -19,7 +20,7 @@
 namespace {
 
 constexpr int kWarps = 8;   // warps (output rows) per block
-constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
+constexpr int kUnroll = 4;  // 16-byte loads in flight per lane (the kernel's U), but on the one-row KS 4 path
 
 __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
   const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
@@ -35,12 +36,14 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
 // gate row `row` and up row `row + n_out` together and writes silu(gate) * up as bf16
 // to sw_out[t * n_out + row]. Each dot product runs exactly as in the plain kernel, so
 // the result equals the GEMV followed by kn_cuda_silu_mul bit for bit.
-// KS (warps per row, 1 or 2): with 2, the two warps of a pair take alternate runs of
-// 32 * kUnroll vectors of the row and add their sums through shared memory (part 0's
-// first), so rows of few outputs (o, q|k|v, down at 7B shapes: 4096-6144 rows) keep
-// twice the loads in flight per SM. Which KS a call gets depends only on n_tok and n_in
-// (kn_gemv_ks), so equal rows always sum in the same order.
-template <int NT, typename TY, bool SW, int KS>
+// KS (warps per row, 1, 2 or 4): with more than 1, the KS warps of a row take alternate
+// runs of 32 * U vectors of the row and add their sums through shared memory
+// (part 0's first), so rows of few outputs (o, q|k|v, down at 7B shapes: 4096-6144
+// rows) keep more loads in flight per SM. Which KS a call gets depends only on n_tok
+// and n_in (kn_gemv_ks), so equal rows always sum in the same order.
+// U: 16-byte loads in flight per lane (kUnroll; 2 on the one-row KS 4 path, see
+// kn_gemv_ks).
+template <int NT, typename TY, bool SW, int KS, int U>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
                                                               const __nv_bfloat16 *__restrict__ w,
                                                               kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
@@ -55,11 +58,11 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   const int n_vec = (int)(n_in / 8);  // 16-byte vectors per row (n_in % 8 == 0: checked by the caller)
   const uint4 *xr = reinterpret_cast<const uint4 *>(x);
   const int x_stride_vec = n_vec;
-  const int first = lane + part * 32 * kUnroll;
-  uint4 wv[kUnroll], wv2[SW ? kUnroll : 1];
+  const int first = lane + part * 32 * U;
+  uint4 wv[U], wv2[SW ? U : 1];
   auto load = [&](int v0) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
+    for (int u = 0; u < U; u++) {
       const int v = v0 + u * 32;
       wv[u] = v < n_vec ? __ldcs(wr + v) : make_uint4(0, 0, 0, 0);  // weights are streamed once
       if constexpr (SW) wv2[u] = v < n_vec ? __ldcs(wr2 + v) : make_uint4(0, 0, 0, 0);
@@ -69,17 +72,17 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   // kernel) measured no gain in a decode step (llama3-8b batch 1: 5.87 ms either way,
   // H100, session 5), so every load waits and W carries no ordering contract.
   kn_pdl_begin();
-  if (KS == 1 && !live) return;  // with KS 2 every warp reaches the barrier below
+  if (KS == 1 && !live) return;  // with KS > 1 every warp reaches the barrier below
   if (live) load(first);
   float acc[NT], acc2[SW ? NT : 1];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.f;
 #pragma unroll
   for (int t = 0; t < (SW ? NT : 1); t++) acc2[t] = 0.f;
-  for (int v0 = first; live && v0 < n_vec; v0 += 32 * kUnroll * KS) {
+  for (int v0 = first; live && v0 < n_vec; v0 += 32 * U * KS) {
     if (v0 != first) load(v0);
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
+    for (int u = 0; u < U; u++) {
       const int v = v0 + u * 32;
       if (v >= n_vec) break;
       float wf[8], wf2[SW ? 8 : 1];
@@ -137,11 +140,17 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   }
 }
 
-// Warps per output row (see the kernel): 2 for one-row calls over rows of >= 4096
-// elements, where the grids of 7B projections with few outputs left the SMs half full.
-static int kn_gemv_ks(const kn_cuda_gemm_args_t *a) { return a->n_tok == 1 && a->n_in >= 4096 ? 2 : 1; }
+// Warps per output row (see the kernel): 4 for one-row calls over rows of >= 4096
+// elements, where the grids of 7B projections with few outputs left the SMs half full;
+// those take 2 loads in flight a lane instead of 4 (fewer registers, more warps an SM).
+// H100, a CUDA graph of 32 llama3-8b layers' GEMVs at one row (a variant sweep,
+// notes/device-runs.md, session 8), us a layer: KS 2 / 4 loads 152.3, KS 4 / 4 loads
+// 148.1, KS 8 / 4 loads 147.1, KS 4 / 2 loads 143.8 (q|k|v 18.1 -> 17.3, o 13.6 ->
+// 12.1, gate|up 76.5 -> 75.2, down 44.2 -> 39.3; 2.86 -> 3.03 TB/s); bench_decode
+// llama3-8b batch 1 1k: 5.77 -> 5.57 ms.
+static int kn_gemv_ks(const kn_cuda_gemm_args_t *a) { return a->n_tok == 1 && a->n_in >= 4096 ? 4 : 1; }
 
-template <int NT, typename TY, int KS>
+template <int NT, typename TY, int KS, int U>
 void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_parts_t<TY> &out,
                        cudaStream_t stream) {
   const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
@@ -149,10 +158,10 @@ void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *spli
   constexpr int rows_per_block = kWarps / KS;
   if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
     const int64_t half = split->rows[0];
-    kn_launch(kn_gemv_kernel<NT, TY, true, KS>, dim3((unsigned)((half + rows_per_block - 1) / rows_per_block)),
+    kn_launch(kn_gemv_kernel<NT, TY, true, KS, U>, dim3((unsigned)((half + rows_per_block - 1) / rows_per_block)),
               block, 0, stream, x, w, out, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
   } else {
-    kn_launch(kn_gemv_kernel<NT, TY, false, KS>,
+    kn_launch(kn_gemv_kernel<NT, TY, false, KS, U>,
               dim3((unsigned)((a->n_out + rows_per_block - 1) / rows_per_block)), block, 0, stream, x, w, out,
               a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
   }
@@ -162,13 +171,13 @@ template <int NT, typename TY>
 cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
-  if constexpr (NT == 1) { /* KS 2 only for one-row calls (kn_gemv_ks) */
-    if (kn_gemv_ks(a) == 2) {
-      kn_gemv_launch_ks<NT, TY, 2>(a, split, out, stream);
+  if constexpr (NT == 1) { /* KS 4 only for one-row calls (kn_gemv_ks) */
+    if (kn_gemv_ks(a) == 4) {
+      kn_gemv_launch_ks<NT, TY, 4, 2>(a, split, out, stream);
       return cudaGetLastError();
     }
   }
-  kn_gemv_launch_ks<NT, TY, 1>(a, split, out, stream);
+  kn_gemv_launch_ks<NT, TY, 1, kUnroll>(a, split, out, stream);
   return cudaGetLastError();
 }
 

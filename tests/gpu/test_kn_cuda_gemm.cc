@@ -523,7 +523,7 @@ namespace {
 // epilogue (one-row and few-row calls) and through cuBLASLt + kn_cuda_silu_mul (forced,
 // or 17 rows, or n_in not a multiple of 8); nothing past the output is written, and the
 // GEMV leaves the f32 scratch parts untouched. n_in 4096 with one row takes the GEMV's
-// two-warps-per-row path (KS 2), whose cross-warp sum must match the plain GEMV's too.
+// four-warps-per-row path (KS 4), whose cross-warp sum must match the plain GEMV's too.
 TEST_F(KnCudaGemmCacheGpu, SwigluOutEqualsSplitThenSiluMul) {
   for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_CUBLAS,
                    KN_CUDA_DECODE_GEMM_MMA})
