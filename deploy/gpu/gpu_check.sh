@@ -27,7 +27,7 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tree="$(dirname "$here")"
 sanitize=0
-racecheck_filter='*Gpu*SampleRowsLogprob*:*Gpu*Greedy*:*Gpu*Rmsnorm*:*Gpu*Rope*'
+racecheck_filter='*Gpu*SampleRowsLogprob*:*Gpu*SampleRowsEqualScalarLaunchesOnce*:*Gpu*Greedy*:*Gpu*Rmsnorm*:*Gpu*Rope*'
 model_only=0
 model=""
 timeout_s=240
