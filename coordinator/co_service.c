@@ -399,10 +399,11 @@ static void co_svc_on_model_info(void *user, const ProtobufCMessage *req, ak_rpc
  * (another rank, a revive) the worker must serve the same model shape. */
 static ak_status_t co_svc_info_check(co_service_t *s, const co_svc_rank_t *r, const Arkvale__V1__InfoResponse *info,
                                      ak_err_t *err) {
-  if (info->protocol_revision != 2 || info->n_layers < 1 || info->page_tokens < 1 || info->context_tokens < 2 ||
+  if (info->protocol_revision != 3 || info->n_layers < 1 || info->page_tokens < 1 || info->context_tokens < 2 ||
       info->n_vocab < 1 || info->n_supported_policies < 1)
-    /* revision 2: pipelined decode (ContinuingSequence.feed_sampled_at_step_id) */
-    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Info revision %u (2 needed) / layers %u / page %u / context %u",
+    /* revision 3: pipelined decode (ContinuingSequence.feed_sampled_at_step_id, and
+     * StepRequest.previous_step_id so overtaking Steps wait for their predecessor) */
+    return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: Info revision %u (3 needed) / layers %u / page %u / context %u",
                       r->addr, info->protocol_revision, info->n_layers, info->page_tokens, info->context_tokens);
   if ((int64_t)info->n_vocab != co_tokenizer_n_vocab(s->tok))
     return ak_err_set(err, AK_ERR_UNSUPPORTED, "worker %s: n_vocab %u, the tokenizer has %" PRId64, r->addr,

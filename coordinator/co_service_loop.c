@@ -283,6 +283,11 @@ static int co_svc_step_build(co_service_t *s, co_svc_group_t *g, co_svc_lane_t *
   for (int32_t i = 0; i < plan->n_drops; i++) drops[g->n_pend_drops + (size_t)i] = (uint64_t)plan->drops[i];
   g->n_pend_drops = 0;
   q->has_step_id = 1, q->step_id = l->step_id = ++g->step_id;
+  /* The Step before this one may still be on its way: the rank begins this one after it
+   * (worker.proto, previous_step_id). */
+  if (g->n_in_flight > 0)
+    q->has_previous_step_id = 1,
+    q->previous_step_id = g->lanes[(g->lane_oldest + g->n_in_flight - 1) % CO_SVC_STEP_DEPTH].step_id;
   q->n_drop_seq_ids = n_drops, q->drop_seq_ids = drops;
   q->new_seqs = nsp, q->continuing_seqs = csp;
   int64_t n_toks = 0;

@@ -12,14 +12,16 @@
 #include "ak_time.h"
 #include "wk_service_internal.h"
 
-#define WK_PROTOCOL_REVISION 2u /* 2: ContinuingSequence.feed_sampled_at_step_id */
+#define WK_PROTOCOL_REVISION 3u /* 2: ContinuingSequence.feed_sampled_at_step_id; 3: StepRequest.previous_step_id */
 #define WK_METHOD(m) "/arkvale.v1.Worker/" m
-/* The default of wk_service_params_t.predecessor_wait_ms: how long a Step that feeds
- * from a step this rank has not begun yet waits for it. The coordinator sends Step k+1
- * right after Step k (pipelined decode), and two calls on one channel may reach the
- * queue in either order. Past this the Step runs and fails FAILED_PRECONDITION
- * (feed_sampled_at_step_id). */
-#define WK_SVC_PREDECESSOR_WAIT_MS 100
+/* The default of wk_service_params_t.predecessor_wait_ms: how long a Step waits for a
+ * step this rank has not begun yet, the one it names in previous_step_id or feeds from
+ * (feed_sampled_at_step_id). The coordinator sends Step k+1 right after Step k
+ * (pipelined decode), and two calls on one channel may reach the queue in either
+ * order, the first far behind the second on a loaded host. The predecessor was sent, so
+ * the wait only ends early when something failed; past it the Step runs and fails
+ * FAILED_PRECONDITION (step_id order, or feed_sampled_at_step_id). */
+#define WK_SVC_PREDECESSOR_WAIT_MS 1000
 
 wk_service_params_t wk_service_params_default(void) {
   wk_service_params_t p;
@@ -258,11 +260,12 @@ static void wk_svc_run_warmup(wk_service_t *s, const Arkvale__V1__WarmupRequest 
   ak_rpc_writer_finish(w, st, err.msg);
 }
 
-/* Whether Step job j feeds a token sampled at a step this rank has not begun yet
- * (s->mu held). */
+/* Whether Step job j comes after a step this rank has not begun yet: the one it names
+ * in previous_step_id, or one it feeds a sampled token from (s->mu held). */
 static int wk_svc_step_early(const wk_service_t *s, const wk_job_t *j) {
   if (j->kind != WK_JOB_STEP) return 0;
   const Arkvale__V1__StepRequest *q = (const Arkvale__V1__StepRequest *)j->req;
+  if (q->has_previous_step_id && (!s->has_begun_step_id || q->previous_step_id > s->begun_step_id)) return 1;
   for (size_t i = 0; i < q->n_continuing_seqs; i++) {
     const Arkvale__V1__ContinuingSequence *cs = q->continuing_seqs[i];
     if (cs->has_feed_sampled_at_step_id && (!s->has_begun_step_id || cs->feed_sampled_at_step_id > s->begun_step_id))

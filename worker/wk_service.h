@@ -73,8 +73,9 @@ typedef struct {
   int32_t n_rpc_threads;     /* completion-queue threads (default 2) */
   int32_t device_idx;        /* the N of cuda:N, reported by Info; -1 = none (default) */
   size_t max_request_bytes;  /* per request message (default 4 MiB, gRPC's own limit) */
-  /* How long a pipelined Step that overtook its predecessor waits for it before it runs
-   * (and fails FAILED_PRECONDITION): default 100 ms, >= 0. */
+  /* How long a pipelined Step that overtook its predecessor (previous_step_id, or a
+   * feed_sampled_at_step_id) waits for it before it runs (and fails
+   * FAILED_PRECONDITION): default 1000 ms, >= 0. */
   int32_t predecessor_wait_ms;
   /* Tests only: called on the engine thread before each queued job runs, so a test can
    * hold the engine busy and watch what the CQ threads do meanwhile. NULL = none. */

@@ -1001,6 +1001,9 @@ struct FakeWorker {
   std::atomic<bool> hang_steps{false};
   std::mutex held_mu;
   std::vector<ak_rpc_writer_t *> held;
+  // Every Step's (step_id, previous_step_id or -1), in arrival order.
+  std::mutex seen_mu;
+  std::vector<std::pair<uint64_t, int64_t>> seen;
 
   size_t NumHeld() {
     std::lock_guard<std::mutex> l(held_mu);
@@ -1022,7 +1025,7 @@ struct FakeWorker {
   static void Info(void *, const ProtobufCMessage *, ak_rpc_writer_t *w) {
     Arkvale__V1__InfoResponse r = ARKVALE__V1__INFO_RESPONSE__INIT;
     Arkvale__V1__KvPolicy pol = ARKVALE__V1__KV_POLICY__KV_POLICY_FULL;
-    r.has_protocol_revision = 1, r.protocol_revision = 2;
+    r.has_protocol_revision = 1, r.protocol_revision = 3;
     r.model_id = (char *)"fake";
     r.has_n_vocab = 1, r.n_vocab = 49152;
     r.has_n_layers = 1, r.n_layers = 30;
@@ -1044,6 +1047,10 @@ struct FakeWorker {
     auto *f = (FakeWorker *)user;
     auto *q = (const Arkvale__V1__StepRequest *)req;
     f->n_steps++;
+    {
+      std::lock_guard<std::mutex> l(f->seen_mu);
+      f->seen.emplace_back(q->step_id, q->has_previous_step_id ? (int64_t)q->previous_step_id : -1);
+    }
     if (f->hang_steps) {
       std::lock_guard<std::mutex> l(f->held_mu);
       f->held.push_back(w);
@@ -1402,6 +1409,29 @@ TEST_F(CoServiceDeviceSampledTest, DeviceSampledStepsAreCounted) {
   EXPECT_EQ(dev, generate_steps) << m;
   EXPECT_GE(dev, 6) << m;
   EXPECT_EQ(Series(m, "arkvale_worker_device_sampled_steps_total", waddr_), 0) << "a CPU worker samples on the host";
+}
+
+// Pipelined decode: a Step posted while the group's previous Step is still in flight
+// names it (previous_step_id), so a worker that receives the two swapped runs them in
+// order; a Step posted with none in flight (the first, a canary) names none. Step ids
+// are the group's counter, so the one named is always the step_id just before.
+TEST_F(CoServiceDeviceSampledTest, PipelinedStepsNameTheStepBefore) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  GenReq g(6);
+  g.set_ids(prompt_ids(10, 72));
+  Stream st;
+  Generate(g, &st);
+  ASSERT_EQ(st.st, AK_OK) << st.msg;
+  ASSERT_EQ(st.tokens, std::vector<int32_t>(6, 42)) << "the fake group served it";
+  std::lock_guard<std::mutex> l(fw_.seen_mu);
+  int named = 0;
+  for (const auto &sp : fw_.seen) {
+    if (sp.second < 0) continue;
+    named++;
+    EXPECT_EQ((uint64_t)sp.second, sp.first - 1) << "Step " << sp.first;
+  }
+  EXPECT_GE(named, 1) << "no Step was posted while another was in flight";
+  EXPECT_LT(named, (int)fw_.seen.size()) << "the first Step of a drained group names none";
 }
 
 // One group of two ranks (each worker here holds the whole model: tensor parallelism

@@ -224,12 +224,15 @@ TEST(PbProto, StepRequestRoundTripsSeveralSequences) {
   req.n_drop_seq_ids = 3, req.drop_seq_ids = drops;
   req.n_new_seqs = kNew, req.new_seqs = new_ptrs.data();
   req.n_continuing_seqs = kCont, req.continuing_seqs = cont_ptrs.data();
+  req.has_previous_step_id = 1, req.previous_step_id = 123456789011ull;
   ASSERT_EQ(PbUnsetFields(&req.base), "");
 
   PbMsgPtr p = RoundTrip(&req.base);
   ASSERT_TRUE(p);
   auto *r = reinterpret_cast<Arkvale__V1__StepRequest *>(p.get());
   EXPECT_EQ(r->step_id, 123456789012ull);
+  EXPECT_TRUE(r->has_previous_step_id);
+  EXPECT_EQ(r->previous_step_id, 123456789011ull);
   ASSERT_EQ(r->n_drop_seq_ids, 3u);
   EXPECT_EQ(r->drop_seq_ids[2], UINT64_MAX);
   ASSERT_EQ(r->n_new_seqs, (size_t)kNew);

@@ -56,7 +56,7 @@ TEST_F(WkServiceTest, InfoWarmupHealth) {
   Arkvale__V1__InfoRequest iq = ARKVALE__V1__INFO_REQUEST__INIT;
   ASSERT_EQ(Call("Info", &iq.base, &arkvale__v1__info_response__descriptor, &m), AK_OK);
   auto *info = (const Arkvale__V1__InfoResponse *)m.get();
-  EXPECT_EQ(info->protocol_revision, 2u);
+  EXPECT_EQ(info->protocol_revision, 3u);
   EXPECT_GT(strlen(info->model_id), 0u);
   EXPECT_EQ(strlen(info->model_fingerprint), 16u);
   EXPECT_EQ(info->n_vocab, 49152u);
@@ -379,7 +379,7 @@ TEST(WkServiceArkvale, PromptComesDownToItsBudget) {
 TEST(WkServiceParams, BadParamsAreRefused) {
   int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
   wk_service_params_t p = wk_service_params_default();
-  EXPECT_EQ(p.predecessor_wait_ms, 100);
+  EXPECT_EQ(p.predecessor_wait_ms, 1000);
   p.predecessor_wait_ms = -1;
   wk_service_t *svc = nullptr;
   ak_err_t err;

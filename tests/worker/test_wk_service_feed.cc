@@ -194,6 +194,37 @@ TEST_F(WkFeedTest, SwappedArrivalRunsInStepOrder) {
   EXPECT_EQ(ReleaseAll(), 0u);
 }
 
+// A Step that feeds nothing from its predecessor (new sequences, explicit tokens) but
+// names it in previous_step_id waits for it too: Step 3 reaches an idle engine 20 ms
+// before Step 2 and both run, in step order (without the field Step 3 ran at once and
+// Step 2 was refused as not above the last step_id: the coordinator's pipelined decode
+// when one request ends and the next one's prefill follows).
+TEST_F(WkFeedTest, PreviousStepIdOrdersStepsThatFeedNothing) {
+  std::vector<int32_t> p = prompt_ids(18, 6), p2 = prompt_ids(11, 3);
+  std::vector<int32_t> ref = engine_greedy(p, 2), ref2 = engine_greedy(p2, 1);
+  StepBuilder b1(1);
+  b1.add_new(4, p);
+  MsgPtr m1;
+  ASSERT_NE(Step(b1, &m1), nullptr);
+  ASSERT_EQ(((const Arkvale__V1__StepResponse *)m1.get())->samples[0]->token_id, ref[0]);
+  StepBuilder b2(2), b3(3);
+  b2.add_cont(4, {ref[0]});
+  b2.req.has_previous_step_id = 1, b2.req.previous_step_id = 1;
+  b3.add_new(5, p2);  // feeds nothing from Step 2
+  b3.req.has_previous_step_id = 1, b3.req.previous_step_id = 2;
+  MsgPtr m2, m3;
+  std::string e2, e3;
+  std::thread t3([&] { Step(b3, &m3, nullptr, &e3); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::thread t2([&] { Step(b2, &m2, nullptr, &e2); });
+  t2.join(), t3.join();
+  ASSERT_NE(m2.get(), nullptr) << e2;
+  ASSERT_NE(m3.get(), nullptr) << e3;
+  EXPECT_EQ(((const Arkvale__V1__StepResponse *)m2.get())->samples[0]->token_id, ref[1]);
+  EXPECT_EQ(((const Arkvale__V1__StepResponse *)m3.get())->samples[0]->token_id, ref2[0]);
+  EXPECT_EQ(ReleaseAll(), 0u);
+}
+
 // Each wrong use of feed_sampled_at_step_id is refused, names the sequence and the
 // field, and changes nothing: the sequence still steps with the right token.
 TEST_F(WkFeedTest, WrongFeedsAreRefused) {
