@@ -1382,19 +1382,23 @@ class CoServiceDeviceSampledTest : public CoServiceFakeGroupTest {
     f->device_sampling = true;
     f->capacity_pages *= 8;
   }
+  // Six tokens of one request, served by the fake group (it has the most free pages).
+  void GenerateOnTheFakeGroup(int prompt_seed) {
+    ASSERT_TRUE(WaitHealth(kServing));
+    GenReq g(6);
+    g.set_ids(prompt_ids(10, prompt_seed));
+    Stream st;
+    Generate(g, &st);
+    ASSERT_EQ(st.st, AK_OK) << st.msg;
+    ASSERT_EQ(st.tokens, std::vector<int32_t>(6, 42)) << "the fake group served it";
+  }
 };
 
 // arkvale_worker_device_sampled_steps_total counts a group's Generate Steps whose
 // samples were drawn on the device: every Step of the fake group (its canaries are not
 // Generate Steps), none of the CPU worker's.
 TEST_F(CoServiceDeviceSampledTest, DeviceSampledStepsAreCounted) {
-  ASSERT_TRUE(WaitHealth(kServing));
-  GenReq g(6);
-  g.set_ids(prompt_ids(10, 71));
-  Stream st;
-  Generate(g, &st);
-  ASSERT_EQ(st.st, AK_OK) << st.msg;
-  EXPECT_EQ(st.tokens, std::vector<int32_t>(6, 42)) << "the fake group served it";
+  ASSERT_NO_FATAL_FAILURE(GenerateOnTheFakeGroup(71));
   // The three series are updated one after another (a canary's Step is in steps_total
   // a moment before canaries_total): poll for a scrape between updates.
   std::string m;
@@ -1416,13 +1420,7 @@ TEST_F(CoServiceDeviceSampledTest, DeviceSampledStepsAreCounted) {
 // order; a Step posted with none in flight (the first, a canary) names none. Step ids
 // are the group's counter, so the one named is always the step_id just before.
 TEST_F(CoServiceDeviceSampledTest, PipelinedStepsNameTheStepBefore) {
-  ASSERT_TRUE(WaitHealth(kServing));
-  GenReq g(6);
-  g.set_ids(prompt_ids(10, 72));
-  Stream st;
-  Generate(g, &st);
-  ASSERT_EQ(st.st, AK_OK) << st.msg;
-  ASSERT_EQ(st.tokens, std::vector<int32_t>(6, 42)) << "the fake group served it";
+  ASSERT_NO_FATAL_FAILURE(GenerateOnTheFakeGroup(72));
   std::lock_guard<std::mutex> l(fw_.seen_mu);
   int named = 0;
   for (const auto &sp : fw_.seen) {

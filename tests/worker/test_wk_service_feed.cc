@@ -43,6 +43,21 @@ class WkFeedTest : public WkServiceFixture {
   // into a FAILED_PRECONDITION (the default 100 ms is the service's own).
   void Params(wk_service_params_t *p) override { p->predecessor_wait_ms = 5000; }
 
+  // Sends Step `later` 20 ms before Step `earlier` to an idle engine; both must answer,
+  // sampling the tokens given (their first sample).
+  void SendSwapped(StepBuilder &earlier, StepBuilder &later, int32_t want_earlier, int32_t want_later) {
+    MsgPtr me, ml;
+    std::string ee, el;
+    std::thread tl([&] { Step(later, &ml, nullptr, &el); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::thread te([&] { Step(earlier, &me, nullptr, &ee); });
+    te.join(), tl.join();
+    ASSERT_NE(me.get(), nullptr) << ee;
+    ASSERT_NE(ml.get(), nullptr) << el;
+    EXPECT_EQ(((const Arkvale__V1__StepResponse *)me.get())->samples[0]->token_id, want_earlier);
+    EXPECT_EQ(((const Arkvale__V1__StepResponse *)ml.get())->samples[0]->token_id, want_later);
+  }
+
   void SetUp() override {
     WkServiceFixture::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
@@ -180,16 +195,7 @@ TEST_F(WkFeedTest, SwappedArrivalRunsInStepOrder) {
     StepBuilder b4(4), b5(5);
     b4.add_fed(4, 3);
     b5.add_fed(4, 4);
-    MsgPtr m4, m5;
-    std::string e4, e5;
-    std::thread t5([&] { Step(b5, &m5, nullptr, &e5); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    std::thread t4([&] { Step(b4, &m4, nullptr, &e4); });
-    t4.join(), t5.join();
-    ASSERT_NE(m4.get(), nullptr) << e4;
-    ASSERT_NE(m5.get(), nullptr) << e5;
-    EXPECT_EQ(((const Arkvale__V1__StepResponse *)m4.get())->samples[0]->token_id, ref[3]);
-    EXPECT_EQ(((const Arkvale__V1__StepResponse *)m5.get())->samples[0]->token_id, ref[4]);
+    ASSERT_NO_FATAL_FAILURE(SendSwapped(b4, b5, ref[3], ref[4]));
   }
   EXPECT_EQ(ReleaseAll(), 0u);
 }
@@ -212,16 +218,7 @@ TEST_F(WkFeedTest, PreviousStepIdOrdersStepsThatFeedNothing) {
   b2.req.has_previous_step_id = 1, b2.req.previous_step_id = 1;
   b3.add_new(5, p2);  // feeds nothing from Step 2
   b3.req.has_previous_step_id = 1, b3.req.previous_step_id = 2;
-  MsgPtr m2, m3;
-  std::string e2, e3;
-  std::thread t3([&] { Step(b3, &m3, nullptr, &e3); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  std::thread t2([&] { Step(b2, &m2, nullptr, &e2); });
-  t2.join(), t3.join();
-  ASSERT_NE(m2.get(), nullptr) << e2;
-  ASSERT_NE(m3.get(), nullptr) << e3;
-  EXPECT_EQ(((const Arkvale__V1__StepResponse *)m2.get())->samples[0]->token_id, ref[1]);
-  EXPECT_EQ(((const Arkvale__V1__StepResponse *)m3.get())->samples[0]->token_id, ref2[0]);
+  ASSERT_NO_FATAL_FAILURE(SendSwapped(b2, b3, ref[1], ref2[0]));
   EXPECT_EQ(ReleaseAll(), 0u);
 }
 
