@@ -302,6 +302,10 @@ void co_svc_health_job_done(co_service_t *s, co_svc_group_t *g, co_svc_job_t job
     co_svc_revive_done(s, g);
     return;
   }
+  /* The next canary's period runs from this one's end: a canary slower than the period
+   * (a loaded host) would otherwise be due again at once, and a due canary holds new
+   * Steps back, so requests would wait behind canaries indefinitely. */
+  g->last_canary_us = co_svc_now_us();
   if (g->job_st != AK_OK) {
     co_svc_group_failed(s, g, g->job_err.msg);
     return;

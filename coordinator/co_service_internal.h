@@ -131,7 +131,7 @@ typedef struct co_svc_group {
   uint64_t step_id;              /* job: the group's last step_id (every rank gets the same) */
   int dead;
   int serving;                   /* warmed up and its last canary answered */
-  int64_t last_canary_us;        /* last canary attempt (0: due now) */
+  int64_t last_canary_us;        /* last canary attempt: its end once it ended (0: due now) */
   int64_t last_revive_us;        /* when the last attempt to bring the dead group back ended */
   int64_t revive_wait_us;        /* until the next attempt: the canary period, doubled (up to
                                   * CO_SVC_REVIVE_MAX_WAIT_US) after each attempt that took

@@ -1642,6 +1642,32 @@ TEST_F(CoServicePipeSlowTest, AbortWithStepsInFlightLeavesTheOtherStreamRunning)
 // group. A request that ends while its next Step is in flight leaves a Release
 // pending in the service (not in co_sched); the canary must wait for it, or its
 // NewSequence finds the worker's one slot still taken and the group dies.
+// Canaries slower than their period (every worker job waits 60 ms first: a canary's
+// Step and Release take 120 ms; the period is 20 ms), as on a loaded host. A due canary
+// holds new Steps back, so if the period ran from a canary's start the next canary was
+// due the moment one ended and requests never got a Step (a fresh-clone CI run under
+// load: 97 s of back-to-back canaries). The period runs from the end: requests are
+// served, with canaries between them.
+class CoServiceSlowCanaryTest : public CoServiceTest {
+ protected:
+  CoServiceSlowCanaryTest() { worker_job_delay_ms_ = 60, canary_period_ms_ = 20; }
+};
+
+TEST_F(CoServiceSlowCanaryTest, RequestsAreServedBetweenCanaries) {
+  ASSERT_TRUE(WaitHealth(kServing));
+  const double canaries0 = Sample(Scrape(), "arkvale_worker_canaries_total{worker=\"" + waddr_ + "\"}");
+  for (int round = 0; round < 3; round++) {
+    GenReq g(3);
+    g.set_ids(prompt_ids(8 + round, 40 + round));
+    Stream s;
+    Generate(g, &s, 20000);  // 8 jobs of 60 ms: seconds at most, unless canaries starve it
+    ASSERT_EQ(s.st, AK_OK) << "round " << round << ": " << s.msg;
+    EXPECT_EQ(s.tokens, engine_greedy(prompt_ids(8 + round, 40 + round), 3)) << "round " << round;
+  }
+  EXPECT_GT(Sample(Scrape(), "arkvale_worker_canaries_total{worker=\"" + waddr_ + "\"}"), canaries0)
+      << "no canary ran between the requests";
+}
+
 class CoServiceOneSlotTest : public CoServiceTest {
  protected:
   CoServiceOneSlotTest() { worker_max_seqs_ = 1, canary_period_ms_ = 20; }
