@@ -56,7 +56,8 @@
  * token in its own Worker.Step, sampled, then Released. The canary is a job of its
  * group's thread (which runs one job at a time: the worker refuses a step_id not above
  * its last) between steps, with no Step in flight (a due canary holds new Steps back
- * until the two in flight have answered), every canary_period_ms, busy or idle; the
+ * until the two in flight have answered), canary_period_ms after the last one ended,
+ * busy or idle (from its end, so a canary slower than the period leaves Steps room); the
  * first at start. A failed Step, canary or
  * Release makes the group dead and the service NOT_SERVING; a dead group is retried
  * every canary_period_ms (a new channel, Release all, Info, Warmup, canary) and comes
