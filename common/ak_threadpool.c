@@ -41,8 +41,14 @@ typedef struct {
 struct ak_pool {
   int n_threads;
   ak_pool_worker_t *workers; /* [n_threads - 1] */
-  _Atomic uint64_t generation; /* bumped once per run */
-  _Atomic int n_pending;       /* workers still running the current job */
+  _Atomic uint64_t generation; /* bumped once per run (wakes the workers) */
+  /* The run's tasks: (run << 32) | the next task index to hand out. Any pool thread,
+   * the caller included, claims tasks until none is left; the caller then waits only
+   * for tasks already claimed (n_done), never for a worker that has not woken: on a
+   * host shared with other processes that could cost it a whole time slice per run. */
+  _Atomic uint64_t tasks;
+  _Atomic int n_done;
+  uint32_t run;                /* the caller's run counter */
   _Atomic int stop;
   ak_pool_fn fn;
   void *ctx;
@@ -50,6 +56,26 @@ struct ak_pool {
   pthread_cond_t cv;
   _Atomic int n_sleeping;
 };
+
+/* The next unclaimed task of the current run, or -1. A successful claim (acquire)
+ * sees the run's fn and ctx, which stay valid until the claimed task is done. */
+static int ak_pool_claim(ak_pool_t *pool) {
+  uint64_t w = atomic_load_explicit(&pool->tasks, memory_order_acquire);
+  for (;;) {
+    if ((uint32_t)w >= (uint32_t)pool->n_threads) return -1;
+    if (atomic_compare_exchange_weak_explicit(&pool->tasks, &w, w + 1, memory_order_acq_rel,
+                                              memory_order_acquire))
+      return (int)(uint32_t)w;
+  }
+}
+
+/* Runs tasks of the current run until none is left to claim. */
+static void ak_pool_work(ak_pool_t *pool) {
+  for (int t; (t = ak_pool_claim(pool)) >= 0;) {
+    pool->fn(pool->ctx, t, pool->n_threads);
+    atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
+  }
+}
 
 static void *ak_pool_worker_main(void *arg) {
   ak_pool_worker_t *w = arg;
@@ -74,8 +100,7 @@ static void *ak_pool_worker_main(void *arg) {
     }
     if (atomic_load(&pool->stop)) return NULL;
     seen = gen;
-    pool->fn(pool->ctx, w->thread_idx, pool->n_threads);
-    atomic_fetch_sub_explicit(&pool->n_pending, 1, memory_order_release);
+    ak_pool_work(pool);
   }
 }
 
@@ -143,15 +168,17 @@ void ak_pool_run(ak_pool_t *pool, ak_pool_fn fn, void *ctx) {
   }
   pool->fn = fn;
   pool->ctx = ctx;
-  atomic_store(&pool->n_pending, pool->n_threads - 1);
+  atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
+  /* release: a worker whose claim sees this run's word sees fn, ctx and n_done too */
+  atomic_store_explicit(&pool->tasks, (uint64_t)(++pool->run) << 32, memory_order_release);
   atomic_fetch_add(&pool->generation, 1); /* seq_cst: ordered before the n_sleeping load */
   if (atomic_load(&pool->n_sleeping) > 0) {
     pthread_mutex_lock(&pool->mu);
     pthread_cond_broadcast(&pool->cv);
     pthread_mutex_unlock(&pool->mu);
   }
-  fn(ctx, 0, pool->n_threads);
-  for (int spins = 1; atomic_load_explicit(&pool->n_pending, memory_order_acquire) > 0; spins++)
+  ak_pool_work(pool);
+  for (int spins = 1; atomic_load_explicit(&pool->n_done, memory_order_acquire) < pool->n_threads; spins++)
     ak_pool_relax(spins);
 }
 

@@ -1,7 +1,10 @@
 /* ak_threadpool: a fork-join pool for data-parallel kernels.
  *
- * ak_pool_run(fn) runs fn(ctx, t, n) on every thread t in [0, n) — the caller is
- * thread 0 — and returns when all have finished. A decode step issues hundreds of
+ * ak_pool_run(fn) runs fn(ctx, t, n) once for every task t in [0, n), n = the pool's
+ * threads, and returns when all have finished. Each task runs on whichever pool
+ * thread claims it (the caller included; one thread may run several in turn), so fn
+ * must not wait for another task to start; per-task state indexed by t is private to
+ * the task. A decode step issues hundreds of
  * short ops, so workers spin briefly on a generation counter before sleeping on a
  * condition variable: waking a sleeping thread per op would cost more than the op.
  *
