@@ -34,7 +34,6 @@ static inline void ak_pool_relax(int spins) {
 
 typedef struct {
   ak_pool_t *pool;
-  int thread_idx;
   pthread_t tid;
 } ak_pool_worker_t;
 
@@ -125,7 +124,6 @@ ak_status_t ak_pool_create(int n_threads, ak_err_t *err, ak_pool_t **pool_p) {
   for (; started < n_workers; started++) {
     ak_pool_worker_t *w = &pool->workers[started];
     w->pool = pool;
-    w->thread_idx = started + 1;
     if (pthread_create(&w->tid, NULL, ak_pool_worker_main, w) != 0) goto err_join_workers;
   }
   *pool_p = pool;
