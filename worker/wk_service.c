@@ -260,16 +260,20 @@ static void wk_svc_run_warmup(wk_service_t *s, const Arkvale__V1__WarmupRequest 
   ak_rpc_writer_finish(w, st, err.msg);
 }
 
+/* Whether this rank has not begun step `id` yet (s->mu held). */
+static int wk_svc_not_begun(const wk_service_t *s, uint64_t id) {
+  return !s->has_begun_step_id || id > s->begun_step_id;
+}
+
 /* Whether Step job j comes after a step this rank has not begun yet: the one it names
  * in previous_step_id, or one it feeds a sampled token from (s->mu held). */
 static int wk_svc_step_early(const wk_service_t *s, const wk_job_t *j) {
   if (j->kind != WK_JOB_STEP) return 0;
   const Arkvale__V1__StepRequest *q = (const Arkvale__V1__StepRequest *)j->req;
-  if (q->has_previous_step_id && (!s->has_begun_step_id || q->previous_step_id > s->begun_step_id)) return 1;
+  if (q->has_previous_step_id && wk_svc_not_begun(s, q->previous_step_id)) return 1;
   for (size_t i = 0; i < q->n_continuing_seqs; i++) {
     const Arkvale__V1__ContinuingSequence *cs = q->continuing_seqs[i];
-    if (cs->has_feed_sampled_at_step_id && (!s->has_begun_step_id || cs->feed_sampled_at_step_id > s->begun_step_id))
-      return 1;
+    if (cs->has_feed_sampled_at_step_id && wk_svc_not_begun(s, cs->feed_sampled_at_step_id)) return 1;
   }
   return 0;
 }

@@ -191,9 +191,8 @@ static int wk_svc_device_request(wk_service_t *s, const Arkvale__V1__StepRequest
     int smp = wk_svc_samples(q, n_new, i);
     if (!smp) continue;
     const wk_seq_t *sq = &s->seqs[s->batch_slot[i]];
-    if (!wk_cuda_sample_request(sq->sampler, s->hp->n_vocab, step_tokens, n_step,
-                                  (uint64_t)(sq->n_tokens + n_step),
-                                  s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, r))
+    if (!wk_cuda_sample_request(sq->sampler, s->hp->n_vocab, step_tokens, n_step, (uint64_t)(sq->n_tokens + n_step),
+                                s->dev_hist + (int64_t)i * WK_CUDA_SAMPLE_MAX_HISTORY_IDS, r))
       return 0;
   }
   return 1;
