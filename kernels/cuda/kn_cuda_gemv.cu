@@ -20,7 +20,7 @@
 namespace {
 
 constexpr int kWarps = 8;   // warps (output rows) per block
-constexpr int kUnroll = 4;  // 16-byte loads in flight per lane (the kernel's U), but on the one-row KS 4 path
+constexpr int kUnroll = 4;  // 16-byte loads in flight per lane (the kernel's U); 2 on the one-row KS 4 path
 
 __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
   const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);

@@ -495,7 +495,6 @@ TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   a_.head_dim = 128, a_.n_heads = 4;
   kn_cuda_attention_split(&a_, &chunk, &n_chunks);
   EXPECT_EQ(chunk, 256);
-  a_.n_heads = 6;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(nullptr), 0u);
 }
 
