@@ -74,7 +74,7 @@ ak_status_t kn_cuda_embed(const kn_cuda_embed_args_t *args, kn_cuda_stream_t str
  *   if delta: x += delta          (f32, in place)
  *   out = x / rms(x) * weight     (rms over dim, with eps), written as out_dtype.
  * delta may be NULL (the first layer). */
-typedef struct {
+typedef struct kn_cuda_rmsnorm_args {
   float *x;                /* [n_tok, dim] f32, updated in place when delta */
   const float *delta;      /* [n_tok, dim] f32 or NULL */
   const float *weight;     /* [dim] f32 */
@@ -235,6 +235,14 @@ typedef struct {
   int64_t n_in;
   int64_t n_out;
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
+  /* NULL; or an RMSNorm of the result, run as kn_cuda_rmsnorm(norm_after) right after
+   * the product (host struct): its x must be y (f32), its delta NULL, its n_tok and dim
+   * the call's n_tok and n_out. A GEMV route does it in the last block to finish (no
+   * launch of its own) when kn_cuda_rmsnorm would take its 16-byte, register path
+   * (dim % 4 == 0, dim <= 16384, aligned rows); otherwise kn_cuda_rmsnorm follows. The
+   * outputs are bit for bit those of the two calls either way. The o and down
+   * projections of a decode step, whose next op is the next RMSNorm. */
+  const struct kn_cuda_rmsnorm_args *norm_after;
 } kn_cuda_gemm_args_t;
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
 /* Calls of 1..KN_CUDA_DECODE_GEMM_MAX_TOK rows (decode steps) with n_in % 8 == 0 and
@@ -272,6 +280,15 @@ typedef struct {
                             * rounded as kn_cuda_silu_mul. y[0] and y[1] are scratch then: the
                             * GEMV fuses the product into its epilogue and leaves them as they
                             * were; cuBLASLt writes them and kn_cuda_silu_mul follows. */
+  /* NULL; or RoPE (and its optional K/V store) on the outputs, run as
+   * kn_cuda_rope(rope) right after the product (host struct): rope->x must be y[0]
+   * (Q), rope->x2 NULL or y[1] (K), n_tok the call's, y f32, accumulate 0, no
+   * swiglu_out; checked as kn_cuda_rope checks it. A GEMV route rotates (and stores)
+   * in its epilogue, no launch of its own, when the layout is NORM (adjacent pairs),
+   * rows[0] = n_heads x head_dim, rows[1] = n_heads2 x head_dim and, with a store,
+   * there are three parts and store->v is y[2]; otherwise kn_cuda_rope follows. The
+   * outputs (and pages) are bit for bit those of the two calls either way. */
+  const kn_cuda_rope_args_t *rope;
 } kn_cuda_gemm_split_args_t;
 ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_gemm_split_args_t *args, ak_err_t *err);
 

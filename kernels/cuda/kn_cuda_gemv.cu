@@ -14,6 +14,8 @@
 // larger calls to cuBLASLt.
 #include <string.h>
 
+#include <type_traits>
+
 #include "kn_cuda_gemv.cuh"
 #include "kn_cuda_silu.cuh"
 
@@ -43,11 +45,15 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
 // and n_in (kn_gemv_ks), so equal rows always sum in the same order.
 // U: 16-byte loads in flight per lane (kUnroll; 2 on the one-row KS 4 path, see
 // kn_gemv_ks).
-template <int NT, typename TY, bool SW, int KS, int U>
+// EPI (kn_cuda_gemv.cuh): ROPE pairs rows 2m and 2m + 1, which sit in one block (it
+// has 8 / KS rows, an even number, from an even first row): their sums meet in shared
+// memory. NORM: every warp of every block reaches the tail, so nothing returns early.
+template <int NT, typename TY, bool SW, int KS, int U, int EPI>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
                                                               const __nv_bfloat16 *__restrict__ w,
                                                               kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
-                                                              int accumulate, __nv_bfloat16 *__restrict__ sw_out) {
+                                                              int accumulate, __nv_bfloat16 *__restrict__ sw_out,
+                                                              kn_gemv_epi_t epi) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % KS;
   const int64_t row = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
   const bool live = row < n_out;
@@ -72,7 +78,8 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
   // kernel) measured no gain in a decode step (llama3-8b batch 1: 5.87 ms either way,
   // H100, session 5), so every load waits and W carries no ordering contract.
   kn_pdl_begin();
-  if (KS == 1 && !live) return;  // with KS > 1 every warp reaches the barrier below
+  // with KS > 1 or an epilogue every warp reaches a barrier below
+  if (KS == 1 && EPI == KN_GEMV_EPI_NONE && !live) return;
   if (live) load(first);
   float acc[NT], acc2[SW ? NT : 1];
 #pragma unroll
@@ -120,23 +127,38 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
         if constexpr (SW) red[warp][t][SW ? 1 : 0] = acc2[t];
       }
     __syncthreads();
-    if (part != 0 || !live) return;
+    if constexpr (EPI == KN_GEMV_EPI_NONE)
+      if (part != 0 || !live) return;
+    if (part == 0 && live)
 #pragma unroll
-    for (int t = 0; t < NT; t++)
+      for (int t = 0; t < NT; t++)
 #pragma unroll
-      for (int k = 1; k < KS; k++) {
-        acc[t] += red[warp + k][t][0];
-        if constexpr (SW) acc2[t] += red[warp + k][t][SW ? 1 : 0];
-      }
+        for (int k = 1; k < KS; k++) {
+          acc[t] += red[warp + k][t][0];
+          if constexpr (SW) acc2[t] += red[warp + k][t][SW ? 1 : 0];
+        }
   }
+  const bool writer = part == 0 && live && lane == 0;  // holds the row's sums
+  if constexpr (EPI == KN_GEMV_EPI_ROPE) {
+    __shared__ float pair[kWarps / KS][NT];
+    if (writer)
 #pragma unroll
-  for (int t = 0; t < NT; t++) {
-    float s = acc[t];
-    if constexpr (SW) {
-      if (lane == 0) sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[t]));
-      continue;
+      for (int t = 0; t < NT; t++) pair[warp / KS][t] = acc[t];
+    __syncthreads();
+    if (writer)
+#pragma unroll
+      for (int t = 0; t < NT; t++) kn_gemv_rope_store(out, epi.rope, row, t, acc[t], pair[(warp / KS) ^ 1][t]);
+  } else {
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      float s = acc[t];
+      if constexpr (SW) {
+        if (writer) sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[t]));
+        continue;
+      }
+      if (writer) kn_gemv_store(out, row, t, s, accumulate);
     }
-    if (lane == 0) kn_gemv_store(out, row, t, s, accumulate);
+    if constexpr (EPI == KN_GEMV_EPI_NORM) kn_norm_tail(epi.norm, NT);
   }
 }
 
@@ -151,40 +173,58 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
 static int kn_gemv_ks(const kn_cuda_gemm_args_t *a) { return a->n_tok == 1 && a->n_in >= 4096 ? 4 : 1; }
 
 template <int NT, typename TY, int KS, int U>
-void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_parts_t<TY> &out,
-                       cudaStream_t stream) {
+void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_epi_args_t *epi,
+                       const kn_gemv_parts_t<TY> &out, cudaStream_t stream) {
   const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
   const dim3 block(kWarps * 32);
   constexpr int rows_per_block = kWarps / KS;
+  const kn_gemv_epi_t e = kn_gemv_epi_fill(epi, out);
   if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
     const int64_t half = split->rows[0];
-    kn_launch(kn_gemv_kernel<NT, TY, true, KS, U>, dim3((unsigned)((half + rows_per_block - 1) / rows_per_block)),
-              block, 0, stream, x, w, out, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
-  } else {
-    kn_launch(kn_gemv_kernel<NT, TY, false, KS, U>,
-              dim3((unsigned)((a->n_out + rows_per_block - 1) / rows_per_block)), block, 0, stream, x, w, out,
-              a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
+    kn_launch(kn_gemv_kernel<NT, TY, true, KS, U, KN_GEMV_EPI_NONE>,
+              dim3((unsigned)((half + rows_per_block - 1) / rows_per_block)), block, 0, stream, x, w, out, a->n_in,
+              half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out), e);
+    return;
   }
+  const dim3 grid((unsigned)((a->n_out + rows_per_block - 1) / rows_per_block));
+  __nv_bfloat16 *no_sw = nullptr;
+  if constexpr (std::is_same<TY, float>::value) { /* the epilogues write f32 (checked by the callers) */
+    switch (kn_gemv_epi_kind(epi)) {
+      case KN_GEMV_EPI_ROPE:
+        kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, a->n_in,
+                  a->n_out, 0, no_sw, e);
+        return;
+      case KN_GEMV_EPI_NORM:
+        kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_NORM>, grid, block, 0, stream, x, w, out, a->n_in,
+                  a->n_out, a->accumulate, no_sw, e);
+        return;
+      default: break;
+    }
+  }
+  kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_NONE>, grid, block, 0, stream, x, w, out, a->n_in,
+            a->n_out, a->accumulate, no_sw, e);
 }
 
 template <int NT, typename TY>
-cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
+cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
+                                 const kn_gemv_epi_args_t *epi, cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
   if constexpr (NT == 1) { /* KS 4 only for one-row calls (kn_gemv_ks) */
     if (kn_gemv_ks(a) == 4) {
-      kn_gemv_launch_ks<NT, TY, 4, 2>(a, split, out, stream);
+      kn_gemv_launch_ks<NT, TY, 4, 2>(a, split, epi, out, stream);
       return cudaGetLastError();
     }
   }
-  kn_gemv_launch_ks<NT, TY, 1, kUnroll>(a, split, out, stream);
+  kn_gemv_launch_ks<NT, TY, 1, kUnroll>(a, split, epi, out, stream);
   return cudaGetLastError();
 }
 
 template <int NT>
-cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
-  if (a->y_dtype == KN_CUDA_F32) return kn_gemv_launch_typed<NT, float>(a, split, stream);
-  return kn_gemv_launch_typed<NT, __nv_bfloat16>(a, split, stream);
+cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
+                              const kn_gemv_epi_args_t *epi, cudaStream_t stream) {
+  if (a->y_dtype == KN_CUDA_F32) return kn_gemv_launch_typed<NT, float>(a, split, epi, stream);
+  return kn_gemv_launch_typed<NT, __nv_bfloat16>(a, split, epi, stream);
 }
 
 }  // namespace
@@ -195,18 +235,18 @@ int kn_gemv_applies(const kn_cuda_gemm_args_t *a) {
          a->n_out <= (int64_t)kWarps * 0x7fffffff && a->n_in * KN_GEMV_MAX_TOK / 8 <= 0x7fffffff;
 }
 
-ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream,
-                        ak_err_t *err) {
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_epi_args_t *epi,
+                        cudaStream_t stream, ak_err_t *err) {
   cudaError_t e;
   switch (a->n_tok) {
-    case 1: e = kn_gemv_launch_nt<1>(a, split, stream); break;
-    case 2: e = kn_gemv_launch_nt<2>(a, split, stream); break;
-    case 3: e = kn_gemv_launch_nt<3>(a, split, stream); break;
-    case 4: e = kn_gemv_launch_nt<4>(a, split, stream); break;
-    case 5: e = kn_gemv_launch_nt<5>(a, split, stream); break;
-    case 6: e = kn_gemv_launch_nt<6>(a, split, stream); break;
-    case 7: e = kn_gemv_launch_nt<7>(a, split, stream); break;
-    case 8: e = kn_gemv_launch_nt<8>(a, split, stream); break;
+    case 1: e = kn_gemv_launch_nt<1>(a, split, epi, stream); break;
+    case 2: e = kn_gemv_launch_nt<2>(a, split, epi, stream); break;
+    case 3: e = kn_gemv_launch_nt<3>(a, split, epi, stream); break;
+    case 4: e = kn_gemv_launch_nt<4>(a, split, epi, stream); break;
+    case 5: e = kn_gemv_launch_nt<5>(a, split, epi, stream); break;
+    case 6: e = kn_gemv_launch_nt<6>(a, split, epi, stream); break;
+    case 7: e = kn_gemv_launch_nt<7>(a, split, epi, stream); break;
+    case 8: e = kn_gemv_launch_nt<8>(a, split, epi, stream); break;
     default:
       return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
                         KN_GEMV_MAX_TOK);

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "kn_cuda_internal.cuh"
+#include "kn_cuda_rmsnorm.cuh"
+#include "kn_cuda_rope.cuh"
 
 #define KN_GEMV_MAX_TOK KN_CUDA_DECODE_GEMM_MAX_TOK
 #define KN_GEMV_MAX_PARTS 3
@@ -66,15 +68,120 @@ __device__ __forceinline__ void kn_gemv_store(const kn_gemv_parts_t<TY> &out, in
   kn_st(dst, s);
 }
 
+// What a GEMV does after its sums (both kernels' EPI template argument): store them
+// (NONE), rotate Q and K and store K and V into pages first (ROPE, kn_cuda_gemm_split's
+// rope), or store them and then normalize the rows in the last block (NORM,
+// kn_cuda_gemm's norm_after). ROPE and NORM only with an f32 y and no SwiGLU.
+enum { KN_GEMV_EPI_NONE = 0, KN_GEMV_EPI_ROPE = 1, KN_GEMV_EPI_NORM = 2 };
+
+// The fused rope as the kernels take it: rows [0, rot_end) of W are rotated (Q's, and
+// K's when the rope has an x2), in pairs (2m, 2m + 1) of rows: NORM layout, head_dim
+// even, so a pair never straddles a head, a part or a block. With k_base, part 1's
+// rows (K, rotated) and part 2's (V) also go into the tokens' page slots.
+struct kn_gemv_rope_t {
+  const int32_t *pos;
+  int32_t head_dim, rot_dims;
+  float freq_base, freq_scale;
+  int64_t rot_end;
+  void *k_base, *v_base;  // NULL: no store
+  int kv_bf16;            // 1: bf16 pages, 0: f16
+  int64_t page_stride_elems, head_stride_elems;
+  const int32_t *dst_page, *dst_slot;
+};
+
+struct kn_gemv_epi_t {
+  kn_gemv_rope_t rope;
+  kn_norm_tail_t norm;
+};
+
+// Host side: what kn_cuda_gemm(_split) decided to fuse (each already checked to fit
+// the kernels: kn_gemm_rope_fuses, kn_gemm_norm_fuses), NULL for none.
+typedef struct {
+  const kn_cuda_rope_args_t *rope;
+  const kn_cuda_rmsnorm_args_t *norm;
+  int *counter;  // the norm tail's (the blas handle's, 0 between launches)
+} kn_gemv_epi_args_t;
+
+static inline int kn_gemv_epi_kind(const kn_gemv_epi_args_t *e) {
+  return !e ? KN_GEMV_EPI_NONE : e->rope ? KN_GEMV_EPI_ROPE : e->norm ? KN_GEMV_EPI_NORM : KN_GEMV_EPI_NONE;
+}
+
+template <typename TY>
+static inline kn_gemv_epi_t kn_gemv_epi_fill(const kn_gemv_epi_args_t *e, const kn_gemv_parts_t<TY> &out) {
+  kn_gemv_epi_t d;
+  memset(&d, 0, sizeof d);
+  if (e && e->rope) {
+    const kn_cuda_rope_args_t *r = e->rope;
+    d.rope.pos = r->pos;
+    d.rope.head_dim = r->head_dim;
+    d.rope.rot_dims = r->rot_dims;
+    d.rope.freq_base = r->freq_base;
+    d.rope.freq_scale = r->freq_scale;
+    d.rope.rot_end = r->x2 ? out.begin[2] : out.begin[1];
+    if (r->store) {
+      d.rope.k_base = r->store->k_base;
+      d.rope.v_base = r->store->v_base;
+      d.rope.kv_bf16 = r->store->kv_dtype == KN_CUDA_BF16;
+      d.rope.page_stride_elems = r->store->page_stride_elems;
+      d.rope.head_stride_elems = r->store->head_stride_elems;
+      d.rope.dst_page = r->store->dst_page;
+      d.rope.dst_slot = r->store->dst_slot;
+    }
+  }
+  if (e && e->norm) {
+    d.norm.x = e->norm->x;
+    d.norm.weight = e->norm->weight;
+    d.norm.out = e->norm->out;
+    d.norm.out_bf16 = e->norm->out_dtype == KN_CUDA_BF16;
+    d.norm.dim = e->norm->dim;
+    d.norm.eps = e->norm->eps;
+    d.norm.threads = kn_rmsnorm_vec4_threads(e->norm->dim);
+    d.norm.counter = e->counter;
+  }
+  return d;
+}
+
+// Row `row`'s output at token t with the fused rope: `own` its sum, `partner` the sum of
+// the other row of its pair (row ^ 1). Stored as kn_gemv_store would, then (K and V
+// rows, with a store) into the token's page slot as kn_kv_store_token writes it: the
+// same values, the same skips.
+__device__ __forceinline__ void kn_gemv_rope_store(const kn_gemv_parts_t<float> &out, const kn_gemv_rope_t &r,
+                                                   int64_t row, int t, float own, float partner) {
+  const int64_t k0 = out.begin[1], v0 = out.begin[2];
+  float y = own;
+  if (row < r.rot_end) {
+    const int d = (int)((row < k0 ? row : row - k0) % r.head_dim), i = d >> 1;
+    if (2 * i < r.rot_dims) {
+      float c, s;
+      kn_rope_cos_sin(r.pos[t], i, r.rot_dims, r.freq_base, r.freq_scale, &c, &s);
+      y = d & 1 ? kn_rope_second(partner, own, c, s) : kn_rope_first(own, partner, c, s);
+    }
+  }
+  kn_gemv_store(out, row, t, y, 0);
+  if (!r.k_base || row < k0) return;
+  const int32_t page = r.dst_page[t], slot = r.dst_slot[t];
+  if (page < 0 || slot < 0 || ((int64_t)slot + 1) * r.head_dim > r.head_stride_elems) return;
+  const bool is_v = row >= v0;
+  const int64_t rel = row - (is_v ? v0 : k0);
+  const int64_t dst = (int64_t)page * r.page_stride_elems + rel / r.head_dim * r.head_stride_elems +
+                      (int64_t)slot * r.head_dim + rel % r.head_dim;
+  void *base = is_v ? r.v_base : r.k_base;
+  if (r.kv_bf16)
+    kn_st(static_cast<__nv_bfloat16 *>(base) + dst, y);
+  else
+    kn_st(static_cast<__half *>(base) + dst, y);
+}
+
 // 1 if a GEMV kernel can take these (already validated) arguments: 1..8 rows, n_in a
 // multiple of 8, x and W 16-byte aligned.
 int kn_gemv_applies(const kn_cuda_gemm_args_t *args);
 // The FMA GEMV (kn_cuda_gemv.cu), one warp per output row. split NULL: one output, args->y.
-ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
-                        ak_err_t *err);
+// epi NULL: no fused rope or norm.
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split,
+                        const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err);
 
 // The tensor-core GEMV (kn_cuda_gemv_mma.cu): same arguments, outputs and epilogues.
-ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
-                            ak_err_t *err);
+ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split,
+                            const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err);
 
 #endif

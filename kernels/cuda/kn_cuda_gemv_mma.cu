@@ -30,6 +30,8 @@
 // a variant sweep, notes/device-runs.md, session 8): 16 warps with one step in flight
 // 157.7 us a layer -> 8 warps, two buffers of 2 steps 152.8 us (2.77 -> 2.85 TB/s);
 // bench_decode llama3-8b batch 4 10k / 30k: 8.27 / 12.16 -> 8.10 / 11.95 ms.
+#include <type_traits>
+
 #include "kn_cuda_gemv.cuh"
 #include "kn_cuda_silu.cuh"
 
@@ -61,12 +63,15 @@ __device__ __forceinline__ void kn_mma_bf16(float (&d)[4], const uint4 &a_lo, co
 
 // SW: W is [2 * n_out][n_in] (gate rows, then up rows); the tile takes gate rows and the
 // matching up rows and writes silu(gate) * up as bf16 to sw_out (as the FMA GEMV).
-template <typename TY, bool SW>
+// EPI (kn_cuda_gemv.cuh): ROPE pairs rows g and g ^ 1 of the tile, held by lanes l and
+// l ^ 4 of warp 0 (a shuffle); NORM: every warp reaches the tail.
+template <typename TY, bool SW, int EPI>
 __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_bfloat16 *__restrict__ x,
                                                                      const __nv_bfloat16 *__restrict__ w,
                                                                      kn_gemv_parts_t<TY> out, int n_tok, int64_t n_in,
                                                                      int64_t n_out, int accumulate,
-                                                                     __nv_bfloat16 *__restrict__ sw_out) {
+                                                                     __nv_bfloat16 *__restrict__ sw_out,
+                                                                     kn_gemv_epi_t epi) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int64_t row0 = (int64_t)blockIdx.x * 16;
   // Rows past n_out read row n_out - 1 (in bounds) and are never written.
@@ -147,7 +152,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
   red[warp][lane][0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
   if constexpr (SW) red[warp][lane][SW ? 1 : 0] = make_float4(acc2[0], acc2[1], acc2[2], acc2[3]);
   __syncthreads();
-  if (warp != 0) return;
+  if (warp != 0) {
+    if constexpr (EPI == KN_GEMV_EPI_NORM) kn_norm_tail(epi.norm, n_tok);
+    return;
+  }
 #pragma unroll
   for (int k = 1; k < kMmaWarps; k++) {
     const float4 r = red[k][lane][0];
@@ -158,48 +166,81 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
     }
   }
   // acc[2 h + j] = (row g + 8 h, row of x 2 q + j).
+  if constexpr (EPI == KN_GEMV_EPI_ROPE) {
+    float partner[4];
 #pragma unroll
-  for (int h = 0; h < 2; h++)
+    for (int k = 0; k < 4; k++) partner[k] = __shfl_xor_sync(0xffffffffu, acc[k], 4);  // row g ^ 1, same q
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const int64_t row = row0 + g + 8 * h;
-      const int t = 2 * q + j;
-      if (row >= n_out || t >= n_tok) continue;
-      float s = acc[2 * h + j];
-      if constexpr (SW) {
-        sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[2 * h + j]));
-        continue;
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const int64_t row = row0 + g + 8 * h;
+        const int t = 2 * q + j;
+        if (row < n_out && t < n_tok) kn_gemv_rope_store(out, epi.rope, row, t, acc[2 * h + j], partner[2 * h + j]);
       }
-      kn_gemv_store(out, row, t, s, accumulate);
-    }
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const int64_t row = row0 + g + 8 * h;
+        const int t = 2 * q + j;
+        if (row >= n_out || t >= n_tok) continue;
+        float s = acc[2 * h + j];
+        if constexpr (SW) {
+          sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[2 * h + j]));
+          continue;
+        }
+        kn_gemv_store(out, row, t, s, accumulate);
+      }
+    if constexpr (EPI == KN_GEMV_EPI_NORM) kn_norm_tail(epi.norm, n_tok);
+  }
 }
 
 template <typename TY>
-void kn_gemv_mma_launch(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream) {
+void kn_gemv_mma_launch(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_epi_args_t *epi,
+                        cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
+  const kn_gemv_epi_t e = kn_gemv_epi_fill(epi, out);
   const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
+  const dim3 block(kMmaWarps * 32);
   if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
     const int64_t half = split->rows[0];
-    kn_launch(kn_gemv_mma_kernel<TY, true>, dim3((unsigned)((half + 15) / 16)), dim3(kMmaWarps * 32), 0, stream, x,
-              w, out, (int)a->n_tok, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out));
-  } else {
-    kn_launch(kn_gemv_mma_kernel<TY, false>, dim3((unsigned)((a->n_out + 15) / 16)), dim3(kMmaWarps * 32), 0, stream,
-              x, w, out, (int)a->n_tok, a->n_in, a->n_out, a->accumulate, static_cast<__nv_bfloat16 *>(nullptr));
+    kn_launch(kn_gemv_mma_kernel<TY, true, KN_GEMV_EPI_NONE>, dim3((unsigned)((half + 15) / 16)), block, 0, stream, x,
+              w, out, (int)a->n_tok, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out), e);
+    return;
   }
+  const dim3 grid((unsigned)((a->n_out + 15) / 16));
+  __nv_bfloat16 *no_sw = nullptr;
+  if constexpr (std::is_same<TY, float>::value) { /* the epilogues write f32 (checked by the callers) */
+    switch (kn_gemv_epi_kind(epi)) {
+      case KN_GEMV_EPI_ROPE:
+        kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, (int)a->n_tok,
+                  a->n_in, a->n_out, 0, no_sw, e);
+        return;
+      case KN_GEMV_EPI_NORM:
+        kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_NORM>, grid, block, 0, stream, x, w, out, (int)a->n_tok,
+                  a->n_in, a->n_out, a->accumulate, no_sw, e);
+        return;
+      default: break;
+    }
+  }
+  kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_NONE>, grid, block, 0, stream, x, w, out, (int)a->n_tok, a->n_in,
+            a->n_out, a->accumulate, no_sw, e);
 }
 
 }  // namespace
 
-ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, cudaStream_t stream,
-                            ak_err_t *err) {
+ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
+                            const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err) {
   if (a->n_tok < 1 || a->n_tok > KN_GEMV_MAX_TOK)
     return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_mma_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
                       KN_GEMV_MAX_TOK);
   if (a->y_dtype == KN_CUDA_F32)
-    kn_gemv_mma_launch<float>(a, split, stream);
+    kn_gemv_mma_launch<float>(a, split, epi, stream);
   else
-    kn_gemv_mma_launch<__nv_bfloat16>(a, split, stream);
+    kn_gemv_mma_launch<__nv_bfloat16>(a, split, epi, stream);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return ak_err_set(err, AK_ERR_CUDA, "kn_gemv_mma_run: launch: %s", cudaGetErrorString(e));
   return AK_OK;

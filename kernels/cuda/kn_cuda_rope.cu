@@ -4,10 +4,9 @@
 // token (of x, then of x2 when given: K beside Q, one launch for both), first puts the
 // token's cos/sin per pair in shared memory, then rotates its (head, pair)s. (One block
 // per token took 6.8 us for a decode batch of 4 at 32 heads x 128 on an H200: four
-// blocks, each walking 2048 pairs.) The angle follows kernels/cpu kn_rope
-// exactly: base^(-2i/rot_dims) and pos * freq_scale * that in double, reduced to
-// [-pi, pi] before a float sincos (a float angle at position 32k is already off by
-// ~2e-3 rad); the rotation itself is rounded like the CPU's (no FMA contraction).
+// blocks, each walking 2048 pairs.) The angle and the rotation follow kernels/cpu
+// kn_rope exactly (kn_cuda_rope.cuh, shared with the GEMV epilogue that rotates Q and
+// K as they are produced: kn_cuda_gemm_split's rope).
 //
 // With args->store (K = x2 beside Q), a block of K heads then also writes those heads'
 // rotated K rows and their V rows into the tokens' page slots (kn_kv_store_token, the
@@ -19,13 +18,11 @@
 #include <stdint.h>
 
 #include "kn_cuda_kv_store.cuh"
+#include "kn_cuda_rope.cuh"
 
 enum {
   KN_ROPE_THREADS = 256,
-  KN_ROPE_MAX_PAIRS = 512, /* as the CPU: rot_dims <= 1024 */
   KN_ROPE_MAX_ROW_ELEMS = 1 << 30, /* a token's n_heads * head_dim: int loop indices stay far from overflow */
-  KN_ROPE_MODE_NORM = 0,   /* kernels.h KN_ROPE_NORM */
-  KN_ROPE_MODE_NEOX = 2,   /* kernels.h KN_ROPE_NEOX */
 };
 
 // STORE_VEC: 0 without a store (T unused), else the store's VEC (kn_kv_store_token) and
@@ -42,14 +39,8 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
   __shared__ float cs[KN_ROPE_MAX_PAIRS], sn[KN_ROPE_MAX_PAIRS];
   const int64_t t = blockIdx.x;
   const int n_pairs = rot_dims / 2;
-  const double p = __dmul_rn((double)pos[t], (double)freq_scale);
-  for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) {
-    const double inv_freq = pow((double)freq_base, -2.0 * i / (double)rot_dims);
-    double th = __dmul_rn(p, inv_freq);
-    th = __dsub_rn(th, __dmul_rn(2.0 * M_PI, rint(__dmul_rn(th, 0.5 / M_PI))));  // to [-pi, pi]
-    cs[i] = cosf((float)th);
-    sn[i] = sinf((float)th);
-  }
+  const int32_t pt = pos[t];
+  for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) kn_rope_cos_sin(pt, i, rot_dims, freq_base, freq_scale, &cs[i], &sn[i]);
   __syncthreads();
   // this block's heads: groups of x first, then of x2
   const int x_groups = (n_heads + heads_per_block - 1) / heads_per_block;
@@ -65,8 +56,8 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
     float *xh = xt + (int64_t)h * head_dim;
     const int i0 = NEOX ? i : 2 * i, i1 = NEOX ? i + n_pairs : 2 * i + 1;
     const float x0 = xh[i0], x1 = xh[i1], c = cs[i], s = sn[i];
-    xh[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-    xh[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    xh[i0] = kn_rope_first(x0, x1, c, s);
+    xh[i1] = kn_rope_second(x0, x1, c, s);
   }
   if constexpr (STORE_VEC > 0) {
     if (is_x2) {  // block-uniform: every thread of the block reaches the barrier or none
@@ -134,39 +125,57 @@ static ak_status_t kn_rope_store_check(const kn_cuda_rope_args_t *a, ak_err_t *e
   return kn_kv_store_check(st, fn, "store: ", err);
 }
 
-extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {
-  if (!a) return AK_ERR(err, AK_ERR_INVALID_ARG, "args is NULL");
+// Heads a block rotates, and the blocks a token needs (x's heads, then x2's).
+static int32_t kn_rope_heads_per_block(int32_t rot_dims) {
+  const int32_t n_pairs = rot_dims / 2;
+  return n_pairs >= KN_ROPE_THREADS ? 1 : KN_ROPE_THREADS / n_pairs;
+}
+static int64_t kn_rope_head_groups(int32_t n_heads, int32_t rot_dims, int32_t n_heads2) {
+  const int32_t hpb = kn_rope_heads_per_block(rot_dims);
+  return kn_ceil_div((int64_t)n_heads, hpb) + kn_ceil_div((int64_t)n_heads2, hpb);
+}
+
+// Messages name the public op (callers: kn_cuda_rope and kn_cuda_gemm_split's rope).
+#define KN_ROPE_ERR(err, st, ...) ak_err_set_fn((err), (st), "kn_cuda_rope", __VA_ARGS__)
+ak_status_t kn_rope_check(const kn_cuda_rope_args_t *a, ak_err_t *err) {
+  if (!a) return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "args is NULL");
   if (!a->x || !a->pos)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "NULL pointer: x=%p pos=%p", (void *)a->x, (const void *)a->pos);
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "NULL pointer: x=%p pos=%p", (void *)a->x, (const void *)a->pos);
   if (a->n_tok < 1 || a->n_tok > INT32_MAX || a->n_heads < 1 || a->head_dim < 1)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld (1..%d) n_heads=%d head_dim=%d must be >= 1",
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld (1..%d) n_heads=%d head_dim=%d must be >= 1",
                   (long long)a->n_tok, INT32_MAX, a->n_heads, a->head_dim);
   if (a->rot_dims < 2 || a->rot_dims > a->head_dim || a->rot_dims % 2 || a->rot_dims / 2 > KN_ROPE_MAX_PAIRS)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "rot_dims=%d must be even, in [2, head_dim=%d], <= %d", a->rot_dims,
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "rot_dims=%d must be even, in [2, head_dim=%d], <= %d", a->rot_dims,
                   a->head_dim, 2 * KN_ROPE_MAX_PAIRS);
   if ((int64_t)a->n_heads * a->head_dim > KN_ROPE_MAX_ROW_ELEMS)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d x head_dim=%d exceeds %d", a->n_heads, a->head_dim,
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d x head_dim=%d exceeds %d", a->n_heads, a->head_dim,
                   KN_ROPE_MAX_ROW_ELEMS);
   if (a->x2 && (a->n_heads2 < 1 || (int64_t)a->n_heads2 * a->head_dim > KN_ROPE_MAX_ROW_ELEMS))
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "x2 given with n_heads2=%d: must be >= 1 and n_heads2 x head_dim <= %d",
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "x2 given with n_heads2=%d: must be >= 1 and n_heads2 x head_dim <= %d",
                   a->n_heads2, KN_ROPE_MAX_ROW_ELEMS);
   if (!(a->freq_base > 0.0f) || !(a->freq_scale > 0.0f))
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "freq_base=%g freq_scale=%g must be > 0", (double)a->freq_base,
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "freq_base=%g freq_scale=%g must be > 0", (double)a->freq_base,
                   (double)a->freq_scale);
   if (a->store) AK_TRY(kn_rope_store_check(a, err));
-  const int32_t n_pairs = a->rot_dims / 2, n_heads2 = a->x2 ? a->n_heads2 : 0;
-  const int32_t hpb = n_pairs >= KN_ROPE_THREADS ? 1 : KN_ROPE_THREADS / n_pairs;
-  const int64_t n_groups = kn_ceil_div((int64_t)a->n_heads, hpb) + kn_ceil_div((int64_t)n_heads2, hpb);
+  if (a->mode != KN_ROPE_MODE_NORM && a->mode != KN_ROPE_MODE_NEOX)
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "mode=%d is not 0 (NORM) or 2 (NEOX)", (int)a->mode);
+  const int32_t n_heads2 = a->x2 ? a->n_heads2 : 0;
+  const int64_t n_groups = kn_rope_head_groups(a->n_heads, a->rot_dims, n_heads2);
   if (n_groups > 65535)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d + n_heads2=%d make %lld head groups (at most 65535)",
-                  a->n_heads, n_heads2, (long long)n_groups);
+    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d + n_heads2=%d make %lld head groups (at most 65535)",
+                       a->n_heads, n_heads2, (long long)n_groups);
+  return AK_OK;
+}
+
+extern "C" ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {
+  AK_TRY(kn_rope_check(a, err));
+  const int32_t n_heads2 = a->x2 ? a->n_heads2 : 0, hpb = kn_rope_heads_per_block(a->rot_dims);
+  const int64_t n_groups = kn_rope_head_groups(a->n_heads, a->rot_dims, n_heads2);
   const dim3 grid((unsigned)a->n_tok, (unsigned)n_groups);
   cudaStream_t s = kn_stream(stream);
   switch (a->mode) {
     case KN_ROPE_MODE_NORM: AK_TRY(kn_rope_dispatch<false>(a, n_heads2, hpb, grid, s, err)); break;
-    case KN_ROPE_MODE_NEOX: AK_TRY(kn_rope_dispatch<true>(a, n_heads2, hpb, grid, s, err)); break;
-    default:
-      return AK_ERR(err, AK_ERR_INVALID_ARG, "mode=%d is not 0 (NORM) or 2 (NEOX)", (int)a->mode);
+    default: AK_TRY(kn_rope_dispatch<true>(a, n_heads2, hpb, grid, s, err)); break; /* NEOX (checked) */
   }
   KN_CUDA_LAUNCHED(err);
   return AK_OK;

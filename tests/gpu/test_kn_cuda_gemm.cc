@@ -626,3 +626,265 @@ TEST(KnCudaGemmArgs, SwigluOutNeedsTwoEqualF32Parts) {
 }
 
 }  // namespace
+
+namespace {
+
+// Device copies of a host vector (bytes).
+template <typename T>
+void to_dev(const DevBuf &d, const std::vector<T> &h) {
+  ASSERT_EQ(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+}
+std::vector<uint8_t> from_dev(const DevBuf &d) {
+  std::vector<uint8_t> h(d.n_bytes);
+  EXPECT_EQ(cudaMemcpy(h.data(), d.ptr, d.n_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+int64_t n_bytes_differ(const std::vector<uint8_t> &a, const std::vector<uint8_t> &b) {
+  int64_t n = a.size() != b.size() ? 1 : 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); i++) n += a[i] != b[i];
+  return n;
+}
+
+struct RopeShape {
+  int32_t n_heads, n_kv_heads, head_dim, rot_dims;
+  int64_t n_in;
+};
+
+// Q|K|V with rope (and its K/V store): the outputs and the pages equal the split GEMM
+// followed by kn_cuda_rope bit for bit, through the GEMV epilogue (FMA: one row with
+// n_in 4096 takes the four-warps-a-row path, whose pair of rows sits in one block; MMA:
+// the pair across lanes) and through the fallbacks (cuBLASLt, 17 rows, NEOX). Pages
+// start poisoned alike; one token's page is -1 and one slot is past its head (both
+// skipped by either path); positions reach 40k (the angle's reduction).
+TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
+  const RopeShape shapes[] = {{4, 2, 64, 64, 320}, {8, 2, 128, 96, 4096}};
+  for (const RopeShape &sh : shapes)
+  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_MMA,
+                   KN_CUDA_DECODE_GEMM_CUBLAS})
+  for (int64_t n_tok : {1, 3, 4, 8, 17})
+  for (int store : {0, 1, 2})  // none, f16 pages, bf16 pages
+  for (int32_t rope_mode : {0, 2}) {
+    if (rope_mode == 2 && (store != 1 || n_tok > 4)) continue;  // the NEOX fallback: a few cases
+    SCOPED_TRACE("head_dim " + std::to_string(sh.head_dim) + ", mode " + std::to_string(mode) + ", n_tok " +
+                 std::to_string(n_tok) + ", store " + std::to_string(store) + ", rope mode " +
+                 std::to_string(rope_mode));
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
+    const int64_t q_rows = (int64_t)sh.n_heads * sh.head_dim, kv_rows = (int64_t)sh.n_kv_heads * sh.head_dim;
+    std::mt19937_64 rng(777 + 13 * n_tok + sh.head_dim + 5 * mode + store);
+    Bf16Mat x(n_tok * sh.n_in, 2.0f, rng), w((q_rows + 2 * kv_rows) * sh.n_in, 1.0f / std::sqrt((float)sh.n_in), rng);
+    std::vector<int32_t> pos(n_tok), page(n_tok), slot(n_tok);
+    const int32_t page_tokens = 4, n_pages = 40;
+    for (int64_t t = 0; t < n_tok; t++) {
+      pos[t] = (int32_t)(rng() % 40000);
+      page[t] = (int32_t)(t % n_pages);
+      slot[t] = (int32_t)(rng() % page_tokens);
+    }
+    page[0] = -1;                                   // skipped
+    if (n_tok > 2) slot[n_tok - 1] = page_tokens;   // past its head: skipped
+    const int64_t head_stride = (int64_t)page_tokens * sh.head_dim, page_stride = 2 * sh.n_kv_heads * head_stride;
+    const size_t kv_elem = 2, pages_bytes = (size_t)n_pages * page_stride * kv_elem;
+    DevBuf dx(x.bits.size() * 2), dw(w.bits.size() * 2), dpos(n_tok * 4), dpage(n_tok * 4), dslot(n_tok * 4);
+    to_dev(dx, x.bits);
+    to_dev(dw, w.bits);
+    to_dev(dpos, pos);
+    to_dev(dpage, page);
+    to_dev(dslot, slot);
+    DevBuf q[2] = {DevBuf(n_tok * q_rows * 4), DevBuf(n_tok * q_rows * 4)};
+    DevBuf k[2] = {DevBuf(n_tok * kv_rows * 4), DevBuf(n_tok * kv_rows * 4)};
+    DevBuf v[2] = {DevBuf(n_tok * kv_rows * 4), DevBuf(n_tok * kv_rows * 4)};
+    DevBuf pages[2] = {DevBuf(pages_bytes), DevBuf(pages_bytes)};
+    for (int i = 0; i < 2; i++) {
+      ASSERT_EQ(cudaMemset(pages[i].ptr, 0x5a, pages_bytes), cudaSuccess);
+      ASSERT_EQ(cudaMemset(q[i].ptr, 0xee, q[i].n_bytes), cudaSuccess);
+    }
+    // i 0: the reference (split, then kn_cuda_rope); i 1: the fused call
+    for (int i = 0; i < 2; i++) {
+      kn_cuda_kv_store_args_t st = {};
+      st.k = static_cast<const float *>(k[i].ptr);
+      st.v = static_cast<const float *>(v[i].ptr);
+      st.k_base = pages[i].ptr;
+      st.v_base = pages[i].bytes() + (size_t)(page_stride / 2) * kv_elem;
+      st.kv_dtype = store == 2 ? KN_CUDA_BF16 : KN_CUDA_F16;
+      st.page_stride_elems = page_stride;
+      st.head_stride_elems = head_stride;
+      st.n_kv_heads = sh.n_kv_heads;
+      st.head_dim = sh.head_dim;
+      st.dst_page = static_cast<const int32_t *>(dpage.ptr);
+      st.dst_slot = static_cast<const int32_t *>(dslot.ptr);
+      st.n_tok = n_tok;
+      kn_cuda_rope_args_t r = {};
+      r.x = static_cast<float *>(q[i].ptr);
+      r.pos = static_cast<const int32_t *>(dpos.ptr);
+      r.n_tok = n_tok;
+      r.n_heads = sh.n_heads;
+      r.head_dim = sh.head_dim;
+      r.rot_dims = sh.rot_dims;
+      r.freq_base = 500000.0f;
+      r.freq_scale = 0.5f;
+      r.mode = rope_mode;
+      r.x2 = static_cast<float *>(k[i].ptr);
+      r.n_heads2 = sh.n_kv_heads;
+      r.store = store ? &st : nullptr;
+      kn_cuda_gemm_split_args_t sa = {};
+      sa.x = dx.ptr;
+      sa.w = dw.ptr;
+      sa.n_parts = 3;
+      sa.rows[0] = q_rows;
+      sa.rows[1] = sa.rows[2] = kv_rows;
+      sa.y[0] = q[i].ptr;
+      sa.y[1] = k[i].ptr;
+      sa.y[2] = v[i].ptr;
+      sa.y_dtype = KN_CUDA_F32;
+      sa.n_tok = n_tok;
+      sa.n_in = sh.n_in;
+      sa.rope = i == 1 ? &r : nullptr;
+      ASSERT_EQ(kn_cuda_gemm_split(blas_.get(), &sa, &err), AK_OK) << err.msg;
+      if (i == 0) ASSERT_EQ(kn_cuda_rope(&r, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
+    }
+    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    EXPECT_EQ(n_bytes_differ(from_dev(q[0]), from_dev(q[1])), 0) << "Q";
+    EXPECT_EQ(n_bytes_differ(from_dev(k[0]), from_dev(k[1])), 0) << "K";
+    EXPECT_EQ(n_bytes_differ(from_dev(v[0]), from_dev(v[1])), 0) << "V";
+    const std::vector<uint8_t> p0 = from_dev(pages[0]);
+    EXPECT_EQ(n_bytes_differ(p0, from_dev(pages[1])), 0) << "pages";
+    if (store) {  // the reference itself wrote the live tokens' slots (the comparison means something)
+      int64_t n_written = 0;
+      for (uint8_t b : p0) n_written += b != 0x5a;
+      EXPECT_GT(n_written, 0);
+    }
+  }
+}
+
+// o / down with norm_after: y (accumulated) and the norm's output equal kn_cuda_gemm
+// followed by kn_cuda_rmsnorm bit for bit, three calls in a row each (the last block's
+// counter must be back at 0 for the next), through the GEMV's last block (dims whose
+// norm takes the register path: 576 = 160 threads, 4096 = 1024, 8192 = two float4s a
+// thread; n_in 4096 with one row = the four-warps-a-row FMA path) and through the
+// fallbacks (cuBLASLt, 17 rows, dim 18000 past the register path).
+TEST_F(KnCudaGemmCacheGpu, NormAfterEqualsGemmThenRmsnorm) {
+  const int64_t shapes[][2] = {{320, 576}, {4096, 4096}, {256, 8192}, {64, 18000}};
+  for (const auto &sh : shapes)
+  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_MMA,
+                   KN_CUDA_DECODE_GEMM_CUBLAS})
+  for (int64_t n_tok : {1, 2, 4, 8, 17})
+  for (kn_cuda_dtype_t out_dtype : {KN_CUDA_BF16, KN_CUDA_F32}) {
+    const int64_t n_in = sh[0], dim = sh[1];
+    if (out_dtype == KN_CUDA_F32 && (n_tok == 2 || n_tok == 17)) continue;  // fewer cases for f32 out
+    SCOPED_TRACE("n_in " + std::to_string(n_in) + ", dim " + std::to_string(dim) + ", mode " + std::to_string(mode) +
+                 ", n_tok " + std::to_string(n_tok) + ", out " + std::to_string((int)out_dtype));
+    ak_err_t err{};
+    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
+    std::mt19937_64 rng(4242 + 7 * n_tok + n_in + dim + mode);
+    Bf16Mat x(n_tok * n_in, 2.0f, rng), w(dim * n_in, 1.0f / std::sqrt((float)n_in), rng);
+    std::vector<float> y0(n_tok * dim), nw(dim);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float &f : y0) f = u(rng);
+    for (float &f : nw) f = 1.0f + 0.5f * u(rng);
+    const size_t out_bytes = (size_t)n_tok * dim * (out_dtype == KN_CUDA_F32 ? 4 : 2);
+    DevBuf dx(x.bits.size() * 2), dw(w.bits.size() * 2), dnw(dim * 4);
+    to_dev(dx, x.bits);
+    to_dev(dw, w.bits);
+    to_dev(dnw, nw);
+    DevBuf y[2] = {DevBuf(n_tok * dim * 4), DevBuf(n_tok * dim * 4)};
+    DevBuf out[2] = {DevBuf(out_bytes), DevBuf(out_bytes)};
+    for (int i = 0; i < 2; i++) to_dev(y[i], y0);
+    for (int round = 0; round < 3; round++) {
+      SCOPED_TRACE("round " + std::to_string(round));
+      for (int i = 0; i < 2; i++) {  // i 0: the reference (two calls); i 1: norm_after
+        ASSERT_EQ(cudaMemset(out[i].ptr, 0xee, out_bytes), cudaSuccess);
+        kn_cuda_rmsnorm_args_t nm = {static_cast<float *>(y[i].ptr), nullptr, static_cast<const float *>(dnw.ptr),
+                                     out[i].ptr, out_dtype, n_tok, dim, 1e-5f};
+        kn_cuda_gemm_args_t a = {};
+        a.x = dx.ptr;
+        a.w = dw.ptr;
+        a.y = y[i].ptr;
+        a.y_dtype = KN_CUDA_F32;
+        a.n_tok = n_tok;
+        a.n_in = n_in;
+        a.n_out = dim;
+        a.accumulate = 1;
+        a.norm_after = i == 1 ? &nm : nullptr;
+        ASSERT_EQ(kn_cuda_gemm(blas_.get(), &a, &err), AK_OK) << err.msg;
+        if (i == 0) ASSERT_EQ(kn_cuda_rmsnorm(&nm, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
+      }
+      ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+      EXPECT_EQ(n_bytes_differ(from_dev(y[0]), from_dev(y[1])), 0) << "y";
+      EXPECT_EQ(n_bytes_differ(from_dev(out[0]), from_dev(out[1])), 0) << "the norm's output";
+    }
+  }
+}
+
+// ---- the fused epilogues' arguments: no GPU needed ----
+
+TEST(KnCudaGemmArgs, NormAfterMustNormalizeY) {
+  static float nw[8], y2[64];
+  static uint16_t out[64];
+  kn_cuda_gemm_args_t a = good_args();
+  a.accumulate = 1;
+  kn_cuda_rmsnorm_args_t nm = {static_cast<float *>(a.y), nullptr, nw, out, KN_CUDA_BF16, a.n_tok, a.n_out, 1e-5f};
+  a.norm_after = &nm;
+  nm.x = y2;
+  expect_invalid(fake_blas(), &a, "norm_after: x=");
+  nm.x = static_cast<float *>(a.y);
+  nm.delta = y2;
+  expect_invalid(fake_blas(), &a, "delta NULL");
+  nm.delta = nullptr;
+  nm.n_tok = a.n_tok + 1;
+  expect_invalid(fake_blas(), &a, "must be n_tok=");
+  nm.n_tok = a.n_tok;
+  nm.dim = a.n_out - 1;
+  expect_invalid(fake_blas(), &a, "must be n_tok=");
+  nm.dim = a.n_out;
+  nm.eps = -1.0f;  // the norm's own check, naming it
+  ak_err_t err{};
+  EXPECT_EQ(kn_cuda_gemm(fake_blas(), &a, &err), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("kn_cuda_rmsnorm"), std::string::npos) << err.msg;
+  EXPECT_NE(std::string(err.msg).find("eps="), std::string::npos) << err.msg;
+  nm.eps = 1e-5f;
+  a.y_dtype = KN_CUDA_BF16;
+  a.accumulate = 0;
+  expect_invalid(fake_blas(), &a, "norm_after: x=");
+}
+
+TEST(KnCudaGemmArgs, RopeMustRotateTheOutputs) {
+  static int32_t pos[8];
+  static float other[64];
+  kn_cuda_gemm_split_args_t base = good_swiglu_args();
+  base.swiglu_out = nullptr;
+  kn_cuda_rope_args_t r = {};
+  r.x = static_cast<float *>(base.y[0]);
+  r.pos = pos;
+  r.n_tok = base.n_tok;
+  r.n_heads = 1;
+  r.head_dim = 4;
+  r.rot_dims = 4;
+  r.freq_base = 10000.0f;
+  r.freq_scale = 1.0f;
+  r.x2 = static_cast<float *>(base.y[1]);
+  r.n_heads2 = 1;
+  base.rope = &r;
+  kn_cuda_gemm_split_args_t a = base;
+  a.accumulate = 1;
+  expect_split_invalid(a, "rope needs an f32 y");
+  a = base;
+  a.swiglu_out = other;
+  expect_split_invalid(a, "no swiglu_out");
+  a = base;
+  r.x = other;
+  expect_split_invalid(a, "must be y[0]");
+  r.x = static_cast<float *>(base.y[0]);
+  r.x2 = other;
+  expect_split_invalid(a, "must be y[0]");
+  r.x2 = static_cast<float *>(base.y[1]);
+  r.n_tok = base.n_tok + 1;
+  expect_split_invalid(a, "rope: n_tok=");
+  r.n_tok = base.n_tok;
+  r.rot_dims = 3;  // the rope's own check
+  expect_split_invalid(a, "rot_dims=3");
+  r.rot_dims = 4;
+  r.mode = 1;
+  expect_split_invalid(a, "mode=1");
+}
+
+}  // namespace
