@@ -43,6 +43,7 @@ struct wk_forward_cuda {
   /* device buffers; q, k, v are views into qkv and gate, up into gu, each part at one
    * spacing so that kn_cuda_gemm_split runs equal parts as one batched matmul */
   wk_dbuf_t x, xn, qkv, gu, attn, act, rows, logits, attn_ws, region;
+  wk_dbuf_t rope_table; /* [T, rope_dims / 2, 2] f32: the step's cos/sin, for every layer's rope */
   wk_dbuf_t q, k, v, gate, up;
   /* pinned staging, host view and its size */
   int32_t *stage;
@@ -98,7 +99,7 @@ static void wk_dbuf_free(wk_dbuf_t *b) {
 void wk_forward_cuda_destroy(wk_forward_cuda_t *fw) {
   if (!fw) return;
   wk_dbuf_t *bufs[] = {&fw->x,   &fw->xn,   &fw->qkv,    &fw->gu,      &fw->attn,
-                       &fw->act, &fw->rows, &fw->logits, &fw->attn_ws, &fw->region};
+                       &fw->act, &fw->rows, &fw->logits, &fw->attn_ws, &fw->region, &fw->rope_table};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) wk_dbuf_free(bufs[i]);
   kn_cuda_host_free(fw->stage, fw->stage_bytes);
   kn_cuda_host_free(fw->q_host, fw->q_host_bytes);
@@ -160,6 +161,7 @@ ak_status_t wk_forward_cuda_create(const wk_model_cuda_t *model, const kv_pool_p
       {&fw->gu, 2 * gu_slot},       {&fw->attn, T * q_dim * b2},         {&fw->act, T * hp->ffn_dim * b2},
       {&fw->rows, n_out_rows * hp->dim * f4}, {&fw->logits, n_out_rows * (size_t)hp->n_vocab * f4},
       {&fw->region, (size_t)wk_stage_ints(fw) * sizeof(int32_t)},
+      {&fw->rope_table, T * (size_t)hp->rope_dims * f4},
   };
   for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
     st = wk_dbuf_alloc(plan[i].b, plan[i].n_bytes, err);
@@ -346,27 +348,18 @@ static void wk_profile_collect(wk_forward_cuda_t *fw) {
 void wk_forward_cuda_last_timing(const wk_forward_cuda_t *fw, wk_forward_timing_t *t_p) { *t_p = fw->timing; }
 
 
-/* y (f32, or added into it) = x (bf16 [n_tok, n_in]) · Wᵀ; then, with `norm`, that
- * RMSNorm of y (the GEMV runs it in its last block: a launch less). */
+/* y (f32, or added into it) = x (bf16 [n_tok, n_in]) · Wᵀ. */
 static ak_status_t wk_gemm(wk_forward_cuda_t *fw, const void *x, const void *w, int64_t n_tok, int64_t n_in,
-                           int64_t n_out, void *y, kn_cuda_dtype_t y_dtype, int accumulate,
-                           const kn_cuda_rmsnorm_args_t *norm, ak_err_t *err) {
+                           int64_t n_out, void *y, kn_cuda_dtype_t y_dtype, int accumulate, ak_err_t *err) {
   kn_cuda_gemm_args_t g = {.x = x, .w = w, .y = y, .y_dtype = y_dtype, .n_tok = n_tok, .n_in = n_in,
-                           .n_out = n_out, .accumulate = accumulate, .norm_after = norm};
+                           .n_out = n_out, .accumulate = accumulate};
   return kn_cuda_gemm(fw->blas, &g, err);
-}
-
-/* The RMSNorm of the residual stream x into xn (bf16) with weight w. */
-static kn_cuda_rmsnorm_args_t wk_norm_args(const wk_forward_cuda_t *fw, float *x, const float *w, int64_t n_tok,
-                                           void *out) {
-  kn_cuda_rmsnorm_args_t r = {.x = x, .delta = NULL, .weight = w, .out = out, .out_dtype = KN_CUDA_BF16,
-                              .n_tok = n_tok, .dim = fw->hp.dim, .eps = fw->hp.norm_eps};
-  return r;
 }
 
 static ak_status_t wk_norm(wk_forward_cuda_t *fw, float *x, const float *w, int64_t n_tok, void *out,
                            ak_err_t *err) {
-  kn_cuda_rmsnorm_args_t r = wk_norm_args(fw, x, w, n_tok, out);
+  kn_cuda_rmsnorm_args_t r = {.x = x, .delta = NULL, .weight = w, .out = out, .out_dtype = KN_CUDA_BF16,
+                              .n_tok = n_tok, .dim = fw->hp.dim, .eps = fw->hp.norm_eps};
   return kn_cuda_rmsnorm(&r, wk_stream(fw), err);
 }
 
@@ -541,19 +534,19 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
   return AK_OK;
 }
 
-/* One transformer block over the batch's rows, updating x in place. The block's
- * input norm (x into xn) is already done: by the step before the first layer, by the
- * down projection of the layer before for the others. */
+/* One transformer block over the batch's rows, updating x in place. */
 static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, const int32_t *d_pos, int64_t n_tok,
                             int pre, ak_err_t *err) {
   const wk_hparams_t *hp = &fw->hp;
   const wk_cuda_layer_t *L = wk_model_cuda_layer(fw->model, l);
   int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim, kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
 
+  AK_TRY(wk_norm(fw, fw->x.ptr, L->attn_norm, n_tok, fw->xn.ptr, err));
   kn_cuda_rope_args_t r = {.x = fw->q.ptr, .pos = d_pos, .n_tok = n_tok, .n_heads = hp->n_heads,
                            .head_dim = hp->head_dim, .rot_dims = hp->rope_dims, .freq_base = hp->rope_freq_base,
                            .freq_scale = hp->rope_freq_scale, .mode = (int32_t)hp->rope_mode,
-                           .x2 = fw->k.ptr, .n_heads2 = hp->n_kv_heads}; /* Q and K together */
+                           .x2 = fw->k.ptr, .n_heads2 = hp->n_kv_heads, /* Q and K together */
+                           .table = fw->rope_table.ptr}; /* the step's cos/sin (wk_step_kernels) */
   /* The graph path's tables are up before the step (pre): the rope also stores K and V
    * into the pages. (Graph steps never profile, so the per-layer tables path below keeps
    * the store a profiled step counts as tables_ms.) */
@@ -588,22 +581,16 @@ static ak_status_t wk_layer(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_t l, c
                   need);
   AK_TRY(kn_cuda_attention(&a, fw->attn_ws.ptr, fw->attn_ws.n_bytes, wk_stream(fw), err));
   wk_ev(fw, e + 5);
-  /* o, the residual add, and the MLP's input norm (in the GEMV's last block) */
-  kn_cuda_rmsnorm_args_t ffn_norm = wk_norm_args(fw, fw->x.ptr, L->ffn_norm, n_tok, fw->xn.ptr);
-  AK_TRY(wk_gemm(fw, fw->attn.ptr, L->wo, n_tok, q_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, &ffn_norm, err));
+  AK_TRY(wk_gemm(fw, fw->attn.ptr, L->wo, n_tok, q_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, err));
+
+  AK_TRY(wk_norm(fw, fw->x.ptr, L->ffn_norm, n_tok, fw->xn.ptr, err));
   const char *wgu = L->wgate_up;
   /* gate|up and SwiGLU: fused into the GEMV's epilogue for decode-sized steps */
   kn_cuda_gemm_split_args_t gu = {.x = fw->xn.ptr, .w = wgu, .n_parts = 2, .rows = {hp->ffn_dim, hp->ffn_dim},
                                   .y = {fw->gate.ptr, fw->up.ptr}, .y_dtype = KN_CUDA_F32, .n_tok = n_tok,
                                   .n_in = hp->dim, .accumulate = 0, .swiglu_out = fw->act.ptr};
   AK_TRY(kn_cuda_gemm_split(fw->blas, &gu, err));
-  /* down, the residual add, and the next layer's input norm (the last layer's output
-   * norm stays with the logits, which may take other rows) */
-  kn_cuda_rmsnorm_args_t next_norm;
-  if (l + 1 < hp->n_layers)
-    next_norm = wk_norm_args(fw, fw->x.ptr, wk_model_cuda_layer(fw->model, l + 1)->attn_norm, n_tok, fw->xn.ptr);
-  AK_TRY(wk_gemm(fw, fw->act.ptr, L->wdown, n_tok, hp->ffn_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1,
-                 l + 1 < hp->n_layers ? &next_norm : NULL, err));
+  AK_TRY(wk_gemm(fw, fw->act.ptr, L->wdown, n_tok, hp->ffn_dim, hp->dim, fw->x.ptr, KN_CUDA_F32, 1, err));
   return AK_OK;
 }
 
@@ -652,7 +639,7 @@ static ak_status_t wk_logits(wk_forward_cuda_t *fw, const wk_forward_batch_t *b,
   }
   AK_TRY(wk_norm(fw, rows, wk_model_cuda_output_norm(fw->model), n_out, fw->xn.ptr, err));
   AK_TRY(wk_gemm(fw, fw->xn.ptr, wk_model_cuda_output(fw->model), n_out, hp->dim, hp->n_vocab, fw->logits.ptr,
-                 KN_CUDA_F32, 0, NULL, err));
+                 KN_CUDA_F32, 0, err));
   if (sample) /* one row per sequence (run_sampled refuses logits_all) */
     AK_TRY(wk_cuda_sampler_launch(fw->sampler, fw->logits.ptr, (int32_t)n_out, fw->stream, err));
   if (dst)
@@ -672,7 +659,11 @@ static ak_status_t wk_step_kernels(wk_forward_cuda_t *fw, kv_pool_t *pool, const
                             .ids = d_ids, .out = fw->x.ptr, .n_tok = n_tok, .dim = fw->hp.dim,
                             .n_vocab = fw->hp.n_vocab, .bad_id_flag = NULL};
   AK_TRY(kn_cuda_embed(&e, wk_stream(fw), err));
-  AK_TRY(wk_norm(fw, fw->x.ptr, wk_model_cuda_layer(fw->model, 0)->attn_norm, n_tok, fw->xn.ptr, err));
+  /* every layer rotates at these positions: their cos/sin once */
+  kn_cuda_rope_table_args_t rt = {.pos = d_pos, .n_tok = n_tok, .rot_dims = fw->hp.rope_dims,
+                                  .freq_base = fw->hp.rope_freq_base, .freq_scale = fw->hp.rope_freq_scale,
+                                  .table = fw->rope_table.ptr};
+  AK_TRY(kn_cuda_rope_table(&rt, wk_stream(fw), err));
   for (int32_t l = 0; l < fw->hp.n_layers; l++) AK_TRY(wk_layer(fw, pool, l, d_pos, n_tok, pre, err));
   if (logits_dst || sample) AK_TRY(wk_logits(fw, b, n_tok, logits_dst, sample, err));
   return AK_OK;

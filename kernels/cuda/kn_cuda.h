@@ -74,7 +74,7 @@ ak_status_t kn_cuda_embed(const kn_cuda_embed_args_t *args, kn_cuda_stream_t str
  *   if delta: x += delta          (f32, in place)
  *   out = x / rms(x) * weight     (rms over dim, with eps), written as out_dtype.
  * delta may be NULL (the first layer). */
-typedef struct kn_cuda_rmsnorm_args {
+typedef struct {
   float *x;                /* [n_tok, dim] f32, updated in place when delta */
   const float *delta;      /* [n_tok, dim] f32 or NULL */
   const float *weight;     /* [dim] f32 */
@@ -129,8 +129,27 @@ typedef struct {
                             * (K beside Q), rotated in the same launch */
   int32_t n_heads2;
   const kn_cuda_kv_store_args_t *store; /* host struct, NULL: no store; see above */
+  const float *table;      /* NULL, or kn_cuda_rope_table's output for these pos, n_tok,
+                            * rot_dims, freq_base and freq_scale (the caller's promise: a
+                            * device table cannot be checked): read instead of computing */
 } kn_cuda_rope_args_t;
 ak_status_t kn_cuda_rope(const kn_cuda_rope_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
+
+/* cos and sin of every rotated pair at every position of a step, as kn_cuda_rope
+ * computes them: table[(t * (rot_dims / 2) + i) * 2 + {0, 1}] (f32, n_tok * rot_dims
+ * floats). Every layer of a step rotates at the same positions, so one launch a step
+ * serves them all (kn_cuda_rope_args_t.table); the GEMV that rotates Q and K in its
+ * epilogue (kn_cuda_gemm_split's rope) then reads two floats a value instead of a
+ * double pow and a sincos. */
+typedef struct {
+  const int32_t *pos;      /* [n_tok] */
+  int64_t n_tok;
+  int32_t rot_dims;        /* even, 2..1024 */
+  float freq_base;
+  float freq_scale;
+  float *table;            /* [n_tok, rot_dims / 2, 2] f32 */
+} kn_cuda_rope_table_args_t;
+ak_status_t kn_cuda_rope_table(const kn_cuda_rope_table_args_t *args, kn_cuda_stream_t stream, ak_err_t *err);
 
 /* out = silu(gate) * up, as out_dtype. */
 typedef struct {
@@ -235,14 +254,6 @@ typedef struct {
   int64_t n_in;
   int64_t n_out;
   int accumulate;          /* 1: y += x · Wᵀ (f32 y only; the residual add of o/down) */
-  /* NULL; or an RMSNorm of the result, run as kn_cuda_rmsnorm(norm_after) right after
-   * the product (host struct): its x must be y (f32), its delta NULL, its n_tok and dim
-   * the call's n_tok and n_out. A GEMV route does it in the last block to finish (no
-   * launch of its own) when kn_cuda_rmsnorm would take its 16-byte, register path
-   * (dim % 4 == 0, dim <= 16384, aligned rows); otherwise kn_cuda_rmsnorm follows. The
-   * outputs are bit for bit those of the two calls either way. The o and down
-   * projections of a decode step, whose next op is the next RMSNorm. */
-  const struct kn_cuda_rmsnorm_args *norm_after;
 } kn_cuda_gemm_args_t;
 ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err);
 /* Calls of 1..KN_CUDA_DECODE_GEMM_MAX_TOK rows (decode steps) with n_in % 8 == 0 and

@@ -41,7 +41,6 @@
 // 32 MiB: NVIDIA's recommended cuBLAS workspace on Hopper; split-K and stream-K
 // kernels for small n_tok (decode) draw on it.
 #define KN_GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
-#define KN_GEMM_COUNTER_BYTES ((size_t)256) /* after the workspace: the norm tail's counter, aligned */
 // Distinct (shape, alignment) keys kept: a model has ~5 weight shapes per layer kind
 // times the token counts the scheduler produces; a miss only costs a heuristic query.
 #define KN_GEMM_CACHE_SLOTS 256
@@ -80,9 +79,8 @@ typedef struct {
 struct kn_cuda_blas {
   cublasLtHandle_t lt;
   cudaStream_t stream;
-  void *workspace; // [KN_GEMM_WORKSPACE_BYTES] device, then the norm tail's counter
+  void *workspace; // [KN_GEMM_WORKSPACE_BYTES] device
   size_t workspace_bytes;
-  int *norm_counter; // the GEMVs' norm tail (kn_norm_tail): 0 between launches
   kn_gemm_plan_t plans[KN_GEMM_CACHE_SLOTS];
   kn_cuda_decode_gemm_t decode_gemm; // which kernel takes 1..8-row calls
 };
@@ -124,15 +122,9 @@ extern "C" ak_status_t kn_cuda_blas_create(kn_cuda_stream_t stream, ak_err_t *er
     st = AK_ERR(err, AK_ERR_CUDA, "cublasLtCreate: %s (%s)", cublasLtGetStatusName(cs), cublasLtGetStatusString(cs));
     goto err_free_handle;
   }
-  st = kn_cuda_malloc(KN_GEMM_WORKSPACE_BYTES + KN_GEMM_COUNTER_BYTES, err, &b->workspace);
+  st = kn_cuda_malloc(KN_GEMM_WORKSPACE_BYTES, err, &b->workspace);
   if (st != AK_OK) goto err_destroy_lt;
   b->workspace_bytes = KN_GEMM_WORKSPACE_BYTES;
-  b->norm_counter = (int *)((char *)b->workspace + KN_GEMM_WORKSPACE_BYTES);
-  if (cudaMemset(b->norm_counter, 0, sizeof(int)) != cudaSuccess) {
-    st = AK_ERR(err, AK_ERR_CUDA, "zeroing the norm counter: %s", cudaGetErrorString(cudaGetLastError()));
-    kn_cuda_free(b->workspace, KN_GEMM_WORKSPACE_BYTES + KN_GEMM_COUNTER_BYTES);
-    goto err_destroy_lt;
-  }
   *blas_p = b;
   return AK_OK;
 
@@ -147,7 +139,7 @@ extern "C" void kn_cuda_blas_destroy(kn_cuda_blas_t *blas) {
   if (!blas) return;
   // Work queued on the stream may still use the workspace: cudaFree synchronizes the
   // device before releasing it, so the caller need not drain the stream first.
-  kn_cuda_free(blas->workspace, blas->workspace_bytes + KN_GEMM_COUNTER_BYTES);
+  kn_cuda_free(blas->workspace, blas->workspace_bytes);
   cublasLtDestroy(blas->lt);
   ak_host_free(blas, sizeof(*blas));
 }
@@ -319,43 +311,16 @@ static ak_status_t kn_gemm_lt(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *a
   return AK_OK;
 }
 
-// norm_after's contract (kn_cuda.h): the norm of exactly the rows the call wrote.
-static ak_status_t kn_gemm_norm_check(const kn_cuda_gemm_args_t *a, ak_err_t *err) {
-  const kn_cuda_rmsnorm_args_t *n = a->norm_after;
-  static const char fn[] = "kn_cuda_gemm";
-  if ((const void *)n->x != a->y || a->y_dtype != KN_CUDA_F32 || n->delta)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "norm_after: x=%p must be y=%p (f32, y_dtype %d), delta NULL",
-                         (void *)n->x, a->y, (int)a->y_dtype);
-  if (n->n_tok != a->n_tok || n->dim != a->n_out)
-    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "norm_after: n_tok=%lld dim=%lld must be n_tok=%lld n_out=%lld",
-                         (long long)n->n_tok, (long long)n->dim, (long long)a->n_tok, (long long)a->n_out);
-  return kn_rmsnorm_check(n, err);
-}
-
-// 1 when a GEMV can run norm_after in its last block: the norm kernel would take its
-// 16-byte register path, whose reduction kn_norm_tail replays.
-static bool kn_gemm_norm_fuses(const kn_cuda_rmsnorm_args_t *n) {
-  return kn_rmsnorm_vec4(n) && kn_rmsnorm_vec4_cached(n->dim);
-}
-
 extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_args_t *args, ak_err_t *err) {
   AK_TRY(kn_gemm_validate(blas, args, err));
   if (args->n_tok == 0) return AK_OK;
-  if (args->norm_after) AK_TRY(kn_gemm_norm_check(args, err));
   /* decode-sized: a weight-streaming GEMV beats cuBLASLt's split-K kernels */
   kn_cuda_decode_gemm_t route = kn_gemm_route(blas, args);
-  if (route != KN_CUDA_DECODE_GEMM_CUBLAS) {
-    const bool fuse = args->norm_after && kn_gemm_norm_fuses(args->norm_after);
-    const kn_gemv_epi_args_t epi = {NULL, fuse ? args->norm_after : NULL, blas->norm_counter};
-    AK_TRY(route == KN_CUDA_DECODE_GEMM_MMA ? kn_gemv_mma_run(args, NULL, &epi, blas->stream, err)
-                                            : kn_gemv_run(args, NULL, &epi, blas->stream, err));
-    if (fuse || !args->norm_after) return AK_OK;
-  } else {
-    int ran = 0;
-    AK_TRY(kn_gemm_lt(blas, args, 1, 0, &ran, err));
-    if (!args->norm_after) return AK_OK;
-  }
-  return kn_cuda_rmsnorm(args->norm_after, blas->stream, err);
+  if (route == KN_CUDA_DECODE_GEMM_MMA) return kn_gemv_mma_run(args, NULL, NULL, blas->stream, err);
+  if (route != KN_CUDA_DECODE_GEMM_CUBLAS) return kn_gemv_run(args, NULL, NULL, blas->stream, err);
+
+  int ran = 0;
+  return kn_gemm_lt(blas, args, 1, 0, &ran, err);
 }
 
 // rope's contract (kn_cuda.h): Q and K as the call's parts 0 and 1.
@@ -420,7 +385,7 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
     }
     split.swiglu_out = args->swiglu_out;
     const bool fuse = args->rope && kn_gemm_rope_fuses(args);
-    const kn_gemv_epi_args_t epi = {fuse ? args->rope : NULL, NULL, NULL};
+    const kn_gemv_epi_args_t epi = {fuse ? args->rope : NULL};
     AK_TRY(route == KN_CUDA_DECODE_GEMM_MMA ? kn_gemv_mma_run(&whole, &split, &epi, blas->stream, err)
                                             : kn_gemv_run(&whole, &split, &epi, blas->stream, err));
     return fuse || !args->rope ? AK_OK : kn_cuda_rope(args->rope, blas->stream, err);

@@ -47,7 +47,7 @@ __device__ __forceinline__ void kn_bf16x8_to_f32(const uint4 &u, float *f) {
 // kn_gemv_ks).
 // EPI (kn_cuda_gemv.cuh): ROPE pairs rows 2m and 2m + 1, which sit in one block (it
 // has 8 / KS rows, an even number, from an even first row): their sums meet in shared
-// memory. NORM: every warp of every block reaches the tail, so nothing returns early.
+// memory, so every warp reaches that barrier (nothing returns early).
 template <int NT, typename TY, bool SW, int KS, int U, int EPI>
 __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat16 *__restrict__ x,
                                                               const __nv_bfloat16 *__restrict__ w,
@@ -158,7 +158,6 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
       }
       if (writer) kn_gemv_store(out, row, t, s, accumulate);
     }
-    if constexpr (EPI == KN_GEMV_EPI_NORM) kn_norm_tail(epi.norm, NT);
   }
 }
 
@@ -193,10 +192,6 @@ void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *spli
       case KN_GEMV_EPI_ROPE:
         kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, a->n_in,
                   a->n_out, 0, no_sw, e);
-        return;
-      case KN_GEMV_EPI_NORM:
-        kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_NORM>, grid, block, 0, stream, x, w, out, a->n_in,
-                  a->n_out, a->accumulate, no_sw, e);
         return;
       default: break;
     }

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "kn_cuda_internal.cuh"
-#include "kn_cuda_rmsnorm.cuh"
 #include "kn_cuda_rope.cuh"
 
 #define KN_GEMV_MAX_TOK KN_CUDA_DECODE_GEMM_MAX_TOK
@@ -69,10 +68,9 @@ __device__ __forceinline__ void kn_gemv_store(const kn_gemv_parts_t<TY> &out, in
 }
 
 // What a GEMV does after its sums (both kernels' EPI template argument): store them
-// (NONE), rotate Q and K and store K and V into pages first (ROPE, kn_cuda_gemm_split's
-// rope), or store them and then normalize the rows in the last block (NORM,
-// kn_cuda_gemm's norm_after). ROPE and NORM only with an f32 y and no SwiGLU.
-enum { KN_GEMV_EPI_NONE = 0, KN_GEMV_EPI_ROPE = 1, KN_GEMV_EPI_NORM = 2 };
+// (NONE), or rotate Q and K and store K and V into pages first (ROPE, only with an f32
+// y and no SwiGLU: kn_cuda_gemm_split's rope).
+enum { KN_GEMV_EPI_NONE = 0, KN_GEMV_EPI_ROPE = 1 };
 
 // The fused rope as the kernels take it: rows [0, rot_end) of W are rotated (Q's, and
 // K's when the rope has an x2), in pairs (2m, 2m + 1) of rows: NORM layout, head_dim
@@ -80,6 +78,7 @@ enum { KN_GEMV_EPI_NONE = 0, KN_GEMV_EPI_ROPE = 1, KN_GEMV_EPI_NORM = 2 };
 // rows (K, rotated) and part 2's (V) also go into the tokens' page slots.
 struct kn_gemv_rope_t {
   const int32_t *pos;
+  const float *table;  // kn_cuda_rope_table's, or NULL: computed
   int32_t head_dim, rot_dims;
   float freq_base, freq_scale;
   int64_t rot_end;
@@ -91,19 +90,16 @@ struct kn_gemv_rope_t {
 
 struct kn_gemv_epi_t {
   kn_gemv_rope_t rope;
-  kn_norm_tail_t norm;
 };
 
-// Host side: what kn_cuda_gemm(_split) decided to fuse (each already checked to fit
-// the kernels: kn_gemm_rope_fuses, kn_gemm_norm_fuses), NULL for none.
+// Host side: what kn_cuda_gemm_split decided to fuse (already checked to fit the
+// kernels: kn_gemm_rope_fuses), NULL for none.
 typedef struct {
   const kn_cuda_rope_args_t *rope;
-  const kn_cuda_rmsnorm_args_t *norm;
-  int *counter;  // the norm tail's (the blas handle's, 0 between launches)
 } kn_gemv_epi_args_t;
 
 static inline int kn_gemv_epi_kind(const kn_gemv_epi_args_t *e) {
-  return !e ? KN_GEMV_EPI_NONE : e->rope ? KN_GEMV_EPI_ROPE : e->norm ? KN_GEMV_EPI_NORM : KN_GEMV_EPI_NONE;
+  return e && e->rope ? KN_GEMV_EPI_ROPE : KN_GEMV_EPI_NONE;
 }
 
 template <typename TY>
@@ -113,6 +109,7 @@ static inline kn_gemv_epi_t kn_gemv_epi_fill(const kn_gemv_epi_args_t *e, const 
   if (e && e->rope) {
     const kn_cuda_rope_args_t *r = e->rope;
     d.rope.pos = r->pos;
+    d.rope.table = r->table;
     d.rope.head_dim = r->head_dim;
     d.rope.rot_dims = r->rot_dims;
     d.rope.freq_base = r->freq_base;
@@ -127,16 +124,6 @@ static inline kn_gemv_epi_t kn_gemv_epi_fill(const kn_gemv_epi_args_t *e, const 
       d.rope.dst_page = r->store->dst_page;
       d.rope.dst_slot = r->store->dst_slot;
     }
-  }
-  if (e && e->norm) {
-    d.norm.x = e->norm->x;
-    d.norm.weight = e->norm->weight;
-    d.norm.out = e->norm->out;
-    d.norm.out_bf16 = e->norm->out_dtype == KN_CUDA_BF16;
-    d.norm.dim = e->norm->dim;
-    d.norm.eps = e->norm->eps;
-    d.norm.threads = kn_rmsnorm_vec4_threads(e->norm->dim);
-    d.norm.counter = e->counter;
   }
   return d;
 }
@@ -153,7 +140,7 @@ __device__ __forceinline__ void kn_gemv_rope_store(const kn_gemv_parts_t<float> 
     const int d = (int)((row < k0 ? row : row - k0) % r.head_dim), i = d >> 1;
     if (2 * i < r.rot_dims) {
       float c, s;
-      kn_rope_cos_sin(r.pos[t], i, r.rot_dims, r.freq_base, r.freq_scale, &c, &s);
+      kn_rope_cs_at(r.table, r.pos, t, i, r.rot_dims, r.freq_base, r.freq_scale, &c, &s);
       y = d & 1 ? kn_rope_second(partner, own, c, s) : kn_rope_first(own, partner, c, s);
     }
   }
@@ -176,7 +163,7 @@ __device__ __forceinline__ void kn_gemv_rope_store(const kn_gemv_parts_t<float> 
 // multiple of 8, x and W 16-byte aligned.
 int kn_gemv_applies(const kn_cuda_gemm_args_t *args);
 // The FMA GEMV (kn_cuda_gemv.cu), one warp per output row. split NULL: one output, args->y.
-// epi NULL: no fused rope or norm.
+// epi NULL: no fused rope.
 ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split,
                         const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err);
 

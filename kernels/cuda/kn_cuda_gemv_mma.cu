@@ -64,7 +64,7 @@ __device__ __forceinline__ void kn_mma_bf16(float (&d)[4], const uint4 &a_lo, co
 // SW: W is [2 * n_out][n_in] (gate rows, then up rows); the tile takes gate rows and the
 // matching up rows and writes silu(gate) * up as bf16 to sw_out (as the FMA GEMV).
 // EPI (kn_cuda_gemv.cuh): ROPE pairs rows g and g ^ 1 of the tile, held by lanes l and
-// l ^ 4 of warp 0 (a shuffle); NORM: every warp reaches the tail.
+// l ^ 4 of warp 0 (a shuffle).
 template <typename TY, bool SW, int EPI>
 __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_bfloat16 *__restrict__ x,
                                                                      const __nv_bfloat16 *__restrict__ w,
@@ -152,10 +152,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
   red[warp][lane][0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
   if constexpr (SW) red[warp][lane][SW ? 1 : 0] = make_float4(acc2[0], acc2[1], acc2[2], acc2[3]);
   __syncthreads();
-  if (warp != 0) {
-    if constexpr (EPI == KN_GEMV_EPI_NORM) kn_norm_tail(epi.norm, n_tok);
-    return;
-  }
+  if (warp != 0) return;
 #pragma unroll
   for (int k = 1; k < kMmaWarps; k++) {
     const float4 r = red[k][lane][0];
@@ -193,7 +190,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
         }
         kn_gemv_store(out, row, t, s, accumulate);
       }
-    if constexpr (EPI == KN_GEMV_EPI_NORM) kn_norm_tail(epi.norm, n_tok);
   }
 }
 
@@ -218,10 +214,6 @@ void kn_gemv_mma_launch(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *spl
       case KN_GEMV_EPI_ROPE:
         kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, (int)a->n_tok,
                   a->n_in, a->n_out, 0, no_sw, e);
-        return;
-      case KN_GEMV_EPI_NORM:
-        kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_NORM>, grid, block, 0, stream, x, w, out, (int)a->n_tok,
-                  a->n_in, a->n_out, a->accumulate, no_sw, e);
         return;
       default: break;
     }

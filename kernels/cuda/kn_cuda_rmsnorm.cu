@@ -10,22 +10,23 @@
 // dim 4096), each keeps its slice of the row in registers (no second pass over
 // memory) when it is at most KN_RMSNORM_CACHE4 float4s, with its slice of the weight
 // loaded up front.
-//
-// The GEMVs run this norm in their last block instead when a call asks for it
-// (kn_cuda_gemm's norm_after; kn_cuda_rmsnorm.cuh replays this kernel's reduction
-// there, so the arithmetic below must stay in the shared helpers).
 #include <stdint.h>
 
-#include "kn_cuda_rmsnorm.cuh"
+#include "kn_cuda_internal.cuh"
+
+enum { KN_RMSNORM_THREADS = 256, KN_RMSNORM_MAX_THREADS = 1024, KN_RMSNORM_CACHE4 = 4 };
 
 // Block-wide sum; every thread gets the total. `scratch` holds one double per warp.
 static __device__ __forceinline__ double kn_rmsnorm_block_sum(double v, double *scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = kn_rmsnorm_warp_sum(v);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  // every warp reduces the same partials in the same order
-  return kn_rmsnorm_warp_sum(lane < n_warps ? scratch[lane] : 0.0);
+  v = lane < n_warps ? scratch[lane] : 0.0;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;  // every warp reduced the same partials in the same order
 }
 
 static __device__ __forceinline__ float4 kn_add4(float4 a, float4 b) {
@@ -70,7 +71,7 @@ static __global__ void __launch_bounds__(KN_RMSNORM_MAX_THREADS)
         reinterpret_cast<float4 *>(xr)[i] = v;
       }
       xc[k] = v;
-      sum += kn_rmsnorm_sq4(v);
+      sum += (double)(v.x * v.x) + (double)(v.y * v.y) + (double)(v.z * v.z) + (double)(v.w * v.w);
     }
   } else if constexpr (VEC4) {
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
@@ -92,14 +93,16 @@ static __global__ void __launch_bounds__(KN_RMSNORM_MAX_THREADS)
     }
   }
   sum = kn_rmsnorm_block_sum(sum, scratch);
-  const float scale = kn_rmsnorm_scale(sum, dim, eps);
+  const float mean = (float)(sum / (double)dim);
+  const float scale = 1.0f / sqrtf(mean + eps);
 
   if (cached) {
 #pragma unroll
     for (int k = 0; k < KN_RMSNORM_CACHE4; k++) {
       const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
       if (i >= n4) break;
-      kn_st4(orow + 4 * i, kn_rmsnorm_apply4(xc[k], wc[k], scale));
+      const float4 v = xc[k], w = wc[k];
+      kn_st4(orow + 4 * i, make_float4(v.x * scale * w.x, v.y * scale * w.y, v.z * scale * w.z, v.w * scale * w.w));
     }
   } else if constexpr (VEC4) {
     // Each thread re-reads only the elements it wrote itself: no barrier needed.
@@ -115,9 +118,12 @@ static __global__ void __launch_bounds__(KN_RMSNORM_MAX_THREADS)
 
 template <typename TOut>
 static void kn_rmsnorm_launch(const kn_cuda_rmsnorm_args_t *a, cudaStream_t stream) {
-  const bool vec4 = kn_rmsnorm_vec4(a);
+  const size_t out_align = 4 * sizeof(TOut);
+  const bool vec4 = a->dim % 4 == 0 && (uintptr_t)a->x % 16 == 0 && (uintptr_t)a->delta % 16 == 0 &&
+                    (uintptr_t)a->weight % 16 == 0 && (uintptr_t)a->out % out_align == 0;
   /* 16-byte path: one float4 a thread up to 1024 threads (a multiple of the warp) */
-  const int64_t threads = vec4 ? kn_rmsnorm_vec4_threads(a->dim) : KN_RMSNORM_THREADS;
+  int64_t threads = vec4 ? (a->dim / 4 + 31) / 32 * 32 : KN_RMSNORM_THREADS;
+  if (threads > KN_RMSNORM_MAX_THREADS) threads = KN_RMSNORM_MAX_THREADS;
   const dim3 grid((unsigned)a->n_tok), block((unsigned)threads);
   if (vec4)
     kn_launch(kn_rmsnorm_kernel<TOut, true>, grid, block, 0, stream, a->x, a->delta, a->weight, (TOut *)a->out, a->dim,
@@ -127,28 +133,20 @@ static void kn_rmsnorm_launch(const kn_cuda_rmsnorm_args_t *a, cudaStream_t stre
               a->eps);
 }
 
-// Messages name the public op (callers: kn_cuda_rmsnorm and kn_cuda_gemm's norm_after).
-#define KN_RMSNORM_ERR(err, st, ...) ak_err_set_fn((err), (st), "kn_cuda_rmsnorm", __VA_ARGS__)
-ak_status_t kn_rmsnorm_check(const kn_cuda_rmsnorm_args_t *a, ak_err_t *err) {
-  if (!a) return KN_RMSNORM_ERR(err, AK_ERR_INVALID_ARG, "args is NULL");
+extern "C" ak_status_t kn_cuda_rmsnorm(const kn_cuda_rmsnorm_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {
+  if (!a) return AK_ERR(err, AK_ERR_INVALID_ARG, "args is NULL");
   if (!a->x || !a->weight || !a->out)
-    return KN_RMSNORM_ERR(err, AK_ERR_INVALID_ARG, "NULL pointer: x=%p weight=%p out=%p", (void *)a->x,
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "NULL pointer: x=%p weight=%p out=%p", (void *)a->x,
                   (const void *)a->weight, a->out);
   if (a->n_tok < 1 || a->n_tok > INT32_MAX || a->dim < 1)
-    return KN_RMSNORM_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld (1..%d) dim=%lld must be >= 1", (long long)a->n_tok,
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld (1..%d) dim=%lld must be >= 1", (long long)a->n_tok,
                   INT32_MAX, (long long)a->dim);
-  if (!(a->eps >= 0.0f)) return KN_RMSNORM_ERR(err, AK_ERR_INVALID_ARG, "eps=%g must be >= 0", (double)a->eps);
-  if (a->out_dtype != KN_CUDA_F32 && a->out_dtype != KN_CUDA_BF16)
-    return KN_RMSNORM_ERR(err, AK_ERR_INVALID_ARG, "out_dtype=%d is not F32 or BF16", (int)a->out_dtype);
-  return AK_OK;
-}
-
-extern "C" ak_status_t kn_cuda_rmsnorm(const kn_cuda_rmsnorm_args_t *a, kn_cuda_stream_t stream, ak_err_t *err) {
-  AK_TRY(kn_rmsnorm_check(a, err));
+  if (!(a->eps >= 0.0f)) return AK_ERR(err, AK_ERR_INVALID_ARG, "eps=%g must be >= 0", (double)a->eps);
   cudaStream_t s = kn_stream(stream);
   switch (a->out_dtype) {
     case KN_CUDA_F32: kn_rmsnorm_launch<float>(a, s); break;
-    default: kn_rmsnorm_launch<__nv_bfloat16>(a, s); break; /* BF16 (checked) */
+    case KN_CUDA_BF16: kn_rmsnorm_launch<__nv_bfloat16>(a, s); break;
+    default: return AK_ERR(err, AK_ERR_INVALID_ARG, "out_dtype=%d is not F32 or BF16", (int)a->out_dtype);
   }
   KN_CUDA_LAUNCHED(err);
   return AK_OK;

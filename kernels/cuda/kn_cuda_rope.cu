@@ -34,13 +34,14 @@ static __global__ void __launch_bounds__(KN_ROPE_THREADS)
                    const int32_t *__restrict__ pos, // [n_tok]
                    int32_t n_heads, int32_t n_heads2, int32_t heads_per_block, int32_t head_dim, int32_t rot_dims,
                    float freq_base, float freq_scale,
+                   const float *__restrict__ table, // [n_tok, rot_dims / 2, 2] or NULL (kn_cuda_rope_table)
                    kn_kv_pages_t<T> pages) {        // STORE_VEC > 0: where x2 (K) and V go
   kn_pdl_begin();
   __shared__ float cs[KN_ROPE_MAX_PAIRS], sn[KN_ROPE_MAX_PAIRS];
   const int64_t t = blockIdx.x;
   const int n_pairs = rot_dims / 2;
-  const int32_t pt = pos[t];
-  for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) kn_rope_cos_sin(pt, i, rot_dims, freq_base, freq_scale, &cs[i], &sn[i]);
+  for (int i = threadIdx.x; i < n_pairs; i += blockDim.x)
+    kn_rope_cs_at(table, pos, t, i, rot_dims, freq_base, freq_scale, &cs[i], &sn[i]);
   __syncthreads();
   // this block's heads: groups of x first, then of x2
   const int x_groups = (n_heads + heads_per_block - 1) / heads_per_block;
@@ -73,7 +74,7 @@ static void kn_rope_launch(const kn_cuda_rope_args_t *a, int32_t n_heads2, int32
   kn_kv_pages_t<T> p = {};
   if (STORE_VEC > 0) p = kn_kv_pages<T>(a->store);
   kn_launch(kn_rope_kernel<NEOX, T, STORE_VEC>, grid, dim3(KN_ROPE_THREADS), 0, s, a->x, a->x2, a->pos, a->n_heads,
-            n_heads2, hpb, a->head_dim, a->rot_dims, a->freq_base, a->freq_scale, p);
+            n_heads2, hpb, a->head_dim, a->rot_dims, a->freq_base, a->freq_scale, a->table, p);
 }
 
 // With a store on pages of T: its access width.

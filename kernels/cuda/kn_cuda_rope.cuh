@@ -29,6 +29,19 @@ __device__ __forceinline__ void kn_rope_cos_sin(int32_t pos, int i, int32_t rot_
   *s = sinf((float)th);
 }
 
+// Pair i's cos and sin at token t: from a kn_cuda_rope_table when given, else computed.
+__device__ __forceinline__ void kn_rope_cs_at(const float *table, const int32_t *pos, int64_t t, int i,
+                                              int32_t rot_dims, float freq_base, float freq_scale, float *c,
+                                              float *s) {
+  if (table) {
+    const float2 v = reinterpret_cast<const float2 *>(table)[t * (rot_dims / 2) + i];
+    *c = v.x;
+    *s = v.y;
+  } else {
+    kn_rope_cos_sin(pos[t], i, rot_dims, freq_base, freq_scale, c, s);
+  }
+}
+
 // The pair (x0, x1) rotated, rounded like the CPU's (no FMA contraction).
 __device__ __forceinline__ float kn_rope_first(float x0, float x1, float c, float s) {
   return __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));

@@ -655,7 +655,9 @@ struct RopeShape {
 // n_in 4096 takes the four-warps-a-row path, whose pair of rows sits in one block; MMA:
 // the pair across lanes) and through the fallbacks (cuBLASLt, 17 rows, NEOX). Pages
 // start poisoned alike; one token's page is -1 and one slot is past its head (both
-// skipped by either path); positions reach 40k (the angle's reduction).
+// skipped by either path); positions reach 40k (the angle's reduction). The fused call
+// reads cos/sin from a kn_cuda_rope_table half of the time (the forward's way), the
+// reference always computes them.
 TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
   const RopeShape shapes[] = {{4, 2, 64, 64, 320}, {8, 2, 128, 96, 4096}};
   for (const RopeShape &sh : shapes)
@@ -667,7 +669,7 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
     if (rope_mode == 2 && (store != 1 || n_tok > 4)) continue;  // the NEOX fallback: a few cases
     SCOPED_TRACE("head_dim " + std::to_string(sh.head_dim) + ", mode " + std::to_string(mode) + ", n_tok " +
                  std::to_string(n_tok) + ", store " + std::to_string(store) + ", rope mode " +
-                 std::to_string(rope_mode));
+                 std::to_string(rope_mode) + ", table " + std::to_string((n_tok + store) % 2 == 0));
     ak_err_t err{};
     ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
     const int64_t q_rows = (int64_t)sh.n_heads * sh.head_dim, kv_rows = (int64_t)sh.n_kv_heads * sh.head_dim;
@@ -680,7 +682,7 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
       page[t] = (int32_t)(t % n_pages);
       slot[t] = (int32_t)(rng() % page_tokens);
     }
-    page[0] = -1;                                   // skipped
+    if (n_tok > 1) page[0] = -1;                    // skipped
     if (n_tok > 2) slot[n_tok - 1] = page_tokens;   // past its head: skipped
     const int64_t head_stride = (int64_t)page_tokens * sh.head_dim, page_stride = 2 * sh.n_kv_heads * head_stride;
     const size_t kv_elem = 2, pages_bytes = (size_t)n_pages * page_stride * kv_elem;
@@ -694,6 +696,11 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
     DevBuf k[2] = {DevBuf(n_tok * kv_rows * 4), DevBuf(n_tok * kv_rows * 4)};
     DevBuf v[2] = {DevBuf(n_tok * kv_rows * 4), DevBuf(n_tok * kv_rows * 4)};
     DevBuf pages[2] = {DevBuf(pages_bytes), DevBuf(pages_bytes)};
+    const bool use_table = (n_tok + store) % 2 == 0;
+    DevBuf table((size_t)n_tok * sh.rot_dims * 4);
+    kn_cuda_rope_table_args_t ta = {static_cast<const int32_t *>(dpos.ptr), n_tok, sh.rot_dims, 500000.0f, 0.5f,
+                                    static_cast<float *>(table.ptr)};
+    ASSERT_EQ(kn_cuda_rope_table(&ta, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
     for (int i = 0; i < 2; i++) {
       ASSERT_EQ(cudaMemset(pages[i].ptr, 0x5a, pages_bytes), cudaSuccess);
       ASSERT_EQ(cudaMemset(q[i].ptr, 0xee, q[i].n_bytes), cudaSuccess);
@@ -726,6 +733,7 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
       r.x2 = static_cast<float *>(k[i].ptr);
       r.n_heads2 = sh.n_kv_heads;
       r.store = store ? &st : nullptr;
+      r.table = i == 1 && use_table ? static_cast<const float *>(table.ptr) : nullptr;
       kn_cuda_gemm_split_args_t sa = {};
       sa.x = dx.ptr;
       sa.w = dw.ptr;
@@ -756,96 +764,7 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
   }
 }
 
-// o / down with norm_after: y (accumulated) and the norm's output equal kn_cuda_gemm
-// followed by kn_cuda_rmsnorm bit for bit, three calls in a row each (the last block's
-// counter must be back at 0 for the next), through the GEMV's last block (dims whose
-// norm takes the register path: 576 = 160 threads, 4096 = 1024, 8192 = two float4s a
-// thread; n_in 4096 with one row = the four-warps-a-row FMA path) and through the
-// fallbacks (cuBLASLt, 17 rows, dim 18000 past the register path).
-TEST_F(KnCudaGemmCacheGpu, NormAfterEqualsGemmThenRmsnorm) {
-  const int64_t shapes[][2] = {{320, 576}, {4096, 4096}, {256, 8192}, {64, 18000}};
-  for (const auto &sh : shapes)
-  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_MMA,
-                   KN_CUDA_DECODE_GEMM_CUBLAS})
-  for (int64_t n_tok : {1, 2, 4, 8, 17})
-  for (kn_cuda_dtype_t out_dtype : {KN_CUDA_BF16, KN_CUDA_F32}) {
-    const int64_t n_in = sh[0], dim = sh[1];
-    if (out_dtype == KN_CUDA_F32 && (n_tok == 2 || n_tok == 17)) continue;  // fewer cases for f32 out
-    SCOPED_TRACE("n_in " + std::to_string(n_in) + ", dim " + std::to_string(dim) + ", mode " + std::to_string(mode) +
-                 ", n_tok " + std::to_string(n_tok) + ", out " + std::to_string((int)out_dtype));
-    ak_err_t err{};
-    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
-    std::mt19937_64 rng(4242 + 7 * n_tok + n_in + dim + mode);
-    Bf16Mat x(n_tok * n_in, 2.0f, rng), w(dim * n_in, 1.0f / std::sqrt((float)n_in), rng);
-    std::vector<float> y0(n_tok * dim), nw(dim);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    for (float &f : y0) f = u(rng);
-    for (float &f : nw) f = 1.0f + 0.5f * u(rng);
-    const size_t out_bytes = (size_t)n_tok * dim * (out_dtype == KN_CUDA_F32 ? 4 : 2);
-    DevBuf dx(x.bits.size() * 2), dw(w.bits.size() * 2), dnw(dim * 4);
-    to_dev(dx, x.bits);
-    to_dev(dw, w.bits);
-    to_dev(dnw, nw);
-    DevBuf y[2] = {DevBuf(n_tok * dim * 4), DevBuf(n_tok * dim * 4)};
-    DevBuf out[2] = {DevBuf(out_bytes), DevBuf(out_bytes)};
-    for (int i = 0; i < 2; i++) to_dev(y[i], y0);
-    for (int round = 0; round < 3; round++) {
-      SCOPED_TRACE("round " + std::to_string(round));
-      for (int i = 0; i < 2; i++) {  // i 0: the reference (two calls); i 1: norm_after
-        ASSERT_EQ(cudaMemset(out[i].ptr, 0xee, out_bytes), cudaSuccess);
-        kn_cuda_rmsnorm_args_t nm = {static_cast<float *>(y[i].ptr), nullptr, static_cast<const float *>(dnw.ptr),
-                                     out[i].ptr, out_dtype, n_tok, dim, 1e-5f};
-        kn_cuda_gemm_args_t a = {};
-        a.x = dx.ptr;
-        a.w = dw.ptr;
-        a.y = y[i].ptr;
-        a.y_dtype = KN_CUDA_F32;
-        a.n_tok = n_tok;
-        a.n_in = n_in;
-        a.n_out = dim;
-        a.accumulate = 1;
-        a.norm_after = i == 1 ? &nm : nullptr;
-        ASSERT_EQ(kn_cuda_gemm(blas_.get(), &a, &err), AK_OK) << err.msg;
-        if (i == 0) ASSERT_EQ(kn_cuda_rmsnorm(&nm, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
-      }
-      ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
-      EXPECT_EQ(n_bytes_differ(from_dev(y[0]), from_dev(y[1])), 0) << "y";
-      EXPECT_EQ(n_bytes_differ(from_dev(out[0]), from_dev(out[1])), 0) << "the norm's output";
-    }
-  }
-}
-
-// ---- the fused epilogues' arguments: no GPU needed ----
-
-TEST(KnCudaGemmArgs, NormAfterMustNormalizeY) {
-  static float nw[8], y2[64];
-  static uint16_t out[64];
-  kn_cuda_gemm_args_t a = good_args();
-  a.accumulate = 1;
-  kn_cuda_rmsnorm_args_t nm = {static_cast<float *>(a.y), nullptr, nw, out, KN_CUDA_BF16, a.n_tok, a.n_out, 1e-5f};
-  a.norm_after = &nm;
-  nm.x = y2;
-  expect_invalid(fake_blas(), &a, "norm_after: x=");
-  nm.x = static_cast<float *>(a.y);
-  nm.delta = y2;
-  expect_invalid(fake_blas(), &a, "delta NULL");
-  nm.delta = nullptr;
-  nm.n_tok = a.n_tok + 1;
-  expect_invalid(fake_blas(), &a, "must be n_tok=");
-  nm.n_tok = a.n_tok;
-  nm.dim = a.n_out - 1;
-  expect_invalid(fake_blas(), &a, "must be n_tok=");
-  nm.dim = a.n_out;
-  nm.eps = -1.0f;  // the norm's own check, naming it
-  ak_err_t err{};
-  EXPECT_EQ(kn_cuda_gemm(fake_blas(), &a, &err), AK_ERR_INVALID_ARG);
-  EXPECT_NE(std::string(err.msg).find("kn_cuda_rmsnorm"), std::string::npos) << err.msg;
-  EXPECT_NE(std::string(err.msg).find("eps="), std::string::npos) << err.msg;
-  nm.eps = 1e-5f;
-  a.y_dtype = KN_CUDA_BF16;
-  a.accumulate = 0;
-  expect_invalid(fake_blas(), &a, "norm_after: x=");
-}
+// ---- the fused rope's arguments: no GPU needed ----
 
 TEST(KnCudaGemmArgs, RopeMustRotateTheOutputs) {
   static int32_t pos[8];

@@ -306,6 +306,18 @@ TEST_F(KnCudaOpsGpu, RopeMatchesCpuUpTo32kPositions) {
           sync();
           std::vector<float> out = from_dev<float>(d_x.ptr, n);
           EXPECT_LE(rel_err(out, ref), 1e-5);
+          // cos/sin from a kn_cuda_rope_table of the same positions: the same bits
+          DevBuf d_table((size_t)n_tok * s.rot_dims * 4);
+          kn_cuda_rope_table_args_t ta = {d_pos.as<int32_t>(), n_tok, s.rot_dims, base, freq_scale,
+                                          d_table.as<float>()};
+          ASSERT_EQ(kn_cuda_rope_table(&ta, stream(), &err), AK_OK) << err.msg;
+          to_dev(d_x.ptr, x);
+          a.table = d_table.as<float>();
+          ASSERT_EQ(kn_cuda_rope(&a, stream(), &err), AK_OK) << err.msg;
+          sync();
+          std::vector<float> out_table = from_dev<float>(d_x.ptr, n);
+          EXPECT_EQ(memcmp(out_table.data(), out.data(), n * 4), 0) << "x differs with the table";
+          a.table = nullptr;
           to_dev(d_x.ptr, x);
           a.x2 = d_x2.as<float>();
           a.n_heads2 = n_heads2;
@@ -1198,6 +1210,37 @@ TEST(KnCudaOpsArgs, RopeRefusesBadArguments) {
   a.mode = 1;
   EXPECT_EQ(kn_cuda_rope(&a, nullptr, &err), AK_ERR_INVALID_ARG);
   EXPECT_TRUE(has(err, "mode=1")) << err.msg;
+}
+
+TEST(KnCudaOpsArgs, RopeTableRefusesBadArguments) {
+  ak_err_t err{};
+  const kn_cuda_rope_table_args_t ok = {kFakeI, 17, 64, 10000.0f, 1.0f, kFakeF};
+  EXPECT_EQ(kn_cuda_rope_table(nullptr, nullptr, &err), AK_ERR_INVALID_ARG);
+  kn_cuda_rope_table_args_t a = ok;
+  a.pos = nullptr;
+  EXPECT_EQ(kn_cuda_rope_table(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "NULL pointer")) << err.msg;
+  a = ok;
+  a.table = nullptr;
+  EXPECT_EQ(kn_cuda_rope_table(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  a = ok;
+  a.table = reinterpret_cast<float *>(reinterpret_cast<char *>(kFakeF) + 4);
+  EXPECT_EQ(kn_cuda_rope_table(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "aligned")) << err.msg;
+  a = ok;
+  a.n_tok = 0;
+  EXPECT_EQ(kn_cuda_rope_table(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "n_tok=0")) << err.msg;
+  for (int32_t rot : {0, 63, -2, 2048}) {
+    a = ok;
+    a.rot_dims = rot;
+    EXPECT_EQ(kn_cuda_rope_table(&a, nullptr, &err), AK_ERR_INVALID_ARG) << rot;
+    EXPECT_TRUE(has(err, ("rot_dims=" + std::to_string(rot)).c_str())) << err.msg;
+  }
+  a = ok;
+  a.freq_scale = 0.0f;
+  EXPECT_EQ(kn_cuda_rope_table(&a, nullptr, &err), AK_ERR_INVALID_ARG);
+  EXPECT_TRUE(has(err, "freq_scale=0")) << err.msg;
 }
 
 TEST(KnCudaOpsArgs, RopeRefusesBadStore) {
