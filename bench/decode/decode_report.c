@@ -35,11 +35,22 @@ static void dec_cmd_line(const char *cmd, char *out, size_t out_bytes) {
   pclose(p);
 }
 
-/* The commit: git where the checkout has it, else the install tree's MANIFEST.txt
- * (bin/../MANIFEST.txt, written by scripts/make_install_tree.sh). */
+static void dec_manifest_commit(char *out, size_t out_bytes);
+
+/* The commit the binary was built from: its install tree's MANIFEST.txt
+ * (bin/../MANIFEST.txt, written by scripts/make_install_tree.sh) when it runs from
+ * one, else git in the working directory (a build tree run from its checkout). The
+ * tree comes first: a GPU host's copy of the checkout can hold another commit than
+ * the binaries carried to it (it named 340e416 for a 431a6c4 tree, session 10). */
 void dec_commit(char *out, size_t out_bytes) {
-  dec_cmd_line("git rev-parse --short HEAD 2>/dev/null", out, out_bytes);
+  dec_manifest_commit(out, out_bytes);
   if (strcmp(out, "unknown")) return;
+  dec_cmd_line("git rev-parse --short HEAD 2>/dev/null", out, out_bytes);
+}
+
+/* The install tree's commit, or "unknown". */
+static void dec_manifest_commit(char *out, size_t out_bytes) {
+  snprintf(out, out_bytes, "unknown");
   char exe[1024];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
   if (n <= 0) return;
