@@ -651,27 +651,33 @@ struct RopeShape {
 };
 
 // Q|K|V with rope (and its K/V store): the outputs and the pages equal the split GEMM
-// followed by kn_cuda_rope bit for bit, through the GEMV epilogue (FMA: one row with
-// n_in 4096 takes the four-warps-a-row path, whose pair of rows sits in one block; MMA:
-// the pair across lanes) and through the fallbacks (cuBLASLt, 17 rows, NEOX). Pages
-// start poisoned alike; one token's page is -1 and one slot is past its head (both
-// skipped by either path); positions reach 40k (the angle's reduction). The fused call
-// reads cos/sin from a kn_cuda_rope_table half of the time (the forward's way), the
-// reference always computes them.
-TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
+// followed by kn_cuda_rope bit for bit. RopeInTheGemv: the GEMV epilogue (FMA: one row
+// with n_in 4096 takes the four-warps-a-row path, whose pair of rows sits in one block;
+// MMA: the pair across lanes), and the GEMV followed by kn_cuda_rope for NEOX.
+// RopeFallback: cuBLASLt (forced, or 17 rows) followed by kn_cuda_rope. Pages start
+// poisoned alike; one token's page is -1 and one slot is past its head (both skipped by
+// either path); positions reach 40k (the angle's reduction). The fused call reads
+// cos/sin from a kn_cuda_rope_table half of the time (the forward's way), the reference
+// always computes them. (Two tests so racecheck can take the GEMV's alone: cuBLASLt's
+// own kernels report hazards there, gpu_check.sh.)
+void check_rope_split(kn_cuda_blas_t *blas, cudaStream_t stream, bool fallback) {
   const RopeShape shapes[] = {{4, 2, 64, 64, 320}, {8, 2, 128, 96, 4096}};
+  const std::vector<int> modes = fallback ? std::vector<int>{KN_CUDA_DECODE_GEMM_CUBLAS, KN_CUDA_DECODE_GEMM_AUTO}
+                                          : std::vector<int>{KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA,
+                                                             KN_CUDA_DECODE_GEMM_MMA};
+  const std::vector<int64_t> toks = fallback ? std::vector<int64_t>{1, 4, 17} : std::vector<int64_t>{1, 3, 4, 8};
   for (const RopeShape &sh : shapes)
-  for (int mode : {KN_CUDA_DECODE_GEMM_AUTO, KN_CUDA_DECODE_GEMM_FMA, KN_CUDA_DECODE_GEMM_MMA,
-                   KN_CUDA_DECODE_GEMM_CUBLAS})
-  for (int64_t n_tok : {1, 3, 4, 8, 17})
+  for (int mode : modes)
+  for (int64_t n_tok : toks)
   for (int store : {0, 1, 2})  // none, f16 pages, bf16 pages
   for (int32_t rope_mode : {0, 2}) {
-    if (rope_mode == 2 && (store != 1 || n_tok > 4)) continue;  // the NEOX fallback: a few cases
+    if (fallback && mode == KN_CUDA_DECODE_GEMM_AUTO && n_tok <= 8) continue;  // AUTO: only 17 rows go to cuBLASLt
+    if (rope_mode == 2 && (store != 1 || n_tok > 4)) continue;  // NEOX: a few cases
     SCOPED_TRACE("head_dim " + std::to_string(sh.head_dim) + ", mode " + std::to_string(mode) + ", n_tok " +
                  std::to_string(n_tok) + ", store " + std::to_string(store) + ", rope mode " +
                  std::to_string(rope_mode) + ", table " + std::to_string((n_tok + store) % 2 == 0));
     ak_err_t err{};
-    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas_.get(), (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
+    ASSERT_EQ(kn_cuda_blas_set_decode_gemm(blas, (kn_cuda_decode_gemm_t)mode, &err), AK_OK);
     const int64_t q_rows = (int64_t)sh.n_heads * sh.head_dim, kv_rows = (int64_t)sh.n_kv_heads * sh.head_dim;
     std::mt19937_64 rng(777 + 13 * n_tok + sh.head_dim + 5 * mode + store);
     Bf16Mat x(n_tok * sh.n_in, 2.0f, rng), w((q_rows + 2 * kv_rows) * sh.n_in, 1.0f / std::sqrt((float)sh.n_in), rng);
@@ -700,7 +706,7 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
     DevBuf table((size_t)n_tok * sh.rot_dims * 4);
     kn_cuda_rope_table_args_t ta = {static_cast<const int32_t *>(dpos.ptr), n_tok, sh.rot_dims, 500000.0f, 0.5f,
                                     static_cast<float *>(table.ptr)};
-    ASSERT_EQ(kn_cuda_rope_table(&ta, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
+    ASSERT_EQ(kn_cuda_rope_table(&ta, reinterpret_cast<kn_cuda_stream_t>(stream), &err), AK_OK) << err.msg;
     for (int i = 0; i < 2; i++) {
       ASSERT_EQ(cudaMemset(pages[i].ptr, 0x5a, pages_bytes), cudaSuccess);
       ASSERT_EQ(cudaMemset(q[i].ptr, 0xee, q[i].n_bytes), cudaSuccess);
@@ -747,10 +753,10 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
       sa.n_tok = n_tok;
       sa.n_in = sh.n_in;
       sa.rope = i == 1 ? &r : nullptr;
-      ASSERT_EQ(kn_cuda_gemm_split(blas_.get(), &sa, &err), AK_OK) << err.msg;
-      if (i == 0) ASSERT_EQ(kn_cuda_rope(&r, reinterpret_cast<kn_cuda_stream_t>(stream_), &err), AK_OK) << err.msg;
+      ASSERT_EQ(kn_cuda_gemm_split(blas, &sa, &err), AK_OK) << err.msg;
+      if (i == 0) ASSERT_EQ(kn_cuda_rope(&r, reinterpret_cast<kn_cuda_stream_t>(stream), &err), AK_OK) << err.msg;
     }
-    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     EXPECT_EQ(n_bytes_differ(from_dev(q[0]), from_dev(q[1])), 0) << "Q";
     EXPECT_EQ(n_bytes_differ(from_dev(k[0]), from_dev(k[1])), 0) << "K";
     EXPECT_EQ(n_bytes_differ(from_dev(v[0]), from_dev(v[1])), 0) << "V";
@@ -763,6 +769,9 @@ TEST_F(KnCudaGemmCacheGpu, RopeEqualsSplitThenRope) {
     }
   }
 }
+
+TEST_F(KnCudaGemmCacheGpu, RopeInTheGemvEqualsSplitThenRope) { check_rope_split(blas_.get(), stream_, false); }
+TEST_F(KnCudaGemmCacheGpu, RopeFallbackEqualsSplitThenRope) { check_rope_split(blas_.get(), stream_, true); }
 
 // ---- the fused rope's arguments: no GPU needed ----
 
