@@ -7,7 +7,9 @@
 // (a decode of one or two sequences at short context): then it halves, down to
 // KN_ATTN_MIN_CHUNK_TOKENS, so that the keys spread over the SMs instead of one block
 // walking 512 rows in dependent steps (llama3-8b, batch 1, 1k keys: 16 blocks). Calls
-// that take the tensor-core kernel stop halving at KN_ATTN_MIN_BLOCKS_MMA instead.
+// that take the tensor-core kernel stop halving at KN_ATTN_MIN_BLOCKS_MMA instead, and
+// when their 512-key grid is more than one wave (KN_ATTN_WAVE_MMA blocks) they take
+// longer chunks, as many a work item as fill one wave (at least 2 an item).
 //
 // GQA groups of 3..8 heads at head_dim 64 and 128 take the tensor-core kernel of
 // kn_cuda_attention_mma.cuh instead of the chunk kernel below: same blocks, chunks,
@@ -78,6 +80,14 @@ enum {
   // 17.5 us, 2k 29.7 -> 24.8, 4k 40.5 -> 37.7, 10k unchanged; batch 1 4k 22.0 -> 18.4;
   // a decode step at budget 2048 (10k) 8.10 -> 7.71 ms (notes/device-runs.md, session 7).
   KN_ATTN_MIN_BLOCKS_MMA = 132,
+  // Grids of the tensor-core kernel past one wave at 512-key chunks take longer chunks
+  // instead, as many a work item as fill one wave: 3 blocks an SM (its launch bounds) x
+  // 132 SMs. The 1.6 waves of 512-key chunks left the second wave's SMs part idle. H100,
+  // llama3-8b batch 4 decode steps (graph replay), 10k / 20k / 30k: 8.103 / 10.043 /
+  // 12.106 and 8.107 / 10.043 / 11.963 ms -> 8.091 / 9.931 / 11.892 and 8.057 / 9.935 /
+  // 11.889; grids of at most 264 or 528 blocks were slower (10.26-10.28 / 10.14-10.16 ms
+  // at 20k; notes/device-runs.md, session 10).
+  KN_ATTN_WAVE_MMA = 396,
   KN_ATTN_WARPS = 4,
   KN_ATTN_THREADS = KN_ATTN_WARPS * 32,
   KN_ATTN_MAX_GT = 8,         // query heads per block pass
@@ -119,6 +129,11 @@ static bool kn_attn_takes_mma(const kn_cuda_attn_args_t *a) {
 
 // Keys per chunk for a call (see the header comment).
 static int32_t kn_attn_chunk(const kn_cuda_attn_args_t *a) {
+  if (kn_attn_takes_mma(a)) { /* one wave of longer chunks (KN_ATTN_WAVE_MMA) */
+    const int64_t pairs = a->n_tok * a->n_kv_heads, per = KN_ATTN_WAVE_MMA / pairs;
+    if (per >= 2 && pairs * kn_attn_n_chunks(a->max_kv_len, KN_ATTN_CHUNK_TOKENS) > KN_ATTN_WAVE_MMA)
+      return (int32_t)(kn_ceil_div(kn_ceil_div(a->max_kv_len, per), 64) * 64); /* > 512: n_chunks(512) > per */
+  }
   const int64_t min_blocks = kn_attn_takes_mma(a) ? KN_ATTN_MIN_BLOCKS_MMA : KN_ATTN_MIN_BLOCKS;
   int32_t chunk = KN_ATTN_CHUNK_TOKENS;
   while (chunk > KN_ATTN_MIN_CHUNK_TOKENS &&
@@ -812,6 +827,14 @@ extern "C" size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *a
   const int64_t small = (int64_t)2 * KN_ATTN_MIN_BLOCKS * (a->n_heads / a->n_kv_heads > 0 ? a->n_heads / a->n_kv_heads : 1);
   const int64_t n_small = a->max_kv_len > KN_ATTN_MIN_CHUNK_TOKENS ? (most < small ? most : small) : 0;
   if ((size_t)n_small * row_bytes > bytes) bytes = (size_t)n_small * row_bytes;
+  // A tensor-core call's grid is at most one wave when it takes longer chunks
+  // (kn_attn_chunk), or when its 512-key grid fits one: at most KN_ATTN_WAVE_MMA blocks
+  // times the group, for any call with fewer tokens or keys too.
+  if (kn_attn_takes_mma(a) && a->max_kv_len > KN_ATTN_MIN_CHUNK_TOKENS) {
+    const int64_t wave = (int64_t)KN_ATTN_WAVE_MMA * (a->n_heads / a->n_kv_heads);
+    const int64_t n_wave = most < wave ? most : wave;
+    if ((size_t)n_wave * row_bytes > bytes) bytes = (size_t)n_wave * row_bytes;
+  }
   return bytes;
 }
 

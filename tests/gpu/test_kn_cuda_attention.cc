@@ -421,6 +421,26 @@ TEST(KnCudaAttentionSplitGpu, MaxKvLenIsOnlyAHint) {
   }
 }
 
+// A decode batch whose 512-key grid is past one wave (KN_ATTN_WAVE_MMA) takes the
+// tensor-core kernel's longer chunks: 12 tokens x the KV heads x ceil(9000 / 512) = 18
+// chunks is past 396 blocks, so each item gets 396 / (12 x KV heads) chunks (llama3-8b's
+// group of 4 and a group of 8; bf16 and f16 pages).
+TEST(KnCudaAttentionSplitGpu, OneWaveOfLongChunksMatchesCpu) {
+  int n = 0;
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  std::vector<int32_t> lens;
+  std::vector<Tok> toks;
+  for (int32_t s = 0; s < 12; s++) {
+    lens.push_back(9000 - 613 * s);  // 9000 .. 2257: chunks partly used
+    toks.push_back({s, lens[s]});
+  }
+  for (Shape sh : {Shape{32, 128, 4, KN_CUDA_F16}, Shape{16, 64, 8, KN_CUDA_BF16}}) {
+    SCOPED_TRACE(testing::Message() << sh);
+    run_batch(sh, lens, toks, 13);
+  }
+}
+
 // --- argument checks: no GPU needed ---
 
 class KnCudaAttentionArgs : public ::testing::Test {
@@ -474,17 +494,32 @@ TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 5 * row);
   a_.max_kv_len = 4099;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)3 * 6 * 65 * row);
-  // A full grid keeps chunks of 512: 64 tokens x 2 KV heads x 9 chunks = 1152 blocks.
+  // Past one wave (396 blocks) the tensor-core kernel takes longer chunks: 64 tokens x 2
+  // KV heads at 512 keys would be 1152 blocks, so 396 / 128 = 3 chunks an item of
+  // ceil64(4099 / 3) = 1408 keys (384 blocks). The size still covers smaller calls.
   a_.n_tok = 64;
+  EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)2 * 528 * 3 * row);
+  int32_t chunk = 0, n_chunks = 0;
+  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+  EXPECT_EQ(chunk, 1408);
+  EXPECT_EQ(n_chunks, 3);
+  // The CUDA-core kernel (a group of 2) keeps 512: 64 x 3 x 9 = 1728 blocks.
+  a_.n_heads = 6, a_.n_kv_heads = 3;
+  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+  EXPECT_EQ(chunk, 512);
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)64 * 6 * 9 * row);
+  a_.n_heads = 6, a_.n_kv_heads = 2;
+  // More than 198 items (fewer than 2 chunks an item in one wave) keep 512 too.
+  a_.n_tok = 100;
+  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+  EXPECT_EQ(chunk, 512);
   // 16 x 2 x 9 = 288 blocks at 512 (864 partials), but a call with fewer tokens may
   // take smaller chunks: the size covers it (2 x 528 blocks x a group of 3).
   a_.n_tok = 16;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)2 * 528 * 3 * row);
-  // The split of that call: the tensor-core kernel keeps 512 keys (288 >= 132 blocks);
-  // the CUDA-core kernel (head_dim 256, or a group of 2) halves to 256 (16 x 2 x 17 =
-  // 544 >= 528 blocks).
-  int32_t chunk = 0, n_chunks = 0;
+  // The split of that call: the tensor-core kernel keeps 512 keys (132 <= 288 <= 396
+  // blocks); the CUDA-core kernel (head_dim 256, or a group of 2) halves to 256 (16 x 2
+  // x 17 = 544 >= 528 blocks).
   kn_cuda_attention_split(&a_, &chunk, &n_chunks);
   EXPECT_EQ(chunk, 512);
   EXPECT_EQ(n_chunks, 9);
