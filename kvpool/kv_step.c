@@ -265,8 +265,24 @@ static ak_status_t kv_layer_score_batch(kv_pool_t *pool, int32_t layer_idx, cons
 
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args) {
+  return kv_layer_view_into(pool, layer_idx, q, n_heads, pool ? pool->view_indices : NULL,
+                            pool ? (int64_t)pool->p.max_seqs * pool->max_pages_per_seq : 0, args);
+}
+
+ak_status_t kv_layer_view_into(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
+                               int32_t *indices, int64_t cap, kn_attn_args_t *args) {
   AK_TRY(kv_layer_check_open(pool, layer_idx));
   if (!args) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "args is NULL");
+  /* room for every page the view can list, checked before anything changes */
+  int64_t most = 0;
+  for (int32_t i = 0; i < pool->step_n_seqs; i++) {
+    const kv_seq_t *s = &pool->seqs[pool->step_seqs[i]];
+    const kv_layer_t *L = &s->layers[layer_idx];
+    most += L->n_resident > s->n_pages ? L->n_resident : s->n_pages;
+  }
+  if (!indices || cap < most)
+    return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "indices=%p with room for %lld pages: the view may list %lld",
+                  (void *)indices, (long long)cap, (long long)most);
   int need_q = (pool->p.policy != KV_POLICY_FULL || pool->has_tok_attn) && !pool->p.select_on_device;
   if (need_q && !q) return AK_ERR(&pool->err, AK_ERR_INVALID_ARG, "policy %s needs the queries (q is NULL)",
                                   kv_policy_name(pool->p.policy));
@@ -294,7 +310,7 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
     int64_t n_list_tokens;
     if (budgeted && pool->is_token_policy) {
       AK_TRY(kv_token_observe(pool, s, layer_idx, tok0, n_new, q_seq));
-      memcpy(pool->view_indices + n, L->phys, sizeof(int32_t) * (size_t)L->n_resident);
+      memcpy(indices + n, L->phys, sizeof(int32_t) * (size_t)L->n_resident);
       n += (int32_t)L->n_resident;
       n_list_tokens = tok0 + n_new;
       pool->view_last_len[i] = (int32_t)(n_list_tokens - (L->n_resident - 1) * pt);
@@ -314,13 +330,13 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
         /* every page resident (a full pool, a full layer, a sequence within its budget):
          * the list as it stands, one copy (the loop below cost a decode step's host
          * staging ~2 us a layer at 10k tokens, the GPU idle meanwhile) */
-        memcpy(pool->view_indices + n, L->phys, sizeof(int32_t) * (size_t)s->n_pages);
+        memcpy(indices + n, L->phys, sizeof(int32_t) * (size_t)s->n_pages);
         n += (int32_t)s->n_pages;
       } else {
         for (int64_t j = 0; j < s->n_pages; j++) {
           if (L->phys[j] == KV_PAGE_NONE) continue;
           if (restricted && !pool->sel_mark[j]) continue;
-          pool->view_indices[n++] = L->phys[j];
+          indices[n++] = L->phys[j];
         }
       }
       int64_t total = s->n_tokens + n_new;
@@ -333,7 +349,7 @@ ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, in
   }
   kv.n_seqs = pool->step_n_seqs;
   kv.indptr = pool->view_indptr;
-  kv.indices = pool->view_indices;
+  kv.indices = indices;
   kv.last_page_len = pool->view_last_len;
   args->kv = kv;
   args->n_tok = pool->step_n_tok;

@@ -314,6 +314,13 @@ ak_status_t kv_layer_commit(kv_pool_t *pool, int32_t layer_idx);
  * the caller's. Call it once per layer per step, after kv_layer_append. */
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args);
+/* kv_layer_view with the page list written to the caller's `indices` (room for `cap`
+ * entries; args->kv.indices points there): a caller that stages the list somewhere of
+ * its own (the CUDA forward's pinned upload area) saves a copy of it. AK_ERR_INVALID_ARG,
+ * before anything changes, when cap is below the pages the view could list (the step's
+ * sequences' pages in this layer). */
+ak_status_t kv_layer_view_into(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
+                               int32_t *indices, int64_t cap, kn_attn_args_t *args);
 
 /* --- selections made by the caller (select_on_device) ---
  * For each step sequence i (batch order) and layer, after kv_layer_view: whether the

@@ -472,23 +472,24 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
     st = kv_layer_commit(pool, l);
     if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
   }
-  kn_attn_args_t v;
-  memset(&v, 0, sizeof v);
-  st = kv_layer_view(pool, l, NULL, fw->hp.n_heads, &v);
-  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
-  int32_t S = v.kv.n_seqs, n_idx = v.kv.indptr[S];
-  if (S > fw->max_seqs || n_idx > fw->max_seqs * fw->max_pages_per_seq)
-    return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / %d pages exceed the staging area", l, S, n_idx);
   wk_region_t o = wk_region(fw);
   int64_t base = 2 * (int64_t)fw->max_tok + (int64_t)l * fw->region_ints;
   int32_t *h = fw->stage + base, *d = (int32_t *)fw->region.ptr + base;
+  kn_attn_args_t v;
+  memset(&v, 0, sizeof v);
+  /* the page list straight into the upload area (one copy of it less a layer) */
+  st = kv_layer_view_into(pool, l, NULL, fw->hp.n_heads, h + o.indices,
+                          (int64_t)fw->max_seqs * fw->max_pages_per_seq, &v);
+  if (st < 0) return AK_ERR(err, st, "layer %d: %s", l, kv_pool_errmsg(pool));
+  int32_t S = v.kv.n_seqs;
+  if (S > fw->max_seqs)
+    return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences exceed the staging area", l, S);
   memcpy(h + o.page, page, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.slot, slot, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.seq_idx, v.tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.kv_len, v.tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.last_len, v.kv.last_page_len, sizeof(int32_t) * (size_t)S);
   memcpy(h + o.indptr, v.kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
-  memcpy(h + o.indices, v.kv.indices, sizeof(int32_t) * (size_t)n_idx);
   int32_t max_kv_len = 0;
   for (int64_t t = 0; t < n_tok; t++)
     if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];

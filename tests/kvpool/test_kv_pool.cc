@@ -146,6 +146,22 @@ TEST(KvPool, MixedLengthBatchViewsAreExact) {
             ASSERT_EQ(view_at(a.kv, s, j, h, 7, 8, 1), kv_value(seqs[s], 1, h, j, 7, 1));
           }
       }
+      // kv_layer_view_into: the same view with its page list in the caller's array; too
+      // little room is refused by name before anything is written.
+      const int32_t n_idx = a.kv.indptr[3];
+      const std::vector<int32_t> want(a.kv.indices, a.kv.indices + n_idx), indptr(a.kv.indptr, a.kv.indptr + 4);
+      std::vector<int32_t> idx(n_idx + 4, -7);
+      kn_attn_args_t a2{};
+      EXPECT_EQ(kv_layer_view_into(pool.get(), 1, nullptr, 3, idx.data(), n_idx - 1, &a2), AK_ERR_INVALID_ARG);
+      EXPECT_NE(std::string(kv_pool_errmsg(pool.get())).find("room for"), std::string::npos)
+          << kv_pool_errmsg(pool.get());
+      EXPECT_EQ(idx[0], -7);
+      ASSERT_EQ(kv_layer_view_into(pool.get(), 1, nullptr, 3, idx.data(), (int64_t)idx.size(), &a2), AK_OK)
+          << kv_pool_errmsg(pool.get());
+      EXPECT_EQ(a2.kv.indices, idx.data());
+      for (int s = 0; s <= 3; s++) EXPECT_EQ(a2.kv.indptr[s], indptr[s]);
+      for (int32_t i = 0; i < n_idx; i++) EXPECT_EQ(idx[i], want[i]) << i;
+      for (size_t i = n_idx; i < idx.size(); i++) EXPECT_EQ(idx[i], -7) << "written past the view";
       kv_step_abort(pool.get());
       ASSERT_EQ(kv_pool_check(pool.get()), AK_OK) << kv_pool_errmsg(pool.get());
       for (auto s : seqs) ASSERT_EQ(kv_seq_release(pool.get(), s), AK_OK);
