@@ -163,34 +163,29 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
     }
   }
   // acc[2 h + j] = (row g + 8 h, row of x 2 q + j).
+  float partner[4] = {0.f, 0.f, 0.f, 0.f};  // ROPE: row g ^ 1's sums, same q
   if constexpr (EPI == KN_GEMV_EPI_ROPE) {
-    float partner[4];
 #pragma unroll
-    for (int k = 0; k < 4; k++) partner[k] = __shfl_xor_sync(0xffffffffu, acc[k], 4);  // row g ^ 1, same q
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const int64_t row = row0 + g + 8 * h;
-        const int t = 2 * q + j;
-        if (row < n_out && t < n_tok) kn_gemv_rope_store(out, epi.rope, row, t, acc[2 * h + j], partner[2 * h + j]);
-      }
-  } else {
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const int64_t row = row0 + g + 8 * h;
-        const int t = 2 * q + j;
-        if (row >= n_out || t >= n_tok) continue;
-        float s = acc[2 * h + j];
-        if constexpr (SW) {
-          sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[2 * h + j]));
-          continue;
-        }
-        kn_gemv_store(out, row, t, s, accumulate);
-      }
+    for (int k = 0; k < 4; k++) partner[k] = __shfl_xor_sync(0xffffffffu, acc[k], 4);
   }
+#pragma unroll
+  for (int h = 0; h < 2; h++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int64_t row = row0 + g + 8 * h;
+      const int t = 2 * q + j;
+      if (row >= n_out || t >= n_tok) continue;
+      float s = acc[2 * h + j];
+      if constexpr (EPI == KN_GEMV_EPI_ROPE) {
+        kn_gemv_rope_store(out, epi.rope, row, t, s, partner[2 * h + j]);
+        continue;
+      }
+      if constexpr (SW) {
+        sw_out[(int64_t)t * n_out + row] = __float2bfloat16(kn_silu_mul1(s, acc2[2 * h + j]));
+        continue;
+      }
+      kn_gemv_store(out, row, t, s, accumulate);
+    }
 }
 
 template <typename TY>
