@@ -265,8 +265,8 @@ static ak_status_t kv_layer_score_batch(kv_pool_t *pool, int32_t layer_idx, cons
 
 ak_status_t kv_layer_view(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,
                           kn_attn_args_t *args) {
-  return kv_layer_view_into(pool, layer_idx, q, n_heads, pool ? pool->view_indices : NULL,
-                            pool ? (int64_t)pool->p.max_seqs * pool->max_pages_per_seq : 0, args);
+  return kv_layer_view_into(pool, layer_idx, q, n_heads, pool->view_indices,
+                            (int64_t)pool->p.max_seqs * pool->max_pages_per_seq, args);
 }
 
 ak_status_t kv_layer_view_into(kv_pool_t *pool, int32_t layer_idx, const float *q, int32_t n_heads,

@@ -316,8 +316,8 @@ extern "C" ak_status_t kn_cuda_gemm(kn_cuda_blas_t *blas, const kn_cuda_gemm_arg
   if (args->n_tok == 0) return AK_OK;
   /* decode-sized: a weight-streaming GEMV beats cuBLASLt's split-K kernels */
   kn_cuda_decode_gemm_t route = kn_gemm_route(blas, args);
-  if (route == KN_CUDA_DECODE_GEMM_MMA) return kn_gemv_mma_run(args, NULL, NULL, blas->stream, err);
-  if (route != KN_CUDA_DECODE_GEMM_CUBLAS) return kn_gemv_run(args, NULL, NULL, blas->stream, err);
+  if (route == KN_CUDA_DECODE_GEMM_MMA) return kn_gemv_mma_run(args, NULL, blas->stream, err);
+  if (route != KN_CUDA_DECODE_GEMM_CUBLAS) return kn_gemv_run(args, NULL, blas->stream, err);
 
   int ran = 0;
   return kn_gemm_lt(blas, args, 1, 0, &ran, err);
@@ -385,9 +385,9 @@ extern "C" ak_status_t kn_cuda_gemm_split(kn_cuda_blas_t *blas, const kn_cuda_ge
     }
     split.swiglu_out = args->swiglu_out;
     const bool fuse = args->rope && kn_gemm_rope_fuses(args);
-    const kn_gemv_epi_args_t epi = {fuse ? args->rope : NULL};
-    AK_TRY(route == KN_CUDA_DECODE_GEMM_MMA ? kn_gemv_mma_run(&whole, &split, &epi, blas->stream, err)
-                                            : kn_gemv_run(&whole, &split, &epi, blas->stream, err));
+    split.rope = fuse ? args->rope : NULL;
+    AK_TRY(route == KN_CUDA_DECODE_GEMM_MMA ? kn_gemv_mma_run(&whole, &split, blas->stream, err)
+                                            : kn_gemv_run(&whole, &split, blas->stream, err));
     return fuse || !args->rope ? AK_OK : kn_cuda_rope(args->rope, blas->stream, err);
   }
   /* runs of equal parts at one output spacing as one batched matmul, the rest one each */

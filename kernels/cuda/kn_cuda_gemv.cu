@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
                                                               const __nv_bfloat16 *__restrict__ w,
                                                               kn_gemv_parts_t<TY> out, int64_t n_in, int64_t n_out,
                                                               int accumulate, __nv_bfloat16 *__restrict__ sw_out,
-                                                              kn_gemv_epi_t epi) {
+                                                              kn_gemv_rope_t rope) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % KS;
   const int64_t row = (int64_t)blockIdx.x * (kWarps / KS) + warp / KS;
   const bool live = row < n_out;
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
     __syncthreads();
     if (writer)
 #pragma unroll
-      for (int t = 0; t < NT; t++) kn_gemv_rope_store(out, epi.rope, row, t, acc[t], pair[(warp / KS) ^ 1][t]);
+      for (int t = 0; t < NT; t++) kn_gemv_rope_store(out, rope, row, t, acc[t], pair[(warp / KS) ^ 1][t]);
   } else {
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -172,54 +172,52 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
 static int kn_gemv_ks(const kn_cuda_gemm_args_t *a) { return a->n_tok == 1 && a->n_in >= 4096 ? 4 : 1; }
 
 template <int NT, typename TY, int KS, int U>
-void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_epi_args_t *epi,
+void kn_gemv_launch_ks(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
                        const kn_gemv_parts_t<TY> &out, cudaStream_t stream) {
   const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
   const dim3 block(kWarps * 32);
   constexpr int rows_per_block = kWarps / KS;
-  const kn_gemv_epi_t e = kn_gemv_epi_fill(epi, out);
+  const kn_gemv_rope_t rope = kn_gemv_rope_fill(split, out);
   if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
     const int64_t half = split->rows[0];
     kn_launch(kn_gemv_kernel<NT, TY, true, KS, U, KN_GEMV_EPI_NONE>,
               dim3((unsigned)((half + rows_per_block - 1) / rows_per_block)), block, 0, stream, x, w, out, a->n_in,
-              half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out), e);
+              half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out), rope);
     return;
   }
   const dim3 grid((unsigned)((a->n_out + rows_per_block - 1) / rows_per_block));
   __nv_bfloat16 *no_sw = nullptr;
-  if constexpr (std::is_same<TY, float>::value) { /* the epilogues write f32 (checked by the callers) */
-    switch (kn_gemv_epi_kind(epi)) {
-      case KN_GEMV_EPI_ROPE:
-        kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, a->n_in,
-                  a->n_out, 0, no_sw, e);
-        return;
-      default: break;
+  if constexpr (std::is_same<TY, float>::value) { /* the rope writes f32 (checked by the caller) */
+    if (kn_gemv_epi_kind(split) == KN_GEMV_EPI_ROPE) {
+      kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, a->n_in,
+                a->n_out, 0, no_sw, rope);
+      return;
     }
   }
   kn_launch(kn_gemv_kernel<NT, TY, false, KS, U, KN_GEMV_EPI_NONE>, grid, block, 0, stream, x, w, out, a->n_in,
-            a->n_out, a->accumulate, no_sw, e);
+            a->n_out, a->accumulate, no_sw, rope);
 }
 
 template <int NT, typename TY>
 cudaError_t kn_gemv_launch_typed(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
-                                 const kn_gemv_epi_args_t *epi, cudaStream_t stream) {
+                                 cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
   if constexpr (NT == 1) { /* KS 4 only for one-row calls (kn_gemv_ks) */
     if (kn_gemv_ks(a) == 4) {
-      kn_gemv_launch_ks<NT, TY, 4, 2>(a, split, epi, out, stream);
+      kn_gemv_launch_ks<NT, TY, 4, 2>(a, split, out, stream);
       return cudaGetLastError();
     }
   }
-  kn_gemv_launch_ks<NT, TY, 1, kUnroll>(a, split, epi, out, stream);
+  kn_gemv_launch_ks<NT, TY, 1, kUnroll>(a, split, out, stream);
   return cudaGetLastError();
 }
 
 template <int NT>
 cudaError_t kn_gemv_launch_nt(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
-                              const kn_gemv_epi_args_t *epi, cudaStream_t stream) {
-  if (a->y_dtype == KN_CUDA_F32) return kn_gemv_launch_typed<NT, float>(a, split, epi, stream);
-  return kn_gemv_launch_typed<NT, __nv_bfloat16>(a, split, epi, stream);
+                              cudaStream_t stream) {
+  if (a->y_dtype == KN_CUDA_F32) return kn_gemv_launch_typed<NT, float>(a, split, stream);
+  return kn_gemv_launch_typed<NT, __nv_bfloat16>(a, split, stream);
 }
 
 }  // namespace
@@ -230,18 +228,18 @@ int kn_gemv_applies(const kn_cuda_gemm_args_t *a) {
          a->n_out <= (int64_t)kWarps * 0x7fffffff && a->n_in * KN_GEMV_MAX_TOK / 8 <= 0x7fffffff;
 }
 
-ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_epi_args_t *epi,
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
                         cudaStream_t stream, ak_err_t *err) {
   cudaError_t e;
   switch (a->n_tok) {
-    case 1: e = kn_gemv_launch_nt<1>(a, split, epi, stream); break;
-    case 2: e = kn_gemv_launch_nt<2>(a, split, epi, stream); break;
-    case 3: e = kn_gemv_launch_nt<3>(a, split, epi, stream); break;
-    case 4: e = kn_gemv_launch_nt<4>(a, split, epi, stream); break;
-    case 5: e = kn_gemv_launch_nt<5>(a, split, epi, stream); break;
-    case 6: e = kn_gemv_launch_nt<6>(a, split, epi, stream); break;
-    case 7: e = kn_gemv_launch_nt<7>(a, split, epi, stream); break;
-    case 8: e = kn_gemv_launch_nt<8>(a, split, epi, stream); break;
+    case 1: e = kn_gemv_launch_nt<1>(a, split, stream); break;
+    case 2: e = kn_gemv_launch_nt<2>(a, split, stream); break;
+    case 3: e = kn_gemv_launch_nt<3>(a, split, stream); break;
+    case 4: e = kn_gemv_launch_nt<4>(a, split, stream); break;
+    case 5: e = kn_gemv_launch_nt<5>(a, split, stream); break;
+    case 6: e = kn_gemv_launch_nt<6>(a, split, stream); break;
+    case 7: e = kn_gemv_launch_nt<7>(a, split, stream); break;
+    case 8: e = kn_gemv_launch_nt<8>(a, split, stream); break;
     default:
       return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
                         KN_GEMV_MAX_TOK);

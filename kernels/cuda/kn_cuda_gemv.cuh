@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kn_cuda_internal.cuh"
+#include "kn_cuda_kv_store.cuh"
 #include "kn_cuda_rope.cuh"
 
 #define KN_GEMV_MAX_TOK KN_CUDA_DECODE_GEMM_MAX_TOK
@@ -20,6 +21,8 @@ typedef struct {
   int64_t rows[KN_GEMV_MAX_PARTS];
   void *y[KN_GEMV_MAX_PARTS];
   void *swiglu_out; /* NULL, or (two parts of equal rows) bf16 silu(part 0) * part 1; y unused */
+  const kn_cuda_rope_args_t *rope; /* NULL, or RoPE (and its store) in the epilogue: the
+                                    * caller checked it fits (kn_cuda_gemm.cu, kn_gemm_rope_fuses) */
 } kn_gemv_split_t;
 
 // Up to three outputs over consecutive row ranges of W (a fused Q|K|V or gate|up
@@ -88,42 +91,33 @@ struct kn_gemv_rope_t {
   const int32_t *dst_page, *dst_slot;
 };
 
-struct kn_gemv_epi_t {
-  kn_gemv_rope_t rope;
-};
-
-// Host side: what kn_cuda_gemm_split decided to fuse (already checked to fit the
-// kernels: kn_gemm_rope_fuses), NULL for none.
-typedef struct {
-  const kn_cuda_rope_args_t *rope;
-} kn_gemv_epi_args_t;
-
-static inline int kn_gemv_epi_kind(const kn_gemv_epi_args_t *e) {
-  return e && e->rope ? KN_GEMV_EPI_ROPE : KN_GEMV_EPI_NONE;
+// The EPI a call takes: ROPE when its split carries a fused rope.
+static inline int kn_gemv_epi_kind(const kn_gemv_split_t *split) {
+  return split && split->rope ? KN_GEMV_EPI_ROPE : KN_GEMV_EPI_NONE;
 }
 
+// The kernels' copy of the split's rope (zeros without one).
 template <typename TY>
-static inline kn_gemv_epi_t kn_gemv_epi_fill(const kn_gemv_epi_args_t *e, const kn_gemv_parts_t<TY> &out) {
-  kn_gemv_epi_t d;
+static inline kn_gemv_rope_t kn_gemv_rope_fill(const kn_gemv_split_t *split, const kn_gemv_parts_t<TY> &out) {
+  kn_gemv_rope_t d;
   memset(&d, 0, sizeof d);
-  if (e && e->rope) {
-    const kn_cuda_rope_args_t *r = e->rope;
-    d.rope.pos = r->pos;
-    d.rope.table = r->table;
-    d.rope.head_dim = r->head_dim;
-    d.rope.rot_dims = r->rot_dims;
-    d.rope.freq_base = r->freq_base;
-    d.rope.freq_scale = r->freq_scale;
-    d.rope.rot_end = r->x2 ? out.begin[2] : out.begin[1];
-    if (r->store) {
-      d.rope.k_base = r->store->k_base;
-      d.rope.v_base = r->store->v_base;
-      d.rope.kv_bf16 = r->store->kv_dtype == KN_CUDA_BF16;
-      d.rope.page_stride_elems = r->store->page_stride_elems;
-      d.rope.head_stride_elems = r->store->head_stride_elems;
-      d.rope.dst_page = r->store->dst_page;
-      d.rope.dst_slot = r->store->dst_slot;
-    }
+  const kn_cuda_rope_args_t *r = split ? split->rope : NULL;
+  if (!r) return d;
+  d.pos = r->pos;
+  d.table = r->table;
+  d.head_dim = r->head_dim;
+  d.rot_dims = r->rot_dims;
+  d.freq_base = r->freq_base;
+  d.freq_scale = r->freq_scale;
+  d.rot_end = r->x2 ? out.begin[2] : out.begin[1];
+  if (r->store) {
+    d.k_base = r->store->k_base;
+    d.v_base = r->store->v_base;
+    d.kv_bf16 = r->store->kv_dtype == KN_CUDA_BF16;
+    d.page_stride_elems = r->store->page_stride_elems;
+    d.head_stride_elems = r->store->head_stride_elems;
+    d.dst_page = r->store->dst_page;
+    d.dst_slot = r->store->dst_slot;
   }
   return d;
 }
@@ -146,12 +140,12 @@ __device__ __forceinline__ void kn_gemv_rope_store(const kn_gemv_parts_t<float> 
   }
   kn_gemv_store(out, row, t, y, 0);
   if (!r.k_base || row < k0) return;
-  const int32_t page = r.dst_page[t], slot = r.dst_slot[t];
-  if (page < 0 || slot < 0 || ((int64_t)slot + 1) * r.head_dim > r.head_stride_elems) return;
+  const int64_t dst0 = kn_kv_slot_offset(r.dst_page[t], r.dst_slot[t], r.head_dim, r.page_stride_elems,
+                                         r.head_stride_elems);
+  if (dst0 < 0) return;
   const bool is_v = row >= v0;
   const int64_t rel = row - (is_v ? v0 : k0);
-  const int64_t dst = (int64_t)page * r.page_stride_elems + rel / r.head_dim * r.head_stride_elems +
-                      (int64_t)slot * r.head_dim + rel % r.head_dim;
+  const int64_t dst = dst0 + rel / r.head_dim * r.head_stride_elems + rel % r.head_dim;
   void *base = is_v ? r.v_base : r.k_base;
   if (r.kv_bf16)
     kn_st(static_cast<__nv_bfloat16 *>(base) + dst, y);
@@ -163,12 +157,11 @@ __device__ __forceinline__ void kn_gemv_rope_store(const kn_gemv_parts_t<float> 
 // multiple of 8, x and W 16-byte aligned.
 int kn_gemv_applies(const kn_cuda_gemm_args_t *args);
 // The FMA GEMV (kn_cuda_gemv.cu), one warp per output row. split NULL: one output, args->y.
-// epi NULL: no fused rope.
-ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split,
-                        const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err);
+ak_status_t kn_gemv_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
+                        ak_err_t *err);
 
 // The tensor-core GEMV (kn_cuda_gemv_mma.cu): same arguments, outputs and epilogues.
-ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split,
-                            const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err);
+ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *args, const kn_gemv_split_t *split, cudaStream_t stream,
+                            ak_err_t *err);
 
 #endif

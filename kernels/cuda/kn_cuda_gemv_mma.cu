@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
                                                                      kn_gemv_parts_t<TY> out, int n_tok, int64_t n_in,
                                                                      int64_t n_out, int accumulate,
                                                                      __nv_bfloat16 *__restrict__ sw_out,
-                                                                     kn_gemv_epi_t epi) {
+                                                                     kn_gemv_rope_t rope) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int64_t row0 = (int64_t)blockIdx.x * 16;
   // Rows past n_out read row n_out - 1 (in bounds) and are never written.
@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
       if (row >= n_out || t >= n_tok) continue;
       float s = acc[2 * h + j];
       if constexpr (EPI == KN_GEMV_EPI_ROPE) {
-        kn_gemv_rope_store(out, epi.rope, row, t, s, partner[2 * h + j]);
+        kn_gemv_rope_store(out, rope, row, t, s, partner[2 * h + j]);
         continue;
       }
       if constexpr (SW) {
@@ -189,45 +189,43 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
 }
 
 template <typename TY>
-void kn_gemv_mma_launch(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split, const kn_gemv_epi_args_t *epi,
+void kn_gemv_mma_launch(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
                         cudaStream_t stream) {
   kn_gemv_parts_t<TY> out;
   kn_gemv_parts_fill(&out, a, split);
-  const kn_gemv_epi_t e = kn_gemv_epi_fill(epi, out);
+  const kn_gemv_rope_t rope = kn_gemv_rope_fill(split, out);
   const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(a->x), *w = static_cast<const __nv_bfloat16 *>(a->w);
   const dim3 block(kMmaWarps * 32);
   if (split && split->swiglu_out) { /* gate|up: two parts of equal rows (checked by kn_cuda_gemm_split) */
     const int64_t half = split->rows[0];
     kn_launch(kn_gemv_mma_kernel<TY, true, KN_GEMV_EPI_NONE>, dim3((unsigned)((half + 15) / 16)), block, 0, stream, x,
-              w, out, (int)a->n_tok, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out), e);
+              w, out, (int)a->n_tok, a->n_in, half, 0, static_cast<__nv_bfloat16 *>(split->swiglu_out), rope);
     return;
   }
   const dim3 grid((unsigned)((a->n_out + 15) / 16));
   __nv_bfloat16 *no_sw = nullptr;
-  if constexpr (std::is_same<TY, float>::value) { /* the epilogues write f32 (checked by the callers) */
-    switch (kn_gemv_epi_kind(epi)) {
-      case KN_GEMV_EPI_ROPE:
-        kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, (int)a->n_tok,
-                  a->n_in, a->n_out, 0, no_sw, e);
-        return;
-      default: break;
+  if constexpr (std::is_same<TY, float>::value) { /* the rope writes f32 (checked by the caller) */
+    if (kn_gemv_epi_kind(split) == KN_GEMV_EPI_ROPE) {
+      kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_ROPE>, grid, block, 0, stream, x, w, out, (int)a->n_tok,
+                a->n_in, a->n_out, 0, no_sw, rope);
+      return;
     }
   }
   kn_launch(kn_gemv_mma_kernel<TY, false, KN_GEMV_EPI_NONE>, grid, block, 0, stream, x, w, out, (int)a->n_tok, a->n_in,
-            a->n_out, a->accumulate, no_sw, e);
+            a->n_out, a->accumulate, no_sw, rope);
 }
 
 }  // namespace
 
 ak_status_t kn_gemv_mma_run(const kn_cuda_gemm_args_t *a, const kn_gemv_split_t *split,
-                            const kn_gemv_epi_args_t *epi, cudaStream_t stream, ak_err_t *err) {
+                            cudaStream_t stream, ak_err_t *err) {
   if (a->n_tok < 1 || a->n_tok > KN_GEMV_MAX_TOK)
     return ak_err_set(err, AK_ERR_INTERNAL, "kn_gemv_mma_run: n_tok=%lld outside [1, %d]", (long long)a->n_tok,
                       KN_GEMV_MAX_TOK);
   if (a->y_dtype == KN_CUDA_F32)
-    kn_gemv_mma_launch<float>(a, split, epi, stream);
+    kn_gemv_mma_launch<float>(a, split, stream);
   else
-    kn_gemv_mma_launch<__nv_bfloat16>(a, split, epi, stream);
+    kn_gemv_mma_launch<__nv_bfloat16>(a, split, stream);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return ak_err_set(err, AK_ERR_CUDA, "kn_gemv_mma_run: launch: %s", cudaGetErrorString(e));
   return AK_OK;

@@ -56,6 +56,14 @@ static inline bool kn_kv_store_vec4(const kn_cuda_kv_store_args_t *a) {
 // with `prefix` ("" or "store: ") and name `fn`, the public op. Host only.
 ak_status_t kn_kv_store_check(const kn_cuda_kv_store_args_t *a, const char *fn, const char *prefix, ak_err_t *err);
 
+// Where a token's rows start in the pages (head 0, element 0 of its slot), or -1 when
+// the token is skipped (a negative page or slot, or a slot past its head's stride).
+__device__ __forceinline__ int64_t kn_kv_slot_offset(int32_t page, int32_t slot, int32_t head_dim,
+                                                     int64_t page_stride_elems, int64_t head_stride_elems) {
+  if (page < 0 || slot < 0 || ((int64_t)slot + 1) * head_dim > head_stride_elems) return -1;
+  return (int64_t)page * page_stride_elems + (int64_t)slot * head_dim;
+}
+
 // Writes heads [h0, h1) of token t's K and V rows into the token's page slot, the
 // calling block's threads striding over (head, element). Every thread of the block
 // calls it (block-uniform arguments). k is read with ordinary loads: in the fused
@@ -66,9 +74,9 @@ template <typename T, int VEC>
 static __device__ __forceinline__ void kn_kv_store_token(const float *k,  // [n_tok, n_kv_heads, head_dim] f32
                                                          const kn_kv_pages_t<T> &p, int32_t n_kv_heads,
                                                          int32_t head_dim, int64_t t, int32_t h0, int32_t h1) {
-  const int32_t page = p.dst_page[t], slot = p.dst_slot[t];
-  if (page < 0 || slot < 0 || ((int64_t)slot + 1) * head_dim > p.head_stride_elems) return;
-  const int64_t dst0 = (int64_t)page * p.page_stride_elems + (int64_t)slot * head_dim;
+  const int64_t dst0 =
+      kn_kv_slot_offset(p.dst_page[t], p.dst_slot[t], head_dim, p.page_stride_elems, p.head_stride_elems);
+  if (dst0 < 0) return;
   const int64_t src0 = t * n_kv_heads * (int64_t)head_dim;
   const int n_vec_per_head = head_dim / VEC;
   const int n_vec = (h1 - h0) * n_vec_per_head;  // <= 2^30: checked by the launchers
