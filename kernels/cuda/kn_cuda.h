@@ -244,7 +244,11 @@ void kn_cuda_blas_destroy(kn_cuda_blas_t *blas);
  * accumulate y is never read (it may hold NaN). n_tok 0 is a no-op (pointers may then
  * be NULL). Every argument is checked (AK_ERR_INVALID_ARG, with a message) before the
  * handle or CUDA is touched; cuBLAS failures are AK_ERR_CUDA with the status's name.
- * Pointers may have any alignment of their element type (slices of larger buffers). */
+ * Pointers may have any alignment of their element type (slices of larger buffers).
+ * W must not be written by the kernel launched just before the call on its stream: the
+ * GEMV kernels start loading W while that kernel still runs (x and y wait for it, as
+ * stream order says). Weights written by copies, or by kernels followed by a
+ * synchronization (wk_model_cuda does both), are complete before any forward. */
 typedef struct {
   const void *x;           /* [n_tok, n_in] bf16 */
   const void *w;           /* [n_out, n_in] bf16 */

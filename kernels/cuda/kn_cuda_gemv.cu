@@ -74,13 +74,14 @@ __global__ void __launch_bounds__(kWarps * 32) kn_gemv_kernel(const __nv_bfloat1
       if constexpr (SW) wv2[u] = v < n_vec ? __ldcs(wr2 + v) : make_uint4(0, 0, 0, 0);
     }
   };
-  // Loading the first weights before the PDL wait (weights are never written by a
-  // kernel) measured no gain in a decode step (llama3-8b batch 1: 5.87 ms either way,
-  // H100, session 5), so every load waits and W carries no ordering contract.
+  // The first weights load before the PDL wait (W's contract: kn_cuda.h, kn_cuda_gemm):
+  // the blocks resident while the kernel before runs (an RMSNorm of one block, the
+  // attention merge) stream them meanwhile; x and y wait. kn_cuda_internal.cuh has the
+  // measurement.
+  if (live) load(first);
   kn_pdl_begin();
   // with KS > 1 or an epilogue every warp reaches a barrier below
   if (KS == 1 && EPI == KN_GEMV_EPI_NONE && !live) return;
-  if (live) load(first);
   float acc[NT], acc2[SW ? NT : 1];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.f;

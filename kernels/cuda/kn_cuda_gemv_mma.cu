@@ -84,29 +84,40 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
   const bool xon = g < n_tok;
   const uint4 *xr = reinterpret_cast<const uint4 *>(x + (int64_t)(xon ? g : 0) * n_in) + q;
   const int n_steps = n_vec / 4; // steps of 32 inputs = 4 vectors
-  kn_pdl_begin();
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f}, acc2[4] = {0.f, 0.f, 0.f, 0.f};
   struct group_t { // one group's registers: kMmaUnroll steps of weights and x
     uint4 a[kMmaUnroll], b[kMmaUnroll], x[kMmaUnroll], a2[SW ? kMmaUnroll : 1], b2[SW ? kMmaUnroll : 1];
   };
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  auto load = [&](group_t &r, int s0) {
+  auto load_w = [&](group_t &r, int s0) { // the group's weights
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; u++) {
       const int s = s0 + u * kMmaWarps;
       const bool on = s < n_steps;
       const int off = 4 * (on ? s : 0);
-      const uint4 va = kn_ld_weight(wa + off), vb = kn_ld_weight(wb + off), vx = __ldg(xr + off);
+      const uint4 va = kn_ld_weight(wa + off), vb = kn_ld_weight(wb + off);
       r.a[u] = on ? va : zero;
       r.b[u] = on ? vb : zero;
-      r.x[u] = on && xon ? vx : zero;
       if constexpr (SW) {
         const uint4 va2 = kn_ld_weight(wa2 + off), vb2 = kn_ld_weight(wb2 + off);
         r.a2[u] = on ? va2 : zero;
         r.b2[u] = on ? vb2 : zero;
       }
     }
+  };
+  auto load_x = [&](group_t &r, int s0) { // the group's x
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; u++) {
+      const int s = s0 + u * kMmaWarps;
+      const bool on = s < n_steps;
+      const uint4 vx = __ldg(xr + 4 * (on ? s : 0));
+      r.x[u] = on && xon ? vx : zero;
+    }
+  };
+  auto load = [&](group_t &r, int s0) {
+    load_w(r, s0);
+    load_x(r, s0);
   };
   auto mma_group = [&](const group_t &r) {
 #pragma unroll
@@ -122,8 +133,12 @@ __global__ void __launch_bounds__(kMmaWarps * 32) kn_gemv_mma_kernel(const __nv_
   // Groups start at steps warp, warp + G, warp + 2 G, ... (G = kMmaWarps * kMmaUnroll);
   // the loop alternates the two buffers so no buffer index is dynamic.
   constexpr int G = kMmaWarps * kMmaUnroll;
+  // The first group's weights load before the PDL wait, as in the FMA GEMV (W's
+  // contract: kn_cuda.h, kn_cuda_gemm); x and y wait.
   group_t r0, r1;
-  if (warp < n_steps) load(r0, warp);
+  if (warp < n_steps) load_w(r0, warp);
+  kn_pdl_begin();
+  if (warp < n_steps) load_x(r0, warp);
   for (int s0 = warp; s0 < n_steps; s0 += 2 * G) {
     if (s0 + G < n_steps) load(r1, s0 + G);
     mma_group(r0);

@@ -55,11 +55,15 @@ __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
 // finished and their writes are visible, then launch_dependents lets the next
 // kernel's blocks be scheduled onto the SMs this one leaves free. So stream order is
 // kept exactly, while launch latency and the ramp of each kernel overlap the tail of
-// the one before (in CUDA graphs too, as programmatic edges). No kernel touches memory
-// before kn_pdl_begin: loading the GEMV's weights early and an L2 weight prefetch were
-// tried and measured no gain (notes/device-runs.md, session 5). Kernels of other
-// libraries (cuBLASLt) and the sampling kernels are launched the usual way and keep
-// full serialization on both sides.
+// the one before (in CUDA graphs too, as programmatic edges). One exception reads
+// before kn_pdl_begin: the GEMVs load their first weights (kn_cuda_gemv.cu,
+// kn_cuda_gemv_mma.cu), which no kernel of a step writes (kn_cuda.h, kn_cuda_gemm), so
+// the blocks that sit resident while an RMSNorm or the attention merge runs stream W
+// meanwhile: H100, llama3-8b batch 1 1k 5.52-5.55 -> 5.47-5.48 ms, batch 4 10k 8.03-8.06
+// -> 7.96-7.97 ms (notes/device-runs.md, session 11; session 5 had measured no gain,
+// before the four-warps-a-row GEMV). An L2 weight prefetch measured no gain (session 7).
+// Kernels of other libraries (cuBLASLt) and the sampling kernels are launched the usual
+// way and keep full serialization on both sides.
 __device__ __forceinline__ void kn_pdl_begin() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
