@@ -447,6 +447,9 @@ static ak_status_t wk_layer_table(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_
    * shape: 722.6 -> 133.5 ms a layer's attention); decode-only steps keep the per-token
    * path without its extra launch */
   a->prefill_tiles = n_tok > S ? 1 : 0;
+  /* without ArkVale's device ops nothing between the K/V store and the attention writes
+   * pages or tables: the attention reads them early (kn_cuda.h) */
+  a->kv_stable = fw->ak ? 0 : 1;
   a->kv.k_base = v.kv.k_base;
   a->kv.v_base = v.kv.v_base;
   a->kv.kv_dtype = KN_CUDA_F16;
@@ -531,6 +534,7 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
   a->kv.indices = d + o.indices;
   a->kv.last_page_len = d + o.last_len;
   a->max_kv_len = max_kv_len; /* this layer's own split (ArkVale's budgeted layers attend fewer keys) */
+  a->kv_stable = fw->ak ? 0 : 1; /* as in wk_layer_table */
   if (fw->ak) AK_TRY(wk_arkvale_cuda_stage(fw->ak, pool, l, S, v.tok_seq_idx, n_tok, err));
   return AK_OK;
 }

@@ -349,6 +349,14 @@ typedef struct {
    * decode-only step it costs an extra, empty launch. */
   int32_t prefill_tiles;
   kn_cuda_paged_kv_t kv;
+  /* 1: the kernel launched just before this call on its stream writes neither the tables
+   * above (tok_seq_idx, tok_kv_len, kv.indptr, kv.indices, kv.last_page_len) nor any K/V
+   * row except this call's own tokens' (at most n_tok per sequence, its newest: the
+   * step's K/V store), so a decode call (prefill_tiles 0) reads the tables and the older
+   * rows while that kernel still runs (q and the newest rows wait for it). The forward's
+   * full-cache steps; not ArkVale's, whose plan and gather kernels write the view and
+   * pages right before. 0 (a zeroed struct): everything waits. Same outputs either way. */
+  int32_t kv_stable;
 } kn_cuda_attn_args_t;
 size_t kn_cuda_attention_workspace_bytes(const kn_cuda_attn_args_t *args);
 /* The split a call with these args launches: keys per chunk and chunks per token at

@@ -464,16 +464,19 @@ static __global__ void __launch_bounds__(KN_ATTN_THREADS, GT == 4 ? 4 : 1)
 template <int HD>
 static __global__ void __launch_bounds__(KN_ATTN_MERGE_THREADS)
     kn_attn_merge_kernel(const __grid_constant__ kn_attn_launch_t L) {
-  kn_pdl_begin();
   constexpr int COLS = HD / 4, G = KN_ATTN_MERGE_THREADS / COLS;
   __shared__ float4 sm_acc[KN_ATTN_MERGE_THREADS];
   __shared__ float2 sm_ml[KN_ATTN_MERGE_THREADS];
   const kn_cuda_attn_args_t &a = L.a;
   const int64_t th = blockIdx.x; // t * n_heads + query head
   const int64_t t = th / a.n_heads;
+  // The tables are read before the PDL wait: the kernel before this one is always the
+  // call's own chunk or tile kernel, which never writes them, and it waited for whatever
+  // wrote them. The partials wait.
   const int32_t n_tok_chunks = kn_attn_tok_chunks(kn_attn_tok_len(a, t), L.n_chunks, L.chunk);
   if (n_tok_chunks <= 1) return; // block-uniform: before any barrier
   if (!L.tile_split && kn_attn_tok_tiled(a, t, L.qt)) return; // written whole by the tile kernel
+  kn_pdl_begin();
   const int col = threadIdx.x % COLS, g = threadIdx.x / COLS;
   const float2 *ml = reinterpret_cast<const float2 *>(L.ws_ml + th * L.n_chunks * 2);          // [n_chunks]
   const float4 *acc = reinterpret_cast<const float4 *>(L.ws_acc + th * L.n_chunks * HD) + col; // [n_chunks][COLS]
@@ -894,6 +897,8 @@ static ak_status_t kn_attn_check(const kn_cuda_attn_args_t *a, const void *works
                   kv->k_base, kv->v_base, (long long)kv->head_stride_elems, (long long)kv->page_stride_elems);
   if (a->max_kv_len < 0)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "max_kv_len=%d < 0", a->max_kv_len);
+  if (a->kv_stable != 0 && a->kv_stable != 1)
+    return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "kv_stable=%d is not 0 or 1", a->kv_stable);
   if (a->prefill_tiles < 0 || a->prefill_tiles > 2)
     return KN_ATTN_ERR(err, AK_ERR_INVALID_ARG, "prefill_tiles=%d is not 0 (off), 1 (tiles) or 2 (tiles, never split)",
                        a->prefill_tiles);

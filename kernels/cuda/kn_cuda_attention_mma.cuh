@@ -142,7 +142,11 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // is what an SM holds anyway).
 template <int HD, int GT, typename KV>
 static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_constant__ kn_attn_launch_t L) {
-  kn_pdl_begin();
+  // With kv_stable (kn_cuda.h) the tables and the first tile's K/V rows, when they are
+  // all older than this call's own tokens, load before the PDL wait; q and the rest
+  // wait. Without it, everything waits.
+  const bool early = L.a.kv_stable && L.qt == 0;
+  if (!early) kn_pdl_begin();
   constexpr int RH = row_halves<HD>();
   constexpr int KS = HD / 16;          // k-steps of Q K^T, and m16 tiles of O^T
   constexpr int VPR = HD / 8;          // 16-byte vectors a row
@@ -151,7 +155,7 @@ static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_cons
 
   const kn_cuda_attn_args_t &a = L.a;
   kn_attn_item_t it;
-  if (!kn_attn_block_item(L, it)) return; // block-uniform: before any barrier
+  if (!kn_attn_block_item(L, it)) return; // block-uniform: before any barrier (and, early, before the wait)
   const int64_t t = it.t;
   const int32_t kvh = it.kvh, c = it.c, len = it.len, n_tok_chunks = it.n_tok_chunks;
   const int32_t j_begin = it.j_begin, j_end = it.j_end;
@@ -167,22 +171,6 @@ static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_cons
   const KV *vb = (const KV *)a.kv.v_base + (int64_t)kvh * a.kv.head_stride_elems;
   KV *sk = reinterpret_cast<KV *>(kn_attn_mma_smem) + (size_t)warp * 2 * 2 * KT * RH; // [stage][K|V][KT][RH]
   const float qscale = a.scale * KN_LOG2E;
-
-  // Q of head g (rows >= the group are zero): a0 = dims 16 k + 2 tq + {0,1}, a2 = + 8,
-  // as hi and lo 16-bit parts.
-  uint32_t qh[KS][2], ql[KS][2];
-  {
-    const bool on = g < GT && g < n_group;
-    const float *qg = a.q + (t * a.n_heads + (int64_t)kvh * n_group + (on ? g : 0)) * HD;
-#pragma unroll
-    for (int k = 0; k < KS; k++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int d = 16 * k + 2 * tq + 8 * h;
-        const float x0 = on ? qg[d] * qscale : 0.0f, x1 = on ? qg[d + 1] * qscale : 0.0f;
-        split2<KV>(x0, x1, qh[k][h], ql[k][h]);
-      }
-  }
 
   // Stage the warp's i-th tile (keys j0 .. j0 + 16) into stage st.
   auto load_tile = [&](int i, int st) {
@@ -204,14 +192,36 @@ static __global__ void __launch_bounds__(WARPS * 32, 3) kernel(const __grid_cons
     }
   };
 
+  const int my_tiles = n_tiles > warp ? (n_tiles - warp + WARPS - 1) / WARPS : 0;
+  // Rows older than every token of this call: a call stores at most n_tok new rows per
+  // sequence (its own tokens'), the newest, so rows below len - n_tok were there before.
+  const bool first_early = early && my_tiles > 0 && (int64_t)j_begin + (warp + 1) * KT <= (int64_t)len - a.n_tok;
+  if (first_early) load_tile(0, 0);
+  if (early) kn_pdl_begin();
+  if (my_tiles > 0 && !first_early) load_tile(0, 0);
+  cp_async_commit();
+
+  // Q of head g (rows >= the group are zero): a0 = dims 16 k + 2 tq + {0,1}, a2 = + 8,
+  // as hi and lo 16-bit parts.
+  uint32_t qh[KS][2], ql[KS][2];
+  {
+    const bool on = g < GT && g < n_group;
+    const float *qg = a.q + (t * a.n_heads + (int64_t)kvh * n_group + (on ? g : 0)) * HD;
+#pragma unroll
+    for (int k = 0; k < KS; k++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int d = 16 * k + 2 * tq + 8 * h;
+        const float x0 = on ? qg[d] * qscale : 0.0f, x1 = on ? qg[d + 1] * qscale : 0.0f;
+        split2<KV>(x0, x1, qh[k][h], ql[k][h]);
+      }
+  }
+
   // O^T (dims x heads): o[k] = rows (dims) 16 k + g and + 8, columns (heads) 2 tq, 2 tq + 1.
   float o[KS][4];
 #pragma unroll
   for (int k = 0; k < KS; k++) o[k][0] = o[k][1] = o[k][2] = o[k][3] = 0.0f;
   float m = -INFINITY, l = 0.0f; // row g's running max (log2 units) and this lane's share of the sum
-  const int my_tiles = n_tiles > warp ? (n_tiles - warp + WARPS - 1) / WARPS : 0;
-  if (my_tiles > 0) load_tile(0, 0);
-  cp_async_commit();
   for (int i = 0; i < my_tiles; i++) {
     const int st = i & 1;
     if (i + 1 < my_tiles) load_tile(i + 1, st ^ 1);

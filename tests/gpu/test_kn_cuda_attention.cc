@@ -171,8 +171,12 @@ struct Pool {
 
 // Runs one batch on the CPU and on the GPU (f32 and bf16 out) and compares.
 // max_kv_len < 0: the true maximum; else the value passed (an over- or underestimate).
+// store_newest: every token's newest row (kv_len - 1, all KV heads) goes up poisoned
+// (NaN), and each call is launched right after a kn_cuda_kv_store that writes the true
+// rows, with kv_stable 1: the attention may read older rows early, but must read these
+// after the store (a NaN or a stale value fails the comparison).
 void run_batch(const Shape &sh, const std::vector<int32_t> &seq_lens, const std::vector<Tok> &toks, uint64_t seed,
-               int32_t max_kv_len = -1) {
+               int32_t max_kv_len = -1, bool store_newest = false) {
   Rng rng(seed);
   Pool pool(sh, seq_lens, rng);
   const int32_t n_heads = kKvHeads * sh.gqa, hd = sh.head_dim;
@@ -208,7 +212,27 @@ void run_batch(const Shape &sh, const std::vector<int32_t> &seq_lens, const std:
   ASSERT_EQ(kn_attention(cpu.get(), &ca, cws.data(), cws.size(), &err), AK_OK) << err.msg;
 
   // GPU.
-  auto k_dev = to_dev(pool.k_bits), v_dev = to_dev(pool.v_bits), q_dev = to_dev(q);
+  std::vector<int32_t> st_page, st_slot; // store_newest: the rows, their true values (f32)
+  std::vector<float> st_k, st_v;
+  std::vector<uint16_t> k_up = pool.k_bits, v_up = pool.v_bits;
+  if (store_newest)
+    for (int64_t t = 0; t < n_tok; t++) {
+      const int32_t j = tok_len[t] - 1;
+      if (j < 0) continue;
+      const int32_t page = pool.indices[pool.indptr[tok_seq[t]] + j / sh.page_tokens], slot = j % sh.page_tokens;
+      st_page.push_back(page);
+      st_slot.push_back(slot);
+      for (int32_t h = 0; h < kKvHeads; h++)
+        for (int32_t d = 0; d < hd; d++) {
+          const int64_t off = page * pool.page_stride + h * pool.head_stride + (int64_t)slot * hd + d;
+          const bool f16 = sh.kv_dtype == KN_CUDA_F16;
+          st_k.push_back(f16 ? ak_f16_to_f32(pool.k_bits[off]) : ak_bf16_to_f32(pool.k_bits[off]));
+          st_v.push_back(f16 ? ak_f16_to_f32(pool.v_bits[off]) : ak_bf16_to_f32(pool.v_bits[off]));
+          k_up[off] = v_up[off] = 0xFFFF; // NaN
+        }
+    }
+  auto k_dev = to_dev(k_up), v_dev = to_dev(v_up), q_dev = to_dev(q);
+  auto st_page_dev = to_dev(st_page), st_slot_dev = to_dev(st_slot), st_k_dev = to_dev(st_k), st_v_dev = to_dev(st_v);
   auto indptr_dev = to_dev(pool.indptr), indices_dev = to_dev(pool.indices), last_dev = to_dev(pool.last_len);
   auto seq_dev = to_dev(tok_seq), len_dev = to_dev(tok_len);
   cudaStream_t stream = nullptr;
@@ -247,6 +271,25 @@ void run_batch(const Shape &sh, const std::vector<int32_t> &seq_lens, const std:
     DevBuf ws(std::max<size_t>(ws_bytes, 16));
     ASSERT_EQ(cudaMemset(ws.ptr, 0xFF, ws.n_bytes), cudaSuccess);
     ASSERT_EQ(cudaMemset(out_dev.ptr, 0xFF, out_dev.n_bytes), cudaSuccess); // NaN poison
+    if (store_newest) {
+      ASSERT_EQ(cudaMemcpy(k_dev->ptr, k_up.data(), k_up.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(v_dev->ptr, v_up.data(), v_up.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+      kn_cuda_kv_store_args_t st{};
+      st.k = st_k_dev->as<float>();
+      st.v = st_v_dev->as<float>();
+      st.k_base = k_dev->ptr;
+      st.v_base = v_dev->ptr;
+      st.kv_dtype = sh.kv_dtype;
+      st.page_stride_elems = pool.page_stride;
+      st.head_stride_elems = pool.head_stride;
+      st.n_kv_heads = kKvHeads;
+      st.head_dim = hd;
+      st.dst_page = st_page_dev->as<int32_t>();
+      st.dst_slot = st_slot_dev->as<int32_t>();
+      st.n_tok = (int64_t)st_page.size();
+      ASSERT_EQ(kn_cuda_kv_store(&st, (kn_cuda_stream_t)stream, &err), AK_OK) << err.msg;
+      ga.kv_stable = 1;
+    }
     ASSERT_EQ(kn_cuda_attention(&ga, ws_bytes ? ws.ptr : nullptr, ws_bytes, (kn_cuda_stream_t)stream, &err), AK_OK)
         << err.msg;
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess) << cudaGetErrorString(cudaGetLastError());
@@ -441,6 +484,28 @@ TEST(KnCudaAttentionSplitGpu, OneWaveOfLongChunksMatchesCpu) {
   }
 }
 
+// kv_stable: the tables and the rows older than the call's tokens load before the kernel
+// before it ends (the tensor-core kernel), the newest rows after it. Each call follows a
+// K/V store of those newest rows (run_batch's store_newest); decode batches of one
+// token per sequence at its full length, at 1k..9k keys (chunks far from and at the
+// end), on both tensor-core groups and the CUDA-core kernel (GQA 2), which waits anyway.
+TEST(KnCudaAttentionSplitGpu, KvStableReadsTheNewestRowsAfterTheStore) {
+  int n = 0;
+  ak_err_t err{};
+  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  std::vector<int32_t> lens;
+  std::vector<Tok> toks;
+  for (int32_t s = 0; s < 12; s++) {
+    lens.push_back(s == 5 ? 1 : 9000 - 613 * s);
+    toks.push_back({s, lens[s]});
+  }
+  for (Shape sh : {Shape{32, 128, 4, KN_CUDA_F16}, Shape{16, 64, 8, KN_CUDA_BF16}, Shape{16, 128, 2, KN_CUDA_F16}}) {
+    SCOPED_TRACE(testing::Message() << sh);
+    run_batch(sh, lens, toks, 19, -1, true);
+    run_batch(sh, {1000}, {{0, 1000}}, 20, -1, true); // batch 1: 16 chunks of 64 keys
+  }
+}
+
 // --- argument checks: no GPU needed ---
 
 class KnCudaAttentionArgs : public ::testing::Test {
@@ -629,6 +694,13 @@ TEST_F(KnCudaAttentionArgs, Alignment) {
   SetUp();
   a_.kv.v_base = v_ + 1;
   expect_fail(AK_ERR_INVALID_ARG, "16-byte aligned");
+}
+
+TEST_F(KnCudaAttentionArgs, KvStableMode) {
+  a_.kv_stable = 2;
+  expect_fail(AK_ERR_INVALID_ARG, "kv_stable=2");
+  a_.kv_stable = -1;
+  expect_fail(AK_ERR_INVALID_ARG, "kv_stable=-1");
 }
 
 TEST_F(KnCudaAttentionArgs, PrefillTilesMode) {
