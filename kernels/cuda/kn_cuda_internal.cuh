@@ -55,13 +55,17 @@ __device__ __forceinline__ void kn_st4(__nv_bfloat16 *p, float4 v) {
 // finished and their writes are visible, then launch_dependents lets the next
 // kernel's blocks be scheduled onto the SMs this one leaves free. So stream order is
 // kept exactly, while launch latency and the ramp of each kernel overlap the tail of
-// the one before (in CUDA graphs too, as programmatic edges). One exception reads
-// before kn_pdl_begin: the GEMVs load their first weights (kn_cuda_gemv.cu,
-// kn_cuda_gemv_mma.cu), which no kernel of a step writes (kn_cuda.h, kn_cuda_gemm), so
-// the blocks that sit resident while an RMSNorm or the attention merge runs stream W
-// meanwhile: H100, llama3-8b batch 1 1k 5.52-5.55 -> 5.47-5.48 ms, batch 4 10k 8.03-8.06
-// -> 7.96-7.97 ms (notes/device-runs.md, session 11; session 5 had measured no gain,
-// before the four-warps-a-row GEMV). An L2 weight prefetch measured no gain (session 7).
+// the one before (in CUDA graphs too, as programmatic edges). Kernels read before
+// kn_pdl_begin only what the kernel right before them cannot be writing, so the blocks
+// that sit resident while it runs (an RMSNorm of one block, the attention merge: DRAM
+// idle) get their loads in flight:
+// - the GEMVs their first weights (kn_cuda_gemv.cu, kn_cuda_gemv_mma.cu; W's contract:
+//   kn_cuda.h, kn_cuda_gemm): H100, llama3-8b batch 1 1k 5.52-5.55 -> 5.47-5.48 ms,
+//   batch 4 10k 8.03-8.06 -> 7.96-7.97 ms (session 5 had measured no gain, before the
+//   four-warps-a-row GEMV);
+// - the tensor-core attention its tables and oldest rows under kv_stable, and the merge
+//   its tables (kn_cuda_attention.cu): 5.49 -> 5.41 ms, 7.99 -> 7.87 ms.
+// (notes/device-runs.md, session 11.) An L2 weight prefetch measured no gain (session 7).
 // Kernels of other libraries (cuBLASLt) and the sampling kernels are launched the usual
 // way and keep full serialization on both sides.
 __device__ __forceinline__ void kn_pdl_begin() {

@@ -464,6 +464,15 @@ TEST(KnCudaAttentionSplitGpu, MaxKvLenIsOnlyAHint) {
   }
 }
 
+// A decode batch of 12 sequences of 9000 .. 2257 keys (chunks partly used), one token
+// each at its full length; sequence one_key (if >= 0) has a single key instead.
+void long_decode_batch(int32_t one_key, std::vector<int32_t> &lens, std::vector<Tok> &toks) {
+  for (int32_t s = 0; s < 12; s++) {
+    lens.push_back(s == one_key ? 1 : 9000 - 613 * s);
+    toks.push_back({s, lens[s]});
+  }
+}
+
 // A decode batch whose 512-key grid is past one wave (KN_ATTN_WAVE_MMA) takes the
 // tensor-core kernel's longer chunks: 12 tokens x the KV heads x ceil(9000 / 512) = 18
 // chunks is past 396 blocks, so each item gets 396 / (12 x KV heads) chunks (llama3-8b's
@@ -474,10 +483,7 @@ TEST(KnCudaAttentionSplitGpu, OneWaveOfLongChunksMatchesCpu) {
   ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
   std::vector<int32_t> lens;
   std::vector<Tok> toks;
-  for (int32_t s = 0; s < 12; s++) {
-    lens.push_back(9000 - 613 * s);  // 9000 .. 2257: chunks partly used
-    toks.push_back({s, lens[s]});
-  }
+  long_decode_batch(-1, lens, toks);
   for (Shape sh : {Shape{32, 128, 4, KN_CUDA_F16}, Shape{16, 64, 8, KN_CUDA_BF16}}) {
     SCOPED_TRACE(testing::Message() << sh);
     run_batch(sh, lens, toks, 13);
@@ -495,10 +501,7 @@ TEST(KnCudaAttentionSplitGpu, KvStableReadsTheNewestRowsAfterTheStore) {
   ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
   std::vector<int32_t> lens;
   std::vector<Tok> toks;
-  for (int32_t s = 0; s < 12; s++) {
-    lens.push_back(s == 5 ? 1 : 9000 - 613 * s);
-    toks.push_back({s, lens[s]});
-  }
+  long_decode_batch(5, lens, toks);
   for (Shape sh : {Shape{32, 128, 4, KN_CUDA_F16}, Shape{16, 64, 8, KN_CUDA_BF16}, Shape{16, 128, 2, KN_CUDA_F16}}) {
     SCOPED_TRACE(testing::Message() << sh);
     run_batch(sh, lens, toks, 19, -1, true);
