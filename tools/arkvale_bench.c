@@ -1,7 +1,13 @@
 /* arkvale bench: prefill and decode speed of the in-process engine on one prompt.
  *
- *   arkvale bench -m MODEL --prompt-tokens N [--gen-tokens G] [--threads T]
- *                 [--repeat R] [--prompt-ids-file F] [--batch-tokens B]
+ *   arkvale bench (-m MODEL | --synthetic SHAPE --device cuda) --prompt-tokens N
+ *                 [--gen-tokens G] [--threads T] [--repeat R] [--prompt-ids-file F]
+ *                 [--batch-tokens B]
+ *
+ * --synthetic SHAPE: no model file; random bf16 weights of a named shape (llama2-7b,
+ * longchat-7b, llama3-8b, smollm2-135m) built on the GPU from seed 1
+ * (wk_model_cuda_synthetic), so speed can be measured at the paper's shapes without
+ * their download.
  *
  * Prints one JSON line to stdout (the harness bench/cpu_generate/run.py parses it):
  *   {"prompt_tokens":N,"gen_tokens":G,"threads":T,"prefill_tok_s":X,"decode_tok_s":Y,...}
@@ -17,8 +23,11 @@
 
 static void bench_usage(FILE *f) {
   fprintf(f,
-          "usage: arkvale bench -m MODEL --prompt-tokens N [--gen-tokens G] [--threads T] [--repeat R]\n"
-          "                     [--prompt-ids-file F] [--batch-tokens B] [KV cache options]\n");
+          "usage: arkvale bench (-m MODEL | --synthetic SHAPE --device cuda) --prompt-tokens N [--gen-tokens G]\n"
+          "                     [--threads T] [--repeat R] [--prompt-ids-file F] [--batch-tokens B]\n"
+          "                     [KV cache options]\n"
+          "  --synthetic SHAPE  random bf16 weights built on the GPU instead of a model file:\n"
+          "                     llama2-7b, longchat-7b, llama3-8b or smollm2-135m (seed 1)\n");
   ak_cli_kv_usage(f);
 }
 
@@ -46,7 +55,7 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int ak_cli_bench(int argc, char **argv) {
-  const char *model = NULL, *ids_file = NULL;
+  const char *model = NULL, *ids_file = NULL, *synthetic = NULL;
   int64_t n_prompt = 0, n_gen = 64, n_threads = 0, n_repeat = 3, batch_tokens = 512;
   kv_pool_params_t kv = kv_pool_params_default();
   int32_t page_tokens = 32;
@@ -61,6 +70,7 @@ int ak_cli_bench(int argc, char **argv) {
       continue;
     }
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v, i++;
+    else if (!strcmp(a, "--synthetic")) synthetic = v, i++;
     else if (!strcmp(a, "--prompt-tokens")) r = ak_cli_parse_i64(a, v, 1, 1 << 20, &n_prompt), i++;
     else if (!strcmp(a, "--gen-tokens")) r = ak_cli_parse_i64(a, v, 0, 1 << 20, &n_gen), i++;
     else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) r = ak_cli_parse_i64(a, v, 0, 1024, &n_threads), i++;
@@ -78,13 +88,19 @@ int ak_cli_bench(int argc, char **argv) {
       return 2;
     }
   }
-  if (!model || n_prompt < 1) {
-    fprintf(stderr, "arkvale bench: -m and --prompt-tokens are required\n");
+  if ((!model && !synthetic) || n_prompt < 1) {
+    fprintf(stderr, "arkvale bench: -m (or --synthetic) and --prompt-tokens are required\n");
+    return bench_usage(stderr), 2;
+  }
+  if (model && synthetic) {
+    fprintf(stderr, "arkvale bench: -m and --synthetic are exclusive\n");
     return bench_usage(stderr), 2;
   }
 
   wk_engine_params_t ep = wk_engine_params_default();
   ep.model_path = model;
+  ep.synthetic = synthetic;
+  ep.synthetic_seed = 1;
   ep.n_threads = (int32_t)n_threads;
   ep.max_seqs = 1;
   ep.max_batch_tokens = (int32_t)batch_tokens;
@@ -99,7 +115,7 @@ int ak_cli_bench(int argc, char **argv) {
     fprintf(stderr, "arkvale bench: %s\n", err.msg);
     return 1;
   }
-  const wk_hparams_t *hp = wk_model_hparams(wk_engine_model(eng));
+  const wk_hparams_t *hp = wk_engine_hparams(eng);
   int rc = 1;
   size_t ids_bytes = sizeof(int32_t) * (size_t)n_prompt, logits_bytes = sizeof(float) * (size_t)hp->n_vocab;
   size_t times_bytes = sizeof(double) * (size_t)n_repeat;

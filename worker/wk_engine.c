@@ -11,7 +11,8 @@
 #endif
 
 struct wk_engine {
-  wk_model_t *model;
+  wk_model_t *model; /* NULL for synthetic weights (built on the device) */
+  wk_hparams_t hp;
   kn_cpu_t *cpu;
   kv_pool_t *pool;
   wk_forward_t *fw;
@@ -36,21 +37,52 @@ wk_engine_params_t wk_engine_params_default(void) {
   return p;
 }
 
+/* Synthetic weights: checked before anything is allocated (the shape by name, the device). */
+static ak_status_t wk_engine_check_synthetic(const wk_engine_params_t *p, ak_err_t *err) {
+  if (p->model_path)
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "model_path (%s) and synthetic (%s) are exclusive", p->model_path,
+                  p->synthetic);
+#ifdef WK_HAVE_CUDA
+  wk_hparams_t hp;
+  AK_TRY(wk_model_cuda_shape(p->synthetic, err, &hp));
+  if (p->device != WK_DEVICE_CUDA)
+    return AK_ERR(err, AK_ERR_UNSUPPORTED, "synthetic weights (%s) are built on the GPU: they need the CUDA device",
+                  p->synthetic);
+  int n_devices = 0;
+  return kn_cuda_device_count(err, &n_devices); /* AK_ERR_NO_DEVICE, with the driver's reason */
+#else
+  return AK_ERR(err, AK_ERR_UNSUPPORTED, "synthetic weights (%s) need the CUDA backend, which this build lacks",
+                p->synthetic);
+#endif
+}
+
 ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engine_t **eng_p) {
-  if (!p || !p->model_path) return AK_ERR(err, AK_ERR_INVALID_ARG, "model_path is not set");
+  if (!p || (!p->model_path && !p->synthetic))
+    return AK_ERR(err, AK_ERR_INVALID_ARG, "model_path is not set (nor synthetic)");
+  if (p->synthetic) AK_TRY(wk_engine_check_synthetic(p, err));
   if (p->max_seqs < 1) return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seqs=%d must be >= 1", p->max_seqs);
   if (p->max_seq_tokens < 0)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "max_seq_tokens=%d must be >= 0", p->max_seq_tokens);
   wk_engine_t *e = ak_host_alloc(sizeof *e, 1);
   if (!e) return AK_ERR(err, AK_ERR_NO_MEMORY, "engine struct");
-  wk_model_params_t mp = wk_model_params_default();
-  mp.weights_f32 = p->weights_f32;
-  ak_status_t st = wk_model_load(p->model_path, &mp, err, &e->model);
-  if (st < 0) goto err_destroy;
+  ak_status_t st;
+  if (p->synthetic) {
+#ifdef WK_HAVE_CUDA
+    st = wk_model_cuda_synthetic(p->synthetic, p->synthetic_seed, err, &e->model_cuda);
+    if (st < 0) goto err_destroy;
+    e->hp = *wk_model_cuda_hparams(e->model_cuda);
+#endif
+  } else {
+    wk_model_params_t mp = wk_model_params_default();
+    mp.weights_f32 = p->weights_f32;
+    st = wk_model_load(p->model_path, &mp, err, &e->model);
+    if (st < 0) goto err_destroy;
+    e->hp = *wk_model_hparams(e->model);
+  }
   st = kn_cpu_create(p->n_threads, err, &e->cpu);
   if (st < 0) goto err_destroy;
 
-  const wk_hparams_t *hp = wk_model_hparams(e->model);
+  const wk_hparams_t *hp = &e->hp;
   kv_pool_params_t kp = p->kv_policy ? *p->kv_policy : kv_pool_params_default();
   kp.tier = p->kv_policy ? p->kv_policy->tier : NULL;
   kp.n_heads = hp->n_heads;
@@ -97,7 +129,7 @@ ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engi
     st = kn_cuda_device_count(err, &n_devices);
     if (st < 0) goto err_destroy; /* AK_ERR_NO_DEVICE, with the driver's reason */
     e->pages_cuda_bytes = kv_page_bytes(&kp) * (size_t)kp.n_pages;
-    st = wk_model_cuda_upload(e->model, err, &e->model_cuda);
+    st = e->model_cuda ? AK_OK : wk_model_cuda_upload(e->model, err, &e->model_cuda); /* synthetic: built */
     if (st >= 0) st = kn_cuda_malloc(e->pages_cuda_bytes, err, &e->pages_cuda);
     if (st < 0) goto err_destroy;
     kp.page_memory = e->pages_cuda;
@@ -148,6 +180,7 @@ void wk_engine_destroy(wk_engine_t *e) {
 }
 
 const wk_model_t *wk_engine_model(const wk_engine_t *e) { return e->model; }
+const wk_hparams_t *wk_engine_hparams(const wk_engine_t *e) { return &e->hp; }
 kv_pool_t *wk_engine_kvpool(wk_engine_t *e) { return e->pool; }
 kn_cpu_t *wk_engine_cpu(wk_engine_t *e) { return e->cpu; }
 int32_t wk_engine_max_batch_tokens(const wk_engine_t *e) { return e->max_batch_tokens; }

@@ -26,7 +26,14 @@ typedef enum {
 } wk_device_t;
 
 typedef struct {
-  const char *model_path;
+  const char *model_path;   /* a GGUF file; or NULL with synthetic set */
+  /* NULL, or a shape name (wk_model_cuda_shape: llama2-7b, longchat-7b, llama3-8b,
+   * smollm2-135m) whose weights are random bf16 built on the device from
+   * synthetic_seed, instead of model_path: speed at the paper's shapes without their
+   * download. WK_DEVICE_CUDA only; no tokenizer (callers pass token ids) and
+   * wk_engine_model is NULL (wk_engine_hparams has the shape). */
+  const char *synthetic;
+  uint64_t synthetic_seed;
   wk_device_t device;       /* default WK_DEVICE_CPU */
   int32_t n_threads;        /* 0 = one per online CPU */
   int32_t page_tokens;      /* KV page size (default 32) */
@@ -54,7 +61,8 @@ wk_engine_params_t wk_engine_params_default(void);
 ak_status_t wk_engine_create(const wk_engine_params_t *p, ak_err_t *err, wk_engine_t **eng_p);
 void wk_engine_destroy(wk_engine_t *eng);
 
-const wk_model_t *wk_engine_model(const wk_engine_t *eng);
+const wk_model_t *wk_engine_model(const wk_engine_t *eng); /* NULL for a synthetic engine */
+const wk_hparams_t *wk_engine_hparams(const wk_engine_t *eng);
 kv_pool_t *wk_engine_kvpool(wk_engine_t *eng);
 kn_cpu_t *wk_engine_cpu(wk_engine_t *eng);
 int32_t wk_engine_max_batch_tokens(const wk_engine_t *eng);

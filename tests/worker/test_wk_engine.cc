@@ -39,6 +39,32 @@ TEST(WkEngine, RejectsBadParams) {
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
 }
 
+// Synthetic weights (built on the GPU) are checked before anything is allocated: never
+// with a model file, only on the CUDA device, only a known shape.
+TEST(WkEngine, SyntheticWeightsAreCheckedFirst) {
+  const int64_t before = ak_alloc_outstanding_bytes(AK_MEM_HOST);
+  wk_engine_t *e = nullptr;
+  ak_err_t err;
+  wk_engine_params_t p = wk_engine_params_default();
+  p.synthetic = "llama3-8b";
+  p.model_path = "some.gguf";
+  EXPECT_EQ(wk_engine_create(&p, &err, &e), AK_ERR_INVALID_ARG);
+  EXPECT_NE(std::string(err.msg).find("exclusive"), std::string::npos) << err.msg;
+  p.model_path = nullptr; // on the CPU: refused, whether or not this build has CUDA
+  EXPECT_EQ(wk_engine_create(&p, &err, &e), AK_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(err.msg).find("CUDA"), std::string::npos) << err.msg;
+  p.synthetic = "llama9-1b";
+  p.device = WK_DEVICE_CUDA;
+  const ak_status_t st = wk_engine_create(&p, &err, &e);
+  if (st == AK_ERR_INVALID_ARG) // a CUDA build names the shapes it knows
+    EXPECT_NE(std::string(err.msg).find("llama3-8b"), std::string::npos) << err.msg;
+  else
+    EXPECT_EQ(st, AK_ERR_UNSUPPORTED) << err.msg; // a build without the CUDA backend
+  EXPECT_NE(std::string(err.msg).find("llama9-1b"), std::string::npos) << err.msg;
+  EXPECT_EQ(e, nullptr);
+  EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_HOST), before);
+}
+
 // Sampling inside the step is the CUDA backend's: the CPU engine says so and changes
 // nothing (the caller samples the logits on the host, as before).
 TEST(WkEngine, StepSampledIsUnsupportedOnTheCpu) {
