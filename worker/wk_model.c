@@ -253,6 +253,79 @@ err_free_model:
   return st;
 }
 
+/* One f32 matrix of a filled model: the next rows x cols of the arena, written by fill. */
+static ak_status_t wk_fill_matrix(wk_model_t *m, wk_model_fill_fn fill, void *ctx, wk_tensor_t t, int32_t layer,
+                                  int64_t rows, int64_t cols, ak_err_t *err, kn_weight_t *w) {
+  float *dst = m->f32_weights + m->f32_used_elems;
+  AK_TRY(fill(ctx, t, layer, dst, rows, cols, err));
+  m->f32_used_elems += (size_t)rows * (size_t)cols;
+  m->weight_bytes += (size_t)rows * (size_t)cols * sizeof(float);
+  w->type = AK_TYPE_F32;
+  w->n_rows = rows;
+  w->n_cols = cols;
+  w->data = dst;
+  return AK_OK;
+}
+
+ak_status_t wk_model_from_fill(const wk_hparams_t *hp, wk_model_fill_fn fill, void *ctx, ak_err_t *err,
+                               wk_model_t **model_p) {
+  if (!hp || !fill || !model_p) return AK_ERR(err, AK_ERR_INVALID_ARG, "hp, fill and model_p must be set");
+  if (hp->n_layers < 1 || hp->dim < 1 || hp->n_heads < 1 || hp->n_kv_heads < 1 || hp->ffn_dim < 1 ||
+      hp->n_vocab < 1 || hp->head_dim < 1 || hp->n_heads % hp->n_kv_heads || hp->rope_dims > hp->head_dim ||
+      hp->rope_dims % 2)
+    return AK_ERR(err, AK_ERR_INVALID_ARG,
+                  "inconsistent shape: %d layers, dim %d, %d heads / %d KV heads of %d, ffn %d, vocab %d, rope %d",
+                  hp->n_layers, hp->dim, hp->n_heads, hp->n_kv_heads, hp->head_dim, hp->ffn_dim, hp->n_vocab,
+                  hp->rope_dims);
+  wk_model_t *m = ak_host_alloc(sizeof *m, 1);
+  if (!m) return AK_ERR(err, AK_ERR_NO_MEMORY, "model struct");
+  m->hp = *hp;
+  m->params = wk_model_params_default();
+  m->params.weights_f32 = 1;
+  ak_status_t st = AK_OK;
+  m->f32_weights_bytes = wk_matrix_elems(hp) * sizeof(float);
+  m->f32_weights = ak_host_alloc(m->f32_weights_bytes, 0);
+  size_t n_norm = (size_t)(2 * hp->n_layers + 1) * (size_t)hp->dim;
+  m->norms = ak_host_alloc(sizeof(float) * n_norm, 0);
+  m->layers = ak_host_alloc(sizeof(wk_layer_t) * (size_t)hp->n_layers, 1);
+  if (!m->f32_weights || !m->norms || !m->layers) {
+    st = AK_ERR(err, AK_ERR_NO_MEMORY, "%zu bytes for f32 weights and the layer tables", m->f32_weights_bytes);
+    goto fail;
+  }
+  const int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim, kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
+  if ((st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_TOKEN_EMBD, -1, hp->n_vocab, hp->dim, err, &m->token_embd)) < 0)
+    goto fail;
+  if (hp->tied_embeddings)
+    m->output = m->token_embd;
+  else if ((st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_OUTPUT, -1, hp->n_vocab, hp->dim, err, &m->output)) < 0)
+    goto fail;
+  float *out_norm = m->norms + (size_t)2 * hp->n_layers * hp->dim;
+  if ((st = fill(ctx, WK_TENSOR_OUTPUT_NORM, -1, out_norm, 1, hp->dim, err)) < 0) goto fail;
+  m->output_norm = out_norm;
+  for (int32_t l = 0; l < hp->n_layers; l++) {
+    wk_layer_t *L = &m->layers[l];
+    float *an = m->norms + (size_t)(2 * l) * hp->dim, *fn = an + hp->dim;
+    if ((st = fill(ctx, WK_TENSOR_ATTN_NORM, l, an, 1, hp->dim, err)) < 0 ||
+        (st = fill(ctx, WK_TENSOR_FFN_NORM, l, fn, 1, hp->dim, err)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_WQ, l, q_dim, hp->dim, err, &L->wq)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_WK, l, kv_dim, hp->dim, err, &L->wk)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_WV, l, kv_dim, hp->dim, err, &L->wv)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_WO, l, hp->dim, q_dim, err, &L->wo)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_GATE, l, hp->ffn_dim, hp->dim, err, &L->w_gate)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_UP, l, hp->ffn_dim, hp->dim, err, &L->w_up)) < 0 ||
+        (st = wk_fill_matrix(m, fill, ctx, WK_TENSOR_DOWN, l, hp->dim, hp->ffn_dim, err, &L->w_down)) < 0)
+      goto fail;
+    L->attn_norm = an;
+    L->ffn_norm = fn;
+  }
+  *model_p = m;
+  return AK_OK;
+
+fail:
+  wk_model_free(m);
+  return st;
+}
+
 void wk_model_free(wk_model_t *m) {
   if (!m) return;
   if (m->norms) ak_host_free(m->norms, sizeof(float) * (size_t)(2 * m->hp.n_layers + 1) * (size_t)m->hp.dim);

@@ -67,6 +67,22 @@ wk_model_params_t wk_model_params_default(void);
  * shape that does not match. `params` may be NULL (defaults). */
 ak_status_t wk_model_load(const char *path, const wk_model_params_t *params, ak_err_t *err,
                           wk_model_t **model_p);
+/* A model without a file, for tests: the CPU twin of a model built elsewhere (a
+ * synthetic GPU model, wk_model_cuda_synthetic). hp must be complete (n_vocab and
+ * tied_embeddings included); every matrix is f32, as with weights_f32, and fill writes
+ * each tensor into the model's own storage, row-major: layer -1 for token_embd, output
+ * (not asked when tied) and output_norm. No GGUF: wk_model_gguf is NULL (no tokenizer).
+ * AK_ERR_INVALID_ARG for an inconsistent hp; fill's error is returned as it is. */
+typedef enum {
+  WK_TENSOR_TOKEN_EMBD, WK_TENSOR_OUTPUT, WK_TENSOR_OUTPUT_NORM,
+  WK_TENSOR_ATTN_NORM, WK_TENSOR_WQ, WK_TENSOR_WK, WK_TENSOR_WV, WK_TENSOR_WO,
+  WK_TENSOR_FFN_NORM, WK_TENSOR_GATE, WK_TENSOR_UP, WK_TENSOR_DOWN,
+} wk_tensor_t;
+typedef ak_status_t (*wk_model_fill_fn)(void *ctx, wk_tensor_t tensor, int32_t layer, float *dst, int64_t rows,
+                                        int64_t cols, ak_err_t *err);
+ak_status_t wk_model_from_fill(const wk_hparams_t *hp, wk_model_fill_fn fill, void *ctx, ak_err_t *err,
+                               wk_model_t **model_p);
+
 void wk_model_free(wk_model_t *model);
 
 const wk_hparams_t *wk_model_hparams(const wk_model_t *model);
