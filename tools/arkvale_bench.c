@@ -5,7 +5,7 @@
  *                 [--batch-tokens B]
  *
  * --synthetic SHAPE: no model file; random bf16 weights of a named shape (llama2-7b,
- * longchat-7b, llama3-8b, smollm2-135m) built on the GPU from seed 1
+ * longchat-7b, llama3-8b, smollm2-135m, llama3-tiny) built on the GPU from seed 1
  * (wk_model_cuda_synthetic), so speed can be measured at the paper's shapes without
  * their download.
  *
@@ -27,7 +27,7 @@ static void bench_usage(FILE *f) {
           "                     [--threads T] [--repeat R] [--prompt-ids-file F] [--batch-tokens B]\n"
           "                     [KV cache options]\n"
           "  --synthetic SHAPE  random bf16 weights built on the GPU instead of a model file:\n"
-          "                     llama2-7b, longchat-7b, llama3-8b or smollm2-135m (seed 1)\n");
+          "                     llama2-7b, longchat-7b, llama3-8b, smollm2-135m or llama3-tiny (seed 1)\n");
   ak_cli_kv_usage(f);
 }
 

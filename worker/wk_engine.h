@@ -28,7 +28,7 @@ typedef enum {
 typedef struct {
   const char *model_path;   /* a GGUF file; or NULL with synthetic set */
   /* NULL, or a shape name (wk_model_cuda_shape: llama2-7b, longchat-7b, llama3-8b,
-   * smollm2-135m) whose weights are random bf16 built on the device from
+   * smollm2-135m, llama3-tiny) whose weights are random bf16 built on the device from
    * synthetic_seed, instead of model_path: speed at the paper's shapes without their
    * download. WK_DEVICE_CUDA only; no tokenizer (callers pass token ids) and
    * wk_engine_model is NULL (wk_engine_hparams has the shape). */

@@ -67,6 +67,9 @@ static const wk_cuda_shape_t wk_cuda_shapes[] = {
     {"longchat-7b", 32, 4096, 32, 32, 128, 11008, 32000, 32768, 10000.0f, 0.125f, 0},
     {"llama3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8192, 500000.0f, 1.0f, 0},
     {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, 100000.0f, 1.0f, 1},
+    /* Llama-3-8B's kind at a size the CPU backend runs in a test (its CPU twin): GQA 4,
+     * head_dim 128, gate|up over 8M elements (the tensor-core GEMV at 3..8 rows) */
+    {"llama3-tiny", 4, 1024, 8, 2, 128, 4096, 8192, 8192, 500000.0f, 1.0f, 0},
 };
 enum { WK_CUDA_N_SHAPES = (int)(sizeof wk_cuda_shapes / sizeof wk_cuda_shapes[0]) };
 
@@ -76,7 +79,7 @@ ak_status_t wk_model_cuda_shape(const char *shape, ak_err_t *err, wk_hparams_t *
   for (int i = 0; shape && i < WK_CUDA_N_SHAPES; i++)
     if (strcmp(shape, wk_cuda_shapes[i].name) == 0) s = &wk_cuda_shapes[i];
   if (!s) {
-    char known[128] = "";
+    char known[160] = "";
     for (int i = 0; i < WK_CUDA_N_SHAPES; i++) {
       size_t used = strlen(known);
       snprintf(known + used, sizeof known - used, "%s%s", i ? ", " : "", wk_cuda_shapes[i].name);

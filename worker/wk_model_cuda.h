@@ -41,7 +41,8 @@ typedef struct wk_model_cuda wk_model_cuda_t;
 ak_status_t wk_model_cuda_upload(const wk_model_t *model, ak_err_t *err, wk_model_cuda_t **model_p);
 
 /* Shapes by name: "llama2-7b", "longchat-7b" (Llama-2-7B with 32k context, RoPE linear
- * scaling 8), "llama3-8b", "smollm2-135m". Weights are random bf16 drawn on the
+ * scaling 8), "llama3-8b", "smollm2-135m", and "llama3-tiny" (4 layers of 1024, GQA 4 at
+ * head_dim 128: small enough for the CPU backend, for tests). Weights are random bf16 drawn on the
  * device from `seed` (uniform, scaled by 1/sqrt(fan_in) so activations stay finite
  * through every layer); norms are 1. AK_ERR_INVALID_ARG names the known shapes. */
 ak_status_t wk_model_cuda_synthetic(const char *shape, uint64_t seed, ak_err_t *err, wk_model_cuda_t **model_p);

@@ -204,9 +204,9 @@ struct Cpu {
     kp.n_heads = hp->n_heads;
     kp.head_dim = hp->head_dim;
     kp.page_tokens = 16;
-    kp.max_seqs = 1;
+    kp.max_seqs = 4;
     kp.max_seq_tokens = 1024;
-    kp.n_pages = kv_pages_for_tokens(1024, 16) * hp->n_layers;
+    kp.n_pages = kv_pages_for_tokens(1024, 16) * hp->n_layers * 4;
     kp.dtype = KN_F16;
     EXPECT_EQ(kv_pool_create(&kp, &err, &pool), AK_OK) << err.msg;
     EXPECT_EQ(wk_forward_create(m, cpu, max_tok, &err, &fw), AK_OK) << err.msg;
@@ -216,8 +216,9 @@ struct Cpu {
     kv_pool_destroy(pool);
     kn_cpu_destroy(cpu);
   }
-  ak_status_t step(kv_seq_id_t *seq, int32_t *n_new, const int32_t *tokens, int all, float *logits) {
-    wk_forward_batch_t b{{1, seq, n_new}, tokens, all, logits};
+  ak_status_t step(kv_seq_id_t *seqs, int32_t *n_new, const int32_t *tokens, int all, float *logits,
+                   int32_t n_seqs = 1) {
+    wk_forward_batch_t b{{n_seqs, seqs, n_new}, tokens, all, logits};
     ak_err_t err;
     ak_status_t st = wk_forward_run(fw, pool, &b, &err);
     EXPECT_EQ(st, AK_OK) << err.msg;
@@ -418,19 +419,21 @@ TEST(WkForwardCudaGpu, SyntheticEngineDecodes) {
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
 }
 
-// A synthetic model (random bf16 weights built on the GPU, smollm2-135m's shape: GQA 3)
-// against its CPU twin (the same weights copied down, f32 arithmetic): a 100-token
-// prompt's logits at every position, then 16 greedy decode steps teacher-forced on the
-// CPU's tokens, within bf16 error; the argmax agrees wherever the CPU's top-2 margin is
-// clear of that error (random weights give flat logits: a margin of 0.05 against errors
-// of ~0.005).
-TEST(WkForwardCudaGpu, SyntheticModelMatchesItsCpuTwin) {
-  REQUIRE_GPU();
+// Synthetic models (random bf16 weights built on the GPU) against their CPU twins (the
+// same weights copied down, f32 arithmetic): smollm2-135m's shape (GQA 3, head_dim 64)
+// and llama3-tiny (GQA 4, head_dim 128, gate|up over 8M elements). A 100-token prompt's
+// logits at every position, 16 greedy decode steps teacher-forced on the CPU's tokens,
+// then 8 steps of a batch of 4 sequences (prompts of 30..90 tokens: the tensor-core
+// GEMV's 4 rows on llama3-tiny), all within bf16 error; the argmax agrees wherever the
+// CPU's top-2 margin is clear of that error (random weights give flat logits: a margin
+// of 0.05 against errors of ~0.005).
+void synthetic_twin(const char *shape) {
+  SCOPED_TRACE(shape);
   const int64_t dev_before = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
   {
     ak_err_t err;
     wk_model_cuda_t *mc = nullptr;
-    ASSERT_EQ(wk_model_cuda_synthetic("smollm2-135m", 11, &err, &mc), AK_OK) << err.msg;
+    ASSERT_EQ(wk_model_cuda_synthetic(shape, 11, &err, &mc), AK_OK) << err.msg;
     Gpu g(128, 0, mc);
     wk_model_t *raw = nullptr;
     ASSERT_EQ(wk_model_from_fill(wk_model_cuda_hparams(mc), fill_from_device, mc, &err, &raw), AK_OK) << err.msg;
@@ -438,14 +441,6 @@ TEST(WkForwardCudaGpu, SyntheticModelMatchesItsCpuTwin) {
     EXPECT_EQ(wk_model_gguf(hm.get()), nullptr);
     Cpu c(hm.get(), 128);
     const int64_t V = g.n_vocab;
-    std::vector<int32_t> prompt = varied(100, 4);
-    std::vector<float> lg(100 * V, NAN), lc(100 * V);
-    kv_seq_id_t sg, sc;
-    ASSERT_EQ(kv_seq_create(g.pool, &sg), AK_OK);
-    ASSERT_EQ(kv_seq_create(c.pool, &sc), AK_OK);
-    int32_t n = 100;
-    ASSERT_EQ(g.step(&sg, &n, 1, prompt.data(), 1, lg.data()), AK_OK);
-    ASSERT_EQ(c.step(&sc, &n, prompt.data(), 1, lc.data()), AK_OK);
     double worst = 0;
     int clear = 0, agree = 0;
     auto compare = [&](const float *a, const float *ref) {
@@ -455,21 +450,62 @@ TEST(WkForwardCudaGpu, SyntheticModelMatchesItsCpuTwin) {
         agree += argmax(a, V) == argmax(ref, V);
       }
     };
-    for (int t = 0; t < 100; t++) compare(&lg[t * V], &lc[t * V]);
-    for (int s = 0; s < 16; s++) {
-      int32_t tok = argmax(&lc[99 * V], V), one = 1;
-      ASSERT_EQ(g.step(&sg, &one, 1, &tok, 0, &lg[99 * V]), AK_OK);
-      ASSERT_EQ(c.step(&sc, &one, &tok, 0, &lc[99 * V]), AK_OK);
-      compare(&lg[99 * V], &lc[99 * V]);
+    {
+      std::vector<int32_t> prompt = varied(100, 4);
+      for (int32_t &id : prompt) id %= (int32_t)V; // llama3-tiny's vocabulary is 8192
+      std::vector<float> lg(100 * V, NAN), lc(100 * V);
+      kv_seq_id_t sg, sc;
+      ASSERT_EQ(kv_seq_create(g.pool, &sg), AK_OK);
+      ASSERT_EQ(kv_seq_create(c.pool, &sc), AK_OK);
+      int32_t n = 100;
+      ASSERT_EQ(g.step(&sg, &n, 1, prompt.data(), 1, lg.data()), AK_OK);
+      ASSERT_EQ(c.step(&sc, &n, prompt.data(), 1, lc.data()), AK_OK);
+      for (int t = 0; t < 100; t++) compare(&lg[t * V], &lc[t * V]);
+      for (int s = 0; s < 16; s++) {
+        int32_t tok = argmax(&lc[99 * V], V), one = 1;
+        ASSERT_EQ(g.step(&sg, &one, 1, &tok, 0, &lg[99 * V]), AK_OK);
+        ASSERT_EQ(c.step(&sc, &one, &tok, 0, &lc[99 * V]), AK_OK);
+        compare(&lg[99 * V], &lc[99 * V]);
+      }
+      ASSERT_EQ(kv_seq_release(g.pool, sg), AK_OK);
+      ASSERT_EQ(kv_seq_release(c.pool, sc), AK_OK);
     }
-    printf("synthetic smollm2-135m: worst relative error %.3e; argmax agrees at %d of %d clear rows\n", worst,
-           agree, clear);
+    {
+      kv_seq_id_t sg[4], sc[4];
+      std::vector<float> lg(4 * V), lc(4 * V);
+      for (int i = 0; i < 4; i++) {
+        std::vector<int32_t> prompt = varied(30 + 20 * i, 5 + i);
+        for (int32_t &id : prompt) id %= (int32_t)V;
+        int32_t n = (int32_t)prompt.size();
+        ASSERT_EQ(kv_seq_create(g.pool, &sg[i]), AK_OK);
+        ASSERT_EQ(kv_seq_create(c.pool, &sc[i]), AK_OK);
+        ASSERT_EQ(g.step(&sg[i], &n, 1, prompt.data(), 0, &lg[i * V]), AK_OK);
+        ASSERT_EQ(c.step(&sc[i], &n, prompt.data(), 0, &lc[i * V]), AK_OK);
+      }
+      for (int s = 0; s < 8; s++) {
+        int32_t toks[4], ones[4] = {1, 1, 1, 1};
+        for (int i = 0; i < 4; i++) {
+          compare(&lg[i * V], &lc[i * V]);
+          toks[i] = argmax(&lc[i * V], V);
+        }
+        ASSERT_EQ(g.step(sg, ones, 4, toks, 0, lg.data()), AK_OK);
+        ASSERT_EQ(c.step(sc, ones, toks, 0, lc.data(), 4), AK_OK);
+      }
+      for (int i = 0; i < 4; i++) compare(&lg[i * V], &lc[i * V]);
+    }
+    printf("synthetic %s: worst relative error %.3e; argmax agrees at %d of %d clear rows\n", shape, worst, agree,
+           clear);
     EXPECT_LT(worst, 3e-2);
     EXPECT_EQ(agree, clear);
-    EXPECT_GE(clear, 20);
-    ASSERT_EQ(kv_seq_release(g.pool, sg), AK_OK);
+    EXPECT_GE(clear, 40);
   }
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
+}
+
+TEST(WkForwardCudaGpu, SyntheticModelMatchesItsCpuTwin) {
+  REQUIRE_GPU();
+  synthetic_twin("smollm2-135m");
+  synthetic_twin("llama3-tiny");
 }
 
 TEST(WkForwardCudaGpu, EngineGeneratesLikeTheCpu) {

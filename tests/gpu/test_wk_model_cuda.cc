@@ -263,6 +263,7 @@ void check_synthetic(const char *shape) {
 
 TEST_F(WkModelCudaGpu, SyntheticSmolLM2) { check_synthetic("smollm2-135m"); }
 TEST_F(WkModelCudaGpu, SyntheticLlama3_8B) { check_synthetic("llama3-8b"); }
+TEST_F(WkModelCudaGpu, SyntheticLlama3Tiny) { check_synthetic("llama3-tiny"); }
 
 TEST(WkModelCudaArgs, FillArgumentsAreCheckedBeforeCuda) {
   ak_err_t err{};
@@ -284,7 +285,7 @@ TEST(WkModelCudaArgs, UnknownShapeNamesTheKnownOnes) {
   std::memset(&hp, 0x5A, sizeof hp);
   wk_hparams_t untouched = hp;
   EXPECT_EQ(wk_model_cuda_shape("gpt2", &err, &hp), AK_ERR_INVALID_ARG);
-  for (const char *s : {"'gpt2'", "llama2-7b", "longchat-7b", "llama3-8b", "smollm2-135m"})
+  for (const char *s : {"'gpt2'", "llama2-7b", "longchat-7b", "llama3-8b", "smollm2-135m", "llama3-tiny"})
     EXPECT_TRUE(has(err, s)) << s << " not in: " << err.msg;
   EXPECT_EQ(std::memcmp(&hp, &untouched, sizeof hp), 0);  // written only on success
   EXPECT_EQ(wk_model_cuda_shape(nullptr, &err, &hp), AK_ERR_INVALID_ARG);
