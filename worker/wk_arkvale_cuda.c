@@ -80,6 +80,12 @@ struct wk_arkvale_cuda {
   int64_t ring_n, ring_head;
   int64_t page_stride_elems, head_stride_elems;
   int32_t page_tokens;
+  /* backups run on their own stream, after an event on the compute stream marks the
+   * page's last write; the compute stream waits for them (wk_join_backups) before a
+   * gather may overwrite a page and before the step's end */
+  cudaStream_t copy;
+  cudaEvent_t ev_filled, ev_backed_up;
+  int backups_pending;
   /* the tier's pinned slab */
   void *slab_host, *slab_dev;
   size_t slab_bytes;
@@ -89,6 +95,12 @@ struct wk_arkvale_cuda {
 
 void wk_arkvale_cuda_destroy(wk_arkvale_cuda_t *ak) {
   if (!ak) return;
+  if (ak->copy) { /* no backup may still read the pages or write the slab */
+    (void)cudaStreamSynchronize(ak->copy);
+    (void)cudaStreamDestroy(ak->copy);
+  }
+  if (ak->ev_filled) (void)cudaEventDestroy(ak->ev_filled);
+  if (ak->ev_backed_up) (void)cudaEventDestroy(ak->ev_backed_up);
   size_t rows = (size_t)ak->max_seqs * (size_t)ak->maxp;
   kv_tier_destroy(ak->tier);
   kn_cuda_host_free(ak->slab_host, ak->slab_bytes);
@@ -211,6 +223,13 @@ ak_status_t wk_arkvale_cuda_create(const wk_hparams_t *hp, const kv_pool_params_
       st = AK_ERR(err, AK_ERR_CUDA, "clearing the kept queries: %s", cudaGetErrorString(ce));
       goto fail;
     }
+    ce = cudaStreamCreateWithFlags(&ak->copy, cudaStreamNonBlocking);
+    if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&ak->ev_filled, cudaEventDisableTiming);
+    if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&ak->ev_backed_up, cudaEventDisableTiming);
+    if (ce != cudaSuccess) {
+      st = AK_ERR(err, AK_ERR_CUDA, "the backup stream: %s", cudaGetErrorString(ce));
+      goto fail;
+    }
     ak->ring_n = 4096;
     if ((st = kn_cuda_host_alloc(sizeof(int32_t) * (size_t)ak->ring_n, err, (void **)&ak->ring_h,
                                  (void **)&ak->ring_d)) < 0)
@@ -327,11 +346,26 @@ ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int
   return AK_OK;
 }
 
+/* The backup stream runs after what the compute stream queued so far (the page's K/V
+ * stores included), so its copy reads the filled page while the compute stream goes on
+ * (the digest, the layer's scores and plan). */
 ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, void *dst_host, ak_err_t *err) {
   if (!dst_host || page_id < 0) return AK_ERR(err, AK_ERR_INVALID_ARG, "page %d to %p", page_id, dst_host);
+  if (!ak->copy) return AK_ERR(err, AK_ERR_INVALID_ARG, "backups on the device are for select_on_device pools");
+  WK_CUDA_TRY(err, cudaEventRecord(ak->ev_filled, ak->stream));
+  WK_CUDA_TRY(err, cudaStreamWaitEvent(ak->copy, ak->ev_filled, 0));
   WK_CUDA_TRY(err, cudaMemcpyAsync(dst_host, ak->pages + (size_t)page_id * ak->page_bytes, ak->page_bytes,
-                                   cudaMemcpyDeviceToHost, ak->stream));
+                                   cudaMemcpyDeviceToHost, ak->copy));
+  WK_CUDA_TRY(err, cudaEventRecord(ak->ev_backed_up, ak->copy));
+  ak->backups_pending = 1;
   ak->fill_ops++;
+  return AK_OK;
+}
+
+ak_status_t wk_arkvale_cuda_join_backups(wk_arkvale_cuda_t *ak, ak_err_t *err) {
+  if (!ak || !ak->backups_pending) return AK_OK;
+  WK_CUDA_TRY(err, cudaStreamWaitEvent(ak->stream, ak->ev_backed_up, 0)); /* the last copy: the stream's order covers the rest */
+  ak->backups_pending = 0;
   return AK_OK;
 }
 
@@ -536,6 +570,8 @@ ak_status_t wk_arkvale_cuda_launch(wk_arkvale_cuda_t *ak, int32_t l, const float
   AK_TRY(kn_cuda_arkvale_plan(&pa, stream, err));
   if (ak->marks) cudaEventRecord(ak->marks[2], ak->stream);
   if (k > 0) {
+    /* a victim may be a page whose backup is still being copied */
+    AK_TRY(wk_arkvale_cuda_join_backups(ak, err));
     kn_cuda_gather_args_t g = {.src_ptrs = ak->d_src, .dst_base = ak->pages, .dst_page = ak->d_rphys,
                                .n_pages = (int64_t)S * k, .page_bytes = ak->page_bytes};
     AK_TRY(kn_cuda_gather_pages(&g, stream, err));

@@ -54,6 +54,12 @@ ak_status_t wk_arkvale_cuda_score(wk_arkvale_cuda_t *ak, int32_t layer, int32_t 
 ak_status_t wk_arkvale_cuda_build_digest(wk_arkvale_cuda_t *ak, int32_t seq, int32_t layer, int64_t page_idx,
                                          int32_t page_id, ak_err_t *err);
 ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, void *dst_host, ak_err_t *err);
+/* Backups run on a copy stream ordered after the write that filled the page (an event);
+ * this makes the compute stream wait for every backup queued so far. The launches call it
+ * before a gather (a victim's slot may be a page being copied); the forward calls it
+ * at a step's start (before any capture: fills committed between steps) and before it
+ * synchronizes at the step's end, and before the host writes a page. */
+ak_status_t wk_arkvale_cuda_join_backups(wk_arkvale_cuda_t *ak, ak_err_t *err);
 
 /* select_on_device: the backup tier for the pool (kv_pool_params_t.tier), a host tier
  * over pinned memory the gather kernel reads. Owned by ak (destroy the pool first).

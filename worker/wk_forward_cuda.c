@@ -221,6 +221,7 @@ static ak_status_t wk_read_page(void *ctx, int32_t pg, void *dst, ak_err_t *err)
 
 static ak_status_t wk_write_page(void *ctx, int32_t pg, const void *src, ak_err_t *err) {
   wk_forward_cuda_t *fw = ctx;
+  AK_TRY(wk_arkvale_cuda_join_backups(fw->ak, err)); /* a backup may still be reading this slot */
   WK_CUDA_TRY(err, cudaMemcpyAsync(fw->pages + (size_t)pg * fw->page_bytes, src, fw->page_bytes,
                                    cudaMemcpyHostToDevice, fw->stream));
   WK_CUDA_TRY(err, cudaStreamSynchronize(fw->stream));
@@ -273,7 +274,8 @@ ak_status_t wk_forward_cuda_page_ops(wk_forward_cuda_t *fw, void *page_memory, c
     fw->page_ops.score_pages = wk_score_pages;
     fw->page_ops.score_pages_batch = wk_score_batch;
   }
-  if (scores && kp->select_on_device) { /* fills stay on the stream: digest there, copy into the pinned tier */
+  if (scores && kp->select_on_device) { /* fills: the digest on the stream, the copy into the pinned tier on the
+                                          * backup stream (wk_arkvale_cuda_backup_page) */
     fw->page_ops.build_digest = wk_build_digest;
     fw->page_ops.backup_page = wk_backup_page;
   }
@@ -776,6 +778,10 @@ ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, 
     return AK_ERR(err, st, "%s", kv_pool_errmsg(pool));
   }
   wk_arkvale_cuda_step_begin(fw->ak);
+  /* backups queued since the last step (fills committed outside a forward run) land before
+   * this step's work, and before any capture: a captured step cannot wait on them */
+  st = wk_arkvale_cuda_join_backups(fw->ak, err);
+  if (st < 0) goto err_abort;
   int64_t n_pos = 0;
   const int32_t *pos = kv_step_positions(pool, &n_pos);
 
@@ -793,6 +799,8 @@ ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, 
     st = ce == cudaSuccess ? wk_step_kernels(fw, pool, b, n_tok, 0, b->logits, sample != NULL, err)
                            : AK_ERR(err, AK_ERR_CUDA, "ids upload: %s", cudaGetErrorString(ce));
   }
+  if (st < 0) goto err_abort;
+  st = wk_arkvale_cuda_join_backups(fw->ak, err); /* the step's backups are in the tier when it ends */
   if (st < 0) goto err_abort;
   wk_ev(fw, fw->hp.n_layers * WK_EV_PER_LAYER + 1);
   ce = cudaStreamSynchronize(fw->stream);
@@ -817,6 +825,10 @@ ak_status_t wk_forward_cuda_run_sampled(wk_forward_cuda_t *fw, kv_pool_t *pool, 
 
 err_abort:
   /* nothing may still read the staging area; recalls the device made stay made */
+  {
+    ak_err_t e1;
+    (void)wk_arkvale_cuda_join_backups(fw->ak, &e1);
+  }
   if (cudaStreamSynchronize(fw->stream) == cudaSuccess) {
     ak_err_t e2;
     (void)wk_arkvale_cuda_apply(fw->ak, pool, &e2);
