@@ -298,7 +298,7 @@ int ak_cli_generate(int argc, char **argv) {
     fprintf(stderr, "arkvale generate: %s\n", err.msg);
     goto done;
   }
-  const wk_hparams_t *hp = wk_model_hparams(wk_engine_model(eng));
+  const wk_hparams_t *hp = wk_engine_hparams(eng);
   if (wk_sampler_create(&a.sp, hp->n_vocab, &err, &smp) < 0) {
     fprintf(stderr, "arkvale generate: %s\n", err.msg);
     goto done;

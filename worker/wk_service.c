@@ -352,7 +352,7 @@ ak_status_t wk_service_create(const wk_service_params_t *p, ak_err_t *err, wk_se
   ep.kv_policy = &p->kv;
   st = wk_engine_create(&ep, err, &s->eng);
   if (st < 0) goto err_destroy;
-  s->hp = wk_model_hparams(wk_engine_model(s->eng));
+  s->hp = wk_engine_hparams(s->eng);
   s->kv = *kv_pool_params(wk_engine_kvpool(s->eng));
   wk_svc_fingerprint(p->engine.model_path, s->fingerprint);
 

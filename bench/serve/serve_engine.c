@@ -50,7 +50,7 @@ int sv_engine_measure(const sv_args_t *a, sv_engine_t *out) {
     fprintf(stderr, SV_PROG ": engine step: %s\n", err.msg);
     return 1;
   }
-  const int32_t n_vocab = wk_model_hparams(wk_engine_model(eng))->n_vocab;
+  const int32_t n_vocab = wk_engine_hparams(eng)->n_vocab;
   kv_seq_id_t *seqs = calloc((size_t)B, sizeof *seqs);
   wk_sampler_t **smp = calloc((size_t)B, sizeof *smp);
   int32_t *n_new = calloc((size_t)B, sizeof *n_new), *toks = calloc((size_t)B, sizeof *toks);
