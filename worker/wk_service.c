@@ -44,11 +44,20 @@ double wk_svc_now_us(void) {
 
 /* A 64-bit FNV-1a over the file's size, its first MiB (the GGUF header and metadata)
  * and 64 KiB at 256 evenly spaced offsets: enough to tell two weight files apart
- * without reading gigabytes at start. Ranks of a group compare it. */
-static void wk_svc_fingerprint(const char *path, char out[17]) {
+ * without reading gigabytes at start; for synthetic weights (no file) over the shape's
+ * name and the seed, which determine them. Ranks of a group compare it. */
+static void wk_svc_fingerprint(const wk_engine_params_t *ep, char out[17]) {
   uint64_t h = 1469598103934665603ull;
   snprintf(out, 17, "%016llx", 0ull);
-  FILE *f = fopen(path, "rb");
+  if (!ep->model_path) {
+    char id[160];
+    int n = snprintf(id, sizeof id, "synthetic %s seed %llu", ep->synthetic ? ep->synthetic : "",
+                     (unsigned long long)ep->synthetic_seed);
+    for (int i = 0; i < n && i < (int)sizeof id; i++) h = (h ^ (unsigned char)id[i]) * 1099511628211ull;
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+    return;
+  }
+  FILE *f = fopen(ep->model_path, "rb");
   if (!f) return;
   static const size_t kBlock = 64u << 10;
   unsigned char *buf = ak_host_alloc(kBlock, 0);
@@ -354,7 +363,7 @@ ak_status_t wk_service_create(const wk_service_params_t *p, ak_err_t *err, wk_se
   if (st < 0) goto err_destroy;
   s->hp = wk_engine_hparams(s->eng);
   s->kv = *kv_pool_params(wk_engine_kvpool(s->eng));
-  wk_svc_fingerprint(p->engine.model_path, s->fingerprint);
+  wk_svc_fingerprint(&p->engine, s->fingerprint);
 
   int32_t n_seq = s->kv.max_seqs, n_rows = wk_engine_max_batch_tokens(s->eng);
   WK_ALLOC(s->seqs, n_seq);
