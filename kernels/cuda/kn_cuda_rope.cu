@@ -136,6 +136,18 @@ static int64_t kn_rope_head_groups(int32_t n_heads, int32_t rot_dims, int32_t n_
   return kn_ceil_div((int64_t)n_heads, hpb) + kn_ceil_div((int64_t)n_heads2, hpb);
 }
 
+ak_status_t kn_rope_angle_check(const char *fn, int32_t rot_dims, int32_t max_rot_dims, float freq_base,
+                                float freq_scale, ak_err_t *err) {
+  if (max_rot_dims > 2 * KN_ROPE_MAX_PAIRS) max_rot_dims = 2 * KN_ROPE_MAX_PAIRS;
+  if (rot_dims < 2 || rot_dims > max_rot_dims || rot_dims % 2)
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "rot_dims=%d must be even, in [2, %d]", rot_dims,
+                         max_rot_dims);
+  if (!(freq_base > 0.0f) || !(freq_scale > 0.0f))
+    return ak_err_set_fn(err, AK_ERR_INVALID_ARG, fn, "freq_base=%g freq_scale=%g must be > 0", (double)freq_base,
+                         (double)freq_scale);
+  return AK_OK;
+}
+
 // Messages name the public op (callers: kn_cuda_rope and kn_cuda_gemm_split's rope).
 #define KN_ROPE_ERR(err, st, ...) ak_err_set_fn((err), (st), "kn_cuda_rope", __VA_ARGS__)
 ak_status_t kn_rope_check(const kn_cuda_rope_args_t *a, ak_err_t *err) {
@@ -145,18 +157,13 @@ ak_status_t kn_rope_check(const kn_cuda_rope_args_t *a, ak_err_t *err) {
   if (a->n_tok < 1 || a->n_tok > INT32_MAX || a->n_heads < 1 || a->head_dim < 1)
     return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld (1..%d) n_heads=%d head_dim=%d must be >= 1",
                   (long long)a->n_tok, INT32_MAX, a->n_heads, a->head_dim);
-  if (a->rot_dims < 2 || a->rot_dims > a->head_dim || a->rot_dims % 2 || a->rot_dims / 2 > KN_ROPE_MAX_PAIRS)
-    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "rot_dims=%d must be even, in [2, head_dim=%d], <= %d", a->rot_dims,
-                  a->head_dim, 2 * KN_ROPE_MAX_PAIRS);
+  AK_TRY(kn_rope_angle_check("kn_cuda_rope", a->rot_dims, a->head_dim, a->freq_base, a->freq_scale, err));
   if ((int64_t)a->n_heads * a->head_dim > KN_ROPE_MAX_ROW_ELEMS)
     return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "n_heads=%d x head_dim=%d exceeds %d", a->n_heads, a->head_dim,
                   KN_ROPE_MAX_ROW_ELEMS);
   if (a->x2 && (a->n_heads2 < 1 || (int64_t)a->n_heads2 * a->head_dim > KN_ROPE_MAX_ROW_ELEMS))
     return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "x2 given with n_heads2=%d: must be >= 1 and n_heads2 x head_dim <= %d",
                   a->n_heads2, KN_ROPE_MAX_ROW_ELEMS);
-  if (!(a->freq_base > 0.0f) || !(a->freq_scale > 0.0f))
-    return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "freq_base=%g freq_scale=%g must be > 0", (double)a->freq_base,
-                  (double)a->freq_scale);
   if (a->store) AK_TRY(kn_rope_store_check(a, err));
   if (a->mode != KN_ROPE_MODE_NORM && a->mode != KN_ROPE_MODE_NEOX)
     return KN_ROPE_ERR(err, AK_ERR_INVALID_ARG, "mode=%d is not 0 (NORM) or 2 (NEOX)", (int)a->mode);

@@ -52,5 +52,9 @@ __device__ __forceinline__ float kn_rope_second(float x0, float x1, float c, flo
 
 // kn_cuda_rope's whole argument check (store included), for the fused callers too.
 ak_status_t kn_rope_check(const kn_cuda_rope_args_t *a, ak_err_t *err);
+// The angle's arguments, as kn_rope_check and kn_cuda_rope_table check them: rot_dims
+// even in [2, max_rot_dims] (at most 2 * KN_ROPE_MAX_PAIRS), bases > 0. Messages name fn.
+ak_status_t kn_rope_angle_check(const char *fn, int32_t rot_dims, int32_t max_rot_dims, float freq_base,
+                                float freq_scale, ak_err_t *err);
 
 #endif

@@ -29,11 +29,8 @@ extern "C" ak_status_t kn_cuda_rope_table(const kn_cuda_rope_table_args_t *a, kn
     return AK_ERR(err, AK_ERR_INVALID_ARG, "table=%p is not aligned to 8 bytes", (void *)a->table);
   if (a->n_tok < 1 || a->n_tok > INT32_MAX)
     return AK_ERR(err, AK_ERR_INVALID_ARG, "n_tok=%lld must be in [1, %d]", (long long)a->n_tok, INT32_MAX);
-  if (a->rot_dims < 2 || a->rot_dims % 2 || a->rot_dims / 2 > KN_ROPE_MAX_PAIRS)
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "rot_dims=%d must be even, in [2, %d]", a->rot_dims, 2 * KN_ROPE_MAX_PAIRS);
-  if (!(a->freq_base > 0.0f) || !(a->freq_scale > 0.0f))
-    return AK_ERR(err, AK_ERR_INVALID_ARG, "freq_base=%g freq_scale=%g must be > 0", (double)a->freq_base,
-                  (double)a->freq_scale);
+  AK_TRY(kn_rope_angle_check("kn_cuda_rope_table", a->rot_dims, 2 * KN_ROPE_MAX_PAIRS, a->freq_base, a->freq_scale,
+                             err));
   const int64_t n = a->n_tok * (a->rot_dims / 2);
   const int64_t blocks = kn_ceil_div(n, KN_ROPE_TABLE_THREADS);
   kn_launch(kn_rope_table_kernel, dim3((unsigned)(blocks < 1024 ? blocks : 1024)), dim3(KN_ROPE_TABLE_THREADS), 0,
