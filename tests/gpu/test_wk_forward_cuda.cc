@@ -52,6 +52,22 @@ std::vector<int32_t> varied(int n, int salt) {
 
 // The GPU side: model, a pool over device pages (full; or ArkVale deciding on the
 // device with `budget` > 0), the forward pass.
+// The tests' KV pools, GPU and CPU alike: 4 sequences of up to 1024 tokens in f16 pages
+// of 16 tokens, the whole cache resident.
+kv_pool_params_t test_pool_params(const wk_hparams_t *hp) {
+  kv_pool_params_t kp = kv_pool_params_default();
+  kp.n_layers = hp->n_layers;
+  kp.n_kv_heads = hp->n_kv_heads;
+  kp.n_heads = hp->n_heads;
+  kp.head_dim = hp->head_dim;
+  kp.page_tokens = 16;
+  kp.max_seqs = 4;
+  kp.max_seq_tokens = 1024;
+  kp.n_pages = kv_pages_for_tokens(1024, 16) * hp->n_layers * 4;
+  kp.dtype = KN_F16;
+  return kp;
+}
+
 struct Gpu {
   wk_model_t *host_model = nullptr;
   wk_model_cuda_t *model = nullptr;
@@ -73,16 +89,7 @@ struct Gpu {
     }
     const wk_hparams_t *hp = wk_model_cuda_hparams(model);
     n_vocab = hp->n_vocab;
-    kv_pool_params_t kp = kv_pool_params_default();
-    kp.n_layers = hp->n_layers;
-    kp.n_kv_heads = hp->n_kv_heads;
-    kp.n_heads = hp->n_heads;
-    kp.head_dim = hp->head_dim;
-    kp.page_tokens = 16;
-    kp.max_seqs = 4;
-    kp.max_seq_tokens = 1024;
-    kp.n_pages = kv_pages_for_tokens(1024, 16) * hp->n_layers * 4;
-    kp.dtype = KN_F16;
+    kv_pool_params_t kp = test_pool_params(hp);
     pages_bytes = kv_page_bytes(&kp) * (size_t)kp.n_pages;
     EXPECT_EQ(kn_cuda_malloc(pages_bytes, &err, &pages), AK_OK) << err.msg;
     kp.page_memory = pages;
@@ -198,16 +205,7 @@ struct Cpu {
     ak_err_t err;
     const wk_hparams_t *hp = wk_model_hparams(m);
     EXPECT_EQ(kn_cpu_create(0, &err, &cpu), AK_OK) << err.msg;
-    kv_pool_params_t kp = kv_pool_params_default();
-    kp.n_layers = hp->n_layers;
-    kp.n_kv_heads = hp->n_kv_heads;
-    kp.n_heads = hp->n_heads;
-    kp.head_dim = hp->head_dim;
-    kp.page_tokens = 16;
-    kp.max_seqs = 4;
-    kp.max_seq_tokens = 1024;
-    kp.n_pages = kv_pages_for_tokens(1024, 16) * hp->n_layers * 4;
-    kp.dtype = KN_F16;
+    kv_pool_params_t kp = test_pool_params(hp);
     EXPECT_EQ(kv_pool_create(&kp, &err, &pool), AK_OK) << err.msg;
     EXPECT_EQ(wk_forward_create(m, cpu, max_tok, &err, &fw), AK_OK) << err.msg;
   }
