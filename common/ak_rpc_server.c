@@ -46,6 +46,7 @@ struct ak_rpc_writer {
   grpc_byte_buffer *recv_buf;
   int close_cancelled; /* written by RECV_CLOSE_ON_SERVER */
   int arrived;         /* a client's call (not only a pending request): in srv->n_calls */
+  gpr_timespec arrived_at; /* when the call matched, on details.deadline's clock */
   rpc_tag_t t_request, t_recv, t_close, t_send;
   ProtobufCMessage *req;
 
@@ -224,6 +225,7 @@ static void on_request(ak_rpc_writer_t *c, int ok) {
   pthread_mutex_lock(&s->mu);
   int rearm = ok && !s->shutting_down;
   if (ok) c->arrived = 1, s->n_calls++;
+  if (ok) c->arrived_at = gpr_now(c->details.deadline.clock_type);
   pthread_mutex_unlock(&s->mu);
   if (rearm) server_request_one(s);
   if (!ok) { /* the server is shutting down: this request never got a call */
@@ -487,9 +489,19 @@ int ak_rpc_writer_cancelled(const ak_rpc_writer_t *w) {
 }
 
 int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w) {
-  gpr_timespec d = w->details.deadline; /* written before the handler ran, then fixed */
+  /* details and arrived_at are written before the handler ran, then fixed. */
+  gpr_timespec d = w->details.deadline;
   if (gpr_time_cmp(d, gpr_inf_future(d.clock_type)) == 0) return 0;
-  return gpr_time_cmp(gpr_now(d.clock_type), d) >= 0;
+  /* The client's deadline timer cancels the call, and that cancel reaches us before
+   * our own copy of the deadline, which is the header's timeout counted from when the
+   * call arrived: later by the header's transit (milliseconds on a loaded host, seen 5)
+   * and gRPC's rounding of the timeout. So a deadline counts as passed this much early:
+   * 20 ms plus 5% of the timeout the call arrived with. */
+  gpr_timespec timeout = gpr_time_sub(d, w->arrived_at);
+  double timeout_ms = (double)timeout.tv_sec * 1e3 + timeout.tv_nsec / 1e6; /* no int32 cap */
+  int64_t slack_ms = 20 + (int64_t)(timeout_ms > 0 ? timeout_ms / 20 : 0);
+  gpr_timespec early = gpr_time_sub(d, gpr_time_from_millis(slack_ms, GPR_TIMESPAN));
+  return gpr_time_cmp(gpr_now(d.clock_type), early) >= 0;
 }
 
 void ak_rpc_writer_finish(ak_rpc_writer_t *w, ak_status_t st, const char *msg) {

@@ -101,7 +101,9 @@ ak_status_t ak_rpc_writer_write(ak_rpc_writer_t *w, const ProtobufCMessage *msg,
  * server is shutting down: a streaming handler polls it between messages. */
 int ak_rpc_writer_cancelled(const ak_rpc_writer_t *w);
 /* Non-zero when the call has a deadline and it has passed: tells a call ended by its
- * deadline (finish it AK_ERR_TIMEOUT) from one its client cancelled. Any thread. */
+ * deadline (finish it AK_ERR_TIMEOUT) from one its client cancelled. The client's own
+ * timer cancels the call a little before the server's copy of the deadline passes, so
+ * "passed" starts 20 ms plus 5% of the call's timeout early. Any thread. */
 int ak_rpc_writer_deadline_passed(const ak_rpc_writer_t *w);
 
 /* Ends the call with status pb_status_to_grpc(st) and `msg` (may be NULL; copied),
