@@ -1591,8 +1591,13 @@ TEST_F(CoServicePipeTest, StopStringWhileTheNextStepIsInFlight) {
   EXPECT_EQ(s.tokens, std::vector<int32_t>(full.tokens.begin(), full.tokens.begin() + s.tokens.size()));
   EXPECT_EQ(s.completion_tokens, s.tokens.size());
   ExpectWorkerEmpty();
-  EXPECT_EQ(BatchSteps() - steps1, (double)s.tokens.size() + 1)
-      << "one Step per streamed token, plus the one in flight whose token was discarded";
+  // One Step per streamed token, plus at most the one in flight whose token was
+  // discarded: Step k+1 is planned when Step k-1's answer is read, so it exists unless
+  // the answers of k-1 and k were read in one pass (a loaded host: 12 of 40 runs with
+  // six busy loops on two cores), when the stop is seen before k+1 is planned.
+  double steps = BatchSteps() - steps1;
+  EXPECT_GE(steps, (double)s.tokens.size()) << "a streamed token without its Step";
+  EXPECT_LE(steps, (double)s.tokens.size() + 1) << "a Step planned after the stop string was seen";
 }
 
 // Slow Steps (each worker job waits 20 ms first): the next Step is queued at the worker
