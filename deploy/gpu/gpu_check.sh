@@ -10,11 +10,18 @@
 #      that run cuBLASLt are left out: its nvjet kernels report hazards of their own);
 #   3. --model PATH: the tests that need the default model (ARKVALE_MODEL=PATH):
 #      test_wk_forward_cuda and test_wk_service_cuda whole (memcheck too with
-#      --sanitize), and `arkvale generate --device cuda` on the quickstart's question.
-# Then one summary line per check. Exit status 1 when any check failed.
+#      --sanitize), and `arkvale generate --device cuda` on the quickstart's question;
+#   4. --benches DIR (with --model; run from the repository root): bench_passkey
+#      --device cuda at the committed CPU run's size (ctx 1024,2048, 20 depths, budgets
+#      128,256,512), its per-depth cells compared with --passkey-ref's (default
+#      bench/results/passkey-2026-11-25.md, the CPU run), and bench_estimator --forced
+#      (the same tokens on both) on cuda and on cpu over the repository's docs, their
+#      mean-accuracy rows compared; the three reports go to DIR.
+# Then one summary line per check. Exit status 1 when any check failed (a passkey or
+# estimator difference is reported, not failed: bf16 on the GPU, Q4_1 on the CPU).
 #
 #   bin/gpu_check.sh [--sanitize] [--racecheck FILTER] [--model PATH] [--model-only]
-#                    [--timeout S]
+#                    [--benches DIR] [--passkey-ref FILE] [--timeout S]
 #
 #   --model-only  skip 1. and 2. (the second call of a two-call check, deploy/gpu/README.md,
 #                 after the first ran them): only 3., with memcheck when --sanitize
@@ -31,6 +38,8 @@ sanitize=0
 racecheck_filter='*Gpu*SampleRowsLogprob*:*Gpu*SampleRowsEqualScalarLaunchesOnce*:*Gpu*Greedy*:*Gpu*Rmsnorm*:*OpsGpu*Rope*:*GemmCacheGpu.RopeInTheGemv*'
 model_only=0
 model=""
+benches=""
+passkey_ref="bench/results/passkey-2026-11-25.md"
 timeout_s=240
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,6 +47,8 @@ while [ $# -gt 0 ]; do
     --racecheck) racecheck_filter="${2:?--racecheck needs a gtest filter}"; shift ;;
     --model) model="${2:?--model needs a path}"; shift ;;
     --model-only) model_only=1 ;;
+    --benches) benches="${2:?--benches needs a directory}"; shift ;;
+    --passkey-ref) passkey_ref="${2:?--passkey-ref needs a file}"; shift ;;
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
@@ -48,6 +59,10 @@ log_dir="${LOG_DIR:-$(mktemp -d)}"
 mkdir -p "$log_dir"
 if [ "$model_only" -eq 1 ] && [ -z "$model" ]; then
   echo "gpu_check: --model-only needs --model PATH" >&2
+  exit 2
+fi
+if [ -n "$benches" ] && [ -z "$model" ]; then
+  echo "gpu_check: --benches needs --model PATH" >&2
   exit 2
 fi
 if [ -n "$model" ] && [ ! -f "$model" ]; then
@@ -132,6 +147,35 @@ if [ -n "$model" ]; then
     if grep -q "Paris" <<<"$out"; then note "arkvale generate --device cuda: $(head -n 1 <<<"$out")"
     else fail "arkvale generate --device cuda: no 'Paris' in: $out $(tail -n 2 "$log_dir/generate.err")"; fi
   fi
+fi
+
+# 4. the quality benches on the GPU against the CPU
+if [ -n "$benches" ]; then
+  mkdir -p "$benches"
+  pk="$benches/passkey-cuda.md"
+  if "$here/bench_passkey" --model "$model" --device cuda --ctx 1024,2048 --depths 20 --budgets 128,256,512 \
+    --out "$pk" >"$log_dir/passkey.log" 2>&1; then
+    if [ -f "$passkey_ref" ]; then
+      note "bench_passkey --device cuda: $("$here/compare_reports.sh" passkey "$passkey_ref" "$pk")"
+    else
+      note "bench_passkey --device cuda: $pk (no $passkey_ref to compare with)"
+    fi
+  else
+    fail "bench_passkey --device cuda: FAIL ($(tail -n 1 "$log_dir/passkey.log"))"
+  fi
+  texts=()
+  for f in README.md bench/README.md bench/passkey/README.md bench/estimator/README.md deploy/gpu/README.md \
+    notes/cuda-backend-status.md; do
+    [ -f "$f" ] && texts+=(--text "$f")
+  done
+  ok=1
+  for dev in cuda cpu; do
+    "$here/bench_estimator" --model "$model" --device "$dev" --forced --threads 0 "${texts[@]}" \
+      --out "$benches/estimator-$dev-forced.md" >"$log_dir/estimator-$dev.log" 2>&1 ||
+      { ok=0; fail "bench_estimator --device $dev: FAIL ($(tail -n 1 "$log_dir/estimator-$dev.log"))"; }
+  done
+  [ "$ok" -eq 1 ] && note "bench_estimator --forced, cuda vs cpu: $("$here/compare_reports.sh" estimator \
+    "$benches/estimator-cpu-forced.md" "$benches/estimator-cuda-forced.md")"
 fi
 
 echo "== gpu_check summary ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1); logs in $log_dir)"

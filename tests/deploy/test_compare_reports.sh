@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# deploy/gpu/compare_reports.sh on small reports in the benches' formats: the passkey
+# per-depth cells and the estimator's mean rows, differences counted and located.
+set -uo pipefail
+script="${1:?usage: test_compare_reports.sh PATH/compare_reports.sh}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+expect() { # name expected-regex command...
+  local name="$1" re="$2"
+  shift 2
+  out="$("$@" 2>&1)"
+  rc=$?
+  grep -qE -- "$re" <<<"$out" || fail "$name: '$out' does not match '$re'"
+}
+
+passkey() { # file, then rows "policy budget bits1024 bits2048"
+  local f="$1"
+  shift
+  {
+    echo "# passkey retrieval"
+    echo
+    echo "| policy | budget | 1024 | 2048 |"
+    echo "|---|---:|---:|---:|"
+    echo "| full | – | 100 | 90 |"
+    echo
+    echo "## Per depth"
+    echo
+    echo "| policy | budget | 1024 | 2048 |"
+    echo "|---|---:|---|---|"
+    for r in "$@"; do
+      set -- $r
+      echo "| $1 | $2 | \`$3\` | \`$4\` |"
+    done
+    echo
+    echo "## Prompts"
+    echo "| 1024 | 20 | 1012–1015 | 4.48 |"
+  } >"$f"
+}
+passkey "$work/cpu.md" "full – 1111 1101" "arkvale16 128 1111 1101" "h2o 128 1000 0000"
+passkey "$work/same.md" "full – 1111 1101" "arkvale16 128 1111 1101"
+passkey "$work/gpu.md" "full – 1111 1111" "arkvale16 128 0111 1100" "quest 128 1111 1111"
+
+# Rows in both only (h2o and quest are in one each), 4 depths x 2 contexts a row.
+expect "same cells" "^0 of 16 depth cells differ from $work/cpu.md$" "$script" passkey "$work/cpu.md" "$work/same.md"
+expect "three cells" "^3 of 16 depth cells differ from $work/cpu.md \(policy/budget/ctx/depth: " \
+  "$script" passkey "$work/cpu.md" "$work/gpu.md"
+for cell in "full/–/2048/2 0->1" "arkvale16/128/1024/0 1->0" "arkvale16/128/2048/3 1->0"; do
+  grep -qF "$cell" <<<"$out" || fail "three cells: '$cell' not named in '$out'"
+done
+
+estimator() { # file, mean values of the two tables
+  {
+    echo "| k | centroid | cuboid-mean | random |"
+    echo "| 1 | 0.135 | 0.410 | 0.016 |"
+    echo "| mean k=1..40 | $1 | $2 | |"
+    echo "Order by mean accuracy: cuboid-mean $2 > centroid $1"
+    echo "| mean k=1..40 | $3 | $4 | |"
+  } >"$5"
+}
+estimator 0.651 0.732 0.607 0.730 "$work/e1.md"
+estimator 0.652 0.732 0.607 0.726 "$work/e2.md"
+expect "estimator" "^largest difference of the 4 mean accuracies: 0\.004$" "$script" estimator "$work/e1.md" "$work/e2.md"
+expect "estimator same" "^largest difference of the 4 mean accuracies: 0\.000$" "$script" estimator "$work/e1.md" "$work/e1.md"
+
+# Bad input: exit 2 and what is wrong.
+expect "no table" "no per-depth table" "$script" passkey "$work/e1.md" "$work/cpu.md"
+[ "$rc" -eq 2 ] || fail "no table: exit $rc, expected 2"
+expect "no means" "no mean rows" "$script" estimator "$work/cpu.md" "$work/e1.md"
+[ "$rc" -eq 2 ] || fail "no means: exit $rc, expected 2"
+expect "missing file" "nope.md: no such file" "$script" passkey "$work/cpu.md" "$work/nope.md"
+[ "$rc" -eq 2 ] || fail "missing file: exit $rc, expected 2"
+expect "unknown kind" "unknown kind fidelity" "$script" fidelity "$work/cpu.md" "$work/cpu.md"
+[ "$rc" -eq 2 ] || fail "unknown kind: exit $rc, expected 2"
+
+if [ "$fails" -gt 0 ]; then
+  echo "$fails check(s) failed"
+  exit 1
+fi
+echo "compare_reports: all checks passed"
