@@ -3,10 +3,7 @@
 # per-depth cells and the estimator's mean rows, differences counted and located.
 set -uo pipefail
 script="${1:?usage: test_compare_reports.sh PATH/compare_reports.sh}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 expect() { # name expected-regex command...
   local name="$1" re="$2"
   shift 2
@@ -74,8 +71,4 @@ expect "missing file" "nope.md: no such file" "$script" passkey "$work/cpu.md" "
 expect "unknown kind" "unknown kind fidelity" "$script" fidelity "$work/cpu.md" "$work/cpu.md"
 [ "$rc" -eq 2 ] || fail "unknown kind: exit $rc, expected 2"
 
-if [ "$fails" -gt 0 ]; then
-  echo "$fails check(s) failed"
-  exit 1
-fi
-echo "compare_reports: all checks passed"
+finish compare_reports

@@ -5,10 +5,7 @@
 # many of its runs overlap. CPU only: the real sanitizer runs on the GPU host.
 set -uo pipefail
 script="${1:?usage: test_racecheck_slices.sh PATH/racecheck_slices.sh}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 # The stand-in test binary: suites S/A.T (10 instances p0..p9, p7 named Hazard7) and
 # S/B.U (3 instances, q1 named Slow1).
@@ -129,8 +126,4 @@ run badopt S/A.T --bogus
 expect_rc 2 "unknown option"; expect_out "unknown option --bogus" "unknown option"
 [ ! -e "$work/state-badjobs/filters" ] || fail "bad arguments ran the sanitizer"
 
-if [ "$fails" -gt 0 ]; then
-  echo "$fails check(s) failed"
-  exit 1
-fi
-echo "racecheck_slices: all checks passed"
+finish racecheck_slices
