@@ -42,6 +42,12 @@ double wk_svc_now_us(void) {
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
+/* 64-bit FNV-1a, continued from h over n bytes. */
+static uint64_t wk_svc_fnv(uint64_t h, const unsigned char *p, size_t n) {
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
 /* A 64-bit FNV-1a over the file's size, its first MiB (the GGUF header and metadata)
  * and 64 KiB at 256 evenly spaced offsets: enough to tell two weight files apart
  * without reading gigabytes at start; for synthetic weights (no file) over the shape's
@@ -53,7 +59,7 @@ static void wk_svc_fingerprint(const wk_engine_params_t *ep, char out[17]) {
     char id[160];
     int n = snprintf(id, sizeof id, "synthetic %s seed %llu", ep->synthetic ? ep->synthetic : "",
                      (unsigned long long)ep->synthetic_seed);
-    for (int i = 0; i < n && i < (int)sizeof id; i++) h = (h ^ (unsigned char)id[i]) * 1099511628211ull;
+    h = wk_svc_fnv(h, (const unsigned char *)id, n < (int)sizeof id ? (size_t)n : sizeof id - 1);
     snprintf(out, 17, "%016llx", (unsigned long long)h);
     return;
   }
@@ -64,12 +70,13 @@ static void wk_svc_fingerprint(const wk_engine_params_t *ep, char out[17]) {
   if (!buf) goto done;
   fseek(f, 0, SEEK_END);
   long size = ftell(f);
-  for (int i = 0; i < 8; i++) h = (h ^ (uint64_t)((unsigned long)size >> (8 * i) & 0xff)) * 1099511628211ull;
+  unsigned char size_le[8]; /* the size's bytes, least significant first */
+  for (int i = 0; i < 8; i++) size_le[i] = (unsigned char)((unsigned long)size >> (8 * i) & 0xff);
+  h = wk_svc_fnv(h, size_le, sizeof size_le);
   for (int blk = -16; blk < 256; blk++) {
     long off = blk < 0 ? (long)(blk + 16) * (long)kBlock : (long)((double)size * blk / 256.0);
     if (fseek(f, off, SEEK_SET) != 0) break;
-    size_t n = fread(buf, 1, kBlock, f);
-    for (size_t j = 0; j < n; j++) h = (h ^ buf[j]) * 1099511628211ull;
+    h = wk_svc_fnv(h, buf, fread(buf, 1, kBlock, f));
   }
   ak_host_free(buf, kBlock);
 done:
