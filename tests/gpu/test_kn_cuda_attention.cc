@@ -33,6 +33,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 extern "C" {
@@ -536,6 +537,12 @@ class KnCudaAttentionArgs : public ::testing::Test {
     a_.max_kv_len = 1000;
     a_.kv = kn_cuda_paged_kv_t{k_, v_, KN_CUDA_F16, 2 * 16 * 128, 16 * 128, 16, 2, i32_, i32_, i32_};
   }
+  // The split a_ launches: {keys per chunk, chunks per token}.
+  std::pair<int32_t, int32_t> split() const {
+    int32_t chunk = 0, n_chunks = 0;
+    kn_cuda_attention_split(&a_, &chunk, &n_chunks);
+    return {chunk, n_chunks};
+  }
   // The call fails with `st` and a message containing `msg`.
   void expect_fail(ak_status_t st, const char *msg, void *ws = nullptr, size_t ws_bytes = 0) {
     ak_err_clear(&err_);
@@ -567,20 +574,15 @@ TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   // ceil64(4099 / 3) = 1408 keys (384 blocks). The size still covers smaller calls.
   a_.n_tok = 64;
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)2 * 528 * 3 * row);
-  int32_t chunk = 0, n_chunks = 0;
-  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
-  EXPECT_EQ(chunk, 1408);
-  EXPECT_EQ(n_chunks, 3);
+  EXPECT_EQ(split(), std::make_pair(1408, 3));
   // The CUDA-core kernel (a group of 2) keeps 512: 64 x 3 x 9 = 1728 blocks.
   a_.n_heads = 6, a_.n_kv_heads = 3;
-  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
-  EXPECT_EQ(chunk, 512);
+  EXPECT_EQ(split().first, 512);
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(&a_), (size_t)64 * 6 * 9 * row);
   a_.n_heads = 6, a_.n_kv_heads = 2;
   // More than 198 items (fewer than 2 chunks an item in one wave) keep 512 too.
   a_.n_tok = 100;
-  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
-  EXPECT_EQ(chunk, 512);
+  EXPECT_EQ(split().first, 512);
   // 16 x 2 x 9 = 288 blocks at 512 (864 partials), but a call with fewer tokens may
   // take smaller chunks: the size covers it (2 x 528 blocks x a group of 3).
   a_.n_tok = 16;
@@ -588,16 +590,11 @@ TEST_F(KnCudaAttentionArgs, WorkspaceFormula) {
   // The split of that call: the tensor-core kernel keeps 512 keys (132 <= 288 <= 396
   // blocks); the CUDA-core kernel (head_dim 256, or a group of 2) halves to 256 (16 x 2
   // x 17 = 544 >= 528 blocks).
-  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
-  EXPECT_EQ(chunk, 512);
-  EXPECT_EQ(n_chunks, 9);
+  EXPECT_EQ(split(), std::make_pair(512, 9));
   a_.head_dim = 256;
-  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
-  EXPECT_EQ(chunk, 256);
-  EXPECT_EQ(n_chunks, 17);
+  EXPECT_EQ(split(), std::make_pair(256, 17));
   a_.head_dim = 128, a_.n_heads = 4;
-  kn_cuda_attention_split(&a_, &chunk, &n_chunks);
-  EXPECT_EQ(chunk, 256);
+  EXPECT_EQ(split().first, 256);
   EXPECT_EQ(kn_cuda_attention_workspace_bytes(nullptr), 0u);
 }
 

@@ -50,8 +50,6 @@ std::vector<int32_t> varied(int n, int salt) {
   return ids;
 }
 
-// The GPU side: model, a pool over device pages (full; or ArkVale deciding on the
-// device with `budget` > 0), the forward pass.
 // The tests' KV pools, GPU and CPU alike: 4 sequences of up to 1024 tokens in f16 pages
 // of 16 tokens, the whole cache resident.
 kv_pool_params_t test_pool_params(const wk_hparams_t *hp) {
@@ -68,6 +66,8 @@ kv_pool_params_t test_pool_params(const wk_hparams_t *hp) {
   return kp;
 }
 
+// The GPU side: model, a pool over device pages (full; or ArkVale deciding on the
+// device with `budget` > 0), the forward pass.
 struct Gpu {
   wk_model_t *host_model = nullptr;
   wk_model_cuda_t *model = nullptr;
@@ -370,8 +370,6 @@ TEST(WkForwardCudaArgs, EngineRefusesPoliciesNotOnTheDeviceYet) {
   EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_before);
 }
 
-// The engine's GPU path end to end: prefill in chunks, then greedy decode, equal to the
-// CPU engine's greedy tokens while the CPU's margins are clear.
 // An engine on synthetic weights (no model file): the shape's hparams, no host model,
 // a prompt and greedy steps sampled on the device and on the host from the same logits
 // agree, ids inside the vocabulary, nothing left allocated on the device.
@@ -506,6 +504,8 @@ TEST(WkForwardCudaGpu, SyntheticModelMatchesItsCpuTwin) {
   synthetic_twin("llama3-tiny");
 }
 
+// The engine's GPU path end to end: prefill in chunks, then greedy decode, equal to the
+// CPU engine's greedy tokens while the CPU's margins are clear.
 TEST(WkForwardCudaGpu, EngineGeneratesLikeTheCpu) {
   REQUIRE_GPU();
   if (!have_model()) GTEST_SKIP() << "model missing";
