@@ -170,6 +170,14 @@ struct Pool {
   }
 };
 
+// The test fails (no crash) where there is no device, with the driver's reason.
+#define ASSERT_GPU()                                                           \
+  do {                                                                         \
+    int n_dev_ = 0;                                                            \
+    ak_err_t e_{};                                                             \
+    ASSERT_EQ(kn_cuda_device_count(&e_, &n_dev_), AK_OK) << e_.msg;            \
+  } while (0)
+
 // Runs one batch on the CPU and on the GPU (f32 and bf16 out) and compares.
 // max_kv_len < 0: the true maximum; else the value passed (an over- or underestimate).
 // store_newest: every token's newest row (kv_len - 1, all KV heads) goes up poisoned
@@ -374,9 +382,7 @@ void long_prefill_batch(const Shape &sh, uint64_t seed) {
 class KnCudaAttentionGpu : public ::testing::TestWithParam<Shape> {
  protected:
   void SetUp() override {
-    int n = 0;
-    ak_err_t err{};
-    ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+    ASSERT_GPU();
     dev_bytes0_ = ak_alloc_outstanding_bytes(AK_MEM_DEVICE);
   }
   void TearDown() override { EXPECT_EQ(ak_alloc_outstanding_bytes(AK_MEM_DEVICE), dev_bytes0_); }
@@ -387,9 +393,7 @@ class KnCudaAttentionGpu : public ::testing::TestWithParam<Shape> {
 // loads for head tiles of 1 and 2 too (every other test's grid is smaller): 900 prefill
 // tokens over 3000 keys make 900 x 2 x 6 blocks (chunks of 512 keys).
 TEST(KnCudaAttentionLargeGridGpu, UnpipelinedPathMatchesCpu) {
-  int n = 0;
-  ak_err_t err{};
-  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  ASSERT_GPU();
   for (Shape sh : {Shape{16, 128, 1, KN_CUDA_BF16}, Shape{32, 64, 2, KN_CUDA_F16}}) {
     SCOPED_TRACE(testing::Message() << sh);
     std::vector<Tok> toks;
@@ -454,9 +458,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KnCudaAttentionLongPrefillGpu, ::testing::Value
 // max_kv_len only sizes the split: an underestimate folds the rest into the last
 // chunk, an overestimate leaves chunks unused; both stay exact.
 TEST(KnCudaAttentionSplitGpu, MaxKvLenIsOnlyAHint) {
-  int n = 0;
-  ak_err_t err{};
-  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  ASSERT_GPU();
   std::vector<int32_t> lens = {4099, 600, 17};
   std::vector<Tok> toks = {{0, 4099}, {1, 600}, {2, 17}, {0, 2000}, {1, 0}};
   for (int32_t max_kv_len : {0, 256, 257, 300, 1000, 20000}) {
@@ -479,9 +481,7 @@ void long_decode_batch(int32_t one_key, std::vector<int32_t> &lens, std::vector<
 // chunks is past 396 blocks, so each item gets 396 / (12 x KV heads) chunks (llama3-8b's
 // group of 4 and a group of 8; bf16 and f16 pages).
 TEST(KnCudaAttentionSplitGpu, OneWaveOfLongChunksMatchesCpu) {
-  int n = 0;
-  ak_err_t err{};
-  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  ASSERT_GPU();
   std::vector<int32_t> lens;
   std::vector<Tok> toks;
   long_decode_batch(-1, lens, toks);
@@ -497,9 +497,7 @@ TEST(KnCudaAttentionSplitGpu, OneWaveOfLongChunksMatchesCpu) {
 // token per sequence at its full length, at 1k..9k keys (chunks far from and at the
 // end), on both tensor-core groups and the CUDA-core kernel (GQA 2), which waits anyway.
 TEST(KnCudaAttentionSplitGpu, KvStableReadsTheNewestRowsAfterTheStore) {
-  int n = 0;
-  ak_err_t err{};
-  ASSERT_EQ(kn_cuda_device_count(&err, &n), AK_OK) << err.msg;
+  ASSERT_GPU();
   std::vector<int32_t> lens;
   std::vector<Tok> toks;
   long_decode_batch(5, lens, toks);
