@@ -8,6 +8,11 @@
 #       per digest kind): the largest absolute difference
 # Exit status 2 for bad arguments or a report without the table, else 0.
 set -uo pipefail
+# join needs its inputs in the order it compares keys. Under a locale whose collation
+# skips punctuation and blanks (the GPU host's), a whole-line sort put "quest/128/1024/10 0"
+# before "quest/128/1024/1 1", and join warned "not sorted" (session 13): sort on the key
+# alone, bytewise, and join bytewise too.
+export LC_ALL=C
 die() { echo "compare_reports: $*" >&2; exit 2; }
 [ $# -eq 3 ] || die "usage: compare_reports.sh passkey|estimator A B"
 kind="$1" a="$2" b="$3"
@@ -35,8 +40,8 @@ passkey)
   ca="$(cells "$a")" cb="$(cells "$b")"
   [ -n "$ca" ] || die "$a: no per-depth table"
   [ -n "$cb" ] || die "$b: no per-depth table"
-  join -j1 <(awk '{print $1"/"$2"/"$3"/"$4, $5}' <<<"$ca" | sort) \
-    <(awk '{print $1"/"$2"/"$3"/"$4, $5}' <<<"$cb" | sort) |
+  join -j1 <(awk '{print $1"/"$2"/"$3"/"$4, $5}' <<<"$ca" | sort -k1,1) \
+    <(awk '{print $1"/"$2"/"$3"/"$4, $5}' <<<"$cb" | sort -k1,1) |
     awk -v a="$a" '
       { n++; if ($2 != $3) { d++; if (d <= 6) where = where (where ? ", " : "") $1 " " $2 "->" $3 } }
       END {

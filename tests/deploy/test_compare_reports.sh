@@ -47,6 +47,24 @@ for cell in "full/–/2048/2 0->1" "arkvale16/128/1024/0 1->0" "arkvale16/128/20
   grep -qF "$cell" <<<"$out" || fail "three cells: '$cell' not named in '$out'"
 done
 
+# Depths 1 and 10 share a key prefix: a whole-line sort under a collation that skips
+# blanks and punctuation (en_US.UTF-8, the GPU host's) ordered "…/10 0" before "…/1 1",
+# and join warned "not sorted" and could drop cells. Run where the locale can be built.
+passkey "$work/long-a.md" "full – 111111111111 111111111111" "quest 128 111111111111 101111111110"
+passkey "$work/long-b.md" "full – 111111111111 111111111111" "quest 128 101111111111 111111111111"
+expect "twelve depths" "^3 of 48 depth cells differ from $work/long-a.md " "$script" passkey "$work/long-a.md" "$work/long-b.md"
+if command -v localedef >/dev/null && [ -f /usr/share/i18n/locales/en_US ] &&
+  mkdir -p "$work/loc" && localedef -i en_US -f UTF-8 "$work/loc/en_US.UTF-8" >/dev/null 2>&1; then
+  out="$(LOCPATH="$work/loc" LC_ALL=en_US.UTF-8 "$script" passkey "$work/long-a.md" "$work/long-b.md" 2>&1)"
+  [ "$(wc -l <<<"$out")" -eq 1 ] || fail "en_US collation: more than the verdict: '$out'"
+  grep -qE "^3 of 48 depth cells differ" <<<"$out" || fail "en_US collation: '$out'"
+  for cell in "quest/128/1024/1 1->0" "quest/128/2048/1 0->1" "quest/128/2048/11 0->1"; do
+    grep -qF "$cell" <<<"$out" || fail "en_US collation: '$cell' not named in '$out'"
+  done
+else
+  echo "test_compare_reports: no en_US locale source here; the collation case is skipped"
+fi
+
 estimator() { # file, mean values of the two tables
   {
     echo "| k | centroid | cuboid-mean | random |"
