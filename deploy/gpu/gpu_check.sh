@@ -20,14 +20,19 @@
 # Then one summary line per check. Exit status 1 when any check failed (a passkey or
 # estimator difference is reported, not failed: bf16 on the GPU, Q4_1 on the CPU).
 #
-#   bin/gpu_check.sh [--sanitize] [--racecheck FILTER] [--model PATH] [--model-only]
-#                    [--benches DIR] [--passkey-ref FILE] [--timeout S]
+#   bin/gpu_check.sh [--sanitize] [--jobs J] [--racecheck FILTER] [--model PATH]
+#                    [--model-only] [--benches DIR] [--passkey-ref FILE] [--timeout S]
 #
+#   --jobs J      run J sanitizer runs of step 2 at once (default 1), a binary's memcheck
+#                 cut into gtest shards of at most 128 tests: one at a time, step 2 does not
+#                 fit a device call after the label (session 13: the label alone took 560 s
+#                 beside a racecheck); at 12 on the 16-core host it took 66 s
 #   --model-only  skip 1. and 2. (the second call of a two-call check, deploy/gpu/README.md,
 #                 after the first ran them): only 3., with memcheck when --sanitize
 #   --timeout S   per sanitizer run (default 240): a run past it is reported as such,
 #                 not as a failure of the code
 #   LOG_DIR=DIR   keep every log there (default: a temporary dir; $OUT on the device tool)
+#   COMPUTE_SANITIZER=PATH  the sanitizer (default: on PATH, else /usr/local/cuda*/bin)
 # A tree made with --gzip is unpacked first. The model is ~98 MiB, over the device
 # tool's carry limit with the tree: deploy/gpu/README.md says how it goes in two parts.
 set -uo pipefail
@@ -41,6 +46,7 @@ model=""
 benches=""
 passkey_ref="bench/results/passkey-2026-11-25.md"
 timeout_s=240
+jobs=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
@@ -50,13 +56,12 @@ while [ $# -gt 0 ]; do
     --benches) benches="${2:?--benches needs a directory}"; shift ;;
     --passkey-ref) passkey_ref="${2:?--passkey-ref needs a file}"; shift ;;
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
+    --jobs) jobs="${2:-}"; [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check: --jobs needs a positive count" >&2; exit 2; }; shift ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
-log_dir="${LOG_DIR:-$(mktemp -d)}"
-mkdir -p "$log_dir"
 if [ "$model_only" -eq 1 ] && [ -z "$model" ]; then
   echo "gpu_check: --model-only needs --model PATH" >&2
   exit 2
@@ -69,6 +74,8 @@ if [ -n "$model" ] && [ ! -f "$model" ]; then
   echo "gpu_check: --model $model: no such file" >&2
   exit 2
 fi
+log_dir="${LOG_DIR:-$(mktemp -d)}"
+mkdir -p "$log_dir"
 
 # a --gzip tree: unpack in place (idempotent)
 if find "$tree/bin" "$tree/lib" -name '*.gz' -print -quit 2>/dev/null | grep -q .; then
@@ -76,21 +83,22 @@ if find "$tree/bin" "$tree/lib" -name '*.gz' -print -quit 2>/dev/null | grep -q 
   chmod +x "$tree"/bin/* 2>/dev/null
 fi
 
-summary=()
-failed=0
-# Each verdict is printed as it comes too, so a run stopped from outside (the device
-# tool's per-call limit) still shows what finished.
-note() { summary+=("$1"); echo "-- $1"; }
-fail() { summary+=("$1"); failed=1; echo "-- $1"; }
+# Each verdict is printed as it comes, so a run stopped from outside (the device tool's
+# per-call limit) still shows what finished, and kept in a file, so that sanitizer runs
+# in the background (--jobs) add theirs to the summary too.
+verdicts="$log_dir/verdicts.txt"
+: >"$verdicts"
+note() { echo "ok $1" >>"$verdicts"; echo "-- $1"; }
+fail() { echo "FAIL $1" >>"$verdicts"; echo "-- $1"; }
 
-cs="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)"
+cs="${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)}"
 
 # One sanitizer run; its summary line ("ERROR SUMMARY: 0 errors", "RACECHECK SUMMARY: 0
 # hazards") and gtest's verdict decide.
 sanitized() { # tool binary filter label [env...]
   local tool="$1" bin="$2" filter="$3" label="$4"
   shift 4
-  local log="$log_dir/$tool-$(basename "$bin")-${label// /_}.log"
+  local log="$log_dir/$tool-$(basename "$bin")-${label//[ \/]/_}.log"
   env "$@" timeout "$timeout_s" "$cs" --tool "$tool" "$bin" --gtest_filter="$filter" >"$log" 2>&1
   local rc=$?
   local line
@@ -118,14 +126,31 @@ if [ "$sanitize" -eq 1 ]; then
   if [ -z "$cs" ]; then
     fail "sanitizers: compute-sanitizer not found"
   else
+    # One slot of --jobs for each run; with one job, each runs in the foreground.
+    in_slot() {
+      if [ "$jobs" -eq 1 ]; then "$@"; return; fi
+      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+      "$@" &
+    }
     for t in "$here"/test_*; do
       [ -x "$t" ] || continue
-      "$t" --gtest_list_tests --gtest_filter='*Gpu*' 2>/dev/null | grep -q '^  ' || continue
-      sanitized memcheck "$t" '*Gpu*' 'Gpu'
+      n_gpu="$("$t" --gtest_list_tests --gtest_filter='*Gpu*' 2>/dev/null | grep -c '^  ')"
+      [ "$n_gpu" -gt 0 ] || continue
+      shards=1
+      [ "$jobs" -gt 1 ] && shards=$(((n_gpu + 127) / 128))
+      if [ "$shards" -eq 1 ]; then
+        in_slot sanitized memcheck "$t" '*Gpu*' 'Gpu'
+      else
+        for ((i = 0; i < shards; i++)); do
+          in_slot sanitized memcheck "$t" '*Gpu*' "Gpu shard $((i + 1))/$shards" \
+            GTEST_TOTAL_SHARDS="$shards" GTEST_SHARD_INDEX="$i"
+        done
+      fi
       if "$t" --gtest_list_tests --gtest_filter="$racecheck_filter" 2>/dev/null | grep -q '^  '; then
-        sanitized racecheck "$t" "$racecheck_filter" 'racecheck filter'
+        in_slot sanitized racecheck "$t" "$racecheck_filter" 'racecheck filter'
       fi
     done
+    wait
   fi
 fi
 fi
@@ -179,5 +204,5 @@ if [ -n "$benches" ]; then
 fi
 
 echo "== gpu_check summary ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1); logs in $log_dir)"
-printf '%s\n' "${summary[@]}"
-exit "$failed"
+sed -E 's/^(ok|FAIL) //' "$verdicts"
+! grep -q '^FAIL ' "$verdicts"
