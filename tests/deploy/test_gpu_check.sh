@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # deploy/gpu/gpu_check.sh's label and sanitizer steps on a stand-in install tree: gtest-like
-# binaries (listing, filters, shards) and a compute-sanitizer that runs them, reports an
-# error for tests named *Bad*, and records which tests ran under which tool and how many
-# of its runs overlap. CPU only: the real sanitizer runs on the GPU host.
+# binaries (listing, filters, shards) that record which tests ran under which tool, and
+# fake_compute_sanitizer.sh, which reports an error for tests named *Bad* and counts how
+# many of its runs overlap. CPU only: the real sanitizer runs on the GPU host.
 set -uo pipefail
 script="${1:?usage: test_gpu_check.sh PATH/gpu_check.sh}"
 . "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
@@ -44,7 +44,7 @@ n=0
 for i in "${!matched[@]}"; do
   [ $((i % ${GTEST_TOTAL_SHARDS:-1})) -eq "${GTEST_SHARD_INDEX:-0}" ] || continue
   echo "${FAKE_TOOL:-plain} ${matched[$i]}" >>"$FAKE_STATE/ran"
-  [[ "${matched[$i]}" == *Bad* ]] && echo "FAKE_ERROR"
+  [[ "${matched[$i]}" == *Bad* ]] && echo "FAKE_FINDING"
   n=$((n + 1))
 done
 echo "[  PASSED  ] $n tests."
@@ -58,29 +58,7 @@ fake_test test_big "${big[@]}" OpsGpu.Rope KnBigArgs.Cpu
 fake_test test_small SmallGpu.Fine SmallGpu.Bad
 fake_test test_cpu_only CpuArgs.One
 
-cat >"$work/fake_cs" <<'CS'
-#!/usr/bin/env bash
-[ "$1" = "--tool" ] || { echo "fake_cs: expected --tool"; exit 9; }
-tool="$2"
-shift 2
-touch "$FAKE_STATE/run.$$"
-now=$(ls "$FAKE_STATE" | grep -c '^run\.')
-max=$(cat "$FAKE_STATE/max" 2>/dev/null || echo 0)
-[ "$now" -gt "$max" ] && echo "$now" >"$FAKE_STATE/max"
-sleep "${FAKE_SLEEP:-0}"
-out="$(FAKE_TOOL="$tool" "$@")"
-rc=$?
-rm -f "$FAKE_STATE/run.$$"
-echo "$out" | grep -v FAKE_ERROR
-if grep -q FAKE_ERROR <<<"$out"; then
-  echo "========= ERROR SUMMARY: 1 error"; exit 1
-fi
-[ "$tool" = racecheck ] && echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" ||
-  echo "========= ERROR SUMMARY: 0 errors"
-exit $rc
-CS
-chmod +x "$work/fake_cs"
-export COMPUTE_SANITIZER="$work/fake_cs"
+export COMPUTE_SANITIZER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/fake_compute_sanitizer.sh"
 
 run() { # name args...: the script's output in $out, its exit status in $rc, fresh state
   local name="$1"

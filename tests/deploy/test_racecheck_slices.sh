@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/gpu/racecheck_slices.sh against stand-ins: a gtest-like binary that lists
-# parametrized instances, and a compute-sanitizer that runs it and prints a racecheck
-# summary (hazards for instances named *Hazard*, a long sleep for *Slow*), recording how
+# parametrized instances (a hazard for instances named *Hazard*, a long sleep for *Slow*),
+# and fake_compute_sanitizer.sh, which runs it, prints a racecheck summary and records how
 # many of its runs overlap. CPU only: the real sanitizer runs on the GPU host.
 set -uo pipefail
 script="${1:?usage: test_racecheck_slices.sh PATH/racecheck_slices.sh}"
@@ -29,32 +29,11 @@ echo "$filter" >>"$FAKE_STATE/filters"
 n=$(tr ':' '\n' <<<"$filter" | wc -l)
 [[ "$filter" == *Slow* ]] && sleep 30
 echo "[  PASSED  ] $n tests."
-[[ "$filter" == *Hazard* ]] && echo "RACECHECK_HAZARD"
+[[ "$filter" == *Hazard* ]] && echo "FAKE_FINDING"
 exit 0
 BIN
-# The stand-in sanitizer: counts overlapping runs (max in $FAKE_STATE/max), sleeps a
-# little so that runs meant to overlap do, and reports hazards the binary flagged.
-cat >"$work/fake_cs" <<'CS'
-#!/usr/bin/env bash
-[ "$1" = "--tool" ] && [ "$2" = "racecheck" ] || { echo "fake_cs: expected --tool racecheck"; exit 9; }
-shift 2
-touch "$FAKE_STATE/run.$$"
-now=$(ls "$FAKE_STATE" | grep -c '^run\.')
-max=$(cat "$FAKE_STATE/max" 2>/dev/null || echo 0)
-[ "$now" -gt "$max" ] && echo "$now" >"$FAKE_STATE/max"
-sleep "${FAKE_SLEEP:-0}"
-out="$("$@")"
-rc=$?
-rm -f "$FAKE_STATE/run.$$"
-echo "$out" | grep -v RACECHECK_HAZARD
-if grep -q RACECHECK_HAZARD <<<"$out"; then
-  echo "========= RACECHECK SUMMARY: 2 hazards displayed (1 error, 1 warning)"; exit 1
-fi
-echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
-exit $rc
-CS
-chmod +x "$work/fake_test" "$work/fake_cs"
-export COMPUTE_SANITIZER="$work/fake_cs"
+chmod +x "$work/fake_test"
+export COMPUTE_SANITIZER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/fake_compute_sanitizer.sh" FAKE_EXPECT_TOOL=racecheck
 
 # run NAME ARGS...: the script's output in $out, its exit status in $rc, fresh state.
 run() {
