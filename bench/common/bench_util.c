@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 double bench_now_s(void) {
   struct timespec ts;
@@ -120,4 +121,51 @@ int bench_default_out(const char *prog, const char *name, const char *date, char
     if (stat(out, &st) != 0) return 0;
   }
   return -1;
+}
+
+/* The install tree's commit ("commit: " in DIR/MANIFEST.txt for DIR/bin/exe), or "". */
+static void bench_manifest_commit(const char *exe_path, char *out, size_t out_bytes) {
+  out[0] = 0;
+  char path[1024];
+  snprintf(path, sizeof path, "%s", exe_path);
+  for (int up = 0; up < 2; up++) { /* drop the file name, then bin/ */
+    char *slash = strrchr(path, '/');
+    if (!slash) return;
+    *slash = 0;
+  }
+  if (strlen(path) + sizeof "/MANIFEST.txt" > sizeof path) return;
+  strcat(path, "/MANIFEST.txt");
+  FILE *f = fopen(path, "r");
+  if (!f) return;
+  char line[512];
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "commit: ", 8)) {
+      line[strcspn(line, "\n")] = 0;
+      snprintf(out, out_bytes, "%.64s (from the install tree's MANIFEST.txt)", line + 8);
+      break;
+    }
+  fclose(f);
+}
+
+void bench_commit_of(const char *exe_path, char *out, size_t out_bytes) {
+  bench_manifest_commit(exe_path, out, out_bytes);
+  if (out[0]) return;
+  snprintf(out, out_bytes, "unknown");
+  FILE *p = popen("git rev-parse --short HEAD 2>/dev/null && git status --porcelain --untracked-files=no 2>/dev/null "
+                  "| head -n 1", "r");
+  if (!p) return;
+  char line[128];
+  if (fgets(line, sizeof line, p)) {
+    line[strcspn(line, "\n")] = 0;
+    if (line[0]) snprintf(out, out_bytes, "%.40s", line);
+    if (line[0] && fgets(line, sizeof line, p)) snprintf(out + strlen(out), out_bytes - strlen(out), " (with local changes)");
+  }
+  pclose(p);
+}
+
+void bench_commit(char *out, size_t out_bytes) {
+  char exe[1024];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  exe[n > 0 ? n : 0] = 0;
+  bench_commit_of(exe, out, out_bytes);
 }

@@ -29,6 +29,17 @@ int bench_text_tokens(const char *prog, const char *const *texts, int n_texts, c
  * none (lscpu's model name, git's HEAD). */
 void bench_cmd_field(const char *cmd, const char *key, char *out, size_t out_bytes);
 
+/* The commit a benchmark's binary was built from, for its results file: the install
+ * tree's MANIFEST.txt beside exe_path's folder (exe_path/../../MANIFEST.txt, written by
+ * scripts/make_install_tree.sh) when there is one, else git in the working directory,
+ * " (with local changes)" when tracked files differ; "unknown" if neither answers. The
+ * tree comes first: a GPU host's copy of the checkout can hold another commit than the
+ * binaries carried to it (it named cbdea11 for a 056a2d4 tree, session 13). */
+void bench_commit_of(const char *exe_path, char *out, size_t out_bytes);
+
+/* bench_commit_of for the running binary (/proc/self/exe). */
+void bench_commit(char *out, size_t out_bytes);
+
 /* bench/results/<name>-<date>.md, or -2, -3, ... when taken; -1 (with a message
  * prefixed by `prog`) outside the repository root. */
 int bench_default_out(const char *prog, const char *name, const char *date, char *out, size_t out_bytes);

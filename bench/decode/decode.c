@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "ak_alloc.h"
+#include "bench_util.h"
 #include "kn_cuda.h"
 #include "kvpool.h"
 #include "wk_forward_cuda.h"
@@ -332,7 +333,7 @@ int main(int argc, char **argv) {
     }
   }
   if (dec_probe_device(&info) < 0) return 1;
-  dec_commit(info.commit, sizeof info.commit);
+  bench_commit(info.commit, sizeof info.commit);
   time_t now = time(NULL);
   strftime(info.date, sizeof info.date, "%Y-%m-%d", localtime(&now));
   printf("card: %s, %.1f GiB; driver %s; bound at %.0f GB/s\n", info.card, (double)info.total_mem_bytes / DEC_GIB,

@@ -92,7 +92,6 @@ void dec_usage(FILE *f);
 
 /* decode_report.c */
 int dec_probe_device(dec_info_t *info);
-void dec_commit(char *out, size_t out_bytes);
 const char *dec_budget_str(int64_t budget, char *buf, size_t buf_bytes);
 void dec_print_table(FILE *f, const dec_args_t *a, const dec_row_t *rows, int n_rows, int md);
 int dec_write_results(const char *path, const dec_args_t *a, const dec_info_t *info, const dec_row_t *rows,

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "decode.h"
 #include "kn_cuda.h"
 #include "kvpool.h"
@@ -33,43 +34,6 @@ static void dec_cmd_line(const char *cmd, char *out, size_t out_bytes) {
     if (*line) dec_copy(out, out_bytes, line);
   }
   pclose(p);
-}
-
-static void dec_manifest_commit(char *out, size_t out_bytes);
-
-/* The commit the binary was built from: its install tree's MANIFEST.txt
- * (bin/../MANIFEST.txt, written by scripts/make_install_tree.sh) when it runs from
- * one, else git in the working directory (a build tree run from its checkout). The
- * tree comes first: a GPU host's copy of the checkout can hold another commit than
- * the binaries carried to it (it named 340e416 for a 431a6c4 tree, session 10). */
-void dec_commit(char *out, size_t out_bytes) {
-  dec_manifest_commit(out, out_bytes);
-  if (strcmp(out, "unknown")) return;
-  dec_cmd_line("git rev-parse --short HEAD 2>/dev/null", out, out_bytes);
-}
-
-/* The install tree's commit, or "unknown". */
-static void dec_manifest_commit(char *out, size_t out_bytes) {
-  snprintf(out, out_bytes, "unknown");
-  char exe[1024];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
-  if (n <= 0) return;
-  exe[n] = 0;
-  char *slash = strrchr(exe, '/');
-  if (!slash) return;
-  snprintf(slash, sizeof exe - (size_t)(slash - exe), "/../MANIFEST.txt");
-  FILE *f = fopen(exe, "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f))
-    if (!strncmp(line, "commit: ", 8)) {
-      line[strcspn(line, "\n")] = 0;
-      char with[600];
-      snprintf(with, sizeof with, "%s (from the install tree's MANIFEST.txt)", line + 8);
-      dec_copy(out, out_bytes, with);
-      break;
-    }
-  fclose(f);
 }
 
 /* 0 ok; -1 no usable device (message printed). */

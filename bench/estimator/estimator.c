@@ -529,9 +529,9 @@ static int est_write_results(const char *path, const est_args_t *a, const est_st
     fprintf(stderr, "bench_estimator: cannot write %s: %s\n", path, strerror(errno));
     return -1;
   }
-  char cpu[256], commit[64], load[64] = "unknown";
+  char cpu[256], commit[128], load[64] = "unknown";
   bench_cmd_field("lscpu 2>/dev/null", "Model name", cpu, sizeof cpu);
-  bench_cmd_field("git rev-parse --short HEAD 2>/dev/null", "", commit, sizeof commit);
+  bench_commit(commit, sizeof commit);
   FILE *la = fopen("/proc/loadavg", "r");
   if (la) {
     if (!fgets(load, sizeof load, la)) snprintf(load, sizeof load, "unknown");
@@ -542,7 +542,7 @@ static int est_write_results(const char *path, const est_args_t *a, const est_st
   fprintf(f, "Top-k recall accuracy of ArkVale's page-importance estimate per digest kind (the paper's Fig. 7),\n"
              "on greedy decode traces of the model. See bench/estimator/README.md for the definitions.\n\n");
   fprintf(f, "- command: `%s` (from the repository root)\n", ri->cmdline);
-  fprintf(f, "- commit: %s (plus uncommitted changes, if any)\n", commit);
+  fprintf(f, "- commit: %s\n", commit);
   fprintf(f, "- model: %s (%s)\n", a->model, ri->model_name);
   if (!strcmp(a->device, "cuda"))
     fprintf(f, "- device: %s; bf16 weights, f16 KV pages in device memory (the full cache as an arkvale pool "

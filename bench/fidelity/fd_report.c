@@ -155,9 +155,9 @@ int fd_report_write(const char *path, const fd_report_t *rp) {
     fprintf(stderr, "bench_fidelity: cannot write %s: %s\n", path, strerror(errno));
     return -1;
   }
-  char cpu[256], commit[64], load[64] = "unknown";
+  char cpu[256], commit[128], load[64] = "unknown";
   bench_cmd_field("lscpu 2>/dev/null", "Model name", cpu, sizeof cpu);
-  bench_cmd_field("git rev-parse --short HEAD 2>/dev/null", "", commit, sizeof commit);
+  bench_commit(commit, sizeof commit);
   FILE *la = fopen("/proc/loadavg", "r");
   if (la) {
     if (!fgets(load, sizeof load, la)) snprintf(load, sizeof load, "unknown");
@@ -169,7 +169,7 @@ int fd_report_write(const char *path, const fd_report_t *rp) {
   fprintf(f, "How close each KV policy's next-token distribution stays to the full cache's, teacher-forced on\n"
              "the same text. See bench/fidelity/README.md for the definitions.\n\n");
   fprintf(f, "- command: `%s` (from the repository root)\n", rp->cmdline);
-  fprintf(f, "- commit: %s (plus uncommitted changes, if any)\n", commit);
+  fprintf(f, "- commit: %s\n", commit);
   fprintf(f, "- model: %s (%s)\n", rp->model_path, rp->model_name);
   fprintf(f, "- device: %s, %d threads, ISA %s\n", rp->device, rp->n_threads, rp->isa);
   fprintf(f, "- machine: %s; load average at the end: %s\n", cpu, load);

@@ -19,6 +19,7 @@
 
 #include "ak_alloc.h"
 #include "bench_device.h"
+#include "bench_util.h"
 #include "pk_prompt.h"
 #include "pk_report.h"
 #include "pk_run.h"
@@ -304,21 +305,6 @@ static void pk_cpu_model(char *out, size_t cap) {
   pclose(p);
 }
 
-/* The checkout's commit, "+" when it has local changes (the kvpool under test). */
-static void pk_git_head(char *out, size_t cap) {
-  snprintf(out, cap, "unknown");
-  FILE *p = popen("git rev-parse --short HEAD 2>/dev/null && git status --porcelain --untracked-files=no 2>/dev/null "
-                  "| head -1", "r");
-  if (!p) return;
-  char line[128];
-  if (fgets(line, sizeof line, p)) {
-    line[strcspn(line, "\n")] = '\0';
-    snprintf(out, cap, "%.40s", line);
-    if (fgets(line, sizeof line, p)) snprintf(out + strlen(out), cap - strlen(out), " (with local changes)");
-  }
-  pclose(p);
-}
-
 /* bench/results/passkey-<date>.md, or -2, -3, ... when taken. */
 static void pk_default_out(const char *day, char *out, size_t cap) {
   struct stat st;
@@ -331,8 +317,8 @@ int main(int argc, char **argv) {
   int pr = pk_parse_args(argc, argv, &a);
   if (pr != 0) return pr > 0 ? 0 : 2;
   const double t_start = pk_now_s();
-  char head[96]; /* at the start: the checkout may move while a long run goes on */
-  pk_git_head(head, sizeof head);
+  char head[128]; /* at the start: the checkout may move while a long run goes on */
+  bench_commit(head, sizeof head);
   char device[320] = "cpu";
   if (a.device == WK_DEVICE_CUDA) {
     ak_err_t derr;
