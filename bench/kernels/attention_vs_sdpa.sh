@@ -74,7 +74,13 @@ cat "$ours_txt" "$sdpa_txt" >"$raw"
   echo "- card: $card"
   echo "- date: $date_full"
   echo "- command: \`$cmd\`"
-  echo "- commit: $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  # The install tree's commit first: a GPU host's copy of the checkout can be stale.
+  tree_commit="$(sed -n 's/^commit: //p' "$(dirname "$bin")/../MANIFEST.txt" 2>/dev/null | head -n 1)"
+  if [ -n "$tree_commit" ]; then
+    echo "- commit: $tree_commit (from the install tree's MANIFEST.txt)"
+  else
+    echo "- commit: $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  fi
   if [ -n "$torch_version" ]; then
     echo "- torch: $torch_version"
   else
