@@ -376,6 +376,50 @@ static wk_region_t wk_region(const wk_forward_cuda_t *fw) {
   return r;
 }
 
+/* Stages a layer's view for upload (h: its region in the staging area; the page list
+ * only when `indices`, the host path writes it there itself) and fills the attention's
+ * arguments over the region's device copy d: one place for both table paths. Returns the
+ * layer's longest token context (the split's hint). prefill_tiles stays 0. */
+static int32_t wk_stage_attn(const wk_forward_cuda_t *fw, const kn_attn_args_t *v, int64_t n_tok, int32_t *h,
+                             const int32_t *d, int indices, kn_cuda_attn_args_t *a) {
+  wk_region_t o = wk_region(fw);
+  int32_t S = v->kv.n_seqs;
+  memcpy(h + o.seq_idx, v->tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.kv_len, v->tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
+  memcpy(h + o.last_len, v->kv.last_page_len, sizeof(int32_t) * (size_t)S);
+  memcpy(h + o.indptr, v->kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
+  if (indices) memcpy(h + o.indices, v->kv.indices, sizeof(int32_t) * (size_t)v->kv.indptr[S]);
+  int32_t max_kv_len = 0;
+  for (int64_t t = 0; t < n_tok; t++)
+    if (v->tok_kv_len[t] > max_kv_len) max_kv_len = v->tok_kv_len[t];
+  memset(a, 0, sizeof *a);
+  a->q = fw->q.ptr;
+  a->out = fw->attn.ptr;
+  a->out_dtype = KN_CUDA_BF16;
+  a->n_tok = n_tok;
+  a->n_heads = fw->hp.n_heads;
+  a->n_kv_heads = fw->hp.n_kv_heads;
+  a->head_dim = fw->hp.head_dim;
+  a->scale = 1.0f / sqrtf((float)fw->hp.head_dim);
+  a->tok_seq_idx = d + o.seq_idx;
+  a->tok_kv_len = d + o.kv_len;
+  a->max_kv_len = max_kv_len; /* this layer's own split (ArkVale's budgeted layers attend fewer keys) */
+  /* without ArkVale's device ops nothing between the K/V store and the attention writes
+   * pages or tables: the attention reads them early (kn_cuda.h) */
+  a->kv_stable = fw->ak ? 0 : 1;
+  a->kv.k_base = v->kv.k_base;
+  a->kv.v_base = v->kv.v_base;
+  a->kv.kv_dtype = KN_CUDA_F16;
+  a->kv.page_stride_elems = v->kv.page_stride_elems;
+  a->kv.head_stride_elems = v->kv.head_stride_elems;
+  a->kv.page_tokens = v->kv.page_tokens;
+  a->kv.n_seqs = S;
+  a->kv.indptr = d + o.indptr;
+  a->kv.indices = d + o.indices;
+  a->kv.last_page_len = d + o.last_len;
+  return max_kv_len;
+}
+
 /* Layer l's page table: the step's slots go up and K/V are stored into the pages; the
  * pool digests and backs up what filled (through page_ops) and, for policies that read
  * them, gets the queries; then the view goes up. */
@@ -417,51 +461,17 @@ static ak_status_t wk_layer_table(wk_forward_cuda_t *fw, kv_pool_t *pool, int32_
   int32_t S = v.kv.n_seqs, n_idx = v.kv.indptr[S];
   if (S > fw->max_seqs || n_idx > fw->max_seqs * fw->max_pages_per_seq)
     return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences / %d pages exceed the staging area", l, S, n_idx);
-  memcpy(h + o.seq_idx, v.tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
-  memcpy(h + o.kv_len, v.tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
-  memcpy(h + o.last_len, v.kv.last_page_len, sizeof(int32_t) * (size_t)S);
-  memcpy(h + o.indptr, v.kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
-  memcpy(h + o.indices, v.kv.indices, sizeof(int32_t) * (size_t)n_idx);
+  wk_stage_attn(fw, &v, n_tok, h, d, 1, a);
   WK_CUDA_TRY(err, cudaMemcpyAsync(d + o.seq_idx, h + o.seq_idx, sizeof(int32_t) * (size_t)(o.indices - o.seq_idx + n_idx),
                                    cudaMemcpyHostToDevice, fw->stream));
   if (fw->ak) /* select_on_device: the plan rewrites the selecting sequences' views */
     AK_TRY(wk_arkvale_cuda_layer(fw->ak, pool, l, S, v.tok_seq_idx, n_tok, fw->q.ptr, d + o.indptr, d + o.indices,
                                  err));
-  int32_t max_kv_len = 0;
-  for (int64_t t = 0; t < n_tok; t++)
-    if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];
-
-
-  memset(a, 0, sizeof *a);
-  a->q = fw->q.ptr;
-  a->out = fw->attn.ptr;
-  a->out_dtype = KN_CUDA_BF16;
-  a->n_tok = n_tok;
-  a->n_heads = fw->hp.n_heads;
-  a->n_kv_heads = fw->hp.n_kv_heads;
-  a->head_dim = fw->hp.head_dim;
-  a->scale = 1.0f / sqrtf((float)fw->hp.head_dim);
-  a->tok_seq_idx = d + o.seq_idx;
-  a->tok_kv_len = d + o.kv_len;
-  a->max_kv_len = max_kv_len;
   /* more tokens than sequences: a prefill run is in the step, and the tiled path reads
    * each K/V row once per query tile (H100, a 16k-token causal prefill at longchat-7b
    * shape: 722.6 -> 133.5 ms a layer's attention); decode-only steps keep the per-token
    * path without its extra launch */
   a->prefill_tiles = n_tok > S ? 1 : 0;
-  /* without ArkVale's device ops nothing between the K/V store and the attention writes
-   * pages or tables: the attention reads them early (kn_cuda.h) */
-  a->kv_stable = fw->ak ? 0 : 1;
-  a->kv.k_base = v.kv.k_base;
-  a->kv.v_base = v.kv.v_base;
-  a->kv.kv_dtype = KN_CUDA_F16;
-  a->kv.page_stride_elems = v.kv.page_stride_elems;
-  a->kv.head_stride_elems = v.kv.head_stride_elems;
-  a->kv.page_tokens = v.kv.page_tokens;
-  a->kv.n_seqs = S;
-  a->kv.indptr = d + o.indptr;
-  a->kv.indices = d + o.indices;
-  a->kv.last_page_len = d + o.last_len;
   return AK_OK;
 }
 
@@ -491,13 +501,8 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
     return AK_ERR(err, AK_ERR_INTERNAL, "layer %d: %d sequences exceed the staging area", l, S);
   memcpy(h + o.page, page, sizeof(int32_t) * (size_t)n_tok);
   memcpy(h + o.slot, slot, sizeof(int32_t) * (size_t)n_tok);
-  memcpy(h + o.seq_idx, v.tok_seq_idx, sizeof(int32_t) * (size_t)n_tok);
-  memcpy(h + o.kv_len, v.tok_kv_len, sizeof(int32_t) * (size_t)n_tok);
-  memcpy(h + o.last_len, v.kv.last_page_len, sizeof(int32_t) * (size_t)S);
-  memcpy(h + o.indptr, v.kv.indptr, sizeof(int32_t) * (size_t)(S + 1));
-  int32_t max_kv_len = 0;
-  for (int64_t t = 0; t < n_tok; t++)
-    if (v.tok_kv_len[t] > max_kv_len) max_kv_len = v.tok_kv_len[t];
+  kn_cuda_attn_args_t *a = &fw->pre_attn[l];
+  int32_t max_kv_len = wk_stage_attn(fw, &v, n_tok, h, d, 0, a);
   if (max_kv_len > *max_kv_len_p) *max_kv_len_p = max_kv_len;
   kn_cuda_kv_store_args_t *ks = &fw->pre_store[l];
   memset(ks, 0, sizeof *ks);
@@ -513,30 +518,6 @@ static ak_status_t wk_layer_table_host(wk_forward_cuda_t *fw, kv_pool_t *pool, i
   ks->dst_page = d + o.page;
   ks->dst_slot = d + o.slot;
   ks->n_tok = n_tok;
-  kn_cuda_attn_args_t *a = &fw->pre_attn[l];
-  memset(a, 0, sizeof *a);
-  a->q = fw->q.ptr;
-  a->out = fw->attn.ptr;
-  a->out_dtype = KN_CUDA_BF16;
-  a->n_tok = n_tok;
-  a->n_heads = fw->hp.n_heads;
-  a->n_kv_heads = fw->hp.n_kv_heads;
-  a->head_dim = fw->hp.head_dim;
-  a->scale = 1.0f / sqrtf((float)fw->hp.head_dim);
-  a->tok_seq_idx = d + o.seq_idx;
-  a->tok_kv_len = d + o.kv_len;
-  a->kv.k_base = v.kv.k_base;
-  a->kv.v_base = v.kv.v_base;
-  a->kv.kv_dtype = KN_CUDA_F16;
-  a->kv.page_stride_elems = v.kv.page_stride_elems;
-  a->kv.head_stride_elems = v.kv.head_stride_elems;
-  a->kv.page_tokens = v.kv.page_tokens;
-  a->kv.n_seqs = S;
-  a->kv.indptr = d + o.indptr;
-  a->kv.indices = d + o.indices;
-  a->kv.last_page_len = d + o.last_len;
-  a->max_kv_len = max_kv_len; /* this layer's own split (ArkVale's budgeted layers attend fewer keys) */
-  a->kv_stable = fw->ak ? 0 : 1; /* as in wk_layer_table */
   if (fw->ak) AK_TRY(wk_arkvale_cuda_stage(fw->ak, pool, l, S, v.tok_seq_idx, n_tok, err));
   return AK_OK;
 }
