@@ -24,7 +24,7 @@
 #              stripped, RUNPATH $ORIGIN/../lib (then /usr/local/cuda/lib64 and
 #              /usr/local/cuda/lib, where a host may keep the CUDA runtime outside the
 #              loader's cache); and run_gpu_tests.sh, gpu_check.sh, racecheck_slices.sh,
-#              compare_reports.sh (deploy/gpu/)
+#              compare_reports.sh, sanitizer_run.sh (deploy/gpu/)
 #   DIR/lib/   every shared library they need (ldd's closure), stripped, RUNPATH
 #              $ORIGIN, except what the host provides: glibc, libstdc++/libgcc_s (the
 #              host's are newer), and the NVIDIA driver / CUDA runtime / cuBLAS / NCCL
@@ -172,6 +172,7 @@ install -m 755 "$root/deploy/gpu/run_gpu_tests.sh" "$out/bin/run_gpu_tests.sh"
 install -m 755 "$root/deploy/gpu/gpu_check.sh" "$out/bin/gpu_check.sh"
 install -m 755 "$root/deploy/gpu/racecheck_slices.sh" "$out/bin/racecheck_slices.sh"
 install -m 755 "$root/deploy/gpu/compare_reports.sh" "$out/bin/compare_reports.sh"
+install -m 644 "$root/deploy/gpu/sanitizer_run.sh" "$out/bin/sanitizer_run.sh" # sourced by the two above
 {
   echo "arkvale install tree (scripts/make_install_tree.sh)"
   echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"

@@ -93,23 +93,19 @@ fail() { echo "FAIL $1" >>"$verdicts"; echo "-- $1"; }
 
 cs="${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)}"
 
-# One sanitizer run; its summary line ("ERROR SUMMARY: 0 errors", "RACECHECK SUMMARY: 0
-# hazards") and gtest's verdict decide.
+# One sanitizer run (sanitizer_run.sh) and its verdict line.
+. "$here/sanitizer_run.sh" || exit 2
 sanitized() { # tool binary filter label [env...]
   local tool="$1" bin="$2" filter="$3" label="$4"
   shift 4
-  local log="$log_dir/$tool-$(basename "$bin")-${label//[ \/]/_}.log"
-  env "$@" timeout "$timeout_s" "$cs" --tool "$tool" "$bin" --gtest_filter="$filter" >"$log" 2>&1
-  local rc=$?
-  local line
-  line="$(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -n 1 | sed 's/^========= //')"
-  if [ $rc -eq 124 ]; then
-    note "$tool $(basename "$bin") ($label): past ${timeout_s} s, no verdict ($line)"
-  elif [ $rc -ne 0 ] || ! grep -qE "SUMMARY: 0 (errors|hazards)" <<<"$line"; then
-    fail "$tool $(basename "$bin") ($label): FAIL rc=$rc ${line:-no summary} (log $log)"
-  else
-    note "$tool $(basename "$bin") ($label): $line, $(grep -E '^\[  PASSED  \]' "$log" | tail -n 1 | sed 's/\[  PASSED  \] //')"
-  fi
+  local log="$log_dir/$tool-$(basename "$bin")-${label//[ \/]/_}.log" what
+  what="$tool $(basename "$bin") ($label)"
+  sanitizer_run "$tool" "$timeout_s" "$log" "$bin" "$filter" "$@"
+  case "$san_verdict" in
+    none) note "$what: past ${timeout_s} s, no verdict ($san_summary)" ;;
+    fail) fail "$what: FAIL rc=$san_rc ${san_summary:-no summary} (log $log)" ;;
+    *) note "$what: $san_summary, $san_passed" ;;
+  esac
 }
 
 if [ "$model_only" -eq 0 ]; then # steps 1 and 2 (not indented: long)

@@ -59,6 +59,7 @@ done
 [ "${#tests[@]}" -gt 0 ] || die "no TEST given"
 [ -x "$bin" ] || die "$bin is not an executable"
 cs="${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)}"
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/sanitizer_run.sh" || exit 2
 [ -n "$cs" ] && [ -x "$cs" ] || die "compute-sanitizer not found"
 log_dir="${LOG_DIR:-$(mktemp -d)}"
 mkdir -p "$log_dir" || die "cannot make $log_dir"
@@ -101,23 +102,13 @@ run_slice() {
   for ((i = k * size; i < (k + 1) * size && i < ${#names[@]}; i++)); do filter+="${filter:+:}${names[i]}"; done
   local log="$log_dir/racecheck-slice-$k.log" first="${names[k * size]}"
   local t0=$SECONDS
-  # timeout signals its whole process group: the sanitizer and the test under it.
-  timeout -k 15 "$t" "$cs" --tool racecheck "$bin" --gtest_filter="$filter" >"$log" 2>&1
-  local rc=$?
-  local line passed verdict
-  line="$(grep -E "RACECHECK SUMMARY" "$log" | tail -n 1 | sed 's/^========= //')"
-  passed="$(grep -E '^\[  PASSED  \]' "$log" | tail -n 1 | sed 's/\[  PASSED  \] //')"
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then # 137: it ignored TERM for 15 s
-    verdict=none
-    echo "slice $k ($first ..): past ${t} s, no verdict"
-  elif [ $rc -ne 0 ] || ! grep -qE "SUMMARY: 0 hazards" <<<"$line"; then
-    verdict=hazard
-    echo "slice $k ($first ..): FAIL rc=$rc ${line:-no summary} (log $log)"
-  else
-    verdict=pass
-    echo "slice $k ($first ..): $line, $passed [$((SECONDS - t0)) s]"
-  fi
-  echo "$verdict" >"$log_dir/slice-$k.verdict"
+  sanitizer_run racecheck "$t" "$log" "$bin" "$filter"
+  case "$san_verdict" in
+    none) echo "slice $k ($first ..): past ${t} s, no verdict" ;;
+    fail) echo "slice $k ($first ..): FAIL rc=$san_rc ${san_summary:-no summary} (log $log)" ;;
+    *) echo "slice $k ($first ..): $san_summary, $san_passed [$((SECONDS - t0)) s]" ;;
+  esac
+  echo "${san_verdict/fail/hazard}" >"$log_dir/slice-$k.verdict"
 }
 
 SECONDS=0

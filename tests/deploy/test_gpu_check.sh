@@ -9,7 +9,7 @@ script="${1:?usage: test_gpu_check.sh PATH/gpu_check.sh}"
 
 tree="$work/tree"
 mkdir -p "$tree/bin" "$tree/lib"
-cp "$script" "$(dirname "$script")/run_gpu_tests.sh" "$tree/bin/"
+cp "$script" "$(dirname "$script")/run_gpu_tests.sh" "$(dirname "$script")/sanitizer_run.sh" "$tree/bin/"
 
 # fake_test NAME TEST...: a binary whose tests are TEST... (Suite.Name). It lists those
 # matching --gtest_filter (':'-separated globs), runs its GTEST_SHARD_INDEX-th share of
