@@ -81,8 +81,9 @@ struct wk_arkvale_cuda {
   int64_t page_stride_elems, head_stride_elems;
   int32_t page_tokens;
   /* backups run on their own stream, after an event on the compute stream marks the
-   * page's last write; the compute stream waits for them (wk_join_backups) before a
-   * gather may overwrite a page and before the step's end */
+   * page's last write; the compute stream waits for them (wk_arkvale_cuda_join_backups,
+   * which marks the copy stream's end) before a gather may overwrite a page and before
+   * the step's end */
   cudaStream_t copy;
   cudaEvent_t ev_filled, ev_backed_up;
   int backups_pending;
@@ -356,15 +357,16 @@ ak_status_t wk_arkvale_cuda_backup_page(wk_arkvale_cuda_t *ak, int32_t page_id, 
   WK_CUDA_TRY(err, cudaStreamWaitEvent(ak->copy, ak->ev_filled, 0));
   WK_CUDA_TRY(err, cudaMemcpyAsync(dst_host, ak->pages + (size_t)page_id * ak->page_bytes, ak->page_bytes,
                                    cudaMemcpyDeviceToHost, ak->copy));
-  WK_CUDA_TRY(err, cudaEventRecord(ak->ev_backed_up, ak->copy));
-  ak->backups_pending = 1;
+  ak->backups_pending = 1; /* the join marks the copy stream's end once, not each page */
   ak->fill_ops++;
   return AK_OK;
 }
 
 ak_status_t wk_arkvale_cuda_join_backups(wk_arkvale_cuda_t *ak, ak_err_t *err) {
   if (!ak || !ak->backups_pending) return AK_OK;
-  WK_CUDA_TRY(err, cudaStreamWaitEvent(ak->stream, ak->ev_backed_up, 0)); /* the last copy: the stream's order covers the rest */
+  /* after the last copy queued: the copy stream's order covers the rest */
+  WK_CUDA_TRY(err, cudaEventRecord(ak->ev_backed_up, ak->copy));
+  WK_CUDA_TRY(err, cudaStreamWaitEvent(ak->stream, ak->ev_backed_up, 0));
   ak->backups_pending = 0;
   return AK_OK;
 }
